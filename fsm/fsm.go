@@ -1,0 +1,297 @@
+package fsm
+
+import (
+	"container/heap"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/gridkv/gridkv/fsm/fsmpb"
+)
+
+// Errors carried in Result.Err. They are decided inside Apply, so every
+// replica reaches the same decision for the same log entry.
+var (
+	// ErrMemoryLimit: the write would take the range over its memory limit;
+	// nothing was written.
+	ErrMemoryLimit = errors.New("fsm: memory limit exceeded")
+	// ErrBadCommand: the log entry could not be decoded or is malformed
+	// (empty key, nested batch); nothing was written.
+	ErrBadCommand = errors.New("fsm: bad command")
+)
+
+const shardCount = 64 // power of two
+
+// Options configure a state machine. The zero value is valid.
+type Options struct {
+	// MemoryLimit caps the bytes of keys plus values the range holds;
+	// 0 means no limit.
+	MemoryLimit int64
+}
+
+// Result is what applying one operation produced. Apply returns *Result for
+// a single-operation entry and []Result (one per operation, in order) for a
+// Batch entry.
+type Result struct {
+	// Version is the log index that now holds the key's value (Set, a
+	// successful CAS) or that deleted it.
+	Version uint64
+	// Swapped reports whether a CompareAndSwap stored its new value.
+	Swapped bool
+	// Err is nil, ErrMemoryLimit or ErrBadCommand.
+	Err error
+}
+
+type entry struct {
+	value    []byte // never mutated after it is stored
+	version  uint64 // index of the log entry that last wrote it
+	expireAt int64  // unix nanoseconds; 0 = never
+}
+
+func (e *entry) expired(now int64) bool { return e.expireAt != 0 && e.expireAt <= now }
+
+type shard struct {
+	mu sync.RWMutex
+	m  map[string]entry
+	_  [40]byte // keep neighbouring shards' locks off one cache line
+}
+
+// FSM is the replicated state machine of one range. It implements
+// raft.FSM and raft.BatchingFSM.
+//
+// Threading: Apply, ApplyBatch, Snapshot and Restore are called by one Raft
+// goroutine at a time (hashicorp/raft's contract). Get, Len, Used, Applied
+// and WaitApplied are safe from any goroutine, concurrently with applies.
+type FSM struct {
+	shards [shardCount]shard
+	opts   Options
+
+	// Touched only by the applying goroutine (and Restore, which raft
+	// never runs concurrently with Apply).
+	expiries expiryHeap
+
+	used    atomic.Int64  // bytes of keys + values held
+	count   atomic.Int64  // live entries (expired but not yet swept count too)
+	applied atomic.Uint64 // index of the last log entry applied
+
+	waitMu  sync.Mutex
+	waiters []waiter
+	nwait   atomic.Int32
+}
+
+var (
+	_ raft.FSM         = (*FSM)(nil)
+	_ raft.BatchingFSM = (*FSM)(nil)
+)
+
+// New returns an empty state machine.
+func New(opts Options) *FSM {
+	f := &FSM{opts: opts}
+	for i := range f.shards {
+		f.shards[i].m = make(map[string]entry)
+	}
+	return f
+}
+
+func xxhash64Shard(key string) uint64 { return xxhash.Sum64String(key) & (shardCount - 1) }
+
+func (f *FSM) shardFor(key string) *shard { return &f.shards[xxhash64Shard(key)] }
+
+// Get returns a copy of key's value and its version. ok is false when the key
+// is absent or expired at now (unix nanoseconds).
+func (f *FSM) Get(key string, now int64) (value []byte, version uint64, ok bool) {
+	s := f.shardFor(key)
+	s.mu.RLock()
+	e, found := s.m[key]
+	s.mu.RUnlock()
+	if !found || e.expired(now) {
+		return nil, 0, false
+	}
+	return append(make([]byte, 0, len(e.value)), e.value...), e.version, true
+}
+
+// Len is the number of entries held, including expired entries not yet swept.
+func (f *FSM) Len() int { return int(f.count.Load()) }
+
+// Used is the bytes of keys plus values held.
+func (f *FSM) Used() int64 { return f.used.Load() }
+
+// Applied is the index of the last log entry the state machine has applied.
+func (f *FSM) Applied() uint64 { return f.applied.Load() }
+
+// Apply applies one log entry. See Result for what it returns.
+func (f *FSM) Apply(l *raft.Log) interface{} {
+	var r interface{}
+	if l.Type == raft.LogCommand {
+		r = f.applyCommand(l)
+	}
+	f.advance(l.Index)
+	return r
+}
+
+// ApplyBatch applies consecutive log entries; it returns one response per
+// entry, as Apply would.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
+	out := make([]interface{}, len(logs))
+	for i, l := range logs {
+		if l.Type == raft.LogCommand {
+			out[i] = f.applyCommand(l)
+		}
+	}
+	if len(logs) > 0 {
+		f.advance(logs[len(logs)-1].Index)
+	}
+	return out
+}
+
+func (f *FSM) applyCommand(l *raft.Log) interface{} {
+	now := l.AppendedAt.UnixNano()
+	f.sweep(now)
+	var cmd fsmpb.Command
+	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
+		return &Result{Err: fmt.Errorf("%w: %v", ErrBadCommand, err)}
+	}
+	if b := cmd.GetBatch(); b != nil {
+		results := make([]Result, len(b.Ops))
+		for i, op := range b.Ops {
+			if op.GetBatch() != nil {
+				results[i] = Result{Err: fmt.Errorf("%w: nested batch", ErrBadCommand)}
+				continue
+			}
+			results[i] = f.applyOp(op, l.Index, now)
+		}
+		return results
+	}
+	r := f.applyOp(&cmd, l.Index, now)
+	return &r
+}
+
+func (f *FSM) applyOp(cmd *fsmpb.Command, index uint64, now int64) Result {
+	switch op := cmd.Op.(type) {
+	case *fsmpb.Command_Set:
+		if len(op.Set.Key) == 0 {
+			return Result{Err: fmt.Errorf("%w: empty key", ErrBadCommand)}
+		}
+		return f.put(string(op.Set.Key), op.Set.Value, op.Set.TtlNanos, index, now)
+	case *fsmpb.Command_Delete:
+		if len(op.Delete.Key) == 0 {
+			return Result{Err: fmt.Errorf("%w: empty key", ErrBadCommand)}
+		}
+		f.remove(string(op.Delete.Key))
+		return Result{Version: index}
+	case *fsmpb.Command_Cas:
+		c := op.Cas
+		if len(c.Key) == 0 {
+			return Result{Err: fmt.Errorf("%w: empty key", ErrBadCommand)}
+		}
+		key := string(c.Key)
+		s := f.shardFor(key)
+		s.mu.RLock()
+		cur, found := s.m[key]
+		s.mu.RUnlock()
+		present := found && !cur.expired(now)
+		var match bool
+		if c.OldAbsent {
+			match = !present
+		} else {
+			match = present && string(cur.value) == string(c.Old)
+		}
+		if !match {
+			return Result{Version: cur.version}
+		}
+		r := f.put(key, c.New, c.TtlNanos, index, now)
+		r.Swapped = r.Err == nil
+		return r
+	default:
+		return Result{Err: fmt.Errorf("%w: no operation", ErrBadCommand)}
+	}
+}
+
+// put stores a copy of value; only the applying goroutine calls it.
+func (f *FSM) put(key string, value []byte, ttl int64, index uint64, now int64) Result {
+	s := f.shardFor(key)
+	s.mu.RLock()
+	old, found := s.m[key]
+	s.mu.RUnlock()
+	delta := int64(len(key) + len(value))
+	if found {
+		delta -= int64(len(key) + len(old.value))
+	}
+	if f.opts.MemoryLimit > 0 && delta > 0 && f.used.Load()+delta > f.opts.MemoryLimit {
+		return Result{Err: ErrMemoryLimit}
+	}
+	e := entry{value: append(make([]byte, 0, len(value)), value...), version: index}
+	if ttl > 0 {
+		e.expireAt = now + ttl
+		heap.Push(&f.expiries, expiry{at: e.expireAt, key: key, version: index})
+	}
+	s.mu.Lock()
+	s.m[key] = e
+	s.mu.Unlock()
+	f.used.Add(delta)
+	if !found {
+		f.count.Add(1)
+	}
+	return Result{Version: index}
+}
+
+func (f *FSM) remove(key string) {
+	s := f.shardFor(key)
+	s.mu.Lock()
+	old, found := s.m[key]
+	if found {
+		delete(s.m, key)
+	}
+	s.mu.Unlock()
+	if found {
+		f.used.Add(-int64(len(key) + len(old.value)))
+		f.count.Add(-1)
+	}
+}
+
+// sweep deletes every entry that has expired by now, the applying entry's
+// AppendedAt. The set removed depends only on the state and now, so every
+// replica frees the same entries and memory accounting stays identical.
+func (f *FSM) sweep(now int64) {
+	for len(f.expiries) > 0 && f.expiries[0].at <= now {
+		x := heap.Pop(&f.expiries).(expiry)
+		s := f.shardFor(x.key)
+		s.mu.RLock()
+		e, found := s.m[x.key]
+		s.mu.RUnlock()
+		// A later write may have replaced the entry; its own expiry, if any,
+		// is in the heap separately.
+		if found && e.version == x.version {
+			f.remove(x.key)
+		}
+	}
+}
+
+type expiry struct {
+	at      int64
+	key     string
+	version uint64
+}
+
+type expiryHeap []expiry
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].at < h[j].at }
+func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *expiryHeap) Push(x any)        { *h = append(*h, x.(expiry)) }
+func (h *expiryHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// NowNanos is the time reads should check expiry against: the wall clock,
+// the same clock leaders stamp AppendedAt with.
+func NowNanos() int64 { return time.Now().UnixNano() }

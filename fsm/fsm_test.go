@@ -1,0 +1,335 @@
+package fsm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"go.uber.org/goleak"
+
+	"github.com/gridkv/gridkv/fsm/fsmpb"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var epoch = time.Unix(1_700_000_000, 0)
+
+// logAt builds the log entry a leader would append at index, at epoch+offset.
+func logAt(t testing.TB, index uint64, offset time.Duration, cmd *fsmpb.Command) *raft.Log {
+	t.Helper()
+	data, err := Encode(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: data, AppendedAt: epoch.Add(offset)}
+}
+
+func single(t *testing.T, v interface{}) Result {
+	t.Helper()
+	r, ok := v.(*Result)
+	if !ok {
+		t.Fatalf("response %T, want *Result", v)
+	}
+	return *r
+}
+
+func now(offset time.Duration) int64 { return epoch.Add(offset).UnixNano() }
+
+func TestCommands(t *testing.T) {
+	f := New(Options{})
+	empty := []byte{}
+	steps := []struct {
+		name    string
+		cmd     *fsmpb.Command
+		swapped bool
+		want    []byte // value of "k" after the step; nil = absent
+	}{
+		{"set", SetOp("k", []byte("v1"), 0), false, []byte("v1")},
+		{"overwrite", SetOp("k", []byte("v2"), 0), false, []byte("v2")},
+		{"cas wrong old", CASOp("k", []byte("v1"), []byte("x"), 0), false, []byte("v2")},
+		{"cas absent on present", CASOp("k", nil, []byte("x"), 0), false, []byte("v2")},
+		{"cas right old", CASOp("k", []byte("v2"), []byte("v3"), 0), true, []byte("v3")},
+		{"delete", DeleteOp("k"), false, nil},
+		{"delete absent", DeleteOp("k"), false, nil},
+		{"cas empty old on absent", CASOp("k", empty, []byte("x"), 0), false, nil},
+		{"cas absent", CASOp("k", nil, empty, 0), true, empty},
+		{"cas empty old on empty", CASOp("k", empty, []byte("v4"), 0), true, []byte("v4")},
+	}
+	for i, st := range steps {
+		idx := uint64(i + 1)
+		r := single(t, f.Apply(logAt(t, idx, 0, st.cmd)))
+		if r.Err != nil || r.Swapped != st.swapped {
+			t.Fatalf("%s: result %+v, want swapped=%v", st.name, r, st.swapped)
+		}
+		v, ver, ok := f.Get("k", now(0))
+		if ok != (st.want != nil) || !bytes.Equal(v, st.want) {
+			t.Fatalf("%s: Get = %q,%v want %q", st.name, v, ok, st.want)
+		}
+		if ok && st.want != nil && len(st.want) == 0 && v == nil {
+			t.Fatalf("%s: empty value returned as nil", st.name)
+		}
+		if ok && (r.Swapped || st.cmd.GetSet() != nil) && ver != idx {
+			t.Fatalf("%s: version %d, want %d", st.name, ver, idx)
+		}
+		if f.Applied() != idx {
+			t.Fatalf("applied %d, want %d", f.Applied(), idx)
+		}
+	}
+}
+
+func TestBatchResultsPerOperation(t *testing.T) {
+	f := New(Options{})
+	batch := BatchOp(
+		SetOp("a", []byte("1"), 0),
+		CASOp("a", []byte("1"), []byte("2"), 0),
+		CASOp("a", []byte("1"), []byte("3"), 0),
+		DeleteOp("b"),
+		BatchOp(SetOp("c", []byte("x"), 0)),
+		SetOp("", []byte("x"), 0),
+	)
+	rs, ok := f.Apply(logAt(t, 7, 0, batch)).([]Result)
+	if !ok || len(rs) != 6 {
+		t.Fatalf("got %#v", rs)
+	}
+	if rs[0].Err != nil || rs[1].Swapped != true || rs[2].Swapped != false || rs[3].Err != nil {
+		t.Fatalf("results %+v", rs)
+	}
+	if !errors.Is(rs[4].Err, ErrBadCommand) || !errors.Is(rs[5].Err, ErrBadCommand) {
+		t.Fatalf("nested batch / empty key not rejected: %+v", rs[4:])
+	}
+	if v, ver, _ := f.Get("a", now(0)); string(v) != "2" || ver != 7 {
+		t.Fatalf("a = %q@%d", v, ver)
+	}
+	if _, _, ok := f.Get("c", now(0)); ok {
+		t.Fatal("nested batch applied")
+	}
+}
+
+func TestBadCommandAndNonCommandEntries(t *testing.T) {
+	f := New(Options{})
+	r := single(t, f.Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: []byte{0xff, 0xff}}))
+	if !errors.Is(r.Err, ErrBadCommand) {
+		t.Fatalf("garbage gave %+v", r)
+	}
+	out := f.ApplyBatch([]*raft.Log{{Index: 2, Type: raft.LogConfiguration}, logAt(t, 3, 0, SetOp("k", nil, 0))})
+	if out[0] != nil || single(t, out[1]).Err != nil || f.Applied() != 3 {
+		t.Fatalf("batch out %#v applied %d", out, f.Applied())
+	}
+}
+
+func TestTTLUsesAppendedAt(t *testing.T) {
+	f := New(Options{})
+	f.Apply(logAt(t, 1, 0, SetOp("k", []byte("v"), 10*time.Second)))
+	if _, _, ok := f.Get("k", now(9*time.Second)); !ok {
+		t.Fatal("expired early")
+	}
+	if _, _, ok := f.Get("k", now(10*time.Second)); ok {
+		t.Fatal("not expired at its deadline")
+	}
+	// CAS against an expired key sees it absent.
+	r := single(t, f.Apply(logAt(t, 2, 11*time.Second, CASOp("k", nil, []byte("w"), 0))))
+	if !r.Swapped {
+		t.Fatal("CAS(absent) on expired key failed")
+	}
+	if f.Len() != 1 || f.Used() != int64(len("k")+len("w")) {
+		t.Fatalf("len %d used %d", f.Len(), f.Used())
+	}
+}
+
+// Two replicas apply the same log, snapshotted and restored at different
+// points, and read at different times: their states must stay identical.
+func TestTTLDeterministicAcrossReplicas(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var logs []*raft.Log
+	for i := 1; i <= 3000; i++ {
+		key := fmt.Sprintf("k%d", rng.IntN(200))
+		var cmd *fsmpb.Command
+		switch rng.IntN(4) {
+		case 0:
+			cmd = DeleteOp(key)
+		case 1:
+			cmd = CASOp(key, nil, []byte("c"), time.Duration(rng.IntN(50))*time.Millisecond)
+		default:
+			cmd = SetOp(key, bytes.Repeat([]byte("v"), rng.IntN(40)), time.Duration(rng.IntN(3))*time.Duration(rng.IntN(100))*time.Millisecond)
+		}
+		logs = append(logs, logAt(t, uint64(i), time.Duration(i)*time.Millisecond, cmd))
+	}
+	opts := Options{MemoryLimit: 3000}
+	a, b := New(opts), New(opts)
+	var ra, rb []Result
+	for _, l := range logs {
+		ra = append(ra, single(t, a.Apply(l)))
+	}
+	for i, l := range logs {
+		if i == 1500 { // b takes a snapshot mid-way and restores it into a fresh FSM
+			b = roundTrip(t, b, opts)
+		}
+		rb = append(rb, single(t, b.Apply(l)))
+	}
+	for i := range ra {
+		if ra[i].Swapped != rb[i].Swapped || !errors.Is(ra[i].Err, rb[i].Err) && ra[i].Err != rb[i].Err {
+			t.Fatalf("entry %d: %+v vs %+v", i+1, ra[i], rb[i])
+		}
+	}
+	if dump(a) != dump(b) || a.Used() != b.Used() || a.Len() != b.Len() {
+		t.Fatalf("replicas diverged: used %d/%d len %d/%d", a.Used(), b.Used(), a.Len(), b.Len())
+	}
+}
+
+func roundTrip(t *testing.T, f *FSM, opts Options) *FSM {
+	t.Helper()
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	snap.Release()
+	g := New(opts)
+	g.Apply(logAt(t, 1, 0, SetOp("junk", []byte("replaced by restore"), 0)))
+	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+func dump(f *FSM) string {
+	var lines []string
+	for i := range f.shards {
+		for k, e := range f.shards[i].m {
+			lines = append(lines, fmt.Sprintf("%s=%q@%d/%d", k, e.value, e.version, e.expireAt))
+		}
+	}
+	sort.Strings(lines)
+	return fmt.Sprint(lines)
+}
+
+func TestSnapshotRoundTrip(t *testing.T) {
+	f := New(Options{})
+	for i := 0; i < 1000; i++ {
+		f.Apply(logAt(t, uint64(i+1), 0, SetOp(fmt.Sprint("key", i), []byte(fmt.Sprint("value", i)), time.Duration(i%3)*time.Hour)))
+	}
+	f.Apply(logAt(t, 1001, 0, SetOp("empty", []byte{}, 0)))
+	g := roundTrip(t, f, Options{})
+	if dump(f) != dump(g) || f.Used() != g.Used() || f.Len() != g.Len() || g.Applied() != 1001 {
+		t.Fatalf("restore differs: used %d/%d len %d/%d applied %d", f.Used(), g.Used(), f.Len(), g.Len(), g.Applied())
+	}
+	if v, _, ok := g.Get("empty", now(0)); !ok || v == nil || len(v) != 0 {
+		t.Fatalf("empty value after restore: %v %v", v, ok)
+	}
+	// Writes after Snapshot() do not leak into the snapshot being persisted.
+	snap, _ := f.Snapshot()
+	f.Apply(logAt(t, 1002, 0, SetOp("late", []byte("x"), 0)))
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	h := New(Options{})
+	if err := h.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := h.Get("late", now(0)); ok {
+		t.Fatal("snapshot saw a later write")
+	}
+}
+
+func TestRestoreRejectsCorruptStreams(t *testing.T) {
+	f := New(Options{})
+	f.Apply(logAt(t, 1, 0, SetOp("key", []byte("value"), 0)))
+	snap, _ := f.Snapshot()
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	good := sink.Bytes()
+	for cut := 0; cut < len(good)-1; cut++ {
+		g := New(Options{})
+		if err := g.Restore(io.NopCloser(bytes.NewReader(good[:cut]))); err == nil {
+			t.Fatalf("truncated at %d accepted", cut)
+		}
+	}
+	huge := append(append([]byte{}, good[:5]...), 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f)
+	if err := New(Options{}).Restore(io.NopCloser(bytes.NewReader(huge))); err == nil {
+		t.Fatal("huge field accepted")
+	}
+}
+
+func TestMemoryLimit(t *testing.T) {
+	f := New(Options{MemoryLimit: 10})
+	if r := single(t, f.Apply(logAt(t, 1, 0, SetOp("k", []byte("123456789"), 0)))); r.Err != nil {
+		t.Fatalf("exactly at limit: %v", r.Err)
+	}
+	r := single(t, f.Apply(logAt(t, 2, 0, SetOp("j", []byte("1"), 0))))
+	if !errors.Is(r.Err, ErrMemoryLimit) {
+		t.Fatalf("over limit: %+v", r)
+	}
+	if _, _, ok := f.Get("j", now(0)); ok {
+		t.Fatal("rejected write stored")
+	}
+	// Shrinking an existing value and deleting always work.
+	if r := single(t, f.Apply(logAt(t, 3, 0, SetOp("k", []byte("1"), 0)))); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if r := single(t, f.Apply(logAt(t, 4, 0, CASOp("k", []byte("1"), []byte("1234567890"), 0)))); !errors.Is(r.Err, ErrMemoryLimit) || r.Swapped {
+		t.Fatalf("CAS over limit: %+v", r)
+	}
+	if r := single(t, f.Apply(logAt(t, 5, 0, DeleteOp("k")))); r.Err != nil || f.Used() != 0 {
+		t.Fatalf("delete: %+v used %d", r, f.Used())
+	}
+}
+
+func TestValuesAreNotAliased(t *testing.T) {
+	f := New(Options{})
+	cmd := SetOp("k", []byte("abc"), 0)
+	l := logAt(t, 1, 0, cmd)
+	f.Apply(l)
+	for i := range l.Data {
+		l.Data[i] = 'X'
+	}
+	v, _, _ := f.Get("k", now(0))
+	v[0] = 'Z'
+	if v2, _, _ := f.Get("k", now(0)); string(v2) != "abc" {
+		t.Fatalf("stored value changed to %q", v2)
+	}
+}
+
+func TestWaitApplied(t *testing.T) {
+	f := New(Options{})
+	done := make(chan error, 1)
+	go func() { done <- f.WaitApplied(context.Background(), 3) }()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancelled := make(chan error, 1)
+	go func() { cancelled <- f.WaitApplied(ctx, 100) }()
+	f.Apply(logAt(t, 1, 0, SetOp("a", nil, 0)))
+	select {
+	case <-done:
+		t.Fatal("released early")
+	default:
+	}
+	f.ApplyBatch([]*raft.Log{logAt(t, 2, 0, SetOp("a", nil, 0)), logAt(t, 3, 0, SetOp("a", nil, 0))})
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-cancelled; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled wait: %v", err)
+	}
+	if err := f.WaitApplied(context.Background(), 2); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type memSink struct{ bytes.Buffer }
+
+func (s *memSink) ID() string    { return "mem" }
+func (s *memSink) Cancel() error { return nil }
+func (s *memSink) Close() error  { return nil }
