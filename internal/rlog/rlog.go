@@ -1,0 +1,128 @@
+// Package rlog adapts a *slog.Logger to the hclog.Logger that hashicorp/raft
+// and memberlist log through, so GridKV logs through one slog handler.
+package rlog
+
+import (
+	"context"
+	"io"
+	"log"
+	"log/slog"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// New returns an hclog.Logger that writes to l. Raft is chatty at Info, so
+// records below minLevel are dropped before any formatting.
+func New(l *slog.Logger, name string, minLevel slog.Level) hclog.Logger {
+	return &logger{l: l, name: name, min: minLevel}
+}
+
+type logger struct {
+	l       *slog.Logger
+	name    string
+	min     slog.Level
+	implied []interface{}
+}
+
+var _ hclog.Logger = (*logger)(nil)
+
+func toSlog(level hclog.Level) slog.Level {
+	switch level {
+	case hclog.Trace:
+		return slog.LevelDebug - 4
+	case hclog.Debug:
+		return slog.LevelDebug
+	case hclog.Info, hclog.NoLevel, hclog.DefaultLevel:
+		return slog.LevelInfo
+	case hclog.Warn:
+		return slog.LevelWarn
+	default:
+		return slog.LevelError
+	}
+}
+
+func (g *logger) Log(level hclog.Level, msg string, args ...interface{}) {
+	lv := toSlog(level)
+	if lv < g.min || !g.l.Enabled(context.Background(), lv) {
+		return
+	}
+	all := make([]interface{}, 0, len(g.implied)+len(args)+2)
+	if g.name != "" {
+		all = append(all, "component", g.name)
+	}
+	all = append(append(all, g.implied...), args...)
+	g.l.Log(context.Background(), lv, msg, all...)
+}
+
+func (g *logger) Trace(msg string, args ...interface{}) { g.Log(hclog.Trace, msg, args...) }
+func (g *logger) Debug(msg string, args ...interface{}) { g.Log(hclog.Debug, msg, args...) }
+func (g *logger) Info(msg string, args ...interface{})  { g.Log(hclog.Info, msg, args...) }
+func (g *logger) Warn(msg string, args ...interface{})  { g.Log(hclog.Warn, msg, args...) }
+func (g *logger) Error(msg string, args ...interface{}) { g.Log(hclog.Error, msg, args...) }
+
+func (g *logger) enabled(level hclog.Level) bool {
+	lv := toSlog(level)
+	return lv >= g.min && g.l.Enabled(context.Background(), lv)
+}
+
+func (g *logger) IsTrace() bool { return g.enabled(hclog.Trace) }
+func (g *logger) IsDebug() bool { return g.enabled(hclog.Debug) }
+func (g *logger) IsInfo() bool  { return g.enabled(hclog.Info) }
+func (g *logger) IsWarn() bool  { return g.enabled(hclog.Warn) }
+func (g *logger) IsError() bool { return g.enabled(hclog.Error) }
+
+func (g *logger) ImpliedArgs() []interface{} { return g.implied }
+
+func (g *logger) With(args ...interface{}) hclog.Logger {
+	c := *g
+	c.implied = append(append([]interface{}{}, g.implied...), args...)
+	return &c
+}
+
+func (g *logger) Name() string { return g.name }
+
+func (g *logger) Named(name string) hclog.Logger {
+	c := *g
+	if c.name != "" {
+		c.name += "." + name
+	} else {
+		c.name = name
+	}
+	return &c
+}
+
+func (g *logger) ResetNamed(name string) hclog.Logger {
+	c := *g
+	c.name = name
+	return &c
+}
+
+// SetLevel is ignored: the level belongs to the slog handler.
+func (g *logger) SetLevel(hclog.Level) {}
+
+func (g *logger) GetLevel() hclog.Level {
+	switch {
+	case g.min <= slog.LevelDebug:
+		return hclog.Debug
+	case g.min <= slog.LevelInfo:
+		return hclog.Info
+	case g.min <= slog.LevelWarn:
+		return hclog.Warn
+	}
+	return hclog.Error
+}
+
+func (g *logger) StandardLogger(opts *hclog.StandardLoggerOptions) *log.Logger {
+	return log.New(g.StandardWriter(opts), "", 0)
+}
+
+func (g *logger) StandardWriter(*hclog.StandardLoggerOptions) io.Writer {
+	return writerFunc(func(p []byte) (int, error) {
+		g.Info(string(p))
+		return len(p), nil
+	})
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

@@ -1,0 +1,284 @@
+package raftgroup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"go.uber.org/goleak"
+
+	"github.com/gridkv/gridkv/fsm"
+	"github.com/gridkv/gridkv/internal/faultnet"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// testCluster is n hosts in this process over loopback TCP, each holding a
+// replica of every group.
+type testCluster struct {
+	t      testing.TB
+	hosts  []*Host
+	fsms   []map[GroupID]*fsm.FSM
+	faults *faultnet.Net
+}
+
+func fastConfig(node string, faults *faultnet.Net) Config {
+	return Config{
+		NodeID:             node,
+		HeartbeatTimeout:   300 * time.Millisecond,
+		ElectionTimeout:    300 * time.Millisecond,
+		LeaderLeaseTimeout: 150 * time.Millisecond,
+		CommitTimeout:      5 * time.Millisecond,
+		RPCTimeout:         time.Second,
+		Logger:             slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Faults:             faults,
+	}
+}
+
+func newTestCluster(t testing.TB, n, groups int) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t, faults: faultnet.New(1)}
+	for i := 0; i < n; i++ {
+		h, err := NewHost(fastConfig(fmt.Sprintf("n%d", i), c.faults))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.hosts = append(c.hosts, h)
+		c.fsms = append(c.fsms, map[GroupID]*fsm.FSM{})
+	}
+	t.Cleanup(c.close)
+	var servers []raft.Server
+	for _, h := range c.hosts {
+		servers = append(servers, raft.Server{ID: h.ID(), Address: raft.ServerAddress(h.Addr())})
+	}
+	for g := 0; g < groups; g++ {
+		for i, h := range c.hosts {
+			f := fsm.New(fsm.Options{})
+			if _, err := h.CreateGroup(GroupID(g), f, GroupOptions{Bootstrap: servers}); err != nil {
+				t.Fatal(err)
+			}
+			c.fsms[i][GroupID(g)] = f
+		}
+	}
+	return c
+}
+
+func (c *testCluster) close() {
+	for _, h := range c.hosts {
+		_ = h.Close()
+	}
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(10 * time.Millisecond) //nolint:forbidigo // bounded poll interval
+	}
+}
+
+// leader returns the host index leading group g, or -1.
+func (c *testCluster) leader(g GroupID) int {
+	for i, h := range c.hosts {
+		if gr := h.Group(g); gr != nil && gr.IsLeader() {
+			return i
+		}
+	}
+	return -1
+}
+
+func (c *testCluster) waitLeaders(groups int, within time.Duration) {
+	c.t.Helper()
+	eventually(c.t, within, "every group to elect a leader", func() bool {
+		for g := 0; g < groups; g++ {
+			if c.leader(GroupID(g)) < 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func set(t testing.TB, g *Group, key, value string) *fsm.Result {
+	t.Helper()
+	data, _ := fsm.Encode(fsm.SetOp(key, []byte(value), 0))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := g.Apply(ctx, data)
+	if err != nil {
+		t.Fatalf("apply to group %d: %v", g.ID, err)
+	}
+	return resp.(*fsm.Result)
+}
+
+func TestManyGroupsElectAndReplicate(t *testing.T) {
+	const groups = 64
+	c := newTestCluster(t, 3, groups)
+	c.waitLeaders(groups, 30*time.Second)
+	for g := 0; g < groups; g++ {
+		l := c.leader(GroupID(g))
+		if l < 0 {
+			t.Fatalf("group %d lost its leader", g)
+		}
+		set(t, c.hosts[l].Group(GroupID(g)), fmt.Sprint("key", g), fmt.Sprint("value", g))
+	}
+	eventually(t, 10*time.Second, "writes on every replica", func() bool {
+		for g := 0; g < groups; g++ {
+			for i := range c.hosts {
+				v, _, ok := c.fsms[i][GroupID(g)].Get(fmt.Sprint("key", g), fsm.NowNanos())
+				if !ok || string(v) != fmt.Sprint("value", g) {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+func TestPartitionedLeaderIsReplacedAndItsWritesFail(t *testing.T) {
+	c := newTestCluster(t, 3, 1)
+	c.waitLeaders(1, 10*time.Second)
+	old := c.leader(0)
+	set(t, c.hosts[old].Group(0), "before", "1")
+
+	var others []string
+	for i, h := range c.hosts {
+		if i != old {
+			others = append(others, h.Addr())
+		}
+	}
+	c.faults.Isolate(c.hosts[old].Addr(), others...)
+
+	// A write to the isolated leader cannot commit: it must fail (leadership
+	// lost) or time out, never succeed.
+	data, _ := fsm.Encode(fsm.SetOp("during", []byte("lost"), 0))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := c.hosts[old].Group(0).Apply(ctx, data)
+	if err == nil {
+		t.Fatal("write to an isolated leader succeeded")
+	}
+	if !errors.Is(err, ErrLeaderLost) && !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrTimeout) {
+		t.Fatalf("unexpected error %v", err)
+	}
+
+	eventually(t, 10*time.Second, "a new leader in the majority", func() bool {
+		l := c.leader(0)
+		return l >= 0 && l != old
+	})
+	nl := c.leader(0)
+	set(t, c.hosts[nl].Group(0), "after", "2")
+
+	c.faults.HealAll()
+	eventually(t, 10*time.Second, "the old leader to catch up", func() bool {
+		_, _, ok := c.fsms[old][0].Get("after", fsm.NowNanos())
+		return ok
+	})
+	for i := range c.hosts {
+		if _, _, ok := c.fsms[i][0].Get("during", fsm.NowNanos()); ok {
+			t.Fatalf("host %d applied the write the isolated leader could not commit", i)
+		}
+	}
+}
+
+func TestAddAndRemoveReplica(t *testing.T) {
+	c := newTestCluster(t, 3, 1)
+	c.waitLeaders(1, 10*time.Second)
+	l := c.hosts[c.leader(0)].Group(0)
+	for i := 0; i < 100; i++ {
+		set(t, l, fmt.Sprint("k", i), "v")
+	}
+	// Force a snapshot so the new replica is caught up by InstallSnapshot
+	// as well as by the log.
+	if err := l.Raft().Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	set(t, l, "after-snapshot", "v")
+
+	extra, err := NewHost(fastConfig("n3", c.faults))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	f := fsm.New(fsm.Options{})
+	if _, err := extra.CreateGroup(0, f, GroupOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := l.AddVoter(ctx, extra.ID(), extra.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the new replica to catch up", func() bool {
+		_, _, ok1 := f.Get("k99", fsm.NowNanos())
+		_, _, ok2 := f.Get("after-snapshot", fsm.NowNanos())
+		return ok1 && ok2
+	})
+
+	// Remove a follower that is not the leader.
+	var victim *Host
+	for _, h := range c.hosts {
+		if g := h.Group(0); g != nil && !g.IsLeader() {
+			victim = h
+			break
+		}
+	}
+	if err := l.RemoveServer(ctx, victim.ID()); err != nil {
+		t.Fatal(err)
+	}
+	servers, err := l.Configuration()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(servers) != 3 {
+		t.Fatalf("configuration has %d servers, want 3", len(servers))
+	}
+	for _, s := range servers {
+		if s.ID == victim.ID() {
+			t.Fatal("removed server still in the configuration")
+		}
+	}
+	set(t, l, "after-remove", "v")
+	eventually(t, 10*time.Second, "writes to reach the added replica", func() bool {
+		_, _, ok := f.Get("after-remove", fsm.NowNanos())
+		return ok
+	})
+}
+
+func TestTransferLeadership(t *testing.T) {
+	c := newTestCluster(t, 3, 1)
+	c.waitLeaders(1, 10*time.Second)
+	old := c.leader(0)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.hosts[old].Group(0).TransferLeadership(ctx, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "a different leader", func() bool {
+		l := c.leader(0)
+		return l >= 0 && l != old
+	})
+}
+
+func TestServerIDCarriesIncarnation(t *testing.T) {
+	id := ServerID("node-a", 42)
+	node, inc, err := ParseServerID(id)
+	if err != nil || node != "node-a" || inc != 42 {
+		t.Fatalf("ParseServerID(%q) = %q, %d, %v", id, node, inc, err)
+	}
+	if _, _, err := ParseServerID("plain"); err == nil {
+		t.Fatal("id without incarnation accepted")
+	}
+	if _, err := NewHost(Config{NodeID: "a/b"}); err == nil {
+		t.Fatal("node id with '/' accepted")
+	}
+}

@@ -1,0 +1,28 @@
+// Package raftgroup runs many hashicorp/raft groups in one process (one per
+// GridKV range) over a single TCP listener per node.
+//
+// A Host owns the listener and its connections. Every group replica on the
+// node gets a raft.Transport that tags its frames with the group id, so the
+// Raft traffic of all groups between two nodes shares one outbound
+// connection each way: heartbeats of many groups sent together leave in one
+// write. Snapshots stream on a connection of their own so they never hold up
+// heartbeats. Heartbeats take raft's fast path (answered off the group's
+// main loop). Raft logs, stable state and snapshots are kept in memory.
+//
+// Raft server ids carry the node's incarnation ("node/incarnation"): with
+// in-memory logs a restarted node has lost its log and must come back as a
+// new server, never under its old id (see docs/raftgroup.md).
+//
+// Faults: Config.Faults (an internal/faultnet.Net) decides the fate of every
+// frame a node sends — drop, delay, duplicate, cut — per direction between
+// node pairs. It is nil, and costs one nil check, in production.
+//
+// Usage:
+//
+//	h, _ := raftgroup.NewHost(raftgroup.Config{NodeID: "n1"})
+//	defer h.Close()
+//	g, _ := h.CreateGroup(7, fsm.New(fsm.Options{}), raftgroup.GroupOptions{
+//		Bootstrap: []raft.Server{{ID: h.ID(), Address: raft.ServerAddress(h.Addr())}},
+//	})
+//	resp, err := g.Apply(ctx, data) // on the leader
+package raftgroup

@@ -1,0 +1,472 @@
+package raftgroup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/gridkv/gridkv/internal/faultnet"
+	"github.com/gridkv/gridkv/internal/rlog"
+)
+
+// GroupID names a Raft group (a GridKV range). It is the same on every node.
+type GroupID uint64
+
+// Errors returned by Host and Group; raft's own errors are wrapped in them.
+var (
+	ErrClosed      = errors.New("raftgroup: closed")
+	ErrNotLeader   = errors.New("raftgroup: not the leader")
+	ErrLeaderLost  = errors.New("raftgroup: leadership lost before the entry committed")
+	ErrTimeout     = errors.New("raftgroup: timed out")
+	ErrGroupExists = errors.New("raftgroup: group already exists")
+)
+
+// Config configures a Host. Zero values mean the defaults given.
+type Config struct {
+	// NodeID names the node; it must not contain '/'. Required.
+	NodeID string
+	// Incarnation distinguishes this run of the node from earlier ones: Raft
+	// logs are in memory, so a restarted node must never reuse its old Raft
+	// server id. Default: a random non-zero number.
+	Incarnation uint64
+	// BindAddr is the TCP address every group's Raft RPCs share.
+	// Default "127.0.0.1:0" (an ephemeral port; see Host.Addr).
+	BindAddr string
+	// RPCTimeout bounds one Raft RPC (snapshots get more, scaled by size).
+	// Default 5s.
+	RPCTimeout time.Duration
+	// Raft timings; zero takes hashicorp/raft's defaults (1s heartbeat and
+	// election timeouts, 500ms leader lease, 50ms commit timeout).
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	// MaxAppendEntries caps entries per AppendEntries RPC. Default 256.
+	MaxAppendEntries int
+	// SnapshotThreshold is how many new entries trigger a snapshot (which
+	// also frees the in-memory log up to TrailingLogs). Default 8192.
+	SnapshotThreshold uint64
+	// TrailingLogs is how many entries stay after a snapshot. Default 4096.
+	TrailingLogs uint64
+	// SnapshotInterval is how often raft checks SnapshotThreshold. Default 30s.
+	SnapshotInterval time.Duration
+	// Logger receives raft's warnings and errors. Default slog.Default().
+	Logger *slog.Logger
+	// Faults, if set, decides the fate of every frame this node sends
+	// (tests and the Jepsen-style suite). Default nil: no faults, no cost.
+	Faults *faultnet.Net
+	// OnLeaderChange, if set, is called (from one goroutine, in order) each
+	// time a group on this node observes a new leader ("" while none).
+	OnLeaderChange func(group GroupID, leader raft.ServerID)
+}
+
+func (c *Config) fill() error {
+	if c.NodeID == "" || strings.Contains(c.NodeID, "/") {
+		return fmt.Errorf("raftgroup: NodeID %q must be non-empty and contain no '/'", c.NodeID)
+	}
+	if c.Incarnation == 0 {
+		c.Incarnation = rand.Uint64()>>1 | 1
+	}
+	if c.BindAddr == "" {
+		c.BindAddr = "127.0.0.1:0"
+	}
+	if c.RPCTimeout <= 0 {
+		c.RPCTimeout = 5 * time.Second
+	}
+	if c.MaxAppendEntries <= 0 {
+		c.MaxAppendEntries = 256
+	}
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = 8192
+	}
+	if c.TrailingLogs == 0 {
+		c.TrailingLogs = 4096
+	}
+	if c.SnapshotInterval <= 0 {
+		c.SnapshotInterval = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// ServerID is the Raft server id of a node's incarnation: "node/incarnation".
+func ServerID(node string, incarnation uint64) raft.ServerID {
+	return raft.ServerID(node + "/" + strconv.FormatUint(incarnation, 10))
+}
+
+// ParseServerID splits a Raft server id made by ServerID.
+func ParseServerID(id raft.ServerID) (node string, incarnation uint64, err error) {
+	s := string(id)
+	i := strings.LastIndexByte(s, '/')
+	if i <= 0 {
+		return "", 0, fmt.Errorf("raftgroup: server id %q has no incarnation", s)
+	}
+	inc, err := strconv.ParseUint(s[i+1:], 10, 64)
+	if err != nil {
+		return "", 0, fmt.Errorf("raftgroup: server id %q: %w", s, err)
+	}
+	return s[:i], inc, nil
+}
+
+// Host runs many Raft groups on one node over one TCP listener.
+//
+// Threading: all methods are safe for concurrent use. Close stops every
+// group and every goroutine the host started.
+type Host struct {
+	cfg Config
+	id  raft.ServerID
+	mux *mux
+	log *slog.Logger
+
+	observations  chan raft.Observation
+	leaderChanges atomic.Int64
+
+	mu struct {
+		sync.Mutex
+		closed bool
+		groups map[GroupID]*Group
+		byRaft map[*raft.Raft]GroupID
+	}
+	wg   sync.WaitGroup
+	stop chan struct{}
+}
+
+// NewHost starts a node's listener. Groups are added with CreateGroup.
+func NewHost(cfg Config) (*Host, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	m, err := newMux(cfg.BindAddr, cfg.Faults, cfg.RPCTimeout)
+	if err != nil {
+		return nil, err
+	}
+	h := &Host{
+		cfg: cfg, id: ServerID(cfg.NodeID, cfg.Incarnation), mux: m,
+		log:          cfg.Logger.With("node", cfg.NodeID),
+		observations: make(chan raft.Observation, 1024),
+		stop:         make(chan struct{}),
+	}
+	h.mu.groups = make(map[GroupID]*Group)
+	h.mu.byRaft = make(map[*raft.Raft]GroupID)
+	h.wg.Add(1)
+	go func() { defer h.wg.Done(); h.observe() }()
+	return h, nil
+}
+
+// Addr is the bound listen address, the Raft server address of every group
+// replica on this node.
+func (h *Host) Addr() string { return h.mux.addr }
+
+// ID is this node incarnation's Raft server id.
+func (h *Host) ID() raft.ServerID { return h.id }
+
+// NodeID is the configured node id.
+func (h *Host) NodeID() string { return h.cfg.NodeID }
+
+// LeaderChanges counts leader observations across all groups since start.
+func (h *Host) LeaderChanges() int64 { return h.leaderChanges.Load() }
+
+// GroupOptions configure one group replica.
+type GroupOptions struct {
+	// Bootstrap, when non-empty, starts the group with this configuration,
+	// which must include this host. Empty: the replica starts with no
+	// configuration and waits for a leader to add it.
+	Bootstrap []raft.Server
+}
+
+// CreateGroup starts this node's replica of group id, applying to fsm.
+func (h *Host) CreateGroup(id GroupID, fsm raft.FSM, opts GroupOptions) (*Group, error) {
+	h.mu.Lock()
+	if h.mu.closed {
+		h.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if _, ok := h.mu.groups[id]; ok {
+		h.mu.Unlock()
+		return nil, fmt.Errorf("%w: %d", ErrGroupExists, id)
+	}
+	g := &Group{ID: id, h: h, logs: &logStore{}}
+	h.mu.groups[id] = g // reserve the id while raft starts
+	h.mu.Unlock()
+
+	err := g.start(fsm, opts)
+	h.mu.Lock()
+	if err != nil {
+		delete(h.mu.groups, id)
+	} else {
+		h.mu.byRaft[g.raft] = id
+	}
+	h.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// Group returns this node's replica of group id, or nil.
+func (h *Host) Group(id GroupID) *Group {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	g := h.mu.groups[id]
+	if g == nil || g.raft == nil {
+		return nil
+	}
+	return g
+}
+
+// Groups returns this node's replicas, in no particular order.
+func (h *Host) Groups() []*Group {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]*Group, 0, len(h.mu.groups))
+	for _, g := range h.mu.groups {
+		if g.raft != nil {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+func (h *Host) raftConfig() *raft.Config {
+	c := raft.DefaultConfig()
+	c.LocalID = h.id
+	if h.cfg.HeartbeatTimeout > 0 {
+		c.HeartbeatTimeout = h.cfg.HeartbeatTimeout
+	}
+	if h.cfg.ElectionTimeout > 0 {
+		c.ElectionTimeout = h.cfg.ElectionTimeout
+	}
+	if h.cfg.LeaderLeaseTimeout > 0 {
+		c.LeaderLeaseTimeout = h.cfg.LeaderLeaseTimeout
+	}
+	if h.cfg.CommitTimeout > 0 {
+		c.CommitTimeout = h.cfg.CommitTimeout
+	}
+	c.MaxAppendEntries = h.cfg.MaxAppendEntries
+	c.SnapshotThreshold = h.cfg.SnapshotThreshold
+	c.TrailingLogs = h.cfg.TrailingLogs
+	c.SnapshotInterval = h.cfg.SnapshotInterval
+	c.BatchApplyCh = true
+	c.NoSnapshotRestoreOnStart = true
+	c.Logger = rlog.New(h.log, "raft", slog.LevelWarn)
+	return c
+}
+
+// observe turns raft's leader observations into OnLeaderChange calls.
+func (h *Host) observe() {
+	for {
+		select {
+		case o := <-h.observations:
+			lo, ok := o.Data.(raft.LeaderObservation)
+			if !ok {
+				continue
+			}
+			h.leaderChanges.Add(1)
+			h.mu.Lock()
+			id, known := h.mu.byRaft[o.Raft]
+			h.mu.Unlock()
+			if known && h.cfg.OnLeaderChange != nil {
+				h.cfg.OnLeaderChange(id, lo.LeaderID)
+			}
+		case <-h.stop:
+			return
+		}
+	}
+}
+
+// Close shuts down every group, then the listener and its connections, and
+// waits for every goroutine the host started. It is idempotent.
+func (h *Host) Close() error {
+	h.mu.Lock()
+	if h.mu.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.mu.closed = true
+	groups := make([]*Group, 0, len(h.mu.groups))
+	for _, g := range h.mu.groups {
+		groups = append(groups, g)
+	}
+	h.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, g := range groups {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = g.Shutdown() }()
+	}
+	wg.Wait()
+	h.mux.close()
+	close(h.stop)
+	h.wg.Wait()
+	return nil
+}
+
+// Group is one node's replica of one Raft group.
+//
+// Threading: all methods are safe for concurrent use.
+type Group struct {
+	ID GroupID
+
+	h        *Host
+	raft     *raft.Raft
+	trans    *groupTransport
+	logs     *logStore
+	observer *raft.Observer
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+func (g *Group) start(fsm raft.FSM, opts GroupOptions) error {
+	trans, err := newGroupTransport(g.h.mux, uint64(g.ID))
+	if err != nil {
+		return err
+	}
+	stable := newStableStore()
+	snaps := raft.NewInmemSnapshotStore()
+	conf := g.h.raftConfig()
+	if len(opts.Bootstrap) > 0 {
+		if err := raft.BootstrapCluster(conf, g.logs, stable, snaps, trans, raft.Configuration{Servers: opts.Bootstrap}); err != nil {
+			_ = trans.Close()
+			return fmt.Errorf("raftgroup: bootstrap group %d: %w", g.ID, err)
+		}
+	}
+	r, err := raft.NewRaft(conf, fsm, g.logs, stable, snaps, trans)
+	if err != nil {
+		_ = trans.Close()
+		return fmt.Errorf("raftgroup: start group %d: %w", g.ID, err)
+	}
+	g.raft, g.trans = r, trans
+	g.observer = raft.NewObserver(g.h.observations, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	r.RegisterObserver(g.observer)
+	return nil
+}
+
+// Raft is the underlying hashicorp/raft instance, for what Group does not
+// wrap (stats, barriers, configuration futures).
+func (g *Group) Raft() *raft.Raft { return g.raft }
+
+// Leader returns the leader's server id and address as this replica knows
+// them; empty while unknown.
+func (g *Group) Leader() (raft.ServerID, raft.ServerAddress) {
+	addr, id := g.raft.LeaderWithID()
+	return id, addr
+}
+
+// IsLeader reports whether this replica believes it leads the group.
+func (g *Group) IsLeader() bool { return g.raft.State() == raft.Leader }
+
+// Apply replicates cmd and returns the FSM's response once it is applied on
+// this (leader) replica. An error wrapping ErrTimeout means the outcome is
+// unknown; ErrNotLeader means the entry was not appended.
+func (g *Group) Apply(ctx context.Context, cmd []byte) (interface{}, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrTimeout, err)
+	}
+	var timeout time.Duration
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+		if timeout <= 0 {
+			return nil, fmt.Errorf("%w: %w", ErrTimeout, context.DeadlineExceeded)
+		}
+	}
+	f := g.raft.Apply(cmd, timeout)
+	if err := g.wait(ctx, f); err != nil {
+		return nil, err
+	}
+	return f.Response(), nil
+}
+
+// wait waits for a raft future while honouring ctx. Raft always completes
+// futures (with ErrRaftShutdown at the latest), so the helper goroutine
+// that waits past ctx always ends; the host waits for it on Close.
+func (g *Group) wait(ctx context.Context, f raft.Future) error {
+	if ctx.Done() == nil {
+		return mapErr(f.Error())
+	}
+	done := make(chan error, 1)
+	g.h.wg.Add(1)
+	go func() { defer g.h.wg.Done(); done <- f.Error() }()
+	select {
+	case err := <-done:
+		return mapErr(err)
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
+	}
+}
+
+func mapErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, raft.ErrNotLeader):
+		return fmt.Errorf("%w: %w", ErrNotLeader, err)
+	case errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		return fmt.Errorf("%w: %w", ErrLeaderLost, err)
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return fmt.Errorf("%w: %w", ErrClosed, err)
+	case errors.Is(err, raft.ErrEnqueueTimeout):
+		return fmt.Errorf("%w: %w", ErrTimeout, err)
+	}
+	return err
+}
+
+// AddVoter adds a voting replica (one configuration change; raft catches it
+// up by log or snapshot).
+func (g *Group) AddVoter(ctx context.Context, id raft.ServerID, addr string) error {
+	return g.wait(ctx, g.raft.AddVoter(id, raft.ServerAddress(addr), 0, 0))
+}
+
+// RemoveServer removes a replica from the configuration.
+func (g *Group) RemoveServer(ctx context.Context, id raft.ServerID) error {
+	return g.wait(ctx, g.raft.RemoveServer(id, 0, 0))
+}
+
+// TransferLeadership hands leadership to the most up-to-date follower, or
+// to id when it is non-empty.
+func (g *Group) TransferLeadership(ctx context.Context, id raft.ServerID, addr string) error {
+	if id == "" {
+		return g.wait(ctx, g.raft.LeadershipTransfer())
+	}
+	return g.wait(ctx, g.raft.LeadershipTransferToServer(id, raft.ServerAddress(addr)))
+}
+
+// Configuration returns the group's current servers.
+func (g *Group) Configuration() ([]raft.Server, error) {
+	f := g.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, mapErr(err)
+	}
+	return f.Configuration().Servers, nil
+}
+
+// Shutdown stops this replica: its transport first, so raft goroutines
+// blocked on peers return at once, then raft itself. Idempotent.
+func (g *Group) Shutdown() error {
+	g.shutdownOnce.Do(func() {
+		if g.raft == nil {
+			return
+		}
+		g.raft.DeregisterObserver(g.observer)
+		_ = g.trans.Close()
+		g.shutdownErr = g.raft.Shutdown().Error()
+		g.h.mu.Lock()
+		delete(g.h.mu.groups, g.ID)
+		delete(g.h.mu.byRaft, g.raft)
+		g.h.mu.Unlock()
+	})
+	return g.shutdownErr
+}

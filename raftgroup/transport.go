@@ -1,0 +1,285 @@
+package raftgroup
+
+import (
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// groupTransport is the raft.Transport of one group on one node: a view of
+// the node's shared mux that tags every frame with the group id.
+//
+// Threading: every method is safe for concurrent use, as raft requires.
+type groupTransport struct {
+	m     *mux
+	group uint64
+
+	consumeCh chan raft.RPC
+	heartbeat atomic.Pointer[func(raft.RPC)]
+
+	// Requests that found consumeCh full wait here, in arrival order, for
+	// one drainer goroutine, so a slow group never blocks the connection's
+	// reader (and with it every other group).
+	qmu      sync.Mutex
+	overflow []raft.RPC
+	draining bool
+
+	closeOnce sync.Once
+	closed    chan struct{}
+	wg        sync.WaitGroup // drainer and pipelines
+}
+
+var (
+	_ raft.Transport   = (*groupTransport)(nil)
+	_ raft.WithPreVote = (*groupTransport)(nil)
+	_ raft.WithClose   = (*groupTransport)(nil)
+)
+
+func newGroupTransport(m *mux, group uint64) (*groupTransport, error) {
+	gt := &groupTransport{m: m, group: group, consumeCh: make(chan raft.RPC, 64), closed: make(chan struct{})}
+	if err := m.register(gt); err != nil {
+		return nil, err
+	}
+	return gt, nil
+}
+
+// dispatch hands an incoming request to raft without blocking the caller.
+// It reports false once the group is closed.
+func (gt *groupTransport) dispatch(rpc raft.RPC) bool {
+	select {
+	case <-gt.closed:
+		return false
+	default:
+	}
+	gt.qmu.Lock()
+	defer gt.qmu.Unlock()
+	if !gt.draining {
+		select {
+		case gt.consumeCh <- rpc:
+			return true
+		default:
+		}
+		gt.draining = true
+		gt.wg.Add(1)
+		go func() { defer gt.wg.Done(); gt.drain() }()
+	}
+	gt.overflow = append(gt.overflow, rpc)
+	return true
+}
+
+func (gt *groupTransport) drain() {
+	for {
+		gt.qmu.Lock()
+		if len(gt.overflow) == 0 {
+			gt.draining = false
+			gt.overflow = nil
+			gt.qmu.Unlock()
+			return
+		}
+		rpc := gt.overflow[0]
+		gt.overflow[0] = raft.RPC{}
+		gt.overflow = gt.overflow[1:]
+		gt.qmu.Unlock()
+		select {
+		case gt.consumeCh <- rpc:
+		case <-gt.closed:
+			return
+		}
+	}
+}
+
+func (gt *groupTransport) heartbeatHandler() func(raft.RPC) {
+	if p := gt.heartbeat.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Consumer implements raft.Transport.
+func (gt *groupTransport) Consumer() <-chan raft.RPC { return gt.consumeCh }
+
+// LocalAddr implements raft.Transport: the node's listen address.
+func (gt *groupTransport) LocalAddr() raft.ServerAddress { return raft.ServerAddress(gt.m.addr) }
+
+// SetHeartbeatHandler implements raft.Transport.
+func (gt *groupTransport) SetHeartbeatHandler(cb func(rpc raft.RPC)) {
+	if cb == nil {
+		gt.heartbeat.Store(nil)
+		return
+	}
+	gt.heartbeat.Store(&cb)
+}
+
+// EncodePeer implements raft.Transport.
+func (gt *groupTransport) EncodePeer(_ raft.ServerID, addr raft.ServerAddress) []byte {
+	return []byte(addr)
+}
+
+// DecodePeer implements raft.Transport.
+func (gt *groupTransport) DecodePeer(b []byte) raft.ServerAddress { return raft.ServerAddress(b) }
+
+// Close implements raft.WithClose; raft calls it on shutdown.
+func (gt *groupTransport) Close() error {
+	gt.closeOnce.Do(func() {
+		gt.m.unregister(gt)
+		close(gt.closed)
+	})
+	gt.wg.Wait()
+	return nil
+}
+
+var errGroupClosed = errors.New("raftgroup: group transport closed")
+
+// roundTrip sends one request and waits for its answer.
+func (gt *groupTransport) roundTrip(target raft.ServerAddress, kind byte, encode func([]byte) []byte, resp interface{}) error {
+	type answer struct {
+		body []byte
+		err  error
+	}
+	done := make(chan answer, 1)
+	gt.m.start(string(target), gt.group, kind, encode, func(body []byte, err error) { done <- answer{body, err} })
+	select {
+	case a := <-done:
+		if a.err != nil {
+			return a.err
+		}
+		return decodeResponse(a.body, resp)
+	case <-gt.closed:
+		return errGroupClosed
+	}
+}
+
+// AppendEntries implements raft.Transport.
+func (gt *groupTransport) AppendEntries(_ raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+	return gt.roundTrip(target, kindAppendEntries, func(b []byte) []byte { return appendAppendEntriesRequest(b, args) }, resp)
+}
+
+// RequestVote implements raft.Transport.
+func (gt *groupTransport) RequestVote(_ raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
+	return gt.roundTrip(target, kindRequestVote, func(b []byte) []byte { return appendRequestVoteRequest(b, args) }, resp)
+}
+
+// RequestPreVote implements raft.WithPreVote.
+func (gt *groupTransport) RequestPreVote(_ raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
+	return gt.roundTrip(target, kindRequestPreVote, func(b []byte) []byte { return appendRequestPreVoteRequest(b, args) }, resp)
+}
+
+// TimeoutNow implements raft.Transport.
+func (gt *groupTransport) TimeoutNow(_ raft.ServerID, target raft.ServerAddress, args *raft.TimeoutNowRequest, resp *raft.TimeoutNowResponse) error {
+	return gt.roundTrip(target, kindTimeoutNow, func(b []byte) []byte { return appendRPCHeader(b, args.RPCHeader) }, resp)
+}
+
+// InstallSnapshot implements raft.Transport.
+func (gt *groupTransport) InstallSnapshot(_ raft.ServerID, target raft.ServerAddress, args *raft.InstallSnapshotRequest, resp *raft.InstallSnapshotResponse, data io.Reader) error {
+	return gt.m.installSnapshot(string(target), gt.group, args, resp, data)
+}
+
+// AppendEntriesPipeline implements raft.Transport.
+func (gt *groupTransport) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
+	select {
+	case <-gt.closed:
+		return nil, errGroupClosed
+	default:
+	}
+	p := &pipeline{
+		gt: gt, target: target,
+		inflight: make(chan *appendFuture, maxInflight),
+		doneCh:   make(chan raft.AppendFuture, maxInflight),
+		shutdown: make(chan struct{}),
+	}
+	gt.wg.Add(1)
+	go func() { defer gt.wg.Done(); p.deliver() }()
+	return p, nil
+}
+
+// maxInflight bounds pipelined AppendEntries per follower; raft's sender
+// blocks beyond it, which is its back-pressure.
+const maxInflight = 128
+
+type pipeline struct {
+	gt        *groupTransport
+	target    raft.ServerAddress
+	inflight  chan *appendFuture
+	doneCh    chan raft.AppendFuture
+	shutdown  chan struct{}
+	closeOnce sync.Once
+}
+
+// AppendEntries implements raft.AppendPipeline.
+func (p *pipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) (raft.AppendFuture, error) {
+	f := &appendFuture{start: time.Now(), args: args, resp: resp, done: make(chan struct{})}
+	select {
+	case p.inflight <- f:
+	case <-p.shutdown:
+		return nil, raft.ErrPipelineShutdown
+	case <-p.gt.closed:
+		return nil, raft.ErrPipelineShutdown
+	}
+	p.gt.m.start(string(p.target), p.gt.group, kindAppendEntries,
+		func(b []byte) []byte { return appendAppendEntriesRequest(b, args) },
+		func(body []byte, err error) {
+			if err == nil {
+				err = decodeResponse(body, resp)
+			}
+			f.err = err
+			close(f.done)
+		})
+	return f, nil
+}
+
+// deliver hands finished futures to raft in the order they were sent.
+func (p *pipeline) deliver() {
+	for {
+		var f *appendFuture
+		select {
+		case f = <-p.inflight:
+		case <-p.shutdown:
+			return
+		case <-p.gt.closed:
+			return
+		}
+		select {
+		case <-f.done:
+		case <-p.shutdown:
+			return
+		case <-p.gt.closed:
+			return
+		}
+		select {
+		case p.doneCh <- f:
+		case <-p.shutdown:
+			return
+		case <-p.gt.closed:
+			return
+		}
+	}
+}
+
+// Consumer implements raft.AppendPipeline.
+func (p *pipeline) Consumer() <-chan raft.AppendFuture { return p.doneCh }
+
+// Close implements raft.AppendPipeline.
+func (p *pipeline) Close() error {
+	p.closeOnce.Do(func() { close(p.shutdown) })
+	return nil
+}
+
+type appendFuture struct {
+	start time.Time
+	args  *raft.AppendEntriesRequest
+	resp  *raft.AppendEntriesResponse
+	done  chan struct{}
+	err   error
+}
+
+func (f *appendFuture) Error() error {
+	<-f.done
+	return f.err
+}
+func (f *appendFuture) Start() time.Time                      { return f.start }
+func (f *appendFuture) Request() *raft.AppendEntriesRequest   { return f.args }
+func (f *appendFuture) Response() *raft.AppendEntriesResponse { return f.resp }

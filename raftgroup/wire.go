@@ -1,0 +1,443 @@
+package raftgroup
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// Wire format. Every frame on a connection is
+//
+//	u32 length of the rest | u8 kind | u64 group | u64 request id | body
+//
+// Requests carry a kind below respFlag; the answer to a request carries
+// kind|respFlag, the same group and id, and a body that starts with a status
+// byte (statusOK then the encoded response, or statusErr then the error
+// text). Integers inside bodies are uvarints, byte strings are
+// uvarint-length-prefixed, times are varint unix nanoseconds (0 = zero time).
+const (
+	kindHello           byte = 1 // body: the sender's listen address
+	kindAppendEntries   byte = 2
+	kindRequestVote     byte = 3
+	kindRequestPreVote  byte = 4
+	kindTimeoutNow      byte = 5
+	kindInstallSnapshot byte = 6 // on a connection of its own; the data follows the frame
+
+	respFlag byte = 0x80
+
+	statusOK  byte = 0
+	statusErr byte = 1
+
+	headerLen = 4 + 1 + 8 + 8
+	// maxFrame bounds one frame; a peer announcing more is dropped.
+	maxFrame = 256 << 20
+	// minLogLen is the fewest bytes one encoded raft.Log takes, used to
+	// bound the entry count a frame may claim before anything is allocated.
+	minLogLen = 7
+)
+
+var errShortFrame = errors.New("raftgroup: malformed frame")
+
+type frameHeader struct {
+	kind  byte
+	group uint64
+	id    uint64
+}
+
+// appendHeader starts a frame; finishFrame fills in its length.
+func appendHeader(b []byte, h frameHeader) []byte {
+	b = append(b, 0, 0, 0, 0, h.kind)
+	b = binary.BigEndian.AppendUint64(b, h.group)
+	return binary.BigEndian.AppendUint64(b, h.id)
+}
+
+func finishFrame(b []byte, start int) {
+	binary.BigEndian.PutUint32(b[start:], uint32(len(b)-start-4))
+}
+
+// parseHeader reads the fixed part after the length prefix.
+func parseHeader(b []byte) (frameHeader, []byte, error) {
+	if len(b) < headerLen-4 {
+		return frameHeader{}, nil, errShortFrame
+	}
+	return frameHeader{
+		kind:  b[0],
+		group: binary.BigEndian.Uint64(b[1:]),
+		id:    binary.BigEndian.Uint64(b[9:]),
+	}, b[17:], nil
+}
+
+// decoder reads body fields; the first error sticks and later reads return
+// zero values, so decode functions check err once at the end.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.err = errShortFrame
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.err = errShortFrame
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) byte1() byte {
+	if d.err != nil || len(d.b) == 0 {
+		d.err = errShortFrame
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
+	return v
+}
+
+func (d *decoder) bool() bool { return d.byte1() != 0 }
+
+// bytes returns a slice of the frame itself (frames are never reused), or
+// nil for an empty field.
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.b)) {
+		d.err = errShortFrame
+		return nil
+	}
+	if n == 0 {
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) time() time.Time {
+	ns := d.varint()
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
+
+func (d *decoder) done() error {
+	if d.err == nil && len(d.b) != 0 {
+		d.err = fmt.Errorf("%w: %d trailing bytes", errShortFrame, len(d.b))
+	}
+	return d.err
+}
+
+func appendBytes(b, v []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(v)))
+	return append(b, v...)
+}
+
+func appendBool(b []byte, v bool) []byte {
+	if v {
+		return append(b, 1)
+	}
+	return append(b, 0)
+}
+
+func appendTime(b []byte, t time.Time) []byte {
+	if t.IsZero() {
+		return binary.AppendVarint(b, 0)
+	}
+	return binary.AppendVarint(b, t.UnixNano())
+}
+
+func appendRPCHeader(b []byte, h raft.RPCHeader) []byte {
+	b = binary.AppendUvarint(b, uint64(h.ProtocolVersion))
+	b = appendBytes(b, h.ID)
+	return appendBytes(b, h.Addr)
+}
+
+func (d *decoder) rpcHeader() raft.RPCHeader {
+	return raft.RPCHeader{ProtocolVersion: raft.ProtocolVersion(d.uvarint()), ID: d.bytes(), Addr: d.bytes()}
+}
+
+func appendLog(b []byte, l *raft.Log) []byte {
+	b = binary.AppendUvarint(b, l.Index)
+	b = binary.AppendUvarint(b, l.Term)
+	b = append(b, byte(l.Type))
+	b = appendBytes(b, l.Data)
+	b = appendBytes(b, l.Extensions)
+	return appendTime(b, l.AppendedAt)
+}
+
+func (d *decoder) log(l *raft.Log) {
+	l.Index = d.uvarint()
+	l.Term = d.uvarint()
+	l.Type = raft.LogType(d.byte1())
+	l.Data = d.bytes()
+	l.Extensions = d.bytes()
+	l.AppendedAt = d.time()
+}
+
+func appendAppendEntriesRequest(b []byte, r *raft.AppendEntriesRequest) []byte {
+	b = appendRPCHeader(b, r.RPCHeader)
+	b = binary.AppendUvarint(b, r.Term)
+	b = appendBytes(b, r.Leader) //nolint:staticcheck // deprecated field still read by raft
+	b = binary.AppendUvarint(b, r.PrevLogEntry)
+	b = binary.AppendUvarint(b, r.PrevLogTerm)
+	b = binary.AppendUvarint(b, r.LeaderCommitIndex)
+	b = binary.AppendUvarint(b, uint64(len(r.Entries)))
+	for _, l := range r.Entries {
+		b = appendLog(b, l)
+	}
+	return b
+}
+
+func decodeAppendEntriesRequest(body []byte, r *raft.AppendEntriesRequest) error {
+	d := decoder{b: body}
+	r.RPCHeader = d.rpcHeader()
+	r.Term = d.uvarint()
+	r.Leader = d.bytes() //nolint:staticcheck // deprecated field still read by raft
+	r.PrevLogEntry = d.uvarint()
+	r.PrevLogTerm = d.uvarint()
+	r.LeaderCommitIndex = d.uvarint()
+	n := d.uvarint()
+	if d.err == nil && n > uint64(len(d.b)/minLogLen) {
+		return errShortFrame // claims more entries than the bytes could hold
+	}
+	if n > 0 && d.err == nil {
+		// One allocation for all entries, bounded by the frame's size.
+		logs := make([]raft.Log, n)
+		r.Entries = make([]*raft.Log, n)
+		for i := range logs {
+			d.log(&logs[i])
+			r.Entries[i] = &logs[i]
+		}
+	}
+	return d.done()
+}
+
+func appendAppendEntriesResponse(b []byte, r *raft.AppendEntriesResponse) []byte {
+	b = appendRPCHeader(b, r.RPCHeader)
+	b = binary.AppendUvarint(b, r.Term)
+	b = binary.AppendUvarint(b, r.LastLog)
+	b = appendBool(b, r.Success)
+	return appendBool(b, r.NoRetryBackoff)
+}
+
+func decodeAppendEntriesResponse(body []byte, r *raft.AppendEntriesResponse) error {
+	d := decoder{b: body}
+	r.RPCHeader = d.rpcHeader()
+	r.Term = d.uvarint()
+	r.LastLog = d.uvarint()
+	r.Success = d.bool()
+	r.NoRetryBackoff = d.bool()
+	return d.done()
+}
+
+func appendRequestVoteRequest(b []byte, r *raft.RequestVoteRequest) []byte {
+	b = appendRPCHeader(b, r.RPCHeader)
+	b = binary.AppendUvarint(b, r.Term)
+	b = appendBytes(b, r.Candidate) //nolint:staticcheck // deprecated field still read by raft
+	b = binary.AppendUvarint(b, r.LastLogIndex)
+	b = binary.AppendUvarint(b, r.LastLogTerm)
+	return appendBool(b, r.LeadershipTransfer)
+}
+
+func decodeRequestVoteRequest(body []byte, r *raft.RequestVoteRequest) error {
+	d := decoder{b: body}
+	r.RPCHeader = d.rpcHeader()
+	r.Term = d.uvarint()
+	r.Candidate = d.bytes() //nolint:staticcheck // deprecated field still read by raft
+	r.LastLogIndex = d.uvarint()
+	r.LastLogTerm = d.uvarint()
+	r.LeadershipTransfer = d.bool()
+	return d.done()
+}
+
+func appendRequestVoteResponse(b []byte, r *raft.RequestVoteResponse) []byte {
+	b = appendRPCHeader(b, r.RPCHeader)
+	b = binary.AppendUvarint(b, r.Term)
+	b = appendBytes(b, r.Peers)
+	return appendBool(b, r.Granted)
+}
+
+func decodeRequestVoteResponse(body []byte, r *raft.RequestVoteResponse) error {
+	d := decoder{b: body}
+	r.RPCHeader = d.rpcHeader()
+	r.Term = d.uvarint()
+	r.Peers = d.bytes()
+	r.Granted = d.bool()
+	return d.done()
+}
+
+func appendRequestPreVoteRequest(b []byte, r *raft.RequestPreVoteRequest) []byte {
+	b = appendRPCHeader(b, r.RPCHeader)
+	b = binary.AppendUvarint(b, r.Term)
+	b = binary.AppendUvarint(b, r.LastLogIndex)
+	return binary.AppendUvarint(b, r.LastLogTerm)
+}
+
+func decodeRequestPreVoteRequest(body []byte, r *raft.RequestPreVoteRequest) error {
+	d := decoder{b: body}
+	r.RPCHeader = d.rpcHeader()
+	r.Term = d.uvarint()
+	r.LastLogIndex = d.uvarint()
+	r.LastLogTerm = d.uvarint()
+	return d.done()
+}
+
+func appendRequestPreVoteResponse(b []byte, r *raft.RequestPreVoteResponse) []byte {
+	b = appendRPCHeader(b, r.RPCHeader)
+	b = binary.AppendUvarint(b, r.Term)
+	return appendBool(b, r.Granted)
+}
+
+func decodeRequestPreVoteResponse(body []byte, r *raft.RequestPreVoteResponse) error {
+	d := decoder{b: body}
+	r.RPCHeader = d.rpcHeader()
+	r.Term = d.uvarint()
+	r.Granted = d.bool()
+	return d.done()
+}
+
+func decodeTimeoutNow(body []byte, h *raft.RPCHeader) error {
+	d := decoder{b: body}
+	*h = d.rpcHeader()
+	return d.done()
+}
+
+func appendInstallSnapshotRequest(b []byte, r *raft.InstallSnapshotRequest) []byte {
+	b = appendRPCHeader(b, r.RPCHeader)
+	b = binary.AppendUvarint(b, uint64(r.SnapshotVersion))
+	b = binary.AppendUvarint(b, r.Term)
+	b = appendBytes(b, r.Leader) //nolint:staticcheck // deprecated field still read by raft
+	b = binary.AppendUvarint(b, r.LastLogIndex)
+	b = binary.AppendUvarint(b, r.LastLogTerm)
+	b = appendBytes(b, r.Peers)
+	b = appendBytes(b, r.Configuration)
+	b = binary.AppendUvarint(b, r.ConfigurationIndex)
+	return binary.AppendVarint(b, r.Size)
+}
+
+func decodeInstallSnapshotRequest(body []byte, r *raft.InstallSnapshotRequest) error {
+	d := decoder{b: body}
+	r.RPCHeader = d.rpcHeader()
+	r.SnapshotVersion = raft.SnapshotVersion(d.uvarint())
+	r.Term = d.uvarint()
+	r.Leader = d.bytes() //nolint:staticcheck // deprecated field still read by raft
+	r.LastLogIndex = d.uvarint()
+	r.LastLogTerm = d.uvarint()
+	r.Peers = d.bytes()
+	r.Configuration = d.bytes()
+	r.ConfigurationIndex = d.uvarint()
+	r.Size = d.varint()
+	if d.err == nil && r.Size < 0 {
+		return errShortFrame
+	}
+	return d.done()
+}
+
+func appendInstallSnapshotResponse(b []byte, r *raft.InstallSnapshotResponse) []byte {
+	b = appendRPCHeader(b, r.RPCHeader)
+	b = binary.AppendUvarint(b, r.Term)
+	return appendBool(b, r.Success)
+}
+
+func decodeInstallSnapshotResponse(body []byte, r *raft.InstallSnapshotResponse) error {
+	d := decoder{b: body}
+	r.RPCHeader = d.rpcHeader()
+	r.Term = d.uvarint()
+	r.Success = d.bool()
+	return d.done()
+}
+
+// decodeRequest turns a request frame's body into the raft command it
+// carries. It is the one entry point for untrusted request bytes.
+func decodeRequest(kind byte, body []byte) (interface{}, error) {
+	switch kind {
+	case kindAppendEntries:
+		r := new(raft.AppendEntriesRequest)
+		return r, decodeAppendEntriesRequest(body, r)
+	case kindRequestVote:
+		r := new(raft.RequestVoteRequest)
+		return r, decodeRequestVoteRequest(body, r)
+	case kindRequestPreVote:
+		r := new(raft.RequestPreVoteRequest)
+		return r, decodeRequestPreVoteRequest(body, r)
+	case kindTimeoutNow:
+		r := new(raft.TimeoutNowRequest)
+		return r, decodeTimeoutNow(body, &r.RPCHeader)
+	case kindInstallSnapshot:
+		r := new(raft.InstallSnapshotRequest)
+		return r, decodeInstallSnapshotRequest(body, r)
+	}
+	return nil, fmt.Errorf("raftgroup: unknown request kind %d", kind)
+}
+
+// appendResponse encodes raft's answer to a request, after the status byte.
+func appendResponse(b []byte, resp interface{}) ([]byte, error) {
+	switch r := resp.(type) {
+	case *raft.AppendEntriesResponse:
+		return appendAppendEntriesResponse(b, r), nil
+	case *raft.RequestVoteResponse:
+		return appendRequestVoteResponse(b, r), nil
+	case *raft.RequestPreVoteResponse:
+		return appendRequestPreVoteResponse(b, r), nil
+	case *raft.TimeoutNowResponse:
+		return appendRPCHeader(b, r.RPCHeader), nil
+	case *raft.InstallSnapshotResponse:
+		return appendInstallSnapshotResponse(b, r), nil
+	}
+	return b, fmt.Errorf("raftgroup: cannot encode response %T", resp)
+}
+
+// decodeResponse fills resp (a pointer to the raft response type the
+// request expects) from a response frame's body.
+func decodeResponse(body []byte, resp interface{}) error {
+	if len(body) == 0 {
+		return errShortFrame
+	}
+	if body[0] == statusErr {
+		return &remoteError{msg: string(body[1:])}
+	}
+	if body[0] != statusOK {
+		return errShortFrame
+	}
+	body = body[1:]
+	switch r := resp.(type) {
+	case *raft.AppendEntriesResponse:
+		return decodeAppendEntriesResponse(body, r)
+	case *raft.RequestVoteResponse:
+		return decodeRequestVoteResponse(body, r)
+	case *raft.RequestPreVoteResponse:
+		return decodeRequestPreVoteResponse(body, r)
+	case *raft.TimeoutNowResponse:
+		return decodeTimeoutNow(body, &r.RPCHeader)
+	case *raft.InstallSnapshotResponse:
+		return decodeInstallSnapshotResponse(body, r)
+	}
+	return fmt.Errorf("raftgroup: cannot decode into %T", resp)
+}
+
+// remoteError is an error the remote side returned for a request.
+type remoteError struct{ msg string }
+
+func (e *remoteError) Error() string { return "raftgroup: remote: " + e.msg }
