@@ -17,6 +17,11 @@ import (
 // accumulated in a single syscall, so frames of many groups sent at the same
 // moment (heartbeats, say) share one write.
 //
+// Frames marked lazy (heartbeats, empty AppendEntries that only carry the
+// commit index, and their answers) do not wake the writer: they wait up to
+// lazyLinger for company, so at idle the heartbeats of many groups leave in
+// one write instead of one syscall each. Any other frame flushes them.
+//
 // Every frame passes the fault seam here: dropped, duplicated or delayed per
 // the rule from the local node to the peer. With no faultnet.Net configured
 // this is one nil check.
@@ -25,25 +30,34 @@ type frameWriter struct {
 	faults   *faultnet.Net
 	from, to string
 
-	mu     sync.Mutex
-	buf    []byte
-	closed bool
-	timers map[*time.Timer]struct{} // frames held back by a delay rule
-	kick   chan struct{}
-	done   chan struct{}
-	delays sync.WaitGroup
+	mu        sync.Mutex
+	buf       []byte
+	closed    bool
+	lazyArmed bool                     // linger is running for lazy frames in buf
+	timers    map[*time.Timer]struct{} // frames held back by a delay rule
+	linger    *time.Timer
+	kick      chan struct{}
+	done      chan struct{}
+	delays    sync.WaitGroup
 }
 
+// lazyLinger is how long a lazy frame may wait for others to share its write.
+// Heartbeats are sent every HeartbeatTimeout/10 (100ms by default), so a
+// few milliseconds is noise to them.
+const lazyLinger = 5 * time.Millisecond
+
 func newFrameWriter(conn net.Conn, faults *faultnet.Net, from, to string) *frameWriter {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
 	return &frameWriter{
-		conn: conn, faults: faults, from: from, to: to,
+		conn: conn, faults: faults, from: from, to: to, linger: t,
 		kick: make(chan struct{}, 1), done: make(chan struct{}),
 	}
 }
 
 // send queues one frame; it never blocks on the network. It reports false
 // if the connection is closed.
-func (w *frameWriter) send(frame []byte) bool {
+func (w *frameWriter) send(frame []byte, lazy bool) bool {
 	if w.faults != nil {
 		v := w.faults.Decide(w.from, w.to)
 		if v.Copies == 0 {
@@ -52,20 +66,28 @@ func (w *frameWriter) send(frame []byte) bool {
 		if v.Delay > 0 {
 			return w.sendLater(frame, v)
 		}
-		if v.Copies == 2 && !w.enqueue(frame) {
+		if v.Copies == 2 && !w.enqueue(frame, lazy) {
 			return false
 		}
 	}
-	return w.enqueue(frame)
+	return w.enqueue(frame, lazy)
 }
 
-func (w *frameWriter) enqueue(frame []byte) bool {
+func (w *frameWriter) enqueue(frame []byte, lazy bool) bool {
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
 		return false
 	}
 	w.buf = append(w.buf, frame...)
+	if lazy {
+		if !w.lazyArmed {
+			w.lazyArmed = true
+			w.linger.Reset(lazyLinger)
+		}
+		w.mu.Unlock()
+		return true
+	}
 	w.mu.Unlock()
 	select {
 	case w.kick <- struct{}{}:
@@ -92,7 +114,7 @@ func (w *frameWriter) sendLater(frame []byte, v faultnet.Verdict) bool {
 		delete(w.timers, t)
 		w.mu.Unlock()
 		for i := 0; i < v.Copies; i++ {
-			w.enqueue(held)
+			w.enqueue(held, false)
 		}
 	})
 	w.timers[t] = struct{}{}
@@ -105,12 +127,14 @@ func (w *frameWriter) loop() error {
 	for {
 		select {
 		case <-w.kick:
+		case <-w.linger.C:
 		case <-w.done:
 			return nil
 		}
 		w.mu.Lock()
 		out := w.buf
 		w.buf = spare[:0]
+		w.lazyArmed = false // a linger still running fires into an empty buffer
 		w.mu.Unlock()
 		if len(out) > 0 {
 			if _, err := w.conn.Write(out); err != nil {
@@ -130,6 +154,7 @@ func (w *frameWriter) close() {
 		return
 	}
 	w.closed = true
+	w.linger.Stop()
 	for t := range w.timers {
 		if t.Stop() {
 			w.delays.Done()

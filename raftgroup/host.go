@@ -196,7 +196,7 @@ func (h *Host) CreateGroup(id GroupID, fsm raft.FSM, opts GroupOptions) (*Group,
 		h.mu.Unlock()
 		return nil, fmt.Errorf("%w: %d", ErrGroupExists, id)
 	}
-	g := &Group{ID: id, h: h, logs: &logStore{}}
+	g := &Group{ID: id, h: h, logs: NewLogStore()}
 	h.mu.groups[id] = g // reserve the id while raft starts
 	h.mu.Unlock()
 
@@ -238,29 +238,41 @@ func (h *Host) Groups() []*Group {
 	return out
 }
 
-func (h *Host) raftConfig() *raft.Config {
-	c := raft.DefaultConfig()
-	c.LocalID = h.id
-	if h.cfg.HeartbeatTimeout > 0 {
-		c.HeartbeatTimeout = h.cfg.HeartbeatTimeout
+func (h *Host) raftConfig() *raft.Config { return h.cfg.raftConfig(h.id, h.log) }
+
+// RaftConfig is the raft.Config a Host with this Config gives each group
+// replica (exported so benchmarks can run other transports with the very
+// same settings).
+func (c Config) RaftConfig(id raft.ServerID) (*raft.Config, error) {
+	if err := c.fill(); err != nil {
+		return nil, err
 	}
-	if h.cfg.ElectionTimeout > 0 {
-		c.ElectionTimeout = h.cfg.ElectionTimeout
+	return c.raftConfig(id, c.Logger.With("node", c.NodeID)), nil
+}
+
+func (c *Config) raftConfig(id raft.ServerID, log *slog.Logger) *raft.Config {
+	rc := raft.DefaultConfig()
+	rc.LocalID = id
+	if c.HeartbeatTimeout > 0 {
+		rc.HeartbeatTimeout = c.HeartbeatTimeout
 	}
-	if h.cfg.LeaderLeaseTimeout > 0 {
-		c.LeaderLeaseTimeout = h.cfg.LeaderLeaseTimeout
+	if c.ElectionTimeout > 0 {
+		rc.ElectionTimeout = c.ElectionTimeout
 	}
-	if h.cfg.CommitTimeout > 0 {
-		c.CommitTimeout = h.cfg.CommitTimeout
+	if c.LeaderLeaseTimeout > 0 {
+		rc.LeaderLeaseTimeout = c.LeaderLeaseTimeout
 	}
-	c.MaxAppendEntries = h.cfg.MaxAppendEntries
-	c.SnapshotThreshold = h.cfg.SnapshotThreshold
-	c.TrailingLogs = h.cfg.TrailingLogs
-	c.SnapshotInterval = h.cfg.SnapshotInterval
-	c.BatchApplyCh = true
-	c.NoSnapshotRestoreOnStart = true
-	c.Logger = rlog.New(h.log, "raft", slog.LevelWarn)
-	return c
+	if c.CommitTimeout > 0 {
+		rc.CommitTimeout = c.CommitTimeout
+	}
+	rc.MaxAppendEntries = c.MaxAppendEntries
+	rc.SnapshotThreshold = c.SnapshotThreshold
+	rc.TrailingLogs = c.TrailingLogs
+	rc.SnapshotInterval = c.SnapshotInterval
+	rc.BatchApplyCh = true
+	rc.NoSnapshotRestoreOnStart = true
+	rc.Logger = rlog.New(log, "raft", slog.LevelWarn)
+	return rc
 }
 
 // observe turns raft's leader observations into OnLeaderChange calls.
@@ -320,7 +332,7 @@ type Group struct {
 	h        *Host
 	raft     *raft.Raft
 	trans    *groupTransport
-	logs     *logStore
+	logs     raft.LogStore
 	observer *raft.Observer
 
 	shutdownOnce sync.Once
@@ -332,7 +344,7 @@ func (g *Group) start(fsm raft.FSM, opts GroupOptions) error {
 	if err != nil {
 		return err
 	}
-	stable := newStableStore()
+	stable := NewStableStore()
 	snaps := raft.NewInmemSnapshotStore()
 	conf := g.h.raftConfig()
 	if len(opts.Bootstrap) > 0 {

@@ -191,7 +191,7 @@ func (m *mux) peer(addr string) (*peerConn, error) {
 	hello := appendHeader(nil, frameHeader{kind: kindHello})
 	hello = append(hello, m.addr...)
 	finishFrame(hello, 0)
-	pc.w.enqueue(hello)
+	pc.w.enqueue(hello, false)
 	slot.pc = pc
 	return pc, nil
 }
@@ -204,7 +204,8 @@ func setNoDelay(c net.Conn) {
 
 // start sends one request; done is called once with the answer's body or
 // an error. encode appends the request body.
-func (m *mux) start(target string, group uint64, kind byte, encode func([]byte) []byte, done func([]byte, error)) {
+// A lazy request may linger briefly to share a write (see frameWriter).
+func (m *mux) start(target string, group uint64, kind byte, lazy bool, encode func([]byte) []byte, done func([]byte, error)) {
 	if m.faults.Cut(m.addr, target) {
 		done(nil, errUnreachable)
 		return
@@ -231,7 +232,7 @@ func (m *mux) start(target string, group uint64, kind byte, encode func([]byte) 
 	b := appendHeader(*fb, frameHeader{kind: kind, group: group, id: id})
 	b = encode(b)
 	finishFrame(b, 0)
-	ok := pc.w.send(b)
+	ok := pc.w.send(b, lazy)
 	*fb = b
 	putFrame(fb)
 	if !ok {
@@ -365,13 +366,17 @@ func (m *mux) handleRequest(w *frameWriter, responders *sync.WaitGroup, h frameH
 	}
 	gt := m.group(h.group)
 	if gt == nil {
-		respond(w, h, nil, fmt.Errorf("no group %d on %s", h.group, m.addr))
+		respond(w, h, false, nil, fmt.Errorf("no group %d on %s", h.group, m.addr))
 		return
 	}
 	cmd, err := decodeRequest(h.kind, body)
 	if err != nil {
-		respond(w, h, nil, err)
+		respond(w, h, false, nil, err)
 		return
+	}
+	lazy := false
+	if ae, ok := cmd.(*raft.AppendEntriesRequest); ok {
+		lazy = len(ae.Entries) == 0
 	}
 	respCh := make(chan raft.RPCResponse, 1)
 	rpc := raft.RPC{Command: cmd, RespChan: respCh}
@@ -382,14 +387,14 @@ func (m *mux) handleRequest(w *frameWriter, responders *sync.WaitGroup, h frameH
 			hb(rpc)
 			select {
 			case res := <-respCh:
-				respond(w, h, res.Response, res.Error)
+				respond(w, h, true, res.Response, res.Error)
 			default: // raft was shut down and dropped it
 			}
 			return
 		}
 	}
 	if !gt.dispatch(rpc) {
-		respond(w, h, nil, errors.New("group shut down"))
+		respond(w, h, false, nil, errors.New("group shut down"))
 		return
 	}
 	responders.Add(1)
@@ -397,7 +402,7 @@ func (m *mux) handleRequest(w *frameWriter, responders *sync.WaitGroup, h frameH
 		defer responders.Done()
 		select {
 		case res := <-respCh:
-			respond(w, h, res.Response, res.Error)
+			respond(w, h, lazy, res.Response, res.Error)
 		case <-gt.closed:
 		case <-w.done:
 		}
@@ -410,7 +415,7 @@ func isHeartbeat(r *raft.AppendEntriesRequest) bool {
 }
 
 // respond sends the answer to request h.
-func respond(w *frameWriter, h frameHeader, resp interface{}, rerr error) {
+func respond(w *frameWriter, h frameHeader, lazy bool, resp interface{}, rerr error) {
 	fb := getFrame()
 	b := appendHeader(*fb, frameHeader{kind: h.kind | respFlag, group: h.group, id: h.id})
 	if rerr == nil {
@@ -426,7 +431,7 @@ func respond(w *frameWriter, h frameHeader, resp interface{}, rerr error) {
 		b = append(b, rerr.Error()...)
 	}
 	finishFrame(b, 0)
-	w.send(b)
+	w.send(b, lazy)
 	*fb = b
 	putFrame(fb)
 }
@@ -501,8 +506,8 @@ func (m *mux) serveSnapshot(conn net.Conn, r *bufio.Reader, h frameHeader, body 
 
 // writeNow answers on a snapshot connection, which has no writer goroutine.
 func writeNow(conn net.Conn, h frameHeader, resp interface{}, rerr error) {
-	w := &frameWriter{conn: conn, kick: make(chan struct{}, 1), done: make(chan struct{})}
-	respond(w, h, resp, rerr)
+	w := newFrameWriter(conn, nil, "", "")
+	respond(w, h, false, resp, rerr)
 	_, _ = conn.Write(w.buf)
 }
 

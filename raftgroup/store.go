@@ -22,6 +22,10 @@ type logStore struct {
 
 var _ raft.LogStore = (*logStore)(nil)
 
+// NewLogStore returns an empty in-memory raft.LogStore, the one every Host
+// group uses.
+func NewLogStore() raft.LogStore { return &logStore{} }
+
 func (s *logStore) FirstIndex() (uint64, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -107,9 +111,8 @@ type stableStore struct {
 	ints map[string]uint64
 }
 
-var _ raft.StableStore = (*stableStore)(nil)
-
-func newStableStore() *stableStore {
+// NewStableStore returns an empty in-memory raft.StableStore.
+func NewStableStore() raft.StableStore {
 	return &stableStore{kv: map[string][]byte{}, ints: map[string]uint64{}}
 }
 

@@ -135,13 +135,13 @@ func (gt *groupTransport) Close() error {
 var errGroupClosed = errors.New("raftgroup: group transport closed")
 
 // roundTrip sends one request and waits for its answer.
-func (gt *groupTransport) roundTrip(target raft.ServerAddress, kind byte, encode func([]byte) []byte, resp interface{}) error {
+func (gt *groupTransport) roundTrip(target raft.ServerAddress, kind byte, lazy bool, encode func([]byte) []byte, resp interface{}) error {
 	type answer struct {
 		body []byte
 		err  error
 	}
 	done := make(chan answer, 1)
-	gt.m.start(string(target), gt.group, kind, encode, func(body []byte, err error) { done <- answer{body, err} })
+	gt.m.start(string(target), gt.group, kind, lazy, encode, func(body []byte, err error) { done <- answer{body, err} })
 	select {
 	case a := <-done:
 		if a.err != nil {
@@ -155,22 +155,22 @@ func (gt *groupTransport) roundTrip(target raft.ServerAddress, kind byte, encode
 
 // AppendEntries implements raft.Transport.
 func (gt *groupTransport) AppendEntries(_ raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
-	return gt.roundTrip(target, kindAppendEntries, func(b []byte) []byte { return appendAppendEntriesRequest(b, args) }, resp)
+	return gt.roundTrip(target, kindAppendEntries, len(args.Entries) == 0, func(b []byte) []byte { return appendAppendEntriesRequest(b, args) }, resp)
 }
 
 // RequestVote implements raft.Transport.
 func (gt *groupTransport) RequestVote(_ raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
-	return gt.roundTrip(target, kindRequestVote, func(b []byte) []byte { return appendRequestVoteRequest(b, args) }, resp)
+	return gt.roundTrip(target, kindRequestVote, false, func(b []byte) []byte { return appendRequestVoteRequest(b, args) }, resp)
 }
 
 // RequestPreVote implements raft.WithPreVote.
 func (gt *groupTransport) RequestPreVote(_ raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
-	return gt.roundTrip(target, kindRequestPreVote, func(b []byte) []byte { return appendRequestPreVoteRequest(b, args) }, resp)
+	return gt.roundTrip(target, kindRequestPreVote, false, func(b []byte) []byte { return appendRequestPreVoteRequest(b, args) }, resp)
 }
 
 // TimeoutNow implements raft.Transport.
 func (gt *groupTransport) TimeoutNow(_ raft.ServerID, target raft.ServerAddress, args *raft.TimeoutNowRequest, resp *raft.TimeoutNowResponse) error {
-	return gt.roundTrip(target, kindTimeoutNow, func(b []byte) []byte { return appendRPCHeader(b, args.RPCHeader) }, resp)
+	return gt.roundTrip(target, kindTimeoutNow, false, func(b []byte) []byte { return appendRPCHeader(b, args.RPCHeader) }, resp)
 }
 
 // InstallSnapshot implements raft.Transport.
@@ -219,7 +219,7 @@ func (p *pipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.App
 	case <-p.gt.closed:
 		return nil, raft.ErrPipelineShutdown
 	}
-	p.gt.m.start(string(p.target), p.gt.group, kindAppendEntries,
+	p.gt.m.start(string(p.target), p.gt.group, kindAppendEntries, len(args.Entries) == 0,
 		func(b []byte) []byte { return appendAppendEntriesRequest(b, args) },
 		func(body []byte, err error) {
 			if err == nil {
