@@ -213,27 +213,33 @@ func (f *FSM) applyOp(cmd *fsmpb.Command, index uint64, now int64) Result {
 	}
 }
 
-// put stores a copy of value; only the applying goroutine calls it.
+// put stores value, which it takes ownership of: values come from a freshly
+// unmarshalled command (proto.Unmarshal copies bytes fields), so nothing
+// else holds them. Only the applying goroutine calls put.
 func (f *FSM) put(key string, value []byte, ttl int64, index uint64, now int64) Result {
+	if value == nil {
+		value = []byte{} // present with an empty value, never nil
+	}
+	e := entry{value: value, version: index}
+	if ttl > 0 {
+		e.expireAt = now + ttl
+	}
 	s := f.shardFor(key)
-	s.mu.RLock()
+	s.mu.Lock()
 	old, found := s.m[key]
-	s.mu.RUnlock()
 	delta := int64(len(key) + len(value))
 	if found {
 		delta -= int64(len(key) + len(old.value))
 	}
 	if f.opts.MemoryLimit > 0 && delta > 0 && f.used.Load()+delta > f.opts.MemoryLimit {
+		s.mu.Unlock()
 		return Result{Err: ErrMemoryLimit}
 	}
-	e := entry{value: append(make([]byte, 0, len(value)), value...), version: index}
-	if ttl > 0 {
-		e.expireAt = now + ttl
-		heap.Push(&f.expiries, expiry{at: e.expireAt, key: key, version: index})
-	}
-	s.mu.Lock()
 	s.m[key] = e
 	s.mu.Unlock()
+	if ttl > 0 {
+		heap.Push(&f.expiries, expiry{at: e.expireAt, key: key, version: index})
+	}
 	f.used.Add(delta)
 	if !found {
 		f.count.Add(1)

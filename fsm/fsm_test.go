@@ -333,3 +333,22 @@ type memSink struct{ bytes.Buffer }
 func (s *memSink) ID() string    { return "mem" }
 func (s *memSink) Cancel() error { return nil }
 func (s *memSink) Close() error  { return nil }
+
+// A waiter that registers while an apply releases waiters must never be
+// missed (a lost wake-up hangs the reader forever).
+func TestWaitAppliedNoLostWakeup(t *testing.T) {
+	for i := 0; i < 2000; i++ {
+		f := New(Options{})
+		done := make(chan error, 1)
+		go func() { done <- f.WaitApplied(context.Background(), 1) }()
+		f.Apply(logAt(t, 1, 0, SetOp("a", nil, 0)))
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("iteration %d: waiter never released", i)
+		}
+	}
+}

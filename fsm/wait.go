@@ -14,14 +14,16 @@ func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
 		return nil
 	}
 	ch := make(chan struct{})
+	// Count ourselves before checking again: advance stores applied, then
+	// reads nwait, so either it sees us or we see its index.
+	f.nwait.Add(1)
 	f.waitMu.Lock()
-	// Check again under the lock: advance releases waiters under it.
 	if f.applied.Load() >= index {
 		f.waitMu.Unlock()
+		f.nwait.Add(-1)
 		return nil
 	}
 	f.waiters = append(f.waiters, waiter{index: index, ch: ch})
-	f.nwait.Add(1)
 	f.waitMu.Unlock()
 	select {
 	case <-ch:

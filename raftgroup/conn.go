@@ -13,14 +13,15 @@ import (
 )
 
 // frameWriter owns the write side of one connection. Senders append whole
-// frames to a buffer under a lock; one goroutine writes whatever has
-// accumulated in a single syscall, so frames of many groups sent at the same
-// moment (heartbeats, say) share one write.
+// frames to a buffer under a lock; the first sender to find no write under
+// way becomes the flusher and writes everything that accumulates, in as few
+// syscalls as it takes, so frames of many groups sent at the same moment
+// share a write and no goroutine hop sits on the send path.
 //
 // Frames marked lazy (heartbeats, empty AppendEntries that only carry the
-// commit index, and their answers) do not wake the writer: they wait up to
-// lazyLinger for company, so at idle the heartbeats of many groups leave in
-// one write instead of one syscall each. Any other frame flushes them.
+// commit index, and their answers) do not flush: they wait up to lazyLinger
+// for company, so at idle the heartbeats of many groups leave in one write
+// instead of one syscall each. Any other frame flushes them.
 //
 // Every frame passes the fault seam here: dropped, duplicated or delayed per
 // the rule from the local node to the peer. With no faultnet.Net configured
@@ -29,34 +30,34 @@ type frameWriter struct {
 	conn     net.Conn
 	faults   *faultnet.Net
 	from, to string
+	onError  func(error) // called once when a write fails
 
 	mu        sync.Mutex
 	buf       []byte
+	spare     []byte
+	flushing  bool
 	closed    bool
-	lazyArmed bool                     // linger is running for lazy frames in buf
-	timers    map[*time.Timer]struct{} // frames held back by a delay rule
+	lazyArmed bool
 	linger    *time.Timer
-	kick      chan struct{}
+	timers    map[*time.Timer]struct{} // frames held back by a delay rule
+	timerWG   sync.WaitGroup           // linger and delay callbacks running
 	done      chan struct{}
-	delays    sync.WaitGroup
 }
 
 // lazyLinger is how long a lazy frame may wait for others to share its write.
-// Heartbeats are sent every HeartbeatTimeout/10 (100ms by default), so a
-// few milliseconds is noise to them.
+// Heartbeats go out every HeartbeatTimeout/10 (100ms by default), so a few
+// milliseconds is noise to them.
 const lazyLinger = 5 * time.Millisecond
 
-func newFrameWriter(conn net.Conn, faults *faultnet.Net, from, to string) *frameWriter {
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	return &frameWriter{
-		conn: conn, faults: faults, from: from, to: to, linger: t,
-		kick: make(chan struct{}, 1), done: make(chan struct{}),
-	}
+func newFrameWriter(conn net.Conn, faults *faultnet.Net, from, to string, onError func(error)) *frameWriter {
+	w := &frameWriter{conn: conn, faults: faults, from: from, to: to, onError: onError, done: make(chan struct{})}
+	w.linger = time.AfterFunc(time.Hour, w.lingerFired)
+	w.linger.Stop()
+	return w
 }
 
-// send queues one frame; it never blocks on the network. It reports false
-// if the connection is closed.
+// send queues one frame and, unless it is lazy or a write is under way,
+// writes it. It reports false if the connection is closed.
 func (w *frameWriter) send(frame []byte, lazy bool) bool {
 	if w.faults != nil {
 		v := w.faults.Decide(w.from, w.to)
@@ -80,20 +81,61 @@ func (w *frameWriter) enqueue(frame []byte, lazy bool) bool {
 		return false
 	}
 	w.buf = append(w.buf, frame...)
-	if lazy {
-		if !w.lazyArmed {
+	if lazy || w.flushing {
+		if lazy && !w.lazyArmed && !w.flushing {
+			// Not pending: lingerFired clears lazyArmed before returning.
 			w.lazyArmed = true
+			w.timerWG.Add(1)
 			w.linger.Reset(lazyLinger)
 		}
 		w.mu.Unlock()
 		return true
 	}
+	w.flushing = true
 	w.mu.Unlock()
-	select {
-	case w.kick <- struct{}{}:
-	default:
-	}
+	w.flush()
 	return true
+}
+
+func (w *frameWriter) lingerFired() {
+	defer w.timerWG.Done()
+	w.mu.Lock()
+	w.lazyArmed = false
+	if w.flushing || w.closed || len(w.buf) == 0 {
+		w.mu.Unlock()
+		return
+	}
+	w.flushing = true
+	w.mu.Unlock()
+	w.flush()
+}
+
+// flush writes until the buffer is empty; the caller set w.flushing.
+func (w *frameWriter) flush() {
+	for {
+		w.mu.Lock()
+		if w.closed || len(w.buf) == 0 {
+			w.flushing = false
+			w.mu.Unlock()
+			return
+		}
+		out := w.buf
+		w.buf, w.spare = w.spare[:0], nil
+		w.mu.Unlock()
+		_, err := w.conn.Write(out)
+		w.mu.Lock()
+		w.spare = out[:0]
+		w.mu.Unlock()
+		if err != nil {
+			w.mu.Lock()
+			w.flushing = false
+			w.mu.Unlock()
+			if w.onError != nil {
+				w.onError(err)
+			}
+			return
+		}
+	}
 }
 
 func (w *frameWriter) sendLater(frame []byte, v faultnet.Verdict) bool {
@@ -106,10 +148,10 @@ func (w *frameWriter) sendLater(frame []byte, v faultnet.Verdict) bool {
 	if w.timers == nil {
 		w.timers = make(map[*time.Timer]struct{})
 	}
-	w.delays.Add(1)
+	w.timerWG.Add(1)
 	var t *time.Timer
 	t = time.AfterFunc(v.Delay, func() {
-		defer w.delays.Done()
+		defer w.timerWG.Done()
 		w.mu.Lock()
 		delete(w.timers, t)
 		w.mu.Unlock()
@@ -121,32 +163,8 @@ func (w *frameWriter) sendLater(frame []byte, v faultnet.Verdict) bool {
 	return true
 }
 
-// loop writes queued frames until the connection fails or close is called.
-func (w *frameWriter) loop() error {
-	var spare []byte
-	for {
-		select {
-		case <-w.kick:
-		case <-w.linger.C:
-		case <-w.done:
-			return nil
-		}
-		w.mu.Lock()
-		out := w.buf
-		w.buf = spare[:0]
-		w.lazyArmed = false // a linger still running fires into an empty buffer
-		w.mu.Unlock()
-		if len(out) > 0 {
-			if _, err := w.conn.Write(out); err != nil {
-				return err
-			}
-		}
-		spare = out
-	}
-}
-
-// close stops the writer and closes the connection; held-back frames are
-// discarded. It waits for delay timers that already fired.
+// close stops the writer and closes the connection; queued and held-back
+// frames are discarded. It waits for timer callbacks already running.
 func (w *frameWriter) close() {
 	w.mu.Lock()
 	if w.closed {
@@ -154,17 +172,19 @@ func (w *frameWriter) close() {
 		return
 	}
 	w.closed = true
-	w.linger.Stop()
+	if w.linger.Stop() {
+		w.timerWG.Done()
+	}
 	for t := range w.timers {
 		if t.Stop() {
-			w.delays.Done()
+			w.timerWG.Done()
 		}
 	}
 	w.timers = nil
 	close(w.done)
 	w.mu.Unlock()
-	w.delays.Wait()
 	_ = w.conn.Close()
+	w.timerWG.Wait()
 }
 
 // readFrame reads one frame. It allocates a fresh buffer per frame (decoded

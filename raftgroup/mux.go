@@ -176,16 +176,16 @@ func (m *mux) peer(addr string) (*peerConn, error) {
 		return nil, fmt.Errorf("%w: %v", errUnreachable, err)
 	}
 	setNoDelay(conn)
-	pc := &peerConn{m: m, addr: addr, w: newFrameWriter(conn, m.faults, m.addr, addr), pending: make(map[uint64]*call)}
+	pc := &peerConn{m: m, addr: addr, pending: make(map[uint64]*call)}
+	pc.w = newFrameWriter(conn, m.faults, m.addr, addr, pc.fail)
 	m.mu.Lock()
 	if m.mu.closed {
 		m.mu.Unlock()
 		_ = conn.Close()
 		return nil, errMuxClosed
 	}
-	m.wg.Add(2)
+	m.wg.Add(1)
 	m.mu.Unlock()
-	go func() { defer m.wg.Done(); pc.fail(pc.w.loop()) }()
 	go func() { defer m.wg.Done(); pc.fail(pc.readLoop(conn)) }()
 	// The hello goes out without the fault seam: it is connection set-up.
 	hello := appendHeader(nil, frameHeader{kind: kindHello})
@@ -343,16 +343,10 @@ func (m *mux) serve(conn net.Conn) {
 		m.serveSnapshot(conn, r, h, body)
 		return
 	}
-	w := newFrameWriter(conn, m.faults, m.addr, peer)
-	var responders sync.WaitGroup
-	m.wg.Add(1)
-	go func() { defer m.wg.Done(); _ = w.loop(); _ = conn.Close() }()
-	defer func() {
-		w.close()
-		responders.Wait()
-	}()
+	w := newFrameWriter(conn, m.faults, m.addr, peer, func(error) { _ = conn.Close() })
+	defer w.close()
 	for {
-		m.handleRequest(w, &responders, h, body)
+		m.handleRequest(w, h, body)
 		h, body, err = readFrame(r)
 		if err != nil {
 			return
@@ -360,7 +354,7 @@ func (m *mux) serve(conn net.Conn) {
 	}
 }
 
-func (m *mux) handleRequest(w *frameWriter, responders *sync.WaitGroup, h frameHeader, body []byte) {
+func (m *mux) handleRequest(w *frameWriter, h frameHeader, body []byte) {
 	if h.kind&respFlag != 0 || h.kind == kindHello || h.kind == kindInstallSnapshot {
 		return // not a request this connection carries; ignore
 	}
@@ -393,20 +387,9 @@ func (m *mux) handleRequest(w *frameWriter, responders *sync.WaitGroup, h frameH
 			return
 		}
 	}
-	if !gt.dispatch(rpc) {
+	if !gt.dispatch(rpc, pendingAnswer{w: w, h: h, lazy: lazy, ch: respCh}) {
 		respond(w, h, false, nil, errors.New("group shut down"))
-		return
 	}
-	responders.Add(1)
-	go func() {
-		defer responders.Done()
-		select {
-		case res := <-respCh:
-			respond(w, h, lazy, res.Response, res.Error)
-		case <-gt.closed:
-		case <-w.done:
-		}
-	}()
 }
 
 func isHeartbeat(r *raft.AppendEntriesRequest) bool {
@@ -492,7 +475,7 @@ func (m *mux) serveSnapshot(conn net.Conn, r *bufio.Reader, h frameHeader, body 
 	}
 	respCh := make(chan raft.RPCResponse, 1)
 	rpc := raft.RPC{Command: &args, Reader: io.LimitReader(r, args.Size), RespChan: respCh}
-	if !gt.dispatch(rpc) {
+	if !gt.dispatch(rpc, pendingAnswer{}) {
 		writeNow(conn, h, nil, errors.New("group shut down"))
 		return
 	}
@@ -506,9 +489,8 @@ func (m *mux) serveSnapshot(conn net.Conn, r *bufio.Reader, h frameHeader, body 
 
 // writeNow answers on a snapshot connection, which has no writer goroutine.
 func writeNow(conn net.Conn, h frameHeader, resp interface{}, rerr error) {
-	w := newFrameWriter(conn, nil, "", "")
+	w := newFrameWriter(conn, nil, "", "", nil)
 	respond(w, h, false, resp, rerr)
-	_, _ = conn.Write(w.buf)
 }
 
 // closeOnSignal closes conn if closed fires before stop is called.

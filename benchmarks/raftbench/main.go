@@ -233,10 +233,14 @@ func idle(c *cluster, kind string, groups int, window time.Duration) {
 		kind, groups, window, cpu, float64(ms.HeapAlloc)/(1<<20), runtime.NumGoroutine(), changes)
 }
 
+// keysPerWriter bounds the key space so the run measures steady-state
+// overwrites, not map growth: 64 writers x 1000 keys (x batch).
+const keysPerWriter = 1000
+
 func write(c *cluster, kind string, groups, writers, batch int, window time.Duration) {
 	value := make([]byte, 40)
 	cmd := func(w, i int) []byte {
-		key := fmt.Sprintf("w%02d-%08d", w, i%100000)
+		key := fmt.Sprintf("w%02d-%08d", w, i%keysPerWriter)
 		var data []byte
 		if batch == 1 {
 			data, _ = fsm.Encode(fsm.SetOp(key, value, 0))
