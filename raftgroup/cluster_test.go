@@ -282,3 +282,43 @@ func TestServerIDCarriesIncarnation(t *testing.T) {
 		t.Fatal("node id with '/' accepted")
 	}
 }
+
+func TestVerifyLeader(t *testing.T) {
+	c := newTestCluster(t, 3, 1)
+	c.waitLeaders(1, 10*time.Second)
+	l := c.leader(0)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.hosts[l].Group(0).VerifyLeader(ctx); err != nil {
+		t.Fatalf("leader: %v", err)
+	}
+	f := (l + 1) % len(c.hosts)
+	if err := c.hosts[f].Group(0).VerifyLeader(ctx); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("follower: %v, want ErrNotLeader", err)
+	}
+	// Isolated, the leader cannot confirm its leadership.
+	var others []string
+	for i, h := range c.hosts {
+		if i != l {
+			others = append(others, h.Addr())
+		}
+	}
+	c.faults.Isolate(c.hosts[l].Addr(), others...)
+	short, cancel2 := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel2()
+	if err := c.hosts[l].Group(0).VerifyLeader(short); err == nil {
+		t.Fatal("isolated leader verified its leadership")
+	}
+}
+
+// Frames with a lazy flag keep it out of the kind the server sees.
+func TestLazyFlagIsNotPartOfKind(t *testing.T) {
+	if kindInstallSnapshot|lazyFlag == kindInstallSnapshot || lazyFlag&respFlag != 0 {
+		t.Fatal("flag bits overlap")
+	}
+	for k := kindHello; k <= kindInstallSnapshot; k++ {
+		if k&(lazyFlag|respFlag) != 0 {
+			t.Fatalf("kind %d uses a flag bit", k)
+		}
+	}
+}

@@ -39,18 +39,22 @@ type frameWriter struct {
 	closed    bool
 	lazyArmed bool
 	linger    *time.Timer
+	lingerFor time.Duration
 	timers    map[*time.Timer]struct{} // frames held back by a delay rule
 	timerWG   sync.WaitGroup           // linger and delay callbacks running
 	done      chan struct{}
 }
 
-// lazyLinger is how long a lazy frame may wait for others to share its write.
-// Heartbeats go out every HeartbeatTimeout/10 (100ms by default), so a few
-// milliseconds is noise to them.
-const lazyLinger = 5 * time.Millisecond
+// lingerFor returns how long a lazy frame may wait for others to share its
+// write: HeartbeatTimeout/50 (20ms by default), within [1ms, 20ms].
+// Heartbeats go out every HeartbeatTimeout/10 to /5, so this is noise to
+// them; nobody waits on them except VerifyLeader, which hurries them.
+func lingerFor(heartbeatTimeout time.Duration) time.Duration {
+	return min(max(heartbeatTimeout/50, time.Millisecond), 20*time.Millisecond)
+}
 
-func newFrameWriter(conn net.Conn, faults *faultnet.Net, from, to string, onError func(error)) *frameWriter {
-	w := &frameWriter{conn: conn, faults: faults, from: from, to: to, onError: onError, done: make(chan struct{})}
+func newFrameWriter(conn net.Conn, faults *faultnet.Net, from, to string, linger time.Duration, onError func(error)) *frameWriter {
+	w := &frameWriter{conn: conn, faults: faults, from: from, to: to, lingerFor: linger, onError: onError, done: make(chan struct{})}
 	w.linger = time.AfterFunc(time.Hour, w.lingerFired)
 	w.linger.Stop()
 	return w
@@ -86,7 +90,7 @@ func (w *frameWriter) enqueue(frame []byte, lazy bool) bool {
 			// Not pending: lingerFired clears lazyArmed before returning.
 			w.lazyArmed = true
 			w.timerWG.Add(1)
-			w.linger.Reset(lazyLinger)
+			w.linger.Reset(w.lingerFor)
 		}
 		w.mu.Unlock()
 		return true

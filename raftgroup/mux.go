@@ -33,6 +33,7 @@ type mux struct {
 	ln      net.Listener
 	faults  *faultnet.Net
 	timeout time.Duration
+	linger  time.Duration
 
 	mu struct {
 		sync.Mutex
@@ -47,12 +48,12 @@ type mux struct {
 	closed chan struct{}
 }
 
-func newMux(bind string, faults *faultnet.Net, timeout time.Duration) (*mux, error) {
+func newMux(bind string, faults *faultnet.Net, timeout, linger time.Duration) (*mux, error) {
 	ln, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, fmt.Errorf("raftgroup: listen %s: %w", bind, err)
 	}
-	m := &mux{addr: ln.Addr().String(), ln: ln, faults: faults, timeout: timeout, closed: make(chan struct{})}
+	m := &mux{addr: ln.Addr().String(), ln: ln, faults: faults, timeout: timeout, linger: linger, closed: make(chan struct{})}
 	m.mu.groups = make(map[uint64]*groupTransport)
 	m.mu.peers = make(map[string]*peerSlot)
 	m.mu.inbound = make(map[net.Conn]struct{})
@@ -177,7 +178,7 @@ func (m *mux) peer(addr string) (*peerConn, error) {
 	}
 	setNoDelay(conn)
 	pc := &peerConn{m: m, addr: addr, pending: make(map[uint64]*call)}
-	pc.w = newFrameWriter(conn, m.faults, m.addr, addr, pc.fail)
+	pc.w = newFrameWriter(conn, m.faults, m.addr, addr, m.linger, pc.fail)
 	m.mu.Lock()
 	if m.mu.closed {
 		m.mu.Unlock()
@@ -228,6 +229,9 @@ func (m *mux) start(target string, group uint64, kind byte, lazy bool, encode fu
 	c.timer = time.AfterFunc(m.timeout, func() { pc.finish(id, nil, errRPCTimeout) })
 	pc.mu.Unlock()
 
+	if lazy {
+		kind |= lazyFlag
+	}
 	fb := getFrame()
 	b := appendHeader(*fb, frameHeader{kind: kind, group: group, id: id})
 	b = encode(b)
@@ -343,7 +347,7 @@ func (m *mux) serve(conn net.Conn) {
 		m.serveSnapshot(conn, r, h, body)
 		return
 	}
-	w := newFrameWriter(conn, m.faults, m.addr, peer, func(error) { _ = conn.Close() })
+	w := newFrameWriter(conn, m.faults, m.addr, peer, m.linger, func(error) { _ = conn.Close() })
 	defer w.close()
 	for {
 		m.handleRequest(w, h, body)
@@ -355,6 +359,9 @@ func (m *mux) serve(conn net.Conn) {
 }
 
 func (m *mux) handleRequest(w *frameWriter, h frameHeader, body []byte) {
+	// A lazy request gets a lazy answer; the flag is not part of the kind.
+	lazy := h.kind&lazyFlag != 0
+	h.kind &^= lazyFlag
 	if h.kind&respFlag != 0 || h.kind == kindHello || h.kind == kindInstallSnapshot {
 		return // not a request this connection carries; ignore
 	}
@@ -368,10 +375,6 @@ func (m *mux) handleRequest(w *frameWriter, h frameHeader, body []byte) {
 		respond(w, h, false, nil, err)
 		return
 	}
-	lazy := false
-	if ae, ok := cmd.(*raft.AppendEntriesRequest); ok {
-		lazy = len(ae.Entries) == 0
-	}
 	respCh := make(chan raft.RPCResponse, 1)
 	rpc := raft.RPC{Command: cmd, RespChan: respCh}
 	if ae, ok := cmd.(*raft.AppendEntriesRequest); ok && isHeartbeat(ae) {
@@ -381,7 +384,7 @@ func (m *mux) handleRequest(w *frameWriter, h frameHeader, body []byte) {
 			hb(rpc)
 			select {
 			case res := <-respCh:
-				respond(w, h, true, res.Response, res.Error)
+				respond(w, h, lazy, res.Response, res.Error)
 			default: // raft was shut down and dropped it
 			}
 			return
@@ -489,7 +492,7 @@ func (m *mux) serveSnapshot(conn net.Conn, r *bufio.Reader, h frameHeader, body 
 
 // writeNow answers on a snapshot connection, which has no writer goroutine.
 func writeNow(conn net.Conn, h frameHeader, resp interface{}, rerr error) {
-	w := newFrameWriter(conn, nil, "", "", nil)
+	w := newFrameWriter(conn, nil, "", "", 0, nil)
 	respond(w, h, false, resp, rerr)
 }
 

@@ -27,6 +27,9 @@ const (
 	kindInstallSnapshot byte = 6 // on a connection of its own; the data follows the frame
 
 	respFlag byte = 0x80
+	// lazyFlag marks a request that, like its answer, may linger briefly to
+	// share a write with others (see frameWriter).
+	lazyFlag byte = 0x40
 
 	statusOK  byte = 0
 	statusErr byte = 1

@@ -36,7 +36,7 @@ func main() {
 	window := flag.Duration("window", 10*time.Second, "measurement window")
 	writers := flag.Int("writers", 64, "concurrent writers (write mode)")
 	batch := flag.Int("batch", 1, "operations per log entry (write mode)")
-	commitTimeout := flag.Duration("commit-timeout", 0, "raft CommitTimeout for both transports (0 = raftgroup's default)")
+	commitTimeout := flag.Duration("commit-timeout", 0, "raft CommitTimeout for both transports (0 = each side's default: raftgroup's 250ms for mux, raft's 50ms for net)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the measurement window here")
 	flag.Parse()
 	if *cpuprofile != "" {
@@ -131,6 +131,10 @@ func startCluster(kind string, nodes, groups int) (*cluster, error) {
 				rc, err := nodeConfig(n).RaftConfig(members[n].id)
 				if err != nil {
 					return nil, err
+				}
+				if benchCommitTimeout == 0 {
+					// The baseline is what hashicorp/raft gives by default.
+					rc.CommitTimeout = raft.DefaultConfig().CommitTimeout
 				}
 				logs, stable, snaps := raftgroup.NewLogStore(), raftgroup.NewStableStore(), raft.NewInmemSnapshotStore()
 				trans := newBaselineTransport(muxes[n], uint64(g))
@@ -233,28 +237,35 @@ func idle(c *cluster, kind string, groups int, window time.Duration) {
 		kind, groups, window, cpu, float64(ms.HeapAlloc)/(1<<20), runtime.NumGoroutine(), changes)
 }
 
-// keysPerWriter bounds the key space so the run measures steady-state
-// overwrites, not map growth: 64 writers x 1000 keys (x batch).
-const keysPerWriter = 1000
+// variantsPerWriter is how many distinct commands each writer cycles
+// through; keys = writers x variants x batch, so runs measure steady-state
+// overwrites, not map growth.
+const variantsPerWriter = 16
 
 func write(c *cluster, kind string, groups, writers, batch int, window time.Duration) {
+	// Commands are encoded before the clock starts (a ring of variants per
+	// writer), so the run measures replication and apply, not the client.
 	value := make([]byte, 40)
-	cmd := func(w, i int) []byte {
-		key := fmt.Sprintf("w%02d-%08d", w, i%keysPerWriter)
-		var data []byte
-		if batch == 1 {
-			data, _ = fsm.Encode(fsm.SetOp(key, value, 0))
-		} else {
-			ops := make([]*fsmpb.Command, batch)
-			for j := range ops {
-				ops[j] = fsm.SetOp(fmt.Sprintf("%s-%02d", key, j), value, 0)
+	cmds := make([][][]byte, writers)
+	for w := range cmds {
+		for v := 0; v < variantsPerWriter; v++ {
+			key := fmt.Sprintf("w%02d-%08d", w, v)
+			var data []byte
+			if batch == 1 {
+				data, _ = fsm.Encode(fsm.SetOp(key, value, 0))
+			} else {
+				ops := make([]*fsmpb.Command, batch)
+				for j := range ops {
+					ops[j] = fsm.SetOp(fmt.Sprintf("%s-%02d", key, j), value, 0)
+				}
+				data, _ = fsm.Encode(fsm.BatchOp(ops...))
 			}
-			data, _ = fsm.Encode(fsm.BatchOp(ops...))
+			cmds[w] = append(cmds[w], data)
 		}
-		return data
 	}
-	if n := len(cmd(0, 0)); batch == 1 {
-		fmt.Fprintf(os.Stderr, "command size %d bytes\n", n)
+	cmd := func(w, i int) []byte { return cmds[w][i%variantsPerWriter] }
+	if batch == 1 {
+		fmt.Fprintf(os.Stderr, "command size %d bytes\n", len(cmd(0, 0)))
 	}
 	var (
 		stop     atomic.Bool
