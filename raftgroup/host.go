@@ -346,6 +346,8 @@ type Group struct {
 	logs     raft.LogStore
 	observer *raft.Observer
 
+	verify verifier
+
 	shutdownOnce sync.Once
 	shutdownErr  error
 }
@@ -447,12 +449,25 @@ func mapErr(err error) error {
 	return err
 }
 
-// VerifyLeader confirms with a quorum that this replica still leads (one
-// heartbeat round; raft shares a round among concurrent callers). Its
-// heartbeats skip the transport's linger.
+// VerifyLeader confirms with a quorum that this replica still leads, by a
+// heartbeat round whose requests all leave after the call began. Callers
+// that arrive while a round is under way share the next one.
+//
+// hashicorp/raft's own VerifyLeader may count a heartbeat that was sent
+// before the call (its notify map takes the answer of whatever heartbeat is
+// in flight), which is not enough for a linearizable read; see
+// docs/raftgroup.md.
 func (g *Group) VerifyLeader(ctx context.Context) error {
-	g.trans.hurry(g.h.cfg.RPCTimeout)
-	return g.wait(ctx, g.raft.VerifyLeader())
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrTimeout, err)
+	}
+	rd := g.verify.join(g)
+	select {
+	case <-rd.done:
+		return rd.err
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
+	}
 }
 
 // AddVoter adds a voting replica (one configuration change; raft catches it

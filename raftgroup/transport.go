@@ -32,32 +32,15 @@ type groupTransport struct {
 	answers    []pendingAnswer
 	responding bool
 
-	// urgentUntil (unix nanoseconds): until then no request lingers; set
-	// while someone waits on a heartbeat round (Group.VerifyLeader).
-	urgentUntil atomic.Int64
-
 	closeOnce sync.Once
 	closed    chan struct{}
 	wg        sync.WaitGroup // drainer and responder
 }
 
 // lazy reports whether an AppendEntries may linger: heartbeats and empty
-// appends that only carry the commit index, unless a caller is waiting on
-// a heartbeat round right now.
-func (gt *groupTransport) lazy(args *raft.AppendEntriesRequest) bool {
-	return len(args.Entries) == 0 && time.Now().UnixNano() > gt.urgentUntil.Load()
-}
-
-// hurry makes requests skip the linger for the next d.
-func (gt *groupTransport) hurry(d time.Duration) {
-	until := time.Now().Add(d).UnixNano()
-	for {
-		cur := gt.urgentUntil.Load()
-		if cur >= until || gt.urgentUntil.CompareAndSwap(cur, until) {
-			return
-		}
-	}
-}
+// appends that only carry the commit index. Nobody waits on those but raft's
+// own timers (VerifyLeader sends its heartbeats eagerly).
+func lazy(args *raft.AppendEntriesRequest) bool { return len(args.Entries) == 0 }
 
 var (
 	_ raft.Transport   = (*groupTransport)(nil)
@@ -223,7 +206,7 @@ func (gt *groupTransport) roundTrip(target raft.ServerAddress, kind byte, lazy b
 
 // AppendEntries implements raft.Transport.
 func (gt *groupTransport) AppendEntries(_ raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
-	return gt.roundTrip(target, kindAppendEntries, gt.lazy(args), func(b []byte) []byte { return appendAppendEntriesRequest(b, args) }, resp)
+	return gt.roundTrip(target, kindAppendEntries, lazy(args), func(b []byte) []byte { return appendAppendEntriesRequest(b, args) }, resp)
 }
 
 // RequestVote implements raft.Transport.
@@ -307,7 +290,7 @@ func (p *pipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.App
 	p.mu.Lock()
 	p.queue = append(p.queue, f)
 	p.mu.Unlock()
-	p.gt.m.start(string(p.target), p.gt.group, kindAppendEntries, p.gt.lazy(args),
+	p.gt.m.start(string(p.target), p.gt.group, kindAppendEntries, lazy(args),
 		func(b []byte) []byte { return appendAppendEntriesRequest(b, args) },
 		func(body []byte, err error) {
 			if err == nil {
