@@ -308,6 +308,19 @@ func (h *Host) observe() {
 	}
 }
 
+// spawn runs fn on a goroutine that Close waits for; it reports false, and
+// runs nothing, once Close has begun.
+func (h *Host) spawn(fn func()) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.mu.closed {
+		return false
+	}
+	h.wg.Add(1)
+	go func() { defer h.wg.Done(); fn() }()
+	return true
+}
+
 // Close shuts down every group, then the listener and its connections, and
 // waits for every goroutine the host started. It is idempotent.
 func (h *Host) Close() error {
@@ -423,8 +436,9 @@ func (g *Group) wait(ctx context.Context, f raft.Future) error {
 		return mapErr(f.Error())
 	}
 	done := make(chan error, 1)
-	g.h.wg.Add(1)
-	go func() { defer g.h.wg.Done(); done <- f.Error() }()
+	if !g.h.spawn(func() { done <- f.Error() }) {
+		return mapErr(f.Error()) // closing: raft answers every future promptly
+	}
 	select {
 	case err := <-done:
 		return mapErr(err)

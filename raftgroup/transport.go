@@ -31,6 +31,7 @@ type groupTransport struct {
 	// responder goroutine, running only while some are owed, sends them.
 	answers    []pendingAnswer
 	responding bool
+	shut       bool // set under qmu before Close waits for wg
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -68,13 +69,11 @@ type pendingAnswer struct {
 // and arranges for its answer to be sent. It reports false once the group
 // is closed.
 func (gt *groupTransport) dispatch(rpc raft.RPC, ans pendingAnswer) bool {
-	select {
-	case <-gt.closed:
-		return false
-	default:
-	}
 	gt.qmu.Lock()
 	defer gt.qmu.Unlock()
+	if gt.shut {
+		return false
+	}
 	if ans.ch != nil {
 		gt.answers = append(gt.answers, ans)
 		if !gt.responding {
@@ -177,7 +176,10 @@ func (gt *groupTransport) DecodePeer(b []byte) raft.ServerAddress { return raft.
 func (gt *groupTransport) Close() error {
 	gt.closeOnce.Do(func() {
 		gt.m.unregister(gt)
+		gt.qmu.Lock()
+		gt.shut = true // no wg.Add after this: dispatch checks it under qmu
 		close(gt.closed)
+		gt.qmu.Unlock()
 	})
 	gt.wg.Wait()
 	return nil

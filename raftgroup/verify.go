@@ -31,8 +31,11 @@ func (v *verifier) join(g *Group) *verifyRound {
 	if !v.running {
 		v.running = true
 		v.next = nil
-		g.h.wg.Add(1)
-		go func() { defer g.h.wg.Done(); v.loop(g, rd) }()
+		if !g.h.spawn(func() { v.loop(g, rd) }) {
+			v.running = false
+			rd.err = ErrClosed
+			close(rd.done)
+		}
 	}
 	return rd
 }
@@ -90,14 +93,15 @@ func (g *Group) verifyRound() error {
 			Term:      term,
 			Leader:    addr, //nolint:staticcheck // raft still reads it from old peers
 		}
-		g.h.wg.Add(1)
-		go func() {
-			defer g.h.wg.Done()
+		sent := g.h.spawn(func() {
 			var resp raft.AppendEntriesResponse
 			err := g.trans.roundTrip(p.Address, kindAppendEntries, false,
 				func(b []byte) []byte { return appendAppendEntriesRequest(b, req) }, &resp)
 			acks <- err == nil && resp.Success && resp.Term == term
-		}()
+		})
+		if !sent {
+			acks <- false
+		}
 	}
 	got, pending := selfVotes, len(peers)
 	for pending > 0 && got < need && got+pending >= need {
