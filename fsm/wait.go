@@ -69,4 +69,3 @@ func (f *FSM) advance(index uint64) {
 	f.waiters = kept
 	f.waitMu.Unlock()
 }
-

@@ -396,7 +396,8 @@ func (m *mux) handleRequest(w *frameWriter, h frameHeader, body []byte) {
 }
 
 func isHeartbeat(r *raft.AppendEntriesRequest) bool {
-	return r.Term != 0 && (len(r.Addr) != 0 || len(r.Leader) != 0) && //nolint:staticcheck // raft still fills Leader
+	//lint:ignore SA1019 raft still fills Leader
+	return r.Term != 0 && (len(r.Addr) != 0 || len(r.Leader) != 0) &&
 		r.PrevLogEntry == 0 && r.PrevLogTerm == 0 && len(r.Entries) == 0 && r.LeaderCommitIndex == 0
 }
 

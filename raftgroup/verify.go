@@ -91,7 +91,8 @@ func (g *Group) verifyRound() error {
 		req := &raft.AppendEntriesRequest{
 			RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(self), Addr: addr},
 			Term:      term,
-			Leader:    addr, //nolint:staticcheck // raft still reads it from old peers
+			//lint:ignore SA1019 raft still reads it from old peers
+			Leader: addr,
 		}
 		sent := g.h.spawn(func() {
 			var resp raft.AppendEntriesResponse

@@ -202,7 +202,8 @@ func (d *decoder) log(l *raft.Log) {
 func appendAppendEntriesRequest(b []byte, r *raft.AppendEntriesRequest) []byte {
 	b = appendRPCHeader(b, r.RPCHeader)
 	b = binary.AppendUvarint(b, r.Term)
-	b = appendBytes(b, r.Leader) //nolint:staticcheck // deprecated field still read by raft
+	//lint:ignore SA1019 deprecated field still read by raft
+	b = appendBytes(b, r.Leader)
 	b = binary.AppendUvarint(b, r.PrevLogEntry)
 	b = binary.AppendUvarint(b, r.PrevLogTerm)
 	b = binary.AppendUvarint(b, r.LeaderCommitIndex)
@@ -217,7 +218,8 @@ func decodeAppendEntriesRequest(body []byte, r *raft.AppendEntriesRequest) error
 	d := decoder{b: body}
 	r.RPCHeader = d.rpcHeader()
 	r.Term = d.uvarint()
-	r.Leader = d.bytes() //nolint:staticcheck // deprecated field still read by raft
+	//lint:ignore SA1019 deprecated field still read by raft
+	r.Leader = d.bytes()
 	r.PrevLogEntry = d.uvarint()
 	r.PrevLogTerm = d.uvarint()
 	r.LeaderCommitIndex = d.uvarint()
@@ -258,7 +260,8 @@ func decodeAppendEntriesResponse(body []byte, r *raft.AppendEntriesResponse) err
 func appendRequestVoteRequest(b []byte, r *raft.RequestVoteRequest) []byte {
 	b = appendRPCHeader(b, r.RPCHeader)
 	b = binary.AppendUvarint(b, r.Term)
-	b = appendBytes(b, r.Candidate) //nolint:staticcheck // deprecated field still read by raft
+	//lint:ignore SA1019 deprecated field still read by raft
+	b = appendBytes(b, r.Candidate)
 	b = binary.AppendUvarint(b, r.LastLogIndex)
 	b = binary.AppendUvarint(b, r.LastLogTerm)
 	return appendBool(b, r.LeadershipTransfer)
@@ -268,7 +271,8 @@ func decodeRequestVoteRequest(body []byte, r *raft.RequestVoteRequest) error {
 	d := decoder{b: body}
 	r.RPCHeader = d.rpcHeader()
 	r.Term = d.uvarint()
-	r.Candidate = d.bytes() //nolint:staticcheck // deprecated field still read by raft
+	//lint:ignore SA1019 deprecated field still read by raft
+	r.Candidate = d.bytes()
 	r.LastLogIndex = d.uvarint()
 	r.LastLogTerm = d.uvarint()
 	r.LeadershipTransfer = d.bool()
@@ -331,7 +335,7 @@ func appendInstallSnapshotRequest(b []byte, r *raft.InstallSnapshotRequest) []by
 	b = appendRPCHeader(b, r.RPCHeader)
 	b = binary.AppendUvarint(b, uint64(r.SnapshotVersion))
 	b = binary.AppendUvarint(b, r.Term)
-	b = appendBytes(b, r.Leader) //nolint:staticcheck // deprecated field still read by raft
+	b = appendBytes(b, r.Leader)
 	b = binary.AppendUvarint(b, r.LastLogIndex)
 	b = binary.AppendUvarint(b, r.LastLogTerm)
 	b = appendBytes(b, r.Peers)
@@ -345,7 +349,7 @@ func decodeInstallSnapshotRequest(body []byte, r *raft.InstallSnapshotRequest) e
 	r.RPCHeader = d.rpcHeader()
 	r.SnapshotVersion = raft.SnapshotVersion(d.uvarint())
 	r.Term = d.uvarint()
-	r.Leader = d.bytes() //nolint:staticcheck // deprecated field still read by raft
+	r.Leader = d.bytes()
 	r.LastLogIndex = d.uvarint()
 	r.LastLogTerm = d.uvarint()
 	r.Peers = d.bytes()

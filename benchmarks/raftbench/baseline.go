@@ -100,7 +100,7 @@ func (s *streamLayer) Accept() (net.Conn, error) {
 	}
 }
 
-func (s *streamLayer) Close() error { s.once.Do(func() { close(s.closed) }); return nil }
+func (s *streamLayer) Close() error   { s.once.Do(func() { close(s.closed) }); return nil }
 func (s *streamLayer) Addr() net.Addr { return s.m.ln.Addr() }
 
 func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
