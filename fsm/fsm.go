@@ -10,9 +10,6 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/hashicorp/raft"
-	"google.golang.org/protobuf/proto"
-
-	"github.com/gridkv/gridkv/fsm/fsmpb"
 )
 
 // Errors carried in Result.Err. They are decided inside Apply, so every
@@ -75,6 +72,7 @@ type FSM struct {
 	// Touched only by the applying goroutine (and Restore, which raft
 	// never runs concurrently with Apply).
 	expiries expiryHeap
+	scratch  []op
 
 	used    atomic.Int64  // bytes of keys + values held
 	count   atomic.Int64  // live entries (expired but not yet swept count too)
@@ -153,74 +151,66 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 func (f *FSM) applyCommand(l *raft.Log) interface{} {
 	now := l.AppendedAt.UnixNano()
 	f.sweep(now)
-	var cmd fsmpb.Command
-	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
+	ops, batch, err := decodeCommand(l.Data, f.scratch)
+	if err != nil {
 		return &Result{Err: fmt.Errorf("%w: %v", ErrBadCommand, err)}
 	}
-	if b := cmd.GetBatch(); b != nil {
-		results := make([]Result, len(b.Ops))
-		for i, op := range b.Ops {
-			if op.GetBatch() != nil {
-				results[i] = Result{Err: fmt.Errorf("%w: nested batch", ErrBadCommand)}
-				continue
-			}
-			results[i] = f.applyOp(op, l.Index, now)
+	f.scratch = ops[:0]
+	if batch {
+		results := make([]Result, len(ops))
+		for i := range ops {
+			results[i] = f.applyOp(&ops[i], l.Index, now)
 		}
+		clear(ops) // drop references into l.Data
 		return results
 	}
-	r := f.applyOp(&cmd, l.Index, now)
+	r := f.applyOp(&ops[0], l.Index, now)
+	clear(ops)
 	return &r
 }
 
-func (f *FSM) applyOp(cmd *fsmpb.Command, index uint64, now int64) Result {
-	switch op := cmd.Op.(type) {
-	case *fsmpb.Command_Set:
-		if len(op.Set.Key) == 0 {
-			return Result{Err: fmt.Errorf("%w: empty key", ErrBadCommand)}
-		}
-		return f.put(string(op.Set.Key), op.Set.Value, op.Set.TtlNanos, index, now)
-	case *fsmpb.Command_Delete:
-		if len(op.Delete.Key) == 0 {
-			return Result{Err: fmt.Errorf("%w: empty key", ErrBadCommand)}
-		}
-		f.remove(string(op.Delete.Key))
+func (f *FSM) applyOp(o *op, index uint64, now int64) Result {
+	if o.kind == opBatch {
+		return Result{Err: fmt.Errorf("%w: nested batch", ErrBadCommand)}
+	}
+	if o.kind == opNone {
+		return Result{Err: fmt.Errorf("%w: no operation", ErrBadCommand)}
+	}
+	if len(o.key) == 0 {
+		return Result{Err: fmt.Errorf("%w: empty key", ErrBadCommand)}
+	}
+	switch o.kind {
+	case opSet:
+		return f.put(string(o.key), o.value, o.ttl, index, now)
+	case opDelete:
+		f.remove(string(o.key))
 		return Result{Version: index}
-	case *fsmpb.Command_Cas:
-		c := op.Cas
-		if len(c.Key) == 0 {
-			return Result{Err: fmt.Errorf("%w: empty key", ErrBadCommand)}
-		}
-		key := string(c.Key)
+	default: // opCAS
+		key := string(o.key)
 		s := f.shardFor(key)
 		s.mu.RLock()
 		cur, found := s.m[key]
 		s.mu.RUnlock()
 		present := found && !cur.expired(now)
 		var match bool
-		if c.OldAbsent {
+		if o.oldAbsent {
 			match = !present
 		} else {
-			match = present && string(cur.value) == string(c.Old)
+			match = present && string(cur.value) == string(o.old)
 		}
 		if !match {
 			return Result{Version: cur.version}
 		}
-		r := f.put(key, c.New, c.TtlNanos, index, now)
+		r := f.put(key, o.value, o.ttl, index, now)
 		r.Swapped = r.Err == nil
 		return r
-	default:
-		return Result{Err: fmt.Errorf("%w: no operation", ErrBadCommand)}
 	}
 }
 
-// put stores value, which it takes ownership of: values come from a freshly
-// unmarshalled command (proto.Unmarshal copies bytes fields), so nothing
-// else holds them. Only the applying goroutine calls put.
+// put stores a copy of value (which aliases the log entry). Only the
+// applying goroutine calls put.
 func (f *FSM) put(key string, value []byte, ttl int64, index uint64, now int64) Result {
-	if value == nil {
-		value = []byte{} // present with an empty value, never nil
-	}
-	e := entry{value: value, version: index}
+	e := entry{value: append(make([]byte, 0, len(value)), value...), version: index}
 	if ttl > 0 {
 		e.expireAt = now + ttl
 	}

@@ -1,0 +1,243 @@
+package fsm
+
+import (
+	"errors"
+	"fmt"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// The apply path decodes commands straight from the protobuf wire format
+// (command.proto) instead of through proto.Unmarshal: no message structs, no
+// reflection. TestDecodeMatchesProto holds it to proto.Unmarshal's reading.
+
+type opKind uint8
+
+const (
+	opNone opKind = iota
+	opSet
+	opDelete
+	opCAS
+	opBatch // only at the top level; marks a nested batch when inside one
+)
+
+// op is one decoded operation. Byte slices alias the log entry's data; put
+// copies what it keeps.
+type op struct {
+	kind      opKind
+	key       []byte
+	value     []byte // Set value, CAS new value
+	old       []byte
+	oldAbsent bool
+	ttl       int64
+}
+
+var errMalformed = errors.New("malformed protobuf")
+
+// decodeCommand decodes one log entry's Command. For a Batch it appends one
+// op per operation to ops and reports batch=true.
+func decodeCommand(data []byte, ops []op) (_ []op, batch bool, err error) {
+	var single op
+	for len(data) > 0 {
+		num, typ, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return nil, false, errMalformed
+		}
+		data = data[n:]
+		if typ != protowire.BytesType || num < 1 || num > 4 {
+			if n = protowire.ConsumeFieldValue(num, typ, data); n < 0 {
+				return nil, false, errMalformed
+			}
+			data = data[n:]
+			continue
+		}
+		msg, n := protowire.ConsumeBytes(data)
+		if n < 0 {
+			return nil, false, errMalformed
+		}
+		data = data[n:]
+		// A oneof keeps the last member set, as proto.Unmarshal does.
+		batch = false
+		switch num {
+		case 1:
+			single, err = decodeSet(msg)
+		case 2:
+			single, err = decodeDelete(msg)
+		case 3:
+			single, err = decodeCAS(msg)
+		case 4:
+			batch = true
+			ops, err = decodeBatch(msg, ops[:0])
+		}
+		if err != nil {
+			return nil, false, err
+		}
+	}
+	if batch {
+		return ops, true, nil
+	}
+	return append(ops[:0], single), false, nil
+}
+
+func decodeBatch(msg []byte, ops []op) ([]op, error) {
+	for len(msg) > 0 {
+		num, typ, n := protowire.ConsumeTag(msg)
+		if n < 0 {
+			return nil, errMalformed
+		}
+		msg = msg[n:]
+		if num != 1 || typ != protowire.BytesType {
+			if n = protowire.ConsumeFieldValue(num, typ, msg); n < 0 {
+				return nil, errMalformed
+			}
+			msg = msg[n:]
+			continue
+		}
+		sub, n := protowire.ConsumeBytes(msg)
+		if n < 0 {
+			return nil, errMalformed
+		}
+		msg = msg[n:]
+		o, err := decodeInner(sub)
+		if err != nil {
+			return nil, err
+		}
+		ops = append(ops, o)
+	}
+	return ops, nil
+}
+
+// decodeInner decodes a Command inside a Batch; a nested Batch becomes an
+// op of kind opBatch, which apply rejects.
+func decodeInner(data []byte) (op, error) {
+	var o op
+	for len(data) > 0 {
+		num, typ, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return op{}, errMalformed
+		}
+		data = data[n:]
+		if typ != protowire.BytesType || num < 1 || num > 4 {
+			if n = protowire.ConsumeFieldValue(num, typ, data); n < 0 {
+				return op{}, errMalformed
+			}
+			data = data[n:]
+			continue
+		}
+		msg, n := protowire.ConsumeBytes(data)
+		if n < 0 {
+			return op{}, errMalformed
+		}
+		data = data[n:]
+		var err error
+		switch num {
+		case 1:
+			o, err = decodeSet(msg)
+		case 2:
+			o, err = decodeDelete(msg)
+		case 3:
+			o, err = decodeCAS(msg)
+		case 4:
+			if _, err = decodeBatch(msg, nil); err == nil {
+				o = op{kind: opBatch}
+			}
+		}
+		if err != nil {
+			return op{}, err
+		}
+	}
+	return o, nil
+}
+
+// fields walks a message's fields, calling bytesField or varintField for
+// each; other wire types are skipped.
+func fields(msg []byte, bytesField func(num protowire.Number, v []byte), varintField func(num protowire.Number, v uint64)) error {
+	for len(msg) > 0 {
+		num, typ, n := protowire.ConsumeTag(msg)
+		if n < 0 {
+			return errMalformed
+		}
+		msg = msg[n:]
+		switch typ {
+		case protowire.BytesType:
+			v, n := protowire.ConsumeBytes(msg)
+			if n < 0 {
+				return errMalformed
+			}
+			bytesField(num, v)
+			msg = msg[n:]
+		case protowire.VarintType:
+			v, n := protowire.ConsumeVarint(msg)
+			if n < 0 {
+				return errMalformed
+			}
+			varintField(num, v)
+			msg = msg[n:]
+		default:
+			if n = protowire.ConsumeFieldValue(num, typ, msg); n < 0 {
+				return errMalformed
+			}
+			msg = msg[n:]
+		}
+	}
+	return nil
+}
+
+func decodeSet(msg []byte) (op, error) {
+	o := op{kind: opSet, value: []byte{}}
+	err := fields(msg,
+		func(num protowire.Number, v []byte) {
+			switch num {
+			case 1:
+				o.key = v
+			case 2:
+				o.value = v
+			}
+		},
+		func(num protowire.Number, v uint64) {
+			if num == 3 {
+				o.ttl = int64(v)
+			}
+		})
+	return o, err
+}
+
+func decodeDelete(msg []byte) (op, error) {
+	o := op{kind: opDelete}
+	err := fields(msg,
+		func(num protowire.Number, v []byte) {
+			if num == 1 {
+				o.key = v
+			}
+		},
+		func(protowire.Number, uint64) {})
+	return o, err
+}
+
+func decodeCAS(msg []byte) (op, error) {
+	o := op{kind: opCAS, value: []byte{}, old: []byte{}}
+	err := fields(msg,
+		func(num protowire.Number, v []byte) {
+			switch num {
+			case 1:
+				o.key = v
+			case 3:
+				o.old = v
+			case 4:
+				o.value = v
+			}
+		},
+		func(num protowire.Number, v uint64) {
+			switch num {
+			case 2:
+				o.oldAbsent = v != 0
+			case 5:
+				o.ttl = int64(v)
+			}
+		})
+	return o, err
+}
+
+func (o op) String() string {
+	return fmt.Sprintf("{%d %q %q %q %v %d}", o.kind, o.key, o.value, o.old, o.oldAbsent, o.ttl)
+}
