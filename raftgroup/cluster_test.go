@@ -380,3 +380,20 @@ func TestWritesSurviveBadLinks(t *testing.T) {
 		return true
 	})
 }
+
+// A group whose log passes MaxLogBytes is snapshotted and its log trimmed.
+func TestLogBytesBoundTriggersSnapshot(t *testing.T) {
+	c := newTestCluster(t, 3, 1)
+	c.waitLeaders(1, 10*time.Second)
+	l := c.hosts[c.leader(0)].Group(0)
+	value := string(make([]byte, 64<<10))
+	for i := 0; i < 128; i++ { // 8 MiB of entries: twice the default bound
+		set(t, l, fmt.Sprint("k", i%8), value)
+	}
+	eventually(t, 10*time.Second, "the log to be trimmed below the bound", func() bool {
+		return l.LogBytes() < 4<<20
+	})
+	if n, _ := l.logs.FirstIndex(); n <= 1 {
+		t.Fatalf("log not trimmed: first index %d", n)
+	}
+}

@@ -58,13 +58,23 @@ type Config struct {
 	CommitTimeout time.Duration
 	// MaxAppendEntries caps entries per AppendEntries RPC. Default 256.
 	MaxAppendEntries int
-	// SnapshotThreshold is how many new entries trigger a snapshot (which
-	// also frees the in-memory log up to TrailingLogs). Default 8192.
+	// SnapshotThreshold is how many new entries trigger a snapshot, which
+	// lets raft drop the in-memory log up to TrailingLogs. Default 4096.
+	// Logs live in memory, so this and TrailingLogs bound the log's memory:
+	// per group about (SnapshotThreshold + TrailingLogs) x entry size.
 	SnapshotThreshold uint64
-	// TrailingLogs is how many entries stay after a snapshot. Default 4096.
+	// TrailingLogs is how many entries stay after a snapshot, so a follower
+	// that fell that far behind catches up without a snapshot. Default 256.
 	TrailingLogs uint64
-	// SnapshotInterval is how often raft checks SnapshotThreshold. Default 30s.
+	// SnapshotInterval is how often raft checks SnapshotThreshold (with
+	// jitter). Default 5s.
 	SnapshotInterval time.Duration
+	// MaxLogBytes: when a group's in-memory log passes this many bytes, the
+	// host snapshots the group at once so raft trims the log to
+	// TrailingLogs entries (raft's own trigger counts entries, not bytes),
+	// at most once per 250ms per group. A node's logs then hold about
+	// Groups x MaxLogBytes at most. Default 4 MiB; negative disables.
+	MaxLogBytes int64
 	// Logger receives raft's warnings and errors. Default slog.Default().
 	Logger *slog.Logger
 	// Faults, if set, decides the fate of every frame this node sends
@@ -95,13 +105,16 @@ func (c *Config) fill() error {
 		c.MaxAppendEntries = 256
 	}
 	if c.SnapshotThreshold == 0 {
-		c.SnapshotThreshold = 8192
+		c.SnapshotThreshold = 4096
 	}
 	if c.TrailingLogs == 0 {
-		c.TrailingLogs = 4096
+		c.TrailingLogs = 256
+	}
+	if c.MaxLogBytes == 0 {
+		c.MaxLogBytes = 4 << 20
 	}
 	if c.SnapshotInterval <= 0 {
-		c.SnapshotInterval = 30 * time.Second
+		c.SnapshotInterval = 5 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -209,7 +222,7 @@ func (h *Host) CreateGroup(id GroupID, fsm raft.FSM, opts GroupOptions) (*Group,
 		h.mu.Unlock()
 		return nil, fmt.Errorf("%w: %d", ErrGroupExists, id)
 	}
-	g := &Group{ID: id, h: h, logs: NewLogStore()}
+	g := &Group{ID: id, h: h, logs: &logStore{}}
 	h.mu.groups[id] = g // reserve the id while raft starts
 	h.mu.Unlock()
 
@@ -356,7 +369,7 @@ type Group struct {
 	h        *Host
 	raft     *raft.Raft
 	trans    *groupTransport
-	logs     raft.LogStore
+	logs     *logStore
 	observer *raft.Observer
 
 	verify verifier
@@ -385,6 +398,11 @@ func (g *Group) start(fsm raft.FSM, opts GroupOptions) error {
 		return fmt.Errorf("raftgroup: start group %d: %w", g.ID, err)
 	}
 	g.raft, g.trans = r, trans
+	if max := g.h.cfg.MaxLogBytes; max > 0 {
+		g.logs.mu.Lock()
+		g.logs.maxBytes, g.logs.onFull = max, g.snapshotForLog
+		g.logs.mu.Unlock()
+	}
 	g.observer = raft.NewObserver(g.h.observations, false, func(o *raft.Observation) bool {
 		_, ok := o.Data.(raft.LeaderObservation)
 		return ok
@@ -392,6 +410,60 @@ func (g *Group) start(fsm raft.FSM, opts GroupOptions) error {
 	r.RegisterObserver(g.observer)
 	return nil
 }
+
+// snapshotForLog snapshots the group because its log passed MaxLogBytes;
+// raft then trims the log. The log store calls it once per crossing; it
+// keeps snapshotting, at most once per 250ms, while the log stays over.
+func (g *Group) snapshotForLog() {
+	ok := g.h.spawn(func() {
+		for {
+			start := time.Now()
+			g.trimLog()
+			t := time.NewTimer(250*time.Millisecond - time.Since(start))
+			select {
+			case <-t.C:
+			case <-g.trans.closed:
+				t.Stop()
+				g.logs.full.Store(false)
+				return
+			}
+			if g.logs.Bytes() > g.h.cfg.MaxLogBytes {
+				continue
+			}
+			g.logs.full.Store(false)
+			// A store that crossed the bound meanwhile found full set and
+			// left it to us: look once more.
+			if g.logs.Bytes() <= g.h.cfg.MaxLogBytes || !g.logs.full.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	})
+	if !ok {
+		g.logs.full.Store(false)
+	}
+}
+
+// trimLog takes a snapshot keeping only the newest entries that fit in a
+// quarter of MaxLogBytes: raft keeps TrailingLogs entries after a snapshot
+// whatever their size, so the setting is lowered for this one.
+func (g *Group) trimLog() {
+	rc := g.raft.ReloadableConfig()
+	trailing := rc.TrailingLogs
+	if n := g.logs.tailWithin(g.h.cfg.MaxLogBytes / 4); n < trailing {
+		rc.TrailingLogs = n
+		_ = g.raft.ReloadConfig(rc)
+		defer func() {
+			rc.TrailingLogs = trailing
+			_ = g.raft.ReloadConfig(rc)
+		}()
+	}
+	if err := g.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+		g.h.log.Debug("snapshot for log size failed", "group", g.ID, "err", err)
+	}
+}
+
+// LogBytes is the approximate memory this replica's Raft log holds.
+func (g *Group) LogBytes() int64 { return g.logs.Bytes() }
 
 // Raft is the underlying hashicorp/raft instance, for what Group does not
 // wrap (stats, barriers, configuration futures).

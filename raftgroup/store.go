@@ -3,6 +3,7 @@ package raftgroup
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 )
@@ -18,13 +19,49 @@ type logStore struct {
 	mu    sync.RWMutex
 	first uint64 // index of logs[0]; 0 when empty
 	logs  []*raft.Log
+	bytes int64 // approximate memory held by logs
+
+	// When bytes pass maxBytes, onFull is called (once, until reset by
+	// full.Store(false)) so the owner can snapshot and let raft trim the
+	// log: raft's own triggers count entries, not bytes.
+	maxBytes int64
+	onFull   func()
+	full     atomic.Bool
 }
+
+// logOverhead approximates a raft.Log's memory beyond its data.
+const logOverhead = 96
+
+func logSize(l *raft.Log) int64 { return int64(len(l.Data)+len(l.Extensions)) + logOverhead }
 
 var _ raft.LogStore = (*logStore)(nil)
 
 // NewLogStore returns an empty in-memory raft.LogStore, the one every Host
 // group uses.
 func NewLogStore() raft.LogStore { return &logStore{} }
+
+// tailWithin counts the newest entries whose sizes add up to at most
+// budget (at least one entry when the log is not empty).
+func (s *logStore) tailWithin(budget int64) uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var n uint64
+	for i := len(s.logs) - 1; i >= 0; i-- {
+		budget -= logSize(s.logs[i])
+		if budget < 0 && n > 0 {
+			break
+		}
+		n++
+	}
+	return n
+}
+
+// Bytes is the approximate memory the log holds.
+func (s *logStore) Bytes() int64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.bytes
+}
 
 func (s *logStore) FirstIndex() (uint64, error) {
 	s.mu.RLock()
@@ -61,7 +98,6 @@ func (s *logStore) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{
 // tail from there (raft only does so after deleting it, but be safe).
 func (s *logStore) StoreLogs(logs []*raft.Log) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for _, l := range logs {
 		switch {
 		case len(s.logs) == 0:
@@ -70,10 +106,20 @@ func (s *logStore) StoreLogs(logs []*raft.Log) error {
 		case l.Index == s.lastLocked()+1:
 			s.logs = append(s.logs, l)
 		case l.Index >= s.first && l.Index <= s.lastLocked():
+			for _, old := range s.logs[l.Index-s.first:] {
+				s.bytes -= logSize(old)
+			}
 			s.logs = append(s.logs[:l.Index-s.first], l)
 		default:
+			s.mu.Unlock()
 			return errors.New("raftgroup: log store: gap before index")
 		}
+		s.bytes += logSize(l)
+	}
+	full := s.maxBytes > 0 && s.bytes > s.maxBytes && s.onFull != nil
+	s.mu.Unlock()
+	if full && s.full.CompareAndSwap(false, true) {
+		s.onFull()
 	}
 	return nil
 }
@@ -88,13 +134,17 @@ func (s *logStore) DeleteRange(min, max uint64) error {
 	last := s.lastLocked()
 	switch {
 	case min <= s.first && max >= last:
-		s.logs, s.first = nil, 0
+		s.logs, s.first, s.bytes = nil, 0, 0
 	case min <= s.first: // prefix: copy the rest so the old array can be freed
+		for _, l := range s.logs[:max-s.first+1] {
+			s.bytes -= logSize(l)
+		}
 		rest := s.logs[max-s.first+1:]
 		s.logs = append(make([]*raft.Log, 0, len(rest)+len(rest)/4), rest...)
 		s.first = max + 1
 	case max >= last: // suffix
 		for i := min - s.first; i < uint64(len(s.logs)); i++ {
+			s.bytes -= logSize(s.logs[i])
 			s.logs[i] = nil
 		}
 		s.logs = s.logs[:min-s.first]

@@ -316,6 +316,9 @@ func write(c *cluster, kind string, groups, writers, batch int, window time.Dura
 	cpu := float64(cpuTime()-cpu0) / float64(elapsed)
 	stop.Store(true)
 	wg.Wait()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
 	var all []time.Duration
 	for _, l := range lats {
 		all = append(all, l...)
@@ -327,6 +330,6 @@ func write(c *cluster, kind string, groups, writers, batch int, window time.Dura
 		}
 		return all[int(p*float64(len(all)-1))]
 	}
-	fmt.Printf("write transport=%s groups=%d writers=%d batch=%d ops_per_s=%.0f p50=%v p99=%v failures=%d cpu_cores=%.2f\n",
-		kind, groups, writers, batch, float64(ops.Load())/elapsed.Seconds(), pct(0.50).Round(time.Microsecond), pct(0.99).Round(time.Microsecond), failures.Load(), cpu)
+	fmt.Printf("write transport=%s groups=%d writers=%d batch=%d ops_per_s=%.0f p50=%v p99=%v failures=%d cpu_cores=%.2f heap_after_mib=%.0f\n",
+		kind, groups, writers, batch, float64(ops.Load())/elapsed.Seconds(), pct(0.50).Round(time.Microsecond), pct(0.99).Round(time.Microsecond), failures.Load(), cpu, float64(ms.HeapAlloc)/(1<<20))
 }
