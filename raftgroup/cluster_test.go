@@ -397,3 +397,76 @@ func TestLogBytesBoundTriggersSnapshot(t *testing.T) {
 		t.Fatalf("log not trimmed: first index %d", n)
 	}
 }
+
+// Leader changes are reported; shutting down one group and then the hosts
+// leaves no goroutine behind.
+func TestLeaderObservationAndCleanShutdown(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	type change struct {
+		group  GroupID
+		leader raft.ServerID
+	}
+	changes := make(chan change, 1024)
+	faults := faultnet.New(1)
+	var hosts []*Host
+	for i := 0; i < 3; i++ {
+		cfg := fastConfig(fmt.Sprintf("n%d", i), faults)
+		cfg.OnLeaderChange = func(g GroupID, l raft.ServerID) {
+			select {
+			case changes <- change{g, l}:
+			default:
+			}
+		}
+		h, err := NewHost(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hosts = append(hosts, h)
+	}
+	var servers []raft.Server
+	for _, h := range hosts {
+		servers = append(servers, raft.Server{ID: h.ID(), Address: raft.ServerAddress(h.Addr())})
+	}
+	for g := GroupID(0); g < 2; g++ {
+		for _, h := range hosts {
+			if _, err := h.CreateGroup(g, fsm.New(fsm.Options{}), GroupOptions{Bootstrap: servers}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := hosts[0].CreateGroup(0, fsm.New(fsm.Options{}), GroupOptions{}); !errors.Is(err, ErrGroupExists) {
+		t.Fatalf("duplicate group: %v", err)
+	}
+	seen := map[GroupID]bool{}
+	timeout := time.After(10 * time.Second)
+	for len(seen) < 2 {
+		select {
+		case c := <-changes:
+			if c.leader != "" {
+				seen[c.group] = true
+			}
+		case <-timeout:
+			t.Fatalf("leader observed for %d of 2 groups", len(seen))
+		}
+	}
+	if hosts[0].LeaderChanges() == 0 {
+		t.Fatal("LeaderChanges not counted")
+	}
+	if err := hosts[1].Group(1).Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if hosts[1].Group(1) != nil {
+		t.Fatal("shut-down group still listed")
+	}
+	for _, h := range hosts {
+		if err := h.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Close(); err != nil { // idempotent
+			t.Fatal(err)
+		}
+	}
+	if _, err := hosts[0].CreateGroup(5, fsm.New(fsm.Options{}), GroupOptions{}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("CreateGroup after Close: %v", err)
+	}
+}
