@@ -37,46 +37,55 @@ var errMalformed = errors.New("malformed protobuf")
 // decodeCommand decodes one log entry's Command. For a Batch it appends one
 // op per operation to ops and reports batch=true.
 func decodeCommand(data []byte, ops []op) (_ []op, batch bool, err error) {
-	var single op
+	single, batchMsg, isBatch, err := decodeOne(data)
+	if err != nil {
+		return nil, false, err
+	}
+	if isBatch {
+		ops, err = decodeBatch(batchMsg, ops[:0])
+		return ops, true, err
+	}
+	return append(ops[:0], single), false, nil
+}
+
+// decodeOne reads a Command's oneof: the operation, or, for a Batch, the
+// batch message's bytes. The last member set wins, as in proto.Unmarshal;
+// fields it does not know are skipped.
+func decodeOne(data []byte) (o op, batchMsg []byte, isBatch bool, err error) {
 	for len(data) > 0 {
 		num, typ, n := protowire.ConsumeTag(data)
 		if n < 0 {
-			return nil, false, errMalformed
+			return op{}, nil, false, errMalformed
 		}
 		data = data[n:]
 		if typ != protowire.BytesType || num < 1 || num > 4 {
 			if n = protowire.ConsumeFieldValue(num, typ, data); n < 0 {
-				return nil, false, errMalformed
+				return op{}, nil, false, errMalformed
 			}
 			data = data[n:]
 			continue
 		}
 		msg, n := protowire.ConsumeBytes(data)
 		if n < 0 {
-			return nil, false, errMalformed
+			return op{}, nil, false, errMalformed
 		}
 		data = data[n:]
-		// A oneof keeps the last member set, as proto.Unmarshal does.
-		batch = false
+		isBatch = num == 4
 		switch num {
 		case 1:
-			single, err = decodeSet(msg)
+			o, err = decodeSet(msg)
 		case 2:
-			single, err = decodeDelete(msg)
+			o, err = decodeDelete(msg)
 		case 3:
-			single, err = decodeCAS(msg)
+			o, err = decodeCAS(msg)
 		case 4:
-			batch = true
-			ops, err = decodeBatch(msg, ops[:0])
+			batchMsg = msg
 		}
 		if err != nil {
-			return nil, false, err
+			return op{}, nil, false, err
 		}
 	}
-	if batch {
-		return ops, true, nil
-	}
-	return append(ops[:0], single), false, nil
+	return o, batchMsg, isBatch, nil
 }
 
 func decodeBatch(msg []byte, ops []op) ([]op, error) {
@@ -98,55 +107,19 @@ func decodeBatch(msg []byte, ops []op) ([]op, error) {
 			return nil, errMalformed
 		}
 		msg = msg[n:]
-		o, err := decodeInner(sub)
+		o, nested, isBatch, err := decodeOne(sub)
 		if err != nil {
 			return nil, err
+		}
+		if isBatch { // a batch inside a batch: apply rejects it
+			if _, err := decodeBatch(nested, nil); err != nil {
+				return nil, err
+			}
+			o = op{kind: opBatch}
 		}
 		ops = append(ops, o)
 	}
 	return ops, nil
-}
-
-// decodeInner decodes a Command inside a Batch; a nested Batch becomes an
-// op of kind opBatch, which apply rejects.
-func decodeInner(data []byte) (op, error) {
-	var o op
-	for len(data) > 0 {
-		num, typ, n := protowire.ConsumeTag(data)
-		if n < 0 {
-			return op{}, errMalformed
-		}
-		data = data[n:]
-		if typ != protowire.BytesType || num < 1 || num > 4 {
-			if n = protowire.ConsumeFieldValue(num, typ, data); n < 0 {
-				return op{}, errMalformed
-			}
-			data = data[n:]
-			continue
-		}
-		msg, n := protowire.ConsumeBytes(data)
-		if n < 0 {
-			return op{}, errMalformed
-		}
-		data = data[n:]
-		var err error
-		switch num {
-		case 1:
-			o, err = decodeSet(msg)
-		case 2:
-			o, err = decodeDelete(msg)
-		case 3:
-			o, err = decodeCAS(msg)
-		case 4:
-			if _, err = decodeBatch(msg, nil); err == nil {
-				o = op{kind: opBatch}
-			}
-		}
-		if err != nil {
-			return op{}, err
-		}
-	}
-	return o, nil
 }
 
 // fields walks a message's fields, calling bytesField or varintField for
