@@ -1,0 +1,254 @@
+package raftgroup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// Group is one node's replica of one Raft group.
+//
+// Threading: all methods are safe for concurrent use.
+type Group struct {
+	ID GroupID
+
+	h        *Host
+	raft     *raft.Raft
+	trans    *groupTransport
+	logs     *logStore
+	observer *raft.Observer
+
+	verify verifier
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+func (g *Group) start(fsm raft.FSM, opts GroupOptions) error {
+	trans, err := newGroupTransport(g.h.mux, uint64(g.ID))
+	if err != nil {
+		return err
+	}
+	stable := NewStableStore()
+	snaps := raft.NewInmemSnapshotStore()
+	conf := g.h.raftConfig()
+	if len(opts.Bootstrap) > 0 {
+		if err := raft.BootstrapCluster(conf, g.logs, stable, snaps, trans, raft.Configuration{Servers: opts.Bootstrap}); err != nil {
+			_ = trans.Close()
+			return fmt.Errorf("raftgroup: bootstrap group %d: %w", g.ID, err)
+		}
+	}
+	r, err := raft.NewRaft(conf, fsm, g.logs, stable, snaps, trans)
+	if err != nil {
+		_ = trans.Close()
+		return fmt.Errorf("raftgroup: start group %d: %w", g.ID, err)
+	}
+	g.raft, g.trans = r, trans
+	if max := g.h.cfg.MaxLogBytes; max > 0 {
+		g.logs.mu.Lock()
+		g.logs.maxBytes, g.logs.onFull = max, g.snapshotForLog
+		g.logs.mu.Unlock()
+	}
+	g.observer = raft.NewObserver(g.h.observations, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	r.RegisterObserver(g.observer)
+	return nil
+}
+
+// snapshotForLog snapshots the group because its log passed MaxLogBytes;
+// raft then trims the log. The log store calls it once per crossing; it
+// keeps snapshotting, at most once per 250ms, while the log stays over.
+func (g *Group) snapshotForLog() {
+	ok := g.h.spawn(func() {
+		for {
+			start := time.Now()
+			g.trimLog()
+			t := time.NewTimer(250*time.Millisecond - time.Since(start))
+			select {
+			case <-t.C:
+			case <-g.trans.closed:
+				t.Stop()
+				g.logs.full.Store(false)
+				return
+			}
+			if g.logs.Bytes() > g.h.cfg.MaxLogBytes {
+				continue
+			}
+			g.logs.full.Store(false)
+			// A store that crossed the bound meanwhile found full set and
+			// left it to us: look once more.
+			if g.logs.Bytes() <= g.h.cfg.MaxLogBytes || !g.logs.full.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	})
+	if !ok {
+		g.logs.full.Store(false)
+	}
+}
+
+// trimLog takes a snapshot keeping only the newest entries that fit in a
+// quarter of MaxLogBytes: raft keeps TrailingLogs entries after a snapshot
+// whatever their size, so the setting is lowered for this one.
+func (g *Group) trimLog() {
+	rc := g.raft.ReloadableConfig()
+	trailing := rc.TrailingLogs
+	if n := g.logs.tailWithin(g.h.cfg.MaxLogBytes / 4); n < trailing {
+		rc.TrailingLogs = n
+		_ = g.raft.ReloadConfig(rc)
+		defer func() {
+			rc.TrailingLogs = trailing
+			_ = g.raft.ReloadConfig(rc)
+		}()
+	}
+	if err := g.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+		g.h.log.Debug("snapshot for log size failed", "group", g.ID, "err", err)
+	}
+}
+
+// LogBytes is the approximate memory this replica's Raft log holds.
+func (g *Group) LogBytes() int64 { return g.logs.Bytes() }
+
+// Raft is the underlying hashicorp/raft instance, for what Group does not
+// wrap (stats, barriers, configuration futures).
+func (g *Group) Raft() *raft.Raft { return g.raft }
+
+// Leader returns the leader's server id and address as this replica knows
+// them; empty while unknown.
+func (g *Group) Leader() (raft.ServerID, raft.ServerAddress) {
+	addr, id := g.raft.LeaderWithID()
+	return id, addr
+}
+
+// IsLeader reports whether this replica believes it leads the group.
+func (g *Group) IsLeader() bool { return g.raft.State() == raft.Leader }
+
+// Apply replicates cmd and returns the FSM's response once it is applied on
+// this (leader) replica. An error wrapping ErrTimeout means the outcome is
+// unknown; ErrNotLeader means the entry was not appended.
+func (g *Group) Apply(ctx context.Context, cmd []byte) (interface{}, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrTimeout, err)
+	}
+	var timeout time.Duration
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+		if timeout <= 0 {
+			return nil, fmt.Errorf("%w: %w", ErrTimeout, context.DeadlineExceeded)
+		}
+	}
+	f := g.raft.Apply(cmd, timeout)
+	if err := g.wait(ctx, f); err != nil {
+		return nil, err
+	}
+	return f.Response(), nil
+}
+
+// wait waits for a raft future while honouring ctx. Raft always completes
+// futures (with ErrRaftShutdown at the latest), so the helper goroutine
+// that waits past ctx always ends; the host waits for it on Close.
+func (g *Group) wait(ctx context.Context, f raft.Future) error {
+	if ctx.Done() == nil {
+		return mapErr(f.Error())
+	}
+	done := make(chan error, 1)
+	if !g.h.spawn(func() { done <- f.Error() }) {
+		return mapErr(f.Error()) // closing: raft answers every future promptly
+	}
+	select {
+	case err := <-done:
+		return mapErr(err)
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
+	}
+}
+
+func mapErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, raft.ErrNotLeader):
+		return fmt.Errorf("%w: %w", ErrNotLeader, err)
+	case errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		return fmt.Errorf("%w: %w", ErrLeaderLost, err)
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return fmt.Errorf("%w: %w", ErrClosed, err)
+	case errors.Is(err, raft.ErrEnqueueTimeout):
+		return fmt.Errorf("%w: %w", ErrTimeout, err)
+	}
+	return err
+}
+
+// VerifyLeader confirms with a quorum that this replica still leads, by a
+// heartbeat round whose requests all leave after the call began. Callers
+// that arrive while a round is under way share the next one.
+//
+// hashicorp/raft's own VerifyLeader may count a heartbeat that was sent
+// before the call (its notify map takes the answer of whatever heartbeat is
+// in flight), which is not enough for a linearizable read; see
+// docs/raftgroup.md.
+func (g *Group) VerifyLeader(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrTimeout, err)
+	}
+	rd := g.verify.join(g)
+	select {
+	case <-rd.done:
+		return rd.err
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
+	}
+}
+
+// AddVoter adds a voting replica (one configuration change; raft catches it
+// up by log or snapshot).
+func (g *Group) AddVoter(ctx context.Context, id raft.ServerID, addr string) error {
+	return g.wait(ctx, g.raft.AddVoter(id, raft.ServerAddress(addr), 0, 0))
+}
+
+// RemoveServer removes a replica from the configuration.
+func (g *Group) RemoveServer(ctx context.Context, id raft.ServerID) error {
+	return g.wait(ctx, g.raft.RemoveServer(id, 0, 0))
+}
+
+// TransferLeadership hands leadership to the most up-to-date follower, or
+// to id when it is non-empty.
+func (g *Group) TransferLeadership(ctx context.Context, id raft.ServerID, addr string) error {
+	if id == "" {
+		return g.wait(ctx, g.raft.LeadershipTransfer())
+	}
+	return g.wait(ctx, g.raft.LeadershipTransferToServer(id, raft.ServerAddress(addr)))
+}
+
+// Configuration returns the group's current servers.
+func (g *Group) Configuration() ([]raft.Server, error) {
+	f := g.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, mapErr(err)
+	}
+	return f.Configuration().Servers, nil
+}
+
+// Shutdown stops this replica: its transport first, so raft goroutines
+// blocked on peers return at once, then raft itself. Idempotent.
+func (g *Group) Shutdown() error {
+	g.shutdownOnce.Do(func() {
+		if g.raft == nil {
+			return
+		}
+		g.raft.DeregisterObserver(g.observer)
+		_ = g.trans.Close()
+		g.shutdownErr = g.raft.Shutdown().Error()
+		g.h.mu.Lock()
+		delete(g.h.mu.groups, g.ID)
+		delete(g.h.mu.byRaft, g.raft)
+		g.h.mu.Unlock()
+	})
+	return g.shutdownErr
+}
