@@ -358,4 +358,3 @@ func (h *Host) Close() error {
 	h.wg.Wait()
 	return nil
 }
-
