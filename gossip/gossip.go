@@ -1,0 +1,357 @@
+package gossip
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Preset picks memberlist's timings.
+type Preset int
+
+const (
+	// LAN is memberlist's DefaultLANConfig: failure detection in seconds.
+	LAN Preset = iota
+	// Local is memberlist's DefaultLocalConfig: faster probes, for nodes on
+	// one machine (tests, the example cluster).
+	Local
+)
+
+// Config configures a gossip node. Zero values mean the defaults given.
+type Config struct {
+	// Name is the member's unique name in the cluster. Required.
+	Name string
+	// BindAddr is the TCP and UDP address gossip listens on. Default
+	// "127.0.0.1:0" (an ephemeral port; see Node.Addr).
+	BindAddr string
+	// Meta is the metadata this node starts with.
+	Meta Meta
+	// Preset selects the timings. Default LAN.
+	Preset Preset
+	// Logger receives memberlist's warnings and errors. Default slog.Default().
+	Logger *slog.Logger
+	// OnEvent, if set, receives membership events one at a time, in order,
+	// on a goroutine of the node's own, never on memberlist's: it may call
+	// any Node method.
+	OnEvent func(Event)
+	// Transport replaces memberlist's network transport (fault injection);
+	// BindAddr is then ignored. Default: memberlist's TCP+UDP transport.
+	Transport memberlist.Transport
+}
+
+// EventKind says what happened to a member.
+type EventKind int
+
+const (
+	EventJoin   EventKind = iota + 1 // a member appeared
+	EventLeave                       // a member left gracefully
+	EventFail                        // a member was declared dead
+	EventUpdate                      // a member's metadata changed
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case EventJoin:
+		return "join"
+	case EventLeave:
+		return "leave"
+	case EventFail:
+		return "fail"
+	case EventUpdate:
+		return "update"
+	}
+	return "event(" + strconv.Itoa(int(k)) + ")"
+}
+
+// Event is one membership change.
+type Event struct {
+	Kind    EventKind
+	Member  Member
+	MetaErr error // the member's metadata could not be read
+}
+
+// Member is a live member as gossip knows it.
+type Member struct {
+	Name string
+	Addr string // its gossip address, to give other nodes as a seed
+	Meta Meta
+}
+
+// Node is one member of the gossip cluster.
+//
+// Threading: all methods are safe for concurrent use, except from inside
+// memberlist's own callbacks (which this package never exposes).
+type Node struct {
+	ml  *memberlist.Memberlist
+	cfg Config
+	log *slog.Logger
+
+	metaMu sync.Mutex
+	meta   []byte
+
+	// Events from memberlist's callbacks wait here for the event goroutine:
+	// callbacks must never block, nor call back into memberlist.
+	evMu    sync.Mutex
+	pending []Event
+	members map[string]Member // live members, kept from the callbacks
+	kick    chan struct{}
+
+	closeOnce sync.Once
+	stop      chan struct{}
+	wg        sync.WaitGroup
+}
+
+// Start creates a node listening for gossip. It knows only itself until
+// Join is called with the address of a member.
+func Start(cfg Config) (*Node, error) {
+	if cfg.Name == "" {
+		return nil, errors.New("gossip: Config.Name is required")
+	}
+	if cfg.BindAddr == "" {
+		cfg.BindAddr = "127.0.0.1:0"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	meta, err := encodeMeta(cfg.Meta)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("component", "gossip", "member", cfg.Name),
+		meta: meta, members: map[string]Member{}, kick: make(chan struct{}, 1), stop: make(chan struct{})}
+
+	mc := memberlist.DefaultLANConfig()
+	if cfg.Preset == Local {
+		mc = memberlist.DefaultLocalConfig()
+	}
+	mc.Name = cfg.Name
+	if cfg.Transport != nil {
+		mc.Transport = cfg.Transport
+	} else {
+		host, port, err := net.SplitHostPort(cfg.BindAddr)
+		if err != nil {
+			return nil, fmt.Errorf("gossip: BindAddr %q: %w", cfg.BindAddr, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("gossip: BindAddr %q: %w", cfg.BindAddr, err)
+		}
+		mc.BindAddr, mc.BindPort = host, p
+		mc.AdvertiseAddr, mc.AdvertisePort = "", 0
+	}
+	mc.Delegate = (*delegate)(n)
+	mc.Events = (*events)(n)
+	mc.Logger = log.New(&logWriter{n.log}, "", 0)
+
+	n.wg.Add(1)
+	go func() { defer n.wg.Done(); n.deliver() }()
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		close(n.stop)
+		n.wg.Wait()
+		return nil, fmt.Errorf("gossip: %w", err)
+	}
+	n.ml = ml
+	return n, nil
+}
+
+// Addr is the address other nodes use to join through this one.
+func (n *Node) Addr() string {
+	ln := n.ml.LocalNode()
+	return net.JoinHostPort(ln.Addr.String(), strconv.Itoa(int(ln.Port)))
+}
+
+// Join contacts seeds until at least one answers, retrying with backoff
+// until ctx ends. It returns how many seeds answered.
+func (n *Node) Join(ctx context.Context, seeds []string) (int, error) {
+	if len(seeds) == 0 {
+		return 0, errors.New("gossip: no seeds to join")
+	}
+	backoff := 50 * time.Millisecond
+	for {
+		got, err := n.ml.Join(seeds)
+		if got > 0 {
+			return got, nil
+		}
+		n.log.Debug("join failed, retrying", "seeds", seeds, "err", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return 0, fmt.Errorf("gossip: join %v: %w (last error: %v)", seeds, ctx.Err(), err)
+		case <-n.stop:
+			t.Stop()
+			return 0, errors.New("gossip: closed")
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// Members returns the live members, this node included, sorted by name.
+// It reads the node's own table, kept from memberlist's callbacks:
+// memberlist.Members hands out nodes it keeps mutating.
+func (n *Node) Members() []Member {
+	n.evMu.Lock()
+	out := make([]Member, 0, len(n.members))
+	for _, m := range n.members {
+		out = append(out, m)
+	}
+	n.evMu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// SetMeta replaces this node's metadata and gossips it; Leads is dropped if
+// it does not fit in memberlist's 512 bytes.
+func (n *Node) SetMeta(m Meta) error {
+	b, err := encodeMeta(m)
+	if err != nil {
+		return err
+	}
+	n.metaMu.Lock()
+	same := bytes.Equal(b, n.meta)
+	n.meta = b
+	n.metaMu.Unlock()
+	if same {
+		return nil
+	}
+	return n.ml.UpdateNode(5 * time.Second)
+}
+
+// Close leaves the cluster gracefully (marking its metadata Leaving, then
+// telling the others, each within timeout) and stops every goroutine the
+// node started. Idempotent.
+func (n *Node) Close(timeout time.Duration) error {
+	var err error
+	n.closeOnce.Do(func() {
+		n.metaMu.Lock()
+		m, _ := decodeMeta(n.meta)
+		m.Leaving = true
+		if b, err := encodeMeta(m); err == nil {
+			n.meta = b
+		}
+		n.metaMu.Unlock()
+		_ = n.ml.UpdateNode(timeout) // tell the others this is a leave, not a failure
+		if lerr := n.ml.Leave(timeout); lerr != nil {
+			err = fmt.Errorf("gossip: leave: %w", lerr)
+		}
+		if serr := n.ml.Shutdown(); serr != nil && err == nil {
+			err = fmt.Errorf("gossip: shutdown: %w", serr)
+		}
+		close(n.stop)
+		n.wg.Wait()
+	})
+	return err
+}
+
+func toMember(nd *memberlist.Node) (Member, error) {
+	m := Member{Name: nd.Name, Addr: net.JoinHostPort(nd.Addr.String(), strconv.Itoa(int(nd.Port)))}
+	meta, err := decodeMeta(nd.Meta)
+	m.Meta = meta
+	return m, err
+}
+
+// push records an event from a memberlist callback (memberlist holds its
+// lock, so the node's fields are stable here) and queues it; it never
+// blocks and never calls memberlist.
+func (n *Node) push(kind EventKind, nd *memberlist.Node) {
+	m, err := toMember(nd)
+	n.evMu.Lock()
+	if kind == EventJoin || kind == EventUpdate {
+		n.members[m.Name] = m
+	} else {
+		delete(n.members, m.Name)
+	}
+	n.pending = append(n.pending, Event{Kind: kind, Member: m, MetaErr: err})
+	n.evMu.Unlock()
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+}
+
+// deliver hands queued events to OnEvent, in order.
+func (n *Node) deliver() {
+	for {
+		select {
+		case <-n.kick:
+		case <-n.stop:
+			return
+		}
+		for {
+			n.evMu.Lock()
+			batch := n.pending
+			n.pending = nil
+			n.evMu.Unlock()
+			if len(batch) == 0 {
+				break
+			}
+			if n.cfg.OnEvent != nil {
+				for _, ev := range batch {
+					n.cfg.OnEvent(ev)
+				}
+			}
+		}
+	}
+}
+
+// delegate answers memberlist's questions about this node.
+type delegate Node
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	d.metaMu.Lock()
+	defer d.metaMu.Unlock()
+	if len(d.meta) > limit { // encodeMeta keeps it within 512; be safe anyway
+		return nil
+	}
+	return append([]byte(nil), d.meta...)
+}
+func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegate) LocalState(join bool) []byte                { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// events receives memberlist's membership callbacks.
+type events Node
+
+func (e *events) NotifyJoin(nd *memberlist.Node) { (*Node)(e).push(EventJoin, nd) }
+func (e *events) NotifyUpdate(nd *memberlist.Node) {
+	(*Node)(e).push(EventUpdate, nd)
+}
+func (e *events) NotifyLeave(nd *memberlist.Node) {
+	// nd.State is not updated on this path (memberlist sets the state of
+	// its own wrapper); the Leaving flag a closing node gossips first is.
+	kind := EventFail
+	if m, err := decodeMeta(nd.Meta); err == nil && m.Leaving {
+		kind = EventLeave
+	}
+	(*Node)(e).push(kind, nd)
+}
+
+// logWriter turns memberlist's "[LEVEL] memberlist: msg" lines into slog
+// records; debug lines are dropped.
+type logWriter struct{ l *slog.Logger }
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	line := string(bytes.TrimSpace(p))
+	switch {
+	case bytes.HasPrefix(p, []byte("[ERR]")):
+		w.l.Error(line)
+	case bytes.HasPrefix(p, []byte("[WARN]")):
+		w.l.Warn(line)
+	case bytes.HasPrefix(p, []byte("[INFO]")):
+		w.l.Info(line)
+	}
+	return len(p), nil
+}
