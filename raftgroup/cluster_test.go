@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -468,5 +469,80 @@ func TestLeaderObservationAndCleanShutdown(t *testing.T) {
 	}
 	if _, err := hosts[0].CreateGroup(5, fsm.New(fsm.Options{}), GroupOptions{}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("CreateGroup after Close: %v", err)
+	}
+}
+
+func TestCall(t *testing.T) {
+	c := newTestCluster(t, 2, 0)
+	c.hosts[1].SetRPCHandler(func(ctx context.Context, req []byte) ([]byte, error) {
+		switch string(req) {
+		case "slow":
+			<-ctx.Done()
+			return nil, ctx.Err()
+		case "fail":
+			return nil, errors.New("nope")
+		}
+		return append([]byte("echo:"), req...), nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// Many calls in flight on one connection.
+	errs := make(chan error, 50)
+	for i := 0; i < 50; i++ {
+		go func() {
+			got, err := c.hosts[0].Call(ctx, c.hosts[1].Addr(), []byte(fmt.Sprint(i)))
+			if err == nil && string(got) != fmt.Sprint("echo:", i) {
+				err = fmt.Errorf("call %d got %q", i, got)
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < 50; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.hosts[0].Call(ctx, c.hosts[1].Addr(), []byte("fail")); err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Fatalf("handler error: %v", err)
+	}
+	short, cancel2 := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel2()
+	if _, err := c.hosts[0].Call(short, c.hosts[1].Addr(), []byte("slow")); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("slow call: %v, want ErrTimeout", err)
+	}
+	if _, err := c.hosts[1].Call(ctx, c.hosts[0].Addr(), []byte("x")); err == nil || !strings.Contains(err.Error(), "no rpc handler") {
+		t.Fatalf("call without handler: %v", err)
+	}
+}
+
+func TestReadIndexAndFSMIndex(t *testing.T) {
+	c := newTestCluster(t, 3, 1)
+	c.waitLeaders(1, 10*time.Second)
+	li := c.leader(0)
+	l := c.hosts[li].Group(0)
+	r := set(t, l, "k", "v")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	idx, err := l.ReadIndex(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idx < r.Version {
+		t.Fatalf("read index %d below the acknowledged write at %d", idx, r.Version)
+	}
+	// Barrier entries are not given to the FSM: FSMIndex maps past them.
+	if err := l.Raft().Barrier(0).Error(); err != nil {
+		t.Fatal(err)
+	}
+	last := l.Raft().LastIndex()
+	if got := l.FSMIndex(last); got != r.Version {
+		t.Fatalf("FSMIndex(%d) = %d, want the last command at %d", last, got, r.Version)
+	}
+	if err := c.fsms[li][0].WaitApplied(ctx, l.FSMIndex(last)); err != nil {
+		t.Fatal(err)
+	}
+	f := (li + 1) % 3
+	if _, err := c.hosts[f].Group(0).ReadIndex(ctx); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("ReadIndex on a follower: %v", err)
 	}
 }

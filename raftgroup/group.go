@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -22,7 +23,8 @@ type Group struct {
 	logs     *logStore
 	observer *raft.Observer
 
-	verify verifier
+	verify    verifier
+	readyTerm atomic.Uint64 // a barrier of this term has committed
 
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -251,4 +253,59 @@ func (g *Group) Shutdown() error {
 		g.h.mu.Unlock()
 	})
 	return g.shutdownErr
+}
+
+// ReadIndex returns an index such that, once this replica's state machine
+// has applied it, a read from that state is linearizable: the commit index
+// when the call began, confirmed by a leadership round sent after it. A
+// new leader first commits a barrier in its own term (until then its
+// commit index may lag what earlier leaders committed).
+func (g *Group) ReadIndex(ctx context.Context) (uint64, error) {
+	if err := g.termCommitted(ctx); err != nil {
+		return 0, err
+	}
+	index := g.raft.CommitIndex()
+	if err := g.VerifyLeader(ctx); err != nil {
+		return 0, err
+	}
+	return index, nil
+}
+
+// termCommitted makes sure an entry of the current term has committed on
+// this leader, with one barrier per term.
+func (g *Group) termCommitted(ctx context.Context) error {
+	term := g.raft.CurrentTerm()
+	if g.readyTerm.Load() == term {
+		return nil
+	}
+	if err := g.wait(ctx, g.raft.Barrier(0)); err != nil {
+		return err
+	}
+	if g.raft.CurrentTerm() == term {
+		g.readyTerm.Store(term)
+	}
+	return nil
+}
+
+// FSMIndex maps a log index to the last entry at or below it that the state
+// machine sees: raft does not hand no-op and barrier entries to the FSM,
+// so an FSM is caught up to index once it has applied FSMIndex(index).
+func (g *Group) FSMIndex(index uint64) uint64 {
+	s := g.logs
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for i := index; i > 0; i-- {
+		if len(s.logs) == 0 || i < s.first {
+			// Compacted away: a snapshot at or beyond i covers it.
+			return i
+		}
+		if i > s.lastLocked() {
+			continue
+		}
+		switch s.logs[i-s.first].Type {
+		case raft.LogCommand, raft.LogConfiguration:
+			return i
+		}
+	}
+	return 0
 }

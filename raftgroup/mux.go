@@ -2,6 +2,7 @@ package raftgroup
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +35,10 @@ type mux struct {
 	faults  *faultnet.Net
 	timeout time.Duration
 	linger  time.Duration
+	rpc     atomic.Pointer[RPCHandler]
+	// ctx ends when the mux closes; RPC handlers run under it.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu struct {
 		sync.Mutex
@@ -54,6 +59,7 @@ func newMux(bind string, faults *faultnet.Net, timeout, linger time.Duration) (*
 		return nil, fmt.Errorf("raftgroup: listen %s: %w", bind, err)
 	}
 	m := &mux{addr: ln.Addr().String(), ln: ln, faults: faults, timeout: timeout, linger: linger, closed: make(chan struct{})}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.mu.groups = make(map[uint64]*groupTransport)
 	m.mu.peers = make(map[string]*peerSlot)
 	m.mu.inbound = make(map[net.Conn]struct{})
@@ -105,6 +111,7 @@ func (m *mux) close() {
 	}
 	m.mu.closed = true
 	close(m.closed)
+	m.cancel()
 	_ = m.ln.Close()
 	slots := m.mu.peers
 	m.mu.peers = map[string]*peerSlot{}
@@ -207,6 +214,11 @@ func setNoDelay(c net.Conn) {
 // an error. encode appends the request body.
 // A lazy request may linger briefly to share a write (see frameWriter).
 func (m *mux) start(target string, group uint64, kind byte, lazy bool, encode func([]byte) []byte, done func([]byte, error)) {
+	m.startWithin(target, group, kind, lazy, m.timeout, encode, done)
+}
+
+// startWithin is start with a time-out of its own.
+func (m *mux) startWithin(target string, group uint64, kind byte, lazy bool, timeout time.Duration, encode func([]byte) []byte, done func([]byte, error)) {
 	if m.faults.Cut(m.addr, target) {
 		done(nil, errUnreachable)
 		return
@@ -226,7 +238,7 @@ func (m *mux) start(target string, group uint64, kind byte, lazy bool, encode fu
 		return
 	}
 	pc.pending[id] = c
-	c.timer = time.AfterFunc(m.timeout, func() { pc.finish(id, nil, errRPCTimeout) })
+	c.timer = time.AfterFunc(timeout, func() { pc.finish(id, nil, errRPCTimeout) })
 	pc.mu.Unlock()
 
 	if lazy {
@@ -364,6 +376,13 @@ func (m *mux) handleRequest(w *frameWriter, h frameHeader, body []byte) {
 	h.kind &^= lazyFlag
 	if h.kind&respFlag != 0 || h.kind == kindHello || h.kind == kindInstallSnapshot {
 		return // not a request this connection carries; ignore
+	}
+	if h.kind == kindRPC {
+		// The reading goroutine is itself counted in m.wg, so this Add
+		// cannot race with close's Wait.
+		m.wg.Add(1)
+		go func() { defer m.wg.Done(); m.serveRPC(w, h, body) }()
+		return
 	}
 	gt := m.group(h.group)
 	if gt == nil {

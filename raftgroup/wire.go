@@ -25,6 +25,7 @@ const (
 	kindRequestPreVote  byte = 4
 	kindTimeoutNow      byte = 5
 	kindInstallSnapshot byte = 6 // on a connection of its own; the data follows the frame
+	kindRPC             byte = 7 // node-to-node request for the layer above (Host.Call)
 
 	respFlag byte = 0x80
 	// lazyFlag marks a request that, like its answer, may linger briefly to
