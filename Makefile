@@ -2,7 +2,7 @@
 GO ?= go
 STATICCHECK = $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Packages with concurrency run under the race detector.
-RACE_PKGS = ./fsm/... ./raftgroup/... ./gossip/... ./internal/...
+RACE_PKGS = ./fsm/... ./raftgroup/... ./gossip/... ./gridkv/... ./tests/... ./internal/...
 
 .PHONY: test race unit lint bench proto fuzz example
 

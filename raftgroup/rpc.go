@@ -13,6 +13,10 @@ import (
 // Handlers run concurrently, one goroutine per request.
 type RPCHandler func(ctx context.Context, req []byte) ([]byte, error)
 
+// NotSent reports whether a Call failed before its request could leave
+// this node (the peer was unreachable), so it certainly was not served.
+func NotSent(err error) bool { return errors.Is(err, errUnreachable) || errors.Is(err, errMuxClosed) }
+
 // ErrNoHandler: the called node has no RPC handler set.
 var ErrNoHandler = errors.New("raftgroup: no rpc handler on the called node")
 

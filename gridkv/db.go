@@ -1,0 +1,367 @@
+package gridkv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/gridkv/gridkv/fsm"
+	"github.com/gridkv/gridkv/gossip"
+	"github.com/gridkv/gridkv/placement"
+	"github.com/gridkv/gridkv/raftgroup"
+)
+
+// DB is one node of a GridKV cluster.
+//
+// Threading: every method is safe for concurrent use. Close stops every
+// goroutine the node started.
+type DB struct {
+	cfg  Config
+	log  *slog.Logger
+	host *raftgroup.Host
+	gsp  *gossip.Node
+
+	mu struct {
+		sync.Mutex
+		closed   bool
+		replicas map[int]*replica // ranges this node holds
+	}
+	leaderHint sync.Map // range -> string (leader RPC address), learned from redirects
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// replica is this node's copy of one range.
+type replica struct {
+	group *raftgroup.Group
+	fsm   *fsm.FSM
+	batch *batcher
+}
+
+// Member is a live member of the cluster.
+type Member struct {
+	ID          string
+	Addr        string // its BindAddr
+	Leads       int    // how many ranges it leads, as last known
+	GossipAddr  string
+	Incarnation uint64
+}
+
+// Location says where a key lives.
+type Location struct {
+	Range    int
+	Leader   string   // node id; "" while no leader is known
+	Replicas []string // node ids
+}
+
+// Open starts a node. The zero Config is a single-node cluster on loopback
+// with ephemeral ports. With Seeds it joins an existing cluster; its ranges'
+// leaders then add replicas on it. See Config for every option.
+func Open(cfg Config) (*DB, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	db := &DB{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), stop: make(chan struct{})}
+	db.mu.replicas = make(map[int]*replica)
+
+	hc := raftgroup.Config{NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, Logger: cfg.Logger}
+	if cfg.Fast {
+		hc.HeartbeatTimeout = 300 * time.Millisecond
+		hc.ElectionTimeout = 300 * time.Millisecond
+		hc.LeaderLeaseTimeout = 150 * time.Millisecond
+		hc.CommitTimeout = 20 * time.Millisecond
+		hc.RPCTimeout = time.Second
+	}
+	if db.host, err = raftgroup.NewHost(hc); err != nil {
+		return nil, fmt.Errorf("gridkv: %w", err)
+	}
+	db.host.SetRPCHandler(db.serve)
+	_, inc, _ := raftgroup.ParseServerID(db.host.ID())
+
+	preset := gossip.LAN
+	if cfg.Fast {
+		preset = gossip.Local
+	}
+	db.gsp, err = gossip.Start(gossip.Config{
+		Name: cfg.NodeID, BindAddr: cfg.GossipAddr, Preset: preset, Logger: cfg.Logger,
+		Meta: gossip.Meta{NodeID: cfg.NodeID, Incarnation: inc, RPCAddr: db.host.Addr()},
+	})
+	if err != nil {
+		db.host.Close()
+		return nil, fmt.Errorf("gridkv: %w", err)
+	}
+	if err := db.form(); err != nil {
+		db.gsp.Close(time.Second)
+		db.host.Close()
+		return nil, err
+	}
+	db.wg.Add(1)
+	go func() { defer db.wg.Done(); db.reconcileLoop() }()
+	return db, nil
+}
+
+// form joins or bootstraps the cluster.
+func (db *DB) form() error {
+	ctx, cancel := context.WithTimeout(context.Background(), db.cfg.JoinTimeout)
+	defer cancel()
+	if len(db.cfg.Seeds) > 0 {
+		if _, err := db.gsp.Join(ctx, db.cfg.Seeds); err != nil {
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+	}
+	switch {
+	case len(db.cfg.Seeds) == 0:
+		return db.bootstrap([]gossip.Member{db.self()})
+	case db.cfg.BootstrapExpect > 1:
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if ms := db.gsp.Members(); len(ms) >= db.cfg.BootstrapExpect {
+				return db.bootstrap(ms[:db.cfg.BootstrapExpect])
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%w: saw %d of the %d expected nodes", ErrUnavailable, len(db.gsp.Members()), db.cfg.BootstrapExpect)
+			case <-tick.C:
+			}
+		}
+	}
+	return nil // joined: range leaders will add replicas here
+}
+
+func (db *DB) self() gossip.Member {
+	_, inc, _ := raftgroup.ParseServerID(db.host.ID())
+	return gossip.Member{Name: db.cfg.NodeID, Addr: db.gsp.Addr(),
+		Meta: gossip.Meta{NodeID: db.cfg.NodeID, Incarnation: inc, RPCAddr: db.host.Addr()}}
+}
+
+// bootstrap creates, on this node, every range it holds in the placement
+// of members, each bootstrapped with its full replica set. Every node of
+// members computes the same sets, so their bootstraps agree.
+func (db *DB) bootstrap(members []gossip.Member) error {
+	byID := map[string]gossip.Member{}
+	ids := make([]string, 0, len(members))
+	for _, m := range members {
+		byID[m.Meta.NodeID] = m
+		ids = append(ids, m.Meta.NodeID)
+	}
+	for r := 0; r < db.cfg.Groups; r++ {
+		reps := placement.Replicas(r, ids, db.cfg.ReplicaCount)
+		var servers []raft.Server
+		mine := false
+		for _, id := range reps {
+			m := byID[id]
+			mine = mine || id == db.cfg.NodeID
+			servers = append(servers, raft.Server{
+				ID: raftgroup.ServerID(id, m.Meta.Incarnation), Address: raft.ServerAddress(m.Meta.RPCAddr)})
+		}
+		if mine {
+			if _, err := db.openReplica(r, servers); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// openReplica creates this node's replica of range r (bootstrapped with
+// servers, or empty to be added by the leader) unless it exists.
+func (db *DB) openReplica(r int, servers []raft.Server) (*replica, error) {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.mu.closed {
+		return nil, ErrClosed
+	}
+	if rep := db.mu.replicas[r]; rep != nil {
+		return rep, nil
+	}
+	f := fsm.New(fsm.Options{MemoryLimit: db.rangeLimit()})
+	g, err := db.host.CreateGroup(raftgroup.GroupID(r), f, raftgroup.GroupOptions{Bootstrap: servers})
+	if err != nil {
+		return nil, fmt.Errorf("gridkv: range %d: %w", r, err)
+	}
+	rep := &replica{group: g, fsm: f}
+	rep.batch = newBatcher(db, rep)
+	db.mu.replicas[r] = rep
+	return rep, nil
+}
+
+func (db *DB) rangeLimit() int64 {
+	if db.cfg.MemoryLimit == 0 {
+		return 0
+	}
+	return max(db.cfg.MemoryLimit/int64(db.cfg.Groups), 1)
+}
+
+func (db *DB) replica(r int) *replica {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	return db.mu.replicas[r]
+}
+
+func (db *DB) replicaList() map[int]*replica {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	out := make(map[int]*replica, len(db.mu.replicas))
+	for r, rep := range db.mu.replicas {
+		out[r] = rep
+	}
+	return out
+}
+
+// NodeID is this node's id.
+func (db *DB) NodeID() string { return db.cfg.NodeID }
+
+// Addr is the bound BindAddr (the real port when 0 was asked).
+func (db *DB) Addr() string { return db.host.Addr() }
+
+// GossipAddr is the bound GossipAddr, to pass to other nodes as a seed.
+func (db *DB) GossipAddr() string { return db.gsp.Addr() }
+
+// Members returns the live members; a member that left or died is dropped.
+func (db *DB) Members() []Member {
+	var out []Member
+	for _, m := range db.gsp.Members() {
+		out = append(out, Member{ID: m.Meta.NodeID, Addr: m.Meta.RPCAddr, Leads: len(m.Meta.Leads),
+			GossipAddr: m.Addr, Incarnation: m.Meta.Incarnation})
+	}
+	return out
+}
+
+// Locate says where key lives: its range, the range's leader and replicas
+// (node ids), as this node knows them.
+func (db *DB) Locate(key string) (Location, error) {
+	if err := db.checkKey(key); err != nil {
+		return Location{}, err
+	}
+	if db.isClosed() {
+		return Location{}, ErrClosed
+	}
+	r := placement.RangeOf(key, db.cfg.Groups)
+	loc := Location{Range: r}
+	if rep := db.replica(r); rep != nil {
+		if servers, err := rep.group.Configuration(); err == nil {
+			for _, s := range servers {
+				if node, _, err := raftgroup.ParseServerID(s.ID); err == nil {
+					loc.Replicas = append(loc.Replicas, node)
+				}
+			}
+		}
+		if id, _ := rep.group.Leader(); id != "" {
+			loc.Leader, _, _ = raftgroup.ParseServerID(id)
+		}
+	} else {
+		loc.Replicas = placement.Replicas(r, db.memberIDs(), db.cfg.ReplicaCount)
+		hint, _ := db.leaderHint.Load(r)
+		for _, m := range db.gsp.Members() {
+			if hint != nil && m.Meta.RPCAddr == hint.(string) {
+				loc.Leader = m.Meta.NodeID
+				break
+			}
+			if hint == nil && slices.Contains(m.Meta.Leads, r) {
+				loc.Leader = m.Meta.NodeID
+			}
+		}
+	}
+	sort.Strings(loc.Replicas)
+	return loc, nil
+}
+
+func (db *DB) memberIDs() []string {
+	var ids []string
+	for _, m := range db.gsp.Members() {
+		ids = append(ids, m.Meta.NodeID)
+	}
+	return ids
+}
+
+// WaitReady returns when every range has a leader this node can reach and
+// as many replicas as ReplicaCount allows with the current members.
+func (db *DB) WaitReady(ctx context.Context) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if err := db.ready(ctx); err == nil {
+			return nil
+		} else if errors.Is(err, ErrClosed) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+func (db *DB) ready(ctx context.Context) error {
+	want := min(db.cfg.ReplicaCount, len(db.gsp.Members()))
+	for r := 0; r < db.cfg.Groups; r++ {
+		ans, err := db.route(ctx, r, reqStatus, nil, false)
+		if err != nil {
+			return err
+		}
+		voters, _ := uvarint(ans)
+		if int(voters) != want {
+			return fmt.Errorf("%w: range %d has %d of %d replicas", ErrUnavailable, r, voters, want)
+		}
+	}
+	return nil
+}
+
+func (db *DB) isClosed() bool {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	return db.mu.closed
+}
+
+// Close leaves gracefully: it hands this node's leaderships to other
+// replicas, leaves gossip, and stops every goroutine. Idempotent; calls
+// after it return ErrClosed.
+func (db *DB) Close() error {
+	db.mu.Lock()
+	if db.mu.closed {
+		db.mu.Unlock()
+		return nil
+	}
+	db.mu.closed = true
+	reps := make([]*replica, 0, len(db.mu.replicas))
+	for _, rep := range db.mu.replicas {
+		reps = append(reps, rep)
+	}
+	db.mu.Unlock()
+	close(db.stop)
+	db.wg.Wait()
+
+	var wg sync.WaitGroup
+	for _, rep := range reps {
+		if !rep.group.IsLeader() {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = rep.group.TransferLeadership(ctx, "", "") // fails harmlessly when alone
+		}()
+	}
+	wg.Wait()
+	for _, rep := range reps {
+		rep.batch.close()
+	}
+	err := db.gsp.Close(time.Second)
+	if herr := db.host.Close(); herr != nil && err == nil {
+		err = herr
+	}
+	return err
+}

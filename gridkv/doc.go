@@ -1,0 +1,23 @@
+// Package gridkv is an embedded, strongly consistent, distributed key-value
+// store. Every instance of an application calls Open; the instances find
+// each other by gossip and form one cluster. Keys hash into ranges, each a
+// Raft group of ReplicaCount replicas on different nodes.
+//
+// Guarantees: writes (Set, Delete, CompareAndSwap) are linearizable. Get is
+// linearizable by default and with ReadIndex (served by the range leader
+// after confirming its leadership with a quorum round sent after the call
+// began, then waiting until its state has applied the commit index seen
+// when the call began). Stale reads this node's replica without waiting.
+// An error matching ErrTimeout leaves a write's outcome unknown; every
+// other error means it was not applied.
+//
+// Usage:
+//
+//	db, err := gridkv.Open(gridkv.Config{}) // a single-node cluster
+//	if err != nil { ... }
+//	defer db.Close()
+//	err = db.Set(ctx, "user:42", []byte("alice"), gridkv.WithTTL(time.Hour))
+//	v, err := db.Get(ctx, "user:42")
+//
+// A second node joins with Config{Seeds: []string{db.GossipAddr()}}.
+package gridkv

@@ -1,0 +1,133 @@
+package gridkv
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"))
+}
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func TestSingleNodeZeroConfig(t *testing.T) {
+	db, err := Open(Config{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := db.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Set(ctx, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	for _, opt := range [][]ReadOption{nil, {ReadIndex()}, {Stale()}, {Quorum(1)}} {
+		v, err := db.Get(ctx, "k", opt...)
+		if err != nil || string(v) != "v" {
+			t.Fatalf("Get = %q, %v", v, err)
+		}
+	}
+	if err := db.Set(ctx, "empty", nil); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := db.Get(ctx, "empty"); err != nil || v == nil || len(v) != 0 {
+		t.Fatalf("empty value: %v %v", v, err)
+	}
+	if ok, err := db.CompareAndSwap(ctx, "k", []byte("x"), []byte("y")); ok || err != nil {
+		t.Fatalf("CAS wrong old: %v %v", ok, err)
+	}
+	if ok, err := db.CompareAndSwap(ctx, "k", []byte("v"), []byte("w")); !ok || err != nil {
+		t.Fatalf("CAS: %v %v", ok, err)
+	}
+	if ok, err := db.CompareAndSwap(ctx, "new", nil, []byte("1")); !ok || err != nil {
+		t.Fatalf("CAS absent: %v %v", ok, err)
+	}
+	if err := db.Delete(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Delete(ctx, "k"); err != nil {
+		t.Fatal("delete of absent key:", err)
+	}
+	if _, err := db.Get(ctx, "k"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("deleted: %v", err)
+	}
+	if err := db.Set(ctx, "ttl", []byte("x"), WithTTL(50*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := db.Get(ctx, "ttl")
+		if errors.Is(err, ErrNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("TTL key never expired")
+		}
+		<-time.After(10 * time.Millisecond)
+	}
+	loc, err := db.Locate("k")
+	if err != nil || loc.Leader != db.NodeID() || len(loc.Replicas) != 1 {
+		t.Fatalf("Locate: %+v %v", loc, err)
+	}
+	if ms := db.Members(); len(ms) != 1 || ms[0].ID != db.NodeID() || ms[0].Addr != db.Addr() {
+		t.Fatalf("Members: %+v", ms)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	db, err := Open(Config{Logger: quiet, MaxValueBytes: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	cases := map[string]error{
+		"empty key":    db.Set(ctx, "", []byte("v")),
+		"long key":     db.Set(ctx, strings.Repeat("k", 64<<10+1), nil),
+		"big value":    db.Set(ctx, "k", bytes.Repeat([]byte("v"), 11)),
+		"negative ttl": db.Set(ctx, "k", nil, WithTTL(-time.Second)),
+		"zero ttl":     db.Set(ctx, "k", nil, WithTTL(0)),
+	}
+	_, cases["quorum 0"] = db.Get(ctx, "k", Quorum(0))
+	_, cases["quorum 4"] = db.Get(ctx, "k", Quorum(4))
+	_, cases["cas big"] = db.CompareAndSwap(ctx, "k", nil, bytes.Repeat([]byte("v"), 11))
+	for name, err := range cases {
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", name, err)
+		}
+	}
+	if err := db.Set(ctx, strings.Repeat("k", 64<<10), bytes.Repeat([]byte("v"), 10)); err != nil {
+		t.Fatalf("limits are inclusive: %v", err)
+	}
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := db.Set(done, "k", nil); !errors.Is(err, ErrTimeout) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("ended ctx: %v", err)
+	}
+	if _, err := db.Get(ctx, "never-written"); !errors.Is(err, ErrNotFound) {
+		t.Fatal(err)
+	}
+	if _, err := Open(Config{ReplicaCount: -1, Groups: 99999, NodeID: "a/b"}); !errors.Is(err, ErrInvalid) ||
+		!strings.Contains(err.Error(), "ReplicaCount") || !strings.Contains(err.Error(), "Groups") || !strings.Contains(err.Error(), "NodeID") {
+		t.Fatalf("bad config: %v", err)
+	}
+	db.Close()
+	if err := db.Close(); err != nil {
+		t.Fatal("second Close:", err)
+	}
+	if err := db.Set(ctx, "k", nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: %v", err)
+	}
+}

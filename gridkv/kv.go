@@ -1,0 +1,237 @@
+package gridkv
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/gridkv/gridkv/fsm"
+	"github.com/gridkv/gridkv/fsm/fsmpb"
+	"github.com/gridkv/gridkv/placement"
+	"github.com/gridkv/gridkv/raftgroup"
+)
+
+func (db *DB) checkKey(key string) error {
+	if len(key) == 0 || len(key) > maxKeyBytes {
+		return fmt.Errorf("%w: key of %d bytes (1..%d allowed)", ErrInvalid, len(key), maxKeyBytes)
+	}
+	return nil
+}
+
+func (db *DB) checkValue(v []byte) error {
+	if len(v) > db.cfg.MaxValueBytes {
+		return fmt.Errorf("%w: value of %d bytes (at most %d)", ErrInvalid, len(v), db.cfg.MaxValueBytes)
+	}
+	return nil
+}
+
+func ctxErr(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrTimeout, err)
+	}
+	return nil
+}
+
+// Set stores value under key. With WithTTL the key expires that long after
+// the write commits.
+func (db *DB) Set(ctx context.Context, key string, value []byte, opts ...WriteOption) error {
+	var o writeOptions
+	for _, f := range opts {
+		if f == nil {
+			return fmt.Errorf("%w: nil WriteOption", ErrInvalid)
+		}
+		f(&o)
+	}
+	if o.ttlSet && o.ttl <= 0 {
+		return fmt.Errorf("%w: TTL %v must be > 0", ErrInvalid, o.ttl)
+	}
+	if err := errors.Join(db.checkKey(key), db.checkValue(value)); err != nil {
+		return err
+	}
+	if value == nil {
+		value = []byte{}
+	}
+	_, err := db.write(ctx, key, fsm.SetOp(key, value, o.ttl))
+	return err
+}
+
+// Delete removes key; deleting an absent key succeeds.
+func (db *DB) Delete(ctx context.Context, key string) error {
+	if err := db.checkKey(key); err != nil {
+		return err
+	}
+	_, err := db.write(ctx, key, fsm.DeleteOp(key))
+	return err
+}
+
+// CompareAndSwap sets key to new if its current value equals old; old ==
+// nil means "only if key is absent" and []byte{} "present with an empty
+// value". It reports whether the swap happened.
+func (db *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte) (bool, error) {
+	if err := errors.Join(db.checkKey(key), db.checkValue(new)); err != nil {
+		return false, err
+	}
+	if new == nil {
+		new = []byte{}
+	}
+	ans, err := db.write(ctx, key, fsm.CASOp(key, old, new, 0))
+	if err != nil {
+		return false, err
+	}
+	_, n := binary.Uvarint(ans)
+	return n > 0 && len(ans) > n && ans[n] == 1, nil
+}
+
+func (db *DB) write(ctx context.Context, key string, cmd *fsmpb.Command) ([]byte, error) {
+	if err := ctxErr(ctx); err != nil {
+		return nil, err
+	}
+	data, err := fsm.Encode(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return db.route(ctx, placement.RangeOf(key, db.cfg.Groups), reqWrite, data, true)
+}
+
+// Get returns key's value: ErrNotFound when absent or expired. Without
+// options the read is linearizable, served by the range's leader.
+func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, error) {
+	if err := db.checkKey(key); err != nil {
+		return nil, err
+	}
+	o, err := db.readOpts(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctxErr(ctx); err != nil {
+		return nil, err
+	}
+	body := append([]byte{byte(o.mode)}, key...)
+	ans, err := db.route(ctx, placement.RangeOf(key, db.cfg.Groups), reqRead, body, false)
+	if err != nil {
+		return nil, err
+	}
+	_, n := binary.Uvarint(ans)
+	if n <= 0 {
+		return nil, errBadMessage
+	}
+	return append([]byte{}, ans[n:]...), nil
+}
+
+// route delivers a request for range r to the node that must serve it —
+// this one when it can — following redirects until ctx ends.
+func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bool) ([]byte, error) {
+	var req []byte
+	backoff := 2 * time.Millisecond
+	for {
+		if db.isClosed() {
+			return nil, ErrClosed
+		}
+		var ans []byte
+		local := db.replica(r)
+		if local != nil && db.servesLocally(local, kind, body) {
+			ans = db.handle(ctx, kind, r, body)
+		} else {
+			addr := db.leaderAddr(r, local)
+			if addr == "" {
+				if err := pause(ctx, &backoff); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			if req == nil {
+				req = encodeRequest(kind, r, body)
+			}
+			resp, err := db.host.Call(ctx, addr, req)
+			switch {
+			case err == nil && len(resp) > 0:
+				ans = resp
+			case err != nil && (raftgroup.NotSent(err) || !write):
+				// Not delivered (or a read, which is safe to retry).
+				db.leaderHint.Delete(r)
+				if err := pause(ctx, &backoff); err != nil {
+					return nil, err
+				}
+				continue
+			case errors.Is(err, raftgroup.ErrTimeout):
+				return nil, fmt.Errorf("%w: %w", ErrTimeout, err)
+			default:
+				return nil, fmt.Errorf("%w: connection to %s lost mid-write: %v", ErrTimeout, addr, err)
+			}
+		}
+		switch ans[0] {
+		case stOK:
+			return ans[1:], nil
+		case stRedirect:
+			if hint := string(ans[1:]); hint != "" {
+				db.leaderHint.Store(r, hint)
+			} else {
+				db.leaderHint.Delete(r)
+			}
+			if err := pause(ctx, &backoff); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		return nil, statusError(ans[0], ans[1:])
+	}
+}
+
+// servesLocally reports whether this node's replica answers the request
+// itself rather than asking the leader.
+func (db *DB) servesLocally(rep *replica, kind byte, body []byte) bool {
+	if kind == reqRead && len(body) > 0 && readMode(body[0]) == readStale {
+		return true
+	}
+	return rep.group.IsLeader()
+}
+
+// leaderAddr is the best guess of range r's leader RPC address.
+func (db *DB) leaderAddr(r int, local *replica) string {
+	if local != nil {
+		if _, addr := local.group.Leader(); addr != "" {
+			return string(addr)
+		}
+	}
+	if v, ok := db.leaderHint.Load(r); ok {
+		return v.(string)
+	}
+	members := db.gsp.Members()
+	for _, m := range members {
+		for _, led := range m.Meta.Leads {
+			if led == r {
+				return m.Meta.RPCAddr
+			}
+		}
+	}
+	// Ask the most preferred replica; it redirects if it does not lead.
+	ids := make([]string, 0, len(members))
+	addrs := map[string]string{}
+	for _, m := range members {
+		ids = append(ids, m.Meta.NodeID)
+		addrs[m.Meta.NodeID] = m.Meta.RPCAddr
+	}
+	for _, id := range placement.Replicas(r, ids, db.cfg.ReplicaCount) {
+		if id != db.cfg.NodeID {
+			return addrs[id]
+		}
+	}
+	return ""
+}
+
+// pause waits for the backoff (doubling it up to 100ms) or ctx's end.
+func pause(ctx context.Context, backoff *time.Duration) error {
+	t := time.NewTimer(*backoff)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
+	case <-t.C:
+	}
+	*backoff = min(2**backoff, 100*time.Millisecond)
+	return nil
+}
+
+func uvarint(b []byte) (uint64, int) { return binary.Uvarint(b) }

@@ -1,0 +1,138 @@
+package gridkv
+
+import (
+	"context"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/gridkv/gridkv/gossip"
+	"github.com/gridkv/gridkv/placement"
+	"github.com/gridkv/gridkv/raftgroup"
+)
+
+// reconcileLoop moves every range this node leads toward its placement
+// target, one configuration change per range per pass, and drops replicas
+// that were removed from their group.
+func (db *DB) reconcileLoop() {
+	t := time.NewTicker(db.cfg.ReconcileInterval)
+	defer t.Stop()
+	var lastLeads []int
+	for {
+		select {
+		case <-db.stop:
+			return
+		case <-t.C:
+		}
+		lastLeads = db.reconcile(lastLeads)
+	}
+}
+
+func (db *DB) reconcile(lastLeads []int) []int {
+	members := db.gsp.Members()
+	byID := make(map[string]gossip.Member, len(members))
+	ids := make([]string, 0, len(members))
+	for _, m := range members {
+		byID[m.Meta.NodeID] = m
+		ids = append(ids, m.Meta.NodeID)
+	}
+	var leads []int
+	for r, rep := range db.replicaList() {
+		if rep.group.Raft().State() == raft.Shutdown { // removed from the group
+			db.dropReplica(r, rep)
+			continue
+		}
+		if !rep.group.IsLeader() {
+			continue
+		}
+		leads = append(leads, r)
+		db.reconcileRange(r, rep, ids, byID)
+	}
+	sort.Ints(leads)
+	if !slices.Equal(leads, lastLeads) {
+		self := db.self()
+		self.Meta.Leads = leads
+		if err := db.gsp.SetMeta(self.Meta); err != nil {
+			db.log.Debug("gossip metadata update failed", "err", err)
+		}
+	}
+	return leads
+}
+
+// reconcileRange makes at most one configuration change toward the target:
+// first add a missing replica (as a non-voter, promoted on a later pass once
+// raft has started catching it up), then remove one that should go.
+func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]gossip.Member) {
+	servers, err := rep.group.Configuration()
+	if err != nil {
+		return
+	}
+	current := make(map[raft.ServerID]raft.Server, len(servers))
+	for _, s := range servers {
+		current[s.ID] = s
+	}
+	target := map[raft.ServerID]gossip.Member{}
+	for _, id := range placement.Replicas(r, ids, db.cfg.ReplicaCount) {
+		m := byID[id]
+		target[raftgroup.ServerID(id, m.Meta.Incarnation)] = m
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for sid, m := range target {
+		s, ok := current[sid]
+		if ok && s.Suffrage == raft.Voter {
+			continue
+		}
+		if !ok {
+			if _, err := db.host.Call(ctx, m.Meta.RPCAddr, encodeRequest(reqPrepare, r, nil)); err != nil {
+				db.log.Debug("prepare replica failed", "range", r, "node", m.Meta.NodeID, "err", err)
+				return
+			}
+			if err := rep.group.Raft().AddNonvoter(sid, raft.ServerAddress(m.Meta.RPCAddr), 0, 5*time.Second).Error(); err != nil {
+				db.log.Debug("add replica failed", "range", r, "node", m.Meta.NodeID, "err", err)
+			}
+			return
+		}
+		if err := rep.group.AddVoter(ctx, sid, m.Meta.RPCAddr); err != nil {
+			db.log.Debug("promote replica failed", "range", r, "node", m.Meta.NodeID, "err", err)
+		}
+		return
+	}
+	for sid := range current {
+		if _, keep := target[sid]; keep {
+			continue
+		}
+		if sid == db.host.ID() {
+			// This leader should not hold the range: hand leadership to a
+			// target voter; its reconciler removes us.
+			for tsid, m := range target {
+				if s, ok := current[tsid]; ok && s.Suffrage == raft.Voter {
+					_ = rep.group.TransferLeadership(ctx, tsid, m.Meta.RPCAddr)
+					return
+				}
+			}
+			continue
+		}
+		if err := rep.group.RemoveServer(ctx, sid); err != nil {
+			db.log.Debug("remove replica failed", "range", r, "server", sid, "err", err)
+			return
+		}
+		// Tell the removed replica (best effort; a dead node has nothing to drop).
+		addr := string(current[sid].Address)
+		_, _ = db.host.Call(ctx, addr, encodeRequest(reqDrop, r, []byte(sid)))
+		return
+	}
+}
+
+// dropReplica forgets a replica that raft shut down after its removal.
+func (db *DB) dropReplica(r int, rep *replica) {
+	db.mu.Lock()
+	if db.mu.replicas[r] == rep {
+		delete(db.mu.replicas, r)
+	}
+	db.mu.Unlock()
+	rep.batch.close()
+	_ = rep.group.Shutdown()
+}

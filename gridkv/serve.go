@@ -1,0 +1,261 @@
+package gridkv
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/gridkv/gridkv/fsm"
+	"github.com/gridkv/gridkv/raftgroup"
+)
+
+// serve is the node-to-node RPC handler.
+func (db *DB) serve(ctx context.Context, req []byte) ([]byte, error) {
+	kind, r, body, err := decodeRequest(req)
+	if err != nil {
+		return nil, err
+	}
+	if r >= db.cfg.Groups {
+		return []byte{stInvalid}, nil
+	}
+	return db.handle(ctx, kind, r, body), nil
+}
+
+// handle serves one request for range r on this node; the answer starts
+// with a status byte.
+func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte {
+	if db.isClosed() {
+		return []byte{stClosed}
+	}
+	if kind == reqPrepare {
+		if _, err := db.openReplica(r, nil); err != nil {
+			return append([]byte{stUnavailable}, err.Error()...)
+		}
+		return []byte{stOK}
+	}
+	rep := db.replica(r)
+	if kind == reqDrop {
+		// A leader removed this replica from its group: raft only learns it
+		// from entries the leader no longer sends, so the leader says so.
+		if rep != nil && string(body) == string(db.host.ID()) && !rep.group.IsLeader() {
+			db.dropReplica(r, rep)
+		}
+		return []byte{stOK}
+	}
+	if rep == nil {
+		hint, _ := db.leaderHint.Load(r)
+		h, _ := hint.(string)
+		return append([]byte{stRedirect}, h...)
+	}
+	if kind == reqRead && len(body) > 0 && readMode(body[0]) == readStale {
+		return readAnswer(rep.fsm, string(body[1:]))
+	}
+	if !rep.group.IsLeader() {
+		_, addr := rep.group.Leader()
+		return append([]byte{stRedirect}, addr...)
+	}
+	switch kind {
+	case reqStatus:
+		servers, err := rep.group.Configuration()
+		if err != nil {
+			return redirectOrUnavailable(rep, err)
+		}
+		// Voters, or 0 while a change is under way (a non-voter catching up).
+		voters := 0
+		for _, sv := range servers {
+			if sv.Suffrage != raft.Voter {
+				voters = 0
+				break
+			}
+			voters++
+		}
+		return binary.AppendUvarint([]byte{stOK}, uint64(voters))
+	case reqWrite:
+		return rep.batch.submit(ctx, body)
+	case reqRead:
+		if len(body) == 0 {
+			return []byte{stInvalid}
+		}
+		idx, err := rep.group.ReadIndex(ctx)
+		if err != nil {
+			return redirectOrUnavailable(rep, err)
+		}
+		if err := rep.fsm.WaitApplied(ctx, rep.group.FSMIndex(idx)); err != nil {
+			return append([]byte{stUnavailable}, err.Error()...)
+		}
+		return readAnswer(rep.fsm, string(body[1:]))
+	}
+	return []byte{stInvalid}
+}
+
+func readAnswer(f *fsm.FSM, key string) []byte {
+	v, version, ok := f.Get(key, fsm.NowNanos())
+	if !ok {
+		return []byte{stNotFound}
+	}
+	out := make([]byte, 1, 1+binary.MaxVarintLen64+len(v))
+	out[0] = stOK
+	out = binary.AppendUvarint(out, version)
+	return append(out, v...)
+}
+
+func redirectOrUnavailable(rep *replica, err error) []byte {
+	if errors.Is(err, raftgroup.ErrNotLeader) || errors.Is(err, raftgroup.ErrLeaderLost) {
+		_, addr := rep.group.Leader()
+		return append([]byte{stRedirect}, addr...)
+	}
+	return append([]byte{stUnavailable}, err.Error()...)
+}
+
+// batcher group-commits the writes a leader receives for one range: while
+// one log entry is being replicated, arriving writes queue, and the next
+// entry carries all of them (a Batch command), up to maxBatch.
+type batcher struct {
+	db  *DB
+	rep *replica
+
+	mu      sync.Mutex
+	queue   []*pendingWrite
+	running bool
+	closed  bool
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+const maxBatch = 256
+
+type pendingWrite struct {
+	cmd  []byte // an encoded single-operation Command
+	done chan []byte
+}
+
+func newBatcher(db *DB, rep *replica) *batcher {
+	b := &batcher{db: db, rep: rep}
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	return b
+}
+
+// submit queues cmd and waits for its answer or ctx's end (then the
+// outcome is unknown).
+func (b *batcher) submit(ctx context.Context, cmd []byte) []byte {
+	p := &pendingWrite{cmd: cmd, done: make(chan []byte, 1)}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return []byte{stClosed}
+	}
+	b.queue = append(b.queue, p)
+	if !b.running {
+		b.running = true
+		b.wg.Add(1)
+		go func() { defer b.wg.Done(); b.run() }()
+	}
+	b.mu.Unlock()
+	select {
+	case ans := <-p.done:
+		return ans
+	case <-ctx.Done():
+		return append([]byte{stUnknown}, ctx.Err().Error()...)
+	}
+}
+
+func (b *batcher) run() {
+	for {
+		b.mu.Lock()
+		n := min(len(b.queue), maxBatch)
+		if n == 0 || b.closed {
+			b.running = false
+			for _, p := range b.queue {
+				p.done <- []byte{stClosed}
+			}
+			b.queue = nil
+			b.mu.Unlock()
+			return
+		}
+		batch := append([]*pendingWrite(nil), b.queue[:n]...)
+		clear(b.queue[:n])
+		b.queue = b.queue[n:]
+		b.mu.Unlock()
+		b.apply(batch)
+	}
+}
+
+// apply commits one entry for batch and answers each write.
+func (b *batcher) apply(batch []*pendingWrite) {
+	data := batch[0].cmd
+	if len(batch) > 1 {
+		data = batchCommand(batch)
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	resp, err := b.rep.group.Apply(ctx, data)
+	cancel()
+	if err != nil {
+		var ans []byte
+		switch {
+		case errors.Is(err, raftgroup.ErrNotLeader):
+			_, addr := b.rep.group.Leader() // not appended: the caller may retry
+			ans = append([]byte{stRedirect}, addr...)
+		default: // lost leadership, timed out or shut down mid-flight
+			ans = append([]byte{stUnknown}, err.Error()...)
+		}
+		for _, p := range batch {
+			p.done <- ans
+		}
+		return
+	}
+	switch rs := resp.(type) {
+	case *fsm.Result:
+		batch[0].done <- writeAnswer(*rs)
+	case []fsm.Result:
+		for i, p := range batch {
+			p.done <- writeAnswer(rs[i])
+		}
+	}
+}
+
+// batchCommand builds a Batch Command from already-encoded commands,
+// without decoding them: field 4 (batch) holding field 1 (ops) repeated.
+func batchCommand(batch []*pendingWrite) []byte {
+	size := 0
+	for _, p := range batch {
+		size += protowire.SizeTag(1) + protowire.SizeBytes(len(p.cmd))
+	}
+	out := make([]byte, 0, protowire.SizeTag(4)+protowire.SizeBytes(size))
+	out = protowire.AppendTag(out, 4, protowire.BytesType)
+	out = protowire.AppendVarint(out, uint64(size))
+	for _, p := range batch {
+		out = protowire.AppendTag(out, 1, protowire.BytesType)
+		out = protowire.AppendBytes(out, p.cmd)
+	}
+	return out
+}
+
+func writeAnswer(r fsm.Result) []byte {
+	switch {
+	case errors.Is(r.Err, fsm.ErrMemoryLimit):
+		return []byte{stMemoryLimit}
+	case r.Err != nil:
+		return append([]byte{stInvalid}, r.Err.Error()...)
+	}
+	b := binary.AppendUvarint([]byte{stOK}, r.Version)
+	if r.Swapped {
+		return append(b, 1)
+	}
+	return append(b, 0)
+}
+
+// close fails queued writes and waits for the one in flight.
+func (b *batcher) close() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	b.cancel()
+	b.wg.Wait()
+}
