@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -28,11 +29,11 @@ type DB struct {
 	host *raftgroup.Host
 	gsp  *gossip.Node
 
-	mu struct {
-		sync.Mutex
-		closed   bool
-		replicas map[int]*replica // ranges this node holds
-	}
+	mu     sync.Mutex // serializes creating and dropping replicas, and Close
+	closed atomic.Bool
+	// reps[r] is this node's replica of range r, or nil: read on every
+	// request, so without a lock.
+	reps       []atomic.Pointer[replica]
 	leaderHint sync.Map // range -> string (leader RPC address), learned from redirects
 
 	stop chan struct{}
@@ -44,6 +45,11 @@ type replica struct {
 	group *raftgroup.Group
 	fsm   *fsm.FSM
 	batch *batcher
+	// sole is set while this node is the range's only voter (a single-node
+	// cluster): then its state is linearizable to read directly, since no
+	// other node can be elected. Cleared before this node adds a replica;
+	// only this node, as leader, changes the configuration.
+	sole atomic.Bool
 }
 
 // Member is a live member of the cluster.
@@ -70,8 +76,8 @@ func Open(cfg Config) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db := &DB{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), stop: make(chan struct{})}
-	db.mu.replicas = make(map[int]*replica)
+	db := &DB{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), stop: make(chan struct{}),
+		reps: make([]atomic.Pointer[replica], cfg.Groups)}
 
 	hc := raftgroup.Config{NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, Logger: cfg.Logger}
 	if cfg.Fast {
@@ -165,9 +171,11 @@ func (db *DB) bootstrap(members []gossip.Member) error {
 				ID: raftgroup.ServerID(id, m.Meta.Incarnation), Address: raft.ServerAddress(m.Meta.RPCAddr)})
 		}
 		if mine {
-			if _, err := db.openReplica(r, servers); err != nil {
+			rep, err := db.openReplica(r, servers)
+			if err != nil {
 				return err
 			}
+			rep.sole.Store(len(servers) == 1)
 		}
 	}
 	return nil
@@ -178,10 +186,10 @@ func (db *DB) bootstrap(members []gossip.Member) error {
 func (db *DB) openReplica(r int, servers []raft.Server) (*replica, error) {
 	db.mu.Lock()
 	defer db.mu.Unlock()
-	if db.mu.closed {
+	if db.closed.Load() {
 		return nil, ErrClosed
 	}
-	if rep := db.mu.replicas[r]; rep != nil {
+	if rep := db.reps[r].Load(); rep != nil {
 		return rep, nil
 	}
 	f := fsm.New(fsm.Options{MemoryLimit: db.rangeLimit()})
@@ -191,7 +199,7 @@ func (db *DB) openReplica(r int, servers []raft.Server) (*replica, error) {
 	}
 	rep := &replica{group: g, fsm: f}
 	rep.batch = newBatcher(db, rep)
-	db.mu.replicas[r] = rep
+	db.reps[r].Store(rep)
 	return rep, nil
 }
 
@@ -202,18 +210,14 @@ func (db *DB) rangeLimit() int64 {
 	return max(db.cfg.MemoryLimit/int64(db.cfg.Groups), 1)
 }
 
-func (db *DB) replica(r int) *replica {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	return db.mu.replicas[r]
-}
+func (db *DB) replica(r int) *replica { return db.reps[r].Load() }
 
 func (db *DB) replicaList() map[int]*replica {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	out := make(map[int]*replica, len(db.mu.replicas))
-	for r, rep := range db.mu.replicas {
-		out[r] = rep
+	out := make(map[int]*replica)
+	for r := range db.reps {
+		if rep := db.reps[r].Load(); rep != nil {
+			out[r] = rep
+		}
 	}
 	return out
 }
@@ -318,24 +322,20 @@ func (db *DB) ready(ctx context.Context) error {
 	return nil
 }
 
-func (db *DB) isClosed() bool {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	return db.mu.closed
-}
+func (db *DB) isClosed() bool { return db.closed.Load() }
 
 // Close leaves gracefully: it hands this node's leaderships to other
 // replicas, leaves gossip, and stops every goroutine. Idempotent; calls
 // after it return ErrClosed.
 func (db *DB) Close() error {
 	db.mu.Lock()
-	if db.mu.closed {
+	if db.closed.Load() {
 		db.mu.Unlock()
 		return nil
 	}
-	db.mu.closed = true
-	reps := make([]*replica, 0, len(db.mu.replicas))
-	for _, rep := range db.mu.replicas {
+	db.closed.Store(true)
+	var reps []*replica
+	for _, rep := range db.replicaList() {
 		reps = append(reps, rep)
 	}
 	db.mu.Unlock()

@@ -38,6 +38,7 @@ func (db *DB) reconcile(lastLeads []int) []int {
 		byID[m.Meta.NodeID] = m
 		ids = append(ids, m.Meta.NodeID)
 	}
+	plan := placement.Plan(db.cfg.Groups, ids, db.cfg.ReplicaCount)
 	var leads []int
 	for r, rep := range db.replicaList() {
 		if rep.group.Raft().State() == raft.Shutdown { // removed from the group
@@ -48,7 +49,7 @@ func (db *DB) reconcile(lastLeads []int) []int {
 			continue
 		}
 		leads = append(leads, r)
-		db.reconcileRange(r, rep, ids, byID)
+		db.reconcileRange(r, rep, ids, byID, plan[r].Leader)
 	}
 	sort.Ints(leads)
 	if !slices.Equal(leads, lastLeads) {
@@ -64,7 +65,10 @@ func (db *DB) reconcile(lastLeads []int) []int {
 // reconcileRange makes at most one configuration change toward the target:
 // first add a missing replica (as a non-voter, promoted on a later pass once
 // raft has started catching it up), then remove one that should go.
-func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]gossip.Member) {
+//
+// Once the replicas match, leadership moves to the plan's leader for the
+// range, so that leaderships spread evenly over the members.
+func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]gossip.Member, planLeader string) {
 	servers, err := rep.group.Configuration()
 	if err != nil {
 		return
@@ -85,6 +89,7 @@ func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]
 		if ok && s.Suffrage == raft.Voter {
 			continue
 		}
+		rep.sole.Store(false) // before any change: reads take the leader path from now on
 		if !ok {
 			if _, err := db.host.Call(ctx, m.Meta.RPCAddr, encodeRequest(reqPrepare, r, nil)); err != nil {
 				db.log.Debug("prepare replica failed", "range", r, "node", m.Meta.NodeID, "err", err)
@@ -124,14 +129,22 @@ func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]
 		_, _ = db.host.Call(ctx, addr, encodeRequest(reqDrop, r, []byte(sid)))
 		return
 	}
+	if planLeader == "" || planLeader == db.cfg.NodeID {
+		return
+	}
+	m := byID[planLeader]
+	sid := raftgroup.ServerID(planLeader, m.Meta.Incarnation)
+	if s, ok := current[sid]; ok && s.Suffrage == raft.Voter {
+		if err := rep.group.TransferLeadership(ctx, sid, m.Meta.RPCAddr); err != nil {
+			db.log.Debug("leadership transfer failed", "range", r, "to", planLeader, "err", err)
+		}
+	}
 }
 
 // dropReplica forgets a replica that raft shut down after its removal.
 func (db *DB) dropReplica(r int, rep *replica) {
 	db.mu.Lock()
-	if db.mu.replicas[r] == rep {
-		delete(db.mu.replicas, r)
-	}
+	db.reps[r].CompareAndSwap(rep, nil)
 	db.mu.Unlock()
 	rep.batch.close()
 	_ = rep.group.Shutdown()

@@ -81,6 +81,9 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 		if len(body) == 0 {
 			return []byte{stInvalid}
 		}
+		if rep.sole.Load() {
+			return readAnswer(rep.fsm, string(body[1:])) // sole voter: nobody else can lead
+		}
 		idx, err := rep.group.ReadIndex(ctx)
 		if err != nil {
 			return redirectOrUnavailable(rep, err)
