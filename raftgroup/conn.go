@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -97,6 +98,9 @@ func (w *frameWriter) enqueue(frame []byte, lazy bool) bool {
 	}
 	w.flushing = true
 	w.mu.Unlock()
+	// Give goroutines that are about to send a chance to add their frames
+	// to this write: under load, one syscall per frame dominated the CPU.
+	runtime.Gosched()
 	w.flush()
 	return true
 }

@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/gridkv/gridkv/gridkv"
@@ -24,12 +25,29 @@ func main() {
 	clients := flag.Int("clients", 64, "concurrent clients")
 	d := flag.Duration("seconds", 5*time.Second, "length of each run")
 	runs := flag.Int("runs", 3, "runs of each workload")
+	only := flag.String("only", "", "run only the workload with this name")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the runs here")
 	flag.Parse()
+	onlyWorkload = *only
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		defer f.Close()
+		startProfile = func() func() { _ = pprof.StartCPUProfile(f); return pprof.StopCPUProfile }
+	}
 	if err := run(*nodes, *clients, *d, *runs); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 }
+
+var (
+	onlyWorkload string
+	startProfile = func() func() { return func() {} }
+)
 
 func run(n, clients int, d time.Duration, runs int) error {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -62,8 +80,13 @@ func run(n, clients int, d time.Duration, runs int) error {
 	if err := loadgen.Preload(ctx, dbs, 10000, 64); err != nil {
 		return err
 	}
+	stop := startProfile()
+	defer stop()
 	for r := 0; r < runs; r++ {
 		for _, w := range loadgen.Standard(clients, d) {
+			if onlyWorkload != "" && w.Name != onlyWorkload {
+				continue
+			}
 			fmt.Printf("nodes=%d run=%d %s\n", n, r+1, loadgen.Run(ctx, dbs, w))
 		}
 	}
