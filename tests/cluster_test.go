@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -218,5 +219,83 @@ func TestNodeClosedUnderLoad(t *testing.T) {
 	}
 	if err := nodes[2].Set(ctx, "after", []byte("ok")); err != nil {
 		t.Fatal("survivors stopped serving:", err)
+	}
+}
+
+// Nodes started at the same moment with BootstrapExpect form one cluster:
+// every range has exactly one leader and its replicas on the three nodes.
+func TestSimultaneousStartFormsOneCluster(t *testing.T) {
+	// Reserve three gossip ports so every node can name the others as seeds.
+	addrs := make([]string, 3)
+	for i := range addrs {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs[i] = l.Addr().String()
+		l.Close()
+	}
+	nodes := make([]*gridkv.DB, 3)
+	errs := make([]error, 3)
+	var wg sync.WaitGroup
+	for i := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var seeds []string
+			for j, a := range addrs {
+				if j != i {
+					seeds = append(seeds, a)
+				}
+			}
+			nodes[i], errs[i] = gridkv.Open(gridkv.Config{NodeID: fmt.Sprint("s", i), GossipAddr: addrs[i],
+				Seeds: seeds, BootstrapExpect: 3, Fast: true, Logger: quiet, Groups: 16})
+		}()
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, db := range nodes {
+			if db != nil {
+				db.Close()
+			}
+		}
+	})
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("node %d: %v", i, err)
+		}
+	}
+	waitReady(t, nodes)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := 0; i < 32; i++ {
+		if err := nodes[i%3].Set(ctx, fmt.Sprint("k", i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, db := range nodes {
+		if n := len(db.Members()); n != 3 {
+			t.Fatalf("%s sees %d members", db.NodeID(), n)
+		}
+		for i := 0; i < 32; i++ {
+			if _, err := db.Get(ctx, fmt.Sprint("k", i)); err != nil {
+				t.Fatalf("%s: k%d: %v", db.NodeID(), i, err)
+			}
+		}
+	}
+	// One cluster: every node agrees on each key's replica set.
+	for i := 0; i < 32; i++ {
+		var first []string
+		for _, db := range nodes {
+			loc, err := db.Locate(fmt.Sprint("k", i))
+			if err != nil || len(loc.Replicas) != 3 {
+				t.Fatalf("%s: Locate k%d: %+v %v", db.NodeID(), i, loc, err)
+			}
+			if first == nil {
+				first = loc.Replicas
+			} else if fmt.Sprint(first) != fmt.Sprint(loc.Replicas) {
+				t.Fatalf("k%d: replicas %v vs %v", i, first, loc.Replicas)
+			}
+		}
 	}
 }
