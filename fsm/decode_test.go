@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -108,4 +109,42 @@ func FuzzDecodeCommand(f *testing.F) {
 		// Whatever decodes must apply without panicking.
 		New(Options{}).Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: data})
 	})
+}
+
+func TestAppendMatchesEncode(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	blob := func() []byte {
+		if rng.IntN(3) == 0 {
+			return nil
+		}
+		b := make([]byte, rng.IntN(300))
+		for i := range b {
+			b[i] = byte(rng.IntN(256))
+		}
+		return b
+	}
+	for i := 0; i < 5000; i++ {
+		key := string(blob())
+		ttl := time.Duration(rng.IntN(3)) * time.Duration(rng.Int64N(1<<40))
+		value, old := blob(), blob()
+		if rng.IntN(4) == 0 {
+			old = []byte{}
+		}
+		for _, c := range []struct {
+			got  []byte
+			want *fsmpb.Command
+		}{
+			{AppendSet(nil, key, value, ttl), SetOp(key, value, ttl)},
+			{AppendDelete(nil, key), DeleteOp(key)},
+			{AppendCAS(nil, key, old, value, ttl), CASOp(key, old, value, ttl)},
+		} {
+			want, err := proto.MarshalOptions{Deterministic: true}.Marshal(c.want)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(c.got, want) {
+				t.Fatalf("%v: got %x want %x", c.want, c.got, want)
+			}
+		}
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/gridkv/gridkv/fsm"
-	"github.com/gridkv/gridkv/fsm/fsmpb"
 	"github.com/gridkv/gridkv/placement"
 	"github.com/gridkv/gridkv/raftgroup"
 )
@@ -53,7 +52,7 @@ func (db *DB) Set(ctx context.Context, key string, value []byte, opts ...WriteOp
 	if value == nil {
 		value = []byte{}
 	}
-	_, err := db.write(ctx, key, fsm.SetOp(key, value, o.ttl))
+	_, err := db.write(ctx, key, fsm.AppendSet(nil, key, value, o.ttl))
 	return err
 }
 
@@ -62,7 +61,7 @@ func (db *DB) Delete(ctx context.Context, key string) error {
 	if err := db.checkKey(key); err != nil {
 		return err
 	}
-	_, err := db.write(ctx, key, fsm.DeleteOp(key))
+	_, err := db.write(ctx, key, fsm.AppendDelete(nil, key))
 	return err
 }
 
@@ -76,7 +75,7 @@ func (db *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte) (
 	if new == nil {
 		new = []byte{}
 	}
-	ans, err := db.write(ctx, key, fsm.CASOp(key, old, new, 0))
+	ans, err := db.write(ctx, key, fsm.AppendCAS(nil, key, old, new, 0))
 	if err != nil {
 		return false, err
 	}
@@ -84,15 +83,12 @@ func (db *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte) (
 	return n > 0 && len(ans) > n && ans[n] == 1, nil
 }
 
-func (db *DB) write(ctx context.Context, key string, cmd *fsmpb.Command) ([]byte, error) {
+// write routes one encoded single-operation command to key's range.
+func (db *DB) write(ctx context.Context, key string, cmd []byte) ([]byte, error) {
 	if err := ctxErr(ctx); err != nil {
 		return nil, err
 	}
-	data, err := fsm.Encode(cmd)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
-	}
-	return db.route(ctx, placement.RangeOf(key, db.cfg.Groups), reqWrite, data, true)
+	return db.route(ctx, placement.RangeOf(key, db.cfg.Groups), reqWrite, cmd, true)
 }
 
 // Get returns key's value: ErrNotFound when absent or expired. Without
@@ -108,8 +104,19 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 	if err := ctxErr(ctx); err != nil {
 		return nil, err
 	}
+	r := placement.RangeOf(key, db.cfg.Groups)
+	if rep := db.replica(r); rep != nil && !db.isClosed() &&
+		(o.mode == readStale || rep.sole.Load() && rep.group.IsLeader()) {
+		// Served by this node's replica with no round: Stale, or a sole
+		// voter, which nobody else can replace as leader.
+		v, _, ok := rep.fsm.Get(key, fsm.NowNanos())
+		if !ok {
+			return nil, ErrNotFound
+		}
+		return v, nil
+	}
 	body := append([]byte{byte(o.mode)}, key...)
-	ans, err := db.route(ctx, placement.RangeOf(key, db.cfg.Groups), reqRead, body, false)
+	ans, err := db.route(ctx, r, reqRead, body, false)
 	if err != nil {
 		return nil, err
 	}
