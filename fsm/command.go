@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -44,18 +45,21 @@ func Encode(cmd *fsmpb.Command) ([]byte, error) { return proto.Marshal(cmd) }
 // AppendSet appends an encoded Set command to b.
 func AppendSet(b []byte, key string, value []byte, ttl time.Duration) []byte {
 	n := sizeBytesField(1, len(key)) + sizeBytesField(2, len(value)) + sizeVarintField(3, int64(ttl))
+	b = slices.Grow(b, protowire.SizeTag(1)+protowire.SizeBytes(n))
 	b = protowire.AppendTag(b, 1, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(n))
-	b = appendBytesField(b, 1, []byte(key))
+	b = appendStringField(b, 1, key)
 	b = appendBytesField(b, 2, value)
 	return appendVarintField(b, 3, int64(ttl))
 }
 
 // AppendDelete appends an encoded Delete command to b.
 func AppendDelete(b []byte, key string) []byte {
+	n := sizeBytesField(1, len(key))
+	b = slices.Grow(b, protowire.SizeTag(2)+protowire.SizeBytes(n))
 	b = protowire.AppendTag(b, 2, protowire.BytesType)
-	b = protowire.AppendVarint(b, uint64(sizeBytesField(1, len(key))))
-	return appendBytesField(b, 1, []byte(key))
+	b = protowire.AppendVarint(b, uint64(n))
+	return appendStringField(b, 1, key)
 }
 
 // AppendCAS appends an encoded CompareAndSwap command to b (old == nil:
@@ -67,9 +71,10 @@ func AppendCAS(b []byte, key string, old, new []byte, ttl time.Duration) []byte 
 	}
 	n := sizeBytesField(1, len(key)) + sizeVarintField(2, absent) + sizeBytesField(3, len(old)) +
 		sizeBytesField(4, len(new)) + sizeVarintField(5, int64(ttl))
+	b = slices.Grow(b, protowire.SizeTag(3)+protowire.SizeBytes(n))
 	b = protowire.AppendTag(b, 3, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(n))
-	b = appendBytesField(b, 1, []byte(key))
+	b = appendStringField(b, 1, key)
 	b = appendVarintField(b, 2, absent)
 	b = appendBytesField(b, 3, old)
 	b = appendBytesField(b, 4, new)
@@ -97,6 +102,14 @@ func appendBytesField(b []byte, num protowire.Number, v []byte) []byte {
 	}
 	b = protowire.AppendTag(b, num, protowire.BytesType)
 	return protowire.AppendBytes(b, v)
+}
+
+func appendStringField(b []byte, num protowire.Number, v string) []byte {
+	if len(v) == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendString(b, v)
 }
 
 func appendVarintField(b []byte, num protowire.Number, v int64) []byte {

@@ -356,12 +356,12 @@ func (db *DB) Close() error {
 		}()
 	}
 	wg.Wait()
+	err := db.gsp.Close(time.Second)
+	if herr := db.host.Close(); herr != nil && err == nil { // answers entries in flight
+		err = herr
+	}
 	for _, rep := range reps {
 		rep.batch.close()
-	}
-	err := db.gsp.Close(time.Second)
-	if herr := db.host.Close(); herr != nil && err == nil {
-		err = herr
 	}
 	return err
 }

@@ -146,6 +146,6 @@ func (db *DB) dropReplica(r int, rep *replica) {
 	db.mu.Lock()
 	db.reps[r].CompareAndSwap(rep, nil)
 	db.mu.Unlock()
+	_ = rep.group.Shutdown() // answers entries in flight
 	rep.batch.close()
-	_ = rep.group.Shutdown()
 }
