@@ -49,6 +49,10 @@ type Config struct {
 	// ReconcileInterval is how often range leaders move replicas toward
 	// the placement target. Default 250ms.
 	ReconcileInterval time.Duration
+	// MemberDelay: a member counts in placement once it has been up this
+	// long, and still counts until it has been gone this long, so a brief
+	// gossip flap moves no replica. Default 1s (Fast: 250ms).
+	MemberDelay time.Duration
 	// Fast selects faster Raft and gossip timings, for nodes on one
 	// machine (tests, the example cluster). Default false: LAN timings.
 	Fast bool
@@ -89,6 +93,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.MemberDelay == 0 {
+		c.MemberDelay = time.Second
+		if c.Fast {
+			c.MemberDelay = 250 * time.Millisecond
+		}
+	}
 	c.Seeds = append([]string(nil), c.Seeds...)
 	var errs []error
 	if strings.Contains(c.NodeID, "/") {
@@ -112,8 +122,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.BootstrapExpect > 1 && len(c.Seeds) == 0 {
 		errs = append(errs, fmt.Errorf("field BootstrapExpect %d needs Seeds to find the others", c.BootstrapExpect))
 	}
-	if c.JoinTimeout < 0 || c.ReconcileInterval < 0 {
-		errs = append(errs, errors.New("negative JoinTimeout or ReconcileInterval"))
+	if c.JoinTimeout < 0 || c.ReconcileInterval < 0 || c.MemberDelay < 0 {
+		errs = append(errs, errors.New("negative JoinTimeout, ReconcileInterval or MemberDelay"))
 	}
 	if len(errs) > 0 {
 		return c, fmt.Errorf("%w: config: %w", ErrInvalid, errors.Join(errs...))

@@ -20,18 +20,52 @@ func (db *DB) reconcileLoop() {
 	t := time.NewTicker(db.cfg.ReconcileInterval)
 	defer t.Stop()
 	var lastLeads []int
+	view := map[string]*memberView{}
 	for {
 		select {
 		case <-db.stop:
 			return
 		case <-t.C:
 		}
-		lastLeads = db.reconcile(lastLeads)
+		lastLeads = db.reconcile(db.stableMembers(view, time.Now()), lastLeads)
 	}
 }
 
-func (db *DB) reconcile(lastLeads []int) []int {
-	members := db.gsp.Members()
+// memberView is what the reconciler remembers of a member.
+type memberView struct {
+	m                   gossip.Member
+	firstSeen, lastSeen time.Time
+}
+
+// stableMembers is the membership placement uses: members up for at least
+// MemberDelay, plus members gone for less than that (and this node).
+func (db *DB) stableMembers(view map[string]*memberView, now time.Time) []gossip.Member {
+	for _, m := range db.gsp.Members() {
+		v := view[m.Meta.NodeID]
+		if v == nil || v.m.Meta.Incarnation != m.Meta.Incarnation {
+			v = &memberView{firstSeen: now}
+			view[m.Meta.NodeID] = v
+		}
+		v.m, v.lastSeen = m, now
+	}
+	var out []gossip.Member
+	for id, v := range view {
+		present := v.lastSeen.Equal(now)
+		switch {
+		case id == db.cfg.NodeID:
+			out = append(out, v.m)
+		case present && now.Sub(v.firstSeen) >= db.cfg.MemberDelay:
+			out = append(out, v.m)
+		case !present && now.Sub(v.lastSeen) < db.cfg.MemberDelay:
+			out = append(out, v.m)
+		case !present:
+			delete(view, id)
+		}
+	}
+	return out
+}
+
+func (db *DB) reconcile(members []gossip.Member, lastLeads []int) []int {
 	byID := make(map[string]gossip.Member, len(members))
 	ids := make([]string, 0, len(members))
 	for _, m := range members {
