@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/gridkv/gridkv/fsm"
 	"github.com/gridkv/gridkv/placement"
 	"github.com/gridkv/gridkv/raftgroup"
@@ -143,6 +145,9 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 		} else {
 			addr := db.leaderAddr(r, local)
 			if addr == "" {
+				if err := db.quorumGone(r, local); err != nil {
+					return nil, err
+				}
 				if err := pause(ctx, &backoff); err != nil {
 					return nil, err
 				}
@@ -242,3 +247,36 @@ func pause(ctx context.Context, backoff *time.Duration) error {
 }
 
 func uvarint(b []byte) (uint64, int) { return binary.Uvarint(b) }
+
+// quorumGone reports ErrUnavailable when this node's replica of range r
+// has no leader and fewer than a majority of the range's voters are live
+// members: no leader can be elected until they return (with in-memory
+// logs, a majority lost at once means the range's data is lost; see
+// README). Nothing was sent, so nothing was applied.
+func (db *DB) quorumGone(r int, local *replica) error {
+	if local == nil {
+		return nil
+	}
+	servers, err := local.group.Configuration()
+	if err != nil {
+		return nil
+	}
+	live := map[string]bool{}
+	for _, m := range db.gsp.Members() {
+		live[string(raftgroup.ServerID(m.Meta.NodeID, m.Meta.Incarnation))] = true
+	}
+	voters, up := 0, 0
+	for _, s := range servers {
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
+		if live[string(s.ID)] {
+			up++
+		}
+	}
+	if voters > 0 && up <= voters/2 {
+		return fmt.Errorf("%w: range %d has %d of %d replicas alive, no majority", ErrUnavailable, r, up, voters)
+	}
+	return nil
+}
