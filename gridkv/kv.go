@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -143,11 +144,15 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 		if local != nil && db.servesLocally(local, kind, body) {
 			ans = db.handle(ctx, kind, r, body)
 		} else {
+			if local != nil {
+				if id, _ := local.group.Leader(); id == "" {
+					if err := db.quorumGone(r, local); err != nil {
+						return nil, err
+					}
+				}
+			}
 			addr := db.leaderAddr(r, local)
 			if addr == "" {
-				if err := db.quorumGone(r, local); err != nil {
-					return nil, err
-				}
 				if err := pause(ctx, &backoff); err != nil {
 					return nil, err
 				}
@@ -212,10 +217,9 @@ func (db *DB) leaderAddr(r int, local *replica) string {
 	}
 	members := db.gsp.Members()
 	for _, m := range members {
-		for _, led := range m.Meta.Leads {
-			if led == r {
-				return m.Meta.RPCAddr
-			}
+		// Our own claim is stale if raft above did not name us.
+		if m.Meta.NodeID != db.cfg.NodeID && slices.Contains(m.Meta.Leads, r) {
+			return m.Meta.RPCAddr
 		}
 	}
 	// Ask the most preferred replica; it redirects if it does not lead.
