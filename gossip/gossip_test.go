@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/gridkv/gridkv/internal/testutil"
 )
 
 // memberlist's Shutdown does not wait for a probe already under way; that
@@ -81,20 +83,7 @@ func (r *recorder) has(kind EventKind, name string) bool {
 	return false
 }
 
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.NewTimer(within)
-	defer deadline.Stop()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		case <-tick.C:
-		}
-	}
-}
+var eventually = testutil.Eventually
 
 func start(t *testing.T, name string, rec *recorder) *Node {
 	t.Helper()

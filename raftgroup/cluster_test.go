@@ -15,6 +15,7 @@ import (
 
 	"github.com/gridkv/gridkv/fsm"
 	"github.com/gridkv/gridkv/internal/faultnet"
+	"github.com/gridkv/gridkv/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -75,22 +76,7 @@ func (c *testCluster) close() {
 	}
 }
 
-// eventually polls cond every 10ms until it holds, failing the test if it
-// does not within the bound.
-func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.NewTimer(within)
-	defer deadline.Stop()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		case <-tick.C:
-		}
-	}
-}
+var eventually = testutil.Eventually
 
 // leader returns the host index leading group g, or -1.
 func (c *testCluster) leader(g GroupID) int {

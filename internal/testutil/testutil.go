@@ -1,0 +1,25 @@
+// Package testutil holds helpers shared by the project's tests.
+package testutil
+
+import (
+	"testing"
+	"time"
+)
+
+// Eventually polls cond every 10ms until it holds, failing the test if it
+// does not within the bound. It is the tests' only way to wait: no bare
+// sleeps.
+func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline.C:
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		case <-tick.C:
+		}
+	}
+}
