@@ -532,3 +532,34 @@ func TestReadIndexAndFSMIndex(t *testing.T) {
 		t.Fatalf("ReadIndex on a follower: %v", err)
 	}
 }
+
+// After the log is compacted past the last command, FSMIndex asks for no
+// wait: the snapshot covers it.
+func TestFSMIndexAfterCompaction(t *testing.T) {
+	c := newTestCluster(t, 3, 1)
+	c.waitLeaders(1, 10*time.Second)
+	l := c.hosts[c.leader(0)].Group(0)
+	set(t, l, "k", "v")
+	for i := 0; i < 3; i++ { // barriers only: no command after the write
+		if err := l.Raft().Barrier(0).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rc := l.Raft().ReloadableConfig()
+	rc.TrailingLogs = 0
+	if err := l.Raft().ReloadConfig(rc); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Raft().Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	last := l.Raft().LastIndex()
+	if first, _ := l.logs.FirstIndex(); first <= last && first != 0 {
+		t.Logf("log still holds %d..%d", first, last)
+	}
+	got := l.FSMIndex(last)
+	f := c.fsms[c.leader(0)][0]
+	if got > f.Applied() {
+		t.Fatalf("FSMIndex(%d) = %d, beyond what the FSM applied (%d): a read would wait forever", last, got, f.Applied())
+	}
+}

@@ -297,8 +297,11 @@ func (g *Group) FSMIndex(index uint64) uint64 {
 	defer s.mu.RUnlock()
 	for i := index; i > 0; i-- {
 		if len(s.logs) == 0 || i < s.first {
-			// Compacted away: a snapshot at or beyond i covers it.
-			return i
+			// Compacted away: this replica's state came from (or went into)
+			// a snapshot covering everything up to here, so there is
+			// nothing left to wait for. (Returning i instead could wait
+			// forever when the entries before a snapshot were no-ops.)
+			return 0
 		}
 		if i > s.lastLocked() {
 			continue
