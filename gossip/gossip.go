@@ -255,6 +255,17 @@ func (n *Node) Close(timeout time.Duration) error {
 	return err
 }
 
+// Crash stops the node without telling anyone, as a crash would: the
+// others declare it dead after their failure detection. For tests and
+// fault injection; Close is the way to stop a node.
+func (n *Node) Crash() {
+	n.closeOnce.Do(func() {
+		_ = n.ml.Shutdown()
+		close(n.stop)
+		n.wg.Wait()
+	})
+}
+
 func toMember(nd *memberlist.Node) (Member, error) {
 	m := Member{Name: nd.Name, Addr: net.JoinHostPort(nd.Addr.String(), strconv.Itoa(int(nd.Port)))}
 	meta, err := decodeMeta(nd.Meta)

@@ -20,7 +20,14 @@ func (db *DB) reconcileLoop() {
 	t := time.NewTicker(db.cfg.ReconcileInterval)
 	defer t.Stop()
 	var lastLeads []int
+	// The members present when the node opens (the ones it bootstrapped
+	// with, or joined) count as stable at once: treating them as new would
+	// shrink the target and remove replicas that are fine.
 	view := map[string]*memberView{}
+	settled := time.Now().Add(-db.cfg.MemberDelay)
+	for _, m := range db.gsp.Members() {
+		view[m.Meta.NodeID] = &memberView{m: m, firstSeen: settled, lastSeen: settled}
+	}
 	for {
 		select {
 		case <-db.stop:

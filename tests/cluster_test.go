@@ -299,34 +299,3 @@ func TestSimultaneousStartFormsOneCluster(t *testing.T) {
 		}
 	}
 }
-
-// A range whose majority is gone answers ErrUnavailable, not a hang.
-func TestLostMajorityIsUnavailable(t *testing.T) {
-	nodes := startCluster(t, 3)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := nodes[0].Set(ctx, "k", []byte("v")); err != nil {
-		t.Fatal(err)
-	}
-	nodes[1].Close()
-	nodes[2].Close()
-	// Once gossip has declared the others gone and no leader is left,
-	// requests fail fast with ErrUnavailable.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		short, cancelShort := context.WithTimeout(ctx, time.Second)
-		err := nodes[0].Set(short, "k", []byte("w"))
-		cancelShort()
-		if errors.Is(err, gridkv.ErrUnavailable) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still %v, want ErrUnavailable", err)
-		}
-	}
-	start := time.Now()
-	_, err := nodes[0].Get(ctx, "k")
-	if !errors.Is(err, gridkv.ErrUnavailable) || time.Since(start) > 5*time.Second {
-		t.Fatalf("Get: %v after %v", err, time.Since(start))
-	}
-}
