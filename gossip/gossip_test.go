@@ -11,17 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/gridkv/gridkv/internal/testutil"
 )
 
-// memberlist's Shutdown does not wait for a probe already under way; that
-// goroutine ends by itself within ProbeInterval. It is memberlist's, not
-// ours, so the leak check ignores it (and only it).
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"))
-}
+func TestMain(m *testing.M) { testutil.VerifyNoLeaks(m) }
 
 func TestMetaRoundTrip(t *testing.T) {
 	for _, m := range []Meta{
