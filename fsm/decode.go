@@ -52,72 +52,50 @@ func decodeCommand(data []byte, ops []op) (_ []op, batch bool, err error) {
 // batch message's bytes. The last member set wins, as in proto.Unmarshal;
 // fields it does not know are skipped.
 func decodeOne(data []byte) (o op, batchMsg []byte, isBatch bool, err error) {
-	for len(data) > 0 {
-		num, typ, n := protowire.ConsumeTag(data)
-		if n < 0 {
-			return op{}, nil, false, errMalformed
-		}
-		data = data[n:]
-		if typ != protowire.BytesType || num < 1 || num > 4 {
-			if n = protowire.ConsumeFieldValue(num, typ, data); n < 0 {
-				return op{}, nil, false, errMalformed
+	ferr := fields(data,
+		func(num protowire.Number, msg []byte) {
+			if err != nil || num < 1 || num > 4 {
+				return
 			}
-			data = data[n:]
-			continue
-		}
-		msg, n := protowire.ConsumeBytes(data)
-		if n < 0 {
-			return op{}, nil, false, errMalformed
-		}
-		data = data[n:]
-		isBatch = num == 4
-		switch num {
-		case 1:
-			o, err = decodeSet(msg)
-		case 2:
-			o, err = decodeDelete(msg)
-		case 3:
-			o, err = decodeCAS(msg)
-		case 4:
-			batchMsg = msg
-		}
-		if err != nil {
-			return op{}, nil, false, err
-		}
+			isBatch = num == 4
+			switch num {
+			case 1:
+				o, err = decodeSet(msg)
+			case 2:
+				o, err = decodeDelete(msg)
+			case 3:
+				o, err = decodeCAS(msg)
+			case 4:
+				batchMsg = msg
+			}
+		},
+		func(protowire.Number, uint64) {})
+	if err = errors.Join(ferr, err); err != nil {
+		return op{}, nil, false, err
 	}
 	return o, batchMsg, isBatch, nil
 }
 
+// decodeBatch appends one op per operation of a Batch message.
 func decodeBatch(msg []byte, ops []op) ([]op, error) {
-	for len(msg) > 0 {
-		num, typ, n := protowire.ConsumeTag(msg)
-		if n < 0 {
-			return nil, errMalformed
-		}
-		msg = msg[n:]
-		if num != 1 || typ != protowire.BytesType {
-			if n = protowire.ConsumeFieldValue(num, typ, msg); n < 0 {
-				return nil, errMalformed
+	var err error
+	ferr := fields(msg,
+		func(num protowire.Number, sub []byte) {
+			if err != nil || num != 1 {
+				return
 			}
-			msg = msg[n:]
-			continue
-		}
-		sub, n := protowire.ConsumeBytes(msg)
-		if n < 0 {
-			return nil, errMalformed
-		}
-		msg = msg[n:]
-		o, nested, isBatch, err := decodeOne(sub)
-		if err != nil {
-			return nil, err
-		}
-		if isBatch { // a batch inside a batch: apply rejects it
-			if _, err := decodeBatch(nested, nil); err != nil {
-				return nil, err
+			o, nested, isBatch, e := decodeOne(sub)
+			if e == nil && isBatch { // a batch inside a batch: apply rejects it
+				_, e = decodeBatch(nested, nil)
+				o = op{kind: opBatch}
 			}
-			o = op{kind: opBatch}
-		}
-		ops = append(ops, o)
+			if err = e; err == nil {
+				ops = append(ops, o)
+			}
+		},
+		func(protowire.Number, uint64) {})
+	if err = errors.Join(ferr, err); err != nil {
+		return nil, err
 	}
 	return ops, nil
 }

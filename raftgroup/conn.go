@@ -49,7 +49,7 @@ type frameWriter struct {
 // lingerFor returns how long a lazy frame may wait for others to share its
 // write: HeartbeatTimeout/50 (20ms by default), within [1ms, 20ms].
 // Heartbeats go out every HeartbeatTimeout/10 to /5, so this is noise to
-// them; nobody waits on them except VerifyLeader, which hurries them.
+// them, and nobody else waits on them: VerifyLeader sends its own round eagerly.
 func lingerFor(heartbeatTimeout time.Duration) time.Duration {
 	return min(max(heartbeatTimeout/50, time.Millisecond), 20*time.Millisecond)
 }
