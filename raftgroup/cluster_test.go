@@ -42,11 +42,17 @@ func fastConfig(node string, faults *faultnet.Net) Config {
 	}
 }
 
-func newTestCluster(t testing.TB, n, groups int) *testCluster {
+// newTestCluster starts n hosts (tune adjusts each one's Config) with a
+// replica of every group on each; they are closed when the test ends.
+func newTestCluster(t testing.TB, n, groups int, tune ...func(*Config)) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t, faults: faultnet.New(1)}
 	for i := 0; i < n; i++ {
-		h, err := NewHost(fastConfig(fmt.Sprintf("n%d", i), c.faults))
+		cfg := fastConfig(fmt.Sprintf("n%d", i), c.faults)
+		for _, f := range tune {
+			f(&cfg)
+		}
+		h, err := NewHost(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -394,33 +400,15 @@ func TestLeaderObservationAndCleanShutdown(t *testing.T) {
 		leader raft.ServerID
 	}
 	changes := make(chan change, 1024)
-	faults := faultnet.New(1)
-	var hosts []*Host
-	for i := 0; i < 3; i++ {
-		cfg := fastConfig(fmt.Sprintf("n%d", i), faults)
+	c := newTestCluster(t, 3, 2, func(cfg *Config) {
 		cfg.OnLeaderChange = func(g GroupID, l raft.ServerID) {
 			select {
 			case changes <- change{g, l}:
 			default:
 			}
 		}
-		h, err := NewHost(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		hosts = append(hosts, h)
-	}
-	var servers []raft.Server
-	for _, h := range hosts {
-		servers = append(servers, raft.Server{ID: h.ID(), Address: raft.ServerAddress(h.Addr())})
-	}
-	for g := GroupID(0); g < 2; g++ {
-		for _, h := range hosts {
-			if _, err := h.CreateGroup(g, fsm.New(fsm.Options{}), GroupOptions{Bootstrap: servers}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	})
+	hosts := c.hosts
 	if _, err := hosts[0].CreateGroup(0, fsm.New(fsm.Options{}), GroupOptions{}); !errors.Is(err, ErrGroupExists) {
 		t.Fatalf("duplicate group: %v", err)
 	}
