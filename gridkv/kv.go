@@ -134,6 +134,8 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 // this one when it can — following redirects until ctx ends.
 func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bool) ([]byte, error) {
 	var req []byte
+	var tried string // the address the last request went to
+	eager := true    // the next redirect to a new leader may skip the pause
 	backoff := 2 * time.Millisecond
 	for {
 		if db.isClosed() {
@@ -161,10 +163,13 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 			if req == nil {
 				req = encodeRequest(kind, r, body)
 			}
+			tried = addr
 			resp, err := db.host.Call(ctx, addr, req)
 			switch {
 			case err == nil && len(resp) > 0:
 				ans = resp
+			case err == nil:
+				return nil, errBadMessage
 			case err != nil && (raftgroup.NotSent(err) || !write):
 				// Not delivered (or a read, which is safe to retry).
 				db.leaderHint.Delete(r)
@@ -182,13 +187,22 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 		case stOK:
 			return ans[1:], nil
 		case stRedirect:
-			if hint := string(ans[1:]); hint != "" {
+			hint := string(ans[1:])
+			if hint != "" {
 				db.leaderHint.Store(r, hint)
 			} else {
 				db.leaderHint.Delete(r)
 			}
-			if err := pause(ctx, &backoff); err != nil {
-				return nil, err
+			// A new leader to try goes at once, once in a row (two nodes
+			// with stale views could bounce a request between them);
+			// otherwise wait for the election to settle.
+			if hint == "" || hint == tried || !eager {
+				if err := pause(ctx, &backoff); err != nil {
+					return nil, err
+				}
+				eager = true
+			} else {
+				eager = false
 			}
 			continue
 		}
