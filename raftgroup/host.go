@@ -55,7 +55,7 @@ type Config struct {
 	// followers may apply it up to 2×CommitTimeout later (leader reads
 	// are not affected). See docs/raftgroup.md.
 	CommitTimeout time.Duration
-	// MaxAppendEntries caps entries per AppendEntries RPC. Default 256.
+	// MaxAppendEntries caps entries per AppendEntries RPC. Default 64.
 	MaxAppendEntries int
 	// SnapshotThreshold is how many new entries trigger a snapshot, which
 	// lets raft drop the in-memory log up to TrailingLogs. Default 4096.
@@ -101,7 +101,7 @@ func (c *Config) fill() error {
 		c.CommitTimeout = 250 * time.Millisecond
 	}
 	if c.MaxAppendEntries <= 0 {
-		c.MaxAppendEntries = 256
+		c.MaxAppendEntries = 64
 	}
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = 4096
