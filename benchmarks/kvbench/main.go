@@ -4,6 +4,9 @@
 // a 90/10 mix), each run -runs times.
 //
 //	go run ./kvbench -nodes 3 -clients 64 -seconds 5s -runs 3
+//
+// -groups sets Config.Groups (ranges), to show how write batching grows
+// with clients per range.
 package main
 
 import (
@@ -25,6 +28,7 @@ func main() {
 	clients := flag.Int("clients", 64, "concurrent clients")
 	d := flag.Duration("seconds", 5*time.Second, "length of each run")
 	runs := flag.Int("runs", 3, "runs of each workload")
+	groups := flag.Int("groups", 0, "Config.Groups (0: the default, 64)")
 	only := flag.String("only", "", "run only the workload with this name")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the runs here")
 	flag.Parse()
@@ -38,7 +42,7 @@ func main() {
 		defer f.Close()
 		startProfile = func() func() { _ = pprof.StartCPUProfile(f); return pprof.StopCPUProfile }
 	}
-	if err := run(*nodes, *clients, *d, *runs); err != nil {
+	if err := run(*nodes, *groups, *clients, *d, *runs); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
@@ -49,7 +53,7 @@ var (
 	startProfile = func() func() { return func() {} }
 )
 
-func run(n, clients int, d time.Duration, runs int) error {
+func run(n, groups, clients int, d time.Duration, runs int) error {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var dbs []*gridkv.DB
 	defer func() {
@@ -58,7 +62,7 @@ func run(n, clients int, d time.Duration, runs int) error {
 		}
 	}()
 	for i := 0; i < n; i++ {
-		cfg := gridkv.Config{NodeID: fmt.Sprint("n", i), Logger: quiet}
+		cfg := gridkv.Config{NodeID: fmt.Sprint("n", i), Groups: groups, Logger: quiet}
 		if i > 0 {
 			cfg.Seeds = []string{dbs[0].GossipAddr()}
 		}
