@@ -352,3 +352,23 @@ func TestWaitAppliedNoLostWakeup(t *testing.T) {
 		}
 	}
 }
+
+func TestDigestIgnoresOrderAndSeesChanges(t *testing.T) {
+	// Two FSMs with the same entries (their maps iterate in different
+	// orders) agree; one more write changes the digest.
+	a, b := New(Options{}), New(Options{})
+	for i := 0; i < 100; i++ {
+		l := logAt(t, uint64(i+1), 0, SetOp(fmt.Sprint("k", i), []byte("v"), 0))
+		a.Apply(l)
+		b.Apply(l)
+	}
+	da, na := a.Digest()
+	db, nb := b.Digest()
+	if da != db || na != 100 || nb != 100 {
+		t.Fatalf("same entries: digests %x/%x, counts %d/%d", da, db, na, nb)
+	}
+	b.Apply(logAt(t, 101, 0, SetOp("k1", []byte("w"), 0)))
+	if d, _ := b.Digest(); d == da {
+		t.Fatal("a changed value left the digest unchanged")
+	}
+}

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/gridkv/gridkv/internal/faultnet"
 )
 
 // Preset picks memberlist's timings.
@@ -47,6 +49,9 @@ type Config struct {
 	// Transport replaces memberlist's network transport (fault injection);
 	// BindAddr is then ignored. Default: memberlist's TCP+UDP transport.
 	Transport memberlist.Transport
+	// Faults, if set (and Transport is not), puts every packet and stream
+	// through the fault seam, keyed by gossip addresses (see faults.go).
+	Faults *faultnet.Net
 }
 
 // EventKind says what happened to a member.
@@ -135,9 +140,18 @@ func Start(cfg Config) (*Node, error) {
 		mc = memberlist.DefaultLocalConfig()
 	}
 	mc.Name = cfg.Name
-	if cfg.Transport != nil {
+	mc.Logger = log.New(&logWriter{n.log}, "", 0)
+	switch {
+	case cfg.Transport != nil:
 		mc.Transport = cfg.Transport
-	} else {
+	case cfg.Faults != nil:
+		ft, port, err := newFaultyTransport(cfg.BindAddr, cfg.Faults, mc.Logger)
+		if err != nil {
+			return nil, err
+		}
+		mc.Transport = ft
+		mc.BindPort, mc.AdvertisePort = port, port
+	default:
 		host, port, err := net.SplitHostPort(cfg.BindAddr)
 		if err != nil {
 			return nil, fmt.Errorf("gossip: BindAddr %q: %w", cfg.BindAddr, err)
@@ -151,12 +165,14 @@ func Start(cfg Config) (*Node, error) {
 	}
 	mc.Delegate = (*delegate)(n)
 	mc.Events = (*events)(n)
-	mc.Logger = log.New(&logWriter{n.log}, "", 0)
 
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); n.deliver() }()
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		if ft, ok := mc.Transport.(*faultyTransport); ok {
+			_ = ft.Shutdown()
+		}
 		close(n.stop)
 		n.wg.Wait()
 		return nil, fmt.Errorf("gossip: %w", err)

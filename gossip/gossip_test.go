@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gridkv/gridkv/internal/faultnet"
 	"github.com/gridkv/gridkv/internal/testutil"
 )
 
@@ -166,4 +167,39 @@ func TestJoinEventsMetaLeaveAndFail(t *testing.T) {
 	c.wg.Wait()
 	c.closeOnce.Do(func() {})
 	eventually(t, 5*time.Second, "a to list only itself", func() bool { return len(a.Members()) == 1 })
+}
+
+// With the fault seam, a cut between two members' gossip addresses makes
+// each declare the other dead; healing brings them back together.
+func TestFaultSeamPartitionsGossip(t *testing.T) {
+	faults := faultnet.New(1)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var nodes []*Node
+	for _, name := range []string{"a", "b"} {
+		n, err := Start(Config{Name: name, Meta: Meta{NodeID: name, Incarnation: 1, RPCAddr: "127.0.0.1:1"},
+			Preset: Local, Logger: quiet, Faults: faults})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close(time.Second)
+		nodes = append(nodes, n)
+	}
+	a, b := nodes[0], nodes[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := b.Join(ctx, []string{a.Addr()}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "both to see 2 members", func() bool { return len(a.Members()) == 2 && len(b.Members()) == 2 })
+
+	// Lossy and delayed packets alone do not break membership.
+	faults.Set(a.Addr(), b.Addr(), faultnet.Rule{Drop: 0.2, Delay: time.Millisecond, Jitter: 5 * time.Millisecond, Duplicate: 0.1})
+
+	faults.Partition(a.Addr(), b.Addr())
+	eventually(t, 20*time.Second, "each to see only itself", func() bool { return len(a.Members()) == 1 && len(b.Members()) == 1 })
+	faults.HealAll()
+	if _, err := b.Join(ctx, []string{a.Addr()}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "both to see 2 members again", func() bool { return len(a.Members()) == 2 && len(b.Members()) == 2 })
 }

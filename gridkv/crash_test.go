@@ -8,21 +8,6 @@ import (
 	"time"
 )
 
-// crash stops a node the way a crash would: no leadership hand-off, no
-// gossip leave; its Raft replicas vanish with it.
-func (db *DB) crash() {
-	db.mu.Lock()
-	db.closed.Store(true)
-	db.mu.Unlock()
-	close(db.stop)
-	db.wg.Wait()
-	db.gsp.Crash()
-	db.host.Close()
-	for _, rep := range db.replicaList() {
-		rep.batch.close()
-	}
-}
-
 // When two of three nodes crash at once, every range loses its majority:
 // requests fail with ErrUnavailable once failure detection has noticed,
 // instead of waiting out the caller's deadline.

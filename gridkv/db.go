@@ -15,6 +15,7 @@ import (
 
 	"github.com/gridkv/gridkv/fsm"
 	"github.com/gridkv/gridkv/gossip"
+	"github.com/gridkv/gridkv/internal/testhook"
 	"github.com/gridkv/gridkv/placement"
 	"github.com/gridkv/gridkv/raftgroup"
 )
@@ -38,6 +39,10 @@ type DB struct {
 
 	stop chan struct{}
 	wg   sync.WaitGroup
+
+	// unsafeReads is the Jepsen-style suite's negative control: default
+	// reads served from the local replica with no round (wrong on purpose).
+	unsafeReads bool
 }
 
 // replica is this node's copy of one range.
@@ -80,6 +85,11 @@ func Open(cfg Config) (*DB, error) {
 		reps: make([]atomic.Pointer[replica], cfg.Groups)}
 
 	hc := raftgroup.Config{NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, Logger: cfg.Logger}
+	hooks := testhook.Lookup(cfg.NodeID) // nil outside the Jepsen-style suite
+	if hooks != nil {
+		hc.Faults = hooks.Faults
+		db.unsafeReads = hooks.UnsafeReads
+	}
 	if cfg.Fast {
 		hc.HeartbeatTimeout = 300 * time.Millisecond
 		hc.ElectionTimeout = 300 * time.Millisecond
@@ -99,7 +109,8 @@ func Open(cfg Config) (*DB, error) {
 	}
 	db.gsp, err = gossip.Start(gossip.Config{
 		Name: cfg.NodeID, BindAddr: cfg.GossipAddr, Preset: preset, Logger: cfg.Logger,
-		Meta: gossip.Meta{NodeID: cfg.NodeID, Incarnation: inc, RPCAddr: db.host.Addr()},
+		Meta:   gossip.Meta{NodeID: cfg.NodeID, Incarnation: inc, RPCAddr: db.host.Addr()},
+		Faults: hc.Faults,
 	})
 	if err != nil {
 		db.host.Close()
@@ -112,6 +123,9 @@ func Open(cfg Config) (*DB, error) {
 	}
 	db.wg.Add(1)
 	go func() { defer db.wg.Done(); db.reconcileLoop() }()
+	if hooks != nil {
+		hooks.SetNode(hookNode{db})
+	}
 	return db, nil
 }
 

@@ -109,7 +109,8 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 	}
 	r := placement.RangeOf(key, db.cfg.Groups)
 	if rep := db.replica(r); rep != nil && !db.isClosed() &&
-		(o.mode == readStale || rep.sole.Load() && rep.group.IsLeader()) {
+		(o.mode == readStale || rep.sole.Load() && rep.group.IsLeader() ||
+			db.unsafeReads && o.mode == readDefault) {
 		// Served by this node's replica with no round: Stale, or a sole
 		// voter, which nobody else can replace as leader.
 		v, _, ok := rep.fsm.Get(key, fsm.NowNanos())

@@ -1,0 +1,54 @@
+package gridkv
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/gridkv/gridkv/internal/testhook"
+)
+
+// crash stops a node the way a crash would: no leadership hand-off, no
+// gossip leave; its Raft replicas and all their state vanish with it.
+// Idempotent, and safe after Close.
+func (db *DB) crash() {
+	db.mu.Lock()
+	if db.closed.Load() {
+		db.mu.Unlock()
+		return
+	}
+	db.closed.Store(true)
+	var reps []*replica
+	for _, rep := range db.replicaList() {
+		reps = append(reps, rep)
+	}
+	db.mu.Unlock()
+	close(db.stop)
+	db.wg.Wait()
+	db.gsp.Crash()
+	db.host.Close()
+	for _, rep := range reps {
+		rep.batch.close()
+	}
+}
+
+// hookNode gives the Jepsen-style suite the powers of testhook.Node.
+type hookNode struct{ db *DB }
+
+func (h hookNode) Crash() { h.db.crash() }
+
+func (h hookNode) Ranges() []testhook.Replica {
+	var out []testhook.Replica
+	for r, rep := range h.db.replicaList() {
+		d, n := rep.fsm.Digest()
+		out = append(out, testhook.Replica{Range: r, Leader: rep.group.IsLeader(), Keys: n, Digest: d})
+	}
+	return out
+}
+
+func (h hookNode) TransferLeadership(ctx context.Context, r int) error {
+	rep := h.db.replica(r)
+	if rep == nil || !rep.group.IsLeader() {
+		return fmt.Errorf("gridkv: %s does not lead range %d", h.db.cfg.NodeID, r)
+	}
+	return rep.group.TransferLeadership(ctx, "", "")
+}
