@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/gridkv/gridkv/internal/testhook"
 )
 
@@ -40,7 +42,16 @@ func (h hookNode) Ranges() []testhook.Replica {
 	var out []testhook.Replica
 	for r, rep := range h.db.replicaList() {
 		d, n := rep.fsm.Digest()
-		out = append(out, testhook.Replica{Range: r, Leader: rep.group.IsLeader(), Keys: n, Digest: d})
+		var voters []string
+		if servers, err := rep.group.Configuration(); err == nil {
+			for _, s := range servers {
+				if s.Suffrage == raft.Voter {
+					voters = append(voters, string(s.ID))
+				}
+			}
+		}
+		out = append(out, testhook.Replica{Range: r, ServerID: string(h.db.host.ID()), Leader: rep.group.IsLeader(),
+			Voters: voters, Keys: n, Digest: d})
 	}
 	return out
 }

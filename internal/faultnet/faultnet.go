@@ -24,6 +24,9 @@ type Rule struct {
 	Duplicate float64       // probability a message is delivered twice
 	Delay     time.Duration // added to every message
 	Jitter    time.Duration // extra random delay in [0, Jitter); reorders messages
+	// HoldUntil holds every message until this moment (at least): a paused
+	// node's traffic, delivered when it resumes.
+	HoldUntil time.Time
 }
 
 // Verdict is the fate of one message.
@@ -113,6 +116,9 @@ func (n *Net) Decide(from, to string) Verdict {
 	}
 	if r.Jitter > 0 {
 		v.Delay += time.Duration(n.rng.Int64N(int64(r.Jitter)))
+	}
+	if !r.HoldUntil.IsZero() {
+		v.Delay = max(v.Delay, time.Until(r.HoldUntil))
 	}
 	return v
 }

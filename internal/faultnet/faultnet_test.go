@@ -80,3 +80,16 @@ func TestSeeded(t *testing.T) {
 		}
 	}
 }
+
+func TestHoldUntil(t *testing.T) {
+	n := New(1)
+	until := time.Now().Add(time.Hour)
+	n.Set("a", "b", Rule{HoldUntil: until})
+	if v := n.Decide("a", "b"); v.Copies != 1 || v.Delay < 59*time.Minute {
+		t.Fatalf("held message: %+v", v)
+	}
+	n.Set("a", "b", Rule{HoldUntil: time.Now().Add(-time.Second)})
+	if v := n.Decide("a", "b"); v.Copies != 1 || v.Delay != 0 {
+		t.Fatalf("hold in the past: %+v", v)
+	}
+}

@@ -44,10 +44,12 @@ type Node interface {
 
 // Replica is one range's replica on a node.
 type Replica struct {
-	Range  int
-	Leader bool
-	Keys   int
-	Digest uint64 // order-independent hash of every key, value and version
+	Range    int
+	ServerID string   // this replica's Raft server id
+	Leader   bool     // it leads its group now
+	Voters   []string // server ids of the voters in its configuration
+	Keys     int
+	Digest   uint64 // order-independent hash of every key, value and version
 }
 
 // SetNode is called by Open.

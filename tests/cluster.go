@@ -1,0 +1,233 @@
+package tests
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/gridkv/gridkv/gridkv"
+	"github.com/gridkv/gridkv/internal/faultnet"
+	"github.com/gridkv/gridkv/internal/testhook"
+)
+
+// Cluster is N GridKV nodes in this process whose every byte to each other
+// (Raft, node-to-node RPC and gossip) passes one fault seam.
+type Cluster struct {
+	Faults *faultnet.Net
+	Nodes  []*Node
+}
+
+// Node is one member of a Cluster.
+type Node struct {
+	Name    string
+	DB      *gridkv.DB
+	hooks   *testhook.Hooks
+	addrs   [2]string // Raft/RPC address, gossip address
+	crashed atomic.Bool
+}
+
+// Crashed reports whether the nemesis crashed this node.
+func (n *Node) Crashed() bool { return n.crashed.Load() }
+
+var clusterSeq atomic.Int64
+
+// ClusterOptions configure StartCluster.
+type ClusterOptions struct {
+	Nodes int
+	Seed  uint64 // of the fault seam's random draws
+	// Base is the configuration every node starts from; NodeID, Seeds,
+	// BindAddr and GossipAddr are set by the harness. Zero: Fast timings,
+	// 16 ranges, logs discarded.
+	Base *gridkv.Config
+	// UnsafeReads switches on the negative control (testhook.Hooks).
+	UnsafeReads bool
+}
+
+// StartCluster opens the nodes, the first bootstrapping and the others
+// joining it, and waits until every range has its replicas.
+func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
+	base := gridkv.Config{Fast: true, Groups: 16, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if o.Base != nil {
+		base = *o.Base
+	}
+	c := &Cluster{Faults: faultnet.New(o.Seed)}
+	seq := clusterSeq.Add(1)
+	for i := 0; i < o.Nodes; i++ {
+		cfg := base
+		cfg.NodeID = fmt.Sprintf("c%d-n%d", seq, i)
+		cfg.BindAddr, cfg.GossipAddr = "", ""
+		cfg.Seeds = nil
+		if i > 0 {
+			cfg.Seeds = []string{c.Nodes[0].DB.GossipAddr()}
+		}
+		h := &testhook.Hooks{Faults: c.Faults, UnsafeReads: o.UnsafeReads}
+		testhook.Register(cfg.NodeID, h)
+		db, err := gridkv.Open(cfg)
+		testhook.Unregister(cfg.NodeID) // Open has read it
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		c.Nodes = append(c.Nodes, &Node{Name: cfg.NodeID, DB: db, hooks: h, addrs: [2]string{db.Addr(), db.GossipAddr()}})
+	}
+	for _, n := range c.Nodes {
+		if err := n.DB.WaitReady(ctx); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("tests: %s not ready: %w", n.Name, err)
+		}
+	}
+	return c, nil
+}
+
+// Close closes every node that did not crash.
+func (c *Cluster) Close() {
+	for _, n := range c.Nodes {
+		if !n.Crashed() {
+			n.DB.Close()
+		}
+	}
+}
+
+// Live returns the nodes that have not crashed.
+func (c *Cluster) Live() []*Node {
+	var out []*Node
+	for _, n := range c.Nodes {
+		if !n.Crashed() {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// SetLink sets the rule for messages from a to b, on every channel.
+func (c *Cluster) SetLink(a, b *Node, r faultnet.Rule) {
+	for k := range a.addrs {
+		c.Faults.Set(a.addrs[k], b.addrs[k], r)
+	}
+}
+
+// Cut partitions a and b, both directions.
+func (c *Cluster) Cut(a, b *Node) {
+	c.SetLink(a, b, faultnet.Rule{Cut: true})
+	c.SetLink(b, a, faultnet.Rule{Cut: true})
+}
+
+// Partition cuts every link between nodes in different sides; nodes in no
+// side keep their links.
+func (c *Cluster) Partition(sides ...[]*Node) {
+	for i, side := range sides {
+		for _, other := range sides[i+1:] {
+			for _, a := range side {
+				for _, b := range other {
+					c.Cut(a, b)
+				}
+			}
+		}
+	}
+}
+
+// Heal removes every fault.
+func (c *Cluster) Heal() { c.Faults.HealAll() }
+
+// Crash stops n the way a crash would; all its state is gone.
+func (c *Cluster) Crash(n *Node) {
+	if node := n.hooks.Node(); node != nil && n.crashed.CompareAndSwap(false, true) {
+		node.Crash()
+	}
+}
+
+// Leaders counts, per node, the ranges it leads now.
+func (c *Cluster) Leaders() map[*Node]int {
+	out := map[*Node]int{}
+	for _, n := range c.Live() {
+		for _, r := range n.hooks.Node().Ranges() {
+			if r.Leader {
+				out[n]++
+			}
+		}
+	}
+	return out
+}
+
+// LeaderOf returns the live node leading range r, or nil.
+func (c *Cluster) LeaderOf(r int) *Node {
+	for _, n := range c.Live() {
+		for _, rep := range n.hooks.Node().Ranges() {
+			if rep.Range == r && rep.Leader {
+				return n
+			}
+		}
+	}
+	return nil
+}
+
+// TransferLeadership moves range r's leadership off its current leader.
+func (c *Cluster) TransferLeadership(ctx context.Context, r int) error {
+	n := c.LeaderOf(r)
+	if n == nil {
+		return errors.New("tests: no leader")
+	}
+	return n.hooks.Node().TransferLeadership(ctx, r)
+}
+
+// Converged reports whether, for every range, each voter in its leader's
+// configuration holds exactly the leader's state; otherwise it says which
+// range differs.
+func (c *Cluster) Converged() (bool, string) {
+	type held struct {
+		digest uint64
+		keys   int
+	}
+	byServer := map[int]map[string]held{} // range -> server id -> state
+	leaders := map[int][]string{}         // range -> voters, per its leader
+	for _, n := range c.Live() {
+		for _, rep := range n.hooks.Node().Ranges() {
+			if byServer[rep.Range] == nil {
+				byServer[rep.Range] = map[string]held{}
+			}
+			byServer[rep.Range][rep.ServerID] = held{rep.Digest, rep.Keys}
+			if rep.Leader {
+				leaders[rep.Range] = rep.Voters
+			}
+		}
+	}
+	for r, servers := range byServer {
+		voters, ok := leaders[r]
+		if !ok {
+			return false, fmt.Sprintf("range %d has no leader", r)
+		}
+		var want *held
+		for _, v := range voters {
+			h, ok := servers[v]
+			if !ok {
+				return false, fmt.Sprintf("range %d: voter %s holds no replica", r, v)
+			}
+			if want == nil {
+				want = &h
+			} else if h != *want {
+				return false, fmt.Sprintf("range %d: voter %s holds %d keys (digest %x), another %d keys (%x)",
+					r, v, h.keys, h.digest, want.keys, want.digest)
+			}
+		}
+	}
+	return true, ""
+}
+
+// WaitConverged polls Converged until it holds or timeout passes.
+func (c *Cluster) WaitConverged(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, why := c.Converged()
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("replicas differ after %v: %s", timeout, why)
+		}
+		<-time.After(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,257 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gridkv/gridkv/internal/faultnet"
+)
+
+// Nemesis injects one kind of fault. Start begins a fault and describes
+// it; Stop ends it. The runner alternates them, so a nemesis may assume
+// Stop follows each Start. A nemesis whose fault cannot be undone (a
+// crash) makes Stop a no-op and keeps count itself.
+type Nemesis interface {
+	Name() string
+	Start(c *Cluster, rng *rand.Rand) string
+	Stop(c *Cluster)
+}
+
+// NoFaults is the baseline.
+type NoFaults struct{}
+
+func (NoFaults) Name() string                      { return "none" }
+func (NoFaults) Start(*Cluster, *rand.Rand) string { return "" }
+func (NoFaults) Stop(*Cluster)                     {}
+
+func names(nodes []*Node) string {
+	var s []string
+	for _, n := range nodes {
+		s = append(s, n.Name)
+	}
+	return "[" + strings.Join(s, " ") + "]"
+}
+
+func shuffled(nodes []*Node, rng *rand.Rand) []*Node {
+	out := append([]*Node(nil), nodes...)
+	rng.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	return out
+}
+
+// IsolateLeader cuts off the node that leads the most ranges: a leader in a
+// minority, while the majority elects another.
+type IsolateLeader struct{}
+
+func (IsolateLeader) Name() string { return "isolate-leader" }
+
+func (IsolateLeader) Start(c *Cluster, rng *rand.Rand) string {
+	var best *Node
+	most := -1
+	for _, n := range c.Live() {
+		if k := c.Leaders()[n]; k > most {
+			best, most = n, k
+		}
+	}
+	var others []*Node
+	for _, n := range c.Nodes {
+		if n != best {
+			others = append(others, n)
+		}
+	}
+	c.Partition([]*Node{best}, others)
+	return fmt.Sprintf("isolate %s (leads %d ranges)", best.Name, most)
+}
+
+func (IsolateLeader) Stop(c *Cluster) { c.Heal() }
+
+// RandomHalves splits the nodes at random into a minority and a majority.
+type RandomHalves struct{}
+
+func (RandomHalves) Name() string { return "random-halves" }
+
+func (RandomHalves) Start(c *Cluster, rng *rand.Rand) string {
+	nodes := shuffled(c.Nodes, rng)
+	k := len(nodes) / 2
+	c.Partition(nodes[:k], nodes[k:])
+	return fmt.Sprintf("halves %s | %s", names(nodes[:k]), names(nodes[k:]))
+}
+
+func (RandomHalves) Stop(c *Cluster) { c.Heal() }
+
+// MajoritiesRing (5 nodes): each node sees only its two neighbours in a
+// random ring, so every node is in a majority but no two agree which.
+type MajoritiesRing struct{}
+
+func (MajoritiesRing) Name() string { return "majorities-ring" }
+
+func (MajoritiesRing) Start(c *Cluster, rng *rand.Rand) string {
+	ring := shuffled(c.Nodes, rng)
+	n := len(ring)
+	for i := range ring {
+		for j := range ring {
+			d := (j - i + n) % n
+			if i < j && d != 1 && d != n-1 {
+				c.Cut(ring[i], ring[j])
+			}
+		}
+	}
+	return "ring " + names(ring)
+}
+
+func (MajoritiesRing) Stop(c *Cluster) { c.Heal() }
+
+// Bridge (5 nodes): two sides of two nodes, and one node that sees both.
+type Bridge struct{}
+
+func (Bridge) Name() string { return "bridge" }
+
+func (Bridge) Start(c *Cluster, rng *rand.Rand) string {
+	nodes := shuffled(c.Nodes, rng)
+	k := len(nodes) / 2
+	left, bridge, right := nodes[:k], nodes[k], nodes[k+1:]
+	c.Partition(left, right)
+	return fmt.Sprintf("bridge %s over %s | %s", bridge.Name, names(left), names(right))
+}
+
+func (Bridge) Stop(c *Cluster) { c.Heal() }
+
+// BadLinks makes every link lossy, duplicating and reordering.
+type BadLinks struct{ Rule faultnet.Rule }
+
+func (BadLinks) Name() string { return "lossy-reorder" }
+
+func (b BadLinks) Start(c *Cluster, rng *rand.Rand) string {
+	for _, x := range c.Nodes {
+		for _, y := range c.Nodes {
+			if x != y {
+				c.SetLink(x, y, b.Rule)
+			}
+		}
+	}
+	r := b.Rule
+	return fmt.Sprintf("links drop %.0f%% dup %.0f%% delay %v+%v", 100*r.Drop, 100*r.Duplicate, r.Delay, r.Jitter)
+}
+
+func (BadLinks) Stop(c *Cluster) { c.Heal() }
+
+// CrashMinority crashes one node, at most Max in a run (state gone; no
+// restart until the restart issue adds it).
+type CrashMinority struct {
+	Max     int
+	crashed int
+}
+
+func (*CrashMinority) Name() string { return "crash-minority" }
+
+func (m *CrashMinority) Start(c *Cluster, rng *rand.Rand) string {
+	live := c.Live()
+	if m.crashed >= m.Max || len(live) <= len(c.Nodes)/2+1 {
+		return ""
+	}
+	n := live[rng.IntN(len(live))]
+	c.Crash(n)
+	m.crashed++
+	return "crash " + n.Name
+}
+
+func (*CrashMinority) Stop(*Cluster) {}
+
+// Pause holds all of one node's traffic, both ways, while its clocks run
+// (a stopped process: timers fire, nothing gets in or out), and delivers
+// it when the pause ends.
+type Pause struct{ For time.Duration }
+
+func (Pause) Name() string { return "pause" }
+
+func (p Pause) Start(c *Cluster, rng *rand.Rand) string {
+	live := c.Live()
+	n := live[rng.IntN(len(live))]
+	until := time.Now().Add(p.For)
+	for _, o := range c.Nodes {
+		if o != n {
+			c.SetLink(n, o, faultnet.Rule{HoldUntil: until})
+			c.SetLink(o, n, faultnet.Rule{HoldUntil: until})
+		}
+	}
+	return fmt.Sprintf("pause %s for %v", n.Name, p.For)
+}
+
+func (Pause) Stop(c *Cluster) { c.Heal() }
+
+// TransferStorm moves leaderships of random ranges every Every.
+type TransferStorm struct {
+	Every  time.Duration
+	Groups int
+
+	stop         chan struct{}
+	wg           sync.WaitGroup
+	tried, moved int
+}
+
+// Summary says how many transfers the last window tried and completed.
+func (s *TransferStorm) Summary() string {
+	return fmt.Sprintf("%d of %d transfers completed", s.moved, s.tried)
+}
+
+func (*TransferStorm) Name() string { return "transfer-storm" }
+
+func (s *TransferStorm) Start(c *Cluster, rng *rand.Rand) string {
+	s.stop = make(chan struct{})
+	s.tried, s.moved = 0, 0
+	seed := rng.Uint64()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		r := rand.New(rand.NewPCG(seed, 1))
+		t := time.NewTicker(s.Every)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			err := c.TransferLeadership(ctx, r.IntN(s.Groups))
+			cancel()
+			s.tried++
+			if err == nil {
+				s.moved++
+			}
+		}
+	}()
+	return fmt.Sprintf("leadership transfers every %v", s.Every)
+}
+
+func (s *TransferStorm) Stop(*Cluster) {
+	close(s.stop)
+	s.wg.Wait()
+}
+
+// sortedWindows orders windows by start.
+func sortedWindows(ws []Window) {
+	sort.Slice(ws, func(i, j int) bool { return ws[i].Start < ws[j].Start })
+}
+
+// Mixed picks one of its nemeses at random for each window.
+type Mixed struct {
+	Of  []Nemesis
+	cur Nemesis
+}
+
+func (*Mixed) Name() string { return "mixed" }
+
+func (m *Mixed) Start(c *Cluster, rng *rand.Rand) string {
+	m.cur = m.Of[rng.IntN(len(m.Of))]
+	return m.cur.Name() + ": " + m.cur.Start(c, rng)
+}
+
+func (m *Mixed) Stop(c *Cluster) {
+	m.cur.Stop(c)
+	m.cur = nil
+}

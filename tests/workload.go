@@ -1,0 +1,255 @@
+package tests
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+
+	"github.com/gridkv/gridkv/gridkv"
+)
+
+// OpKind is what a client does.
+type OpKind int
+
+const (
+	OpGet OpKind = iota
+	OpPut
+	OpDelete
+	OpCAS
+)
+
+// ReadMode is how a get reads.
+type ReadMode int
+
+const (
+	ReadDefault  ReadMode = iota // linearizable, through the leader
+	ReadIndex                    // linearizable, ReadIndex round
+	ReadMajority                 // Quorum(ReplicaCount/2+1): linearizable
+	ReadOne                      // Quorum(1): may be stale
+	ReadStale                    // Stale(): may be stale
+	readModes
+)
+
+func (m ReadMode) String() string {
+	return [...]string{"default", "readindex", "quorum-majority", "quorum-1", "stale"}[m]
+}
+
+// linearizable reports whether reads in this mode are checked against the
+// linearizable model; the others are only checked to return written values.
+func (m ReadMode) linearizable() bool { return m <= ReadMajority }
+
+func (m ReadMode) options(replicas int) []gridkv.ReadOption {
+	switch m {
+	case ReadIndex:
+		return []gridkv.ReadOption{gridkv.ReadIndex()}
+	case ReadMajority:
+		return []gridkv.ReadOption{gridkv.Quorum(replicas/2 + 1)}
+	case ReadOne:
+		return []gridkv.ReadOption{gridkv.Quorum(1)}
+	case ReadStale:
+		return []gridkv.ReadOption{gridkv.Stale()}
+	}
+	return nil
+}
+
+// Input is one operation as invoked. Values are unique per write; "" is
+// "absent" (no write stores an empty value).
+type Input struct {
+	Kind  OpKind
+	Key   string
+	Value string // put, CAS new
+	Old   string // CAS expected; "" = absent
+	Mode  ReadMode
+	Node  int // which node served the call
+}
+
+// Output is its outcome.
+type Output struct {
+	Value   string // get: the value read, "" when absent
+	Swapped bool   // CAS
+	Unknown bool   // a write whose effect is unknown (timeout, connection lost)
+	Err     string
+}
+
+// History is what the clients saw, on one monotonic clock (nanoseconds
+// since the run began).
+type History struct {
+	mu    sync.Mutex
+	start time.Time
+	ops   []porcupine.Operation // linearizable part, plus final reads
+	weak  []porcupine.Operation // reads in modes that may be stale
+	// Counts for the report.
+	total, ok, failed, unknown int
+	failedCalls                []int64 // call times of failed operations
+}
+
+func newHistory() *History { return &History{start: time.Now()} }
+
+func (h *History) now() int64 { return int64(time.Since(h.start)) }
+
+// infinity is the return time of writes with unknown outcome: they may
+// take effect at any point after their call, or never.
+const infinity = int64(1) << 62
+
+func (h *History) record(client int, in Input, call int64, out Output, failed bool) {
+	ret := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.total++
+	switch {
+	case out.Unknown:
+		h.unknown++
+		ret = infinity
+	case failed:
+		h.failed++
+		h.failedCalls = append(h.failedCalls, call)
+		return // a failed read, or a write certainly not applied: no effect
+	default:
+		h.ok++
+	}
+	op := porcupine.Operation{ClientId: client, Input: in, Call: call, Output: out, Return: ret}
+	if in.Kind == OpGet && !in.Mode.linearizable() {
+		h.weak = append(h.weak, op)
+		return
+	}
+	h.ops = append(h.ops, op)
+}
+
+// Workload is the clients' part of a scenario.
+type Workload struct {
+	Clients  int
+	Keys     int
+	Replicas int // ReplicaCount, for the majority read mode
+	Timeout  time.Duration
+	// Rate caps each client's operations per second, so that histories
+	// stay small enough to check (DESIGN.md: <= 20k operations per key).
+	Rate int
+}
+
+// runClients runs w's clients until stop closes. Client i talks to node
+// i mod N, moving on to the next live node if that one crashed.
+func runClients(c *Cluster, w Workload, seed uint64, h *History, stop <-chan struct{}) {
+	var wg sync.WaitGroup
+	for i := 0; i < w.Clients; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cl := &client{id: i, c: c, w: w, h: h, rng: rand.New(rand.NewPCG(seed, uint64(i))), node: i % len(c.Nodes)}
+			pace := time.NewTimer(0)
+			defer pace.Stop()
+			next := time.Now()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-pace.C:
+				}
+				cl.step()
+				if w.Rate > 0 {
+					next = next.Add(time.Second / time.Duration(w.Rate))
+				}
+				pace.Reset(time.Until(next)) // at once when behind
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+type client struct {
+	id     int
+	c      *Cluster
+	w      Workload
+	h      *History
+	rng    *rand.Rand
+	node   int
+	seq    int
+	recent map[string]string // last value this client saw per key (CAS's old)
+}
+
+func (cl *client) pickNode() (int, *Node) {
+	for k := 0; k < len(cl.c.Nodes); k++ {
+		i := (cl.node + k) % len(cl.c.Nodes)
+		if n := cl.c.Nodes[i]; !n.Crashed() {
+			return i, n
+		}
+	}
+	return cl.node, cl.c.Nodes[cl.node]
+}
+
+func (cl *client) step() {
+	if cl.recent == nil {
+		cl.recent = map[string]string{}
+	}
+	ni, n := cl.pickNode()
+	key := fmt.Sprint("k", cl.rng.IntN(cl.w.Keys))
+	cl.seq++
+	value := fmt.Sprintf("c%d-%d", cl.id, cl.seq)
+	in := Input{Key: key, Node: ni}
+	switch p := cl.rng.IntN(100); {
+	case p < 45:
+		in.Kind, in.Mode = OpGet, ReadMode(cl.rng.IntN(int(readModes)))
+	case p < 75:
+		in.Kind, in.Value = OpPut, value
+	case p < 83:
+		in.Kind = OpDelete
+	default:
+		in.Kind, in.Value, in.Old = OpCAS, value, cl.recent[key]
+	}
+	out, failed := execute(n.DB, in, cl.w.Timeout, cl.w.Replicas, cl.h, cl.id)
+	if !failed && !out.Unknown {
+		switch in.Kind {
+		case OpGet:
+			cl.recent[key] = out.Value
+		case OpPut:
+			cl.recent[key] = in.Value
+		case OpCAS:
+			if out.Swapped {
+				cl.recent[key] = in.Value
+			}
+		}
+	}
+}
+
+// execute performs in on db and records it.
+func execute(db *gridkv.DB, in Input, timeout time.Duration, replicas int, h *History, client int) (Output, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	call := h.now()
+	var out Output
+	var err error
+	switch in.Kind {
+	case OpGet:
+		var v []byte
+		v, err = db.Get(ctx, in.Key, in.Mode.options(replicas)...)
+		if errors.Is(err, gridkv.ErrNotFound) {
+			err = nil
+		}
+		out.Value = string(v)
+	case OpPut:
+		err = db.Set(ctx, in.Key, []byte(in.Value))
+	case OpDelete:
+		err = db.Delete(ctx, in.Key)
+	case OpCAS:
+		var old []byte
+		if in.Old != "" {
+			old = []byte(in.Old)
+		}
+		out.Swapped, err = db.CompareAndSwap(ctx, in.Key, old, []byte(in.Value))
+	}
+	failed := false
+	if err != nil {
+		out.Err = err.Error()
+		if in.Kind == OpGet || errors.Is(err, gridkv.ErrInvalid) {
+			failed = true // no effect
+		} else {
+			out.Unknown = true // it may or may not have been applied
+		}
+	}
+	h.record(client, in, call, out, failed)
+	return out, failed
+}
