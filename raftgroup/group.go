@@ -26,6 +26,8 @@ type Group struct {
 	verify    verifier
 	readyTerm atomic.Uint64 // a barrier of this term has committed
 
+	transferFailed atomic.Int64 // unix nanoseconds of the last failed transfer
+
 	shutdownOnce sync.Once
 	shutdownErr  error
 }
@@ -220,13 +222,49 @@ func (g *Group) RemoveServer(ctx context.Context, id raft.ServerID) error {
 	return g.wait(ctx, g.raft.RemoveServer(id, 0, 0))
 }
 
-// TransferLeadership hands leadership to the most up-to-date follower, or
-// to id when it is non-empty.
+// TransferLeadership hands leadership to id, or, when id is empty, to a
+// voter that answers.
+//
+// It refuses (ErrTransferRefused) unless the target answered its last
+// AppendEntries, within the last heartbeat time-out, and no transfer of
+// this group failed within the last 2×ElectionTimeout + RPCTimeout. The
+// reason is a hashicorp/raft bug (hashicorp/raft#696, seen here by the
+// Jepsen-style suite): a transfer that times out while the target's
+// replication goroutine is busy leaves a request in that goroutine's
+// one-slot channel. The next transfer then blocks sending to it; if the
+// goroutine is stopped first, the transfer never ends. raft keeps its
+// "transfer in progress" flag set for good, and that replica refuses every
+// write and barrier while it leads, forever. A target that answers
+// promptly takes the request at once, and the pause after a failure gives a
+// slow one time to take it.
 func (g *Group) TransferLeadership(ctx context.Context, id raft.ServerID, addr string) error {
-	if id == "" {
-		return g.wait(ctx, g.raft.LeadershipTransfer())
+	rc := g.raft.ReloadableConfig()
+	cooldown := 2*rc.ElectionTimeout + g.h.cfg.RPCTimeout
+	if t := g.transferFailed.Load(); t != 0 && time.Since(time.Unix(0, t)) < cooldown {
+		return fmt.Errorf("%w: group %d: a transfer failed less than %v ago", ErrTransferRefused, g.ID, cooldown)
 	}
-	return g.wait(ctx, g.raft.LeadershipTransferToServer(id, raft.ServerAddress(addr)))
+	if id == "" {
+		servers, err := g.Configuration()
+		if err != nil {
+			return err
+		}
+		for _, s := range servers {
+			if s.Suffrage == raft.Voter && s.ID != g.h.id && g.trans.answering(s.Address, rc.HeartbeatTimeout) {
+				id, addr = s.ID, string(s.Address)
+				break
+			}
+		}
+		if id == "" {
+			return fmt.Errorf("%w: group %d: no voter has answered lately", ErrTransferRefused, g.ID)
+		}
+	} else if !g.trans.answering(raft.ServerAddress(addr), rc.HeartbeatTimeout) {
+		return fmt.Errorf("%w: group %d: %s has not answered lately", ErrTransferRefused, g.ID, addr)
+	}
+	err := g.wait(ctx, g.raft.LeadershipTransferToServer(id, raft.ServerAddress(addr)))
+	if err != nil {
+		g.transferFailed.Store(time.Now().UnixNano())
+	}
+	return err
 }
 
 // Configuration returns the group's current servers.

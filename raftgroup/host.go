@@ -27,6 +27,9 @@ var (
 	ErrLeaderLost  = errors.New("raftgroup: leadership lost before the entry committed")
 	ErrTimeout     = errors.New("raftgroup: timed out")
 	ErrGroupExists = errors.New("raftgroup: group already exists")
+	// ErrTransferRefused: a leadership transfer was not started because it
+	// could wedge the group (see Group.TransferLeadership); try later.
+	ErrTransferRefused = errors.New("raftgroup: leadership transfer refused for now")
 )
 
 // Config configures a Host. Zero values mean the defaults given.
@@ -172,7 +175,7 @@ func NewHost(cfg Config) (*Host, error) {
 	if hb <= 0 {
 		hb = raft.DefaultConfig().HeartbeatTimeout
 	}
-	m, err := newMux(cfg.BindAddr, cfg.Faults, cfg.RPCTimeout, lingerFor(hb))
+	m, err := newMux(cfg.BindAddr, cfg.Faults, cfg.RPCTimeout, min(cfg.RPCTimeout, hb/2), lingerFor(hb))
 	if err != nil {
 		return nil, err
 	}

@@ -34,8 +34,13 @@ type mux struct {
 	ln      net.Listener
 	faults  *faultnet.Net
 	timeout time.Duration
-	linger  time.Duration
-	rpc     atomic.Pointer[RPCHandler]
+	// beatTimeout bounds heartbeats and leadership-confirming rounds:
+	// an answer later than that is useless (the follower's election timer
+	// has nearly run out), and waiting for it would hold raft's heartbeat
+	// loop, which sends the next only after the last one is answered.
+	beatTimeout time.Duration
+	linger      time.Duration
+	rpc         atomic.Pointer[RPCHandler]
 	// ctx ends when the mux closes; RPC handlers run under it.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -53,12 +58,12 @@ type mux struct {
 	closed chan struct{}
 }
 
-func newMux(bind string, faults *faultnet.Net, timeout, linger time.Duration) (*mux, error) {
+func newMux(bind string, faults *faultnet.Net, timeout, beatTimeout, linger time.Duration) (*mux, error) {
 	ln, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, fmt.Errorf("raftgroup: listen %s: %w", bind, err)
 	}
-	m := &mux{addr: ln.Addr().String(), ln: ln, faults: faults, timeout: timeout, linger: linger, closed: make(chan struct{})}
+	m := &mux{addr: ln.Addr().String(), ln: ln, faults: faults, timeout: timeout, beatTimeout: beatTimeout, linger: linger, closed: make(chan struct{})}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.mu.groups = make(map[uint64]*groupTransport)
 	m.mu.peers = make(map[string]*peerSlot)
@@ -361,8 +366,11 @@ func (m *mux) serve(conn net.Conn) {
 	}
 	w := newFrameWriter(conn, m.faults, m.addr, peer, m.linger, func(error) { _ = conn.Close() })
 	defer w.close()
+	var seen dedup
 	for {
-		m.handleRequest(w, h, body)
+		if seen.first(h.id) {
+			m.handleRequest(w, h, body)
+		}
 		h, body, err = readFrame(r)
 		if err != nil {
 			return

@@ -36,6 +36,39 @@ type groupTransport struct {
 	closeOnce sync.Once
 	closed    chan struct{}
 	wg        sync.WaitGroup // drainer and responder
+
+	// How each follower answered AppendEntries lately (a leader's view),
+	// for Group.TransferLeadership's health check.
+	healthMu sync.Mutex
+	health   map[raft.ServerAddress]appendHealth
+}
+
+type appendHealth struct{ lastOK, lastFail time.Time }
+
+// noteAppend records the outcome of one AppendEntries to target.
+func (gt *groupTransport) noteAppend(target raft.ServerAddress, ok bool) {
+	now := time.Now()
+	gt.healthMu.Lock()
+	defer gt.healthMu.Unlock()
+	if gt.health == nil {
+		gt.health = make(map[raft.ServerAddress]appendHealth)
+	}
+	h := gt.health[target]
+	if ok {
+		h.lastOK = now
+	} else {
+		h.lastFail = now
+	}
+	gt.health[target] = h
+}
+
+// answering reports whether target's last AppendEntries succeeded, within
+// the last d.
+func (gt *groupTransport) answering(target raft.ServerAddress, d time.Duration) bool {
+	gt.healthMu.Lock()
+	defer gt.healthMu.Unlock()
+	h, ok := gt.health[target]
+	return ok && time.Since(h.lastOK) < d && h.lastFail.Before(h.lastOK)
 }
 
 // lazy reports whether an AppendEntries may linger: heartbeats and empty
@@ -187,14 +220,19 @@ func (gt *groupTransport) Close() error {
 
 var errGroupClosed = errors.New("raftgroup: group transport closed")
 
-// roundTrip sends one request and waits for its answer.
+// roundTrip sends one request and waits for its answer, for at most the
+// RPC timeout.
 func (gt *groupTransport) roundTrip(target raft.ServerAddress, kind byte, lazy bool, encode func([]byte) []byte, resp interface{}) error {
+	return gt.roundTripWithin(gt.m.timeout, target, kind, lazy, encode, resp)
+}
+
+func (gt *groupTransport) roundTripWithin(timeout time.Duration, target raft.ServerAddress, kind byte, lazy bool, encode func([]byte) []byte, resp interface{}) error {
 	type answer struct {
 		body []byte
 		err  error
 	}
 	done := make(chan answer, 1)
-	gt.m.start(string(target), gt.group, kind, lazy, encode, func(body []byte, err error) { done <- answer{body, err} })
+	gt.m.startWithin(string(target), gt.group, kind, lazy, timeout, encode, func(body []byte, err error) { done <- answer{body, err} })
 	select {
 	case a := <-done:
 		if a.err != nil {
@@ -207,8 +245,15 @@ func (gt *groupTransport) roundTrip(target raft.ServerAddress, kind byte, lazy b
 }
 
 // AppendEntries implements raft.Transport.
+// Heartbeats (empty appends) give up after mux.beatTimeout.
 func (gt *groupTransport) AppendEntries(_ raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
-	return gt.roundTrip(target, kindAppendEntries, lazy(args), func(b []byte) []byte { return appendAppendEntriesRequest(b, args) }, resp)
+	timeout := gt.m.timeout
+	if lazy(args) {
+		timeout = gt.m.beatTimeout
+	}
+	err := gt.roundTripWithin(timeout, target, kindAppendEntries, lazy(args), func(b []byte) []byte { return appendAppendEntriesRequest(b, args) }, resp)
+	gt.noteAppend(target, err == nil && resp.Success)
+	return err
 }
 
 // RequestVote implements raft.Transport.
@@ -298,6 +343,7 @@ func (p *pipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.App
 			if err == nil {
 				err = decodeResponse(body, resp)
 			}
+			p.gt.noteAppend(p.target, err == nil && resp.Success)
 			f.err = err
 			close(f.done)
 			p.deliver()

@@ -39,7 +39,11 @@ func TestScenarios(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
-			rep, err := Run(ctx, s, Options{Seed: seed, OutDir: t.TempDir(), Progress: testWriter{t}})
+			out := os.Getenv("GRIDKV_JEPSEN_OUT") // keeps visualizations; default: a temporary directory
+			if out == "" {
+				out = t.TempDir()
+			}
+			rep, err := Run(ctx, s, Options{Seed: seed, OutDir: out, Progress: testWriter{t}})
 			if err != nil {
 				t.Fatal(err)
 			}

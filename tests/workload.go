@@ -86,6 +86,7 @@ type History struct {
 	// Counts for the report.
 	total, ok, failed, unknown int
 	failedCalls                []int64 // call times of failed operations
+	errors                     map[string]int
 }
 
 func newHistory() *History { return &History{start: time.Now()} }
@@ -101,6 +102,12 @@ func (h *History) record(client int, in Input, call int64, out Output, failed bo
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.total++
+	if out.Err != "" {
+		if h.errors == nil {
+			h.errors = map[string]int{}
+		}
+		h.errors[errorClass(out.Err)]++
+	}
 	switch {
 	case out.Unknown:
 		h.unknown++
@@ -118,6 +125,27 @@ func (h *History) record(client int, in Input, call int64, out Output, failed bo
 		return
 	}
 	h.ops = append(h.ops, op)
+}
+
+// errorClass strips the addresses and numbers from an error message, so
+// that the report can count errors by kind.
+func errorClass(msg string) string {
+	b := []byte(msg)
+	out := b[:0]
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if c >= '0' && c <= '9' {
+			if len(out) == 0 || out[len(out)-1] != '#' {
+				out = append(out, '#')
+			}
+			continue
+		}
+		if c == '.' && len(out) > 0 && out[len(out)-1] == '#' {
+			continue // 127.0.0.1:4 and 1.5s collapse to #
+		}
+		out = append(out, c)
+	}
+	return string(out)
 }
 
 // Workload is the clients' part of a scenario.
