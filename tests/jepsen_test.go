@@ -34,9 +34,6 @@ func TestScenarios(t *testing.T) {
 	seed := suiteSeed(t)
 	for _, s := range Scenarios() {
 		t.Run(s.Name, func(t *testing.T) {
-			if s.KnownIssue != "" && os.Getenv("GRIDKV_JEPSEN_ALL") == "" {
-				t.Skipf("known issue: %s (GRIDKV_JEPSEN_ALL=1 runs it)", s.KnownIssue)
-			}
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
 			out := os.Getenv("GRIDKV_JEPSEN_OUT") // keeps visualizations; default: a temporary directory

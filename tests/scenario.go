@@ -27,10 +27,6 @@ type Scenario struct {
 	// Duration of the workload; faults alternate FaultFor on, HealFor off,
 	// after a fault-free first second.
 	Duration, FaultFor, HealFor time.Duration
-	// KnownIssue, when set, names an open bug this scenario finds
-	// intermittently; CI skips the scenario (saying why) until it is fixed,
-	// and the command and the long mode still run it.
-	KnownIssue string
 }
 
 // Scenarios are the named scenarios CI runs. Later capabilities (restart,
@@ -42,18 +38,15 @@ func Scenarios() []Scenario {
 		return Scenario{Name: name, Nodes: nodes, Workload: w, Nemesis: n,
 			Duration: 8 * time.Second, FaultFor: 2 * time.Second, HealFor: time.Second}
 	}
-	lossy := s("lossy-reorder", 3, w, func() Nemesis {
-		return BadLinks{Rule: faultnet.Rule{Drop: 0.1, Duplicate: 0.05, Delay: time.Millisecond, Jitter: 10 * time.Millisecond}}
-	})
-	lossy.KnownIssue = "in about 1 run of 8, one or two ranges stop answering default reads for over a minute, " +
-		"after the links heal (replicas converged, a leader exists): docs/jepsen.md, open"
 	return []Scenario{
 		s("baseline", 3, w, func() Nemesis { return NoFaults{} }),
 		s("leader-isolated", 3, w, func() Nemesis { return IsolateLeader{} }),
 		s("random-halves", 5, w, func() Nemesis { return RandomHalves{} }),
 		s("majorities-ring", 5, w, func() Nemesis { return MajoritiesRing{} }),
 		s("bridge", 5, w, func() Nemesis { return Bridge{} }),
-		lossy,
+		s("lossy-reorder", 3, w, func() Nemesis {
+			return BadLinks{Rule: faultnet.Rule{Drop: 0.1, Duplicate: 0.05, Delay: time.Millisecond, Jitter: 10 * time.Millisecond}}
+		}),
 		s("crash-minority", 3, w, func() Nemesis { return &CrashMinority{Max: 1} }),
 		s("pause", 3, w, func() Nemesis { return Pause{For: 1500 * time.Millisecond} }),
 		s("transfer-storm", 3, w, func() Nemesis { return &TransferStorm{Every: 50 * time.Millisecond, Groups: 16} }),

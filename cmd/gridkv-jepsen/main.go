@@ -42,11 +42,7 @@ func main() {
 	}
 	if *list {
 		for _, s := range all {
-			fmt.Printf("%-16s %d nodes", s.Name, s.Nodes)
-			if s.KnownIssue != "" {
-				fmt.Printf("  (known issue: %s)", s.KnownIssue)
-			}
-			fmt.Println()
+			fmt.Printf("%-16s %d nodes\n", s.Name, s.Nodes)
 		}
 		return
 	}
