@@ -138,6 +138,11 @@ type pendingWrite struct {
 	done chan []byte
 }
 
+// pendingPool recycles pendingWrites whose answer was taken; one abandoned
+// by its caller (ctx ended) is left to the garbage collector, since the
+// batcher may still answer it.
+var pendingPool = sync.Pool{New: func() any { return &pendingWrite{done: make(chan []byte, 1)} }}
+
 func newBatcher(db *DB, rep *replica) *batcher {
 	return &batcher{db: db, rep: rep}
 }
@@ -145,7 +150,8 @@ func newBatcher(db *DB, rep *replica) *batcher {
 // submit queues cmd and waits for its answer or ctx's end (then the
 // outcome is unknown).
 func (b *batcher) submit(ctx context.Context, cmd []byte) []byte {
-	p := &pendingWrite{cmd: cmd, done: make(chan []byte, 1)}
+	p := pendingPool.Get().(*pendingWrite)
+	p.cmd = cmd
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -160,6 +166,8 @@ func (b *batcher) submit(ctx context.Context, cmd []byte) []byte {
 	b.mu.Unlock()
 	select {
 	case ans := <-p.done:
+		p.cmd = nil
+		pendingPool.Put(p)
 		return ans
 	case <-ctx.Done():
 		return append([]byte{stUnknown}, ctx.Err().Error()...)
@@ -251,7 +259,9 @@ func writeAnswer(r fsm.Result) []byte {
 	case r.Err != nil:
 		return append([]byte{stInvalid}, r.Err.Error()...)
 	}
-	b := binary.AppendUvarint([]byte{stOK}, r.Version)
+	b := make([]byte, 1, 2+binary.MaxVarintLen64) // status, version, swapped: one allocation
+	b[0] = stOK
+	b = binary.AppendUvarint(b, r.Version)
 	if r.Swapped {
 		return append(b, 1)
 	}
