@@ -296,3 +296,10 @@ func TestSimultaneousStartFormsOneCluster(t *testing.T) {
 		}
 	}
 }
+
+func TestErrorClass(t *testing.T) {
+	got := errorClass("gridkv: timed out\nraftgroup: rpc to 127.0.0.1:4512 timed out after 1.5s")
+	if want := "gridkv: timed out raftgroup: rpc to #:# timed out after #s"; got != want {
+		t.Fatalf("errorClass = %q, want %q", got, want)
+	}
+}

@@ -143,6 +143,9 @@ func errorClass(msg string) string {
 		if c == '.' && len(out) > 0 && out[len(out)-1] == '#' {
 			continue // 127.0.0.1:4 and 1.5s collapse to #
 		}
+		if c == '\n' {
+			c = ' ' // joined errors: keep the report one line each
+		}
 		out = append(out, c)
 	}
 	return string(out)
