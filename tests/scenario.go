@@ -106,6 +106,7 @@ type Report struct {
 	Result   porcupine.CheckResult
 	Check    time.Duration
 	Recovery time.Duration // from the final heal until every key took a write
+	Converge time.Duration // then until every range's voters held the same state
 	Windows  []Window
 	Problems []string       // anything wrong besides the linearizability result
 	Errors   map[string]int // errors the clients saw, by kind
@@ -123,9 +124,10 @@ func (r *Report) String() string {
 	if !r.Passed() {
 		verdict = "FAIL"
 	}
-	fmt.Fprintf(&b, "%s %s seed=%d nodes=%d ops=%d ok=%d failed=%d unknown=%d checked=%d check=%v result=%s recovery=%v elapsed=%v\n",
+	fmt.Fprintf(&b, "%s %s seed=%d nodes=%d ops=%d ok=%d failed=%d unknown=%d checked=%d check=%v result=%s recovery=%v converge=%v elapsed=%v\n",
 		verdict, r.Scenario, r.Seed, r.Nodes, r.Ops, r.OK, r.Failed, r.Unknown, r.Checked,
-		r.Check.Round(time.Millisecond), r.Result, r.Recovery.Round(time.Millisecond), r.Elapsed.Round(100*time.Millisecond))
+		r.Check.Round(time.Millisecond), r.Result, r.Recovery.Round(time.Millisecond), r.Converge.Round(time.Millisecond),
+		r.Elapsed.Round(100*time.Millisecond))
 	tw := tabwriter.NewWriter(&b, 2, 4, 2, ' ', 0)
 	for _, w := range r.Windows {
 		fmt.Fprintf(tw, "  %.1fs-%.1fs\t%s\tavailability %d/%d\n", float64(w.Start)/1e9, float64(w.End)/1e9, w.Fault, w.OK, w.Total)
@@ -152,8 +154,14 @@ func (r *Report) String() string {
 	return b.String()
 }
 
-// RecoveryBound is how soon after the final heal every key must take a write.
-const RecoveryBound = 30 * time.Second
+// RecoveryBound is how soon after the final heal every key must take a
+// write, and ConvergeBound how soon after that every range's voters must
+// hold the same state (the reconciler may be re-adding replicas that a
+// partition had it remove).
+const (
+	RecoveryBound = 30 * time.Second
+	ConvergeBound = 60 * time.Second
+)
 
 // Run runs one scenario and checks its history.
 func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
@@ -166,7 +174,7 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 	}
 	progress := func(format string, args ...any) {
 		if o.Progress != nil {
-			fmt.Fprintf(o.Progress, "%s seed=%d: %s\n", s.Name, o.Seed, fmt.Sprintf(format, args...))
+			fmt.Fprintf(o.Progress, "%s seed=%d +%.1fs: %s\n", s.Name, o.Seed, time.Since(began).Seconds(), fmt.Sprintf(format, args...))
 		}
 	}
 	rep := &Report{Scenario: s.Name, Seed: o.Seed, Nodes: s.Nodes}
@@ -266,9 +274,11 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 	}
 
 	progress("waiting for replicas to converge")
-	if err := c.WaitConverged(30 * time.Second); err != nil {
+	convergeStart := time.Now()
+	if err := c.WaitConverged(ConvergeBound); err != nil {
 		rep.Problems = append(rep.Problems, err.Error())
 	}
+	rep.Converge = time.Since(convergeStart)
 
 	availability(h, rep.Windows)
 	sortedWindows(rep.Windows)
