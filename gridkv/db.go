@@ -338,14 +338,13 @@ func (db *DB) ready(ctx context.Context) error {
 
 func (db *DB) isClosed() bool { return db.closed.Load() }
 
-// Close leaves gracefully: it hands this node's leaderships to other
-// replicas, leaves gossip, and stops every goroutine. Idempotent; calls
-// after it return ErrClosed.
-func (db *DB) Close() error {
+// stopServing marks the node closed and stops its own goroutines; it
+// returns the replicas it had, or false if the node was already closed.
+func (db *DB) stopServing() ([]*replica, bool) {
 	db.mu.Lock()
 	if db.closed.Load() {
 		db.mu.Unlock()
-		return nil
+		return nil, false
 	}
 	db.closed.Store(true)
 	var reps []*replica
@@ -355,7 +354,17 @@ func (db *DB) Close() error {
 	db.mu.Unlock()
 	close(db.stop)
 	db.wg.Wait()
+	return reps, true
+}
 
+// Close leaves gracefully: it hands this node's leaderships to other
+// replicas, leaves gossip, and stops every goroutine. Idempotent; calls
+// after it return ErrClosed.
+func (db *DB) Close() error {
+	reps, ok := db.stopServing()
+	if !ok {
+		return nil
+	}
 	var wg sync.WaitGroup
 	for _, rep := range reps {
 		if !rep.group.IsLeader() {

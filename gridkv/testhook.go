@@ -13,19 +13,10 @@ import (
 // gossip leave; its Raft replicas and all their state vanish with it.
 // Idempotent, and safe after Close.
 func (db *DB) crash() {
-	db.mu.Lock()
-	if db.closed.Load() {
-		db.mu.Unlock()
+	reps, ok := db.stopServing()
+	if !ok {
 		return
 	}
-	db.closed.Store(true)
-	var reps []*replica
-	for _, rep := range db.replicaList() {
-		reps = append(reps, rep)
-	}
-	db.mu.Unlock()
-	close(db.stop)
-	db.wg.Wait()
 	db.gsp.Crash()
 	db.host.Close()
 	for _, rep := range reps {
