@@ -236,11 +236,13 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 	healed := time.Now()
 	progress("healed; writing every key")
 	for k := 0; k < s.Workload.Keys; k++ {
-		in := Input{Kind: OpPut, Key: fmt.Sprint("k", k), Value: fmt.Sprintf("heal-%d", k)}
 		for try := 0; ; try++ {
-			live := c.Live()
-			in.Node = try % len(live)
-			out, _ := execute(live[in.Node].DB, in, time.Second, s.Workload.Replicas, h, s.Workload.Clients+len(c.Nodes))
+			in := Input{Kind: OpPut, Key: fmt.Sprint("k", k), Value: fmt.Sprintf("heal-%d-%d", k, try), Node: try % len(c.Nodes)}
+			n := c.Nodes[in.Node]
+			if n.Crashed() {
+				continue // the harness never crashes them all
+			}
+			out, _ := execute(n.DB, in, time.Second, s.Workload.Replicas, h, s.Workload.Clients+len(c.Nodes))
 			if !out.Unknown {
 				break
 			}
