@@ -136,6 +136,7 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bool) ([]byte, error) {
 	var req []byte
 	var tried string // the address the last request went to
+	var avoid string // an address that redirected without naming another leader
 	eager := true    // the next redirect to a new leader may skip the pause
 	backoff := 2 * time.Millisecond
 	for {
@@ -154,8 +155,9 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 					}
 				}
 			}
-			addr := db.leaderAddr(r, local)
+			addr := db.leaderAddr(r, local, avoid)
 			if addr == "" {
+				avoid = "" // nobody else to ask: after the pause, anyone
 				if err := pause(ctx, &backoff); err != nil {
 					return nil, err
 				}
@@ -189,10 +191,15 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 			return ans[1:], nil
 		case stRedirect:
 			hint := string(ans[1:])
-			if hint != "" {
+			if hint != "" && hint != tried {
 				db.leaderHint.Store(r, hint)
+				avoid = ""
 			} else {
+				// A node with no better idea: do not ask it again next. A
+				// replica removed from its range can keep naming it as the
+				// leader for ever.
 				db.leaderHint.Delete(r)
+				avoid = tried
 			}
 			// A new leader to try goes at once, once in a row (two nodes
 			// with stale views could bounce a request between them);
@@ -220,20 +227,21 @@ func (db *DB) servesLocally(rep *replica, kind byte, body []byte) bool {
 	return rep.group.IsLeader()
 }
 
-// leaderAddr is the best guess of range r's leader RPC address.
-func (db *DB) leaderAddr(r int, local *replica) string {
+// leaderAddr is the best guess of range r's leader RPC address, other than
+// avoid.
+func (db *DB) leaderAddr(r int, local *replica, avoid string) string {
 	if local != nil {
-		if _, addr := local.group.Leader(); addr != "" {
+		if _, addr := local.group.Leader(); addr != "" && string(addr) != avoid {
 			return string(addr)
 		}
 	}
-	if v, ok := db.leaderHint.Load(r); ok {
+	if v, ok := db.leaderHint.Load(r); ok && v.(string) != avoid {
 		return v.(string)
 	}
 	members := db.gsp.Members()
 	for _, m := range members {
 		// Our own claim is stale if raft above did not name us.
-		if m.Meta.NodeID != db.cfg.NodeID && slices.Contains(m.Meta.Leads, r) {
+		if m.Meta.NodeID != db.cfg.NodeID && m.Meta.RPCAddr != avoid && slices.Contains(m.Meta.Leads, r) {
 			return m.Meta.RPCAddr
 		}
 	}
@@ -245,7 +253,7 @@ func (db *DB) leaderAddr(r int, local *replica) string {
 		addrs[m.Meta.NodeID] = m.Meta.RPCAddr
 	}
 	for _, id := range placement.Replicas(r, ids, db.cfg.ReplicaCount) {
-		if id != db.cfg.NodeID {
+		if id != db.cfg.NodeID && addrs[id] != avoid {
 			return addrs[id]
 		}
 	}
