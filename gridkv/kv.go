@@ -112,7 +112,8 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 		(o.mode == readStale || rep.sole.Load() && rep.group.IsLeader() ||
 			db.unsafeReads && o.mode == readDefault) {
 		// Served by this node's replica with no round: Stale, or a sole
-		// voter, which nobody else can replace as leader.
+		// voter, which nobody else can replace as leader (or, wrongly on
+		// purpose, any default read under the suite's negative control).
 		v, _, ok := rep.fsm.Get(key, fsm.NowNanos())
 		if !ok {
 			return nil, ErrNotFound

@@ -29,6 +29,16 @@ type hookNode struct{ db *DB }
 
 func (h hookNode) Crash() { h.db.crash() }
 
+func (h hookNode) Leads() []int {
+	var out []int
+	for r, rep := range h.db.replicaList() {
+		if rep.group.IsLeader() {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 func (h hookNode) Ranges() []testhook.Replica {
 	var out []testhook.Replica
 	for r, rep := range h.db.replicaList() {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -144,11 +145,7 @@ func (c *Cluster) Crash(n *Node) {
 func (c *Cluster) Leaders() map[*Node]int {
 	out := map[*Node]int{}
 	for _, n := range c.Live() {
-		for _, r := range n.hooks.Node().Ranges() {
-			if r.Leader {
-				out[n]++
-			}
-		}
+		out[n] = len(n.hooks.Node().Leads())
 	}
 	return out
 }
@@ -156,10 +153,8 @@ func (c *Cluster) Leaders() map[*Node]int {
 // LeaderOf returns the live node leading range r, or nil.
 func (c *Cluster) LeaderOf(r int) *Node {
 	for _, n := range c.Live() {
-		for _, rep := range n.hooks.Node().Ranges() {
-			if rep.Range == r && rep.Leader {
-				return n
-			}
+		if slices.Contains(n.hooks.Node().Leads(), r) {
+			return n
 		}
 	}
 	return nil

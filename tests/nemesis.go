@@ -52,9 +52,10 @@ func (IsolateLeader) Name() string { return "isolate-leader" }
 func (IsolateLeader) Start(c *Cluster, rng *rand.Rand) string {
 	var best *Node
 	most := -1
+	leads := c.Leaders()
 	for _, n := range c.Live() {
-		if k := c.Leaders()[n]; k > most {
-			best, most = n, k
+		if leads[n] > most {
+			best, most = n, leads[n]
 		}
 	}
 	var others []*Node

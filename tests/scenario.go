@@ -194,14 +194,12 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 	rng := rand.New(rand.NewPCG(o.Seed, 0xfa017))
 	nem := s.Nemesis()
 	end := time.Now().Add(time.Duration(float64(s.Duration) * o.Scale))
-	wait := func(d time.Duration) bool {
+	wait := func(d time.Duration) { // or until ctx ends; the loop checks ctx
 		t := time.NewTimer(d)
 		defer t.Stop()
 		select {
 		case <-t.C:
-			return true
 		case <-ctx.Done():
-			return false
 		}
 	}
 	wait(time.Second)

@@ -170,7 +170,8 @@ func runClients(c *Cluster, w Workload, seed uint64, h *History, stop <-chan str
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cl := &client{id: i, c: c, w: w, h: h, rng: rand.New(rand.NewPCG(seed, uint64(i))), node: i % len(c.Nodes)}
+			cl := &client{id: i, c: c, w: w, h: h, rng: rand.New(rand.NewPCG(seed, uint64(i))), node: i % len(c.Nodes),
+				recent: map[string]string{}}
 			pace := time.NewTimer(0)
 			defer pace.Stop()
 			next := time.Now()
@@ -213,9 +214,6 @@ func (cl *client) pickNode() (int, *Node) {
 }
 
 func (cl *client) step() {
-	if cl.recent == nil {
-		cl.recent = map[string]string{}
-	}
 	ni, n := cl.pickNode()
 	key := fmt.Sprint("k", cl.rng.IntN(cl.w.Keys))
 	cl.seq++

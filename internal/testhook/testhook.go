@@ -35,7 +35,10 @@ type Node interface {
 	// Crash stops the node the way a crash would: no leadership hand-off,
 	// no gossip leave, all in-memory state gone. Idempotent.
 	Crash()
-	// Ranges reports this node's replicas.
+	// Leads lists the ranges this node leads now (cheap).
+	Leads() []int
+	// Ranges reports this node's replicas, with a digest of each one's
+	// state (reads every entry: for convergence checks, not polling).
 	Ranges() []Replica
 	// TransferLeadership moves range r's leadership away from this node,
 	// if it leads r.
