@@ -35,7 +35,7 @@ type DB struct {
 	// reps[r] is this node's replica of range r, or nil: read on every
 	// request, so without a lock.
 	reps       []atomic.Pointer[replica]
-	leaderHint sync.Map // range -> string (leader RPC address), learned from redirects
+	leaderHint sync.Map // range -> peer (its leader), learned from redirects
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -281,7 +281,7 @@ func (db *DB) Locate(key string) (Location, error) {
 		loc.Replicas = placement.Replicas(r, db.memberIDs(), db.cfg.ReplicaCount)
 		hint, _ := db.leaderHint.Load(r)
 		for _, m := range db.gsp.Members() {
-			if hint != nil && m.Meta.RPCAddr == hint.(string) {
+			if hint != nil && raftgroup.ServerID(m.Meta.NodeID, m.Meta.Incarnation) == hint.(peer).id {
 				loc.Leader = m.Meta.NodeID
 				break
 			}

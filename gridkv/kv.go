@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/gridkv/gridkv/fsm"
+	"github.com/gridkv/gridkv/gossip"
 	"github.com/gridkv/gridkv/placement"
 	"github.com/gridkv/gridkv/raftgroup"
 )
@@ -136,7 +137,7 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 // this one when it can — following redirects until ctx ends.
 func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bool) ([]byte, error) {
 	var req []byte
-	var tried string // the address the last request went to
+	var tried peer   // the node the last request went to (zero: served here)
 	var avoid string // an address that redirected without naming another leader
 	eager := true    // the next redirect to a new leader may skip the pause
 	backoff := 2 * time.Millisecond
@@ -147,6 +148,7 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 		var ans []byte
 		local := db.replica(r)
 		if local != nil && db.servesLocally(local, kind, body) {
+			tried = peer{}
 			ans = db.handle(ctx, kind, r, body)
 		} else {
 			if local != nil {
@@ -156,8 +158,8 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 					}
 				}
 			}
-			addr := db.leaderAddr(r, local, avoid)
-			if addr == "" {
+			to := db.leaderPeer(r, local, avoid)
+			if !to.known() {
 				avoid = "" // nobody else to ask: after the pause, anyone
 				if err := pause(ctx, &backoff); err != nil {
 					return nil, err
@@ -167,8 +169,8 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 			if req == nil {
 				req = encodeRequest(kind, r, body)
 			}
-			tried = addr
-			resp, err := db.host.Call(ctx, addr, req)
+			tried = to
+			resp, err := db.host.Call(ctx, to.id, to.addr, req)
 			switch {
 			case err == nil && len(resp) > 0:
 				ans = resp
@@ -184,15 +186,22 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 			case errors.Is(err, raftgroup.ErrTimeout):
 				return nil, fmt.Errorf("%w: %w", ErrTimeout, err)
 			default:
-				return nil, fmt.Errorf("%w: connection to %s lost mid-write: %v", ErrTimeout, addr, err)
+				return nil, fmt.Errorf("%w: connection to %s lost mid-write: %v", ErrTimeout, to.addr, err)
 			}
 		}
-		switch ans[0] {
+		st := ans[0]
+		if st == stClosed && tried.known() {
+			// The node asked is shutting down: it served nothing, and its
+			// closing is not ours. Ask another.
+			st, ans = stRedirect, redirect(peer{})
+		}
+		switch st {
 		case stOK:
 			return ans[1:], nil
 		case stRedirect:
-			hint := string(ans[1:])
-			if hint != "" && hint != tried {
+			hint := decodeRedirect(ans[1:])
+			fresh := hint.known() && hint.addr != tried.addr
+			if fresh {
 				db.leaderHint.Store(r, hint)
 				avoid = ""
 			} else {
@@ -200,12 +209,12 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 				// replica removed from its range can keep naming it as the
 				// leader for ever.
 				db.leaderHint.Delete(r)
-				avoid = tried
+				avoid = tried.addr
 			}
 			// A new leader to try goes at once, once in a row (two nodes
 			// with stale views could bounce a request between them);
 			// otherwise wait for the election to settle.
-			if hint == "" || hint == tried || !eager {
+			if !fresh || !eager {
 				if err := pause(ctx, &backoff); err != nil {
 					return nil, err
 				}
@@ -228,37 +237,42 @@ func (db *DB) servesLocally(rep *replica, kind byte, body []byte) bool {
 	return rep.group.IsLeader()
 }
 
-// leaderAddr is the best guess of range r's leader RPC address, other than
-// avoid.
-func (db *DB) leaderAddr(r int, local *replica, avoid string) string {
+// leaderPeer is the best guess of range r's leader, at an address other
+// than avoid; the zero peer when there is none.
+func (db *DB) leaderPeer(r int, local *replica, avoid string) peer {
 	if local != nil {
-		if _, addr := local.group.Leader(); addr != "" && string(addr) != avoid {
-			return string(addr)
+		if p := leaderOf(local); p.known() && p.addr != avoid {
+			return p
 		}
 	}
-	if v, ok := db.leaderHint.Load(r); ok && v.(string) != avoid {
-		return v.(string)
+	if v, ok := db.leaderHint.Load(r); ok && v.(peer).addr != avoid {
+		return v.(peer)
 	}
 	members := db.gsp.Members()
 	for _, m := range members {
 		// Our own claim is stale if raft above did not name us.
 		if m.Meta.NodeID != db.cfg.NodeID && m.Meta.RPCAddr != avoid && slices.Contains(m.Meta.Leads, r) {
-			return m.Meta.RPCAddr
+			return memberPeer(m)
 		}
 	}
 	// Ask the most preferred replica; it redirects if it does not lead.
 	ids := make([]string, 0, len(members))
-	addrs := map[string]string{}
+	byID := map[string]peer{}
 	for _, m := range members {
 		ids = append(ids, m.Meta.NodeID)
-		addrs[m.Meta.NodeID] = m.Meta.RPCAddr
+		byID[m.Meta.NodeID] = memberPeer(m)
 	}
 	for _, id := range placement.Replicas(r, ids, db.cfg.ReplicaCount) {
-		if id != db.cfg.NodeID && addrs[id] != avoid {
-			return addrs[id]
+		if id != db.cfg.NodeID && byID[id].addr != avoid {
+			return byID[id]
 		}
 	}
-	return ""
+	return peer{}
+}
+
+// memberPeer is the incarnation of m that gossip announced.
+func memberPeer(m gossip.Member) peer {
+	return peer{id: raftgroup.ServerID(m.Meta.NodeID, m.Meta.Incarnation), addr: m.Meta.RPCAddr}
 }
 
 // pause waits for the backoff (doubling it up to 100ms) or ctx's end.

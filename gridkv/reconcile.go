@@ -132,7 +132,7 @@ func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]
 		}
 		rep.sole.Store(false) // before any change: reads take the leader path from now on
 		if !ok {
-			if _, err := db.host.Call(ctx, m.Meta.RPCAddr, encodeRequest(reqPrepare, r, nil)); err != nil {
+			if _, err := db.host.Call(ctx, sid, m.Meta.RPCAddr, encodeRequest(reqPrepare, r, nil)); err != nil {
 				db.log.Debug("prepare replica failed", "range", r, "node", m.Meta.NodeID, "err", err)
 				return
 			}
@@ -167,7 +167,7 @@ func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]
 		}
 		// Tell the removed replica (best effort; a dead node has nothing to drop).
 		addr := string(current[sid].Address)
-		_, _ = db.host.Call(ctx, addr, encodeRequest(reqDrop, r, []byte(sid)))
+		_, _ = db.host.Call(ctx, sid, addr, encodeRequest(reqDrop, r, []byte(sid)))
 		return
 	}
 	if planLeader == "" || planLeader == db.cfg.NodeID {

@@ -50,15 +50,14 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 	}
 	if rep == nil {
 		hint, _ := db.leaderHint.Load(r)
-		h, _ := hint.(string)
-		return append([]byte{stRedirect}, h...)
+		h, _ := hint.(peer)
+		return redirect(h)
 	}
 	if kind == reqRead && len(body) > 0 && readMode(body[0]) == readStale {
 		return readAnswer(rep.fsm, string(body[1:]))
 	}
 	if !rep.group.IsLeader() {
-		_, addr := rep.group.Leader()
-		return append([]byte{stRedirect}, addr...)
+		return redirect(leaderOf(rep))
 	}
 	switch kind {
 	case reqStatus:
@@ -108,10 +107,15 @@ func readAnswer(f *fsm.FSM, key string) []byte {
 	return append(out, v...)
 }
 
+// leaderOf is the leader rep's raft knows of, if any.
+func leaderOf(rep *replica) peer {
+	id, addr := rep.group.Leader()
+	return peer{id: id, addr: string(addr)}
+}
+
 func redirectOrUnavailable(rep *replica, err error) []byte {
 	if errors.Is(err, raftgroup.ErrNotLeader) || errors.Is(err, raftgroup.ErrLeaderLost) {
-		_, addr := rep.group.Leader()
-		return append([]byte{stRedirect}, addr...)
+		return redirect(leaderOf(rep))
 	}
 	return append([]byte{stUnavailable}, err.Error()...)
 }
@@ -215,8 +219,7 @@ func (b *batcher) apply(batch []*pendingWrite) {
 		var ans []byte
 		switch {
 		case errors.Is(err, raftgroup.ErrNotLeader):
-			_, addr := b.rep.group.Leader() // not appended: the caller may retry
-			ans = append([]byte{stRedirect}, addr...)
+			ans = redirect(leaderOf(b.rep)) // not appended: the caller may retry
 		default: // lost leadership, timed out or shut down mid-flight
 			ans = append([]byte{stUnknown}, err.Error()...)
 		}

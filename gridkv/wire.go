@@ -3,6 +3,8 @@ package gridkv
 import (
 	"encoding/binary"
 	"errors"
+
+	"github.com/hashicorp/raft"
 )
 
 // Node-to-node messages, carried by raftgroup.Host.Call on the Raft
@@ -19,13 +21,39 @@ const (
 const (
 	stOK          byte = 0 // write: uvarint version, swapped byte; read: uvarint version, value; status: uvarint voters
 	stNotFound    byte = 1
-	stRedirect    byte = 2 // body: the leader's RPC address ("" when unknown)
+	stRedirect    byte = 2 // body: the leader's server id and RPC address (see appendRedirect)
 	stMemoryLimit byte = 3
 	stInvalid     byte = 4
 	stUnavailable byte = 5
 	stUnknown     byte = 6 // the write's outcome is unknown
 	stClosed      byte = 7
 )
+
+// peer is a node incarnation to send requests to: raftgroup refuses a
+// request addressed to another incarnation than the one at addr.
+type peer struct {
+	id   raft.ServerID
+	addr string
+}
+
+func (p peer) known() bool { return p.addr != "" }
+
+// redirect answers with the leader this node knows of (none: zero peer):
+// uvarint length of its server id, the id, then its address.
+func redirect(p peer) []byte {
+	b := binary.AppendUvarint([]byte{stRedirect}, uint64(len(p.id)))
+	b = append(b, p.id...)
+	return append(b, p.addr...)
+}
+
+// decodeRedirect reads a redirect's body; a malformed one names nobody.
+func decodeRedirect(body []byte) peer {
+	n, k := binary.Uvarint(body)
+	if k <= 0 || n > uint64(len(body)-k) {
+		return peer{}
+	}
+	return peer{id: raft.ServerID(body[k : k+int(n)]), addr: string(body[k+int(n):])}
+}
 
 var errBadMessage = errors.New("gridkv: malformed node-to-node message")
 

@@ -477,7 +477,7 @@ func TestCall(t *testing.T) {
 	errs := make(chan error, 50)
 	for i := 0; i < 50; i++ {
 		go func() {
-			got, err := c.hosts[0].Call(ctx, c.hosts[1].Addr(), []byte(fmt.Sprint(i)))
+			got, err := c.hosts[0].Call(ctx, c.hosts[1].ID(), c.hosts[1].Addr(), []byte(fmt.Sprint(i)))
 			if err == nil && string(got) != fmt.Sprint("echo:", i) {
 				err = fmt.Errorf("call %d got %q", i, got)
 			}
@@ -489,15 +489,15 @@ func TestCall(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := c.hosts[0].Call(ctx, c.hosts[1].Addr(), []byte("fail")); err == nil || !strings.Contains(err.Error(), "nope") {
+	if _, err := c.hosts[0].Call(ctx, c.hosts[1].ID(), c.hosts[1].Addr(), []byte("fail")); err == nil || !strings.Contains(err.Error(), "nope") {
 		t.Fatalf("handler error: %v", err)
 	}
 	short, cancel2 := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel2()
-	if _, err := c.hosts[0].Call(short, c.hosts[1].Addr(), []byte("slow")); !errors.Is(err, ErrTimeout) {
+	if _, err := c.hosts[0].Call(short, c.hosts[1].ID(), c.hosts[1].Addr(), []byte("slow")); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("slow call: %v, want ErrTimeout", err)
 	}
-	if _, err := c.hosts[1].Call(ctx, c.hosts[0].Addr(), []byte("x")); err == nil || !strings.Contains(err.Error(), "no rpc handler") {
+	if _, err := c.hosts[1].Call(ctx, c.hosts[0].ID(), c.hosts[0].Addr(), []byte("x")); err == nil || !strings.Contains(err.Error(), "no rpc handler") {
 		t.Fatalf("call without handler: %v", err)
 	}
 }
@@ -522,7 +522,7 @@ func TestCallServedOnceOverDuplicatingLinks(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := c.hosts[0].Call(ctx, c.hosts[1].Addr(), []byte(fmt.Sprint(i))); err != nil {
+			if _, err := c.hosts[0].Call(ctx, c.hosts[1].ID(), c.hosts[1].Addr(), []byte(fmt.Sprint(i))); err != nil {
 				t.Error(err)
 			}
 		}()

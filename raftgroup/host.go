@@ -175,13 +175,15 @@ func NewHost(cfg Config) (*Host, error) {
 	if hb <= 0 {
 		hb = raft.DefaultConfig().HeartbeatTimeout
 	}
-	m, err := newMux(cfg.BindAddr, cfg.Faults, cfg.RPCTimeout, min(cfg.RPCTimeout, hb/2), lingerFor(hb))
+	log := cfg.Logger.With("node", cfg.NodeID)
+	m, err := newMux(muxConfig{bind: cfg.BindAddr, self: cfg.Incarnation, log: log, faults: cfg.Faults,
+		timeout: cfg.RPCTimeout, beatTimeout: min(cfg.RPCTimeout, hb/2), linger: lingerFor(hb)})
 	if err != nil {
 		return nil, err
 	}
 	h := &Host{
 		cfg: cfg, id: ServerID(cfg.NodeID, cfg.Incarnation), mux: m,
-		log:          cfg.Logger.With("node", cfg.NodeID),
+		log:          log,
 		observations: make(chan raft.Observation, 1024),
 		stop:         make(chan struct{}),
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -30,7 +31,11 @@ var (
 // connection per snapshot install so a large stream never holds up
 // heartbeats.
 type mux struct {
-	addr    string
+	addr string
+	// self is this node's incarnation: requests addressed to any other
+	// are refused (see the wire format).
+	self    uint64
+	log     *slog.Logger
 	ln      net.Listener
 	faults  *faultnet.Net
 	timeout time.Duration
@@ -51,6 +56,10 @@ type mux struct {
 		groups  map[uint64]*groupTransport
 		peers   map[string]*peerSlot
 		inbound map[net.Conn]struct{}
+		// refusedFrom: peers whose misaddressed requests were logged, with
+		// the incarnation they asked for (one line per peer and target,
+		// not one per frame).
+		refusedFrom map[string]uint64
 	}
 	groups atomic.Pointer[map[uint64]*groupTransport] // copy-on-write for the read path
 	nextID atomic.Uint64
@@ -58,16 +67,27 @@ type mux struct {
 	closed chan struct{}
 }
 
-func newMux(bind string, faults *faultnet.Net, timeout, beatTimeout, linger time.Duration) (*mux, error) {
-	ln, err := net.Listen("tcp", bind)
+// muxConfig is what a mux needs from its host.
+type muxConfig struct {
+	bind                         string
+	self                         uint64 // the host's incarnation
+	log                          *slog.Logger
+	faults                       *faultnet.Net
+	timeout, beatTimeout, linger time.Duration
+}
+
+func newMux(c muxConfig) (*mux, error) {
+	ln, err := net.Listen("tcp", c.bind)
 	if err != nil {
-		return nil, fmt.Errorf("raftgroup: listen %s: %w", bind, err)
+		return nil, fmt.Errorf("raftgroup: listen %s: %w", c.bind, err)
 	}
-	m := &mux{addr: ln.Addr().String(), ln: ln, faults: faults, timeout: timeout, beatTimeout: beatTimeout, linger: linger, closed: make(chan struct{})}
+	m := &mux{addr: ln.Addr().String(), self: c.self, log: c.log, ln: ln, faults: c.faults,
+		timeout: c.timeout, beatTimeout: c.beatTimeout, linger: c.linger, closed: make(chan struct{})}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.mu.groups = make(map[uint64]*groupTransport)
 	m.mu.peers = make(map[string]*peerSlot)
 	m.mu.inbound = make(map[net.Conn]struct{})
+	m.mu.refusedFrom = make(map[string]uint64)
 	empty := map[uint64]*groupTransport{}
 	m.groups.Store(&empty)
 	m.wg.Add(1)
@@ -215,15 +235,16 @@ func setNoDelay(c net.Conn) {
 	}
 }
 
-// start sends one request; done is called once with the answer's body or
-// an error. encode appends the request body.
-// A lazy request may linger briefly to share a write (see frameWriter).
-func (m *mux) start(target string, group uint64, kind byte, lazy bool, encode func([]byte) []byte, done func([]byte, error)) {
-	m.startWithin(target, group, kind, lazy, m.timeout, encode, done)
+// start sends one request to incarnation to, listening at target; done is
+// called once with the answer's body or an error. encode appends the
+// request body. A lazy request may linger briefly to share a write (see
+// frameWriter).
+func (m *mux) start(target string, to uint64, group uint64, kind byte, lazy bool, encode func([]byte) []byte, done func([]byte, error)) {
+	m.startWithin(target, to, group, kind, lazy, m.timeout, encode, done)
 }
 
 // startWithin is start with a time-out of its own.
-func (m *mux) startWithin(target string, group uint64, kind byte, lazy bool, timeout time.Duration, encode func([]byte) []byte, done func([]byte, error)) {
+func (m *mux) startWithin(target string, to uint64, group uint64, kind byte, lazy bool, timeout time.Duration, encode func([]byte) []byte, done func([]byte, error)) {
 	if m.faults.Cut(m.addr, target) {
 		done(nil, errUnreachable)
 		return
@@ -250,7 +271,7 @@ func (m *mux) startWithin(target string, group uint64, kind byte, lazy bool, tim
 		kind |= lazyFlag
 	}
 	fb := getFrame()
-	b := appendHeader(*fb, frameHeader{kind: kind, group: group, id: id})
+	b := appendHeader(*fb, frameHeader{kind: kind, group: group, id: id, to: to})
 	b = encode(b)
 	finishFrame(b, 0)
 	ok := pc.w.send(b, lazy)
@@ -361,7 +382,7 @@ func (m *mux) serve(conn net.Conn) {
 		return
 	}
 	if h.kind == kindInstallSnapshot {
-		m.serveSnapshot(conn, r, h, body)
+		m.serveSnapshot(conn, peer, r, h, body)
 		return
 	}
 	w := newFrameWriter(conn, m.faults, m.addr, peer, m.linger, func(error) { _ = conn.Close() })
@@ -369,7 +390,7 @@ func (m *mux) serve(conn net.Conn) {
 	var seen dedup
 	for {
 		if seen.first(h.id) {
-			m.handleRequest(w, h, body)
+			m.handleRequest(w, peer, h, body)
 		}
 		h, body, err = readFrame(r)
 		if err != nil {
@@ -378,12 +399,16 @@ func (m *mux) serve(conn net.Conn) {
 	}
 }
 
-func (m *mux) handleRequest(w *frameWriter, h frameHeader, body []byte) {
+func (m *mux) handleRequest(w *frameWriter, peer string, h frameHeader, body []byte) {
 	// A lazy request gets a lazy answer; the flag is not part of the kind.
 	lazy := h.kind&lazyFlag != 0
 	h.kind &^= lazyFlag
 	if h.kind&respFlag != 0 || h.kind == kindHello || h.kind == kindInstallSnapshot {
 		return // not a request this connection carries; ignore
+	}
+	if h.to != m.self {
+		w.send(m.refusal(peer, h), false)
+		return
 	}
 	if h.kind == kindRPC {
 		// The reading goroutine is itself counted in m.wg, so this Add
@@ -450,10 +475,35 @@ func respond(w *frameWriter, h frameHeader, lazy bool, resp interface{}, rerr er
 	putFrame(fb)
 }
 
+// refusal is the answer to request h, which peer addressed to another
+// incarnation than this one. The first such request from a peer for a
+// given incarnation is logged; the sender's raft sees the server it meant
+// as unreachable.
+func (m *mux) refusal(peer string, h frameHeader) []byte {
+	m.mu.Lock()
+	first := m.mu.refusedFrom[peer] != h.to
+	if first {
+		if len(m.mu.refusedFrom) >= 1024 {
+			clear(m.mu.refusedFrom) // bound the memory; at worst a line again
+		}
+		m.mu.refusedFrom[peer] = h.to
+	}
+	m.mu.Unlock()
+	if first {
+		m.log.Warn("refusing requests meant for another incarnation of this node (it restarted; the sender's view is stale)",
+			"peer", peer, "addressed_to", h.to, "incarnation", m.self)
+	}
+	b := appendHeader(nil, frameHeader{kind: h.kind | respFlag, group: h.group, id: h.id})
+	b = append(b, statusRefused)
+	b = fmt.Appendf(b, "incarnation %d is not running at %s", h.to, m.addr)
+	finishFrame(b, 0)
+	return b
+}
+
 // ---- snapshots ----
 
 // installSnapshot streams a snapshot on a connection of its own.
-func (m *mux) installSnapshot(target string, group uint64, args *raft.InstallSnapshotRequest, resp *raft.InstallSnapshotResponse, data io.Reader) error {
+func (m *mux) installSnapshot(target string, to uint64, group uint64, args *raft.InstallSnapshotRequest, resp *raft.InstallSnapshotResponse, data io.Reader) error {
 	if m.faults.Cut(m.addr, target) {
 		return errUnreachable
 	}
@@ -475,7 +525,7 @@ func (m *mux) installSnapshot(target string, group uint64, args *raft.InstallSna
 	hello := appendHeader(nil, frameHeader{kind: kindHello})
 	hello = append(hello, m.addr...)
 	finishFrame(hello, 0)
-	req := appendHeader(nil, frameHeader{kind: kindInstallSnapshot, group: group})
+	req := appendHeader(nil, frameHeader{kind: kindInstallSnapshot, group: group, to: to})
 	req = appendInstallSnapshotRequest(req, args)
 	finishFrame(req, 0)
 	bw.Write(hello)
@@ -493,7 +543,11 @@ func (m *mux) installSnapshot(target string, group uint64, args *raft.InstallSna
 	return decodeResponse(body, resp)
 }
 
-func (m *mux) serveSnapshot(conn net.Conn, r *bufio.Reader, h frameHeader, body []byte) {
+func (m *mux) serveSnapshot(conn net.Conn, peer string, r *bufio.Reader, h frameHeader, body []byte) {
+	if h.to != m.self {
+		_, _ = conn.Write(m.refusal(peer, h))
+		return
+	}
 	gt := m.group(h.group)
 	var args raft.InstallSnapshotRequest
 	err := decodeInstallSnapshotRequest(body, &args)

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
 // RPCHandler serves a node-to-node request (Host.Call) and returns the
@@ -24,11 +26,13 @@ var ErrNoHandler = errors.New("raftgroup: no rpc handler on the called node")
 // nodes; they share the Raft listener and connections.
 func (h *Host) SetRPCHandler(fn RPCHandler) { h.mux.rpc.Store(&fn) }
 
-// Call sends req to the node listening at addr and returns its handler's
-// answer. Many calls may be in flight on one connection. The caller's
-// deadline travels with the request; without one, RPCTimeout applies.
-// An error wrapping ErrTimeout means the request may have been served.
-func (h *Host) Call(ctx context.Context, addr string, req []byte) ([]byte, error) {
+// Call sends req to the node incarnation to, listening at addr, and returns
+// its handler's answer. Many calls may be in flight on one connection. The
+// caller's deadline travels with the request; without one, RPCTimeout
+// applies. An error wrapping ErrTimeout means the request may have been
+// served; one for which NotSent holds means it was not (among them: the
+// host at addr runs another incarnation than to).
+func (h *Host) Call(ctx context.Context, to raft.ServerID, addr string, req []byte) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrTimeout, err)
 	}
@@ -44,7 +48,7 @@ func (h *Host) Call(ctx context.Context, addr string, req []byte) ([]byte, error
 		err  error
 	}
 	done := make(chan answer, 1)
-	h.mux.startWithin(addr, 0, kindRPC, false, timeout,
+	h.mux.startWithin(addr, incarnationOf(to), 0, kindRPC, false, timeout,
 		func(b []byte) []byte {
 			b = binary.AppendUvarint(b, uint64(timeout))
 			return append(b, req...)
@@ -61,8 +65,11 @@ func (h *Host) Call(ctx context.Context, addr string, req []byte) ([]byte, error
 		if len(a.body) == 0 {
 			return nil, errShortFrame
 		}
-		if a.body[0] == statusErr {
+		switch a.body[0] {
+		case statusErr:
 			return nil, &remoteError{msg: string(a.body[1:])}
+		case statusRefused:
+			return nil, refused(a.body[1:])
 		}
 		return a.body[1:], nil
 	case <-ctx.Done():

@@ -220,19 +220,20 @@ func (gt *groupTransport) Close() error {
 
 var errGroupClosed = errors.New("raftgroup: group transport closed")
 
-// roundTrip sends one request and waits for its answer, for at most the
-// RPC timeout.
-func (gt *groupTransport) roundTrip(target raft.ServerAddress, kind byte, lazy bool, encode func([]byte) []byte, resp interface{}) error {
-	return gt.roundTripWithin(gt.m.timeout, target, kind, lazy, encode, resp)
+// roundTrip sends one request to server id at target and waits for its
+// answer, for at most the RPC timeout. The frame names id's incarnation, so
+// a new incarnation at the same address refuses it (see the wire format).
+func (gt *groupTransport) roundTrip(id raft.ServerID, target raft.ServerAddress, kind byte, lazy bool, encode func([]byte) []byte, resp interface{}) error {
+	return gt.roundTripWithin(gt.m.timeout, id, target, kind, lazy, encode, resp)
 }
 
-func (gt *groupTransport) roundTripWithin(timeout time.Duration, target raft.ServerAddress, kind byte, lazy bool, encode func([]byte) []byte, resp interface{}) error {
+func (gt *groupTransport) roundTripWithin(timeout time.Duration, id raft.ServerID, target raft.ServerAddress, kind byte, lazy bool, encode func([]byte) []byte, resp interface{}) error {
 	type answer struct {
 		body []byte
 		err  error
 	}
 	done := make(chan answer, 1)
-	gt.m.startWithin(string(target), gt.group, kind, lazy, timeout, encode, func(body []byte, err error) { done <- answer{body, err} })
+	gt.m.startWithin(string(target), incarnationOf(id), gt.group, kind, lazy, timeout, encode, func(body []byte, err error) { done <- answer{body, err} })
 	select {
 	case a := <-done:
 		if a.err != nil {
@@ -246,45 +247,45 @@ func (gt *groupTransport) roundTripWithin(timeout time.Duration, target raft.Ser
 
 // AppendEntries implements raft.Transport.
 // Heartbeats (empty appends) give up after mux.beatTimeout.
-func (gt *groupTransport) AppendEntries(_ raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+func (gt *groupTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
 	timeout := gt.m.timeout
 	if lazy(args) {
 		timeout = gt.m.beatTimeout
 	}
-	err := gt.roundTripWithin(timeout, target, kindAppendEntries, lazy(args), func(b []byte) []byte { return appendAppendEntriesRequest(b, args) }, resp)
+	err := gt.roundTripWithin(timeout, id, target, kindAppendEntries, lazy(args), func(b []byte) []byte { return appendAppendEntriesRequest(b, args) }, resp)
 	gt.noteAppend(target, err == nil && resp.Success)
 	return err
 }
 
 // RequestVote implements raft.Transport.
-func (gt *groupTransport) RequestVote(_ raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
-	return gt.roundTrip(target, kindRequestVote, false, func(b []byte) []byte { return appendRequestVoteRequest(b, args) }, resp)
+func (gt *groupTransport) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
+	return gt.roundTrip(id, target, kindRequestVote, false, func(b []byte) []byte { return appendRequestVoteRequest(b, args) }, resp)
 }
 
 // RequestPreVote implements raft.WithPreVote.
-func (gt *groupTransport) RequestPreVote(_ raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
-	return gt.roundTrip(target, kindRequestPreVote, false, func(b []byte) []byte { return appendRequestPreVoteRequest(b, args) }, resp)
+func (gt *groupTransport) RequestPreVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
+	return gt.roundTrip(id, target, kindRequestPreVote, false, func(b []byte) []byte { return appendRequestPreVoteRequest(b, args) }, resp)
 }
 
 // TimeoutNow implements raft.Transport.
-func (gt *groupTransport) TimeoutNow(_ raft.ServerID, target raft.ServerAddress, args *raft.TimeoutNowRequest, resp *raft.TimeoutNowResponse) error {
-	return gt.roundTrip(target, kindTimeoutNow, false, func(b []byte) []byte { return appendRPCHeader(b, args.RPCHeader) }, resp)
+func (gt *groupTransport) TimeoutNow(id raft.ServerID, target raft.ServerAddress, args *raft.TimeoutNowRequest, resp *raft.TimeoutNowResponse) error {
+	return gt.roundTrip(id, target, kindTimeoutNow, false, func(b []byte) []byte { return appendRPCHeader(b, args.RPCHeader) }, resp)
 }
 
 // InstallSnapshot implements raft.Transport.
-func (gt *groupTransport) InstallSnapshot(_ raft.ServerID, target raft.ServerAddress, args *raft.InstallSnapshotRequest, resp *raft.InstallSnapshotResponse, data io.Reader) error {
-	return gt.m.installSnapshot(string(target), gt.group, args, resp, data)
+func (gt *groupTransport) InstallSnapshot(id raft.ServerID, target raft.ServerAddress, args *raft.InstallSnapshotRequest, resp *raft.InstallSnapshotResponse, data io.Reader) error {
+	return gt.m.installSnapshot(string(target), incarnationOf(id), gt.group, args, resp, data)
 }
 
 // AppendEntriesPipeline implements raft.Transport.
-func (gt *groupTransport) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
+func (gt *groupTransport) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
 	select {
 	case <-gt.closed:
 		return nil, errGroupClosed
 	default:
 	}
 	p := &pipeline{
-		gt: gt, target: target,
+		gt: gt, target: target, to: incarnationOf(id),
 		slots:    make(chan struct{}, maxInflight),
 		doneCh:   make(chan raft.AppendFuture, maxInflight),
 		shutdown: make(chan struct{}),
@@ -307,6 +308,7 @@ const maxInflight = 2
 type pipeline struct {
 	gt       *groupTransport
 	target   raft.ServerAddress
+	to       uint64        // the follower's incarnation
 	slots    chan struct{} // a slot is held from send until raft reads the answer
 	doneCh   chan raft.AppendFuture
 	shutdown chan struct{}
@@ -337,7 +339,7 @@ func (p *pipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.App
 	p.mu.Lock()
 	p.queue = append(p.queue, f)
 	p.mu.Unlock()
-	p.gt.m.start(string(p.target), p.gt.group, kindAppendEntries, lazy(args),
+	p.gt.m.start(string(p.target), p.to, p.gt.group, kindAppendEntries, lazy(args),
 		func(b []byte) []byte { return appendAppendEntriesRequest(b, args) },
 		func(body []byte, err error) {
 			if err == nil {

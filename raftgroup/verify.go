@@ -96,7 +96,7 @@ func (g *Group) verifyRound() error {
 		}
 		sent := g.h.spawn(func() {
 			var resp raft.AppendEntriesResponse
-			err := g.trans.roundTripWithin(g.trans.m.beatTimeout, p.Address, kindAppendEntries, false,
+			err := g.trans.roundTripWithin(g.trans.m.beatTimeout, p.ID, p.Address, kindAppendEntries, false,
 				func(b []byte) []byte { return appendAppendEntriesRequest(b, req) }, &resp)
 			acks <- err == nil && resp.Success && resp.Term == term
 		})

@@ -11,12 +11,17 @@ import (
 
 // Wire format. Every frame on a connection is
 //
-//	u32 length of the rest | u8 kind | u64 group | u64 request id | body
+//	u32 length of the rest | u8 kind | u64 group | u64 request id | u64 to | body
 //
-// Requests carry a kind below respFlag; the answer to a request carries
-// kind|respFlag, the same group and id, and a body that starts with a status
-// byte (statusOK then the encoded response, or statusErr then the error
-// text). Integers inside bodies are uvarints, byte strings are
+// Requests carry a kind below respFlag and, in to, the incarnation of the
+// node they are meant for (see ServerID); a host serves only requests
+// addressed to its own incarnation. Raft logs live in memory, so a node
+// restarted on its old address must never answer for the incarnation that
+// ran there before: it would vote, and acknowledge entries, with a log it
+// no longer has. The answer to a request carries kind|respFlag, the same
+// group and id, to = 0, and a body that starts with a status byte
+// (statusOK then the encoded response, statusErr then the error text, or
+// statusRefused then the text: the request was not for this incarnation). Integers inside bodies are uvarints, byte strings are
 // uvarint-length-prefixed, times are varint unix nanoseconds (0 = zero time).
 const (
 	kindHello           byte = 1 // body: the sender's listen address
@@ -32,10 +37,11 @@ const (
 	// share a write with others (see frameWriter).
 	lazyFlag byte = 0x40
 
-	statusOK  byte = 0
-	statusErr byte = 1
+	statusOK      byte = 0
+	statusErr     byte = 1
+	statusRefused byte = 2
 
-	headerLen = 4 + 1 + 8 + 8
+	headerLen = 4 + 1 + 8 + 8 + 8
 	// maxFrame bounds one frame; a peer announcing more is dropped.
 	maxFrame = 256 << 20
 	// minLogLen is the fewest bytes one encoded raft.Log takes, used to
@@ -49,13 +55,15 @@ type frameHeader struct {
 	kind  byte
 	group uint64
 	id    uint64
+	to    uint64 // requests: the addressee's incarnation
 }
 
 // appendHeader starts a frame; finishFrame fills in its length.
 func appendHeader(b []byte, h frameHeader) []byte {
 	b = append(b, 0, 0, 0, 0, h.kind)
 	b = binary.BigEndian.AppendUint64(b, h.group)
-	return binary.BigEndian.AppendUint64(b, h.id)
+	b = binary.BigEndian.AppendUint64(b, h.id)
+	return binary.BigEndian.AppendUint64(b, h.to)
 }
 
 func finishFrame(b []byte, start int) {
@@ -71,7 +79,8 @@ func parseHeader(b []byte) (frameHeader, []byte, error) {
 		kind:  b[0],
 		group: binary.BigEndian.Uint64(b[1:]),
 		id:    binary.BigEndian.Uint64(b[9:]),
-	}, b[17:], nil
+		to:    binary.BigEndian.Uint64(b[17:]),
+	}, b[25:], nil
 }
 
 // decoder reads body fields; the first error sticks and later reads return
@@ -423,8 +432,11 @@ func decodeResponse(body []byte, resp interface{}) error {
 	if len(body) == 0 {
 		return errShortFrame
 	}
-	if body[0] == statusErr {
+	switch body[0] {
+	case statusErr:
 		return &remoteError{msg: string(body[1:])}
+	case statusRefused:
+		return refused(body[1:])
 	}
 	if body[0] != statusOK {
 		return errShortFrame
@@ -449,3 +461,20 @@ func decodeResponse(body []byte, resp interface{}) error {
 type remoteError struct{ msg string }
 
 func (e *remoteError) Error() string { return "raftgroup: remote: " + e.msg }
+
+// errRefused: the host at the address runs another incarnation than the
+// one the request was for. It wraps errUnreachable: the request was not
+// served, and to raft the server it meant is as good as down.
+var errRefused = fmt.Errorf("%w: addressed to another incarnation", errUnreachable)
+
+func refused(msg []byte) error { return fmt.Errorf("%w (%s)", errRefused, msg) }
+
+// incarnationOf is the incarnation in a server id made by ServerID, or 0
+// (which no host has) for any other id.
+func incarnationOf(id raft.ServerID) uint64 {
+	_, inc, err := ParseServerID(id)
+	if err != nil {
+		return 0
+	}
+	return inc
+}
