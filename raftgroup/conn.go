@@ -31,13 +31,16 @@ type frameWriter struct {
 	conn     net.Conn
 	faults   *faultnet.Net
 	from, to string
-	onError  func(error) // called once when a write fails
+	// onError is called once, after the first write that fails. It may
+	// call close: it runs outside the timerWG count (see fail).
+	onError func(error)
 
 	mu        sync.Mutex
 	buf       []byte
 	spare     []byte
 	flushing  bool
 	closed    bool
+	failed    bool // onError was called
 	lazyArmed bool
 	linger    *time.Timer
 	lingerFor time.Duration
@@ -80,10 +83,18 @@ func (w *frameWriter) send(frame []byte, lazy bool) bool {
 }
 
 func (w *frameWriter) enqueue(frame []byte, lazy bool) bool {
+	ok, err := w.add(frame, lazy)
+	w.fail(err)
+	return ok
+}
+
+// add is enqueue without the onError call: a timer callback makes that
+// call itself once it is no longer counted in timerWG.
+func (w *frameWriter) add(frame []byte, lazy bool) (ok bool, err error) {
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
-		return false
+		return false, nil
 	}
 	w.buf = append(w.buf, frame...)
 	if lazy || w.flushing {
@@ -94,38 +105,57 @@ func (w *frameWriter) enqueue(frame []byte, lazy bool) bool {
 			w.linger.Reset(w.lingerFor)
 		}
 		w.mu.Unlock()
-		return true
+		return true, nil
 	}
 	w.flushing = true
 	w.mu.Unlock()
 	// Give goroutines that are about to send a chance to add their frames
 	// to this write: under load, one syscall per frame dominated the CPU.
 	runtime.Gosched()
-	w.flush()
-	return true
+	return true, w.flush()
 }
 
 func (w *frameWriter) lingerFired() {
-	defer w.timerWG.Done()
 	w.mu.Lock()
 	w.lazyArmed = false
 	if w.flushing || w.closed || len(w.buf) == 0 {
 		w.mu.Unlock()
+		w.timerWG.Done()
 		return
 	}
 	w.flushing = true
 	w.mu.Unlock()
-	w.flush()
+	err := w.flush()
+	w.timerWG.Done()
+	w.fail(err)
 }
 
-// flush writes until the buffer is empty; the caller set w.flushing.
-func (w *frameWriter) flush() {
+// fail hands the first write error to onError. Timer callbacks call it
+// only after their timerWG.Done: onError may close the writer, and close
+// waits for timerWG, so a callback still counted would wait for itself.
+// close from outside still waits for every write a callback makes.
+func (w *frameWriter) fail(err error) {
+	if err == nil || w.onError == nil {
+		return
+	}
+	w.mu.Lock()
+	first := !w.failed
+	w.failed = true
+	w.mu.Unlock()
+	if first {
+		w.onError(err)
+	}
+}
+
+// flush writes until the buffer is empty and returns the write error, if
+// any, for the caller to pass to fail; the caller set w.flushing.
+func (w *frameWriter) flush() error {
 	for {
 		w.mu.Lock()
 		if w.closed || len(w.buf) == 0 {
 			w.flushing = false
 			w.mu.Unlock()
-			return
+			return nil
 		}
 		out := w.buf
 		w.buf, w.spare = w.spare[:0], nil
@@ -138,10 +168,7 @@ func (w *frameWriter) flush() {
 			w.mu.Lock()
 			w.flushing = false
 			w.mu.Unlock()
-			if w.onError != nil {
-				w.onError(err)
-			}
-			return
+			return err
 		}
 	}
 }
@@ -159,20 +186,23 @@ func (w *frameWriter) sendLater(frame []byte, v faultnet.Verdict) bool {
 	w.timerWG.Add(1)
 	var t *time.Timer
 	t = time.AfterFunc(v.Delay, func() {
-		defer w.timerWG.Done()
 		w.mu.Lock()
 		delete(w.timers, t)
 		w.mu.Unlock()
-		for i := 0; i < v.Copies; i++ {
-			w.enqueue(held, false)
+		var err error
+		for i := 0; i < v.Copies && err == nil; i++ {
+			_, err = w.add(held, false)
 		}
+		w.timerWG.Done() // before fail: see there
+		w.fail(err)
 	})
 	w.timers[t] = struct{}{}
 	return true
 }
 
 // close stops the writer and closes the connection; queued and held-back
-// frames are discarded. It waits for timer callbacks already running.
+// frames are discarded. It waits for the writes of timer callbacks already
+// running, not for their onError calls, so onError may call it.
 func (w *frameWriter) close() {
 	w.mu.Lock()
 	if w.closed {
