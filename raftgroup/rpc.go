@@ -67,6 +67,12 @@ func (h *Host) Call(ctx context.Context, to raft.ServerID, addr string, req []by
 		}
 		switch a.body[0] {
 		case statusErr:
+			if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+				// The deadline travels with the request, so the handler
+				// gives up about when the caller does (ctx's own timer may
+				// not have fired yet): the caller's time-out is the answer.
+				return nil, fmt.Errorf("%w: %w", ErrTimeout, context.DeadlineExceeded)
+			}
 			return nil, &remoteError{msg: string(a.body[1:])}
 		case statusRefused:
 			return nil, refused(a.body[1:])
