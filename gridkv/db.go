@@ -36,6 +36,7 @@ type DB struct {
 	// request, so without a lock.
 	reps       []atomic.Pointer[replica]
 	leaderHint sync.Map // range -> peer (its leader), learned from redirects
+	stepLog    stepLog  // the reconciler's rate-limited warnings
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -308,14 +309,14 @@ func (db *DB) WaitReady(ctx context.Context) error {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if err := db.ready(ctx); err == nil {
-			return nil
-		} else if errors.Is(err, ErrClosed) {
+		err := db.ready(ctx)
+		if err == nil || errors.Is(err, ErrClosed) {
 			return err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
+			// Say what was still missing: the last check's reason.
+			return fmt.Errorf("%w: %w; not ready: %v", ErrTimeout, ctx.Err(), err)
 		case <-tick.C:
 		}
 	}
@@ -323,15 +324,42 @@ func (db *DB) WaitReady(ctx context.Context) error {
 
 func (db *DB) ready(ctx context.Context) error {
 	want := min(db.cfg.ReplicaCount, len(db.gsp.Members()))
+	live := db.liveServers()
 	for r := 0; r < db.cfg.Groups; r++ {
 		ans, err := db.route(ctx, r, reqStatus, nil, false)
 		if err != nil {
 			return err
 		}
-		voters, _ := uvarint(ans)
-		if int(voters) != want {
-			return fmt.Errorf("%w: range %d has %d of %d replicas", ErrUnavailable, r, voters, want)
+		if err := replicasReady(ans, want, live); err != nil {
+			return fmt.Errorf("%w: range %d %v", ErrUnavailable, r, err)
 		}
+	}
+	return nil
+}
+
+// replicasReady checks a range leader's status answer (its servers, each
+// with a voter flag): want voters, every one the live incarnation of a
+// member, and no change under way.
+func replicasReady(ans []byte, want int, live map[raft.ServerID]bool) error {
+	voters := 0
+	for len(ans) > 0 {
+		n, k := uvarint(ans)
+		if k <= 0 || n+1 > uint64(len(ans)-k) {
+			return errBadMessage
+		}
+		id := raft.ServerID(ans[k : k+int(n)])
+		voter := ans[k+int(n)] == 1
+		ans = ans[k+int(n)+1:]
+		switch {
+		case !voter:
+			return fmt.Errorf("is adding %s", id)
+		case !live[id]:
+			return fmt.Errorf("still has %s, which is not a live member", id)
+		}
+		voters++
+	}
+	if voters != want {
+		return fmt.Errorf("has %d of %d replicas", voters, want)
 	}
 	return nil
 }

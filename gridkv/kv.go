@@ -303,17 +303,14 @@ func (db *DB) quorumGone(r int, local *replica) error {
 	if err != nil {
 		return nil
 	}
-	live := map[string]bool{}
-	for _, m := range db.gsp.Members() {
-		live[string(raftgroup.ServerID(m.Meta.NodeID, m.Meta.Incarnation))] = true
-	}
+	live := db.liveServers()
 	voters, up := 0, 0
 	for _, s := range servers {
 		if s.Suffrage != raft.Voter {
 			continue
 		}
 		voters++
-		if live[string(s.ID)] {
+		if live[s.ID] {
 			up++
 		}
 	}
@@ -321,4 +318,14 @@ func (db *DB) quorumGone(r int, local *replica) error {
 		return fmt.Errorf("%w: range %d has %d of %d replicas alive, no majority", ErrUnavailable, r, up, voters)
 	}
 	return nil
+}
+
+// liveServers is the set of Raft server ids of the live members' current
+// incarnations, as gossip knows them.
+func (db *DB) liveServers() map[raft.ServerID]bool {
+	live := map[raft.ServerID]bool{}
+	for _, m := range db.gsp.Members() {
+		live[raftgroup.ServerID(m.Meta.NodeID, m.Meta.Incarnation)] = true
+	}
+	return live
 }

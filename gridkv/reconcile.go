@@ -2,15 +2,18 @@ package gridkv
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"slices"
 	"sort"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
 
 	"github.com/gridkv/gridkv/gossip"
 	"github.com/gridkv/gridkv/placement"
-	"github.com/gridkv/gridkv/raftgroup"
 )
 
 // reconcileLoop moves every range this node leads toward its placement
@@ -49,10 +52,13 @@ type memberView struct {
 func (db *DB) stableMembers(view map[string]*memberView, now time.Time) []gossip.Member {
 	for _, m := range db.gsp.Members() {
 		v := view[m.Meta.NodeID]
-		if v == nil || v.m.Meta.Incarnation != m.Meta.Incarnation {
+		if v == nil {
 			v = &memberView{firstSeen: now}
 			view[m.Meta.NodeID] = v
 		}
+		// A node that restarted (a new incarnation) keeps its place: the
+		// target names it again at once, so its ranges replace the old
+		// incarnation on it instead of moving elsewhere and back.
 		v.m, v.lastSeen = m, now
 	}
 	var out []gossip.Member
@@ -103,83 +109,128 @@ func (db *DB) reconcile(members []gossip.Member, lastLeads []int) []int {
 	return leads
 }
 
-// reconcileRange makes at most one configuration change toward the target:
-// first add a missing replica (as a non-voter, promoted on a later pass once
-// raft has started catching it up), then remove one that should go.
-//
-// Once the replicas match, leadership moves to the plan's leader for the
-// range, so that leaderships spread evenly over the members.
+// reconcileRange makes at most one configuration change toward the
+// target (see nextSteps). A step that fails is logged and the next one is
+// tried, up to maxStepTries in a pass, so one failing step (an unreachable
+// node, say) never holds up the others.
 func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]gossip.Member, planLeader string) {
 	servers, err := rep.group.Configuration()
 	if err != nil {
 		return
 	}
-	current := make(map[raft.ServerID]raft.Server, len(servers))
-	for _, s := range servers {
-		current[s.ID] = s
-	}
-	target := map[raft.ServerID]gossip.Member{}
+	in := confInput{self: db.host.ID(), current: servers}
 	for _, id := range placement.Replicas(r, ids, db.cfg.ReplicaCount) {
-		m := byID[id]
-		target[raftgroup.ServerID(id, m.Meta.Incarnation)] = m
+		in.target = append(in.target, memberPeer(byID[id]))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	for sid, m := range target {
-		s, ok := current[sid]
-		if ok && s.Suffrage == raft.Voter {
-			continue
-		}
-		rep.sole.Store(false) // before any change: reads take the leader path from now on
-		if !ok {
-			if _, err := db.host.Call(ctx, sid, m.Meta.RPCAddr, encodeRequest(reqPrepare, r, nil)); err != nil {
-				db.log.Debug("prepare replica failed", "range", r, "node", m.Meta.NodeID, "err", err)
-				return
-			}
-			if err := rep.group.Raft().AddNonvoter(sid, raft.ServerAddress(m.Meta.RPCAddr), 0, 5*time.Second).Error(); err != nil {
-				db.log.Debug("add replica failed", "range", r, "node", m.Meta.NodeID, "err", err)
-			}
+	if m, ok := byID[planLeader]; ok && planLeader != db.cfg.NodeID {
+		in.preferred = memberPeer(m)
+	}
+	tries := 0
+	for _, st := range nextSteps(in) {
+		if tries == maxStepTries {
 			return
 		}
-		if err := rep.group.AddVoter(ctx, sid, m.Meta.RPCAddr); err != nil {
-			db.log.Debug("promote replica failed", "range", r, "node", m.Meta.NodeID, "err", err)
+		tries++
+		if st.kind != stepBalance {
+			rep.sole.Store(false) // before any change: reads take the leader path from now on
 		}
-		return
-	}
-	for sid := range current {
-		if _, keep := target[sid]; keep {
-			continue
-		}
-		if sid == db.host.ID() {
-			// This leader should not hold the range: hand leadership to a
-			// target voter; its reconciler removes us.
-			for tsid, m := range target {
-				if s, ok := current[tsid]; ok && s.Suffrage == raft.Voter {
-					_ = rep.group.TransferLeadership(ctx, tsid, m.Meta.RPCAddr)
-					return
-				}
-			}
-			continue
-		}
-		if err := rep.group.RemoveServer(ctx, sid); err != nil {
-			db.log.Debug("remove replica failed", "range", r, "server", sid, "err", err)
+		ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+		err := db.makeStep(ctx, r, rep, st)
+		cancel()
+		if err == nil {
+			db.stepLog.ok(r, st)
 			return
 		}
-		// Tell the removed replica (best effort; a dead node has nothing to drop).
-		addr := string(current[sid].Address)
-		_, _ = db.host.Call(ctx, sid, addr, encodeRequest(reqDrop, r, []byte(sid)))
-		return
+		db.stepLog.failed(db.log, r, st, err)
 	}
-	if planLeader == "" || planLeader == db.cfg.NodeID {
-		return
-	}
-	m := byID[planLeader]
-	sid := raftgroup.ServerID(planLeader, m.Meta.Incarnation)
-	if s, ok := current[sid]; ok && s.Suffrage == raft.Voter {
-		if err := rep.group.TransferLeadership(ctx, sid, m.Meta.RPCAddr); err != nil {
-			db.log.Debug("leadership transfer failed", "range", r, "to", planLeader, "err", err)
+}
+
+const (
+	maxStepTries = 3
+	stepTimeout  = 5 * time.Second
+)
+
+// makeStep makes one configuration change of range r, led by rep.
+func (db *DB) makeStep(ctx context.Context, r int, rep *replica, st confStep) error {
+	switch st.kind {
+	case stepAdd:
+		ans, err := db.host.Call(ctx, st.to.id, st.to.addr, encodeRequest(reqPrepare, r, nil))
+		if err == nil && (len(ans) == 0 || ans[0] != stOK) {
+			err = fmt.Errorf("prepare answered %q", ans)
 		}
+		if err != nil {
+			return fmt.Errorf("prepare replica: %w", err)
+		}
+		// Added as a non-voter; a later pass promotes it once raft is
+		// catching it up.
+		return rep.group.AddNonvoter(ctx, st.to.id, st.to.addr)
+	case stepPromote:
+		return rep.group.AddVoter(ctx, st.to.id, st.to.addr)
+	case stepRemoveStale, stepRemove:
+		if err := rep.group.RemoveServer(ctx, st.to.id); err != nil {
+			return err
+		}
+		// Tell the removed replica (best effort; a dead node has nothing
+		// to drop, and a new incarnation at its address refuses it).
+		_, _ = db.host.Call(ctx, st.to.id, st.to.addr, encodeRequest(reqDrop, r, []byte(st.to.id)))
+		return nil
+	case stepStepDown, stepBalance:
+		return rep.group.TransferLeadership(ctx, st.to.id, st.to.addr)
 	}
+	return fmt.Errorf("unknown step %v", st.kind)
+}
+
+// stepLog rate-limits the reconciler's warnings: the first failure of a
+// (range, step kind) is logged at once, later ones at most every
+// stepLogEvery with how many were not logged, and a success after
+// failures says so.
+type stepLog struct {
+	mu struct {
+		sync.Mutex
+		failing map[stepLogKey]*stepFailures
+	}
+}
+
+type stepLogKey struct {
+	r    int
+	kind stepKind
+}
+
+type stepFailures struct {
+	logged     time.Time
+	suppressed int
+}
+
+const stepLogEvery = 10 * time.Second
+
+func (l *stepLog) failed(log *slog.Logger, r int, st confStep, err error) {
+	l.mu.Lock()
+	if l.mu.failing == nil {
+		l.mu.failing = map[stepLogKey]*stepFailures{}
+	}
+	k := stepLogKey{r, st.kind}
+	f := l.mu.failing[k]
+	if f == nil {
+		f = &stepFailures{}
+		l.mu.failing[k] = f
+	}
+	now := time.Now()
+	if !f.logged.IsZero() && now.Sub(f.logged) < stepLogEvery {
+		f.suppressed++
+		l.mu.Unlock()
+		return
+	}
+	suppressed := f.suppressed
+	f.logged, f.suppressed = now, 0
+	l.mu.Unlock()
+	log.Warn("reconcile step failed", "range", r, "step", st.kind.String(), "server", string(st.to.id),
+		"err", oneLine(err.Error()), "failures_not_logged", suppressed)
+}
+
+func (l *stepLog) ok(r int, st confStep) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.mu.failing, stepLogKey{r, st.kind})
 }
 
 // dropReplica forgets a replica that raft shut down after its removal.
@@ -190,3 +241,6 @@ func (db *DB) dropReplica(r int, rep *replica) {
 	_ = rep.group.Shutdown() // answers entries in flight
 	rep.batch.close()
 }
+
+// oneLine folds an error text onto one line.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

@@ -65,16 +65,15 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 		if err != nil {
 			return redirectOrUnavailable(rep, err)
 		}
-		// Voters, or 0 while a change is under way (a non-voter catching up).
-		voters := 0
+		// The servers, voters first flagged: the asker judges them
+		// against its own view of the members (see DB.ready).
+		out := []byte{stOK}
 		for _, sv := range servers {
-			if sv.Suffrage != raft.Voter {
-				voters = 0
-				break
-			}
-			voters++
+			out = binary.AppendUvarint(out, uint64(len(sv.ID)))
+			out = append(out, sv.ID...)
+			out = appendBool(out, sv.Suffrage == raft.Voter)
 		}
-		return binary.AppendUvarint([]byte{stOK}, uint64(voters))
+		return out
 	case reqWrite:
 		return rep.batch.submit(ctx, body)
 	case reqRead:
@@ -278,4 +277,11 @@ func (b *batcher) close() {
 	b.closed = true
 	b.mu.Unlock()
 	b.wg.Wait()
+}
+
+func appendBool(b []byte, v bool) []byte {
+	if v {
+		return append(b, 1)
+	}
+	return append(b, 0)
 }

@@ -297,7 +297,12 @@ func (c *Config) raftConfig(id raft.ServerID, log *slog.Logger) *raft.Config {
 	rc.SnapshotThreshold = c.SnapshotThreshold
 	rc.TrailingLogs = c.TrailingLogs
 	rc.SnapshotInterval = c.SnapshotInterval
-	rc.BatchApplyCh = true
+	// BatchApplyCh stays off: with it, an Apply racing Shutdown can land
+	// in raft's buffered apply channel after the main loop has exited, and
+	// its future is never answered. Unbuffered, the send succeeds only
+	// into a running loop. Concurrent applies still batch: the leader loop
+	// takes every sender that is ready, up to MaxAppendEntries, per round.
+	rc.BatchApplyCh = false
 	rc.NoSnapshotRestoreOnStart = true
 	rc.Logger = rlog.New(log, "raft", slog.LevelWarn)
 	return rc

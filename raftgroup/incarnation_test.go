@@ -2,6 +2,7 @@ package raftgroup
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -136,6 +137,40 @@ func stayFalse(t *testing.T, d time.Duration, cond func() bool, msg string) {
 		case <-end.C:
 			return
 		case <-tick.C:
+		}
+	}
+}
+
+// Applies racing the host's Close all return: none is left waiting on an
+// entry whose future raft never answers (see Group.drain).
+func TestApplyRacingCloseReturns(t *testing.T) {
+	for round := 0; round < 10; round++ {
+		c := newTestCluster(t, 1, 1)
+		c.waitLeaders(1, 5*time.Second)
+		g := c.hosts[0].Group(0)
+		data, _ := fsm.Encode(fsm.SetOp("k", []byte("v"), 0))
+		var done sync.WaitGroup
+		for w := 0; w < 16; w++ {
+			done.Add(1)
+			go func() {
+				defer done.Done()
+				for i := 0; i < 200; i++ {
+					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+					_, err := g.Apply(ctx, data)
+					cancel()
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+		_ = c.hosts[0].Close()
+		finished := make(chan struct{})
+		go func() { done.Wait(); close(finished) }()
+		select {
+		case <-finished:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: an Apply racing Close never returned", round)
 		}
 	}
 }

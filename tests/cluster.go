@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,18 +22,40 @@ import (
 type Cluster struct {
 	Faults *faultnet.Net
 	Nodes  []*Node
+
+	base        gridkv.Config
+	unsafeReads bool
 }
 
-// Node is one member of a Cluster.
+// Node is one member of a Cluster. A crashed node may be restarted: the
+// same NodeID and addresses, a new incarnation with nothing of the old.
 type Node struct {
 	Name    string
-	DB      *gridkv.DB
-	hooks   *testhook.Hooks
 	addrs   [2]string // Raft/RPC address, gossip address
 	crashed atomic.Bool
+
+	mu struct {
+		sync.Mutex
+		db    *gridkv.DB
+		hooks *testhook.Hooks
+	}
 }
 
-// Crashed reports whether the nemesis crashed this node.
+// DB is the node's current incarnation.
+func (n *Node) DB() *gridkv.DB {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.mu.db
+}
+
+func (n *Node) hook() testhook.Node {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.mu.hooks.Node()
+}
+
+// Crashed reports whether the nemesis crashed this node (and has not
+// restarted it).
 func (n *Node) Crashed() bool { return n.crashed.Load() }
 
 var clusterSeq atomic.Int64
@@ -55,7 +79,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	if o.Base != nil {
 		base = *o.Base
 	}
-	c := &Cluster{Faults: faultnet.New(o.Seed)}
+	c := &Cluster{Faults: faultnet.New(o.Seed), base: base, unsafeReads: o.UnsafeReads}
 	seq := clusterSeq.Add(1)
 	for i := 0; i < o.Nodes; i++ {
 		cfg := base
@@ -63,20 +87,19 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 		cfg.BindAddr, cfg.GossipAddr = "", ""
 		cfg.Seeds = nil
 		if i > 0 {
-			cfg.Seeds = []string{c.Nodes[0].DB.GossipAddr()}
+			cfg.Seeds = []string{c.Nodes[0].DB().GossipAddr()}
 		}
-		h := &testhook.Hooks{Faults: c.Faults, UnsafeReads: o.UnsafeReads}
-		testhook.Register(cfg.NodeID, h)
-		db, err := gridkv.Open(cfg)
-		testhook.Unregister(cfg.NodeID) // Open has read it
+		db, h, err := c.open(cfg)
 		if err != nil {
 			c.Close()
 			return nil, err
 		}
-		c.Nodes = append(c.Nodes, &Node{Name: cfg.NodeID, DB: db, hooks: h, addrs: [2]string{db.Addr(), db.GossipAddr()}})
+		n := &Node{Name: cfg.NodeID, addrs: [2]string{db.Addr(), db.GossipAddr()}}
+		n.mu.db, n.mu.hooks = db, h
+		c.Nodes = append(c.Nodes, n)
 	}
 	for _, n := range c.Nodes {
-		if err := n.DB.WaitReady(ctx); err != nil {
+		if err := n.DB().WaitReady(ctx); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("tests: %s not ready: %w", n.Name, err)
 		}
@@ -84,11 +107,46 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	return c, nil
 }
 
+// open opens one node whose traffic passes the cluster's fault seam.
+func (c *Cluster) open(cfg gridkv.Config) (*gridkv.DB, *testhook.Hooks, error) {
+	h := &testhook.Hooks{Faults: c.Faults, UnsafeReads: c.unsafeReads}
+	testhook.Register(cfg.NodeID, h)
+	db, err := gridkv.Open(cfg)
+	testhook.Unregister(cfg.NodeID) // Open has read it
+	return db, h, err
+}
+
+// Restart starts crashed node n again on its old addresses, under its
+// NodeID, joining through every other live node: a new incarnation, as
+// after kill -9 and a restart by a supervisor. It returns at once; the
+// node's ranges are re-replicated to it by their leaders.
+func (c *Cluster) Restart(n *Node) error {
+	if !n.Crashed() {
+		return fmt.Errorf("tests: %s is running", n.Name)
+	}
+	cfg := c.base
+	cfg.NodeID = n.Name
+	cfg.BindAddr, cfg.GossipAddr = n.addrs[0], n.addrs[1]
+	cfg.Seeds = nil
+	for _, o := range c.Live() {
+		cfg.Seeds = append(cfg.Seeds, o.addrs[1])
+	}
+	db, h, err := c.open(cfg)
+	if err != nil {
+		return fmt.Errorf("tests: restart %s: %w", n.Name, err)
+	}
+	n.mu.Lock()
+	n.mu.db, n.mu.hooks = db, h
+	n.mu.Unlock()
+	n.crashed.Store(false)
+	return nil
+}
+
 // Close closes every node that did not crash.
 func (c *Cluster) Close() {
 	for _, n := range c.Nodes {
 		if !n.Crashed() {
-			n.DB.Close()
+			n.DB().Close()
 		}
 	}
 }
@@ -136,7 +194,7 @@ func (c *Cluster) Heal() { c.Faults.HealAll() }
 
 // Crash stops n the way a crash would; all its state is gone.
 func (c *Cluster) Crash(n *Node) {
-	if node := n.hooks.Node(); node != nil && n.crashed.CompareAndSwap(false, true) {
+	if node := n.hook(); node != nil && n.crashed.CompareAndSwap(false, true) {
 		node.Crash()
 	}
 }
@@ -145,7 +203,7 @@ func (c *Cluster) Crash(n *Node) {
 func (c *Cluster) Leaders() map[*Node]int {
 	out := map[*Node]int{}
 	for _, n := range c.Live() {
-		out[n] = len(n.hooks.Node().Leads())
+		out[n] = len(n.hook().Leads())
 	}
 	return out
 }
@@ -153,7 +211,7 @@ func (c *Cluster) Leaders() map[*Node]int {
 // LeaderOf returns the live node leading range r, or nil.
 func (c *Cluster) LeaderOf(r int) *Node {
 	for _, n := range c.Live() {
-		if slices.Contains(n.hooks.Node().Leads(), r) {
+		if slices.Contains(n.hook().Leads(), r) {
 			return n
 		}
 	}
@@ -166,7 +224,35 @@ func (c *Cluster) TransferLeadership(ctx context.Context, r int) error {
 	if n == nil {
 		return errors.New("tests: no leader")
 	}
-	return n.hooks.Node().TransferLeadership(ctx, r)
+	return n.hook().TransferLeadership(ctx, r)
+}
+
+// Describe lists, per range, each live replica: its server id, whether it
+// leads, and the voters it knows of. For failure reports.
+func (c *Cluster) Describe() string {
+	byRange := map[int][]string{}
+	for _, n := range c.Live() {
+		for _, rep := range n.hook().Ranges() {
+			lead := ""
+			if rep.Leader {
+				lead = " (leader)"
+			}
+			byRange[rep.Range] = append(byRange[rep.Range], fmt.Sprintf("%s%s voters %v", rep.ServerID, lead, rep.Voters))
+		}
+	}
+	var b strings.Builder
+	for r := 0; r < len(byRange)+64 && len(byRange) > 0; r++ {
+		reps, ok := byRange[r]
+		if !ok {
+			continue
+		}
+		delete(byRange, r)
+		fmt.Fprintf(&b, "range %d:\n", r)
+		for _, s := range reps {
+			fmt.Fprintf(&b, "  %s\n", s)
+		}
+	}
+	return b.String()
 }
 
 // Converged reports whether, for every range, each voter in its leader's
@@ -180,7 +266,7 @@ func (c *Cluster) Converged() (bool, string) {
 	byServer := map[int]map[string]held{} // range -> server id -> state
 	leaders := map[int][]string{}         // range -> voters, per its leader
 	for _, n := range c.Live() {
-		for _, rep := range n.hooks.Node().Ranges() {
+		for _, rep := range n.hook().Ranges() {
 			if byServer[rep.Range] == nil {
 				byServer[rep.Range] = map[string]held{}
 			}

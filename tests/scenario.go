@@ -240,7 +240,7 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 			if n.Crashed() {
 				continue // the harness never crashes them all
 			}
-			out, _ := execute(n.DB, in, time.Second, s.Workload.Replicas, h, s.Workload.Clients+len(c.Nodes))
+			out, _ := execute(n.DB(), in, time.Second, s.Workload.Replicas, h, s.Workload.Clients+len(c.Nodes))
 			if !out.Unknown {
 				break
 			}
@@ -263,7 +263,7 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 			var failed bool
 			var out Output
 			for try := 0; try < 10; try++ {
-				if out, failed = execute(n.DB, in, 2*time.Second, s.Workload.Replicas, h, s.Workload.Clients+ni); !failed {
+				if out, failed = execute(n.DB(), in, 2*time.Second, s.Workload.Replicas, h, s.Workload.Clients+ni); !failed {
 					break
 				}
 			}

@@ -229,7 +229,7 @@ func (cl *client) step() {
 	default:
 		in.Kind, in.Value, in.Old = OpCAS, value, cl.recent[key]
 	}
-	out, failed := execute(n.DB, in, cl.w.Timeout, cl.w.Replicas, cl.h, cl.id)
+	out, failed := execute(n.DB(), in, cl.w.Timeout, cl.w.Replicas, cl.h, cl.id)
 	if !failed && !out.Unknown {
 		switch in.Kind {
 		case OpGet:
