@@ -448,4 +448,4 @@ func decodeResponse(body []byte, resp interface{}) error {
 // remoteError is an error the remote side returned for a request.
 type remoteError struct{ msg string }
 
-func (e *remoteError) Error() string { return "raftgroup: remote: " + e.msg }
+func (e *remoteError) Error() string { return "raftgroup: remote: " + oneLine(e.msg) }
