@@ -10,7 +10,9 @@ import (
 	"net"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -38,6 +40,11 @@ type Config struct {
 	BindAddr string
 	// Meta is the metadata this node starts with.
 	Meta Meta
+	// Settings must be equal on every member: a node whose settings differ
+	// from a member's is refused, at its join and in gossip, by itself and
+	// by the members, and never counted (see Join). Names must be unique
+	// and non-empty. Fixed for the node's life. Default: none.
+	Settings []Setting
 	// Preset selects the timings. Default LAN.
 	Preset Preset
 	// Logger receives memberlist's warnings and errors. Default slog.Default().
@@ -92,6 +99,16 @@ type Member struct {
 	Meta Meta
 }
 
+// Errors of Join that no retry can cure.
+var (
+	// ErrIncompatible: the cluster's members have Settings that differ from
+	// this node's, or metadata it cannot read.
+	ErrIncompatible = errors.New("gossip: settings differ from the cluster's")
+	// ErrNameTaken: a live member, answering at another address, already
+	// has this node's name.
+	ErrNameTaken = errors.New("gossip: name taken by a live member")
+)
+
 // Node is one member of the gossip cluster.
 //
 // Threading: all methods are safe for concurrent use, except from inside
@@ -103,6 +120,14 @@ type Node struct {
 
 	metaMu sync.Mutex
 	meta   []byte
+	// settings are Config.Settings, sorted by name.
+	settings []Setting
+
+	// refusals are the latest merges NotifyMerge refused, those of joins
+	// this node asked for and those of joins asked of it alike; Join takes
+	// its own by their text (see takeRefusal).
+	refuseMu sync.Mutex
+	refusals []*refusal
 
 	// Events from memberlist's callbacks wait here for the event goroutine:
 	// callbacks must never block, nor call back into memberlist.
@@ -110,6 +135,13 @@ type Node struct {
 	pending []Event
 	members map[string]Member // live members, kept from the callbacks
 	kick    chan struct{}
+
+	// nameTaken is set when Join found a live member of this node's name:
+	// then Close must not announce a leave, which the others would take as
+	// that member's (same name, and a fresh node's incarnation can equal
+	// its). The ping that found it can have taught this node of members,
+	// piggybacked on the answer.
+	nameTaken atomic.Bool
 
 	closeOnce sync.Once
 	stop      chan struct{}
@@ -128,11 +160,15 @@ func Start(cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	meta, err := encodeMeta(cfg.Meta)
+	settings, err := sortSettings(cfg.Settings)
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger.With("component", "gossip", "member", cfg.Name),
+	meta, err := encodeMeta(cfg.Meta, settings)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("component", "gossip", "member", cfg.Name), settings: settings,
 		meta: meta, members: map[string]Member{}, kick: make(chan struct{}, 1), stop: make(chan struct{})}
 
 	mc := memberlist.DefaultLANConfig()
@@ -165,6 +201,15 @@ func Start(cfg Config) (*Node, error) {
 	}
 	mc.Delegate = (*delegate)(n)
 	mc.Events = (*events)(n)
+	mc.Merge = (*delegate)(n)
+	mc.Alive = (*delegate)(n)
+	// A member declared dead may come back at another address: a node
+	// restarted after a crash, under its name, on a new port. memberlist
+	// refuses the new address ("Conflicting address") until the dead entry
+	// is reaped, GossipToTheDeadTime later, unless the dead name may be
+	// reclaimed; a live holder of the name is refused by the join checks
+	// and by memberlist itself, since it is not dead.
+	mc.DeadNodeReclaimTime = time.Nanosecond
 
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); n.deliver() }()
@@ -187,24 +232,75 @@ func (n *Node) Addr() string {
 	return net.JoinHostPort(ln.Addr.String(), strconv.Itoa(int(ln.Port)))
 }
 
-// Join contacts seeds until at least one answers, retrying with backoff
-// until ctx ends. It returns how many seeds answered.
+// Join contacts every seed, one after the other, until at least one lets
+// this node in, retrying with backoff until ctx ends. It returns how many
+// seeds let it in.
+//
+// It fails at once, without retrying, when a seed's cluster refuses this
+// node for good: its members have other Settings (ErrIncompatible), or a
+// live member has this node's name (ErrNameTaken). A member of that name
+// that the cluster still counts alive but that does not answer a ping is
+// taken for this node's crashed predecessor: Join retries until the members
+// declare it dead and let this node in. Other errors say how many seeds
+// were tried and the first one's error, on one line.
 func (n *Node) Join(ctx context.Context, seeds []string) (int, error) {
 	if len(seeds) == 0 {
 		return 0, errors.New("gossip: no seeds to join")
 	}
+	start := time.Now()
 	backoff := 50 * time.Millisecond
+	loggedWait := false
 	for {
-		got, err := n.ml.Join(seeds)
+		got := 0
+		var first string // the first seed's error this round
+		for _, seed := range seeds {
+			if err := n.reachable(ctx, seed); err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				if first == "" {
+					first = fmt.Sprintf("failed to join %s: %s", seed, strings.Join(strings.Fields(err.Error()), " "))
+				}
+				continue
+			}
+			k, err := n.ml.Join([]string{seed})
+			got += k
+			if err == nil {
+				continue
+			}
+			cause := firstError(err)
+			if r := n.takeRefusal(err); r != nil {
+				cause = r.err.Error()
+				if errors.Is(r.err, ErrIncompatible) {
+					return 0, r.err
+				}
+				if r.holder != nil {
+					if n.answers(r.holder) {
+						n.nameTaken.Store(true)
+						return 0, fmt.Errorf("%w: the member at %s answers to %q", ErrNameTaken, r.holder, n.cfg.Name)
+					}
+					cause = fmt.Sprintf("the cluster still counts a member named %q at %s alive, which does not answer: waiting until it is declared dead",
+						n.cfg.Name, r.holder)
+					if !loggedWait {
+						loggedWait = true
+						n.log.Info("joining: " + cause)
+					}
+				}
+			}
+			if first == "" {
+				first = cause
+			}
+		}
 		if got > 0 {
 			return got, nil
 		}
-		n.log.Debug("join failed, retrying", "seeds", seeds, "err", err)
+		n.log.Debug("join failed, retrying", "seeds", seeds, "err", first)
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return 0, fmt.Errorf("gossip: join %v: %w (last error: %v)", seeds, ctx.Err(), err)
+			return 0, fmt.Errorf("gossip: join: tried %s for %v, none let this node in (%w); first error: %s",
+				plural(len(seeds), "seed"), time.Since(start).Round(time.Millisecond), ctx.Err(), first)
 		case <-n.stop:
 			t.Stop()
 			return 0, errors.New("gossip: closed")
@@ -212,6 +308,46 @@ func (n *Node) Join(ctx context.Context, seeds []string) (int, error) {
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
+}
+
+// firstError is the first of the errors memberlist's Join gathered (it
+// lists them over several lines), on one line.
+func firstError(err error) string {
+	var multi interface{ WrappedErrors() []error }
+	if errors.As(err, &multi) && len(multi.WrappedErrors()) > 0 {
+		err = multi.WrappedErrors()[0]
+	}
+	return strings.Join(strings.Fields(err.Error()), " ")
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
+}
+
+// reachable dials seed within ctx, before memberlist does: its dial cannot
+// be cancelled and waits up to TCPTimeout (10s on a LAN) for a seed that
+// does not answer, which would hold Join past ctx's end. A custom
+// Transport's addresses are its own business: they are not dialed.
+func (n *Node) reachable(ctx context.Context, seed string) error {
+	if n.cfg.Transport != nil {
+		return nil
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", seed)
+	if err != nil {
+		return err
+	}
+	return conn.Close() // memberlist takes a stream closed at once silently
+}
+
+// answers reports whether a member of this node's name answers a ping at
+// addr (within memberlist's probe timeout).
+func (n *Node) answers(addr *net.UDPAddr) bool {
+	_, err := n.ml.Ping(n.cfg.Name, addr)
+	return err == nil
 }
 
 // Members returns the live members, this node included, sorted by name.
@@ -231,7 +367,7 @@ func (n *Node) Members() []Member {
 // SetMeta replaces this node's metadata and gossips it; Leads is dropped if
 // it does not fit in memberlist's 512 bytes.
 func (n *Node) SetMeta(m Meta) error {
-	b, err := encodeMeta(m)
+	b, err := encodeMeta(m, n.settings)
 	if err != nil {
 		return err
 	}
@@ -247,14 +383,19 @@ func (n *Node) SetMeta(m Meta) error {
 
 // Close leaves the cluster gracefully (marking its metadata Leaving, then
 // telling the others, each within timeout) and stops every goroutine the
-// node started. Idempotent.
+// node started. Idempotent. After Join failed with ErrNameTaken it leaves
+// silently, as Crash does: its name is the live member's.
 func (n *Node) Close(timeout time.Duration) error {
 	var err error
+	if n.nameTaken.Load() {
+		n.Crash()
+		return nil
+	}
 	n.closeOnce.Do(func() {
 		n.metaMu.Lock()
-		m, _ := decodeMeta(n.meta)
+		m, _, _ := decodeMeta(n.meta)
 		m.Leaving = true
-		if b, err := encodeMeta(m); err == nil {
+		if b, err := encodeMeta(m, n.settings); err == nil {
 			n.meta = b
 		}
 		n.metaMu.Unlock()
@@ -282,9 +423,13 @@ func (n *Node) Crash() {
 	})
 }
 
+func nodeAddr(nd *memberlist.Node) string {
+	return net.JoinHostPort(nd.Addr.String(), strconv.Itoa(int(nd.Port)))
+}
+
 func toMember(nd *memberlist.Node) (Member, error) {
-	m := Member{Name: nd.Name, Addr: net.JoinHostPort(nd.Addr.String(), strconv.Itoa(int(nd.Port)))}
-	meta, err := decodeMeta(nd.Meta)
+	m := Member{Name: nd.Name, Addr: nodeAddr(nd)}
+	meta, _, err := decodeMeta(nd.Meta)
 	m.Meta = meta
 	return m, err
 }
@@ -349,6 +494,47 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
 
+// NotifyMerge vets the node list of a join's state exchange, on both sides:
+// in a node that joins, the list is the cluster's; in the member it joins
+// through, the newcomer's. Refused, memberlist merges nothing and the join
+// fails (see checkMerge).
+func (d *delegate) NotifyMerge(nodes []*memberlist.Node) error {
+	n := (*Node)(d)
+	peers := make([]peer, len(nodes))
+	for i, nd := range nodes {
+		peers[i] = peer{name: nd.Name, addr: nodeAddr(nd), live: nd.State == memberlist.StateAlive || nd.State == memberlist.StateSuspect,
+			meta: nd.Meta, ip: nd.Addr, port: nd.Port}
+	}
+	n.evMu.Lock()
+	live := make(map[string]string, len(n.members))
+	for name, m := range n.members {
+		live[name] = m.Addr
+	}
+	n.evMu.Unlock()
+	r := checkMerge(n.cfg.Name, n.settings, live, peers)
+	if r == nil {
+		return nil
+	}
+	n.refuseMu.Lock()
+	n.refusals = append(n.refusals, r)
+	if len(n.refusals) > 16 {
+		n.refusals = n.refusals[1:]
+	}
+	n.refuseMu.Unlock()
+	return r.err
+}
+
+// NotifyAlive vets every alive message, the way members learn of a node
+// other than by its join (gossip, anti-entropy): a node whose settings
+// differ, or whose metadata this node cannot read, is never counted.
+// Messages about this node itself are memberlist's to refute.
+func (d *delegate) NotifyAlive(nd *memberlist.Node) error {
+	if nd.Name == d.cfg.Name {
+		return nil
+	}
+	return checkSettings(d.settings, peer{name: nd.Name, addr: nodeAddr(nd), live: true, meta: nd.Meta})
+}
+
 // events receives memberlist's membership callbacks.
 type events Node
 
@@ -360,7 +546,7 @@ func (e *events) NotifyLeave(nd *memberlist.Node) {
 	// nd.State is not updated on this path (memberlist sets the state of
 	// its own wrapper); the Leaving flag a closing node gossips first is.
 	kind := EventFail
-	if m, err := decodeMeta(nd.Meta); err == nil && m.Leaving {
+	if m, _, err := decodeMeta(nd.Meta); err == nil && m.Leaving {
 		kind = EventLeave
 	}
 	(*Node)(e).push(kind, nd)

@@ -2,6 +2,7 @@ package gossip
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,19 +19,20 @@ import (
 func TestMain(m *testing.M) { testutil.VerifyNoLeaks(m) }
 
 func TestMetaRoundTrip(t *testing.T) {
+	settings := []Setting{{"Fast", "true"}, {"Groups", "64"}}
 	for _, m := range []Meta{
 		{NodeID: "n1", Incarnation: 7, RPCAddr: "127.0.0.1:9000"},
 		{NodeID: "n2", Incarnation: 1 << 60, RPCAddr: "[::1]:1", Leads: []int{0, 3, 63, 255}},
 		{NodeID: "n3", RPCAddr: "x", Leads: []int{4100}}, // bitmap of 513 bytes: too big, omitted
 	} {
-		b, err := encodeMeta(m)
+		b, err := encodeMeta(m, settings)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(b) > maxMeta {
 			t.Fatalf("%d bytes", len(b))
 		}
-		got, err := decodeMeta(b)
+		got, gotSettings, err := decodeMeta(b)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -41,20 +43,105 @@ func TestMetaRoundTrip(t *testing.T) {
 		if got.NodeID != m.NodeID || got.Incarnation != m.Incarnation || got.RPCAddr != m.RPCAddr || fmt.Sprint(got.Leads) != wantLeads && !(wantLeads == "[]" && got.Leads == nil) {
 			t.Fatalf("round trip %+v -> %+v", m, got)
 		}
+		if fmt.Sprint(gotSettings) != fmt.Sprint(settings) {
+			t.Fatalf("settings %v -> %v", settings, gotSettings)
+		}
 		if m.NodeID == "n3" && !got.LeadsOmitted {
 			t.Fatal("oversized leads not marked omitted")
 		}
 	}
-	if _, err := encodeMeta(Meta{NodeID: strings.Repeat("x", 600)}); err == nil {
+	if _, err := encodeMeta(Meta{NodeID: strings.Repeat("x", 600)}, nil); err == nil {
 		t.Fatal("oversized node id accepted")
+	}
+	if _, err := encodeMeta(Meta{NodeID: "n"}, []Setting{{"Big", strings.Repeat("x", 600)}}); err == nil {
+		t.Fatal("oversized settings accepted")
+	}
+	old := []byte{1, 0, 7, 2, 'n', '1', 1, 'x', 0}
+	if _, _, err := decodeMeta(old); err == nil || !strings.Contains(err.Error(), "version 1") {
+		t.Fatalf("version 1 metadata: %v", err)
+	}
+}
+
+func TestDiffSettings(t *testing.T) {
+	mine := []Setting{{"Fast", "false"}, {"Groups", "64"}, {"ReplicaCount", "3"}}
+	for _, c := range []struct {
+		theirs []Setting
+		want   string
+	}{
+		{mine, ""},
+		{[]Setting{{"Fast", "false"}, {"Groups", "16"}, {"ReplicaCount", "1"}}, "Groups 16 (64 here), ReplicaCount 1 (3 here)"},
+		{[]Setting{{"Fast", "false"}, {"ReplicaCount", "3"}}, "Groups unset (64 here)"},
+		{[]Setting{{"Extra", "x"}, {"Fast", "false"}, {"Groups", "64"}, {"ReplicaCount", "3"}}, "Extra x (unset here)"},
+		{nil, "Fast unset (false here), Groups unset (64 here), ReplicaCount unset (3 here)"},
+	} {
+		if got := diffSettings(mine, c.theirs); got != c.want {
+			t.Errorf("diff with %v = %q, want %q", c.theirs, got, c.want)
+		}
+	}
+	if _, err := sortSettings([]Setting{{"A", "1"}, {"A", "2"}}); err == nil {
+		t.Fatal("a repeated setting accepted")
+	}
+	if _, err := sortSettings([]Setting{{"", "1"}}); err == nil {
+		t.Fatal("an unnamed setting accepted")
+	}
+}
+
+func TestCheckMerge(t *testing.T) {
+	settings := []Setting{{"Groups", "64"}}
+	meta := func(groups string) []byte {
+		b, err := encodeMeta(Meta{NodeID: "p"}, []Setting{{"Groups", groups}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	ok, other := meta("64"), meta("16")
+	// This node is "me" at 10.0.0.1:1; it counts "m" live at 10.0.0.2:1.
+	live := map[string]string{"me": "10.0.0.1:1", "m": "10.0.0.2:1"}
+	for _, c := range []struct {
+		name   string
+		peers  []peer
+		want   error  // nil: merged
+		text   string // in the refusal
+		holder bool
+	}{
+		{"a compatible newcomer", []peer{{name: "n", addr: "10.0.0.3:1", live: true, meta: ok}}, nil, "", false},
+		{"a newcomer with other settings", []peer{{name: "n", addr: "10.0.0.3:1", live: true, meta: other}},
+			ErrIncompatible, `member "n" at 10.0.0.3:1 has Groups 16 (64 here)`, false},
+		{"unreadable metadata", []peer{{name: "n", addr: "10.0.0.3:1", live: true, meta: []byte{9}}},
+			ErrIncompatible, "cannot read", false},
+		{"a dead node with other settings", []peer{{name: "n", addr: "10.0.0.3:1", meta: other}}, nil, "", false},
+		{"a newcomer taking a live member's name", []peer{{name: "m", addr: "10.0.0.3:1", live: true, meta: ok}},
+			nil, `refused "m" at 10.0.0.3:1: a member of that name is live at 10.0.0.2:1`, false},
+		{"a live member holding this node's name", []peer{{name: "me", addr: "10.0.0.9:1", live: true, meta: ok, ip: net.IPv4(10, 0, 0, 9), port: 1}},
+			ErrNameTaken, `"me" is live at 10.0.0.9:1`, true},
+		{"a dead member of this node's name", []peer{{name: "me", addr: "10.0.0.9:1", meta: ok}}, nil, "", false},
+		{"this node's name at its own address (a restart there)", []peer{{name: "me", addr: "10.0.0.1:1", live: true, meta: other}}, nil, "", false},
+		{"a known member at its known address", []peer{{name: "m", addr: "10.0.0.2:1", live: true, meta: ok}}, nil, "", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := checkMerge("me", settings, live, c.peers)
+			if c.text == "" {
+				if r != nil {
+					t.Fatalf("refused: %v", r.err)
+				}
+				return
+			}
+			if r == nil {
+				t.Fatal("merged")
+			}
+			if c.want != nil && !errors.Is(r.err, c.want) || !strings.Contains(r.err.Error(), c.text) || (r.holder != nil) != c.holder {
+				t.Fatalf("refusal %v (holder %v), want %v with %q", r.err, r.holder, c.want, c.text)
+			}
+		})
 	}
 }
 
 func FuzzDecodeMeta(f *testing.F) {
-	b, _ := encodeMeta(Meta{NodeID: "n", RPCAddr: "a:1", Leads: []int{1, 9}})
+	b, _ := encodeMeta(Meta{NodeID: "n", RPCAddr: "a:1", Leads: []int{1, 9}}, []Setting{{"Groups", "64"}})
 	f.Add(b)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		m, err := decodeMeta(data)
+		m, _, err := decodeMeta(data)
 		if err == nil && len(m.Leads) > 8*len(data) {
 			t.Fatalf("%d leads from %d bytes", len(m.Leads), len(data))
 		}
@@ -64,6 +151,18 @@ func FuzzDecodeMeta(f *testing.F) {
 type recorder struct {
 	mu     sync.Mutex
 	events []Event
+}
+
+func (r *recorder) count(kind EventKind, name string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, ev := range r.events {
+		if ev.Kind == kind && ev.Member.Name == name {
+			n++
+		}
+	}
+	return n
 }
 
 func (r *recorder) has(kind EventKind, name string) bool {
@@ -81,14 +180,20 @@ var eventually = testutil.Eventually
 
 func start(t *testing.T, name string, rec *recorder) *Node {
 	t.Helper()
+	return startWith(t, name, nil, rec)
+}
+
+func startWith(t *testing.T, name string, settings []Setting, rec *recorder) *Node {
+	t.Helper()
 	var n *Node
 	var ready sync.WaitGroup
 	ready.Add(1)
 	n, err := Start(Config{
-		Name:   name,
-		Meta:   Meta{NodeID: name, Incarnation: 1, RPCAddr: "127.0.0.1:1"},
-		Preset: Local,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Name:     name,
+		Meta:     Meta{NodeID: name, Incarnation: 1, RPCAddr: "127.0.0.1:1"},
+		Settings: settings,
+		Preset:   Local,
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 		OnEvent: func(ev Event) {
 			ready.Wait()
 			// Calling back into the node from the handler must not deadlock.
@@ -103,6 +208,90 @@ func start(t *testing.T, name string, rec *recorder) *Node {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// A node whose settings differ from the cluster's is refused by both sides
+// of its join, at once and for good: the error names each differing setting
+// with both values, and neither side ever counts the other.
+func TestJoinRefusedOnSettings(t *testing.T) {
+	recA, recB := &recorder{}, &recorder{}
+	a := startWith(t, "a", []Setting{{"Groups", "64"}, {"ReplicaCount", "3"}}, recA)
+	defer a.Close(time.Second)
+	b := startWith(t, "b", []Setting{{"Groups", "16"}, {"ReplicaCount", "1"}}, recB)
+	defer b.Close(time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := b.Join(ctx, []string{a.Addr()})
+	if !errors.Is(err, ErrIncompatible) {
+		t.Fatalf("join: %v, want ErrIncompatible", err)
+	}
+	if want := fmt.Sprintf(`member "a" at %s has Groups 64 (16 here), ReplicaCount 3 (1 here)`, a.Addr()); !strings.Contains(err.Error(), want) {
+		t.Fatalf("join: %v, want it to say %s", err, want)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Fatalf("refusal took %v: retried?", time.Since(start))
+	}
+	if len(a.Members()) != 1 || len(b.Members()) != 1 || recA.has(EventJoin, "b") || recB.has(EventJoin, "a") {
+		t.Fatalf("counted each other: a sees %v, b sees %v", a.Members(), b.Members())
+	}
+	// Learning of b other than by its join (an alive message) is refused too.
+	bNode := b.ml.LocalNode()
+	if err := (*delegate)(a).NotifyAlive(bNode); !errors.Is(err, ErrIncompatible) {
+		t.Fatalf("alive message of b: %v", err)
+	}
+	if err := (*delegate)(a).NotifyAlive(a.ml.LocalNode()); err != nil {
+		t.Fatalf("alive message of a itself: %v", err)
+	}
+}
+
+// A second live node with a member's name is refused (ErrNameTaken) and
+// never counted; once that member crashed and was declared dead, a node of
+// its name joins from another address, as a restart does.
+func TestJoinNameTakenThenRestart(t *testing.T) {
+	recA := &recorder{}
+	a := start(t, "a", recA)
+	defer a.Close(time.Second)
+	x := start(t, "x", &recorder{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := x.Join(ctx, []string{a.Addr()}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "a to see x", func() bool { return len(a.Members()) == 2 })
+
+	dup := start(t, "x", &recorder{})
+	_, err := dup.Join(ctx, []string{a.Addr()})
+	dup.Close(time.Second)
+	if !errors.Is(err, ErrNameTaken) || !strings.Contains(err.Error(), x.Addr()) {
+		t.Fatalf("duplicate join: %v, want ErrNameTaken naming %s", err, x.Addr())
+	}
+	if ms := a.Members(); len(ms) != 2 || ms[1].Name != "x" || ms[1].Addr != x.Addr() {
+		t.Fatalf("a sees %+v", ms)
+	}
+
+	// x crashes; a node of the same name at another address joins at
+	// once, is held off while a still counts x, and gets in once a
+	// declares it dead.
+	xAddr := x.Addr()
+	x.Crash()
+	restarted := start(t, "x", &recorder{})
+	defer restarted.Close(time.Second)
+	if restarted.Addr() == xAddr {
+		t.Fatal("the restart reused the address")
+	}
+	if _, err := restarted.Join(ctx, []string{a.Addr()}); err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	eventually(t, 20*time.Second, "a to see x at its new address", func() bool {
+		ms := a.Members()
+		return len(ms) == 2 && ms[1].Name == "x" && ms[1].Addr == restarted.Addr()
+	})
+	// x failed once (its crash) and joined twice (at first, and restarted):
+	// the refused duplicate's exit cost it nothing.
+	if f, j := recA.count(EventFail, "x")+recA.count(EventLeave, "x"), recA.count(EventJoin, "x"); f != 1 || j != 2 {
+		t.Fatalf("a saw x fail or leave %d times and join %d times, want 1 and 2", f, j)
+	}
 }
 
 func TestJoinEventsMetaLeaveAndFail(t *testing.T) {

@@ -4,11 +4,15 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
 
 	"github.com/hashicorp/memberlist"
 )
 
-// Meta is what a node tells the others about itself through gossip.
+// Meta is what a node tells the others about itself through gossip, and may
+// change while it runs (SetMeta). The settings every member must share are
+// fixed for a node's life and given in Config.Settings instead.
 type Meta struct {
 	NodeID      string
 	Incarnation uint64
@@ -24,7 +28,15 @@ type Meta struct {
 	Leaving bool
 }
 
-const metaVersion = 1
+// Setting is one value every member of a cluster must share (see
+// Config.Settings). Name is what error messages call it.
+type Setting struct {
+	Name, Value string
+}
+
+// metaVersion 2 added the settings. A node refuses a peer whose metadata it
+// cannot read, so nodes of different versions never form one cluster.
+const metaVersion = 2
 
 // Flags in the metadata's second byte.
 const (
@@ -36,20 +48,24 @@ const (
 // panics, so encodeMeta never produces more.
 const maxMeta = memberlist.MetaMaxSize
 
-var errMetaTooLarge = errors.New("gossip: node id and address do not fit in 512 bytes of metadata")
+var errMetaTooLarge = errors.New("gossip: node id, address and settings do not fit in 512 bytes of metadata")
 
-// encodeMeta packs m: version, flags, incarnation, node id, rpc address,
-// then the led ranges as a bitmap (length-prefixed) when it fits.
-func encodeMeta(m Meta) ([]byte, error) {
+// encodeMeta packs m and settings: version, flags, incarnation, node id,
+// rpc address, the settings (a count, then name and value of each), then
+// the led ranges as a bitmap (length-prefixed) when it fits. Every string
+// is length-prefixed.
+func encodeMeta(m Meta, settings []Setting) ([]byte, error) {
 	b := []byte{metaVersion, 0}
 	if m.Leaving {
 		b[1] |= flagLeaving
 	}
 	b = binary.AppendUvarint(b, m.Incarnation)
-	b = binary.AppendUvarint(b, uint64(len(m.NodeID)))
-	b = append(b, m.NodeID...)
-	b = binary.AppendUvarint(b, uint64(len(m.RPCAddr)))
-	b = append(b, m.RPCAddr...)
+	b = appendString(b, m.NodeID)
+	b = appendString(b, m.RPCAddr)
+	b = binary.AppendUvarint(b, uint64(len(settings)))
+	for _, s := range settings {
+		b = appendString(appendString(b, s.Name), s.Value)
+	}
 	if len(b)+1 > maxMeta {
 		return nil, errMetaTooLarge
 	}
@@ -72,32 +88,57 @@ func encodeMeta(m Meta) ([]byte, error) {
 	return binary.AppendUvarint(b, 0), nil
 }
 
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
 // decodeMeta reads what encodeMeta wrote; it never trusts lengths.
-func decodeMeta(b []byte) (Meta, error) {
+func decodeMeta(b []byte) (Meta, []Setting, error) {
 	var m Meta
 	if len(b) < 2 || b[0] != metaVersion {
-		return m, errors.New("gossip: unknown metadata version")
+		v := 0
+		if len(b) > 0 {
+			v = int(b[0])
+		}
+		return m, nil, fmt.Errorf("gossip: metadata version %d, this node reads version %d", v, metaVersion)
 	}
 	m.LeadsOmitted = b[1]&flagLeadsOmitted != 0
 	m.Leaving = b[1]&flagLeaving != 0
 	b = b[2:]
 	inc, n := binary.Uvarint(b)
 	if n <= 0 {
-		return m, errBadMeta
+		return m, nil, errBadMeta
 	}
 	m.Incarnation, b = inc, b[n:]
 	var s []byte
 	var err error
 	if s, b, err = lenPrefixed(b); err != nil {
-		return m, err
+		return m, nil, err
 	}
 	m.NodeID = string(s)
 	if s, b, err = lenPrefixed(b); err != nil {
-		return m, err
+		return m, nil, err
 	}
 	m.RPCAddr = string(s)
+	count, n := binary.Uvarint(b)
+	if n <= 0 || count > uint64(len(b)) { // each setting takes at least 2 bytes
+		return m, nil, errBadMeta
+	}
+	b = b[n:]
+	var settings []Setting
+	for range count {
+		var name, value []byte
+		if name, b, err = lenPrefixed(b); err != nil {
+			return m, nil, err
+		}
+		if value, b, err = lenPrefixed(b); err != nil {
+			return m, nil, err
+		}
+		settings = append(settings, Setting{Name: string(name), Value: string(value)})
+	}
 	if s, _, err = lenPrefixed(b); err != nil {
-		return m, err
+		return m, nil, err
 	}
 	for i, byt := range s {
 		for bit := 0; bit < 8; bit++ {
@@ -106,7 +147,7 @@ func decodeMeta(b []byte) (Meta, error) {
 			}
 		}
 	}
-	return m, nil
+	return m, settings, nil
 }
 
 var errBadMeta = errors.New("gossip: malformed metadata")
@@ -117,4 +158,45 @@ func lenPrefixed(b []byte) (field, rest []byte, err error) {
 		return nil, nil, errBadMeta
 	}
 	return b[n : n+int(l)], b[n+int(l):], nil
+}
+
+// sortSettings returns settings sorted by name, or an error naming an
+// empty or repeated name.
+func sortSettings(settings []Setting) ([]Setting, error) {
+	out := append([]Setting(nil), settings...)
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	for i, s := range out {
+		if s.Name == "" {
+			return nil, errors.New("gossip: a setting has no name")
+		}
+		if i > 0 && out[i-1].Name == s.Name {
+			return nil, fmt.Errorf("gossip: setting %q given twice", s.Name)
+		}
+	}
+	return out, nil
+}
+
+// diffSettings describes every setting in which theirs differs from mine
+// (both sorted by name), as "Name theirs (mine here)"; "" when they agree.
+// A setting only one side has counts as differing.
+func diffSettings(mine, theirs []Setting) string {
+	var diffs []string
+	i, j := 0, 0
+	for i < len(mine) || j < len(theirs) {
+		switch {
+		case j == len(theirs) || i < len(mine) && mine[i].Name < theirs[j].Name:
+			diffs = append(diffs, fmt.Sprintf("%s unset (%s here)", mine[i].Name, mine[i].Value))
+			i++
+		case i == len(mine) || theirs[j].Name < mine[i].Name:
+			diffs = append(diffs, fmt.Sprintf("%s %s (unset here)", theirs[j].Name, theirs[j].Value))
+			j++
+		default:
+			if mine[i].Value != theirs[j].Value {
+				diffs = append(diffs, fmt.Sprintf("%s %s (%s here)", mine[i].Name, theirs[j].Value, mine[i].Value))
+			}
+			i++
+			j++
+		}
+	}
+	return strings.Join(diffs, ", ")
 }

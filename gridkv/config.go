@@ -6,35 +6,45 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/gridkv/gridkv/gossip"
 )
 
 // Config configures a node. The zero Config is a single-node cluster on
 // loopback with ephemeral ports; zero always means "the default".
 type Config struct {
-	// NodeID is unique in the cluster and must not contain '/'.
-	// Default: random.
+	// NodeID is unique among the live members of the cluster: Open fails
+	// with ErrInvalid while a live member answers to it. A node restarting
+	// after a crash keeps its NodeID; it gets in once the cluster has
+	// declared its predecessor dead (Open waits, within JoinTimeout). At
+	// most 128 bytes, no '/'. Default: random.
 	NodeID string
-	// BindAddr is the TCP address for Raft and node-to-node RPC.
-	// Default "127.0.0.1:0".
+	// BindAddr is the TCP address (host:port) for Raft and node-to-node
+	// RPC. Default "127.0.0.1:0".
 	BindAddr string
-	// GossipAddr is the memberlist address (TCP and UDP). Default "127.0.0.1:0".
+	// GossipAddr is the memberlist address (host:port, TCP and UDP).
+	// Default "127.0.0.1:0".
 	GossipAddr string
-	// Seeds are gossip addresses of existing members. Empty: this node
-	// starts a new cluster (see BootstrapExpect).
+	// Seeds are gossip addresses (host:port) of existing members. Empty:
+	// this node starts a new cluster (see BootstrapExpect).
 	Seeds []string
 	// ReplicaCount is the replicas per range. Default 3 (fewer while fewer
-	// nodes exist).
+	// nodes exist). The same on every node (see Open).
 	ReplicaCount int
 	// Groups is the number of hash ranges, one Raft group each. Default 64.
+	// The same on every node (see Open).
 	Groups int
 	// MaxValueBytes is the largest value accepted. Default 1 MiB (exactly
-	// 1 MiB is allowed).
+	// 1 MiB is allowed). Checked by the node a write is made through, so
+	// it may differ between nodes (and be raised one node at a time).
 	MaxValueBytes int
 	// MemoryLimit caps the bytes of keys plus values in the cluster,
 	// enforced per range (each range may hold MemoryLimit/Groups).
-	// Default 0: no limit.
+	// Default 0: no limit. The same on every node (see Open).
 	MemoryLimit int64
 
 	// BootstrapExpect: when > 1, nodes started together wait until this
@@ -44,7 +54,8 @@ type Config struct {
 	// Seeds bootstraps alone at once, a node with Seeds only joins.
 	BootstrapExpect int
 	// JoinTimeout bounds how long Open tries to reach a seed (and, with
-	// BootstrapExpect, to see the expected nodes). Default 30s.
+	// BootstrapExpect, to see the expected nodes); OpenContext's ctx may
+	// end it sooner. Default 30s.
 	JoinTimeout time.Duration
 	// ReconcileInterval is how often range leaders move replicas toward
 	// the placement target. Default 250ms.
@@ -55,14 +66,19 @@ type Config struct {
 	MemberDelay time.Duration
 	// Fast selects faster Raft and gossip timings, for nodes on one
 	// machine (tests, the example cluster). Default false: LAN timings.
+	// The same on every node (see Open).
 	Fast bool
 	// Logger receives warnings and errors. Default slog.Default().
 	Logger *slog.Logger
 }
 
-const maxKeyBytes = 64 << 10
+const (
+	maxKeyBytes    = 64 << 10
+	maxNodeIDBytes = 128 // leaves room in gossip's 512 bytes of metadata
+)
 
-// withDefaults copies c, fills defaults and reports every problem at once.
+// withDefaults copies c, fills defaults and reports every problem at once,
+// on one line.
 func (c Config) withDefaults() (Config, error) {
 	if c.NodeID == "" {
 		var b [8]byte
@@ -100,33 +116,100 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 	c.Seeds = append([]string(nil), c.Seeds...)
-	var errs []error
+	var errs []string
+	add := func(format string, args ...any) { errs = append(errs, fmt.Sprintf(format, args...)) }
 	if strings.Contains(c.NodeID, "/") {
-		errs = append(errs, fmt.Errorf("field NodeID %q contains '/'", c.NodeID))
+		add("field NodeID %q contains '/'", c.NodeID)
+	}
+	if len(c.NodeID) > maxNodeIDBytes {
+		add("field NodeID of %d bytes is longer than %d", len(c.NodeID), maxNodeIDBytes)
+	}
+	if err := checkAddr(c.BindAddr, true); err != nil {
+		add("field BindAddr %q: %v", c.BindAddr, err)
+	}
+	if err := checkAddr(c.GossipAddr, true); err != nil {
+		add("field GossipAddr %q: %v", c.GossipAddr, err)
+	}
+	for i, seed := range c.Seeds {
+		if err := checkAddr(seed, false); err != nil {
+			add("field Seeds[%d] %q: %v", i, seed, err)
+		}
 	}
 	if c.ReplicaCount < 1 {
-		errs = append(errs, fmt.Errorf("field ReplicaCount %d < 1", c.ReplicaCount))
+		add("field ReplicaCount %d < 1", c.ReplicaCount)
 	}
 	if c.Groups < 1 || c.Groups > 4096 {
-		errs = append(errs, fmt.Errorf("field Groups %d outside 1..4096", c.Groups))
+		add("field Groups %d outside 1..4096", c.Groups)
 	}
 	if c.MaxValueBytes < 0 {
-		errs = append(errs, fmt.Errorf("field MaxValueBytes %d < 0", c.MaxValueBytes))
+		add("field MaxValueBytes %d < 0", c.MaxValueBytes)
 	}
 	if c.MemoryLimit < 0 {
-		errs = append(errs, fmt.Errorf("field MemoryLimit %d < 0", c.MemoryLimit))
+		add("field MemoryLimit %d < 0", c.MemoryLimit)
 	}
 	if c.BootstrapExpect < 0 {
-		errs = append(errs, fmt.Errorf("field BootstrapExpect %d < 0", c.BootstrapExpect))
+		add("field BootstrapExpect %d < 0", c.BootstrapExpect)
 	}
 	if c.BootstrapExpect > 1 && len(c.Seeds) == 0 {
-		errs = append(errs, fmt.Errorf("field BootstrapExpect %d needs Seeds to find the others", c.BootstrapExpect))
+		add("field BootstrapExpect %d needs Seeds to find the others", c.BootstrapExpect)
 	}
 	if c.JoinTimeout < 0 || c.ReconcileInterval < 0 || c.MemberDelay < 0 {
-		errs = append(errs, errors.New("negative JoinTimeout, ReconcileInterval or MemberDelay"))
+		add("negative JoinTimeout, ReconcileInterval or MemberDelay")
 	}
 	if len(errs) > 0 {
-		return c, fmt.Errorf("%w: config: %w", ErrInvalid, errors.Join(errs...))
+		return c, fmt.Errorf("%w: config: %s", ErrInvalid, strings.Join(errs, "; "))
 	}
 	return c, nil
+}
+
+// checkAddr checks that addr is host:port with a numeric port; a listen
+// address may leave the host empty (every interface) and ask for port 0
+// (any free one), a seed may not.
+func checkAddr(addr string, listen bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("want host:port")
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	switch {
+	case err != nil:
+		return fmt.Errorf("port %q is not a number in 0..65535", port)
+	case !listen && host == "":
+		return errors.New("want host:port, the host is empty")
+	case !listen && p == 0:
+		return errors.New("port 0 cannot be dialed")
+	}
+	return nil
+}
+
+// clusterSettings are the settings every node of a cluster must share.
+// They travel in the gossip metadata; a node whose settings differ from a
+// member's cannot join, and the members never count it (gossip.Config
+// Settings). Each is there because a difference breaks the cluster:
+//   - Groups: keys hash into Groups ranges, so nodes with another count
+//     send a key to another range, or to a range that does not exist on
+//     the node asked (the write fails, or lands where no one reads it).
+//   - ReplicaCount: every range leader moves replicas toward the placement
+//     target computed with its own count; two counts make leaders add and
+//     remove replicas for ever, and WaitReady wait for a count never met.
+//   - MemoryLimit: the limit is applied inside each replica's state machine
+//     when it applies a write; replicas with different limits would decide
+//     the same write differently and diverge.
+//   - Fast: the Raft timing preset. A follower's HeartbeatTimeout must not
+//     be shorter than what its leader's lease and heartbeat interval assume,
+//     or it starts elections against a healthy leader (and leases, which
+//     rest on followers refusing votes within HeartbeatTimeout, would be
+//     unsafe); gossip's failure detection timings differ with it too.
+//
+// Deliberately not here: MaxValueBytes (checked by the node a write enters
+// through, never in replicated state: nodes may differ, and a limit can be
+// raised one node at a time), BootstrapExpect (a formation-time count: the
+// nodes joining later leave it 0), and the per-node timings and addresses.
+func (c Config) clusterSettings() []gossip.Setting {
+	return []gossip.Setting{
+		{Name: "Groups", Value: strconv.Itoa(c.Groups)},
+		{Name: "ReplicaCount", Value: strconv.Itoa(c.ReplicaCount)},
+		{Name: "MemoryLimit", Value: strconv.FormatInt(c.MemoryLimit, 10)},
+		{Name: "Fast", Value: strconv.FormatBool(c.Fast)},
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -74,12 +75,36 @@ type Location struct {
 	Replicas []string // node ids
 }
 
-// Open starts a node. The zero Config is a single-node cluster on loopback
-// with ephemeral ports. With Seeds it joins an existing cluster; its ranges'
-// leaders then add replicas on it. See Config for every option.
+// Open starts a node: OpenContext with context.Background(), so joining is
+// bounded by JoinTimeout alone.
 func Open(cfg Config) (*DB, error) {
+	return OpenContext(context.Background(), cfg)
+}
+
+// OpenContext starts a node. The zero Config is a single-node cluster on
+// loopback with ephemeral ports. With Seeds it joins an existing cluster;
+// its ranges' leaders then add replicas on it. See Config for every option.
+//
+// ctx bounds joining and forming the cluster, as JoinTimeout does (the
+// sooner ends it). Errors, each on one line:
+//   - ErrInvalid: a field that cannot be used (every such field is named,
+//     with why): malformed, an address that cannot be bound (a port in
+//     use), a NodeID that a live member answers to, or a setting that must
+//     be the same on every node and differs from the cluster's (Groups,
+//     ReplicaCount, MemoryLimit, Fast: both values are named). The
+//     members refuse such a node too and never count it.
+//   - ErrTimeout, wrapping ctx.Err(): ctx ended first.
+//   - ErrUnavailable: JoinTimeout passed before a seed let this node in
+//     (it says how many seeds were tried, and the first one's error), or
+//     before the BootstrapExpect nodes saw each other.
+//
+// A failed OpenContext has stopped every goroutine it started.
+func OpenContext(ctx context.Context, cfg Config) (*DB, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
+		return nil, err
+	}
+	if err := ctxErr(ctx); err != nil {
 		return nil, err
 	}
 	db := &DB{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), stop: make(chan struct{}),
@@ -99,7 +124,7 @@ func Open(cfg Config) (*DB, error) {
 		hc.RPCTimeout = time.Second
 	}
 	if db.host, err = raftgroup.NewHost(hc); err != nil {
-		return nil, fmt.Errorf("gridkv: %w", err)
+		return nil, fmt.Errorf("%w: config: field BindAddr %q cannot be used: %v", ErrInvalid, cfg.BindAddr, err)
 	}
 	db.host.SetRPCHandler(db.serve)
 	_, inc, _ := raftgroup.ParseServerID(db.host.ID())
@@ -110,14 +135,15 @@ func Open(cfg Config) (*DB, error) {
 	}
 	db.gsp, err = gossip.Start(gossip.Config{
 		Name: cfg.NodeID, BindAddr: cfg.GossipAddr, Preset: preset, Logger: cfg.Logger,
-		Meta:   gossip.Meta{NodeID: cfg.NodeID, Incarnation: inc, RPCAddr: db.host.Addr()},
-		Faults: hc.Faults,
+		Meta:     gossip.Meta{NodeID: cfg.NodeID, Incarnation: inc, RPCAddr: db.host.Addr()},
+		Settings: cfg.clusterSettings(),
+		Faults:   hc.Faults,
 	})
 	if err != nil {
 		db.host.Close()
-		return nil, fmt.Errorf("gridkv: %w", err)
+		return nil, fmt.Errorf("%w: config: field GossipAddr %q cannot be used: %v", ErrInvalid, cfg.GossipAddr, err)
 	}
-	if err := db.form(); err != nil {
+	if err := db.form(ctx); err != nil {
 		db.gsp.Close(time.Second)
 		db.host.Close()
 		return nil, err
@@ -130,13 +156,13 @@ func Open(cfg Config) (*DB, error) {
 	return db, nil
 }
 
-// form joins or bootstraps the cluster.
-func (db *DB) form() error {
-	ctx, cancel := context.WithTimeout(context.Background(), db.cfg.JoinTimeout)
+// form joins or bootstraps the cluster, within ctx and JoinTimeout.
+func (db *DB) form(ctx context.Context) error {
+	joinCtx, cancel := context.WithTimeout(ctx, db.cfg.JoinTimeout)
 	defer cancel()
 	if len(db.cfg.Seeds) > 0 {
-		if _, err := db.gsp.Join(ctx, db.cfg.Seeds); err != nil {
-			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		if _, err := db.gsp.Join(joinCtx, db.cfg.Seeds); err != nil {
+			return db.joinError(ctx, err)
 		}
 	}
 	switch {
@@ -150,13 +176,35 @@ func (db *DB) form() error {
 				return db.bootstrap(ms[:db.cfg.BootstrapExpect])
 			}
 			select {
-			case <-ctx.Done():
-				return fmt.Errorf("%w: saw %d of the %d expected nodes", ErrUnavailable, len(db.gsp.Members()), db.cfg.BootstrapExpect)
+			case <-joinCtx.Done():
+				err := fmt.Errorf("saw %d of the %d expected nodes (BootstrapExpect)", len(db.gsp.Members()), db.cfg.BootstrapExpect)
+				if ctx.Err() != nil {
+					return fmt.Errorf("%w: %w: %v", ErrTimeout, ctx.Err(), err)
+				}
+				return fmt.Errorf("%w: JoinTimeout %v passed: %v", ErrUnavailable, db.cfg.JoinTimeout, err)
 			case <-tick.C:
 			}
 		}
 	}
 	return nil // joined: range leaders will add replicas here
+}
+
+// joinError maps gossip's Join error to the API's: a cluster that refused
+// this node for good is a config error, ctx's end a timeout, JoinTimeout's
+// an unavailable cluster.
+func (db *DB) joinError(ctx context.Context, err error) error {
+	// gossip's sentinels' own text adds nothing to what is said here.
+	detail := func(sentinel error) string { return strings.TrimPrefix(err.Error(), sentinel.Error()+": ") }
+	switch {
+	case errors.Is(err, gossip.ErrIncompatible):
+		return fmt.Errorf("%w: config: settings that must be the same on every node differ from the cluster's: %s",
+			ErrInvalid, detail(gossip.ErrIncompatible))
+	case errors.Is(err, gossip.ErrNameTaken):
+		return fmt.Errorf("%w: config: field NodeID %q is taken by a live member: %s", ErrInvalid, db.cfg.NodeID, detail(gossip.ErrNameTaken))
+	case ctx.Err() != nil:
+		return fmt.Errorf("%w: %w", ErrTimeout, err) // err wraps ctx.Err()
+	}
+	return fmt.Errorf("%w: JoinTimeout %v passed: %v", ErrUnavailable, db.cfg.JoinTimeout, err)
 }
 
 func (db *DB) self() gossip.Member {
@@ -259,11 +307,11 @@ func (db *DB) Members() []Member {
 // Locate says where key lives: its range, the range's leader and replicas
 // (node ids), as this node knows them.
 func (db *DB) Locate(key string) (Location, error) {
-	if err := db.checkKey(key); err != nil {
-		return Location{}, err
-	}
 	if db.isClosed() {
 		return Location{}, ErrClosed
+	}
+	if err := db.checkKey(key); err != nil {
+		return Location{}, err
 	}
 	r := placement.RangeOf(key, db.cfg.Groups)
 	loc := Location{Range: r}
@@ -306,6 +354,12 @@ func (db *DB) memberIDs() []string {
 // WaitReady returns when every range has a leader this node can reach and
 // as many replicas as ReplicaCount allows with the current members.
 func (db *DB) WaitReady(ctx context.Context) error {
+	if db.isClosed() {
+		return ErrClosed
+	}
+	if err := ctxErr(ctx); err != nil {
+		return err
+	}
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -316,7 +370,7 @@ func (db *DB) WaitReady(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			// Say what was still missing: the last check's reason.
-			return fmt.Errorf("%w: %w; not ready: %v", ErrTimeout, ctx.Err(), err)
+			return fmt.Errorf("%w; not ready: %s", timedOut(ctx.Err(), false), oneLine(err.Error()))
 		case <-tick.C:
 		}
 	}

@@ -19,5 +19,8 @@
 //	err = db.Set(ctx, "user:42", []byte("alice"), gridkv.WithTTL(time.Hour))
 //	v, err := db.Get(ctx, "user:42")
 //
-// A second node joins with Config{Seeds: []string{db.GossipAddr()}}.
+// A second node joins with Config{Seeds: []string{db.GossipAddr()}}
+// (OpenContext bounds the join with a ctx). Its Groups, ReplicaCount,
+// MemoryLimit and Fast must equal the cluster's, and its NodeID must not be
+// a live member's: otherwise Open fails with ErrInvalid saying which.
 package gridkv

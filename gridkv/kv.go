@@ -30,9 +30,11 @@ func (db *DB) checkValue(v []byte) error {
 	return nil
 }
 
+// ctxErr is ErrTimeout if ctx has ended: checked before a call does
+// anything, so even a write's outcome is known (not applied).
 func ctxErr(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("%w: %w", ErrTimeout, err)
+		return timedOut(err, false)
 	}
 	return nil
 }
@@ -40,6 +42,9 @@ func ctxErr(ctx context.Context) error {
 // Set stores value under key. With WithTTL the key expires that long after
 // the write commits.
 func (db *DB) Set(ctx context.Context, key string, value []byte, opts ...WriteOption) error {
+	if db.isClosed() {
+		return ErrClosed
+	}
 	var o writeOptions
 	for _, f := range opts {
 		if f == nil {
@@ -50,7 +55,7 @@ func (db *DB) Set(ctx context.Context, key string, value []byte, opts ...WriteOp
 	if o.ttlSet && o.ttl <= 0 {
 		return fmt.Errorf("%w: TTL %v must be > 0", ErrInvalid, o.ttl)
 	}
-	if err := errors.Join(db.checkKey(key), db.checkValue(value)); err != nil {
+	if err := joinErrors(db.checkKey(key), db.checkValue(value)); err != nil {
 		return err
 	}
 	if value == nil {
@@ -62,6 +67,9 @@ func (db *DB) Set(ctx context.Context, key string, value []byte, opts ...WriteOp
 
 // Delete removes key; deleting an absent key succeeds.
 func (db *DB) Delete(ctx context.Context, key string) error {
+	if db.isClosed() {
+		return ErrClosed
+	}
 	if err := db.checkKey(key); err != nil {
 		return err
 	}
@@ -73,7 +81,10 @@ func (db *DB) Delete(ctx context.Context, key string) error {
 // nil means "only if key is absent" and []byte{} "present with an empty
 // value". It reports whether the swap happened.
 func (db *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte) (bool, error) {
-	if err := errors.Join(db.checkKey(key), db.checkValue(new)); err != nil {
+	if db.isClosed() {
+		return false, ErrClosed
+	}
+	if err := joinErrors(db.checkKey(key), db.checkValue(new)); err != nil {
 		return false, err
 	}
 	if new == nil {
@@ -98,6 +109,9 @@ func (db *DB) write(ctx context.Context, key string, cmd []byte) ([]byte, error)
 // Get returns key's value: ErrNotFound when absent or expired. Without
 // options the read is linearizable, served by the range's leader.
 func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, error) {
+	if db.isClosed() {
+		return nil, ErrClosed
+	}
 	if err := db.checkKey(key); err != nil {
 		return nil, err
 	}
@@ -184,18 +198,22 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 				}
 				continue
 			case errors.Is(err, raftgroup.ErrTimeout):
-				return nil, fmt.Errorf("%w: %w", ErrTimeout, err)
+				return nil, timedOut(err, true)
 			default:
-				return nil, fmt.Errorf("%w: connection to %s lost mid-write: %v", ErrTimeout, to.addr, err)
+				return nil, timedOut(fmt.Errorf("connection to %s lost mid-write: %s", to.addr, oneLine(err.Error())), true)
 			}
 		}
-		st := ans[0]
-		if st == stClosed && tried.known() {
-			// The node asked is shutting down: it served nothing, and its
-			// closing is not ours. Ask another.
-			st, ans = stRedirect, redirect(peer{})
-		}
-		switch st {
+		switch ans[0] {
+		case stClosed:
+			// The node asked (or this node's replica, dropped) is closing;
+			// what it refused was not applied. Ask another; the loop's top
+			// says ErrClosed if it is this node that closed.
+			db.leaderHint.Delete(r)
+			avoid = tried.addr
+			if err := pause(ctx, &backoff); err != nil {
+				return nil, err
+			}
+			continue
 		case stOK:
 			return ans[1:], nil
 		case stRedirect:
@@ -281,7 +299,7 @@ func pause(ctx context.Context, backoff *time.Duration) error {
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
+		return timedOut(ctx.Err(), false) // nothing in flight: pauses follow answers that applied nothing
 	case <-t.C:
 	}
 	*backoff = min(2**backoff, 100*time.Millisecond)

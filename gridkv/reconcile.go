@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -241,6 +240,3 @@ func (db *DB) dropReplica(r int, rep *replica) {
 	_ = rep.group.Shutdown() // answers entries in flight
 	rep.batch.close()
 }
-
-// oneLine folds an error text onto one line.
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

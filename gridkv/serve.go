@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"runtime"
 	"sync"
 	"time"
@@ -22,7 +23,7 @@ func (db *DB) serve(ctx context.Context, req []byte) ([]byte, error) {
 		return nil, err
 	}
 	if r >= db.cfg.Groups {
-		return []byte{stInvalid}, nil
+		return append([]byte{stInvalid}, fmt.Sprintf("range %d asked of node %s, which has %d ranges (Groups)", r, db.cfg.NodeID, db.cfg.Groups)...), nil
 	}
 	return db.handle(ctx, kind, r, body), nil
 }

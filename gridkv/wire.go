@@ -3,6 +3,7 @@ package gridkv
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 
 	"github.com/hashicorp/raft"
 )
@@ -75,19 +76,26 @@ func decodeRequest(b []byte) (kind byte, rangeID int, body []byte, err error) {
 	return b[0], int(r), b[1+n:], nil
 }
 
-// statusError maps an answer's status to the API's errors.
+// statusError maps an answer's status to the API's errors; the answer's
+// text, from another node, is put on one line.
 func statusError(st byte, body []byte) error {
+	wrap := func(sentinel error) error {
+		if len(body) == 0 {
+			return sentinel
+		}
+		return fmt.Errorf("%w: %s", sentinel, oneLine(string(body)))
+	}
 	switch st {
 	case stNotFound:
 		return ErrNotFound
 	case stMemoryLimit:
 		return ErrMemoryLimit
 	case stInvalid:
-		return errors.Join(ErrInvalid, errors.New(string(body)))
+		return wrap(ErrInvalid)
 	case stUnavailable:
-		return errors.Join(ErrUnavailable, errors.New(string(body)))
+		return wrap(ErrUnavailable)
 	case stUnknown:
-		return errors.Join(ErrTimeout, errors.New(string(body)))
+		return timedOut(errors.New(oneLine(string(body))), true)
 	case stClosed:
 		return ErrClosed
 	}

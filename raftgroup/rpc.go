@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -18,6 +19,10 @@ type RPCHandler func(ctx context.Context, req []byte) ([]byte, error)
 // NotSent reports whether a Call failed before its request could leave
 // this node (the peer was unreachable), so it certainly was not served.
 func NotSent(err error) bool { return errors.Is(err, errUnreachable) || errors.Is(err, errMuxClosed) }
+
+// oneLine puts an error text from another node on one line (errors.Join,
+// for one, spans lines), so that the errors it ends up in do too.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 // ErrNoHandler: the called node has no RPC handler set.
 var ErrNoHandler = errors.New("raftgroup: no rpc handler on the called node")

@@ -460,7 +460,7 @@ func decodeResponse(body []byte, resp interface{}) error {
 // remoteError is an error the remote side returned for a request.
 type remoteError struct{ msg string }
 
-func (e *remoteError) Error() string { return "raftgroup: remote: " + e.msg }
+func (e *remoteError) Error() string { return "raftgroup: remote: " + oneLine(e.msg) }
 
 // errRefused: the host at the address runs another incarnation than the
 // one the request was for. It wraps errUnreachable: the request was not
