@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/gridkv/gridkv/fsm"
+	"github.com/gridkv/gridkv/gossip"
 	"github.com/gridkv/gridkv/placement"
 	"github.com/gridkv/gridkv/raftgroup"
 )
@@ -190,8 +191,13 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 		switch ans[0] {
 		case stOK:
 			return ans[1:], nil
-		case stRedirect:
-			hint := string(ans[1:])
+		case stRedirect, stClosed:
+			// A node that is closing (or a replica being dropped) answers
+			// stClosed: someone else serves the range.
+			var hint string
+			if ans[0] == stRedirect {
+				hint = string(ans[1:])
+			}
 			if hint != "" && hint != tried {
 				db.leaderHint.Store(r, hint)
 				avoid = ""
@@ -239,7 +245,12 @@ func (db *DB) leaderAddr(r int, local *replica, avoid string) string {
 	if v, ok := db.leaderHint.Load(r); ok && v.(string) != avoid {
 		return v.(string)
 	}
-	members := db.gsp.Members()
+	var members []gossip.Member
+	for _, m := range db.gsp.Members() {
+		if !m.Meta.Leaving { // handing its leaderships away (DB.Close)
+			members = append(members, m)
+		}
+	}
 	for _, m := range members {
 		// Our own claim is stale if raft above did not name us.
 		if m.Meta.NodeID != db.cfg.NodeID && m.Meta.RPCAddr != avoid && slices.Contains(m.Meta.Leads, r) {

@@ -45,9 +45,15 @@ type memberView struct {
 }
 
 // stableMembers is the membership placement uses: members up for at least
-// MemberDelay, plus members gone for less than that (and this node).
+// MemberDelay, plus members gone for less than that (and this node). A
+// member that announced it is leaving (DB.Close) is dropped at once: it is
+// taking its replicas out, and must not be given them back.
 func (db *DB) stableMembers(view map[string]*memberView, now time.Time) []gossip.Member {
 	for _, m := range db.gsp.Members() {
+		if m.Meta.Leaving {
+			delete(view, m.Meta.NodeID)
+			continue
+		}
 		v := view[m.Meta.NodeID]
 		if v == nil || v.m.Meta.Incarnation != m.Meta.Incarnation {
 			v = &memberView{firstSeen: now}
@@ -132,7 +138,11 @@ func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]
 		}
 		rep.sole.Store(false) // before any change: reads take the leader path from now on
 		if !ok {
-			if _, err := db.host.Call(ctx, m.Meta.RPCAddr, encodeRequest(reqPrepare, r, nil)); err != nil {
+			ans, err := db.host.Call(ctx, m.Meta.RPCAddr, encodeRequest(reqPrepare, r, nil))
+			if err == nil {
+				err = answerErr(ans) // a closing node answers stClosed
+			}
+			if err != nil {
 				db.log.Debug("prepare replica failed", "range", r, "node", m.Meta.NodeID, "err", err)
 				return
 			}
@@ -170,6 +180,12 @@ func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]
 		_, _ = db.host.Call(ctx, addr, encodeRequest(reqDrop, r, []byte(sid)))
 		return
 	}
+	if len(servers) == 1 && servers[0].ID == db.host.ID() {
+		if !rep.sole.Load() {
+			db.becomeSole(ctx, rep)
+		}
+		return
+	}
 	if planLeader == "" || planLeader == db.cfg.NodeID {
 		return
 	}
@@ -179,6 +195,25 @@ func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]
 		if err := rep.group.TransferLeadership(ctx, sid, m.Meta.RPCAddr); err != nil {
 			db.log.Debug("leadership transfer failed", "range", r, "to", planLeader, "err", err)
 		}
+	}
+}
+
+// becomeSole sets rep.sole once this leader is its range's only server (the
+// others left, see DB.Close) and its state machine has applied everything
+// committed before, under earlier leaders too. From then on no other node
+// can be elected, and only this node's reconciler changes the
+// configuration, clearing sole before any change.
+func (db *DB) becomeSole(ctx context.Context, rep *replica) {
+	idx, err := rep.group.ReadIndex(ctx)
+	if err != nil {
+		return
+	}
+	if err := rep.fsm.WaitApplied(ctx, rep.group.FSMIndex(idx)); err != nil {
+		return
+	}
+	servers, err := rep.group.Configuration()
+	if err == nil && len(servers) == 1 && servers[0].ID == db.host.ID() && rep.group.IsLeader() {
+		rep.sole.Store(true)
 	}
 }
 
