@@ -118,8 +118,9 @@ type Node struct {
 	cfg Config
 	log *slog.Logger
 
-	metaMu sync.Mutex
-	meta   []byte
+	metaMu  sync.Mutex
+	meta    []byte
+	leaving bool // AnnounceLeave was called: every later metadata says so
 	// settings are Config.Settings, sorted by name.
 	settings []Setting
 
@@ -365,13 +366,16 @@ func (n *Node) Members() []Member {
 }
 
 // SetMeta replaces this node's metadata and gossips it; Leads is dropped if
-// it does not fit in memberlist's 512 bytes.
+// it does not fit in memberlist's 512 bytes. After AnnounceLeave, Leaving
+// stays set whatever m says.
 func (n *Node) SetMeta(m Meta) error {
+	n.metaMu.Lock()
+	m.Leaving = m.Leaving || n.leaving
 	b, err := encodeMeta(m, n.settings)
 	if err != nil {
+		n.metaMu.Unlock()
 		return err
 	}
-	n.metaMu.Lock()
 	same := bytes.Equal(b, n.meta)
 	n.meta = b
 	n.metaMu.Unlock()
@@ -381,10 +385,28 @@ func (n *Node) SetMeta(m Meta) error {
 	return n.ml.UpdateNode(5 * time.Second)
 }
 
-// Close leaves the cluster gracefully (marking its metadata Leaving, then
-// telling the others, each within timeout) and stops every goroutine the
-// node started. Idempotent. After Join failed with ErrNameTaken it leaves
-// silently, as Crash does: its name is the live member's.
+// AnnounceLeave marks this node's metadata Leaving (and drops its Leads,
+// which it is handing away) and gossips it, waiting up to timeout for the
+// update to go out. The node stays a member until Close; the others can
+// stop counting on it meanwhile. Every later metadata keeps the flag.
+func (n *Node) AnnounceLeave(timeout time.Duration) error {
+	n.metaMu.Lock()
+	n.leaving = true
+	if m, _, err := decodeMeta(n.meta); err == nil {
+		m.Leaving, m.Leads, m.LeadsOmitted = true, nil, false
+		if b, err := encodeMeta(m, n.settings); err == nil {
+			n.meta = b
+		}
+	}
+	n.metaMu.Unlock()
+	return n.ml.UpdateNode(timeout)
+}
+
+// Close leaves the cluster gracefully (announcing the leave first, see
+// AnnounceLeave, then telling the others, each within timeout) and stops
+// every goroutine the node started. Idempotent. After Join failed with
+// ErrNameTaken it leaves silently, as Crash does: its name is the live
+// member's.
 func (n *Node) Close(timeout time.Duration) error {
 	var err error
 	if n.nameTaken.Load() {
@@ -392,14 +414,7 @@ func (n *Node) Close(timeout time.Duration) error {
 		return nil
 	}
 	n.closeOnce.Do(func() {
-		n.metaMu.Lock()
-		m, _, _ := decodeMeta(n.meta)
-		m.Leaving = true
-		if b, err := encodeMeta(m, n.settings); err == nil {
-			n.meta = b
-		}
-		n.metaMu.Unlock()
-		_ = n.ml.UpdateNode(timeout) // tell the others this is a leave, not a failure
+		_ = n.AnnounceLeave(timeout) // tell the others this is a leave, not a failure
 		if lerr := n.ml.Leave(timeout); lerr != nil {
 			err = fmt.Errorf("gossip: leave: %w", lerr)
 		}

@@ -341,6 +341,23 @@ func TestJoinEventsMetaLeaveAndFail(t *testing.T) {
 		return false
 	})
 
+	// An announced leave reaches the others while b is still a member, and
+	// a later SetMeta does not take it back.
+	if err := b.AnnounceLeave(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetMeta(Meta{NodeID: "b", Incarnation: 1, RPCAddr: "127.0.0.1:2", Leads: []int{6}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "a to see b leaving", func() bool {
+		for _, m := range a.Members() {
+			if m.Name == "b" && m.Meta.Leaving && fmt.Sprint(m.Meta.Leads) == "[6]" {
+				return true
+			}
+		}
+		return false
+	})
+
 	if err := b.Close(time.Second); err != nil {
 		t.Fatal(err)
 	}

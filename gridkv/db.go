@@ -52,10 +52,11 @@ type replica struct {
 	group *raftgroup.Group
 	fsm   *fsm.FSM
 	batch *batcher
-	// sole is set while this node is the range's only voter (a single-node
-	// cluster): then its state is linearizable to read directly, since no
-	// other node can be elected. Cleared before this node adds a replica;
-	// only this node, as leader, changes the configuration.
+	// sole is set while this node is the range's only server (a single-node
+	// cluster, or the last node left after the others closed; see
+	// becomeSole): then its state is linearizable to read directly, since
+	// no other node can be elected. Cleared before this node adds a
+	// replica; only this node, as leader, changes the configuration.
 	sole atomic.Bool
 }
 
@@ -421,46 +422,49 @@ func replicasReady(ans []byte, want int, live map[raft.ServerID]bool) error {
 func (db *DB) isClosed() bool { return db.closed.Load() }
 
 // stopServing marks the node closed and stops its own goroutines; it
-// returns the replicas it had, or false if the node was already closed.
-func (db *DB) stopServing() ([]*replica, bool) {
+// returns the replicas it had, by range, or false if the node was already
+// closed.
+func (db *DB) stopServing() (map[int]*replica, bool) {
 	db.mu.Lock()
 	if db.closed.Load() {
 		db.mu.Unlock()
 		return nil, false
 	}
 	db.closed.Store(true)
-	var reps []*replica
-	for _, rep := range db.replicaList() {
-		reps = append(reps, rep)
-	}
+	reps := db.replicaList()
 	db.mu.Unlock()
 	close(db.stop)
 	db.wg.Wait()
 	return reps, true
 }
 
-// Close leaves gracefully: it hands this node's leaderships to other
-// replicas, leaves gossip, and stops every goroutine. Idempotent; calls
-// after it return ErrClosed.
+// Close leaves the cluster gracefully, then stops every goroutine the node
+// started. Idempotent; calls after it return ErrClosed, and so do calls
+// made while it runs.
+//
+// Leaving takes a few seconds at most. The node first tells the others,
+// through gossip, that it is leaving: from then on they no longer place
+// replicas on it. Then, for each range it holds, it hands leadership to
+// another live replica if it leads, and has the range's leader remove its
+// replica from the range's Raft configuration — when the replicas that
+// stay, and are not leaving too, are a majority of the range's remaining
+// voters, since otherwise the change could not commit; when no replica
+// takes the leadership it removes itself. So a cluster shrunk one Close at
+// a time keeps every range serving, down to a single node, whose ranges
+// then have it as their only voter. Only then does the node leave gossip.
+// Close nodes one at a time: nodes closing together do not count on each
+// other, and a range whose remaining voters are mostly leaving keeps them
+// all and loses its majority when they are gone (see the README, "When
+// nodes fail").
 func (db *DB) Close() error {
 	reps, ok := db.stopServing()
 	if !ok {
 		return nil
 	}
-	var wg sync.WaitGroup
-	for _, rep := range reps {
-		if !rep.group.IsLeader() {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			_ = rep.group.TransferLeadership(ctx, "", "") // fails harmlessly when alone
-		}()
+	if err := db.gsp.AnnounceLeave(time.Second); err != nil {
+		db.log.Debug("closing: leave announcement not confirmed", "err", err)
 	}
-	wg.Wait()
+	db.leaveRanges(reps)
 	err := db.gsp.Close(time.Second)
 	if herr := db.host.Close(); herr != nil && err == nil { // answers entries in flight
 		err = herr

@@ -266,7 +266,12 @@ func (db *DB) leaderPeer(r int, local *replica, avoid string) peer {
 	if v, ok := db.leaderHint.Load(r); ok && v.(peer).addr != avoid {
 		return v.(peer)
 	}
-	members := db.gsp.Members()
+	var members []gossip.Member
+	for _, m := range db.gsp.Members() {
+		if !m.Meta.Leaving { // handing its leaderships away (DB.Close)
+			members = append(members, m)
+		}
+	}
 	for _, m := range members {
 		// Our own claim is stale if raft above did not name us.
 		if m.Meta.NodeID != db.cfg.NodeID && m.Meta.RPCAddr != avoid && slices.Contains(m.Meta.Leads, r) {

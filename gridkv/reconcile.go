@@ -47,9 +47,15 @@ type memberView struct {
 }
 
 // stableMembers is the membership placement uses: members up for at least
-// MemberDelay, plus members gone for less than that (and this node).
+// MemberDelay, plus members gone for less than that (and this node). A
+// member that announced it is leaving (DB.Close) is dropped at once: it is
+// taking its replicas out, and must not be given them back.
 func (db *DB) stableMembers(view map[string]*memberView, now time.Time) []gossip.Member {
 	for _, m := range db.gsp.Members() {
+		if m.Meta.Leaving {
+			delete(view, m.Meta.NodeID)
+			continue
+		}
 		v := view[m.Meta.NodeID]
 		if v == nil {
 			v = &memberView{firstSeen: now}
@@ -124,8 +130,15 @@ func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]
 	if m, ok := byID[planLeader]; ok && planLeader != db.cfg.NodeID {
 		in.preferred = memberPeer(m)
 	}
+	steps := nextSteps(in)
+	if len(steps) == 0 && len(servers) == 1 && servers[0].ID == db.host.ID() && !rep.sole.Load() {
+		ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+		db.becomeSole(ctx, rep)
+		cancel()
+		return
+	}
 	tries := 0
-	for _, st := range nextSteps(in) {
+	for _, st := range steps {
 		if tries == maxStepTries {
 			return
 		}
@@ -154,8 +167,8 @@ func (db *DB) makeStep(ctx context.Context, r int, rep *replica, st confStep) er
 	switch st.kind {
 	case stepAdd:
 		ans, err := db.host.Call(ctx, st.to.id, st.to.addr, encodeRequest(reqPrepare, r, nil))
-		if err == nil && (len(ans) == 0 || ans[0] != stOK) {
-			err = fmt.Errorf("prepare answered %q", ans)
+		if err == nil {
+			err = answerErr(ans) // a closing node answers stClosed
 		}
 		if err != nil {
 			return fmt.Errorf("prepare replica: %w", err)
@@ -230,6 +243,25 @@ func (l *stepLog) ok(r int, st confStep) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.mu.failing, stepLogKey{r, st.kind})
+}
+
+// becomeSole sets rep.sole once this leader is its range's only server (the
+// others left, see DB.Close) and its state machine has applied everything
+// committed before, under earlier leaders too. From then on no other node
+// can be elected, and only this node's reconciler changes the
+// configuration, clearing sole before any change.
+func (db *DB) becomeSole(ctx context.Context, rep *replica) {
+	idx, err := rep.group.ReadIndex(ctx)
+	if err != nil {
+		return
+	}
+	if err := rep.fsm.WaitApplied(ctx, rep.group.FSMIndex(idx)); err != nil {
+		return
+	}
+	servers, err := rep.group.Configuration()
+	if err == nil && len(servers) == 1 && servers[0].ID == db.host.ID() && rep.group.IsLeader() {
+		rep.sole.Store(true)
+	}
 }
 
 // dropReplica forgets a replica that raft shut down after its removal.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -32,7 +33,18 @@ func (db *DB) serve(ctx context.Context, req []byte) ([]byte, error) {
 // with a status byte.
 func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte {
 	if db.isClosed() {
-		return []byte{stClosed}
+		// Closing (DB.Close): a range this node still leads is served
+		// until its leadership is handed off; for the others, point the
+		// caller at the leader this node knows, if any.
+		rep := db.replica(r)
+		if rep == nil || kind == reqPrepare || !rep.group.IsLeader() {
+			if rep != nil {
+				if p := leaderOf(rep); p.known() && p.id != db.host.ID() {
+					return redirect(p)
+				}
+			}
+			return []byte{stClosed}
+		}
 	}
 	if kind == reqPrepare {
 		if _, err := db.openReplica(r, nil); err != nil {
@@ -77,6 +89,8 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 		return out
 	case reqWrite:
 		return rep.batch.submit(ctx, body)
+	case reqLeave:
+		return db.removeLeaving(ctx, rep, raft.ServerID(body))
 	case reqRead:
 		if len(body) == 0 {
 			return []byte{stInvalid}
@@ -94,6 +108,25 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 		return readAnswer(rep.fsm, string(body[1:]))
 	}
 	return []byte{stInvalid}
+}
+
+// removeLeaving takes the replica sid of a closing node out of the range
+// this node leads (DB.Close asks for it); stOK once it is out.
+func (db *DB) removeLeaving(ctx context.Context, rep *replica, sid raft.ServerID) []byte {
+	if sid == db.host.ID() {
+		return append([]byte{stInvalid}, "a leader is not removed at another node's request"...)
+	}
+	servers, err := rep.group.Configuration()
+	if err != nil {
+		return redirectOrUnavailable(rep, err)
+	}
+	if !slices.ContainsFunc(servers, func(s raft.Server) bool { return s.ID == sid }) {
+		return []byte{stOK}
+	}
+	if err := rep.group.RemoveServer(ctx, sid); err != nil {
+		return redirectOrUnavailable(rep, err)
+	}
+	return []byte{stOK}
 }
 
 func readAnswer(f *fsm.FSM, key string) []byte {

@@ -17,10 +17,11 @@ const (
 	reqPrepare byte = 3 // create an empty replica of the range here
 	reqStatus  byte = 4 // the range's voter count (asked of its leader)
 	reqDrop    byte = 5 // body: the Raft server id removed; drop the replica if it is ours
+	reqLeave   byte = 6 // body: the Raft server id of a closing node's replica; its leader removes it
 )
 
 const (
-	stOK          byte = 0 // write: uvarint version, swapped byte; read: uvarint version, value; status: uvarint voters
+	stOK          byte = 0 // write: uvarint version, swapped byte; read: uvarint version, value; status: uvarint voters; leave: removed
 	stNotFound    byte = 1
 	stRedirect    byte = 2 // body: the leader's server id and RPC address (see appendRedirect)
 	stMemoryLimit byte = 3
@@ -74,6 +75,19 @@ func decodeRequest(b []byte) (kind byte, rangeID int, body []byte, err error) {
 		return 0, 0, nil, errBadMessage
 	}
 	return b[0], int(r), b[1+n:], nil
+}
+
+// answerErr is nil for an stOK answer, else the answer's error.
+func answerErr(ans []byte) error {
+	switch {
+	case len(ans) == 0:
+		return errBadMessage
+	case ans[0] == stOK:
+		return nil
+	case ans[0] == stRedirect:
+		return fmt.Errorf("%w: redirected to %s", ErrUnavailable, decodeRedirect(ans[1:]).addr)
+	}
+	return statusError(ans[0], ans[1:])
 }
 
 // statusError maps an answer's status to the API's errors; the answer's
