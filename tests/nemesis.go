@@ -162,6 +162,59 @@ func (m *CrashMinority) Start(c *Cluster, rng *rand.Rand) string {
 
 func (*CrashMinority) Stop(*Cluster) {}
 
+// RestartSameAddress crashes one node (kill -9: its in-memory state is
+// gone) and restarts it at once on the same addresses under the same
+// NodeID, as a supervisor would, then cuts off the node leading the most
+// ranges: the others elect leaders while the restarted node's replicas are
+// still empty, and Raft traffic meant for its previous incarnation reaches
+// the new one. Stop heals the partition; the restarted node stays.
+//
+// It restarts a node only once the cluster is ready again (every range
+// with its replicas, up to ReadyWait): with in-memory logs, a second node
+// lost before the first one's replicas are replaced loses the ranges both
+// held, which is documented data loss, not a bug to find.
+type RestartSameAddress struct{ ReadyWait time.Duration }
+
+func (RestartSameAddress) Name() string { return "restart-same-address" }
+
+func (m RestartSameAddress) Start(c *Cluster, rng *rand.Rand) string {
+	live := c.Live()
+	n := live[rng.IntN(len(live))]
+	ctx, cancel := context.WithTimeout(context.Background(), m.ReadyWait)
+	defer cancel()
+	for _, o := range live {
+		if err := o.DB().WaitReady(ctx); err != nil {
+			return ""
+		}
+	}
+	c.Crash(n)
+	desc := "crash and restart " + n.Name
+	if err := c.Restart(n); err != nil {
+		return desc + ": " + err.Error()
+	}
+	var lead *Node
+	most := -1
+	leads := c.Leaders()
+	for _, o := range c.Live() {
+		if o != n && leads[o] > most {
+			lead, most = o, leads[o]
+		}
+	}
+	if lead == nil {
+		return desc
+	}
+	var rest []*Node
+	for _, o := range c.Nodes {
+		if o != lead {
+			rest = append(rest, o)
+		}
+	}
+	c.Partition([]*Node{lead}, rest)
+	return fmt.Sprintf("%s, isolate %s (leads %d ranges)", desc, lead.Name, most)
+}
+
+func (RestartSameAddress) Stop(c *Cluster) { c.Heal() }
+
 // Pause holds all of one node's traffic, both ways, while its clocks run
 // (a stopped process: timers fire, nothing gets in or out), and delivers
 // it when the pause ends.

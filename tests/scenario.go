@@ -29,8 +29,8 @@ type Scenario struct {
 	Duration, FaultFor, HealFor time.Duration
 }
 
-// Scenarios are the named scenarios CI runs. Later capabilities (restart,
-// membership change, lease reads and clock drift) add theirs here.
+// Scenarios are the named scenarios CI runs. Later capabilities
+// (membership change, lease reads and clock drift) add theirs here.
 func Scenarios() []Scenario {
 	w := Workload{Clients: 8, Keys: 5, Replicas: 3, Timeout: time.Second, Rate: 200}
 	hot := Workload{Clients: 10, Keys: 1, Replicas: 3, Timeout: time.Second, Rate: 100}
@@ -49,6 +49,7 @@ func Scenarios() []Scenario {
 		}),
 		s("crash-minority", 3, w, func() Nemesis { return &CrashMinority{Max: 1} }),
 		s("pause", 3, w, func() Nemesis { return Pause{For: 1500 * time.Millisecond} }),
+		s("restart-same-address", 5, w, func() Nemesis { return RestartSameAddress{ReadyWait: 10 * time.Second} }),
 		s("transfer-storm", 3, w, func() Nemesis { return &TransferStorm{Every: 50 * time.Millisecond, Groups: 16} }),
 		s("hot-key", 3, hot, func() Nemesis { return IsolateLeader{} }),
 	}
@@ -62,7 +63,7 @@ func MixedScenario() Scenario {
 		Nemesis: func() Nemesis {
 			return &Mixed{Of: []Nemesis{IsolateLeader{}, RandomHalves{}, MajoritiesRing{}, Bridge{},
 				BadLinks{Rule: faultnet.Rule{Drop: 0.1, Duplicate: 0.05, Delay: time.Millisecond, Jitter: 10 * time.Millisecond}},
-				&CrashMinority{Max: 1}, Pause{For: 1500 * time.Millisecond}, &TransferStorm{Every: 50 * time.Millisecond, Groups: 16}}}
+				&CrashMinority{Max: 1}, Pause{For: 1500 * time.Millisecond}, RestartSameAddress{ReadyWait: 10 * time.Second}, &TransferStorm{Every: 50 * time.Millisecond, Groups: 16}}}
 		}}
 }
 
