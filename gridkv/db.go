@@ -120,7 +120,14 @@ func OpenContext(ctx context.Context, cfg Config) (*DB, error) {
 	if cfg.Fast {
 		hc.HeartbeatTimeout = 300 * time.Millisecond
 		hc.ElectionTimeout = 300 * time.Millisecond
-		hc.LeaderLeaseTimeout = 150 * time.Millisecond
+		// A leader steps down when a quorum has not answered for the
+		// lease. At 150ms, half the followers' election timeout, a CPU
+		// stall of that length on a loaded machine made leaders step down
+		// while their followers still had them (and refused to elect
+		// anyone else): elections for nothing. GridKV serves no lease
+		// reads, so the lease only times the step-down; raft allows it
+		// up to HeartbeatTimeout.
+		hc.LeaderLeaseTimeout = 300 * time.Millisecond
 		hc.CommitTimeout = 20 * time.Millisecond
 		hc.RPCTimeout = time.Second
 	}

@@ -14,10 +14,17 @@
 //
 // In -single mode the node reads commands from standard input:
 // set KEY VALUE, get KEY, del KEY, locate KEY, members, quit.
+//
+// With -v, GridKV's warnings (Raft's among them: elections, leaders
+// stepping down) go to standard error.
+//
+// Every call here that the cluster may answer with "try again" goes
+// through retry (or claim, for CompareAndSwap): see them at the end.
 package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -41,7 +48,11 @@ func main() {
 	join := flag.String("join", "", "-single: gossip address of a running node to join")
 	gossipAddr := flag.String("gossip", "127.0.0.1:0", "-single: this node's gossip address")
 	bind := flag.String("bind", "127.0.0.1:0", "-single: this node's Raft/RPC address")
+	verbose := flag.Bool("v", false, "log GridKV's warnings to standard error")
 	flag.Parse()
+	if *verbose {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 
 	var err error
 	if *single {
@@ -55,7 +66,7 @@ func main() {
 	}
 }
 
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+var logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func step(format string, args ...any) { fmt.Printf("\n==> "+format+"\n", args...) }
 
@@ -70,7 +81,7 @@ func runCluster(n, clients int, seconds time.Duration) error {
 		}
 	}()
 	for i := 1; i <= n; i++ {
-		cfg := gridkv.Config{NodeID: fmt.Sprint("node-", i), Fast: true, Logger: quiet}
+		cfg := gridkv.Config{NodeID: fmt.Sprint("node-", i), Fast: true, Logger: logger}
 		if i > 1 {
 			cfg.Seeds = []string{nodes[0].GossipAddr()}
 		}
@@ -105,7 +116,8 @@ func runCluster(n, clients int, seconds time.Duration) error {
 	first, last := nodes[0], nodes[len(nodes)-1]
 	step("writing 100 keys through %s, reading them back through %s", first.NodeID(), last.NodeID())
 	for i := 0; i < 100; i++ {
-		if err := first.Set(ctx, fmt.Sprint("user:", i), []byte(fmt.Sprint("profile ", i))); err != nil {
+		key, value := fmt.Sprint("user:", i), []byte(fmt.Sprint("profile ", i))
+		if err := retry(ctx, func(ctx context.Context) error { return first.Set(ctx, key, value) }); err != nil {
 			return err
 		}
 	}
@@ -113,17 +125,17 @@ func runCluster(n, clients int, seconds time.Duration) error {
 		name string
 		opts []gridkv.ReadOption
 	}{{"default (linearizable)", nil}, {"ReadIndex()", []gridkv.ReadOption{gridkv.ReadIndex()}}, {"Quorum(2)", []gridkv.ReadOption{gridkv.Quorum(2)}}, {"Stale()", []gridkv.ReadOption{gridkv.Stale()}}} {
-		found := 0
-		for i := 0; i < 100; i++ {
-			v, err := last.Get(ctx, fmt.Sprint("user:", i), mode.opts...)
-			if err == nil && string(v) == fmt.Sprint("profile ", i) {
-				found++
-			}
+		found, err := countFound(ctx, last, mode.opts...)
+		if err != nil {
+			return err
 		}
 		fmt.Printf("    %-24s %d of 100 found\n", mode.name, found)
 	}
-	ok, err := last.CompareAndSwap(ctx, "lock:report", nil, []byte(last.NodeID()))
-	fmt.Printf("    CompareAndSwap(lock:report, absent -> %s): swapped=%v err=%v\n", last.NodeID(), ok, err)
+	ok, err := claim(ctx, last, "lock:report", []byte(last.NodeID()))
+	if err != nil {
+		return err
+	}
+	fmt.Printf("    claim(lock:report for %s) with CompareAndSwap from absent: got it=%v\n", last.NodeID(), ok)
 
 	const key = "user:42"
 	loc, err := first.Locate(key)
@@ -168,26 +180,44 @@ func runCluster(n, clients int, seconds time.Duration) error {
 	other := rest[len(rest)-1]
 	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
 	defer wcancel()
-	if err := other.Set(wctx, key, []byte("still here")); err != nil {
+	if err := retry(wctx, func(ctx context.Context) error { return other.Set(ctx, key, []byte("still here")) }); err != nil {
 		return err
 	}
-	v, err := rest[0].Get(wctx, key)
-	if err != nil {
+	var v []byte
+	if err := retry(wctx, func(ctx context.Context) (err error) { v, err = rest[0].Get(ctx, key); return err }); err != nil {
 		return err
 	}
 	loc, _ = other.Locate(key)
 	fmt.Printf("    wrote through %s and read %q through %s %v after the close; the range's leader is now %s\n",
 		other.NodeID(), v, rest[0].NodeID(), time.Since(start).Round(time.Millisecond), loc.Leader)
-	found := 0
-	for i := 0; i < 100; i++ {
-		if _, err := rest[0].Get(wctx, fmt.Sprint("user:", i)); err == nil {
-			found++
-		}
+	found, err := countFound(wctx, rest[0])
+	if err != nil {
+		return err
 	}
-	fmt.Printf("    %d of the 100 keys written earlier are still there\n", found)
+	fmt.Printf("    %d of the 100 keys written earlier still hold their value (all but %s, rewritten above)\n", found, key)
 	printMembers(rest[0])
 	step("closing the remaining nodes")
 	return nil
+}
+
+// countFound reads user:0..99 back through db and counts the values that
+// are there and right.
+func countFound(ctx context.Context, db *gridkv.DB, opts ...gridkv.ReadOption) (int, error) {
+	found := 0
+	for i := 0; i < 100; i++ {
+		var v []byte
+		err := retry(ctx, func(ctx context.Context) (err error) {
+			v, err = db.Get(ctx, fmt.Sprint("user:", i), opts...)
+			return err
+		})
+		switch {
+		case err == nil && string(v) == fmt.Sprint("profile ", i):
+			found++
+		case err != nil && !errors.Is(err, gridkv.ErrNotFound):
+			return found, err
+		}
+	}
+	return found, nil
 }
 
 func printMembers(db *gridkv.DB) {
@@ -198,7 +228,7 @@ func printMembers(db *gridkv.DB) {
 }
 
 func runSingle(join, gossipAddr, bind string) error {
-	cfg := gridkv.Config{GossipAddr: gossipAddr, BindAddr: bind, Fast: true, Logger: quiet}
+	cfg := gridkv.Config{GossipAddr: gossipAddr, BindAddr: bind, Fast: true, Logger: logger}
 	if join != "" {
 		cfg.Seeds = []string{join}
 	}
@@ -250,5 +280,61 @@ func report(ok string, err error) {
 		fmt.Println("(not found)")
 	default:
 		fmt.Println("error:", err)
+	}
+}
+
+// retry calls op until it succeeds, fails for good, or ctx ends, giving
+// each attempt at most 5s. Two errors mean "try again":
+//   - ErrUnavailable: the range has no leader or quorum right now (an
+//     election, a node leaving); nothing was applied.
+//   - ErrTimeout: the attempt ran out of time, or leadership or the
+//     connection to the leader was lost mid-write: a write's outcome is
+//     unknown, it may or may not have been applied.
+//
+// So retry is only for calls that are safe to repeat whatever the first
+// attempt did: reads, and writes that are idempotent (Set of a given
+// value, Delete): applying one twice leaves the same state as once. A
+// CompareAndSwap is not: if an attempt that timed out did swap, its retry
+// finds the new value and reports false. See claim for what to do then.
+func retry(ctx context.Context, op func(ctx context.Context) error) error {
+	backoff := 20 * time.Millisecond
+	for {
+		attempt, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := op(attempt)
+		cancel()
+		if err == nil || ctx.Err() != nil ||
+			!(errors.Is(err, gridkv.ErrTimeout) || errors.Is(err, gridkv.ErrUnavailable)) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// claim takes the lock at key for owner, a value no other claimant uses,
+// with CompareAndSwap from absent. A CAS is not blindly retryable (see
+// retry), so when it fails or its outcome is unknown, claim re-reads the
+// key and decides from what is there: owner means the lock is ours (an
+// earlier attempt did apply), another value means someone else holds it,
+// and absent means no attempt applied, so it tries again.
+func claim(ctx context.Context, db *gridkv.DB, key string, owner []byte) (bool, error) {
+	for {
+		ok, err := db.CompareAndSwap(ctx, key, nil, owner)
+		if err == nil && ok {
+			return true, nil
+		}
+		if err != nil && (ctx.Err() != nil ||
+			!(errors.Is(err, gridkv.ErrTimeout) || errors.Is(err, gridkv.ErrUnavailable))) {
+			return false, err
+		}
+		var held []byte
+		err = retry(ctx, func(ctx context.Context) (err error) { held, err = db.Get(ctx, key); return err })
+		if !errors.Is(err, gridkv.ErrNotFound) {
+			return err == nil && bytes.Equal(held, owner), err
+		}
 	}
 }

@@ -10,10 +10,15 @@
 //	curl --cookie 'session=ID' -X POST http://127.0.0.1:8081/logout
 //
 // With -demo it starts two instances in this process, logs in through one,
-// checks the session through the other, logs out, and exits.
+// checks the session through the other, logs out, and exits. With -v,
+// GridKV's warnings go to standard error.
+//
+// The handlers retry what the cluster answers with "try again" (an
+// election, a node leaving): see retry, at the end.
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -44,7 +49,8 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("POST /login", s.login)
 	mux.HandleFunc("GET /whoami", s.whoami)
 	mux.HandleFunc("POST /logout", s.logout)
-	return mux
+	// The request's context bounds each handler's retries.
+	return http.TimeoutHandler(mux, 10*time.Second, "timed out\n")
 }
 
 func (s *server) login(w http.ResponseWriter, r *http.Request) {
@@ -56,10 +62,11 @@ func (s *server) login(w http.ResponseWriter, r *http.Request) {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
-	// CompareAndSwap from absent: a colliding id can never overwrite a session.
-	ok, err := s.db.CompareAndSwap(r.Context(), "session:"+id, nil, []byte(user))
+	ok, err := s.create(r.Context(), "session:"+id, []byte(user))
 	if err == nil && ok {
-		err = s.db.Set(r.Context(), "session:"+id, []byte(user), gridkv.WithTTL(sessionTTL))
+		err = retry(r.Context(), func(ctx context.Context) error {
+			return s.db.Set(ctx, "session:"+id, []byte(user), gridkv.WithTTL(sessionTTL))
+		})
 	}
 	if err != nil || !ok {
 		http.Error(w, fmt.Sprint("could not store the session: ", err), http.StatusServiceUnavailable)
@@ -75,7 +82,11 @@ func (s *server) whoami(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no session", http.StatusUnauthorized)
 		return
 	}
-	user, err := s.db.Get(r.Context(), "session:"+c.Value)
+	var user []byte
+	err = retry(r.Context(), func(ctx context.Context) (err error) {
+		user, err = s.db.Get(ctx, "session:"+c.Value)
+		return err
+	})
 	switch {
 	case errors.Is(err, gridkv.ErrNotFound):
 		http.Error(w, "session expired or unknown", http.StatusUnauthorized)
@@ -88,7 +99,8 @@ func (s *server) whoami(w http.ResponseWriter, r *http.Request) {
 
 func (s *server) logout(w http.ResponseWriter, r *http.Request) {
 	if c, err := r.Cookie("session"); err == nil {
-		if err := s.db.Delete(r.Context(), "session:"+c.Value); err != nil {
+		err := retry(r.Context(), func(ctx context.Context) error { return s.db.Delete(ctx, "session:"+c.Value) })
+		if err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
@@ -96,19 +108,76 @@ func (s *server) logout(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintln(w, "logged out")
 }
 
+// create stores value at key only if key is absent, so that a colliding
+// id can never overwrite a session. CompareAndSwap is not blindly
+// retryable (see retry): when it fails or its outcome is unknown, read the
+// key and decide. The id is random, so finding our value there means an
+// earlier attempt applied; absent means none did, so try again.
+func (s *server) create(ctx context.Context, key string, value []byte) (bool, error) {
+	for {
+		ok, err := s.db.CompareAndSwap(ctx, key, nil, value)
+		if err == nil && ok {
+			return true, nil
+		}
+		if err != nil && (ctx.Err() != nil || !retryable(err)) {
+			return false, err
+		}
+		var held []byte
+		err = retry(ctx, func(ctx context.Context) (err error) { held, err = s.db.Get(ctx, key); return err })
+		if !errors.Is(err, gridkv.ErrNotFound) {
+			return err == nil && bytes.Equal(held, value), err
+		}
+	}
+}
+
+// retryable: ErrUnavailable (no leader or quorum right now: not applied)
+// and ErrTimeout (the attempt ran out of time, or lost its leader or
+// connection mid-write: a write's outcome is unknown).
+func retryable(err error) bool {
+	return errors.Is(err, gridkv.ErrTimeout) || errors.Is(err, gridkv.ErrUnavailable)
+}
+
+// retry calls op until it succeeds, fails for good, or ctx ends, giving
+// each attempt at most 2s. Only for calls that are safe to repeat whatever
+// an earlier attempt did: reads, and idempotent writes (Set of a given
+// value, Delete), which leave the same state applied twice as once. A
+// CompareAndSwap is not: if a timed-out attempt did swap, its retry finds
+// the new value and reports false; see create.
+func retry(ctx context.Context, op func(ctx context.Context) error) error {
+	backoff := 20 * time.Millisecond
+	for {
+		attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := op(attempt)
+		cancel()
+		if err == nil || ctx.Err() != nil || !retryable(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
 func main() {
 	addr := flag.String("http", "127.0.0.1:8080", "HTTP address")
 	join := flag.String("join", "", "gossip address of a running instance")
 	demo := flag.Bool("demo", false, "run two instances in this process, exercise them, exit")
+	verbose := flag.Bool("v", false, "log GridKV's warnings to standard error")
 	flag.Parse()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if *verbose {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	if *demo {
-		if err := runDemo(quiet); err != nil {
+		if err := runDemo(logger); err != nil {
 			log.Fatal(err)
 		}
 		return
 	}
-	cfg := gridkv.Config{Logger: quiet, Fast: true}
+	cfg := gridkv.Config{Logger: logger, Fast: true}
 	if *join != "" {
 		cfg.Seeds = []string{*join}
 	}

@@ -43,9 +43,21 @@ func (r Result) String() string {
 		r.Name, r.OpsPerSec, r.P50, r.P99, r.P999, r.Ops, r.Errors)
 }
 
-// Preload writes every key once so reads find them.
+// Preload writes every key once so reads find them. A Set that fails with
+// ErrTimeout (outcome unknown) or ErrUnavailable (not applied) is tried
+// again until ctx ends: writing the same value twice does no harm.
 func Preload(ctx context.Context, nodes []*gridkv.DB, keys, valueBytes int) error {
 	value := make([]byte, valueBytes)
+	set := func(db *gridkv.DB, key string) error {
+		for {
+			err := db.Set(ctx, key, value)
+			if err == nil || ctx.Err() != nil ||
+				!(errors.Is(err, gridkv.ErrTimeout) || errors.Is(err, gridkv.ErrUnavailable)) {
+				return err
+			}
+			time.Sleep(20 * time.Millisecond) // let an election settle
+		}
+	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
 	for c := 0; c < 64; c++ {
@@ -53,7 +65,7 @@ func Preload(ctx context.Context, nodes []*gridkv.DB, keys, valueBytes int) erro
 		go func() {
 			defer wg.Done()
 			for k := c; k < keys; k += 64 {
-				if err := nodes[k%len(nodes)].Set(ctx, Key(k), value); err != nil {
+				if err := set(nodes[k%len(nodes)], Key(k)); err != nil {
 					errs <- err
 					return
 				}
