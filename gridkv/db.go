@@ -386,7 +386,7 @@ func (db *DB) WaitReady(ctx context.Context) error {
 
 func (db *DB) ready(ctx context.Context) error {
 	want := min(db.cfg.ReplicaCount, len(db.gsp.Members()))
-	live := db.liveServers()
+	live := db.liveServers(false)
 	for r := 0; r < db.cfg.Groups; r++ {
 		ans, err := db.route(ctx, r, reqStatus, nil, false)
 		if err != nil {

@@ -326,7 +326,7 @@ func (db *DB) quorumGone(r int, local *replica) error {
 	if err != nil {
 		return nil
 	}
-	live := db.liveServers()
+	live := db.liveServers(false)
 	voters, up := 0, 0
 	for _, s := range servers {
 		if s.Suffrage != raft.Voter {
@@ -344,11 +344,14 @@ func (db *DB) quorumGone(r int, local *replica) error {
 }
 
 // liveServers is the set of Raft server ids of the live members' current
-// incarnations, as gossip knows them.
-func (db *DB) liveServers() map[raft.ServerID]bool {
+// incarnations, as gossip knows them; with staying, only of those that have
+// not announced they are leaving.
+func (db *DB) liveServers(staying bool) map[raft.ServerID]bool {
 	live := map[raft.ServerID]bool{}
 	for _, m := range db.gsp.Members() {
-		live[raftgroup.ServerID(m.Meta.NodeID, m.Meta.Incarnation)] = true
+		if !staying || !m.Meta.Leaving {
+			live[raftgroup.ServerID(m.Meta.NodeID, m.Meta.Incarnation)] = true
+		}
 	}
 	return live
 }

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-
-	"github.com/gridkv/gridkv/raftgroup"
 )
 
 // How Close takes this node's replicas out of their ranges: at most
@@ -52,12 +50,7 @@ func leaveSafe(servers []raft.Server, self raft.ServerID, live func(raft.ServerI
 // stopped serving, before it leaves gossip.
 func (db *DB) leaveRanges(reps map[int]*replica) {
 	start := time.Now()
-	live := map[raft.ServerID]bool{}
-	for _, m := range db.gsp.Members() {
-		if m.Meta.NodeID != db.cfg.NodeID && !m.Meta.Leaving {
-			live[raftgroup.ServerID(m.Meta.NodeID, m.Meta.Incarnation)] = true
-		}
-	}
+	live := db.liveServers(true) // this node is leaving: not counted
 	isLive := func(id raft.ServerID) bool { return live[id] }
 	order := make([]int, 0, len(reps))
 	leads := map[int]bool{}

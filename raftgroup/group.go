@@ -156,8 +156,13 @@ func (g *Group) Apply(ctx context.Context, cmd []byte) (interface{}, error) {
 			return nil, fmt.Errorf("%w: %w", ErrTimeout, context.DeadlineExceeded)
 		}
 	}
-	var f raft.ApplyFuture
-	if err := g.do(ctx, func() raft.Future { f = g.raft.Apply(cmd, timeout); return f }); err != nil {
+	// Not through do: no closure on the write path.
+	if err := g.begin(); err != nil {
+		return nil, err
+	}
+	defer g.end()
+	f := g.raft.Apply(cmd, timeout)
+	if err := g.wait(ctx, f); err != nil {
 		return nil, err
 	}
 	return f.Response(), nil
@@ -166,23 +171,33 @@ func (g *Group) Apply(ctx context.Context, cmd []byte) (interface{}, error) {
 // do starts a raft operation and waits for it (see wait), unless the
 // replica is shutting down (ErrClosed: not started).
 func (g *Group) do(ctx context.Context, start func() raft.Future) error {
+	if err := g.begin(); err != nil {
+		return err
+	}
+	defer g.end()
+	return g.wait(ctx, start())
+}
+
+// begin counts an operation under way, unless the replica is shutting
+// down; end uncounts it. See drain.
+func (g *Group) begin() error {
 	g.calls.Lock()
+	defer g.calls.Unlock()
 	if g.calls.closing {
-		g.calls.Unlock()
 		return fmt.Errorf("%w: group %d is shutting down", ErrClosed, g.ID)
 	}
 	g.calls.n++
-	g.calls.Unlock()
-	defer func() {
-		g.calls.Lock()
-		g.calls.n--
-		if g.calls.n == 0 && g.calls.idle != nil {
-			close(g.calls.idle)
-			g.calls.idle = nil
-		}
-		g.calls.Unlock()
-	}()
-	return g.wait(ctx, start())
+	return nil
+}
+
+func (g *Group) end() {
+	g.calls.Lock()
+	defer g.calls.Unlock()
+	g.calls.n--
+	if g.calls.n == 0 && g.calls.idle != nil {
+		close(g.calls.idle)
+		g.calls.idle = nil
+	}
 }
 
 // drain refuses new operations and waits, at most d, for those under way.

@@ -49,14 +49,21 @@ type IsolateLeader struct{}
 
 func (IsolateLeader) Name() string { return "isolate-leader" }
 
-func (IsolateLeader) Start(c *Cluster, rng *rand.Rand) string {
+func (IsolateLeader) Start(c *Cluster, rng *rand.Rand) string { return isolateBusiest(c, nil) }
+
+// isolateBusiest cuts off the live node, other than except, that leads
+// the most ranges, and describes it ("" when there is none).
+func isolateBusiest(c *Cluster, except *Node) string {
 	var best *Node
 	most := -1
 	leads := c.Leaders()
 	for _, n := range c.Live() {
-		if leads[n] > most {
+		if n != except && leads[n] > most {
 			best, most = n, leads[n]
 		}
+	}
+	if best == nil {
+		return ""
 	}
 	var others []*Node
 	for _, n := range c.Nodes {
@@ -192,25 +199,10 @@ func (m RestartSameAddress) Start(c *Cluster, rng *rand.Rand) string {
 	if err := c.Restart(n); err != nil {
 		return desc + ": " + err.Error()
 	}
-	var lead *Node
-	most := -1
-	leads := c.Leaders()
-	for _, o := range c.Live() {
-		if o != n && leads[o] > most {
-			lead, most = o, leads[o]
-		}
+	if cut := isolateBusiest(c, n); cut != "" {
+		desc += ", " + cut
 	}
-	if lead == nil {
-		return desc
-	}
-	var rest []*Node
-	for _, o := range c.Nodes {
-		if o != lead {
-			rest = append(rest, o)
-		}
-	}
-	c.Partition([]*Node{lead}, rest)
-	return fmt.Sprintf("%s, isolate %s (leads %d ranges)", desc, lead.Name, most)
+	return desc
 }
 
 func (RestartSameAddress) Stop(c *Cluster) { c.Heal() }
