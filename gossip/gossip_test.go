@@ -288,8 +288,13 @@ func TestJoinNameTakenThenRestart(t *testing.T) {
 		return len(ms) == 2 && ms[1].Name == "x" && ms[1].Addr == restarted.Addr()
 	})
 	// x failed once (its crash) and joined twice (at first, and restarted):
-	// the refused duplicate's exit cost it nothing.
-	if f, j := recA.count(EventFail, "x")+recA.count(EventLeave, "x"), recA.count(EventJoin, "x"); f != 1 || j != 2 {
+	// the refused duplicate's exit cost it nothing. Events reach the
+	// recorder after the member table, so wait for them first.
+	events := func() (int, int) {
+		return recA.count(EventFail, "x") + recA.count(EventLeave, "x"), recA.count(EventJoin, "x")
+	}
+	eventually(t, 10*time.Second, "a's events for x", func() bool { f, j := events(); return f >= 1 && j >= 2 })
+	if f, j := events(); f != 1 || j != 2 {
 		t.Fatalf("a saw x fail or leave %d times and join %d times, want 1 and 2", f, j)
 	}
 }
