@@ -123,17 +123,29 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 		return nil, err
 	}
 	r := placement.RangeOf(key, db.cfg.Groups)
-	if rep := db.replica(r); rep != nil && !db.isClosed() &&
-		(o.mode == readStale || rep.sole.Load() && rep.group.IsLeader() ||
-			db.unsafeReads && o.mode == readDefault) {
-		// Served by this node's replica with no round: Stale, or a sole
-		// voter, which nobody else can replace as leader (or, wrongly on
-		// purpose, any default read under the suite's negative control).
-		v, _, ok := rep.fsm.Get(key, fsm.NowNanos())
-		if !ok {
-			return nil, ErrNotFound
+	if rep := db.replica(r); rep != nil && !db.isClosed() {
+		if o.mode == readStale || rep.sole.Load() && rep.group.IsLeader() ||
+			db.unsafeReads && o.mode == readDefault {
+			// Served by this node's replica with no round: Stale, or a sole
+			// voter, which nobody else can replace as leader (or, wrongly on
+			// purpose, any default read under the suite's negative control).
+			v, _, ok := rep.fsm.Get(key, fsm.NowNanos())
+			if !ok {
+				return nil, ErrNotFound
+			}
+			return v, nil
 		}
-		return v, nil
+		if o.mode == readDefault {
+			if idx, term, ok := rep.group.LeaseRead(); ok && db.caughtUp(ctx, rep, idx) {
+				v, _, found := rep.fsm.Get(key, fsm.NowNanos())
+				if rep.group.LeaseHeld(term) { // no pause let another leader in
+					if !found {
+						return nil, ErrNotFound
+					}
+					return v, nil
+				}
+			}
+		}
 	}
 	body := append([]byte{byte(o.mode)}, key...)
 	ans, err := db.route(ctx, r, reqRead, body, false)
@@ -145,6 +157,15 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 		return nil, errBadMessage
 	}
 	return append([]byte{}, ans[n:]...), nil
+}
+
+// caughtUp waits until rep's state machine has applied commit index idx,
+// or ctx ends (false).
+func (db *DB) caughtUp(ctx context.Context, rep *replica, idx uint64) bool {
+	if rep.fsm.Applied() >= idx {
+		return true
+	}
+	return rep.fsm.WaitApplied(ctx, rep.group.FSMIndex(idx)) == nil
 }
 
 // route delivers a request for range r to the node that must serve it —

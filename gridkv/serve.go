@@ -98,6 +98,14 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 		if rep.sole.Load() {
 			return readAnswer(rep.fsm, string(body[1:])) // sole voter: nobody else can lead
 		}
+		if readMode(body[0]) == readDefault {
+			if idx, term, ok := rep.group.LeaseRead(); ok && db.caughtUp(ctx, rep, idx) {
+				ans := readAnswer(rep.fsm, string(body[1:]))
+				if rep.group.LeaseHeld(term) { // no pause let another leader in
+					return ans
+				}
+			}
+		}
 		idx, err := rep.group.ReadIndex(ctx)
 		if err != nil {
 			return redirectOrUnavailable(rep, err)

@@ -82,6 +82,10 @@ type Config struct {
 	// Faults, if set, decides the fate of every frame this node sends
 	// (tests and the Jepsen-style suite). Default nil: no faults, no cost.
 	Faults *faultnet.Net
+	// Lease tunes leader leases, the default path of linearizable reads
+	// (Group.LeaseRead). HeartbeatTimeout must be the same on every node:
+	// leases rest on followers refusing votes for that long.
+	Lease LeaseOptions
 	// OnLeaderChange, if set, is called (from one goroutine, in order) each
 	// time a group on this node observes a new leader ("" while none).
 	OnLeaderChange func(group GroupID, leader raft.ServerID)

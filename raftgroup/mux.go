@@ -427,6 +427,14 @@ func (m *mux) handleRequest(w *frameWriter, peer string, h frameHeader, body []b
 		respond(w, h, false, nil, err)
 		return
 	}
+	var term uint64
+	if h.kind == kindTimeoutNow {
+		term = timeoutNowTerm(body)
+	}
+	if resp, err, ok := gt.intercept(cmd, term); ok {
+		respond(w, h, false, resp, err)
+		return
+	}
 	respCh := make(chan raft.RPCResponse, 1)
 	rpc := raft.RPC{Command: cmd, RespChan: respCh}
 	if ae, ok := cmd.(*raft.AppendEntriesRequest); ok && isHeartbeat(ae) {
@@ -436,6 +444,7 @@ func (m *mux) handleRequest(w *frameWriter, peer string, h frameHeader, body []b
 			hb(rpc)
 			select {
 			case res := <-respCh:
+				gt.noteAnswer(res)
 				respond(w, h, lazy, res.Response, res.Error)
 			default: // raft was shut down and dropped it
 			}

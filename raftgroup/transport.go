@@ -37,6 +37,12 @@ type groupTransport struct {
 	closed    chan struct{}
 	wg        sync.WaitGroup // drainer and responder
 
+	// Leader leases: the leader's acks, and the follower's vote guard.
+	// raft is set once NewRaft returns; nil before.
+	lease *lease
+	guard voteGuard
+	raft  atomic.Pointer[raft.Raft]
+
 	// How each follower answered AppendEntries lately (a leader's view),
 	// for Group.TransferLeadership's health check.
 	healthMu sync.Mutex
@@ -82,8 +88,9 @@ var (
 	_ raft.WithClose   = (*groupTransport)(nil)
 )
 
-func newGroupTransport(m *mux, group uint64) (*groupTransport, error) {
-	gt := &groupTransport{m: m, group: group, consumeCh: make(chan raft.RPC, 64), closed: make(chan struct{})}
+func newGroupTransport(m *mux, group uint64, l *lease, heartbeat time.Duration) (*groupTransport, error) {
+	gt := &groupTransport{m: m, group: group, consumeCh: make(chan raft.RPC, 64), closed: make(chan struct{}), lease: l,
+		guard: voteGuard{clock: l.clock, timeout: int64(heartbeat)}}
 	if err := m.register(gt); err != nil {
 		return nil, err
 	}
@@ -147,6 +154,7 @@ func (gt *groupTransport) respondLoop() {
 		gt.qmu.Unlock()
 		select {
 		case res := <-a.ch:
+			gt.noteAnswer(res)
 			respond(a.w, a.h, a.lazy, res.Response, res.Error)
 		case <-gt.closed:
 			return
@@ -252,10 +260,57 @@ func (gt *groupTransport) AppendEntries(id raft.ServerID, target raft.ServerAddr
 	if lazy(args) {
 		timeout = gt.m.beatTimeout
 	}
+	sent := gt.lease.now()
 	err := gt.roundTripWithin(timeout, id, target, kindAppendEntries, lazy(args), func(b []byte) []byte { return appendAppendEntriesRequest(b, args) }, resp)
-	gt.noteAppend(target, err == nil && resp.Success)
+	ok := err == nil && resp.Success
+	gt.noteAppend(target, ok)
+	if ok && resp.Term == args.Term {
+		gt.lease.ack(id, args.Term, sent)
+	}
 	return err
 }
+
+// noteAnswer arms the vote guard when this replica answers an
+// AppendEntries as a success.
+func (gt *groupTransport) noteAnswer(res raft.RPCResponse) {
+	if r, ok := res.Response.(*raft.AppendEntriesResponse); ok && res.Error == nil && r.Success {
+		gt.guard.noteAck()
+	}
+}
+
+// intercept answers, before raft sees them, the requests the lease rules
+// refuse: a RequestVote while the vote guard holds (unless the candidate
+// runs at its leader's request), and a TimeoutNow that is not from this
+// replica's leader in its current term (a delayed or duplicated one would
+// start an election in the middle of a lease). It reports whether it
+// answered.
+func (gt *groupTransport) intercept(cmd interface{}, term uint64) (resp interface{}, err error, answered bool) {
+	r := gt.raft.Load()
+	switch c := cmd.(type) {
+	case *raft.RequestVoteRequest:
+		if c.LeadershipTransfer || !gt.guard.refuses() {
+			return nil, nil, false
+		}
+		if r == nil {
+			return nil, errVoteRefused, true
+		}
+		return &raft.RequestVoteResponse{RPCHeader: c.RPCHeader, Term: r.CurrentTerm()}, nil, true
+	case *raft.TimeoutNowRequest:
+		if r == nil {
+			return nil, errStaleTimeoutNow, true
+		}
+		_, leader := r.LeaderWithID()
+		if leader == "" || leader != raft.ServerID(c.ID) || r.CurrentTerm() != term {
+			return nil, errStaleTimeoutNow, true
+		}
+	}
+	return nil, nil, false
+}
+
+var (
+	errVoteRefused     = errors.New("raftgroup: vote refused: heard from a leader within the heartbeat time-out")
+	errStaleTimeoutNow = errors.New("raftgroup: TimeoutNow dropped: not from this replica's leader in its current term")
+)
 
 // RequestVote implements raft.Transport.
 func (gt *groupTransport) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
@@ -268,8 +323,15 @@ func (gt *groupTransport) RequestPreVote(id raft.ServerID, target raft.ServerAdd
 }
 
 // TimeoutNow implements raft.Transport.
+// The frame carries this leader's term, and the lease of that term ends
+// before it leaves: the target may win at once.
 func (gt *groupTransport) TimeoutNow(id raft.ServerID, target raft.ServerAddress, args *raft.TimeoutNowRequest, resp *raft.TimeoutNowResponse) error {
-	return gt.roundTrip(id, target, kindTimeoutNow, false, func(b []byte) []byte { return appendRPCHeader(b, args.RPCHeader) }, resp)
+	var term uint64
+	if r := gt.raft.Load(); r != nil {
+		term = r.CurrentTerm()
+	}
+	gt.lease.suspend(term)
+	return gt.roundTrip(id, target, kindTimeoutNow, false, func(b []byte) []byte { return appendTimeoutNow(b, args.RPCHeader, term) }, resp)
 }
 
 // InstallSnapshot implements raft.Transport.
@@ -285,7 +347,7 @@ func (gt *groupTransport) AppendEntriesPipeline(id raft.ServerID, target raft.Se
 	default:
 	}
 	p := &pipeline{
-		gt: gt, target: target, to: incarnationOf(id),
+		gt: gt, id: id, target: target, to: incarnationOf(id),
 		slots:    make(chan struct{}, maxInflight),
 		doneCh:   make(chan raft.AppendFuture, maxInflight),
 		shutdown: make(chan struct{}),
@@ -307,6 +369,7 @@ const maxInflight = 2
 // request waits in queue until every earlier one has finished too.
 type pipeline struct {
 	gt       *groupTransport
+	id       raft.ServerID
 	target   raft.ServerAddress
 	to       uint64        // the follower's incarnation
 	slots    chan struct{} // a slot is held from send until raft reads the answer
@@ -336,6 +399,7 @@ func (p *pipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.App
 		}
 	}
 	f := &appendFuture{start: time.Now(), args: args, resp: resp, done: make(chan struct{}), p: p}
+	sent := p.gt.lease.now()
 	p.mu.Lock()
 	p.queue = append(p.queue, f)
 	p.mu.Unlock()
@@ -345,7 +409,11 @@ func (p *pipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.App
 			if err == nil {
 				err = decodeResponse(body, resp)
 			}
-			p.gt.noteAppend(p.target, err == nil && resp.Success)
+			ok := err == nil && resp.Success
+			p.gt.noteAppend(p.target, ok)
+			if ok && resp.Term == args.Term {
+				p.gt.lease.ack(p.id, args.Term, sent)
+			}
 			f.err = err
 			close(f.done)
 			p.deliver()

@@ -96,9 +96,14 @@ func (g *Group) verifyRound() error {
 		}
 		sent := g.h.spawn(func() {
 			var resp raft.AppendEntriesResponse
+			at := g.lease.now()
 			err := g.trans.roundTripWithin(g.trans.m.beatTimeout, p.ID, p.Address, kindAppendEntries, false,
 				func(b []byte) []byte { return appendAppendEntriesRequest(b, req) }, &resp)
-			acks <- err == nil && resp.Success && resp.Term == term
+			ok := err == nil && resp.Success && resp.Term == term
+			if ok {
+				g.lease.ack(p.ID, term, at)
+			}
+			acks <- ok
 		})
 		if !sent {
 			acks <- false

@@ -335,9 +335,28 @@ func decodeRequestPreVoteResponse(body []byte, r *raft.RequestPreVoteResponse) e
 	return d.done()
 }
 
-func decodeTimeoutNow(body []byte, h *raft.RPCHeader) error {
+// A TimeoutNow carries the sender's term after the header (raft's request
+// has none): the receiver drops one from another term (see intercept).
+func appendTimeoutNow(b []byte, h raft.RPCHeader, term uint64) []byte {
+	b = appendRPCHeader(b, h)
+	return binary.AppendUvarint(b, term)
+}
+
+// timeoutNowTerm is the term a TimeoutNow request body carries (0 if
+// malformed: decodeRequest refuses those).
+func timeoutNowTerm(body []byte) uint64 {
+	var h raft.RPCHeader
+	var term uint64
+	if decodeTimeoutNow(body, &h, &term) != nil {
+		return 0
+	}
+	return term
+}
+
+func decodeTimeoutNow(body []byte, h *raft.RPCHeader, term *uint64) error {
 	d := decoder{b: body}
 	*h = d.rpcHeader()
+	*term = d.uvarint()
 	return d.done()
 }
 
@@ -401,7 +420,8 @@ func decodeRequest(kind byte, body []byte) (interface{}, error) {
 		return r, decodeRequestPreVoteRequest(body, r)
 	case kindTimeoutNow:
 		r := new(raft.TimeoutNowRequest)
-		return r, decodeTimeoutNow(body, &r.RPCHeader)
+		var term uint64
+		return r, decodeTimeoutNow(body, &r.RPCHeader, &term)
 	case kindInstallSnapshot:
 		r := new(raft.InstallSnapshotRequest)
 		return r, decodeInstallSnapshotRequest(body, r)
@@ -450,7 +470,9 @@ func decodeResponse(body []byte, resp interface{}) error {
 	case *raft.RequestPreVoteResponse:
 		return decodeRequestPreVoteResponse(body, r)
 	case *raft.TimeoutNowResponse:
-		return decodeTimeoutNow(body, &r.RPCHeader)
+		d := decoder{b: body}
+		r.RPCHeader = d.rpcHeader()
+		return d.done()
 	case *raft.InstallSnapshotResponse:
 		return decodeInstallSnapshotResponse(body, r)
 	}

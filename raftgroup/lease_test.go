@@ -1,0 +1,217 @@
+package raftgroup
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// fakeClock is a Clock the test moves by hand; wall follows mono unless
+// the test makes them part (a jump).
+type fakeClock struct{ mono, wall atomic.Int64 }
+
+func (c *fakeClock) Now() (int64, int64) { return c.mono.Load(), c.wall.Load() }
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mono.Add(int64(d))
+	c.wall.Add(int64(d))
+}
+
+func TestLeaseQuorumOfAcks(t *testing.T) {
+	clk := &fakeClock{}
+	clk.advance(time.Second)
+	hb := 100 * time.Millisecond
+	l := newLease(LeaseOptions{Clock: clk, DriftBound: 0.1, Margin: 5 * time.Millisecond}, hb, "a")
+	if l.length != int64(85*time.Millisecond) {
+		t.Fatalf("lease length %v, want 90ms-5ms", time.Duration(l.length))
+	}
+	voters := []raft.ServerID{"a", "b", "c", "d", "e"}
+	l.begin(7, voters)
+	if l.valid(7) {
+		t.Fatal("valid with no acks")
+	}
+	start := clk.mono.Load()
+	l.ack("b", 7, start)
+	if l.valid(7) {
+		t.Fatal("valid with 2 of 5")
+	}
+	l.ack("c", 6, start) // an earlier term's ack does not count
+	if l.valid(7) {
+		t.Fatal("an ack of another term counted")
+	}
+	clk.advance(10 * time.Millisecond)
+	l.ack("c", 7, start+int64(10*time.Millisecond))
+	// 3 of 5: self (now), c (start+10ms), b (start): the third newest is b's.
+	if !l.valid(7) {
+		t.Fatal("not valid with a quorum of acks")
+	}
+	if got, want := l.until.Load(), start+l.length; got != want {
+		t.Fatalf("until %d, want %d (the quorum-th newest send plus the length)", got, want)
+	}
+	if l.valid(8) {
+		t.Fatal("valid for another term")
+	}
+	clk.advance(75 * time.Millisecond) // start+85ms: expired
+	if l.valid(7) {
+		t.Fatal("valid after its length")
+	}
+	l.ack("d", 7, clk.mono.Load())
+	if !l.valid(7) {
+		t.Fatal("not renewed by a newer ack")
+	}
+
+	// A transfer ends the lease for the rest of the term.
+	l.suspend(7)
+	l.ack("e", 7, clk.mono.Load())
+	if l.valid(7) {
+		t.Fatal("valid after a transfer started")
+	}
+}
+
+func TestLeaseDroppedOnClockJump(t *testing.T) {
+	clk := &fakeClock{}
+	clk.advance(time.Second)
+	l := newLease(LeaseOptions{Clock: clk}, time.Second, "a")
+	l.begin(1, []raft.ServerID{"a", "b", "c"})
+	l.ack("b", 1, clk.mono.Load())
+	if !l.valid(1) {
+		t.Fatal("not valid")
+	}
+	// Suspend: the monotonic clock stood still while the wall clock ran.
+	clk.wall.Add(int64(time.Minute))
+	if l.valid(1) {
+		t.Fatal("valid after the monotonic clock stopped for a minute")
+	}
+	clk.wall.Add(-int64(time.Minute))
+	if l.valid(1) {
+		t.Fatal("a dropped lease came back")
+	}
+}
+
+func TestLeaseOffDuringConfigurationChange(t *testing.T) {
+	clk := &fakeClock{}
+	clk.advance(time.Second)
+	l := newLease(LeaseOptions{Clock: clk}, time.Second, "a")
+	l.begin(1, []raft.ServerID{"a", "b", "c"})
+	l.ack("b", 1, clk.mono.Load())
+	l.changing.Add(1)
+	if l.valid(1) {
+		t.Fatal("valid during a configuration change")
+	}
+	l.changing.Add(-1)
+	// The new configuration has two new voters that never acked: 2 of 5.
+	l.setVoters(1, []raft.ServerID{"a", "b", "c", "d", "e"})
+	if l.valid(1) {
+		t.Fatal("valid without a quorum of the new configuration")
+	}
+}
+
+// TestLeaseEndsBeforeAnotherLeaderIsElected isolates a leader holding a
+// lease and checks that the majority elects a new leader only after the
+// old one's lease has ended.
+func TestLeaseEndsBeforeAnotherLeaderIsElected(t *testing.T) {
+	c := newTestCluster(t, 3, 1)
+	c.waitLeaders(1, 10*time.Second)
+	old := c.leader(0)
+	g := c.hosts[old].Group(0)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := g.ReadIndex(ctx); err != nil { // the term's barrier
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "a lease", func() bool { _, _, ok := g.LeaseRead(); return ok })
+
+	// The lease's own claim, not LeaseHeld: raft's step-down (at
+	// LeaderLeaseTimeout) must not be what keeps it safe.
+	term := g.Raft().CurrentTerm()
+	var lastHeld atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if g.lease.valid(term) {
+				lastHeld.Store(time.Now().UnixNano())
+			}
+		}
+	}()
+	var others []string
+	for i, h := range c.hosts {
+		if i != old {
+			others = append(others, h.Addr())
+		}
+	}
+	c.faults.Isolate(c.hosts[old].Addr(), others...)
+	var elected int64
+	eventually(t, 10*time.Second, "a new leader in the majority", func() bool {
+		for i, h := range c.hosts {
+			if i != old && h.Group(0).IsLeader() {
+				elected = time.Now().UnixNano()
+				return true
+			}
+		}
+		return false
+	})
+	close(stop)
+	<-done
+	if lastHeld.Load() == 0 {
+		t.Fatal("the old leader never held its lease while isolated")
+	}
+	if lastHeld.Load() >= elected {
+		t.Fatalf("the old leader held its lease %v after the new leader was seen", time.Duration(lastHeld.Load()-elected))
+	}
+}
+
+func TestTransferEndsLeaseAndStaleTimeoutNowIsDropped(t *testing.T) {
+	c := newTestCluster(t, 3, 1)
+	c.waitLeaders(1, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	old := c.leader(0)
+	g := c.hosts[old].Group(0)
+	if _, err := g.ReadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "a lease", func() bool { _, _, ok := g.LeaseRead(); return ok })
+	term := g.Raft().CurrentTerm()
+
+	// A TimeoutNow from an earlier term (a delayed frame) is dropped.
+	f := (old + 1) % 3
+	req := &raft.TimeoutNowRequest{RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(c.hosts[old].ID()), Addr: []byte(c.hosts[old].Addr())}}
+	var resp raft.TimeoutNowResponse
+	err := g.trans.roundTrip(c.hosts[f].ID(), raft.ServerAddress(c.hosts[f].Addr()), kindTimeoutNow, false,
+		func(b []byte) []byte { return appendTimeoutNow(b, req.RPCHeader, term-1) }, &resp)
+	if err == nil {
+		t.Fatal("a TimeoutNow of an earlier term was accepted")
+	}
+	stayFalse(t, 500*time.Millisecond, func() bool { return c.hosts[f].Group(0).Raft().State() != raft.Follower },
+		"the follower left the follower state on a stale TimeoutNow")
+
+	// A vote request without a transfer is refused by a follower that
+	// just heard from its leader.
+	vreq := &raft.RequestVoteRequest{RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(c.hosts[old].ID()), Addr: []byte(c.hosts[old].Addr())},
+		Term: term + 1, LastLogIndex: 1 << 40, LastLogTerm: term}
+	var vresp raft.RequestVoteResponse
+	if err := g.trans.RequestVote(c.hosts[f].ID(), raft.ServerAddress(c.hosts[f].Addr()), vreq, &vresp); err != nil {
+		t.Fatal(err)
+	}
+	if vresp.Granted {
+		t.Fatal("a follower that heard from its leader granted a vote")
+	}
+
+	// A real transfer ends the lease at once.
+	if err := g.TransferLeadership(ctx, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := g.LeaseRead(); ok {
+		t.Fatal("the lease survived a leadership transfer")
+	}
+}
