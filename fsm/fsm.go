@@ -115,6 +115,29 @@ func (f *FSM) Get(key string, now int64) (value []byte, version uint64, ok bool)
 	return append(make([]byte, 0, len(e.value)), e.value...), e.version, true
 }
 
+// Entry is a key's value with its version and expiry.
+type Entry struct {
+	Value    []byte
+	Version  uint64 // index of the log entry that last wrote it
+	ExpireAt int64  // unix nanoseconds; 0 = never
+}
+
+// Expired reports whether the entry has expired at now (unix nanoseconds).
+func (e Entry) Expired(now int64) bool { return e.ExpireAt != 0 && e.ExpireAt <= now }
+
+// Lookup returns a copy of key's entry, expired or not: the caller decides
+// expiry with a clock reading taken after the lookup.
+func (f *FSM) Lookup(key string) (Entry, bool) {
+	s := f.shardFor(key)
+	s.mu.RLock()
+	e, found := s.m[key]
+	s.mu.RUnlock()
+	if !found {
+		return Entry{}, false
+	}
+	return Entry{Value: append(make([]byte, 0, len(e.value)), e.value...), Version: e.version, ExpireAt: e.expireAt}, true
+}
+
 // Len is the number of entries held, including expired entries not yet swept.
 func (f *FSM) Len() int { return int(f.count.Load()) }
 

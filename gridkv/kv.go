@@ -136,13 +136,15 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 			return v, nil
 		}
 		if o.mode == readDefault {
-			if idx, term, ok := rep.group.LeaseRead(); ok && db.caughtUp(ctx, rep, idx) {
-				v, _, found := rep.fsm.Get(key, fsm.NowNanos())
-				if rep.group.LeaseHeld(term) { // no pause let another leader in
-					if !found {
+			if idx, term, ok := rep.group.LeaseIndex(); ok && db.caughtUp(ctx, rep, idx) {
+				e, found := rep.fsm.Lookup(key)
+				// Confirmed after the lookup: a pause before it cannot
+				// serve data another leader has since overwritten.
+				if now, ok := rep.group.ConfirmLease(term); ok {
+					if !found || e.Expired(now) {
 						return nil, ErrNotFound
 					}
-					return v, nil
+					return e.Value, nil
 				}
 			}
 		}

@@ -99,11 +99,8 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 			return readAnswer(rep.fsm, string(body[1:])) // sole voter: nobody else can lead
 		}
 		if readMode(body[0]) == readDefault {
-			if idx, term, ok := rep.group.LeaseRead(); ok && db.caughtUp(ctx, rep, idx) {
-				ans := readAnswer(rep.fsm, string(body[1:]))
-				if rep.group.LeaseHeld(term) { // no pause let another leader in
-					return ans
-				}
+			if ans, ok := db.leaseAnswer(ctx, rep, string(body[1:])); ok {
+				return ans
 			}
 		}
 		idx, err := rep.group.ReadIndex(ctx)
@@ -135,6 +132,27 @@ func (db *DB) removeLeaving(ctx context.Context, rep *replica, sid raft.ServerID
 		return redirectOrUnavailable(rep, err)
 	}
 	return []byte{stOK}
+}
+
+// leaseAnswer answers a linearizable read from this leader's replica under
+// its lease (see raftgroup.Group.LeaseIndex); ok is false without one.
+func (db *DB) leaseAnswer(ctx context.Context, rep *replica, key string) (ans []byte, ok bool) {
+	idx, term, ok := rep.group.LeaseIndex()
+	if !ok || !db.caughtUp(ctx, rep, idx) {
+		return nil, false
+	}
+	e, found := rep.fsm.Lookup(key)
+	now, ok := rep.group.ConfirmLease(term)
+	if !ok {
+		return nil, false
+	}
+	if !found || e.Expired(now) {
+		return []byte{stNotFound}, true
+	}
+	out := make([]byte, 1, 1+binary.MaxVarintLen64+len(e.Value))
+	out[0] = stOK
+	out = binary.AppendUvarint(out, e.Version)
+	return append(out, e.Value...), true
 }
 
 func readAnswer(f *fsm.FSM, key string) []byte {

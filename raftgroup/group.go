@@ -26,6 +26,7 @@ type Group struct {
 	verify    verifier
 	readyTerm atomic.Uint64 // a barrier of this term has committed
 	lease     *lease
+	fsmIndex  atomic.Pointer[[2]uint64] // FSMIndex's last (index, answer)
 
 	transferFailed atomic.Int64 // unix nanoseconds of the last failed transfer
 
@@ -430,31 +431,64 @@ func (g *Group) termCommitted(ctx context.Context) error {
 	return nil
 }
 
-// LeaseRead returns the commit index if this replica leads under a valid
-// lease: once the state machine has applied FSMIndex of it, a read of that
-// state is linearizable, provided LeaseHeld(term) still holds after the
-// read (a pause between the two must not serve stale data). ok is false
-// when there is no lease; ReadIndex is the way then.
+// LeaseIndex starts a read under this replica's leader lease. It returns
+// the commit index and the term; once the state machine has applied
+// FSMIndex(index), read, then call ConfirmLease(term): if it holds, the
+// read was linearizable — no other replica can have been elected before
+// the confirmation, so the state read covered every write committed when
+// LeaseIndex was called. A pause anywhere in between fails the
+// confirmation instead of serving stale data. ok is false when this
+// replica does not lead with a lease (ReadIndex is the way then).
 //
-// Cost: a few atomic loads and one clock reading; no lock.
-func (g *Group) LeaseRead() (index, term uint64, ok bool) {
+// Cost: atomic loads, no lock, no clock reading (ConfirmLease takes one).
+func (g *Group) LeaseIndex() (index, term uint64, ok bool) {
 	term = g.raft.CurrentTerm()
-	if !g.LeaseHeld(term) {
+	if g.raft.State() != raft.Leader {
+		return 0, 0, false
+	}
+	if g.readyTerm.Load() != term || !g.lease.usable(term) {
+		g.lease.misses.Add(1)
 		return 0, 0, false
 	}
 	return g.raft.CommitIndex(), term, true
 }
 
-// LeaseHeld reports whether this replica leads in term under a valid
-// lease: no other replica can have been elected since.
-func (g *Group) LeaseHeld(term uint64) bool {
-	return g.readyTerm.Load() == term && g.raft.State() == raft.Leader && g.raft.CurrentTerm() == term && g.lease.valid(term)
+// ConfirmLease reports whether this replica still leads in term under a
+// valid lease, and the wall clock reading (unix nanoseconds) the check
+// was made at, for deciding expiry of what was read.
+func (g *Group) ConfirmLease(term uint64) (wall int64, ok bool) {
+	wall, ok = g.lease.valid(term)
+	if !ok || g.raft.State() != raft.Leader || g.raft.CurrentTerm() != term || g.readyTerm.Load() != term {
+		g.lease.misses.Add(1)
+		return wall, false
+	}
+	g.lease.hits.Add(1)
+	return wall, true
+}
+
+// LeaseStats counts the lease reads this replica served while it led
+// (hits) and those it could not (misses: no lease, or it lapsed before
+// ConfirmLease).
+func (g *Group) LeaseStats() (hits, misses uint64) {
+	return g.lease.hits.Load(), g.lease.misses.Load()
 }
 
 // FSMIndex maps a log index to the last entry at or below it that the state
 // machine sees: raft does not hand no-op and barrier entries to the FSM,
 // so an FSM is caught up to index once it has applied FSMIndex(index).
+//
+// The last answer is cached: reads under a lease ask for the same commit
+// index until the next write commits.
 func (g *Group) FSMIndex(index uint64) uint64 {
+	if c := g.fsmIndex.Load(); c != nil && c[0] == index {
+		return c[1]
+	}
+	i := g.fsmIndexOf(index)
+	g.fsmIndex.Store(&[2]uint64{index, i})
+	return i
+}
+
+func (g *Group) fsmIndexOf(index uint64) uint64 {
 	s := g.logs
 	s.mu.RLock()
 	defer s.mu.RUnlock()

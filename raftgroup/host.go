@@ -83,7 +83,7 @@ type Config struct {
 	// (tests and the Jepsen-style suite). Default nil: no faults, no cost.
 	Faults *faultnet.Net
 	// Lease tunes leader leases, the default path of linearizable reads
-	// (Group.LeaseRead). HeartbeatTimeout must be the same on every node:
+	// (Group.LeaseIndex). HeartbeatTimeout must be the same on every node:
 	// leases rest on followers refusing votes for that long.
 	Lease LeaseOptions
 	// OnLeaderChange, if set, is called (from one goroutine, in order) each

@@ -96,6 +96,8 @@ type lease struct {
 	suspended atomic.Uint64 // a transfer started in this term
 	changing  atomic.Int32  // configuration changes under way
 
+	hits, misses atomic.Uint64 // LeaseRead's outcomes
+
 	mu     sync.Mutex
 	self   raft.ServerID
 	voters []raft.ServerID // the term's configuration; empty: no lease
@@ -203,23 +205,27 @@ func (l *lease) recomputeLocked() {
 	l.until.Store(until)
 }
 
-// valid reports whether the lease of term holds now. The caller checks
-// that this replica still leads in term.
-func (l *lease) valid(term uint64) bool {
-	if l.term.Load() != term || l.changing.Load() != 0 || (l.suspended.Load() == term && !l.keep) {
-		return false
-	}
+// usable reports, from atomics only, whether a lease of term may hold:
+// valid decides it with a clock reading.
+func (l *lease) usable(term uint64) bool {
+	return l.term.Load() == term && l.changing.Load() == 0 && (l.suspended.Load() != term || l.keep) && l.until.Load() != 0
+}
+
+// valid reports whether the lease of term holds now, and the wall clock
+// reading it was checked at. The caller checks that this replica still
+// leads in term.
+func (l *lease) valid(term uint64) (wall int64, ok bool) {
 	mono, wall := l.clock.Now()
-	if mono >= l.until.Load() {
-		return false
+	if !l.usable(term) || mono >= l.until.Load() {
+		return wall, false
 	}
 	if d := wall - mono - l.skew.Load(); d > l.tolerance || d < -l.tolerance {
 		// The monotonic clock stopped or jumped against the wall clock
 		// since the lease was last extended: drop it.
 		l.until.Store(0)
-		return false
+		return wall, false
 	}
-	return true
+	return wall, true
 }
 
 // suspend ends the lease of term for good: a leadership transfer started,
