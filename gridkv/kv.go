@@ -107,7 +107,9 @@ func (db *DB) write(ctx context.Context, key string, cmd []byte) ([]byte, error)
 }
 
 // Get returns key's value: ErrNotFound when absent or expired. Without
-// options the read is linearizable, served by the range's leader.
+// options the read is linearizable: the range's leader serves it from its
+// own state under its leader lease (no round trip; see docs/raftgroup.md),
+// or, while it holds no valid lease, after a ReadIndex round.
 func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, error) {
 	if db.isClosed() {
 		return nil, ErrClosed
@@ -135,6 +137,9 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 			}
 			return v, nil
 		}
+		if o.mode == readQuorum {
+			return answerValue(db.quorumRead(ctx, rep, r, key, o.quorum))
+		}
 		if o.mode == readDefault {
 			if idx, term, ok := rep.group.LeaseIndex(); ok && db.caughtUp(ctx, rep, idx) {
 				e, found := rep.fsm.Lookup(key)
@@ -149,8 +154,11 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 			}
 		}
 	}
-	body := append([]byte{byte(o.mode)}, key...)
-	ans, err := db.route(ctx, r, reqRead, body, false)
+	body := []byte{byte(o.mode)}
+	if o.mode == readQuorum {
+		body = append(body, byte(o.quorum))
+	}
+	ans, err := db.route(ctx, r, reqRead, append(body, key...), false)
 	if err != nil {
 		return nil, err
 	}
@@ -159,6 +167,21 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 		return nil, errBadMessage
 	}
 	return append([]byte{}, ans[n:]...), nil
+}
+
+// answerValue turns a read answer served on this node into Get's result.
+func answerValue(ans []byte) ([]byte, error) {
+	if len(ans) == 0 {
+		return nil, errBadMessage
+	}
+	if ans[0] != stOK {
+		return nil, statusError(ans[0], ans[1:])
+	}
+	_, n := binary.Uvarint(ans[1:])
+	if n <= 0 {
+		return nil, errBadMessage
+	}
+	return ans[1+n:], nil
 }
 
 // caughtUp waits until rep's state machine has applied commit index idx,

@@ -37,18 +37,45 @@ type readOptions struct {
 }
 
 // ReadIndex reads linearizably, always confirming leadership with a quorum
-// round first.
+// round (a heartbeat to every voter) first: no clock assumption at all,
+// one round trip more than the default.
 func ReadIndex() ReadOption { return func(o *readOptions) { o.mode = readIndex } }
 
-// Quorum(r) asks r replicas (1..ReplicaCount) and returns the newest value;
-// linearizable when r > ReplicaCount/2. This version serves it through the
-// range leader with a ReadIndex round, which is linearizable for every r.
+// Quorum(r) reads from the range's replicas rather than through its
+// leader: the node asks every voter of the range for its last stored log
+// index, its applied index and the key's value, and once r of them (voters
+// of the newest configuration among the answers) have answered, returns
+// the value of one that has applied the largest stored index seen —
+// asking one to wait for it if none has. The node serving it is the
+// caller's own when it holds a replica of the range, else one that does.
+//
+// With r > ReplicaCount/2 (and the answers a majority of the newest
+// configuration) the read is linearizable: every acknowledged write is
+// stored on a majority, which the answers meet. It keeps working while the
+// leader is cut off, once what the old leader left uncommitted commits
+// under the next one.
+//
+// With r <= ReplicaCount/2 it is bounded-stale: it reflects every write
+// that had reached one of the r replicas that answered first, and may miss
+// one acknowledged by other replicas. A replica connected to the leader
+// trails it by about one replication round (followers learn the commit
+// index from the next AppendEntries, at most CommitTimeout later when no
+// writes follow); one cut off from the leader answers with what it had
+// until it is removed from the range.
+//
+// Fewer than r answers in time: ErrUnavailable. r must be in
+// 1..ReplicaCount; while a range has fewer voters than r, all of them are
+// asked for.
 func Quorum(r int) ReadOption {
 	return func(o *readOptions) { o.mode, o.quorum = readQuorum, r }
 }
 
 // Stale reads this node's own replica if it has one, else any replica,
-// without waiting: it may miss recent writes.
+// without waiting: it may miss recent writes. In steady state a follower
+// applies a write one replication round after its leader (up to
+// CommitTimeout later when no write follows it: 250ms, Fast 20ms); a
+// replica cut off from its leader serves what it had, for as long as the
+// cut lasts or until it is removed from the range.
 func Stale() ReadOption { return func(o *readOptions) { o.mode = readStale } }
 
 func (db *DB) readOpts(opts []ReadOption) (readOptions, error) {

@@ -69,6 +69,22 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 	if kind == reqRead && len(body) > 0 && readMode(body[0]) == readStale {
 		return readAnswer(rep.fsm, string(body[1:]))
 	}
+	switch {
+	case kind == reqRead && len(body) > 1 && readMode(body[0]) == readQuorum:
+		return db.quorumRead(ctx, rep, r, string(body[2:]), int(body[1]))
+	case kind == reqQuorumState:
+		st, ans, ok := db.quorumState(rep, string(body))
+		if !ok {
+			return append([]byte{stInvalid}, "not a voter of the range"...)
+		}
+		return appendQuorumState([]byte{stOK}, st, ans)
+	case kind == reqQuorumWait:
+		m, n := binary.Uvarint(body)
+		if n <= 0 {
+			return []byte{stInvalid}
+		}
+		return db.readAppliedThrough(ctx, rep, string(body[n:]), m)
+	}
 	if !rep.group.IsLeader() {
 		return redirect(leaderOf(rep))
 	}

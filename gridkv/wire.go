@@ -13,11 +13,14 @@ import (
 // An answer is: status byte, then the status's body.
 const (
 	reqWrite   byte = 1 // body: an encoded single-operation fsmpb.Command
-	reqRead    byte = 2 // body: mode byte, key
+	reqRead    byte = 2 // body: mode byte, key; Quorum: mode byte, q byte, key
 	reqPrepare byte = 3 // create an empty replica of the range here
 	reqStatus  byte = 4 // the range's voter count (asked of its leader)
 	reqDrop    byte = 5 // body: the Raft server id removed; drop the replica if it is ours
 	reqLeave   byte = 6 // body: the Raft server id of a closing node's replica; its leader removes it
+	// Quorum reads (see quorum.go), asked of any voter of the range.
+	reqQuorumState byte = 7 // body: key; answer: the replica's state, then a read answer
+	reqQuorumWait  byte = 8 // body: uvarint index, key; a read answer once the replica applied index
 )
 
 const (

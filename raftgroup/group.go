@@ -21,6 +21,7 @@ type Group struct {
 	raft     *raft.Raft
 	trans    *groupTransport
 	logs     *logStore
+	snaps    *snapshotStore
 	observer *raft.Observer
 
 	verify    verifier
@@ -51,7 +52,7 @@ func (g *Group) start(fsm raft.FSM, opts GroupOptions) error {
 		return err
 	}
 	stable := NewStableStore()
-	snaps := raft.NewInmemSnapshotStore()
+	snaps := &snapshotStore{InmemSnapshotStore: raft.NewInmemSnapshotStore()}
 	if len(opts.Bootstrap) > 0 {
 		if err := raft.BootstrapCluster(conf, g.logs, stable, snaps, trans, raft.Configuration{Servers: opts.Bootstrap}); err != nil {
 			_ = trans.Close()
@@ -63,7 +64,7 @@ func (g *Group) start(fsm raft.FSM, opts GroupOptions) error {
 		_ = trans.Close()
 		return fmt.Errorf("raftgroup: start group %d: %w", g.ID, err)
 	}
-	g.raft, g.trans = r, trans
+	g.raft, g.trans, g.snaps = r, trans, snaps
 	trans.raft.Store(r)
 	if max := g.h.cfg.MaxLogBytes; max > 0 {
 		g.logs.mu.Lock()
@@ -509,4 +510,42 @@ func (g *Group) fsmIndexOf(index uint64) uint64 {
 		}
 	}
 	return 0
+}
+
+// ReplicaState is what a replica tells a quorum read about itself.
+type ReplicaState struct {
+	// LastIndex is the index of the last entry stored (committed or not).
+	LastIndex uint64
+	// Applied: the state machine reflects every entry up to here.
+	Applied uint64
+	// ConfigIndex is the log index of the latest configuration, and
+	// Voters its voters: a quorum read trusts the newest one it sees.
+	ConfigIndex uint64
+	Voters      []raft.ServerID
+}
+
+// State reports this replica's ReplicaState; fsmApplied returns the index
+// of the last entry the state machine applied (raft does not hand it
+// no-op and barrier entries, so it may trail raft's applied index).
+func (g *Group) State(fsmApplied func() uint64) (ReplicaState, error) {
+	servers, err := g.Configuration()
+	if err != nil {
+		return ReplicaState{}, err
+	}
+	st := ReplicaState{Voters: voterIDs(servers), ConfigIndex: max(g.logs.latestConfig(), g.snaps.configIndex.Load())}
+	st.Applied = g.AppliedThrough(fsmApplied)
+	st.LastIndex = g.raft.LastIndex()
+	return st, nil
+}
+
+// AppliedThrough is the log index up to which the state machine reflects
+// every entry: raft's applied index once the state machine has caught up
+// with it, else the state machine's own.
+func (g *Group) AppliedThrough(fsmApplied func() uint64) uint64 {
+	a := g.raft.AppliedIndex() // entries up to a are committed and handed to the FSM
+	f := fsmApplied()
+	if f >= g.FSMIndex(a) {
+		return max(a, f)
+	}
+	return f
 }

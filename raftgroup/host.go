@@ -205,6 +205,9 @@ func (h *Host) Addr() string { return h.mux.addr }
 // ID is this node incarnation's Raft server id.
 func (h *Host) ID() raft.ServerID { return h.id }
 
+// RPCTimeout is the configured bound of one RPC.
+func (h *Host) RPCTimeout() time.Duration { return h.cfg.RPCTimeout }
+
 // NodeID is the configured node id.
 func (h *Host) NodeID() string { return h.cfg.NodeID }
 

@@ -53,39 +53,50 @@ func (h *Host) Call(ctx context.Context, to raft.ServerID, addr string, req []by
 		err  error
 	}
 	done := make(chan answer, 1)
-	h.mux.startWithin(addr, incarnationOf(to), 0, kindRPC, false, timeout,
-		func(b []byte) []byte {
-			b = binary.AppendUvarint(b, uint64(timeout))
-			return append(b, req...)
-		},
-		func(body []byte, err error) { done <- answer{body, err} })
+	h.CallAsync(to, addr, req, timeout, func(body []byte, err error) { done <- answer{body, err} })
 	select {
 	case a := <-done:
-		if errors.Is(a.err, errRPCTimeout) {
-			return nil, fmt.Errorf("%w: %w", ErrTimeout, a.err)
-		}
-		if a.err != nil {
-			return nil, a.err
-		}
-		if len(a.body) == 0 {
-			return nil, errShortFrame
-		}
-		switch a.body[0] {
-		case statusErr:
+		var remote *remoteError
+		if errors.As(a.err, &remote) {
 			if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
 				// The deadline travels with the request, so the handler
 				// gives up about when the caller does (ctx's own timer may
 				// not have fired yet): the caller's time-out is the answer.
 				return nil, fmt.Errorf("%w: %w", ErrTimeout, context.DeadlineExceeded)
 			}
-			return nil, &remoteError{msg: string(a.body[1:])}
-		case statusRefused:
-			return nil, refused(a.body[1:])
 		}
-		return a.body[1:], nil
+		return a.body, a.err
 	case <-ctx.Done():
 		return nil, fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
 	}
+}
+
+// CallAsync is Call without a waiting caller: done is called once, from
+// another goroutine (the connection's reader or a timer), with the answer
+// or an error, as Call would return them; it must not block. The request
+// gives up after timeout. It starts no goroutine of its own.
+func (h *Host) CallAsync(to raft.ServerID, addr string, req []byte, timeout time.Duration, done func([]byte, error)) {
+	h.mux.startWithin(addr, incarnationOf(to), 0, kindRPC, false, timeout,
+		func(b []byte) []byte {
+			b = binary.AppendUvarint(b, uint64(timeout))
+			return append(b, req...)
+		},
+		func(body []byte, err error) {
+			switch {
+			case errors.Is(err, errRPCTimeout):
+				done(nil, fmt.Errorf("%w: %w", ErrTimeout, err))
+			case err != nil:
+				done(nil, err)
+			case len(body) == 0:
+				done(nil, errShortFrame)
+			case body[0] == statusErr:
+				done(nil, &remoteError{msg: string(body[1:])})
+			case body[0] == statusRefused:
+				done(nil, refused(body[1:]))
+			default:
+				done(body[1:], nil)
+			}
+		})
 }
 
 // serveRPC runs the handler for one request and sends its answer.

@@ -27,6 +27,29 @@ type logStore struct {
 	maxBytes int64
 	onFull   func()
 	full     atomic.Bool
+
+	// configs are the indexes of the configuration entries held, oldest
+	// first; the newest one below first is kept after a prefix delete.
+	configs []uint64
+}
+
+// latestConfig is the index of the newest configuration entry stored (0
+// if none: the configuration came from a snapshot, or there is none).
+func (s *logStore) latestConfig() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if len(s.configs) == 0 {
+		return 0
+	}
+	return s.configs[len(s.configs)-1]
+}
+
+// dropConfigsFromLocked forgets the configuration entries at index min and
+// above (a deleted suffix).
+func (s *logStore) dropConfigsFromLocked(min uint64) {
+	for len(s.configs) > 0 && s.configs[len(s.configs)-1] >= min {
+		s.configs = s.configs[:len(s.configs)-1]
+	}
 }
 
 // logOverhead approximates a raft.Log's memory beyond its data.
@@ -110,11 +133,15 @@ func (s *logStore) StoreLogs(logs []*raft.Log) error {
 				s.bytes -= logSize(old)
 			}
 			s.logs = append(s.logs[:l.Index-s.first], l)
+			s.dropConfigsFromLocked(l.Index)
 		default:
 			s.mu.Unlock()
 			return errors.New("raftgroup: log store: gap before index")
 		}
 		s.bytes += logSize(l)
+		if l.Type == raft.LogConfiguration {
+			s.configs = append(s.configs, l.Index)
+		}
 	}
 	full := s.maxBytes > 0 && s.bytes > s.maxBytes && s.onFull != nil
 	s.mu.Unlock()
@@ -134,7 +161,10 @@ func (s *logStore) DeleteRange(min, max uint64) error {
 	last := s.lastLocked()
 	switch {
 	case min <= s.first && max >= last:
-		s.logs, s.first, s.bytes = nil, 0, 0
+		// A compaction (the snapshot holds the configuration) or a
+		// conflict (the entries were not committed): either way the
+		// snapshot's configuration is the one to report.
+		s.logs, s.first, s.bytes, s.configs = nil, 0, 0, nil
 	case min <= s.first: // prefix: copy the rest so the old array can be freed
 		for _, l := range s.logs[:max-s.first+1] {
 			s.bytes -= logSize(l)
@@ -142,7 +172,13 @@ func (s *logStore) DeleteRange(min, max uint64) error {
 		rest := s.logs[max-s.first+1:]
 		s.logs = append(make([]*raft.Log, 0, len(rest)+len(rest)/4), rest...)
 		s.first = max + 1
+		keep := 0 // the newest configuration below first, and all after
+		for keep+1 < len(s.configs) && s.configs[keep+1] < s.first {
+			keep++
+		}
+		s.configs = s.configs[keep:]
 	case max >= last: // suffix
+		s.dropConfigsFromLocked(min)
 		for i := min - s.first; i < uint64(len(s.logs)); i++ {
 			s.bytes -= logSize(s.logs[i])
 			s.logs[i] = nil
@@ -195,4 +231,23 @@ func (s *stableStore) GetUint64(key []byte) (uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.ints[string(key)], nil
+}
+
+// snapshotStore is raft's in-memory snapshot store, noting the index of the
+// newest configuration a snapshot carried (taken here or installed from a
+// leader): the log may no longer hold that configuration's entry.
+type snapshotStore struct {
+	*raft.InmemSnapshotStore
+	configIndex atomic.Uint64
+}
+
+func (s *snapshotStore) Create(version raft.SnapshotVersion, index, term uint64, configuration raft.Configuration,
+	configurationIndex uint64, trans raft.Transport) (raft.SnapshotSink, error) {
+	for {
+		old := s.configIndex.Load()
+		if configurationIndex <= old || s.configIndex.CompareAndSwap(old, configurationIndex) {
+			break
+		}
+	}
+	return s.InmemSnapshotStore.Create(version, index, term, configuration, configurationIndex, trans)
 }

@@ -1,0 +1,98 @@
+package gridkv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/gridkv/gridkv/placement"
+)
+
+// openCluster starts n Fast nodes with the given ranges and waits until
+// they are ready; they are closed when the test ends.
+func openCluster(t *testing.T, n, groups int) []*DB {
+	t.Helper()
+	var nodes []*DB
+	for i := 0; i < n; i++ {
+		cfg := Config{NodeID: fmt.Sprint("n", i), Fast: true, Groups: groups}
+		if i > 0 {
+			cfg.Seeds = []string{nodes[0].GossipAddr()}
+		}
+		db := openT(t, cfg)
+		t.Cleanup(func() { db.Close() })
+		nodes = append(nodes, db)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, db := range nodes {
+		if err := db.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return nodes
+}
+
+// Every node, leader of the key's range or not, reads a write made through
+// another node with Quorum(2) and Quorum(3), at once.
+func TestQuorumReadSeesLatestWrite(t *testing.T) {
+	nodes := openCluster(t, 3, 4)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := 0; i < 20; i++ {
+		key, val := fmt.Sprint("k", i), fmt.Sprint("v", i)
+		if err := nodes[i%3].Set(ctx, key, []byte(val)); err != nil {
+			t.Fatal(err)
+		}
+		for j, db := range nodes {
+			for _, q := range []int{2, 3} {
+				got, err := db.Get(ctx, key, Quorum(q))
+				if err != nil || string(got) != val {
+					t.Fatalf("node %d Quorum(%d) Get(%s) = %q, %v; want %q", j, q, key, got, err, val)
+				}
+			}
+		}
+	}
+	if _, err := nodes[1].Get(ctx, "absent", Quorum(2)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("absent key: %v", err)
+	}
+}
+
+// With the range's leader cut off, a follower still serves Quorum(2) reads
+// (once a new leader commits what the old one left uncommitted), and they
+// see the last acknowledged write; with two replicas gone, it is
+// ErrUnavailable.
+func TestQuorumReadWithoutLeader(t *testing.T) {
+	nodes := openCluster(t, 3, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := nodes[0].Set(ctx, "k", []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+	r := placement.RangeOf("k", 1)
+	leader := -1
+	for i, db := range nodes {
+		if rep := db.replica(r); rep != nil && rep.group.IsLeader() {
+			leader = i
+		}
+	}
+	if leader < 0 {
+		t.Fatal("no leader")
+	}
+	nodes[leader].crash()
+	f := (leader + 1) % 3
+	got, err := nodes[f].Get(ctx, "k", Quorum(2))
+	if err != nil || string(got) != "v1" {
+		t.Fatalf("Quorum(2) after the leader crashed: %q, %v", got, err)
+	}
+	nodes[(leader+2)%3].crash()
+	short, cancelShort := context.WithTimeout(ctx, 2*time.Second)
+	defer cancelShort()
+	if _, err := nodes[f].Get(short, "k", Quorum(2)); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Quorum(2) with one replica of three: %v, want ErrUnavailable", err)
+	}
+	if got, err := nodes[f].Get(short, "k", Quorum(1)); err != nil || string(got) != "v1" {
+		t.Fatalf("Quorum(1) with one replica of three: %q, %v", got, err)
+	}
+}
