@@ -42,9 +42,10 @@ type DB struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 
-	// unsafeReads is the Jepsen-style suite's negative control: default
-	// reads served from the local replica with no round (wrong on purpose).
-	unsafeReads bool
+	// quorumSlack lets a Quorum read answer from a replica that trails the
+	// largest stored index seen by this much: 0, except in the suite's
+	// negative control.
+	quorumSlack uint64
 }
 
 // replica is this node's copy of one range.
@@ -101,6 +102,22 @@ func Open(cfg Config) (*DB, error) {
 //
 // A failed OpenContext has stopped every goroutine it started.
 func OpenContext(ctx context.Context, cfg Config) (*DB, error) {
+	return open(ctx, cfg, nil)
+}
+
+// The Jepsen-style suite opens its nodes through testhook.Open, with hooks.
+func init() {
+	testhook.Open = func(ctx context.Context, cfg any, h *testhook.Hooks) (any, error) {
+		c, ok := cfg.(Config)
+		if !ok {
+			return nil, fmt.Errorf("%w: testhook.Open takes a gridkv.Config, not %T", ErrInvalid, cfg)
+		}
+		return open(ctx, c, h)
+	}
+}
+
+// open is OpenContext with the suite's hooks (nil: none).
+func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -112,10 +129,10 @@ func OpenContext(ctx context.Context, cfg Config) (*DB, error) {
 		reps: make([]atomic.Pointer[replica], cfg.Groups)}
 
 	hc := raftgroup.Config{NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, Logger: cfg.Logger}
-	hooks := testhook.Lookup(cfg.NodeID) // nil outside the Jepsen-style suite
 	if hooks != nil {
 		hc.Faults = hooks.Faults
-		db.unsafeReads = hooks.UnsafeReads
+		hc.Lease = hooks.Lease
+		db.quorumSlack = hooks.QuorumSlack
 	}
 	if cfg.Fast {
 		hc.HeartbeatTimeout = 300 * time.Millisecond

@@ -126,11 +126,9 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 	}
 	r := placement.RangeOf(key, db.cfg.Groups)
 	if rep := db.replica(r); rep != nil && !db.isClosed() {
-		if o.mode == readStale || rep.sole.Load() && rep.group.IsLeader() ||
-			db.unsafeReads && o.mode == readDefault {
+		if o.mode == readStale || rep.sole.Load() && rep.group.IsLeader() {
 			// Served by this node's replica with no round: Stale, or a sole
-			// voter, which nobody else can replace as leader (or, wrongly on
-			// purpose, any default read under the suite's negative control).
+			// voter, which nobody else can replace as leader.
 			v, _, ok := rep.fsm.Get(key, fsm.NowNanos())
 			if !ok {
 				return nil, ErrNotFound

@@ -107,7 +107,7 @@ func (db *DB) quorumRead(ctx context.Context, rep *replica, rg int, key string, 
 					best = r
 				}
 			}
-			if best.st.Applied >= m {
+			if best.st.Applied+db.quorumSlack >= m {
 				return best.ans
 			}
 			return db.quorumWait(ctx, rep, rg, key, best.from, best.addr, m)

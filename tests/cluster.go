@@ -23,8 +23,8 @@ type Cluster struct {
 	Faults *faultnet.Net
 	Nodes  []*Node
 
-	base        gridkv.Config
-	unsafeReads bool
+	base gridkv.Config
+	tune func(node int, h *testhook.Hooks)
 }
 
 // Node is one member of a Cluster. A crashed node may be restarted: the
@@ -68,8 +68,9 @@ type ClusterOptions struct {
 	// BindAddr and GossipAddr are set by the harness. Zero: Fast timings,
 	// 16 ranges, logs discarded.
 	Base *gridkv.Config
-	// UnsafeReads switches on the negative control (testhook.Hooks).
-	UnsafeReads bool
+	// Tune, if set, adjusts node i's hooks before it opens (restarts
+	// included): clocks of its own, negative controls.
+	Tune func(node int, h *testhook.Hooks)
 }
 
 // StartCluster opens the nodes, the first bootstrapping and the others
@@ -79,7 +80,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	if o.Base != nil {
 		base = *o.Base
 	}
-	c := &Cluster{Faults: faultnet.New(o.Seed), base: base, unsafeReads: o.UnsafeReads}
+	c := &Cluster{Faults: faultnet.New(o.Seed), base: base, tune: o.Tune}
 	seq := clusterSeq.Add(1)
 	for i := 0; i < o.Nodes; i++ {
 		cfg := base
@@ -107,13 +108,28 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	return c, nil
 }
 
+// indexOf is the position of the node named name among the cluster's
+// nodes (the next one while it is being added).
+func (c *Cluster) indexOf(name string) int {
+	for i, n := range c.Nodes {
+		if n.Name == name {
+			return i
+		}
+	}
+	return len(c.Nodes)
+}
+
 // open opens one node whose traffic passes the cluster's fault seam.
 func (c *Cluster) open(cfg gridkv.Config) (*gridkv.DB, *testhook.Hooks, error) {
-	h := &testhook.Hooks{Faults: c.Faults, UnsafeReads: c.unsafeReads}
-	testhook.Register(cfg.NodeID, h)
-	db, err := gridkv.Open(cfg)
-	testhook.Unregister(cfg.NodeID) // Open has read it
-	return db, h, err
+	h := &testhook.Hooks{Faults: c.Faults}
+	if c.tune != nil {
+		c.tune(c.indexOf(cfg.NodeID), h)
+	}
+	db, err := testhook.Open(context.Background(), cfg, h)
+	if err != nil {
+		return nil, h, err
+	}
+	return db.(*gridkv.DB), h, nil
 }
 
 // Restart starts crashed node n again on its old addresses, under its

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gridkv/gridkv/gridkv"
 	"github.com/gridkv/gridkv/internal/faultnet"
+	"github.com/gridkv/gridkv/internal/testhook"
 )
 
 // Scenario is one named test: a cluster, a workload and a nemesis.
@@ -84,8 +85,9 @@ type Options struct {
 	Scale float64
 	// Base configures the nodes (see ClusterOptions.Base).
 	Base *gridkv.Config
-	// UnsafeReads runs the negative control: the run must fail.
-	UnsafeReads bool
+	// Tune adjusts each node's hooks (see ClusterOptions.Tune): negative
+	// controls, clocks.
+	Tune func(node int, h *testhook.Hooks)
 	// OutDir receives history.html when the check fails; "" = nowhere.
 	OutDir string
 	// CheckTimeout bounds porcupine; a time-out is a failure. Default 60s.
@@ -180,7 +182,7 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 	}
 	rep := &Report{Scenario: s.Name, Seed: o.Seed, Nodes: s.Nodes}
 	progress("starting %d nodes", s.Nodes)
-	c, err := StartCluster(ctx, ClusterOptions{Nodes: s.Nodes, Seed: o.Seed, Base: o.Base, UnsafeReads: o.UnsafeReads})
+	c, err := StartCluster(ctx, ClusterOptions{Nodes: s.Nodes, Seed: o.Seed, Base: o.Base, Tune: o.Tune})
 	if err != nil {
 		return nil, err
 	}

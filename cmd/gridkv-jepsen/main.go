@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gridkv/gridkv/internal/testhook"
 	"github.com/gridkv/gridkv/tests"
 )
 
@@ -29,7 +30,7 @@ func main() {
 	seeds := flag.Int("seeds", 1, "runs per scenario, with seeds seed, seed+1, ...")
 	long := flag.Bool("long", false, "long mode: each run 6x longer, mixed faults added, 10 seeds unless -seeds says")
 	out := flag.String("out", "jepsen-report", "directory for the report")
-	unsafe := flag.Bool("unsafe-reads", false, "negative control: serve default reads from any replica (must fail)")
+	noWait := flag.Bool("quorum-no-wait", false, "negative control: Quorum reads answer without waiting for apply (must fail)")
 	list := flag.Bool("list", false, "list the scenarios and exit")
 	flag.Parse()
 
@@ -69,7 +70,7 @@ func main() {
 	for _, s := range chosen {
 		for i := 0; i < *seeds; i++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-			rep, err := tests.Run(ctx, s, tests.Options{Seed: *seed + uint64(i), Scale: scale, UnsafeReads: *unsafe,
+			rep, err := tests.Run(ctx, s, tests.Options{Seed: *seed + uint64(i), Scale: scale, Tune: tune(*noWait),
 				OutDir: *out, Progress: os.Stderr})
 			cancel()
 			if err != nil {
@@ -92,4 +93,12 @@ func main() {
 	if failed > 0 {
 		os.Exit(1)
 	}
+}
+
+// tune switches on the negative controls asked for.
+func tune(quorumNoWait bool) func(int, *testhook.Hooks) {
+	if !quorumNoWait {
+		return nil
+	}
+	return func(_ int, h *testhook.Hooks) { h.QuorumSlack = 1 << 40 }
 }

@@ -1,11 +1,10 @@
-// Package testhook lets the Jepsen-style suite in tests/ reach inside the
-// nodes it starts: it registers Hooks under a node id before gridkv.Open,
-// and Open, finding them, routes every byte through the fault seam and
-// hands back a Node with the powers no public API should have (crash,
-// leadership transfer of one range, replica digests, an unsafe read path
-// for the negative control).
-//
-// Outside tests nothing is registered, and Open pays one map lookup.
+// Package testhook lets the Jepsen-style suite in tests/ open nodes with
+// powers no public API should have: Open (set by package gridkv) opens a
+// node with Hooks, which route every byte through the fault seam, may time
+// leases on a clock the suite controls, and may switch on a negative
+// control; it hands back a Node (crash, leadership transfer of one range,
+// replica digests). gridkv.Open passes no hooks: nothing here is on its
+// path.
 package testhook
 
 import (
@@ -13,7 +12,14 @@ import (
 	"sync"
 
 	"github.com/gridkv/gridkv/internal/faultnet"
+	"github.com/gridkv/gridkv/raftgroup"
 )
+
+// Open opens a node like gridkv.OpenContext, with hooks; cfg is a
+// gridkv.Config and the result a *gridkv.DB (this package cannot name
+// gridkv's types: gridkv imports it). Set by package gridkv when it is
+// linked in.
+var Open func(ctx context.Context, cfg any, h *Hooks) (any, error)
 
 // Hooks configure one node; the suite sets the inputs before Open, and
 // Open sets Node.
@@ -21,10 +27,14 @@ type Hooks struct {
 	// Faults decides the fate of every frame and gossip packet the node
 	// sends, keyed by the addresses of both ends.
 	Faults *faultnet.Net
-	// UnsafeReads serves default (linearizable) reads from the local
-	// replica without any round or wait: deliberately wrong, for the
-	// negative control the suite must catch.
-	UnsafeReads bool
+	// Lease tunes the node's leader leases: the clock nemesis gives each
+	// node a clock of its own, and negative controls shorten the margin to
+	// nothing or keep leases through transfers.
+	Lease raftgroup.LeaseOptions
+	// QuorumSlack lets Quorum reads answer from a replica that has not
+	// applied the largest stored index seen, by up to this many entries:
+	// a negative control (a quorum read that does not wait for apply).
+	QuorumSlack uint64
 
 	mu   sync.Mutex
 	node Node
@@ -67,21 +77,4 @@ func (h *Hooks) Node() Node {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.node
-}
-
-var registry sync.Map // node id -> *Hooks
-
-// Register makes Open of nodeID use h, until Unregister.
-func Register(nodeID string, h *Hooks) { registry.Store(nodeID, h) }
-
-// Unregister forgets nodeID's hooks.
-func Unregister(nodeID string) { registry.Delete(nodeID) }
-
-// Lookup returns nodeID's hooks, or nil.
-func Lookup(nodeID string) *Hooks {
-	h, ok := registry.Load(nodeID)
-	if !ok {
-		return nil
-	}
-	return h.(*Hooks)
 }
