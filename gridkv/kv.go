@@ -136,7 +136,11 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 			return v, nil
 		}
 		if o.mode == readQuorum {
-			return answerValue(db.quorumRead(ctx, rep, r, key, o.quorum))
+			v, err := answerValue(db.quorumRead(ctx, rep, r, key, o.quorum))
+			if err != nil && ctx.Err() != nil {
+				return nil, timedOut(ctx.Err(), false) // a read: nothing in flight to worry about
+			}
+			return v, err
 		}
 		if o.mode == readDefault {
 			if idx, term, ok := rep.group.LeaseIndex(); ok && db.caughtUp(ctx, rep, idx) {

@@ -24,8 +24,10 @@ import (
 //     q (and, for q > ReplicaCount/2, a majority of that configuration),
 //     let M be the largest last index among them. A write acknowledged
 //     before the read began is stored on a majority, so M covers it.
-//  3. Answer with the value of a reply whose applied index is at least M;
-//     if none is, ask the most caught-up one to wait until it has applied
+//  3. Answer with the value of a reply whose applied index is at least M,
+//     waiting for the remaining replies if needed (the leader's has usually
+//     applied M: followers learn the commit index one AppendEntries later);
+//     if none has, ask the most caught-up one to wait until it has applied
 //     M and read then (reqQuorumWait).
 //
 // With q > ReplicaCount/2 this is linearizable without the leader. With a
@@ -74,12 +76,24 @@ func (db *DB) quorumRead(ctx context.Context, rep *replica, rg int, key string, 
 	}
 	pending := len(voters)
 	var got []reply
+	var m uint64 // the largest stored index of the first quorum; 0 until it answered
 	if slices.ContainsFunc(voters, func(s raft.Server) bool { return s.ID == self }) {
 		pending--
 		if st, ans, ok := db.quorumState(rep, key); ok {
 			got = append(got, reply{from: self, st: st, ans: ans, ok: true})
 		}
 	}
+	// Phase 2, once started: a remote replica's answer after it applied m,
+	// or polls of this node's own replica.
+	var waited chan []byte
+	var poll *time.Timer
+	var pollC <-chan time.Time
+	backoff := 100 * time.Microsecond
+	defer func() {
+		if poll != nil {
+			poll.Stop()
+		}
+	}()
 	for {
 		// The newest configuration among the replies decides who counts.
 		var newest raftgroup.ReplicaState
@@ -98,11 +112,14 @@ func (db *DB) quorumRead(ctx context.Context, rep *replica, rg int, key string, 
 		if q > db.cfg.ReplicaCount/2 {
 			need = max(need, len(newest.Voters)/2+1)
 		}
-		if len(newest.Voters) > 0 && len(counted) >= need {
-			var m uint64
-			best := counted[0]
+		if m == 0 && len(newest.Voters) > 0 && len(counted) >= need {
 			for _, r := range counted {
 				m = max(m, r.st.LastIndex)
+			}
+		}
+		if m > 0 {
+			best := counted[0]
+			for _, r := range counted {
 				if r.st.Applied > best.st.Applied {
 					best = r
 				}
@@ -110,9 +127,27 @@ func (db *DB) quorumRead(ctx context.Context, rep *replica, rg int, key string, 
 			if best.st.Applied+db.quorumSlack >= m {
 				return best.ans
 			}
-			return db.quorumWait(ctx, rep, rg, key, best.from, best.addr, m)
-		}
-		if pending == 0 {
+			// The most caught-up replica is asked to answer once it has
+			// applied m; meanwhile the other replies may bring one that
+			// has (the leader's, usually: followers learn the commit
+			// index one AppendEntries later).
+			if waited == nil && pollC == nil {
+				if best.from == self {
+					poll = time.NewTimer(backoff)
+					pollC = poll.C
+				} else {
+					waited = make(chan []byte, 1)
+					body := binary.AppendUvarint(nil, m)
+					db.host.CallAsync(best.from, best.addr, encodeRequest(reqQuorumWait, rg, append(body, key...)), timeout,
+						func(ans []byte, err error) {
+							if err != nil || len(ans) == 0 {
+								ans = append([]byte{stUnavailable}, fmt.Sprint("quorum read: waiting replica: ", err)...)
+							}
+							waited <- ans
+						})
+				}
+			}
+		} else if pending == 0 {
 			return append([]byte{stUnavailable}, fmt.Sprintf("range %d: %d of the %d replicas a Quorum(%d) read needs answered", rg, len(counted), need, q)...)
 		}
 		select {
@@ -121,27 +156,18 @@ func (db *DB) quorumRead(ctx context.Context, rep *replica, rg int, key string, 
 			if r.ok {
 				got = append(got, r)
 			}
+		case ans := <-waited:
+			return ans
+		case <-pollC:
+			if rep.group.AppliedThrough(rep.fsm.Applied) >= m {
+				return readAnswer(rep.fsm, key)
+			}
+			backoff = min(2*backoff, 5*time.Millisecond)
+			poll.Reset(backoff)
 		case <-ctx.Done():
 			return append([]byte{stUnavailable}, fmt.Sprintf("range %d: Quorum(%d) read: %v", rg, q, ctx.Err())...)
 		}
 	}
-}
-
-// quorumWait reads key from replica id (this node's when it is ours) once
-// it has applied index m.
-func (db *DB) quorumWait(ctx context.Context, rep *replica, rg int, key string, id raft.ServerID, addr string, m uint64) []byte {
-	if id == db.host.ID() {
-		return db.readAppliedThrough(ctx, rep, key, m)
-	}
-	body := binary.AppendUvarint(nil, m)
-	ans, err := db.host.Call(ctx, id, addr, encodeRequest(reqQuorumWait, rg, append(body, key...)))
-	if err != nil {
-		return append([]byte{stUnavailable}, err.Error()...)
-	}
-	if len(ans) == 0 {
-		return []byte{stUnavailable}
-	}
-	return ans
 }
 
 // quorumState is this replica's answer to reqQuorumState: ok is false when
