@@ -139,11 +139,21 @@ func BenchmarkThreeNodeGet(b *testing.B) {
 			}
 		}
 	}
-	for _, path := range []string{"default", "leader-local", "stale"} {
+	for _, path := range []string{"default", "leader-local", "stale", "readindex", "quorum-2", "quorum-2-writes-10%"} {
 		b.Run(path, func(b *testing.B) {
 			var opts []ReadOption
-			if path == "stale" {
+			switch path {
+			case "stale":
 				opts = []ReadOption{Stale()}
+			case "readindex":
+				opts = []ReadOption{ReadIndex()}
+			case "quorum-2", "quorum-2-writes-10%":
+				opts = []ReadOption{Quorum(2)}
+			}
+			var qw0, qn0 int64
+			for _, db := range dbs {
+				qw0 += db.quorumWaits.Load()
+				qn0 += db.quorumWaitNanos.Load()
 			}
 			h0, m0 := leaseStats(dbs)
 			b.SetParallelism(64 / runtime.GOMAXPROCS(0))
@@ -158,7 +168,12 @@ func BenchmarkThreeNodeGet(b *testing.B) {
 				}
 				i := c * 1000
 				for pb.Next() {
-					if _, err := db.Get(ctx, ks[i%len(ks)], opts...); err != nil {
+					if path == "quorum-2-writes-10%" && i%10 == 0 {
+						if err := db.Set(ctx, ks[i%len(ks)], make([]byte, 16)); err != nil {
+							b.Error(err)
+							return
+						}
+					} else if _, err := db.Get(ctx, ks[i%len(ks)], opts...); err != nil {
 						b.Error(err)
 						return
 					}
@@ -166,6 +181,15 @@ func BenchmarkThreeNodeGet(b *testing.B) {
 				}
 			})
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "ops/s")
+			var qw, qn int64
+			for _, db := range dbs {
+				qw += db.quorumWaits.Load()
+				qn += db.quorumWaitNanos.Load()
+			}
+			if qw > qw0 {
+				b.ReportMetric(100*float64(qw-qw0)/float64(b.N), "quorum-waits-%")
+				b.ReportMetric(float64(qn-qn0)/float64(qw-qw0)/1e3, "µs/wait")
+			}
 			if h1, m1 := leaseStats(dbs); h1+m1 > h0+m0 {
 				b.ReportMetric(100*float64(h1-h0)/float64(h1-h0+m1-m0), "lease-hit-%")
 			}

@@ -46,6 +46,10 @@ type DB struct {
 	// largest stored index seen by this much: 0, except in the suite's
 	// negative control.
 	quorumSlack uint64
+
+	// Quorum reads that found no answer applied through M at once, and
+	// how long they waited for one (benchmarks read them).
+	quorumWaits, quorumWaitNanos atomic.Int64
 }
 
 // replica is this node's copy of one range.

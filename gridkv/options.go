@@ -58,10 +58,10 @@ func ReadIndex() ReadOption { return func(o *readOptions) { o.mode = readIndex }
 // With r <= ReplicaCount/2 it is bounded-stale: it reflects every write
 // that had reached one of the r replicas that answered first, and may miss
 // one acknowledged by other replicas. A replica connected to the leader
-// trails it by about one replication round (followers learn the commit
-// index from the next AppendEntries, at most CommitTimeout later when no
-// writes follow); one cut off from the leader answers with what it had
-// until it is removed from the range.
+// trails it by about a replication round plus a millisecond (the leader
+// tells followers a new commit index about 1ms after it advances); one cut
+// off from the leader answers with what it had until it is removed from
+// the range.
 //
 // Fewer than r answers in time: ErrUnavailable. r must be in
 // 1..ReplicaCount; while a range has fewer voters than r, all of them are
@@ -72,10 +72,10 @@ func Quorum(r int) ReadOption {
 
 // Stale reads this node's own replica if it has one, else any replica,
 // without waiting: it may miss recent writes. In steady state a follower
-// applies a write one replication round after its leader (up to
-// CommitTimeout later when no write follows it: 250ms, Fast 20ms); a
-// replica cut off from its leader serves what it had, for as long as the
-// cut lasts or until it is removed from the range.
+// applies a write about a replication round plus a millisecond after its
+// leader does (the leader tells followers a new commit index about 1ms
+// after it advances); a replica cut off from its leader serves what it
+// had, for as long as the cut lasts or until it is removed from the range.
 func Stale() ReadOption { return func(o *readOptions) { o.mode = readStale } }
 
 func (db *DB) readOpts(opts []ReadOption) (readOptions, error) {

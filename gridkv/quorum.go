@@ -89,9 +89,14 @@ func (db *DB) quorumRead(ctx context.Context, rep *replica, rg int, key string, 
 	var poll *time.Timer
 	var pollC <-chan time.Time
 	backoff := 100 * time.Microsecond
+	var waitStart time.Time
 	defer func() {
 		if poll != nil {
 			poll.Stop()
+		}
+		if !waitStart.IsZero() {
+			db.quorumWaits.Add(1)
+			db.quorumWaitNanos.Add(int64(time.Since(waitStart)))
 		}
 	}()
 	for {
@@ -132,6 +137,7 @@ func (db *DB) quorumRead(ctx context.Context, rep *replica, rg int, key string, 
 			// has (the leader's, usually: followers learn the commit
 			// index one AppendEntries later).
 			if waited == nil && pollC == nil {
+				waitStart = time.Now()
 				if best.from == self {
 					poll = time.NewTimer(backoff)
 					pollC = poll.C

@@ -51,6 +51,7 @@ func (g *Group) start(fsm raft.FSM, opts GroupOptions) error {
 	if err != nil {
 		return err
 	}
+	trans.logs, trans.selfID = g.logs, g.h.id
 	stable := NewStableStore()
 	snaps := &snapshotStore{InmemSnapshotStore: raft.NewInmemSnapshotStore()}
 	if len(opts.Bootstrap) > 0 {

@@ -54,9 +54,9 @@ type Config struct {
 	// CommitTimeout is how long a leader with nothing new to send waits
 	// before telling followers the commit index again. Default 250ms
 	// (raft's is 50ms): those empty appends are two thirds of an idle
-	// group's traffic at 50ms. The cost: after the last write of a burst,
-	// followers may apply it up to 2×CommitTimeout later (leader reads
-	// are not affected). See docs/raftgroup.md.
+	// group's traffic at 50ms. Followers do not wait for them to learn a
+	// new commit index: the commit notifier tells them about a
+	// millisecond after it advances (see commit.go, docs/raftgroup.md).
 	CommitTimeout time.Duration
 	// MaxAppendEntries caps entries per AppendEntries RPC. Default 64.
 	MaxAppendEntries int

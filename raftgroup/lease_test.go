@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/gridkv/gridkv/fsm"
 )
 
 // fakeClock is a Clock the test moves by hand; wall follows mono unless
@@ -217,4 +219,24 @@ func TestTransferEndsLeaseAndStaleTimeoutNowIsDropped(t *testing.T) {
 	if _, term, ok := g.LeaseIndex(); ok && ok2(g.ConfirmLease(term)) {
 		t.Fatal("the lease survived a leadership transfer")
 	}
+}
+
+// With a CommitTimeout of 5s, followers learn a write's commit from the
+// commit notifier within a fraction of it, not from raft's next empty
+// AppendEntries.
+func TestFollowersLearnCommitPromptly(t *testing.T) {
+	c := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.CommitTimeout = 5 * time.Second })
+	c.waitLeaders(1, 10*time.Second)
+	l := c.leader(0)
+	set(t, c.hosts[l].Group(0), "k", "v")
+	start := time.Now()
+	eventually(t, time.Second, "every follower to apply the write", func() bool {
+		for i := range c.hosts {
+			if _, _, ok := c.fsms[i][0].Get("k", fsm.NowNanos()); !ok {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("followers applied the write %v after it committed", time.Since(start))
 }

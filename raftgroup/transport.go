@@ -39,9 +39,12 @@ type groupTransport struct {
 
 	// Leader leases: the leader's acks, and the follower's vote guard.
 	// raft is set once NewRaft returns; nil before.
-	lease *lease
-	guard voteGuard
-	raft  atomic.Pointer[raft.Raft]
+	lease  *lease
+	guard  voteGuard
+	raft   atomic.Pointer[raft.Raft]
+	logs   *logStore
+	selfID raft.ServerID
+	notify commitNotifier
 
 	// How each follower answered AppendEntries lately (a leader's view),
 	// for Group.TransferLeadership's health check.
@@ -91,6 +94,7 @@ var (
 func newGroupTransport(m *mux, group uint64, l *lease, heartbeat time.Duration) (*groupTransport, error) {
 	gt := &groupTransport{m: m, group: group, consumeCh: make(chan raft.RPC, 64), closed: make(chan struct{}), lease: l,
 		guard: voteGuard{clock: l.clock, timeout: int64(heartbeat)}}
+	gt.notify.gt = gt
 	if err := m.register(gt); err != nil {
 		return nil, err
 	}
@@ -216,6 +220,7 @@ func (gt *groupTransport) DecodePeer(b []byte) raft.ServerAddress { return raft.
 // Close implements raft.WithClose; raft calls it on shutdown.
 func (gt *groupTransport) Close() error {
 	gt.closeOnce.Do(func() {
+		gt.notify.close()
 		gt.m.unregister(gt)
 		gt.qmu.Lock()
 		gt.shut = true // no wg.Add after this: dispatch checks it under qmu
@@ -261,11 +266,15 @@ func (gt *groupTransport) AppendEntries(id raft.ServerID, target raft.ServerAddr
 		timeout = gt.m.beatTimeout
 	}
 	sent := gt.lease.now()
+	gt.notify.sent(id, target, args.LeaderCommitIndex)
 	err := gt.roundTripWithin(timeout, id, target, kindAppendEntries, lazy(args), func(b []byte) []byte { return appendAppendEntriesRequest(b, args) }, resp)
 	ok := err == nil && resp.Success
 	gt.noteAppend(target, ok)
 	if ok && resp.Term == args.Term {
 		gt.lease.ack(id, args.Term, sent)
+		if len(args.Entries) > 0 {
+			gt.notify.acked()
+		}
 	}
 	return err
 }
@@ -400,6 +409,7 @@ func (p *pipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.App
 	}
 	f := &appendFuture{start: time.Now(), args: args, resp: resp, done: make(chan struct{}), p: p}
 	sent := p.gt.lease.now()
+	p.gt.notify.sent(p.id, p.target, args.LeaderCommitIndex)
 	p.mu.Lock()
 	p.queue = append(p.queue, f)
 	p.mu.Unlock()
@@ -413,6 +423,9 @@ func (p *pipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.App
 			p.gt.noteAppend(p.target, ok)
 			if ok && resp.Term == args.Term {
 				p.gt.lease.ack(p.id, args.Term, sent)
+				if len(args.Entries) > 0 {
+					p.gt.notify.acked()
+				}
 			}
 			f.err = err
 			close(f.done)
