@@ -183,7 +183,8 @@ func (l *lease) recomputeLocked() {
 		return
 	}
 	mono, wall := l.clock.Now()
-	times := make([]int64, 0, len(l.voters))
+	var buf [8]int64 // no allocation for up to 8 voters
+	times := buf[:0]
 	for _, v := range l.voters {
 		if v == l.self {
 			times = append(times, mono)
