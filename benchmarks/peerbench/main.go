@@ -206,18 +206,22 @@ type bench struct {
 	probes []string // a key in each GridKV range
 }
 
-// disturbance is what a run (and the quiet that follows it) did to the
-// leaderships of both systems.
+// disturbance is what a run did to the leaderships of both systems, as
+// seen once it ended, while they settled.
 type disturbance struct {
-	gridkvMoved int    // GridKV ranges whose leader changed at some point
-	etcdTerms   uint64 // etcd elections (its Raft term went up this much)
+	// gridkvUnled counts the GridKV ranges whose leader, as node n0 saw
+	// it, was missing or another node at some point: n0's replica timed
+	// out waiting for heartbeats (a pre-vote then usually fails and the
+	// leader stays) or the leader changed.
+	gridkvUnled int
+	etcdTerms   uint64 // etcd elections: how far its Raft term went up
 }
 
 func (d disturbance) String() string {
 	if d == (disturbance{}) {
 		return ""
 	}
-	return fmt.Sprintf("  [after it: %d GridKV ranges changed leader, etcd term +%d]", d.gridkvMoved, d.etcdTerms)
+	return fmt.Sprintf("  [after it: %d GridKV ranges lost their leader, etcd term +%d]", d.gridkvUnled, d.etcdTerms)
 }
 
 // measure drives w against stores, then settles both systems before the
@@ -229,28 +233,28 @@ func (d disturbance) String() string {
 func (b *bench) measure(ctx context.Context, stores []loadgen.Store, w loadgen.Workload) (loadgen.Result, disturbance) {
 	before, term := leaders(b.dbs[0], b.probes), b.etcd.members[0].Server.Term()
 	r := loadgen.Drive(ctx, stores, w)
-	moved := b.settle(ctx, before)
-	return r, disturbance{gridkvMoved: moved, etcdTerms: b.etcd.members[0].Server.Term() - term}
+	unled := b.settle(ctx, before)
+	return r, disturbance{gridkvUnled: unled, etcdTerms: b.etcd.members[0].Server.Term() - term}
 }
 
 // settle waits, at most 30s, until the GridKV leaders seen by dbs[0] have
 // held, none missing, for longer than a follower's heartbeat timeout (so
 // an election a run set off has been called by now), and every node is
-// ready. It returns how many ranges had another leader than before at
-// some point meanwhile (the reconciler may since have moved it back).
+// ready. It returns how many ranges had no leader or another one than
+// before at some point meanwhile.
 func (b *bench) settle(ctx context.Context, before []string) int {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	const quiet = 1500 * time.Millisecond // > 1s, hashicorp/raft's default HeartbeatTimeout
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	moved := make([]bool, len(before))
+	unled := make([]bool, len(before))
 	var last []string
 	var since time.Time
 	for ctx.Err() == nil {
 		now := leaders(b.dbs[0], b.probes)
 		for i := range now {
-			moved[i] = moved[i] || now[i] != before[i]
+			unled[i] = unled[i] || now[i] != before[i]
 		}
 		if !slices.Equal(now, last) || slices.Contains(now, "") {
 			last, since = now, time.Now()
@@ -266,7 +270,7 @@ func (b *bench) settle(ctx context.Context, before []string) int {
 		_ = db.WaitReady(ctx) // best effort: the next run shows what is left
 	}
 	n := 0
-	for _, m := range moved {
+	for _, m := range unled {
 		if m {
 			n++
 		}
@@ -299,7 +303,7 @@ func leaders(db *gridkv.DB, probes []string) []string {
 	return ids
 }
 
-// disturbances lists, under the table, the workloads whose runs moved
+// disturbances lists, under the table, the workloads whose runs disturbed
 // leaders, and by how much in each run.
 func disturbances(outcomes []outcome) string {
 	var b strings.Builder
@@ -309,9 +313,9 @@ func disturbances(outcomes []outcome) string {
 			ds   []disturbance
 		}{{"GridKV", oc.gridkvAfter}, {"etcd", oc.etcdAfter}} {
 			if slices.ContainsFunc(side.ds, func(d disturbance) bool { return d != disturbance{} }) {
-				fmt.Fprintf(&b, "\nAfter %s's %s runs, ranges of GridKV that changed leader / etcd elections:", side.name, oc.name)
+				fmt.Fprintf(&b, "\nAfter %s's %s runs, GridKV ranges that lost their leader / etcd elections:", side.name, oc.name)
 				for _, d := range side.ds {
-					fmt.Fprintf(&b, " %d/%d", d.gridkvMoved, d.etcdTerms)
+					fmt.Fprintf(&b, " %d/%d", d.gridkvUnled, d.etcdTerms)
 				}
 			}
 		}
