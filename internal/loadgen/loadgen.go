@@ -1,6 +1,8 @@
-// Package loadgen drives a key-value workload against GridKV nodes and
-// reports throughput and latency percentiles. The example cluster and the
-// benchmark programs share it.
+// Package loadgen drives a key-value workload against the nodes of a store
+// and reports throughput and latency percentiles. The example cluster and
+// the benchmark programs share it. The driver sees a store only through
+// Store, so GridKV and a peer system (peerbench's etcd) are driven by the
+// same code; Run and Preload are the GridKV shorthands.
 package loadgen
 
 import (
@@ -23,7 +25,7 @@ type Workload struct {
 	Keys       int                 // key space
 	ValueBytes int                 // value size
 	ReadRatio  float64             // share of operations that are Gets
-	ReadOpts   []gridkv.ReadOption // options for the Gets
+	ReadOpts   []gridkv.ReadOption // options for the Gets through Run; Drive's stores choose their own
 	Duration   time.Duration
 	// Progress, if set, is called about every 500ms with operations so far.
 	Progress func(done int64)
@@ -43,16 +45,56 @@ func (r Result) String() string {
 		r.Name, r.OpsPerSec, r.P50, r.P99, r.P999, r.Ops, r.Errors)
 }
 
-// Preload writes every key once so reads find them. A Set that fails with
-// ErrTimeout (outcome unknown) or ErrUnavailable (not applied) is tried
-// again until ctx ends: writing the same value twice does no harm.
+// Store is one node of a key-value store as a client sees it. Get and Set
+// are called from many goroutines at once. Get reports an absent key as
+// success: the driver counts only failures.
+type Store struct {
+	Get func(ctx context.Context, key string) error
+	Set func(ctx context.Context, key string, value []byte) error
+	// Retryable reports whether a Set that failed with err may be tried
+	// again while preloading (an election, say). Nil: no error is.
+	Retryable func(err error) bool
+}
+
+// Stores returns a Store for each GridKV node, whose Gets use opts.
+func Stores(nodes []*gridkv.DB, opts ...gridkv.ReadOption) []Store {
+	stores := make([]Store, len(nodes))
+	for i, db := range nodes {
+		stores[i] = Store{
+			Get: func(ctx context.Context, key string) error {
+				_, err := db.Get(ctx, key, opts...)
+				if errors.Is(err, gridkv.ErrNotFound) {
+					return nil
+				}
+				return err
+			},
+			Set: func(ctx context.Context, key string, value []byte) error {
+				return db.Set(ctx, key, value)
+			},
+			// ErrTimeout leaves the outcome unknown and ErrUnavailable
+			// applied nothing: writing the same value twice does no harm.
+			Retryable: func(err error) bool {
+				return errors.Is(err, gridkv.ErrTimeout) || errors.Is(err, gridkv.ErrUnavailable)
+			},
+		}
+	}
+	return stores
+}
+
+// Preload writes every key once through the GridKV nodes so reads find
+// them (see Fill).
 func Preload(ctx context.Context, nodes []*gridkv.DB, keys, valueBytes int) error {
+	return Fill(ctx, Stores(nodes), keys, valueBytes)
+}
+
+// Fill writes every key once, from 64 clients spread over the stores. A
+// Set that fails with a Retryable error is tried again until ctx ends.
+func Fill(ctx context.Context, stores []Store, keys, valueBytes int) error {
 	value := make([]byte, valueBytes)
-	set := func(db *gridkv.DB, key string) error {
+	set := func(s Store, key string) error {
 		for {
-			err := db.Set(ctx, key, value)
-			if err == nil || ctx.Err() != nil ||
-				!(errors.Is(err, gridkv.ErrTimeout) || errors.Is(err, gridkv.ErrUnavailable)) {
+			err := s.Set(ctx, key, value)
+			if err == nil || ctx.Err() != nil || s.Retryable == nil || !s.Retryable(err) {
 				return err
 			}
 			time.Sleep(20 * time.Millisecond) // let an election settle
@@ -65,7 +107,7 @@ func Preload(ctx context.Context, nodes []*gridkv.DB, keys, valueBytes int) erro
 		go func() {
 			defer wg.Done()
 			for k := c; k < keys; k += 64 {
-				if err := set(nodes[k%len(nodes)], Key(k)); err != nil {
+				if err := set(stores[k%len(stores)], Key(k)); err != nil {
 					errs <- err
 					return
 				}
@@ -80,8 +122,15 @@ func Preload(ctx context.Context, nodes []*gridkv.DB, keys, valueBytes int) erro
 // Key is the name of key k.
 func Key(k int) string { return fmt.Sprintf("key-%08d", k) }
 
-// Run runs w against nodes; client c talks to nodes[c%len(nodes)].
+// Run runs w against the GridKV nodes, its Gets with w.ReadOpts (see
+// Drive).
 func Run(ctx context.Context, nodes []*gridkv.DB, w Workload) Result {
+	return Drive(ctx, Stores(nodes, w.ReadOpts...), w)
+}
+
+// Drive runs w against stores; client c talks to stores[c%len(stores)].
+// w.ReadOpts is not used: each store's Get reads the way it was made to.
+func Drive(ctx context.Context, stores []Store, w Workload) Result {
 	var (
 		ops, errs atomic.Int64
 		stop      atomic.Bool
@@ -94,7 +143,7 @@ func Run(ctx context.Context, nodes []*gridkv.DB, w Workload) Result {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			db := nodes[c%len(nodes)]
+			store := stores[c%len(stores)]
 			rng := rand.New(rand.NewPCG(uint64(c), 7))
 			mine := make([]time.Duration, 0, 1<<16)
 			for !stop.Load() && ctx.Err() == nil {
@@ -102,12 +151,9 @@ func Run(ctx context.Context, nodes []*gridkv.DB, w Workload) Result {
 				start := time.Now()
 				var err error
 				if rng.Float64() < w.ReadRatio {
-					_, err = db.Get(ctx, key, w.ReadOpts...)
-					if errors.Is(err, gridkv.ErrNotFound) {
-						err = nil
-					}
+					err = store.Get(ctx, key)
 				} else {
-					err = db.Set(ctx, key, value)
+					err = store.Set(ctx, key, value)
 				}
 				if err != nil {
 					errs.Add(1)
