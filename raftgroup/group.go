@@ -304,10 +304,13 @@ func (g *Group) changeConfiguration(ctx context.Context, start func() raft.Futur
 	defer g.lease.changing.Add(-1)
 	term := g.raft.CurrentTerm()
 	err := g.do(ctx, start)
-	if servers, cerr := g.Configuration(); cerr == nil {
-		g.lease.setVoters(term, voterIDs(servers))
-	} else {
-		g.lease.setVoters(term, nil)
+	if g.readyTerm.Load() == term {
+		// No lease until the next term if the configuration is unknown.
+		var voters []raft.ServerID
+		if servers, cerr := g.Configuration(); cerr == nil {
+			voters = voterIDs(servers)
+		}
+		g.lease.begin(term, voters)
 	}
 	return err
 }

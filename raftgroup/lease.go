@@ -126,32 +126,19 @@ func (l *lease) now() int64 {
 	return mono
 }
 
-// begin starts a lease for term, once a barrier of term has applied: the
-// configuration is then committed, and voters is it.
+// begin (re)starts the lease of term with these voters: once a barrier
+// of term has applied (the configuration is then committed), and after
+// each configuration change of the term. Acks already recorded for the
+// term count.
 func (l *lease) begin(term uint64, voters []raft.ServerID) {
 	if l.length == 0 {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.term.Load() == term && len(l.voters) > 0 {
-		return
-	}
 	l.until.Store(0)
 	l.voters = voters
 	l.term.Store(term)
-	l.recomputeLocked()
-}
-
-// setVoters replaces the voters after a configuration change of term.
-func (l *lease) setVoters(term uint64, voters []raft.ServerID) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.term.Load() != term {
-		return
-	}
-	l.voters = voters
-	l.until.Store(0)
 	l.recomputeLocked()
 }
 

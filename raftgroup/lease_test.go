@@ -108,7 +108,7 @@ func TestLeaseOffDuringConfigurationChange(t *testing.T) {
 	}
 	l.changing.Add(-1)
 	// The new configuration has two new voters that never acked: 2 of 5.
-	l.setVoters(1, []raft.ServerID{"a", "b", "c", "d", "e"})
+	l.begin(1, []raft.ServerID{"a", "b", "c", "d", "e"})
 	if ok(l.valid(1)) {
 		t.Fatal("valid without a quorum of the new configuration")
 	}
@@ -239,4 +239,32 @@ func TestFollowersLearnCommitPromptly(t *testing.T) {
 		return true
 	})
 	t.Logf("followers applied the write %v after it committed", time.Since(start))
+}
+
+// The lease is off during a configuration change and back after it, in
+// the same term, counting the new configuration's voters.
+func TestLeaseAfterConfigurationChange(t *testing.T) {
+	c := newTestCluster(t, 3, 1)
+	c.waitLeaders(1, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l := c.leader(0)
+	g := c.hosts[l].Group(0)
+	if _, err := g.ReadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	held := func() bool { _, term, ok := g.LeaseIndex(); return ok && ok2(g.ConfirmLease(term)) }
+	eventually(t, 5*time.Second, "a lease", held)
+	term := g.Raft().CurrentTerm()
+	f := (l + 1) % 3
+	if err := g.RemoveServer(ctx, c.hosts[f].ID()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the lease back after the change", held)
+	if g.Raft().CurrentTerm() != term {
+		t.Skip("leadership changed meanwhile")
+	}
+	if got := g.lease.voters; len(got) != 2 {
+		t.Fatalf("lease voters %v, want the 2 that stay", got)
+	}
 }
