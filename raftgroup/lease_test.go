@@ -264,7 +264,10 @@ func TestLeaseAfterConfigurationChange(t *testing.T) {
 	if g.Raft().CurrentTerm() != term {
 		t.Skip("leadership changed meanwhile")
 	}
-	if got := g.lease.voters; len(got) != 2 {
+	g.lease.mu.Lock()
+	got := g.lease.voters
+	g.lease.mu.Unlock()
+	if len(got) != 2 {
 		t.Fatalf("lease voters %v, want the 2 that stay", got)
 	}
 }
