@@ -123,17 +123,21 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 		return nil, err
 	}
 	r := placement.RangeOf(key, db.cfg.Groups)
-	if rep := db.replica(r); rep != nil && !db.isClosed() &&
-		(o.mode == readStale || rep.sole.Load() && rep.group.IsLeader() ||
-			db.unsafeReads && o.mode == readDefault) {
-		// Served by this node's replica with no round: Stale, or a sole
-		// voter, which nobody else can replace as leader (or, wrongly on
-		// purpose, any default read under the suite's negative control).
-		v, _, ok := rep.fsm.Get(key, fsm.NowNanos())
-		if !ok {
-			return nil, ErrNotFound
+	if rep := db.replica(r); rep != nil && !db.isClosed() {
+		// Served by this node's replica with no round when it can (or,
+		// wrongly on purpose, any default read under the suite's negative
+		// control).
+		ans, ok := db.readNow(rep, o.mode, key)
+		if !ok && db.unsafeReads && o.mode == readDefault {
+			ans, ok = readAnswer(rep.fsm, key), true
 		}
-		return v, nil
+		if ok {
+			if ans[0] != stOK {
+				return nil, statusError(ans[0], ans[1:])
+			}
+			_, n := binary.Uvarint(ans[1:])
+			return ans[1+n:], nil
+		}
 	}
 	body := append([]byte{byte(o.mode)}, key...)
 	ans, err := db.route(ctx, r, reqRead, body, false)

@@ -115,3 +115,10 @@ func statusError(st byte, body []byte) error {
 	}
 	return errBadMessage
 }
+
+// readReq is one read: of range r, in mode, of key.
+type readReq struct {
+	r    int
+	mode readMode
+	key  string
+}
