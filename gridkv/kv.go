@@ -148,7 +148,7 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 	if n <= 0 {
 		return nil, errBadMessage
 	}
-	return append([]byte{}, ans[n:]...), nil
+	return append([]byte{}, ans[n:]...), nil // not a slice of a frame that may hold other reads
 }
 
 // route delivers a request for range r to the node that must serve it —
@@ -184,11 +184,17 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 				}
 				continue
 			}
-			if req == nil {
-				req = encodeRequest(kind, r, body)
-			}
 			tried = to
-			resp, err := db.host.Call(ctx, to.id, to.addr, req)
+			var resp []byte
+			var err error
+			if kind == reqRead {
+				resp, err = db.fwd.read(ctx, to, r, body) // with other reads bound there
+			} else {
+				if req == nil {
+					req = encodeRequest(kind, r, body)
+				}
+				resp, err = db.host.Call(ctx, to.id, to.addr, req)
+			}
 			switch {
 			case err == nil && len(resp) > 0:
 				ans = resp

@@ -26,6 +26,9 @@ func (db *DB) serve(ctx context.Context, req []byte) ([]byte, error) {
 	if r >= db.cfg.Groups {
 		return append([]byte{stInvalid}, fmt.Sprintf("range %d asked of node %s, which has %d ranges (Groups)", r, db.cfg.NodeID, db.cfg.Groups)...), nil
 	}
+	if kind == reqReads {
+		return db.serveReads(ctx, body), nil
+	}
 	return db.handle(ctx, kind, r, body), nil
 }
 
