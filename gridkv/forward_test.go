@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/gridkv/gridkv/internal/testutil"
 	"github.com/gridkv/gridkv/placement"
 	"github.com/gridkv/gridkv/raftgroup"
@@ -397,7 +399,47 @@ func TestForwardedReadsCoalesce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Stale reads may lag the writes, and miss them on a replica still
+	// being added: wait until every range is where placement puts it (its
+	// replicas then stay) and every replica has the writes.
+	testutil.Eventually(t, 30*time.Second, "the ranges at their placement", func() bool {
+		ids := []string{"n0", "n1", "n2"}
+		for r := range 8 {
+			want := placement.Replicas(r, ids, 2)
+			for i, db := range nodes {
+				rep := db.replica(r)
+				if (rep != nil) != slices.Contains(want, ids[i]) {
+					return false
+				}
+				if rep == nil {
+					continue
+				}
+				servers, err := rep.group.Configuration()
+				if err != nil || len(servers) != len(want) {
+					return false
+				}
+				for _, sv := range servers {
+					node, _, _ := raftgroup.ParseServerID(sv.ID)
+					if sv.Suffrage != raft.Voter || !slices.Contains(want, node) {
+						return false
+					}
+				}
+			}
+		}
+		return true
+	})
+	testutil.Eventually(t, 30*time.Second, "every replica to apply the writes", func() bool {
+		for _, db := range nodes {
+			for k := range keys {
+				if v, err := db.Get(ctx, fmt.Sprint("k", k), Stale()); err != nil || string(v) != fmt.Sprint("v", k) {
+					return false
+				}
+			}
+		}
+		return true
+	})
 	modes := [][]ReadOption{nil, {ReadIndex()}, {Quorum(2)}, {Stale()}}
+	modeNames := []string{"default", "ReadIndex", "Quorum(2)", "Stale"}
 	var wg sync.WaitGroup
 	errs := make(chan error, 1)
 	for c := range 48 {
@@ -406,15 +448,14 @@ func TestForwardedReadsCoalesce(t *testing.T) {
 			defer wg.Done()
 			db := nodes[c%3]
 			for i := range 100 {
-				k := (c*7 + i) % keys
-				opts := modes[(c+i)%len(modes)]
-				v, err := db.Get(ctx, fmt.Sprint("k", k), opts...)
+				k, m := (c*7+i)%keys, (c+i)%len(modes)
+				v, err := db.Get(ctx, fmt.Sprint("k", k), modes[m]...)
 				if err == nil && string(v) != fmt.Sprint("v", k) {
-					err = fmt.Errorf("k%d read %q", k, v)
+					err = fmt.Errorf("read %q", v)
 				}
 				if err != nil {
 					select {
-					case errs <- fmt.Errorf("%s: %w", db.NodeID(), err):
+					case errs <- fmt.Errorf("%s: %s read of k%d: %w", db.NodeID(), modeNames[m], k, err):
 					default:
 					}
 					return
