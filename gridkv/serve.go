@@ -200,7 +200,7 @@ func (db *DB) removeLeaving(ctx context.Context, rep *replica, sid raft.ServerID
 }
 
 func readAnswer(f *fsm.FSM, key string) []byte {
-	v, version, ok := f.Get(key, fsm.NowNanos())
+	v, version, ok := f.Peek(key, fsm.NowNanos()) // copied below: one allocation
 	if !ok {
 		return []byte{stNotFound}
 	}
