@@ -105,6 +105,18 @@ func (f *FSM) shardFor(key string) *shard { return &f.shards[xxhash64Shard(key)]
 // Get returns a copy of key's value and its version. ok is false when the key
 // is absent or expired at now (unix nanoseconds).
 func (f *FSM) Get(key string, now int64) (value []byte, version uint64, ok bool) {
+	value, version, ok = f.Peek(key, now)
+	if !ok {
+		return nil, 0, false
+	}
+	return append(make([]byte, 0, len(value)), value...), version, true
+}
+
+// Peek is Get without the copy, for a caller that copies the value into
+// something of its own: value is the stored one, which must not be
+// modified. It stays as it is (a stored value is never mutated, only
+// replaced).
+func (f *FSM) Peek(key string, now int64) (value []byte, version uint64, ok bool) {
 	s := f.shardFor(key)
 	s.mu.RLock()
 	e, found := s.m[key]
@@ -112,7 +124,7 @@ func (f *FSM) Get(key string, now int64) (value []byte, version uint64, ok bool)
 	if !found || e.expired(now) {
 		return nil, 0, false
 	}
-	return append(make([]byte, 0, len(e.value)), e.value...), e.version, true
+	return e.value, e.version, true
 }
 
 // Entry is a key's value with its version and expiry.

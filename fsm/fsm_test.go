@@ -302,6 +302,28 @@ func TestValuesAreNotAliased(t *testing.T) {
 	}
 }
 
+// Peek sees what Get sees, without the copy; a value replaced after a Peek
+// leaves the peeked one as it was.
+func TestPeek(t *testing.T) {
+	f := New(Options{})
+	f.Apply(logAt(t, 1, 0, SetOp("k", []byte("abc"), time.Second)))
+	v, version, ok := f.Peek("k", now(0))
+	if !ok || string(v) != "abc" || version != 1 {
+		t.Fatalf("Peek = %q %d %v", v, version, ok)
+	}
+	f.Apply(logAt(t, 2, 0, SetOp("k", []byte("xyz"), 0)))
+	if string(v) != "abc" {
+		t.Fatalf("peeked value changed to %q", v)
+	}
+	if _, _, ok := f.Peek("absent", now(0)); ok {
+		t.Fatal("Peek found an absent key")
+	}
+	f.Apply(logAt(t, 3, 0, SetOp("ttl", []byte("v"), time.Second)))
+	if _, _, ok := f.Peek("ttl", now(time.Second)); ok {
+		t.Fatal("Peek found an expired key")
+	}
+}
+
 func TestWaitApplied(t *testing.T) {
 	f := New(Options{})
 	done := make(chan error, 1)

@@ -37,7 +37,8 @@ type DB struct {
 	// request, so without a lock.
 	reps       []atomic.Pointer[replica]
 	leaderHint sync.Map // range -> peer (its leader), learned from redirects
-	stepLog    stepLog  // the reconciler's rate-limited warnings
+	fwd        *forwarder
+	stepLog    stepLog // the reconciler's rate-limited warnings
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -156,6 +157,7 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 		return nil, fmt.Errorf("%w: config: field BindAddr %q cannot be used: %v", ErrInvalid, cfg.BindAddr, err)
 	}
 	db.host.SetRPCHandler(db.serve)
+	db.fwd = newForwarder(db.host)
 	_, inc, _ := raftgroup.ParseServerID(db.host.ID())
 
 	preset := gossip.LAN
@@ -497,6 +499,7 @@ func (db *DB) Close() error {
 	if herr := db.host.Close(); herr != nil && err == nil { // answers entries in flight
 		err = herr
 	}
+	db.fwd.close()
 	for _, rep := range reps {
 		rep.batch.close()
 	}

@@ -126,15 +126,6 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 	}
 	r := placement.RangeOf(key, db.cfg.Groups)
 	if rep := db.replica(r); rep != nil && !db.isClosed() {
-		if o.mode == readStale || rep.sole.Load() && rep.group.IsLeader() {
-			// Served by this node's replica with no round: Stale, or a sole
-			// voter, which nobody else can replace as leader.
-			v, _, ok := rep.fsm.Get(key, fsm.NowNanos())
-			if !ok {
-				return nil, ErrNotFound
-			}
-			return v, nil
-		}
 		if o.mode == readQuorum {
 			v, err := answerValue(db.quorumRead(ctx, rep, r, key, o.quorum))
 			if err != nil && ctx.Err() != nil {
@@ -142,18 +133,15 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 			}
 			return v, err
 		}
-		if o.mode == readDefault {
-			if idx, term, ok := rep.group.LeaseIndex(); ok && db.caughtUp(ctx, rep, idx) {
-				e, found := rep.fsm.Lookup(key)
-				// Confirmed after the lookup: a pause before it cannot
-				// serve data another leader has since overwritten.
-				if now, ok := rep.group.ConfirmLease(term); ok {
-					if !found || e.Expired(now) {
-						return nil, ErrNotFound
-					}
-					return e.Value, nil
-				}
-			}
+		// Served by this node's replica with no round when it can: Stale,
+		// a sole voter, or the leader under its lease (waiting, if need
+		// be, for its state to apply the commit index).
+		ans, ok := db.readNow(rep, o.mode, key)
+		if !ok && o.mode == readDefault {
+			ans, ok = db.leaseAnswer(ctx, rep, key)
+		}
+		if ok {
+			return answerValue(ans)
 		}
 	}
 	body := []byte{byte(o.mode)}
@@ -168,7 +156,7 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 	if n <= 0 {
 		return nil, errBadMessage
 	}
-	return append([]byte{}, ans[n:]...), nil
+	return append([]byte{}, ans[n:]...), nil // not a slice of a frame that may hold other reads
 }
 
 // answerValue turns a read answer served on this node into Get's result.
@@ -228,11 +216,17 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 				}
 				continue
 			}
-			if req == nil {
-				req = encodeRequest(kind, r, body)
-			}
 			tried = to
-			resp, err := db.host.Call(ctx, to.id, to.addr, req)
+			var resp []byte
+			var err error
+			if kind == reqRead {
+				resp, err = db.fwd.read(ctx, to, r, body) // with other reads bound there
+			} else {
+				if req == nil {
+					req = encodeRequest(kind, r, body)
+				}
+				resp, err = db.host.Call(ctx, to.id, to.addr, req)
+			}
 			switch {
 			case err == nil && len(resp) > 0:
 				ans = resp

@@ -10,26 +10,12 @@ import (
 	"github.com/gridkv/gridkv/placement"
 )
 
-// openCluster starts n Fast nodes with the given ranges and waits until
-// they are ready; they are closed when the test ends.
-func openCluster(t *testing.T, n, groups int) []*DB {
-	t.Helper()
-	var nodes []*DB
-	for i := 0; i < n; i++ {
-		cfg := Config{NodeID: fmt.Sprint("n", i), Fast: true, Groups: groups}
-		if i > 0 {
-			cfg.Seeds = []string{nodes[0].GossipAddr()}
-		}
-		db := openT(t, cfg)
-		t.Cleanup(func() { db.Close() })
-		nodes = append(nodes, db)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+// openClusterT is openCluster with Groups ranges, closed when the test
+// ends.
+func openClusterT(t *testing.T, n, groups int) []*DB {
+	nodes := openCluster(t, n, Config{Groups: groups})
 	for _, db := range nodes {
-		if err := db.WaitReady(ctx); err != nil {
-			t.Fatal(err)
-		}
+		t.Cleanup(func() { db.Close() })
 	}
 	return nodes
 }
@@ -37,7 +23,7 @@ func openCluster(t *testing.T, n, groups int) []*DB {
 // Every node, leader of the key's range or not, reads a write made through
 // another node with Quorum(2) and Quorum(3), at once.
 func TestQuorumReadSeesLatestWrite(t *testing.T) {
-	nodes := openCluster(t, 3, 4)
+	nodes := openClusterT(t, 3, 4)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for i := 0; i < 20; i++ {
@@ -64,7 +50,7 @@ func TestQuorumReadSeesLatestWrite(t *testing.T) {
 // see the last acknowledged write; with two replicas gone, it is
 // ErrUnavailable.
 func TestQuorumReadWithoutLeader(t *testing.T) {
-	nodes := openCluster(t, 3, 1)
+	nodes := openClusterT(t, 3, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := nodes[0].Set(ctx, "k", []byte("v1")); err != nil {

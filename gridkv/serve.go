@@ -26,24 +26,31 @@ func (db *DB) serve(ctx context.Context, req []byte) ([]byte, error) {
 	if r >= db.cfg.Groups {
 		return append([]byte{stInvalid}, fmt.Sprintf("range %d asked of node %s, which has %d ranges (Groups)", r, db.cfg.NodeID, db.cfg.Groups)...), nil
 	}
+	if kind == reqReads {
+		return db.serveReads(ctx, body), nil
+	}
 	return db.handle(ctx, kind, r, body), nil
 }
 
 // handle serves one request for range r on this node; the answer starts
 // with a status byte.
 func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte {
+	if kind == reqRead {
+		if len(body) == 0 {
+			return []byte{stInvalid}
+		}
+		rd, ok := parseRead(r, body)
+		if !ok {
+			return []byte{stInvalid}
+		}
+		return db.serveRead(ctx, r, db.replica(r), []*readReq{&rd})[0]
+	}
 	if db.isClosed() {
 		// Closing (DB.Close): a range this node still leads is served
-		// until its leadership is handed off; for the others, point the
-		// caller at the leader this node knows, if any.
+		// until its leadership is handed off.
 		rep := db.replica(r)
 		if rep == nil || kind == reqPrepare || !rep.group.IsLeader() {
-			if rep != nil {
-				if p := leaderOf(rep); p.known() && p.id != db.host.ID() {
-					return redirect(p)
-				}
-			}
-			return []byte{stClosed}
+			return db.closingAnswer(rep)
 		}
 	}
 	if kind == reqPrepare {
@@ -62,16 +69,9 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 		return []byte{stOK}
 	}
 	if rep == nil {
-		hint, _ := db.leaderHint.Load(r)
-		h, _ := hint.(peer)
-		return redirect(h)
-	}
-	if kind == reqRead && len(body) > 0 && readMode(body[0]) == readStale {
-		return readAnswer(rep.fsm, string(body[1:]))
+		return db.hintRedirect(r)
 	}
 	switch {
-	case kind == reqRead && len(body) > 1 && readMode(body[0]) == readQuorum:
-		return db.quorumRead(ctx, rep, r, string(body[2:]), int(body[1]))
 	case kind == reqQuorumState:
 		st, ans, ok := db.quorumState(rep, string(body))
 		if !ok {
@@ -107,28 +107,123 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 		return rep.batch.submit(ctx, body)
 	case reqLeave:
 		return db.removeLeaving(ctx, rep, raft.ServerID(body))
-	case reqRead:
-		if len(body) == 0 {
-			return []byte{stInvalid}
-		}
-		if rep.sole.Load() {
-			return readAnswer(rep.fsm, string(body[1:])) // sole voter: nobody else can lead
-		}
-		if readMode(body[0]) == readDefault {
-			if ans, ok := db.leaseAnswer(ctx, rep, string(body[1:])); ok {
-				return ans
-			}
-		}
-		idx, err := rep.group.ReadIndex(ctx)
-		if err != nil {
-			return redirectOrUnavailable(rep, err)
-		}
-		if err := rep.fsm.WaitApplied(ctx, rep.group.FSMIndex(idx)); err != nil {
-			return append([]byte{stUnavailable}, err.Error()...)
-		}
-		return readAnswer(rep.fsm, string(body[1:]))
 	}
 	return []byte{stInvalid}
+}
+
+// closingAnswer is what a closing node (DB.Close) answers for a range it
+// does not lead (rep: its replica, or nil): the leader it knows of, if
+// any, else stClosed.
+func (db *DB) closingAnswer(rep *replica) []byte {
+	if rep != nil {
+		if p := leaderOf(rep); p.known() && p.id != db.host.ID() {
+			return redirect(p)
+		}
+	}
+	return []byte{stClosed}
+}
+
+// hintRedirect answers for range r, of which this node has no replica: the
+// leader it last heard of, if any.
+func (db *DB) hintRedirect(r int) []byte {
+	hint, _ := db.leaderHint.Load(r)
+	h, _ := hint.(peer)
+	return redirect(h)
+}
+
+// readNow answers a read at once when this node's replica of range r can
+// serve it without a leadership round: ok is false when it needs the slow path.
+func (db *DB) readNow(rep *replica, mode readMode, key string) (ans []byte, ok bool) {
+	if rep == nil {
+		return nil, false
+	}
+	// A sole voter's leadership needs no confirming: nobody else can be
+	// elected.
+	if mode == readStale || rep.sole.Load() && rep.group.IsLeader() {
+		return readAnswer(rep.fsm, key), true
+	}
+	if mode == readDefault {
+		// Under the leader lease, if the state has applied the commit
+		// index already (serveRead waits for it otherwise).
+		if idx, term, ok := rep.group.LeaseIndex(); ok && rep.fsm.Applied() >= rep.group.FSMIndex(idx) {
+			return db.leaseLookup(rep, term, key)
+		}
+	}
+	return nil, false
+}
+
+// serveRead answers reads of range r (rep: this node's replica of it, or
+// nil), each with the answer a single reqRead gets: at once when it can,
+// redirected when this node does not lead r, else after a ReadIndex round.
+// One round serves them all: every read arrived before it started (a
+// round per read, one after another, would cost a round trip each;
+// Group.VerifyLeader joins only concurrent callers). Answers are in the
+// reads' order.
+func (db *DB) serveRead(ctx context.Context, r int, rep *replica, reads []*readReq) [][]byte {
+	answers := make([][]byte, len(reads))
+	all := func(ans []byte) [][]byte {
+		for i := range answers {
+			if answers[i] == nil {
+				answers[i] = ans
+			}
+		}
+		return answers
+	}
+	switch {
+	case db.isClosed() && (rep == nil || !rep.group.IsLeader()):
+		return all(db.closingAnswer(rep))
+	case rep == nil:
+		return all(db.hintRedirect(r))
+	}
+	waiting := false
+	for i, rd := range reads {
+		if ans, ok := db.readNow(rep, rd.mode, rd.key); ok {
+			answers[i] = ans
+		} else {
+			waiting = true
+		}
+	}
+	if !waiting {
+		return answers
+	}
+	// Quorum reads are coordinated by any replica, one after another
+	// (each asks the voters at once; reads of one range in one frame are
+	// rare). Default reads try the lease again, waiting for the apply.
+	waiting = false
+	for i, rd := range reads {
+		switch {
+		case answers[i] != nil:
+		case rd.mode == readQuorum:
+			answers[i] = db.quorumRead(ctx, rep, r, rd.key, rd.q)
+		case rd.mode == readDefault && rep.group.IsLeader():
+			if ans, ok := db.leaseAnswer(ctx, rep, rd.key); ok {
+				answers[i] = ans
+				continue
+			}
+			waiting = true
+		default:
+			waiting = true
+		}
+	}
+	if !waiting {
+		return answers
+	}
+	if !rep.group.IsLeader() {
+		return all(redirect(leaderOf(rep)))
+	}
+	idx, err := rep.group.ReadIndex(ctx)
+	if err != nil {
+		return all(redirectOrUnavailable(rep, err))
+	}
+	if err := rep.fsm.WaitApplied(ctx, rep.group.FSMIndex(idx)); err != nil {
+		return all(append([]byte{stUnavailable}, err.Error()...))
+	}
+	for i, rd := range reads {
+		if answers[i] == nil {
+			answers[i] = readAnswer(rep.fsm, rd.key)
+		}
+	}
+	return answers
 }
 
 // removeLeaving takes the replica sid of a closing node out of the range
@@ -151,12 +246,20 @@ func (db *DB) removeLeaving(ctx context.Context, rep *replica, sid raft.ServerID
 }
 
 // leaseAnswer answers a linearizable read from this leader's replica under
-// its lease (see raftgroup.Group.LeaseIndex); ok is false without one.
+// its lease (see raftgroup.Group.LeaseIndex), once its state has applied
+// the commit index; ok is false without a lease.
 func (db *DB) leaseAnswer(ctx context.Context, rep *replica, key string) (ans []byte, ok bool) {
 	idx, term, ok := rep.group.LeaseIndex()
 	if !ok || !db.caughtUp(ctx, rep, idx) {
 		return nil, false
 	}
+	return db.leaseLookup(rep, term, key)
+}
+
+// leaseLookup reads key from rep's state and confirms the lease of term
+// afterwards: a pause before the confirmation cannot serve data another
+// leader has since overwritten.
+func (db *DB) leaseLookup(rep *replica, term uint64, key string) (ans []byte, ok bool) {
 	e, found := rep.fsm.Lookup(key)
 	now, ok := rep.group.ConfirmLease(term)
 	if !ok {
@@ -172,7 +275,7 @@ func (db *DB) leaseAnswer(ctx context.Context, rep *replica, key string) (ans []
 }
 
 func readAnswer(f *fsm.FSM, key string) []byte {
-	v, version, ok := f.Get(key, fsm.NowNanos())
+	v, version, ok := f.Peek(key, fsm.NowNanos()) // copied below: one allocation
 	if !ok {
 		return []byte{stNotFound}
 	}

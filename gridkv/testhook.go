@@ -19,6 +19,7 @@ func (db *DB) crash() {
 	}
 	db.gsp.Crash()
 	db.host.Close()
+	db.fwd.close()
 	for _, rep := range reps {
 		rep.batch.close()
 	}

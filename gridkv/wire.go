@@ -21,6 +21,7 @@ const (
 	// Quorum reads (see quorum.go), asked of any voter of the range.
 	reqQuorumState byte = 7 // body: key; answer: the replica's state, then a read answer
 	reqQuorumWait  byte = 8 // body: uvarint index, key; a read answer once the replica applied index
+	reqReads       byte = 9 // range 0; body: many reads (see appendRead), answered together (see appendReadAnswer)
 )
 
 const (
@@ -32,6 +33,9 @@ const (
 	stUnavailable byte = 5
 	stUnknown     byte = 6 // the write's outcome is unknown
 	stClosed      byte = 7
+	// stResend, only inside a reqReads answer: the read was not served, its
+	// answer would have made the frame too large; send it again.
+	stResend byte = 8
 )
 
 // peer is a node incarnation to send requests to: raftgroup refuses a
@@ -117,4 +121,123 @@ func statusError(st byte, body []byte) error {
 		return ErrClosed
 	}
 	return errBadMessage
+}
+
+// readReq is one read: of range r, in mode, of key.
+type readReq struct {
+	r    int
+	mode readMode
+	q    int // Quorum(q)
+	key  string
+}
+
+// parseRead reads a reqRead body: mode byte, then for Quorum the q byte,
+// then the key.
+func parseRead(r int, body []byte) (readReq, bool) {
+	if len(body) == 0 {
+		return readReq{}, false
+	}
+	rd := readReq{r: r, mode: readMode(body[0]), key: string(body[1:])}
+	if rd.mode == readQuorum {
+		if len(body) < 2 || body[1] == 0 {
+			return readReq{}, false
+		}
+		rd.q, rd.key = int(body[1]), string(body[2:])
+	}
+	return rd, true
+}
+
+// A reqReads request (kind, uvarint range 0, then this body) carries reads
+// bound for one node: uvarint count, then per read uvarint range, uvarint
+// length, and that many bytes of a reqRead body (mode byte, key). Its
+// answer is stOK, uvarint count, then per read, in the request's order,
+// uvarint length and that many bytes of the read's answer, the same bytes
+// a single reqRead is answered with (status byte, body) or stResend; or a
+// single status for every read (stInvalid: the request was malformed).
+
+// encodeReads starts a reqReads request for n reads of about size bytes.
+func encodeReads(n, size int) []byte {
+	b := make([]byte, 0, 3+binary.MaxVarintLen64+size+n*(2*binary.MaxVarintLen32))
+	b = append(b, reqReads, 0)
+	return binary.AppendUvarint(b, uint64(n))
+}
+
+// appendRead adds a read of range r to a reqReads request; body is its
+// reqRead body.
+func appendRead(b []byte, r int, body []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(r))
+	b = binary.AppendUvarint(b, uint64(len(body)))
+	return append(b, body...)
+}
+
+// decodeReads reads a reqReads request's body (after the range).
+func decodeReads(b []byte) ([]readReq, error) {
+	n, k := binary.Uvarint(b)
+	// A read takes at least 3 bytes: no count allocates more than the
+	// bytes that came can hold.
+	if k <= 0 || n > uint64(len(b)-k)/3 {
+		return nil, errBadMessage
+	}
+	b = b[k:]
+	reads := make([]readReq, n)
+	for i := range reads {
+		r, k := binary.Uvarint(b)
+		if k <= 0 || r > 1<<20 {
+			return nil, errBadMessage
+		}
+		b = b[k:]
+		l, k := binary.Uvarint(b)
+		if k <= 0 || l == 0 || l > uint64(len(b)-k) {
+			return nil, errBadMessage
+		}
+		rd, ok := parseRead(int(r), b[k:k+int(l)])
+		if !ok {
+			return nil, errBadMessage
+		}
+		b = b[k+int(l):]
+		reads[i] = rd
+	}
+	if len(b) != 0 {
+		return nil, errBadMessage
+	}
+	return reads, nil
+}
+
+// appendReadAnswer adds one read's answer to a reqReads answer (which
+// starts with stOK and the count).
+func appendReadAnswer(b, ans []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(ans)))
+	return append(b, ans...)
+}
+
+// decodeReadAnswers splits a reqReads answer for n reads into the reads'
+// answers, which are slices of b. A single status answers every read.
+func decodeReadAnswers(b []byte, n int) ([][]byte, error) {
+	if len(b) == 0 {
+		return nil, errBadMessage
+	}
+	answers := make([][]byte, n)
+	if b[0] != stOK {
+		for i := range answers {
+			answers[i] = b
+		}
+		return answers, nil
+	}
+	count, k := binary.Uvarint(b[1:])
+	if k <= 0 || count != uint64(n) {
+		return nil, errBadMessage
+	}
+	b = b[1+k:]
+	for i := range answers {
+		l, k := binary.Uvarint(b)
+		if k <= 0 || l == 0 || l > uint64(len(b)-k) {
+			return nil, errBadMessage
+		}
+		answers[i] = b[k : k+int(l) : k+int(l)]
+		b = b[k+int(l):]
+	}
+	if len(b) != 0 {
+		return nil, errBadMessage
+	}
+	return answers, nil
 }

@@ -1,0 +1,576 @@
+package gridkv
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/gridkv/gridkv/internal/testutil"
+	"github.com/gridkv/gridkv/placement"
+	"github.com/gridkv/gridkv/raftgroup"
+)
+
+func encodeReadsFor(reads []readReq) []byte {
+	b := encodeReads(len(reads), 0)
+	for _, rd := range reads {
+		b = appendRead(b, rd.r, append([]byte{byte(rd.mode)}, rd.key...))
+	}
+	return b
+}
+
+func TestReadsWire(t *testing.T) {
+	for _, reads := range [][]readReq{
+		{},
+		{{r: 0, mode: readDefault, key: "k"}},
+		{{r: 3, mode: readStale, key: ""}, {r: 1 << 20, mode: readQuorum, key: strings.Repeat("x", 300)},
+			{r: 63, mode: readIndex, key: "\x00\xff"}},
+	} {
+		req := encodeReadsFor(reads)
+		kind, r, body, err := decodeRequest(req)
+		if err != nil || kind != reqReads || r != 0 {
+			t.Fatalf("%v: request header %d %d %v", reads, kind, r, err)
+		}
+		got, err := decodeReads(body)
+		if err != nil || !slices.Equal(got, reads) {
+			t.Fatalf("decodeReads = %v, %v; want %v", got, err, reads)
+		}
+		// Every cut of the body, and any byte added, is refused.
+		for i := range body {
+			if len(reads) > 0 && i > 0 {
+				if _, err := decodeReads(body[:i]); err == nil {
+					t.Fatalf("%v: %d of %d bytes decoded", reads, i, len(body))
+				}
+			}
+		}
+		if _, err := decodeReads(append(body, 0)); err == nil {
+			t.Fatalf("%v: a trailing byte decoded", reads)
+		}
+	}
+	for name, body := range map[string][]byte{
+		"empty":            nil,
+		"count too large":  {200, 1, 0, 1, 0},
+		"empty read body":  {1, 0, 0},
+		"range too large":  binary.AppendUvarint([]byte{1}, 1<<20+1),
+		"length past body": {1, 0, 5, 0},
+	} {
+		if _, err := decodeReads(body); err == nil {
+			t.Errorf("%s: decoded", name)
+		}
+	}
+
+	big := bytes.Repeat([]byte{'v'}, readsFrameBytes/2-1)
+	huge := bytes.Repeat([]byte{'v'}, readsFrameBytes+1)
+	for _, c := range []struct {
+		answers, want [][]byte
+	}{
+		{nil, nil},
+		{[][]byte{{stOK, 1, 'v'}, {stNotFound}, redirect(peer{"n1-1", "a:1"}), {stUnknown, 'x'}},
+			[][]byte{{stOK, 1, 'v'}, {stNotFound}, redirect(peer{"n1-1", "a:1"}), {stUnknown, 'x'}}},
+		// Past readsFrameBytes, answers are left for another frame; the
+		// first always goes, however large.
+		{[][]byte{huge, {stNotFound}},
+			[][]byte{huge, {stResend}}},
+		{[][]byte{big, big, big, {stNotFound}},
+			[][]byte{big, big, {stResend}, {stNotFound}}},
+	} {
+		b := encodeReadAnswers(c.answers)
+		got, err := decodeReadAnswers(b, len(c.answers))
+		if err != nil || !slices.EqualFunc(got, c.want, bytes.Equal) {
+			short := func(answers [][]byte) (s []string) {
+				for _, a := range answers {
+					s = append(s, fmt.Sprintf("%d bytes from %q", len(a), a[:min(len(a), 8)]))
+				}
+				return s
+			}
+			t.Fatalf("decodeReadAnswers = %q, %v; want %q", short(got), err, short(c.want))
+		}
+		if _, err := decodeReadAnswers(b, len(c.answers)+1); err == nil {
+			t.Fatal("an answer for the wrong number of reads decoded")
+		}
+		if _, err := decodeReadAnswers(b[:len(b)-1], len(c.answers)); len(c.answers) > 0 && err == nil {
+			t.Fatal("a cut answer decoded")
+		}
+	}
+	// A single status answers every read.
+	if got, err := decodeReadAnswers([]byte{stInvalid, 'x'}, 2); err != nil || len(got) != 2 ||
+		string(got[0]) != "\x04x" || string(got[1]) != "\x04x" {
+		t.Fatalf("single status: %q, %v", got, err)
+	}
+}
+
+func FuzzDecodeReads(f *testing.F) {
+	f.Add(encodeReadsFor([]readReq{{r: 1, key: "k"}, {r: 2, mode: readStale, key: "kk"}})[2:])
+	f.Add([]byte{1, 0, 0})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		reads, err := decodeReads(body)
+		if err != nil {
+			return
+		}
+		if again := encodeReadsFor(reads)[2:]; !bytes.Equal(again, body) {
+			// Uvarints have one canonical form only if minimal; decoding
+			// accepts others, so compare what they decode to.
+			if back, err := decodeReads(again); err != nil || !slices.Equal(back, reads) {
+				t.Fatalf("%v re-encodes to something else", reads)
+			}
+		}
+	})
+}
+
+// echoHost is a node whose handler answers each read of a reqReads
+// request with stOK, version i (its place in the frame), and the key;
+// answer, if set, decides instead.
+type echoHost struct {
+	*raftgroup.Host
+	frames chan []readReq // each frame's reads, as it arrives
+}
+
+func newEchoHost(t *testing.T, answer func(ctx context.Context, reads []readReq) []byte) *echoHost {
+	h, err := raftgroup.NewHost(raftgroup.Config{NodeID: "echo", Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &echoHost{Host: h, frames: make(chan []readReq, 1024)}
+	h.SetRPCHandler(func(ctx context.Context, req []byte) ([]byte, error) {
+		kind, _, body, err := decodeRequest(req)
+		if err != nil || kind != reqReads {
+			return nil, fmt.Errorf("not a reqReads request: %v", err)
+		}
+		reads, err := decodeReads(body)
+		if err != nil {
+			return nil, err
+		}
+		e.frames <- reads
+		if answer != nil {
+			return answer(ctx, reads), nil
+		}
+		return echo(reads, nil), nil
+	})
+	return e
+}
+
+// echo answers reads[i] with version i and its key, or stResend where
+// resend says so.
+func echo(reads []readReq, resend func(i int) bool) []byte {
+	answers := make([][]byte, len(reads))
+	for i, rd := range reads {
+		if resend != nil && resend(i) {
+			answers[i] = []byte{stResend}
+			continue
+		}
+		answers[i] = append(binary.AppendUvarint([]byte{stOK}, uint64(i)), rd.key...)
+	}
+	return encodeReadAnswers(answers)
+}
+
+func (e *echoHost) peer() peer { return peer{id: e.ID(), addr: e.Addr()} }
+
+func newTestForwarder(t *testing.T) (*raftgroup.Host, *forwarder) {
+	h, err := raftgroup.NewHost(raftgroup.Config{NodeID: "client", Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, newForwarder(h)
+}
+
+// readAll runs n reads of keys "k<i>" through f at once; it returns each
+// one's answer and error.
+func readAll(ctx context.Context, f *forwarder, to peer, n int) ([][]byte, []error) {
+	answers, errs := make([][]byte, n), make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			answers[i], errs[i] = f.read(ctx, to, i%64, []byte("\x00k"+fmt.Sprint(i)))
+		}()
+	}
+	wg.Wait()
+	return answers, errs
+}
+
+func checkEchoed(t *testing.T, answers [][]byte, errs []error) {
+	t.Helper()
+	for i, ans := range answers {
+		if errs[i] != nil {
+			t.Fatalf("read %d: %v", i, errs[i])
+		}
+		if len(ans) < 2 || ans[0] != stOK {
+			t.Fatalf("read %d: answer %q", i, ans)
+		}
+		if _, n := binary.Uvarint(ans[1:]); string(ans[1+n:]) != fmt.Sprint("k", i) {
+			t.Fatalf("read %d got the answer to %q", i, ans[1+n:])
+		}
+	}
+}
+
+// Reads queued while frames are in flight go together in the next frame,
+// each answered with its own answer.
+func TestForwarderCoalesces(t *testing.T) {
+	release := make(chan struct{})
+	server := newEchoHost(t, func(ctx context.Context, reads []readReq) []byte {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return echo(reads, nil)
+	})
+	defer server.Close()
+	client, f := newTestForwarder(t)
+	defer func() { client.Close(); f.close() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	const n = 300
+	var answers [][]byte
+	var errs []error
+	done := make(chan struct{})
+	go func() { defer close(done); answers, errs = readAll(ctx, f, server.peer(), n) }()
+	// readFramesInFlight frames wait in the handler; the other reads queue.
+	testutil.Eventually(t, 10*time.Second, "the other reads to queue", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		q := f.mu.queues[server.peer()]
+		return q != nil && len(q.reads)+int(f.reads.Load()) == n && f.frames.Load() == readFramesInFlight
+	})
+	close(release)
+	<-done
+	checkEchoed(t, answers, errs)
+	// The queued reads fill frames of maxReadsPerFrame.
+	if frames, reads := f.frames.Load(), f.reads.Load(); reads != n || frames > readFramesInFlight+2 {
+		t.Fatalf("%d reads in %d frames", reads, frames)
+	}
+	testutil.Eventually(t, 10*time.Second, "the idle queue to go", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.mu.queues) == 0
+	})
+}
+
+// Reads the answer leaves out (stResend: the frame was full) go again,
+// first in the next frame.
+func TestForwarderResends(t *testing.T) {
+	server := newEchoHost(t, func(ctx context.Context, reads []readReq) []byte {
+		return echo(reads, func(i int) bool { return i > 0 }) // the first read only
+	})
+	defer server.Close()
+	client, f := newTestForwarder(t)
+	defer func() { client.Close(); f.close() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	answers, errs := readAll(ctx, f, server.peer(), 50)
+	for i, ans := range answers {
+		if errs[i] != nil || len(ans) != 2+len(fmt.Sprint("k", i)) || ans[1] != 0 {
+			t.Fatalf("read %d: %q %v: want the first of its frame", i, ans, errs[i])
+		}
+	}
+	if f.frames.Load() < 50 {
+		t.Fatalf("50 reads, one answered per frame, in %d frames", f.frames.Load())
+	}
+}
+
+// A frame that cannot be delivered fails each of its reads with the
+// error a single Call would give (NotSent: route tries again); so does
+// the connection's loss mid-frame, and the forwarder's close.
+func TestForwarderFailures(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	t.Run("unreachable", func(t *testing.T) {
+		server := newEchoHost(t, nil)
+		gone := server.peer()
+		server.Close()
+		client, f := newTestForwarder(t)
+		defer func() { client.Close(); f.close() }()
+		_, errs := readAll(ctx, f, gone, 20)
+		for i, err := range errs {
+			if !raftgroup.NotSent(err) {
+				t.Fatalf("read %d: %v, want a NotSent error", i, err)
+			}
+		}
+	})
+	t.Run("peer closes mid-frame", func(t *testing.T) {
+		server := newEchoHost(t, func(ctx context.Context, reads []readReq) []byte {
+			<-ctx.Done()            // until the server closes
+			return []byte{stClosed} // may still get through
+		})
+		client, f := newTestForwarder(t)
+		defer func() { client.Close(); f.close() }()
+		go func() { <-server.frames; server.Close() }()
+		answers, errs := readAll(ctx, f, server.peer(), 20)
+		for i, err := range errs {
+			if err == nil && !bytes.Equal(answers[i], []byte{stClosed}) {
+				t.Fatalf("read %d: %q", i, answers[i])
+			}
+		}
+	})
+	t.Run("closed", func(t *testing.T) {
+		server := newEchoHost(t, func(ctx context.Context, reads []readReq) []byte {
+			<-ctx.Done()
+			return nil
+		})
+		defer server.Close()
+		client, f := newTestForwarder(t)
+		results := make(chan error, 20)
+		for range 20 {
+			go func() { _, err := f.read(ctx, server.peer(), 0, []byte("\x00k")); results <- err }()
+		}
+		<-server.frames
+		client.Close()
+		f.close()
+		for range 20 {
+			if err := <-results; err == nil {
+				t.Fatal("a read succeeded")
+			}
+		}
+		if _, err := f.read(ctx, server.peer(), 0, []byte("\x00k")); !errors.Is(err, errForwarderClosed) {
+			t.Fatalf("after close: %v", err)
+		}
+	})
+	t.Run("caller's deadline", func(t *testing.T) {
+		release := make(chan struct{})
+		server := newEchoHost(t, func(ctx context.Context, reads []readReq) []byte {
+			<-ctx.Done()
+			<-release // no answer before the callers gave up
+			return echo(reads, nil)
+		})
+		defer server.Close()
+		defer close(release)
+		client, f := newTestForwarder(t)
+		defer func() { client.Close(); f.close() }()
+		short, cancelShort := context.WithTimeout(ctx, 50*time.Millisecond)
+		defer cancelShort()
+		_, errs := readAll(short, f, server.peer(), 20)
+		for i, err := range errs {
+			if !errors.Is(err, raftgroup.ErrTimeout) {
+				t.Fatalf("read %d: %v, want ErrTimeout", i, err)
+			}
+		}
+	})
+}
+
+func openCluster(t *testing.T, n int, cfg Config) []*DB {
+	t.Helper()
+	var nodes []*DB
+	for i := range n {
+		c := cfg
+		c.NodeID, c.Fast, c.Logger = fmt.Sprint("n", i), true, quiet
+		if i > 0 {
+			c.Seeds = []string{nodes[0].GossipAddr()}
+		}
+		db, err := Open(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, db)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, db := range nodes {
+		if err := db.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return nodes
+}
+
+// Many concurrent reads on a 3-node cluster, most of them forwarded to
+// their range's leader (or, Stale, to a replica): every one gets its
+// key's value, and they travel in fewer frames than reads.
+func TestForwardedReadsCoalesce(t *testing.T) {
+	nodes := openCluster(t, 3, Config{Groups: 8, ReplicaCount: 2}) // 2: some nodes lack some ranges (Stale forwards)
+	defer func() {
+		for _, db := range nodes {
+			db.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const keys = 200
+	for k := range keys {
+		if err := nodes[k%3].Set(ctx, fmt.Sprint("k", k), []byte(fmt.Sprint("v", k))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Stale reads may lag the writes, and miss them on a replica still
+	// being added: wait until every range is where placement puts it (its
+	// replicas then stay) and every replica has the writes.
+	testutil.Eventually(t, 30*time.Second, "the ranges at their placement", func() bool {
+		ids := []string{"n0", "n1", "n2"}
+		for r := range 8 {
+			want := placement.Replicas(r, ids, 2)
+			for i, db := range nodes {
+				rep := db.replica(r)
+				if (rep != nil) != slices.Contains(want, ids[i]) {
+					return false
+				}
+				if rep == nil {
+					continue
+				}
+				servers, err := rep.group.Configuration()
+				if err != nil || len(servers) != len(want) {
+					return false
+				}
+				for _, sv := range servers {
+					node, _, _ := raftgroup.ParseServerID(sv.ID)
+					if sv.Suffrage != raft.Voter || !slices.Contains(want, node) {
+						return false
+					}
+				}
+			}
+		}
+		return true
+	})
+	testutil.Eventually(t, 30*time.Second, "every replica to apply the writes", func() bool {
+		for _, db := range nodes {
+			for k := range keys {
+				if v, err := db.Get(ctx, fmt.Sprint("k", k), Stale()); err != nil || string(v) != fmt.Sprint("v", k) {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	modes := [][]ReadOption{nil, {ReadIndex()}, {Quorum(2)}, {Stale()}}
+	modeNames := []string{"default", "ReadIndex", "Quorum(2)", "Stale"}
+	var wg sync.WaitGroup
+	errs := make(chan error, 1)
+	for c := range 48 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			db := nodes[c%3]
+			for i := range 100 {
+				k, m := (c*7+i)%keys, (c+i)%len(modes)
+				v, err := db.Get(ctx, fmt.Sprint("k", k), modes[m]...)
+				if err == nil && string(v) != fmt.Sprint("v", k) {
+					err = fmt.Errorf("read %q", v)
+				}
+				if err != nil {
+					select {
+					case errs <- fmt.Errorf("%s: %s read of k%d: %w", db.NodeID(), modeNames[m], k, err):
+					default:
+					}
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	var frames, reads int64
+	for _, db := range nodes {
+		frames += db.fwd.frames.Load()
+		reads += db.fwd.reads.Load()
+	}
+	t.Logf("%d forwarded reads in %d frames", reads, frames)
+	if reads == 0 || frames >= reads {
+		t.Fatalf("%d forwarded reads in %d frames", reads, frames)
+	}
+
+	// A single reqRead is still answered: by the leader with the value,
+	// by the others with a redirect to it.
+	r := placement.RangeOf("k1", 8)
+	for _, db := range nodes {
+		ans, err := db.serve(ctx, encodeRequest(reqRead, r, []byte("\x00k1")))
+		if err != nil || len(ans) == 0 {
+			t.Fatalf("%s: %q %v", db.NodeID(), ans, err)
+		}
+		rep := db.replica(r)
+		switch leads := rep != nil && rep.group.IsLeader(); {
+		case leads && ans[0] == stOK:
+			if _, n := binary.Uvarint(ans[1:]); string(ans[1+n:]) != "v1" {
+				t.Fatalf("%s: %q", db.NodeID(), ans)
+			}
+		case !leads && ans[0] == stRedirect:
+		default:
+			t.Fatalf("%s (leader: %v): answer %q", db.NodeID(), leads, ans)
+		}
+	}
+}
+
+// A batch whose destination crashes fails its reads, which route sends
+// again, to the range's new leader: every read still returns its value.
+func TestForwardedReadsLeaderCrash(t *testing.T) {
+	nodes := openCluster(t, 3, Config{Groups: 8})
+	defer func() {
+		for _, db := range nodes {
+			db.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const keys = 64
+	for k := range keys {
+		if err := nodes[0].Set(ctx, fmt.Sprint("k", k), []byte(fmt.Sprint("v", k))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The victim: the node that leads the most ranges.
+	victim := slices.MaxFunc(nodes, func(a, b *DB) int {
+		return len(hookNode{a}.Leads()) - len(hookNode{b}.Leads())
+	})
+	if len(hookNode{victim}.Leads()) == 0 {
+		t.Fatal("no node leads a range")
+	}
+	var survivors []*DB
+	for _, db := range nodes {
+		if db != victim {
+			survivors = append(survivors, db)
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 1)
+	crashed := make(chan struct{})
+	for c := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			db := survivors[c%2]
+			// Read every key until the crash, then every key once more.
+			for round := 0; ; round++ {
+				select {
+				case <-crashed:
+					round = -1
+				default:
+				}
+				for k := range keys {
+					v, err := db.Get(ctx, fmt.Sprint("k", k))
+					if err == nil && string(v) != fmt.Sprint("v", k) {
+						err = fmt.Errorf("k%d read %q", k, v)
+					}
+					if err != nil {
+						select {
+						case errs <- fmt.Errorf("%s: %w", db.NodeID(), err):
+						default:
+						}
+						return
+					}
+				}
+				if round < 0 {
+					return
+				}
+			}
+		}()
+	}
+	testutil.Eventually(t, 20*time.Second, "reads forwarded to the victim", func() bool {
+		return survivors[0].fwd.reads.Load() > 100 && survivors[1].fwd.reads.Load() > 100
+	})
+	victim.crash()
+	close(crashed)
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+}
