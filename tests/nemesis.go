@@ -54,6 +54,23 @@ func (IsolateLeader) Start(c *Cluster, rng *rand.Rand) string { return isolateBu
 // isolateBusiest cuts off the live node, other than except, that leads
 // the most ranges, and describes it ("" when there is none).
 func isolateBusiest(c *Cluster, except *Node) string {
+	_, desc := isolateBusiestNode(c, except)
+	return desc
+}
+
+// isolateBusiestNode is isolateBusiest, which also returns the node.
+func isolateBusiestNode(c *Cluster, except *Node) (*Node, string) {
+	best, most := busiest(c, except)
+	if best == nil {
+		return nil, ""
+	}
+	c.Isolate(best)
+	return best, fmt.Sprintf("isolate %s (leads %d ranges)", best.Name, most)
+}
+
+// busiest is the live node, other than except, that leads the most
+// ranges, and how many it leads.
+func busiest(c *Cluster, except *Node) (*Node, int) {
 	var best *Node
 	most := -1
 	leads := c.Leaders()
@@ -62,17 +79,7 @@ func isolateBusiest(c *Cluster, except *Node) string {
 			best, most = n, leads[n]
 		}
 	}
-	if best == nil {
-		return ""
-	}
-	var others []*Node
-	for _, n := range c.Nodes {
-		if n != best {
-			others = append(others, n)
-		}
-	}
-	c.Partition([]*Node{best}, others)
-	return fmt.Sprintf("isolate %s (leads %d ranges)", best.Name, most)
+	return best, most
 }
 
 func (IsolateLeader) Stop(c *Cluster) { c.Heal() }
@@ -300,4 +307,29 @@ func (m *Mixed) Start(c *Cluster, rng *rand.Rand) string {
 func (m *Mixed) Stop(c *Cluster) {
 	m.cur.Stop(c)
 	m.cur = nil
+}
+
+// Both runs two nemeses at once (the second's Start after the first's).
+type Both [2]Nemesis
+
+func (b *Both) Name() string { return b[0].Name() + "+" + b[1].Name() }
+
+func (b *Both) Start(c *Cluster, rng *rand.Rand) string {
+	return b[0].Start(c, rng) + "; " + b[1].Start(c, rng)
+}
+
+func (b *Both) Stop(c *Cluster) {
+	b[1].Stop(c)
+	b[0].Stop(c)
+}
+
+// Summary joins the summaries of those that have one.
+func (b *Both) Summary() string {
+	var out []string
+	for _, n := range b {
+		if sm, ok := n.(interface{ Summary() string }); ok {
+			out = append(out, sm.Summary())
+		}
+	}
+	return strings.Join(out, "; ")
 }

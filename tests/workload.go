@@ -85,7 +85,7 @@ type History struct {
 	weak  []porcupine.Operation // reads in modes that may be stale
 	// Counts for the report.
 	total, ok, failed, unknown int
-	failedCalls                []int64 // call times of failed operations
+	failedOps                  []failedOp // for availability
 	errors                     map[string]int
 }
 
@@ -114,7 +114,7 @@ func (h *History) record(client int, in Input, call int64, out Output, failed bo
 		ret = infinity
 	case failed:
 		h.failed++
-		h.failedCalls = append(h.failedCalls, call)
+		h.failedOps = append(h.failedOps, failedOp{call: call, in: in})
 		return // a failed read, or a write certainly not applied: no effect
 	default:
 		h.ok++
@@ -125,6 +125,13 @@ func (h *History) record(client int, in Input, call int64, out Output, failed bo
 		return
 	}
 	h.ops = append(h.ops, op)
+}
+
+// failedOp is an operation that certainly had no effect: a failed read,
+// a refused write.
+type failedOp struct {
+	call int64
+	in   Input
 }
 
 // errorClass strips the addresses and numbers from an error message, so
@@ -160,6 +167,9 @@ type Workload struct {
 	// Rate caps each client's operations per second, so that histories
 	// stay small enough to check (DESIGN.md: <= 20k operations per key).
 	Rate int
+	// Modes are the read modes gets draw from, uniformly (repeat one to
+	// weight it); nil: every mode.
+	Modes []ReadMode
 }
 
 // runClients runs w's clients until stop closes. Client i talks to node
@@ -221,7 +231,12 @@ func (cl *client) step() {
 	in := Input{Key: key, Node: ni}
 	switch p := cl.rng.IntN(100); {
 	case p < 45:
-		in.Kind, in.Mode = OpGet, ReadMode(cl.rng.IntN(int(readModes)))
+		in.Kind = OpGet
+		if m := cl.w.Modes; len(m) > 0 {
+			in.Mode = m[cl.rng.IntN(len(m))]
+		} else {
+			in.Mode = ReadMode(cl.rng.IntN(int(readModes)))
+		}
 	case p < 75:
 		in.Kind, in.Value = OpPut, value
 	case p < 83:
