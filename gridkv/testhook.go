@@ -59,12 +59,24 @@ func (h hookNode) Ranges() []testhook.Replica {
 	return out
 }
 
-func (h hookNode) TransferLeadership(ctx context.Context, r int) error {
+func (h hookNode) TransferLeadership(ctx context.Context, r int, to string) error {
 	rep := h.db.replica(r)
 	if rep == nil || !rep.group.IsLeader() {
 		return fmt.Errorf("gridkv: %s does not lead range %d", h.db.cfg.NodeID, r)
 	}
-	return rep.group.TransferLeadership(ctx, "", "")
+	if to == "" {
+		return rep.group.TransferLeadership(ctx, "", "")
+	}
+	servers, err := rep.group.Configuration()
+	if err != nil {
+		return err
+	}
+	for _, s := range servers {
+		if node, _, _ := raftgroup.ParseServerID(s.ID); node == to && s.Suffrage == raft.Voter {
+			return rep.group.TransferLeadership(ctx, s.ID, string(s.Address))
+		}
+	}
+	return fmt.Errorf("gridkv: %s is not a voter of range %d", to, r)
 }
 
 func (h hookNode) StartTransfer(r int) error {

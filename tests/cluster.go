@@ -291,7 +291,40 @@ func (c *Cluster) TransferLeadership(ctx context.Context, r int) error {
 	if n == nil {
 		return errors.New("tests: no leader")
 	}
-	return n.hook().TransferLeadership(ctx, r)
+	return n.hook().TransferLeadership(ctx, r, "")
+}
+
+// PullLeadership moves to n the leadership of every range it does not
+// lead, all at once, and waits (polling, until ctx ends) until it leads
+// every range moved has it as leader; it returns how many n leads then.
+// Transfers refused or failed leave those ranges where they were.
+func (c *Cluster) PullLeadership(ctx context.Context, n *Node) int {
+	var wg sync.WaitGroup
+	leads := n.hook().Leads()
+	var moved atomic.Int64
+	for r := range c.base.Groups {
+		if slices.Contains(leads, r) {
+			continue
+		}
+		l := c.LeaderOf(r)
+		if l == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if l.hook().TransferLeadership(ctx, r, n.Name) == nil {
+				moved.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	led := 0
+	poll(ctx, 5*time.Millisecond, func() bool {
+		led = len(n.hook().Leads())
+		return led >= len(leads)+int(moved.Load())
+	})
+	return led
 }
 
 // Describe lists, per range, each live replica: its server id, whether it

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -13,36 +14,49 @@ import (
 // Clocks are the suite's (testhook.Clock), given to the nodes by the
 // scenario's Tune.
 
-// ClockJumps cuts off the node leading the most ranges, as IsolateLeader,
-// and in every other window also makes one node's lease clock jump by
-// 100ms to 1s, most often the isolated leader's: forward, or standing
-// still while its wall clock runs on (a suspended machine). A leader whose
-// clock stands still would hold its lease that much longer in real time
-// unless it notices the jump.
-type ClockJumps struct{ windows int }
+// ClockJumps moves every range's leadership to the node whose clock runs
+// slowest (waiting up to Pull) and cuts it off: the leader whose lease
+// lasts longest in real time, among followers one of which runs fastest.
+// In two windows of every three it also makes a node's lease clock jump by
+// 100ms to 1s: mostly the isolated leader's clock standing still while its
+// wall clock runs on (a suspended machine), else some node's clock leaping
+// ahead. A leader whose clock stands still would hold its lease that much
+// longer in real time unless it notices.
+type ClockJumps struct {
+	Pull    time.Duration
+	windows int
+}
 
 func (*ClockJumps) Name() string { return "clock-jumps" }
 
 func (m *ClockJumps) Start(c *Cluster, rng *rand.Rand) string {
 	m.windows++
-	n, desc := isolateBusiestNode(c, nil)
-	if n == nil || m.windows%2 == 1 {
-		return desc
+	var n *Node
+	for _, o := range c.Live() {
+		if o.Clock() != nil && (n == nil || o.Clock().Rate() < n.Clock().Rate()) {
+			n = o
+		}
 	}
-	if rng.IntN(3) == 0 { // now and then a follower's clock
-		live := c.Live()
-		n = live[rng.IntN(len(live))]
+	if n == nil {
+		return ""
 	}
-	clk := n.Clock()
-	if clk == nil {
+	ctx, cancel := context.WithTimeout(context.Background(), m.Pull)
+	leads := c.PullLeadership(ctx, n)
+	cancel()
+	c.Isolate(n)
+	desc := fmt.Sprintf("isolate %s (clock rate %.3f, leads %d ranges)", n.Name, n.Clock().Rate(), leads)
+	if m.windows%3 == 1 {
 		return desc
 	}
 	d := time.Duration(100+rng.IntN(900)) * time.Millisecond
 	how := "jumps ahead"
-	if rng.IntN(2) == 0 {
+	if rng.IntN(4) == 0 {
+		live := c.Live()
+		n = live[rng.IntN(len(live))]
+	} else {
 		d, how = -d, "stands still"
 	}
-	clk.Jump(d)
+	n.Clock().Jump(d)
 	return fmt.Sprintf("%s; %s's clock %s by %v", desc, n.Name, how, d.Abs())
 }
 
@@ -57,6 +71,7 @@ func (*ClockJumps) Stop(c *Cluster) { c.Heal() }
 // heartbeats let the majority elect other leaders meanwhile.
 type StallLeader struct {
 	For     time.Duration
+	Pull    time.Duration // see IsolateLeader
 	windows int
 }
 
@@ -67,6 +82,11 @@ func (m *StallLeader) Start(c *Cluster, rng *rand.Rand) string {
 	n, most := busiest(c, nil)
 	if n == nil || n.Clock() == nil {
 		return ""
+	}
+	if m.Pull > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), m.Pull)
+		most = c.PullLeadership(ctx, n)
+		cancel()
 	}
 	desc := fmt.Sprintf("stall %s's clock for %v (leads %d ranges)", n.Name, m.For, most)
 	if m.windows%2 == 0 {
@@ -79,14 +99,15 @@ func (m *StallLeader) Start(c *Cluster, rng *rand.Rand) string {
 
 func (*StallLeader) Stop(c *Cluster) { c.Heal() }
 
-// TransferIsolate cuts every message to the node leading the most ranges
-// (what it sends still arrives), then starts raw leadership transfers of
-// each range it leads, without waiting: each target gets the TimeoutNow
-// and wins at once, while the old leader hears of nothing. Once a target
-// leads (polled, up to Within) it cuts the node's outbound traffic too.
-// The old leader must stop serving lease reads when it starts the
-// transfer: its lease would otherwise outlive its leadership by up to a
-// lease.
+// TransferIsolate first moves every range's leadership to the node
+// leading the most ranges (up to Within), so that all reads go through it.
+// Then it cuts every message to that node (what it sends still arrives)
+// and starts raw leadership transfers of each range it leads, without
+// waiting: each target gets the TimeoutNow and wins at once, while the old
+// leader hears of nothing. Once a target leads (polled, up to Within) it
+// cuts the node's outbound traffic too. The old leader must stop serving
+// lease reads when it starts the transfer: its lease would otherwise
+// outlive its leadership by up to a lease.
 type TransferIsolate struct{ Within time.Duration }
 
 func (TransferIsolate) Name() string { return "transfer-isolate" }
@@ -96,6 +117,9 @@ func (m TransferIsolate) Start(c *Cluster, rng *rand.Rand) string {
 	if n == nil {
 		return ""
 	}
+	pull, cancel := context.WithTimeout(context.Background(), m.Within)
+	c.PullLeadership(pull, n)
+	cancel()
 	ranges := n.hook().Leads()
 	c.CutInto(n)
 	started := 0
@@ -141,20 +165,62 @@ func poll(ctx context.Context, tick time.Duration, cond func() bool) time.Durati
 	return time.Since(start)
 }
 
-// IsolateNode cuts off node Index whenever it leads ranges (no fault in a
-// window where it leads none).
-type IsolateNode struct{ Index int }
+// IsolateNode, over and over while the fault is on, moves every range's
+// leadership to node Index (waiting up to Pull), so that every range has a
+// leader to cut off and every read goes through it, cuts the node off for
+// For, and heals for Rest.
+type IsolateNode struct {
+	Index           int
+	Pull, For, Rest time.Duration
 
-func (IsolateNode) Name() string { return "isolate-node" }
-
-func (m IsolateNode) Start(c *Cluster, rng *rand.Rand) string {
-	n := c.Nodes[m.Index]
-	leads := len(n.hook().Leads())
-	if n.Crashed() || leads == 0 {
-		return ""
-	}
-	c.Isolate(n)
-	return fmt.Sprintf("isolate %s (leads %d ranges)", n.Name, leads)
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	leads []int // per cycle of the last window
 }
 
-func (IsolateNode) Stop(c *Cluster) { c.Heal() }
+func (*IsolateNode) Name() string { return "isolate-node" }
+
+// Summary says how many ranges the node led in each cycle.
+func (m *IsolateNode) Summary() string {
+	return fmt.Sprintf("%d cycles, leading %v ranges", len(m.leads), m.leads)
+}
+
+func (m *IsolateNode) Start(c *Cluster, rng *rand.Rand) string {
+	n := c.Nodes[m.Index]
+	m.stop, m.leads = make(chan struct{}), nil
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		wait := func(d time.Duration) bool {
+			t := time.NewTimer(d)
+			defer t.Stop()
+			select {
+			case <-m.stop:
+				return false
+			case <-t.C:
+				return true
+			}
+		}
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), m.Pull)
+			c.PullLeadership(ctx, n)
+			cancel()
+			m.leads = append(m.leads, len(n.hook().Leads()))
+			c.Isolate(n)
+			if !wait(m.For) {
+				return
+			}
+			c.Heal()
+			if !wait(m.Rest) {
+				return
+			}
+		}
+	}()
+	return fmt.Sprintf("isolate %s for %v every %v", n.Name, m.For, m.Pull+m.For+m.Rest)
+}
+
+func (m *IsolateNode) Stop(c *Cluster) {
+	close(m.stop)
+	m.wg.Wait()
+	c.Heal()
+}

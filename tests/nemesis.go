@@ -44,25 +44,37 @@ func shuffled(nodes []*Node, rng *rand.Rand) []*Node {
 }
 
 // IsolateLeader cuts off the node that leads the most ranges: a leader in a
-// minority, while the majority elects another.
-type IsolateLeader struct{}
+// minority, while the majority elects another. With Pull, it first moves
+// every range's leadership to that node (waiting up to Pull), so that
+// every range has a leader cut off, and every read goes through one.
+type IsolateLeader struct{ Pull time.Duration }
 
 func (IsolateLeader) Name() string { return "isolate-leader" }
 
-func (IsolateLeader) Start(c *Cluster, rng *rand.Rand) string { return isolateBusiest(c, nil) }
+func (m IsolateLeader) Start(c *Cluster, rng *rand.Rand) string {
+	_, desc := isolateBusiestNode(c, nil, m.Pull)
+	return desc
+}
 
 // isolateBusiest cuts off the live node, other than except, that leads
 // the most ranges, and describes it ("" when there is none).
 func isolateBusiest(c *Cluster, except *Node) string {
-	_, desc := isolateBusiestNode(c, except)
+	_, desc := isolateBusiestNode(c, except, 0)
 	return desc
 }
 
-// isolateBusiestNode is isolateBusiest, which also returns the node.
-func isolateBusiestNode(c *Cluster, except *Node) (*Node, string) {
+// isolateBusiestNode is isolateBusiest, which also returns the node; with
+// pull > 0 it first moves every range's leadership to it (see
+// Cluster.PullLeadership), waiting up to pull.
+func isolateBusiestNode(c *Cluster, except *Node, pull time.Duration) (*Node, string) {
 	best, most := busiest(c, except)
 	if best == nil {
 		return nil, ""
+	}
+	if pull > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), pull)
+		most = c.PullLeadership(ctx, best)
+		cancel()
 	}
 	c.Isolate(best)
 	return best, fmt.Sprintf("isolate %s (leads %d ranges)", best.Name, most)

@@ -167,6 +167,9 @@ type Workload struct {
 	// Rate caps each client's operations per second, so that histories
 	// stay small enough to check (DESIGN.md: <= 20k operations per key).
 	Rate int
+	// Reads is the percentage of gets; 0 means 45. The rest are puts,
+	// deletes and CAS in the proportions 30:8:17.
+	Reads int
 	// Modes are the read modes gets draw from, uniformly (repeat one to
 	// weight it); nil: every mode.
 	Modes []ReadMode
@@ -229,20 +232,26 @@ func (cl *client) step() {
 	cl.seq++
 	value := fmt.Sprintf("c%d-%d", cl.id, cl.seq)
 	in := Input{Key: key, Node: ni}
-	switch p := cl.rng.IntN(100); {
-	case p < 45:
+	reads := cl.w.Reads
+	if reads <= 0 {
+		reads = 45
+	}
+	if p := cl.rng.IntN(100); p < reads {
 		in.Kind = OpGet
 		if m := cl.w.Modes; len(m) > 0 {
 			in.Mode = m[cl.rng.IntN(len(m))]
 		} else {
 			in.Mode = ReadMode(cl.rng.IntN(int(readModes)))
 		}
-	case p < 75:
-		in.Kind, in.Value = OpPut, value
-	case p < 83:
-		in.Kind = OpDelete
-	default:
-		in.Kind, in.Value, in.Old = OpCAS, value, cl.recent[key]
+	} else {
+		switch w := (p - reads) * 55 / (100 - reads); { // as if out of 55
+		case w < 30:
+			in.Kind, in.Value = OpPut, value
+		case w < 38:
+			in.Kind = OpDelete
+		default:
+			in.Kind, in.Value, in.Old = OpCAS, value, cl.recent[key]
+		}
 	}
 	out, failed := execute(n.DB(), in, cl.w.Timeout, cl.w.Replicas, cl.h, cl.id)
 	if !failed && !out.Unknown {

@@ -60,8 +60,9 @@ type Node interface {
 	// state (reads every entry: for convergence checks, not polling).
 	Ranges() []Replica
 	// TransferLeadership moves range r's leadership away from this node,
-	// if it leads r.
-	TransferLeadership(ctx context.Context, r int) error
+	// if it leads r: to the node whose NodeID is to, or to any voter that
+	// answers when to is "".
+	TransferLeadership(ctx context.Context, r int, to string) error
 	// StartTransfer starts a leadership transfer of range r, if this node
 	// leads it, straight through raft (to the voter raft picks) and does
 	// not wait for it: no check that the target answers, no pause after a
