@@ -64,17 +64,14 @@ func isolateBusiest(c *Cluster, except *Node) string {
 }
 
 // isolateBusiestNode is isolateBusiest, which also returns the node; with
-// pull > 0 it first moves every range's leadership to it (see
-// Cluster.PullLeadership), waiting up to pull.
+// pull > 0 it first moves every range's leadership to it (takeLeadership).
 func isolateBusiestNode(c *Cluster, except *Node, pull time.Duration) (*Node, string) {
 	best, most := busiest(c, except)
 	if best == nil {
 		return nil, ""
 	}
 	if pull > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), pull)
-		most = c.PullLeadership(ctx, best)
-		cancel()
+		most = takeLeadership(c, best, pull)
 	}
 	c.Isolate(best)
 	return best, fmt.Sprintf("isolate %s (leads %d ranges)", best.Name, most)

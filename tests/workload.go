@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/anishathalye/porcupine"
 
 	"github.com/gridkv/gridkv/gridkv"
+	"github.com/gridkv/gridkv/placement"
 )
 
 // OpKind is what a client does.
@@ -160,8 +162,11 @@ func errorClass(msg string) string {
 
 // Workload is the clients' part of a scenario.
 type Workload struct {
-	Clients  int
-	Keys     int
+	Clients int
+	Keys    int
+	// KeyNames, if set, names the Keys keys once the cluster is up (see
+	// KeysPlannedFor); nil: k0, k1, ...
+	KeyNames func(c *Cluster, keys int) []string
 	Replicas int // ReplicaCount, for the majority read mode
 	Timeout  time.Duration
 	// Rate caps each client's operations per second, so that histories
@@ -170,20 +175,68 @@ type Workload struct {
 	// Reads is the percentage of gets; 0 means 45. The rest are puts,
 	// deletes and CAS in the proportions 30:8:17.
 	Reads int
+	// ReadsByNode, if set, is the percentage of gets, 0 to 100, of the
+	// clients of node i (nodes past its end take Reads).
+	ReadsByNode []int
+	// TrustErrors classifies failed writes by gridkv's error contract
+	// (gridkv/errors.go): only an error that says "outcome unknown" leaves
+	// a write's outcome unknown; any other error means it was not applied.
+	// Without it every failed write counts as unknown, which is weaker, and
+	// slow to check when the history is Illegal: each unknown write stays
+	// open to the end. With it the check covers the contract too.
+	TrustErrors bool
 	// Modes are the read modes gets draw from, uniformly (repeat one to
 	// weight it); nil: every mode.
 	Modes []ReadMode
 }
 
+// keys are the workload's keys on c.
+func (w Workload) keys(c *Cluster) []string {
+	if w.KeyNames != nil {
+		return w.KeyNames(c, w.Keys)
+	}
+	keys := make([]string, w.Keys)
+	for i := range keys {
+		keys[i] = fmt.Sprint("k", i)
+	}
+	return keys
+}
+
+// KeysPlannedFor names keys in ranges that placement gives node i to
+// lead, so that its leader lease covers them all: the reconciler hands
+// those ranges back to it after every election.
+func KeysPlannedFor(i int) func(c *Cluster, keys int) []string {
+	return func(c *Cluster, keys int) []string {
+		var ids []string
+		for _, n := range c.Nodes {
+			ids = append(ids, n.Name)
+		}
+		replicas := c.base.ReplicaCount
+		if replicas == 0 {
+			replicas = 3
+		}
+		plan := placement.Plan(c.base.Groups, ids, replicas)
+		var out []string
+		for k := 0; len(out) < keys; k++ {
+			key := fmt.Sprint("k", k)
+			if plan[placement.RangeOf(key, c.base.Groups)].Leader == ids[i] {
+				out = append(out, key)
+			}
+		}
+		return out
+	}
+}
+
 // runClients runs w's clients until stop closes. Client i talks to node
 // i mod N, moving on to the next live node if that one crashed.
 func runClients(c *Cluster, w Workload, seed uint64, h *History, stop <-chan struct{}) {
+	keys := w.keys(c)
 	var wg sync.WaitGroup
 	for i := 0; i < w.Clients; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cl := &client{id: i, c: c, w: w, h: h, rng: rand.New(rand.NewPCG(seed, uint64(i))), node: i % len(c.Nodes),
+			cl := &client{id: i, c: c, w: w, keys: keys, h: h, rng: rand.New(rand.NewPCG(seed, uint64(i))), node: i % len(c.Nodes),
 				recent: map[string]string{}}
 			pace := time.NewTimer(0)
 			defer pace.Stop()
@@ -209,6 +262,7 @@ type client struct {
 	id     int
 	c      *Cluster
 	w      Workload
+	keys   []string
 	h      *History
 	rng    *rand.Rand
 	node   int
@@ -228,13 +282,16 @@ func (cl *client) pickNode() (int, *Node) {
 
 func (cl *client) step() {
 	ni, n := cl.pickNode()
-	key := fmt.Sprint("k", cl.rng.IntN(cl.w.Keys))
+	key := cl.keys[cl.rng.IntN(len(cl.keys))]
 	cl.seq++
 	value := fmt.Sprintf("c%d-%d", cl.id, cl.seq)
 	in := Input{Key: key, Node: ni}
 	reads := cl.w.Reads
 	if reads <= 0 {
 		reads = 45
+	}
+	if cl.node < len(cl.w.ReadsByNode) {
+		reads = cl.w.ReadsByNode[cl.node]
 	}
 	if p := cl.rng.IntN(100); p < reads {
 		in.Kind = OpGet
@@ -253,7 +310,7 @@ func (cl *client) step() {
 			in.Kind, in.Value, in.Old = OpCAS, value, cl.recent[key]
 		}
 	}
-	out, failed := execute(n.DB(), in, cl.w.Timeout, cl.w.Replicas, cl.h, cl.id)
+	out, failed := execute(n.DB(), in, cl.w, cl.w.Timeout, cl.h, cl.id)
 	if !failed && !out.Unknown {
 		switch in.Kind {
 		case OpGet:
@@ -269,7 +326,7 @@ func (cl *client) step() {
 }
 
 // execute performs in on db and records it.
-func execute(db *gridkv.DB, in Input, timeout time.Duration, replicas int, h *History, client int) (Output, bool) {
+func execute(db *gridkv.DB, in Input, w Workload, timeout time.Duration, h *History, client int) (Output, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	call := h.now()
@@ -278,7 +335,7 @@ func execute(db *gridkv.DB, in Input, timeout time.Duration, replicas int, h *Hi
 	switch in.Kind {
 	case OpGet:
 		var v []byte
-		v, err = db.Get(ctx, in.Key, in.Mode.options(replicas)...)
+		v, err = db.Get(ctx, in.Key, in.Mode.options(w.Replicas)...)
 		if errors.Is(err, gridkv.ErrNotFound) {
 			err = nil
 		}
@@ -297,7 +354,7 @@ func execute(db *gridkv.DB, in Input, timeout time.Duration, replicas int, h *Hi
 	failed := false
 	if err != nil {
 		out.Err = err.Error()
-		if in.Kind == OpGet || errors.Is(err, gridkv.ErrInvalid) {
+		if in.Kind == OpGet || errors.Is(err, gridkv.ErrInvalid) || w.TrustErrors && !strings.Contains(err.Error(), "outcome unknown") {
 			failed = true // no effect
 		} else {
 			out.Unknown = true // it may or may not have been applied
