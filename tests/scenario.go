@@ -46,11 +46,12 @@ func Scenarios() []Scenario {
 		return Scenario{Name: name, Nodes: nodes, Workload: w, Nemesis: n,
 			Duration: 8 * time.Second, FaultFor: 2 * time.Second, HealFor: time.Second}
 	}
+	lease := leaseWorkload()
 	pull := 500 * time.Millisecond
-	drift := s("clock-drift", 3, leaseWorkload, func() Nemesis { return &ClockJumps{Pull: pull} })
+	drift := s("clock-drift", 3, lease, func() Nemesis { return &ClockJumps{Pull: pull} })
 	drift.FaultFor, drift.HealFor = 1500*time.Millisecond, 500*time.Millisecond
 	drift.Tune = driftingClocks
-	pause := s("lease-pause", 3, leaseWorkload, func() Nemesis { return &StallLeader{For: 700 * time.Millisecond, Pull: pull} })
+	pause := s("lease-pause", 3, lease, func() Nemesis { return &StallLeader{For: 700 * time.Millisecond, Pull: pull} })
 	pause.FaultFor, pause.HealFor = 1500*time.Millisecond, 500*time.Millisecond
 	pause.Tune = func(_ uint64, _ int, h *testhook.Hooks) { h.Lease.Clock = testhook.NewClock(1) }
 	return []Scenario{
@@ -70,13 +71,13 @@ func Scenarios() []Scenario {
 		// Every read path, each under the faults that threaten it.
 		drift,
 		pause,
-		s("lease-leader-isolated", 3, leaseWorkload, func() Nemesis { return IsolateLeader{Pull: pull} }),
-		s("lease-transfer-storm", 3, leaseWorkload, func() Nemesis { return &TransferStorm{Every: 50 * time.Millisecond, Groups: 16} }),
+		s("lease-leader-isolated", 3, lease, func() Nemesis { return IsolateLeader{Pull: pull} }),
+		s("lease-transfer-storm", 3, lease, func() Nemesis { return &TransferStorm{Every: 50 * time.Millisecond, Groups: 16} }),
 		s("timeoutnow-late", 3, defaultOnly, func() Nemesis {
 			return &Both{&TransferStorm{Every: 50 * time.Millisecond, Groups: 16},
 				BadLinks{Rule: faultnet.Rule{Duplicate: 0.2, Delay: 5 * time.Millisecond, Jitter: 60 * time.Millisecond}}}
 		}),
-		s("transfer-isolate", 3, leaseWorkload, func() Nemesis { return TransferIsolate{Within: time.Second} }),
+		s("transfer-isolate", 3, lease, func() Nemesis { return TransferIsolate{Within: time.Second} }),
 		s("quorum-partitions", 3, majority, func() Nemesis {
 			return &Mixed{Of: []Nemesis{RandomHalves{}, IsolateLeader{}, Pause{For: 1500 * time.Millisecond}}}
 		}),
@@ -88,8 +89,10 @@ func Scenarios() []Scenario {
 // time-outs. A lease that outlives its leadership shows only as stale
 // reads through the node cut off, whose clients are stuck on each write
 // until it times out: they soon read again.
-var leaseWorkload = Workload{Clients: 8, Keys: 8, Replicas: 3, Timeout: 100 * time.Millisecond, Rate: 200, Reads: 80,
-	Modes: []ReadMode{ReadDefault}, TrustErrors: true}
+func leaseWorkload() Workload {
+	return Workload{Clients: 8, Keys: 8, Replicas: 3, Timeout: 100 * time.Millisecond, Rate: 200, Reads: 80,
+		Modes: []ReadMode{ReadDefault}, TrustErrors: true}
+}
 
 // driftingClocks gives each node a clock whose rate is within the lease's
 // drift bound (raftgroup's default DriftBound, 5%: rates in [0.975,
@@ -122,7 +125,7 @@ func controlScenarios() []Scenario {
 	// would wait out their time-out there, and leave a write of unknown
 	// outcome each: many of those make the check of an Illegal history
 	// slow.)
-	w := leaseWorkload
+	w := leaseWorkload()
 	w.KeyNames, w.Timeout, w.ReadsByNode = KeysPlannedFor(0), 50*time.Millisecond, []int{100, 20, 20}
 	return []Scenario{{
 		// Node 0's clock runs at 1/1.5 (its timers 1.5x longer), ten times
