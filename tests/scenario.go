@@ -49,10 +49,10 @@ func Scenarios() []Scenario {
 	lease := leaseWorkload()
 	pull := 500 * time.Millisecond
 	drift := s("clock-drift", 3, lease, func() Nemesis { return &ClockJumps{Pull: pull} })
-	drift.FaultFor, drift.HealFor = 1500*time.Millisecond, 500*time.Millisecond
+	drift.FaultFor, drift.HealFor = 1500*time.Millisecond, time.Second
 	drift.Tune = driftingClocks
 	pause := s("lease-pause", 3, lease, func() Nemesis { return &StallLeader{For: 700 * time.Millisecond, Pull: pull} })
-	pause.FaultFor, pause.HealFor = 1500*time.Millisecond, 500*time.Millisecond
+	pause.FaultFor, pause.HealFor = 1500*time.Millisecond, time.Second
 	pause.Tune = func(_ uint64, _ int, h *testhook.Hooks) { h.Lease.Clock = testhook.NewClock(1) }
 	return []Scenario{
 		s("baseline", 3, w, func() Nemesis { return NoFaults{} }),
