@@ -295,14 +295,15 @@ func (c *Cluster) TransferLeadership(ctx context.Context, r int) error {
 }
 
 // PullLeadership moves to n the leadership of every range it does not
-// lead, all at once, and waits (polling, until ctx ends) until it leads
-// every range moved has it as leader; it returns how many n leads then.
-// Transfers refused or failed leave those ranges where they were.
+// lead, all at once, and waits (polling, until ctx ends) until n leads
+// each range moved; it returns how many n leads then. Transfers refused
+// or failed leave those ranges where they were, and the reconciler hands
+// the others back to their placement within its interval (ReconcileInterval).
 func (c *Cluster) PullLeadership(ctx context.Context, n *Node) int {
 	var wg sync.WaitGroup
 	leads := n.hook().Leads()
 	var moved atomic.Int64
-	for r := range c.base.Groups {
+	for r := range c.groups() {
 		if slices.Contains(leads, r) {
 			continue
 		}
@@ -325,6 +326,14 @@ func (c *Cluster) PullLeadership(ctx context.Context, n *Node) int {
 		return led >= len(leads)+int(moved.Load())
 	})
 	return led
+}
+
+// groups is the nodes' number of ranges.
+func (c *Cluster) groups() int {
+	if c.base.Groups == 0 {
+		return 64 // gridkv's default
+	}
+	return c.base.Groups
 }
 
 // Describe lists, per range, each live replica: its server id, whether it

@@ -215,13 +215,16 @@ func KeysPlannedFor(i int) func(c *Cluster, keys int) []string {
 		if replicas == 0 {
 			replicas = 3
 		}
-		plan := placement.Plan(c.base.Groups, ids, replicas)
+		plan := placement.Plan(c.groups(), ids, replicas)
 		var out []string
-		for k := 0; len(out) < keys; k++ {
+		for k := 0; len(out) < keys && k < 1<<20; k++ { // bounded: node i may lead no range
 			key := fmt.Sprint("k", k)
-			if plan[placement.RangeOf(key, c.base.Groups)].Leader == ids[i] {
+			if plan[placement.RangeOf(key, c.groups())].Leader == ids[i] {
 				out = append(out, key)
 			}
+		}
+		if len(out) == 0 {
+			return Workload{Keys: keys}.keys(c)
 		}
 		return out
 	}
