@@ -300,16 +300,24 @@ func sortedWindows(ws []Window) {
 	sort.Slice(ws, func(i, j int) bool { return ws[i].Start < ws[j].Start })
 }
 
-// Mixed picks one of its nemeses at random for each window.
+// Mixed picks one of its nemeses at random for each window, or, InTurn,
+// each in turn.
 type Mixed struct {
-	Of  []Nemesis
-	cur Nemesis
+	Of     []Nemesis
+	InTurn bool
+	cur    Nemesis
+	turn   int
 }
 
 func (*Mixed) Name() string { return "mixed" }
 
 func (m *Mixed) Start(c *Cluster, rng *rand.Rand) string {
-	m.cur = m.Of[rng.IntN(len(m.Of))]
+	if m.InTurn {
+		m.cur = m.Of[m.turn%len(m.Of)]
+		m.turn++
+	} else {
+		m.cur = m.Of[rng.IntN(len(m.Of))]
+	}
 	return m.cur.Name() + ": " + m.cur.Start(c, rng)
 }
 

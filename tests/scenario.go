@@ -54,6 +54,10 @@ func Scenarios() []Scenario {
 	pause := s("lease-pause", 3, lease, func() Nemesis { return &StallLeader{For: 700 * time.Millisecond, Pull: pull} })
 	pause.FaultFor, pause.HealFor = 1500*time.Millisecond, time.Second
 	pause.Tune = func(_ uint64, _ int, h *testhook.Hooks) { h.Lease.Clock = testhook.NewClock(1) }
+	quorum := s("quorum-partitions", 3, majority, func() Nemesis {
+		return &Mixed{Of: []Nemesis{RandomHalves{}, IsolateLeader{}, Pause{For: 1500 * time.Millisecond}}, InTurn: true}
+	})
+	quorum.FaultFor, quorum.HealFor = 1500*time.Millisecond, time.Second
 	return []Scenario{
 		s("baseline", 3, w, func() Nemesis { return NoFaults{} }),
 		s("leader-isolated", 3, w, func() Nemesis { return IsolateLeader{} }),
@@ -78,9 +82,7 @@ func Scenarios() []Scenario {
 				BadLinks{Rule: faultnet.Rule{Duplicate: 0.2, Delay: 5 * time.Millisecond, Jitter: 60 * time.Millisecond}}}
 		}),
 		s("transfer-isolate", 3, lease, func() Nemesis { return TransferIsolate{Within: time.Second} }),
-		s("quorum-partitions", 3, majority, func() Nemesis {
-			return &Mixed{Of: []Nemesis{RandomHalves{}, IsolateLeader{}, Pause{For: 1500 * time.Millisecond}}}
-		}),
+		quorum,
 	}
 }
 
