@@ -153,6 +153,11 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 		hc.CommitTimeout = 20 * time.Millisecond
 		hc.RPCTimeout = time.Second
 	}
+	if hooks != nil && hooks.ClockRate > 0 && hooks.ClockRate != 1 {
+		if err := emulateClockRate(&hc, hooks.ClockRate); err != nil {
+			return nil, fmt.Errorf("%w: config: %v", ErrInvalid, err)
+		}
+	}
 	if db.host, err = raftgroup.NewHost(hc); err != nil {
 		return nil, fmt.Errorf("%w: config: field BindAddr %q cannot be used: %v", ErrInvalid, cfg.BindAddr, err)
 	}

@@ -22,7 +22,11 @@ import (
 func encodeReadsFor(reads []readReq) []byte {
 	b := encodeReads(len(reads), 0)
 	for _, rd := range reads {
-		b = appendRead(b, rd.r, append([]byte{byte(rd.mode)}, rd.key...))
+		body := []byte{byte(rd.mode)}
+		if rd.mode == readQuorum {
+			body = append(body, byte(rd.q))
+		}
+		b = appendRead(b, rd.r, append(body, rd.key...))
 	}
 	return b
 }
@@ -31,7 +35,7 @@ func TestReadsWire(t *testing.T) {
 	for _, reads := range [][]readReq{
 		{},
 		{{r: 0, mode: readDefault, key: "k"}},
-		{{r: 3, mode: readStale, key: ""}, {r: 1 << 20, mode: readQuorum, key: strings.Repeat("x", 300)},
+		{{r: 3, mode: readStale, key: ""}, {r: 1 << 20, mode: readQuorum, q: 2, key: strings.Repeat("x", 300)},
 			{r: 63, mode: readIndex, key: "\x00\xff"}},
 	} {
 		req := encodeReadsFor(reads)

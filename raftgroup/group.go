@@ -47,7 +47,7 @@ type Group struct {
 func (g *Group) start(fsm raft.FSM, opts GroupOptions) error {
 	conf := g.h.raftConfig()
 	g.lease = newLease(g.h.cfg.Lease, conf.HeartbeatTimeout, g.h.id)
-	trans, err := newGroupTransport(g.h.mux, uint64(g.ID), g.lease, conf.HeartbeatTimeout)
+	trans, err := newGroupTransport(g.h.mux, uint64(g.ID), g.lease)
 	if err != nil {
 		return err
 	}

@@ -107,7 +107,7 @@ func TestFrameForAnotherIncarnationIsRefused(t *testing.T) {
 	if _, err := c.hosts[1].CreateGroup(7, fsm.New(fsm.Options{}), GroupOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	gt, err := newGroupTransport(c.hosts[0].mux, 7, newLease(LeaseOptions{}, time.Second, c.hosts[0].ID()), time.Second)
+	gt, err := newGroupTransport(c.hosts[0].mux, 7, newLease(LeaseOptions{}, time.Second, c.hosts[0].ID()))
 	if err != nil {
 		t.Fatal(err)
 	}

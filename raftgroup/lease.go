@@ -39,6 +39,13 @@ func (SystemClock) Now() (mono, wall int64) {
 type LeaseOptions struct {
 	// Clock times leases. Default SystemClock.
 	Clock Clock
+	// Heartbeat is HeartbeatTimeout as Clock counts it: the lease and the
+	// vote guard are derived from it. Default HeartbeatTimeout. It differs
+	// only where raft's timers are stretched to emulate a node whose clock
+	// runs at another rate (the Jepsen-style suite's clock nemesis): raft
+	// times on the runtime's timers, leases on Clock, so a stretched
+	// HeartbeatTimeout measured on the slow Clock would count the drift twice.
+	Heartbeat time.Duration
 	// DriftBound is the largest relative rate difference assumed between
 	// any two nodes' clocks. Default 0.05 (5%, far above what crystals and
 	// NTP allow, to cover VM scheduling).
@@ -49,9 +56,9 @@ type LeaseOptions struct {
 	// at least 5ms.
 	Margin time.Duration
 	// Duration, when set, is the lease length itself instead of
-	// HeartbeatTimeout×(1-DriftBound)-Margin. It must not exceed
-	// HeartbeatTimeout. The suite's negative control sets it to
-	// HeartbeatTimeout: no margin at all.
+	// Heartbeat×(1-DriftBound)-Margin, on Clock. It must not exceed
+	// Heartbeat. The suite's negative control sets it to HeartbeatTimeout:
+	// no margin at all.
 	Duration time.Duration
 	// Disabled turns leases off: every linearizable read takes a ReadIndex
 	// round.
@@ -62,8 +69,12 @@ type LeaseOptions struct {
 	UnsafeKeepThroughTransfer bool
 }
 
-// fill sets the defaults and returns the lease length.
+// fill sets the defaults and returns the lease length, on Clock.
 func (o *LeaseOptions) fill(heartbeat time.Duration) time.Duration {
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = heartbeat
+	}
+	heartbeat = o.Heartbeat
 	if o.Clock == nil {
 		o.Clock = SystemClock{}
 	}
@@ -86,6 +97,7 @@ func (o *LeaseOptions) fill(heartbeat time.Duration) time.Duration {
 // The hot path (valid) reads atomics only. Acks update it under mu.
 type lease struct {
 	clock     Clock
+	heartbeat int64 // HeartbeatTimeout on clock, nanoseconds (the vote guard's)
 	length    int64 // nanoseconds
 	tolerance int64 // of the clock-jump check, nanoseconds
 	keep      bool  // UnsafeKeepThroughTransfer
@@ -113,7 +125,8 @@ type leaseAck struct {
 
 func newLease(o LeaseOptions, heartbeat time.Duration, self raft.ServerID) *lease {
 	length := o.fill(heartbeat)
-	l := &lease{clock: o.Clock, length: int64(length), tolerance: int64(o.Margin), keep: o.UnsafeKeepThroughTransfer, self: self}
+	l := &lease{clock: o.Clock, heartbeat: int64(o.Heartbeat), length: int64(length), tolerance: int64(o.Margin),
+		keep: o.UnsafeKeepThroughTransfer, self: self}
 	if o.Disabled || length <= 0 {
 		l.length = 0
 	}

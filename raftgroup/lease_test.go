@@ -25,6 +25,20 @@ func (c *fakeClock) advance(d time.Duration) {
 func ok(_ int64, ok bool) bool  { return ok }
 func ok2(_ int64, ok bool) bool { return ok }
 
+// A node whose raft timers are stretched (the suite's clock nemesis) keeps
+// its lease and vote guard in its own clock's units: Heartbeat, not the
+// stretched HeartbeatTimeout.
+func TestLeaseHeartbeatOnItsClock(t *testing.T) {
+	l := newLease(LeaseOptions{Clock: &fakeClock{}, Heartbeat: 300 * time.Millisecond}, 450*time.Millisecond, "a")
+	if want := int64(300*time.Millisecond*95/100 - 15*time.Millisecond); l.length != want || l.heartbeat != int64(300*time.Millisecond) {
+		t.Fatalf("length %v heartbeat %v, want %v and 300ms", time.Duration(l.length), time.Duration(l.heartbeat), time.Duration(want))
+	}
+	l = newLease(LeaseOptions{Clock: &fakeClock{}, Duration: time.Second}, 450*time.Millisecond, "a")
+	if l.length != int64(450*time.Millisecond) || l.heartbeat != int64(450*time.Millisecond) {
+		t.Fatalf("length %v heartbeat %v, want both HeartbeatTimeout by default", time.Duration(l.length), time.Duration(l.heartbeat))
+	}
+}
+
 func TestLeaseQuorumOfAcks(t *testing.T) {
 	clk := &fakeClock{}
 	clk.advance(time.Second)

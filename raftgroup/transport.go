@@ -91,9 +91,9 @@ var (
 	_ raft.WithClose   = (*groupTransport)(nil)
 )
 
-func newGroupTransport(m *mux, group uint64, l *lease, heartbeat time.Duration) (*groupTransport, error) {
+func newGroupTransport(m *mux, group uint64, l *lease) (*groupTransport, error) {
 	gt := &groupTransport{m: m, group: group, consumeCh: make(chan raft.RPC, 64), closed: make(chan struct{}), lease: l,
-		guard: voteGuard{clock: l.clock, timeout: int64(heartbeat)}}
+		guard: voteGuard{clock: l.clock, timeout: l.heartbeat}}
 	gt.notify.gt = gt
 	if err := m.register(gt); err != nil {
 		return nil, err

@@ -86,7 +86,24 @@ type Window struct {
 	Fault      string
 	Start, End int64
 	OK, Total  int // operations called inside it, and those that succeeded
+	// ByOp splits OK and Total by read mode ("default", "readindex", ...)
+	// and "write" (put, delete, CAS).
+	ByOp map[string]Avail
 }
+
+// Avail is how many operations were called (Total) and succeeded (OK).
+type Avail struct{ OK, Total int }
+
+// opClass is an operation's entry in Window.ByOp.
+func opClass(in Input) string {
+	if in.Kind == OpGet {
+		return in.Mode.String()
+	}
+	return "write"
+}
+
+// opClasses is the order the report prints ByOp in.
+var opClasses = []string{ReadDefault.String(), ReadIndex.String(), ReadMajority.String(), ReadOne.String(), ReadStale.String(), "write"}
 
 // checkLinearizable runs porcupine on the linearizable part of h; on
 // failure (or a checker time-out, which counts as failure) it writes an
@@ -167,22 +184,33 @@ func checkWeakReads(h *History) []string {
 
 // availability fills each window's counts from the history.
 func availability(h *History, windows []Window) {
-	count := func(op porcupine.Operation, ok bool) {
+	count := func(call int64, in Input, ok bool) {
 		for i := range windows {
-			if op.Call >= windows[i].Start && op.Call <= windows[i].End {
-				windows[i].Total++
-				if ok {
-					windows[i].OK++
-				}
+			w := &windows[i]
+			if call < w.Start || call > w.End {
+				continue
 			}
+			if w.ByOp == nil {
+				w.ByOp = map[string]Avail{}
+			}
+			a := w.ByOp[opClass(in)]
+			w.Total++
+			a.Total++
+			if ok {
+				w.OK++
+				a.OK++
+			}
+			w.ByOp[opClass(in)] = a
 		}
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, op := range append(append([]porcupine.Operation(nil), h.ops...), h.weak...) {
-		count(op, !op.Output.(Output).Unknown)
+	for _, ops := range [][]porcupine.Operation{h.ops, h.weak} {
+		for _, op := range ops {
+			count(op.Call, op.Input.(Input), !op.Output.(Output).Unknown)
+		}
 	}
-	for _, c := range h.failedCalls {
-		count(porcupine.Operation{Call: c}, false)
+	for _, f := range h.failedOps {
+		count(f.call, f.in, false)
 	}
 }

@@ -25,6 +25,8 @@ type Cluster struct {
 
 	base gridkv.Config
 	tune func(node int, h *testhook.Hooks)
+
+	leaseGone [2]atomic.Uint64 // lease hits and misses of crashed incarnations
 }
 
 // Node is one member of a Cluster. A crashed node may be restarted: the
@@ -52,6 +54,16 @@ func (n *Node) hook() testhook.Node {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.mu.hooks.Node()
+}
+
+// Clock is the lease clock the node's current incarnation was given, if
+// it is the suite's (see ClusterOptions.Tune and testhook.Hooks.ClockRate);
+// nil otherwise.
+func (n *Node) Clock() *testhook.Clock {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c, _ := n.mu.hooks.Lease.Clock.(*testhook.Clock)
+	return c
 }
 
 // Crashed reports whether the nemesis crashed this node (and has not
@@ -125,6 +137,9 @@ func (c *Cluster) open(cfg gridkv.Config) (*gridkv.DB, *testhook.Hooks, error) {
 	if c.tune != nil {
 		c.tune(c.indexOf(cfg.NodeID), h)
 	}
+	if h.ClockRate > 0 && h.Lease.Clock == nil {
+		h.Lease.Clock = testhook.NewClock(h.ClockRate) // for the nemesis to reach (Node.Clock)
+	}
 	db, err := testhook.Open(context.Background(), cfg, h)
 	if err != nil {
 		return nil, h, err
@@ -185,6 +200,16 @@ func (c *Cluster) SetLink(a, b *Node, r faultnet.Rule) {
 	}
 }
 
+// CutInto drops every message the other nodes send to n, answers to its
+// requests included; what n sends still arrives.
+func (c *Cluster) CutInto(n *Node) {
+	for _, o := range c.Nodes {
+		if o != n {
+			c.SetLink(o, n, faultnet.Rule{Cut: true})
+		}
+	}
+}
+
 // Cut partitions a and b, both directions.
 func (c *Cluster) Cut(a, b *Node) {
 	c.SetLink(a, b, faultnet.Rule{Cut: true})
@@ -205,14 +230,40 @@ func (c *Cluster) Partition(sides ...[]*Node) {
 	}
 }
 
+// Isolate cuts every link of n, both directions.
+func (c *Cluster) Isolate(n *Node) {
+	var others []*Node
+	for _, o := range c.Nodes {
+		if o != n {
+			others = append(others, o)
+		}
+	}
+	c.Partition([]*Node{n}, others)
+}
+
 // Heal removes every fault.
 func (c *Cluster) Heal() { c.Faults.HealAll() }
 
 // Crash stops n the way a crash would; all its state is gone.
 func (c *Cluster) Crash(n *Node) {
 	if node := n.hook(); node != nil && n.crashed.CompareAndSwap(false, true) {
+		hits, misses := node.LeaseStats()
+		c.leaseGone[0].Add(hits)
+		c.leaseGone[1].Add(misses)
 		node.Crash()
 	}
+}
+
+// LeaseStats sums the lease reads served (hits) and not (misses) on
+// every node, crashed incarnations included (replicas a node dropped are
+// not counted).
+func (c *Cluster) LeaseStats() (hits, misses uint64) {
+	hits, misses = c.leaseGone[0].Load(), c.leaseGone[1].Load()
+	for _, n := range c.Live() {
+		h, m := n.hook().LeaseStats()
+		hits, misses = hits+h, misses+m
+	}
+	return hits, misses
 }
 
 // Leaders counts, per node, the ranges it leads now.
@@ -240,7 +291,49 @@ func (c *Cluster) TransferLeadership(ctx context.Context, r int) error {
 	if n == nil {
 		return errors.New("tests: no leader")
 	}
-	return n.hook().TransferLeadership(ctx, r)
+	return n.hook().TransferLeadership(ctx, r, "")
+}
+
+// PullLeadership moves to n the leadership of every range it does not
+// lead, all at once, and waits (polling, until ctx ends) until n leads
+// each range moved; it returns how many n leads then. Transfers refused
+// or failed leave those ranges where they were, and the reconciler hands
+// the others back to their placement within its interval (ReconcileInterval).
+func (c *Cluster) PullLeadership(ctx context.Context, n *Node) int {
+	var wg sync.WaitGroup
+	leads := n.hook().Leads()
+	var moved atomic.Int64
+	for r := range c.groups() {
+		if slices.Contains(leads, r) {
+			continue
+		}
+		l := c.LeaderOf(r)
+		if l == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if l.hook().TransferLeadership(ctx, r, n.Name) == nil {
+				moved.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	led := 0
+	poll(ctx, 5*time.Millisecond, func() bool {
+		led = len(n.hook().Leads())
+		return led >= len(leads)+int(moved.Load())
+	})
+	return led
+}
+
+// groups is the nodes' number of ranges.
+func (c *Cluster) groups() int {
+	if c.base.Groups == 0 {
+		return 64 // gridkv's default
+	}
+	return c.base.Groups
 }
 
 // Describe lists, per range, each live replica: its server id, whether it

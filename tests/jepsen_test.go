@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gridkv/gridkv/internal/testhook"
+	"github.com/anishathalye/porcupine"
 )
 
 // suiteSeed is the seed CI uses; GRIDKV_JEPSEN_SEED overrides it.
@@ -55,27 +55,60 @@ func TestScenarios(t *testing.T) {
 	}
 }
 
-// The negative control: Quorum reads that answer without waiting for the
-// replica to apply the largest stored index seen must be caught, or the
-// suite proves nothing about them.
-func TestNegativeControlQuorumWithoutWaitIsCaught(t *testing.T) {
+// The negative controls: each runs a scenario with one read path broken on
+// purpose, and the checker must find the history Illegal (not merely
+// failed, nor a checker time-out), or the suite proves nothing about that
+// path.
+
+// Quorum reads that answer without waiting for the replica to apply the
+// largest stored index seen.
+func TestNegativeControlQuorumWithoutWaitIsCaught(t *testing.T) { runControl(t, "quorum-no-wait") }
+
+// Leases as long as a whole HeartbeatTimeout on the leader's own clock,
+// with node 0's clock at 1/1.5 of real time. Node 0's lease lasts 450ms of
+// real time, while the others stop refusing votes after 300ms and elect a
+// new leader from then on. The step-down does not save it: a leader that
+// lost its quorum steps down after LeaderLeaseTimeout, but that timer runs
+// on node 0's clock too, stretched to 450ms, so node 0 still leads, and
+// serves reads, after the others have elected a leader and taken writes.
+func TestNegativeControlLeaseWithoutDriftMarginIsCaught(t *testing.T) {
+	runControl(t, "lease-no-margin")
+}
+
+// A leader that keeps its lease after it sends TimeoutNow: the target wins
+// at once (voters grant a transfer's votes despite their guard), while the
+// old leader, hearing nothing, serves reads until its lease runs out.
+func TestNegativeControlLeaseKeptThroughTransferIsCaught(t *testing.T) {
+	runControl(t, "lease-keep-transfer")
+}
+
+func runControl(t *testing.T, name string) {
 	if testing.Short() {
 		t.Skip("the scenario suite takes minutes")
 	}
-	s, _ := Lookup("leader-isolated")
+	ctl, ok := LookupControl(name)
+	if !ok {
+		t.Fatalf("no control %q", name)
+	}
+	s, ok := Lookup(ctl.Scenario)
+	if !ok {
+		t.Fatalf("control %s: no scenario %q", name, ctl.Scenario)
+	}
+	seed := suiteSeed(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	noWait := func(_ int, h *testhook.Hooks) { h.QuorumSlack = 1 << 40 }
-	rep, err := Run(ctx, s, Options{Seed: suiteSeed(t), Tune: noWait, OutDir: t.TempDir()})
+	out := os.Getenv("GRIDKV_JEPSEN_OUT")
+	if out == "" {
+		out = t.TempDir()
+	}
+	rep, err := Run(ctx, s, Options{Seed: seed, Tune: ctl.Break, OutDir: out, Progress: testWriter{t}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Log("\n" + rep.String())
-	if rep.Passed() {
-		t.Fatal("quorum reads that do not wait for apply went unnoticed")
-	}
-	if rep.Result == "Unknown" {
-		t.Fatal("the checker timed out instead of finding the violation")
+	if rep.Result != porcupine.Illegal {
+		t.Fatalf("negative control %s (%s) came out %s, not Illegal, with seed %d (rerun: go run ./cmd/gridkv-jepsen -%s -seed %d)",
+			name, ctl.Doc, rep.Result, seed, name, seed)
 	}
 }
 

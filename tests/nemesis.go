@@ -44,16 +44,42 @@ func shuffled(nodes []*Node, rng *rand.Rand) []*Node {
 }
 
 // IsolateLeader cuts off the node that leads the most ranges: a leader in a
-// minority, while the majority elects another.
-type IsolateLeader struct{}
+// minority, while the majority elects another. With Pull, it first moves
+// every range's leadership to that node (waiting up to Pull), so that
+// every range has a leader cut off, and every read goes through one.
+type IsolateLeader struct{ Pull time.Duration }
 
 func (IsolateLeader) Name() string { return "isolate-leader" }
 
-func (IsolateLeader) Start(c *Cluster, rng *rand.Rand) string { return isolateBusiest(c, nil) }
+func (m IsolateLeader) Start(c *Cluster, rng *rand.Rand) string {
+	_, desc := isolateBusiestNode(c, nil, m.Pull)
+	return desc
+}
 
 // isolateBusiest cuts off the live node, other than except, that leads
 // the most ranges, and describes it ("" when there is none).
 func isolateBusiest(c *Cluster, except *Node) string {
+	_, desc := isolateBusiestNode(c, except, 0)
+	return desc
+}
+
+// isolateBusiestNode is isolateBusiest, which also returns the node; with
+// pull > 0 it first moves every range's leadership to it (takeLeadership).
+func isolateBusiestNode(c *Cluster, except *Node, pull time.Duration) (*Node, string) {
+	best, most := busiest(c, except)
+	if best == nil {
+		return nil, ""
+	}
+	if pull > 0 {
+		most = takeLeadership(c, best, pull)
+	}
+	c.Isolate(best)
+	return best, fmt.Sprintf("isolate %s (leads %d ranges)", best.Name, most)
+}
+
+// busiest is the live node, other than except, that leads the most
+// ranges, and how many it leads.
+func busiest(c *Cluster, except *Node) (*Node, int) {
 	var best *Node
 	most := -1
 	leads := c.Leaders()
@@ -62,17 +88,7 @@ func isolateBusiest(c *Cluster, except *Node) string {
 			best, most = n, leads[n]
 		}
 	}
-	if best == nil {
-		return ""
-	}
-	var others []*Node
-	for _, n := range c.Nodes {
-		if n != best {
-			others = append(others, n)
-		}
-	}
-	c.Partition([]*Node{best}, others)
-	return fmt.Sprintf("isolate %s (leads %d ranges)", best.Name, most)
+	return best, most
 }
 
 func (IsolateLeader) Stop(c *Cluster) { c.Heal() }
@@ -284,20 +300,53 @@ func sortedWindows(ws []Window) {
 	sort.Slice(ws, func(i, j int) bool { return ws[i].Start < ws[j].Start })
 }
 
-// Mixed picks one of its nemeses at random for each window.
+// Mixed picks one of its nemeses at random for each window, or, InTurn,
+// each in turn.
 type Mixed struct {
-	Of  []Nemesis
-	cur Nemesis
+	Of     []Nemesis
+	InTurn bool
+	cur    Nemesis
+	turn   int
 }
 
 func (*Mixed) Name() string { return "mixed" }
 
 func (m *Mixed) Start(c *Cluster, rng *rand.Rand) string {
-	m.cur = m.Of[rng.IntN(len(m.Of))]
+	if m.InTurn {
+		m.cur = m.Of[m.turn%len(m.Of)]
+		m.turn++
+	} else {
+		m.cur = m.Of[rng.IntN(len(m.Of))]
+	}
 	return m.cur.Name() + ": " + m.cur.Start(c, rng)
 }
 
 func (m *Mixed) Stop(c *Cluster) {
 	m.cur.Stop(c)
 	m.cur = nil
+}
+
+// Both runs two nemeses at once (the second's Start after the first's).
+type Both [2]Nemesis
+
+func (b *Both) Name() string { return b[0].Name() + "+" + b[1].Name() }
+
+func (b *Both) Start(c *Cluster, rng *rand.Rand) string {
+	return b[0].Start(c, rng) + "; " + b[1].Start(c, rng)
+}
+
+func (b *Both) Stop(c *Cluster) {
+	b[1].Stop(c)
+	b[0].Stop(c)
+}
+
+// Summary joins the summaries of those that have one.
+func (b *Both) Summary() string {
+	var out []string
+	for _, n := range b {
+		if sm, ok := n.(interface{ Summary() string }); ok {
+			out = append(out, sm.Summary())
+		}
+	}
+	return strings.Join(out, "; ")
 }

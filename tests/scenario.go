@@ -28,17 +28,36 @@ type Scenario struct {
 	// Duration of the workload; faults alternate FaultFor on, HealFor off,
 	// after a fault-free first second.
 	Duration, FaultFor, HealFor time.Duration
+	// Tune, if set, adjusts node i's hooks before it opens, from the run's
+	// seed: clocks of their own. Options.Tune applies after it.
+	Tune func(seed uint64, node int, h *testhook.Hooks)
 }
 
-// Scenarios are the named scenarios CI runs. Later capabilities
-// (membership change, lease reads and clock drift) add theirs here.
+// Scenarios are the named scenarios CI runs. Later capabilities add
+// theirs here.
 func Scenarios() []Scenario {
 	w := Workload{Clients: 8, Keys: 5, Replicas: 3, Timeout: time.Second, Rate: 200}
 	hot := Workload{Clients: 10, Keys: 1, Replicas: 3, Timeout: time.Second, Rate: 100}
+	majority := w
+	majority.Modes = []ReadMode{ReadMajority}
+	defaultOnly := w
+	defaultOnly.Modes = []ReadMode{ReadDefault}
 	s := func(name string, nodes int, w Workload, n func() Nemesis) Scenario {
 		return Scenario{Name: name, Nodes: nodes, Workload: w, Nemesis: n,
 			Duration: 8 * time.Second, FaultFor: 2 * time.Second, HealFor: time.Second}
 	}
+	lease := leaseWorkload()
+	pull := 500 * time.Millisecond
+	drift := s("clock-drift", 3, lease, func() Nemesis { return &ClockJumps{Pull: pull} })
+	drift.FaultFor, drift.HealFor = 1500*time.Millisecond, time.Second
+	drift.Tune = driftingClocks
+	pause := s("lease-pause", 3, lease, func() Nemesis { return &StallLeader{For: 700 * time.Millisecond, Pull: pull} })
+	pause.FaultFor, pause.HealFor = 1500*time.Millisecond, time.Second
+	pause.Tune = func(_ uint64, _ int, h *testhook.Hooks) { h.Lease.Clock = testhook.NewClock(1) }
+	quorum := s("quorum-partitions", 3, majority, func() Nemesis {
+		return &Mixed{Of: []Nemesis{RandomHalves{}, IsolateLeader{}, Pause{For: 1500 * time.Millisecond}}, InTurn: true}
+	})
+	quorum.FaultFor, quorum.HealFor = 1500*time.Millisecond, time.Second
 	return []Scenario{
 		s("baseline", 3, w, func() Nemesis { return NoFaults{} }),
 		s("leader-isolated", 3, w, func() Nemesis { return IsolateLeader{} }),
@@ -53,7 +72,114 @@ func Scenarios() []Scenario {
 		s("restart-same-address", 5, w, func() Nemesis { return RestartSameAddress{ReadyWait: 10 * time.Second} }),
 		s("transfer-storm", 3, w, func() Nemesis { return &TransferStorm{Every: 50 * time.Millisecond, Groups: 16} }),
 		s("hot-key", 3, hot, func() Nemesis { return IsolateLeader{} }),
+		// Every read path, each under the faults that threaten it.
+		drift,
+		pause,
+		s("lease-leader-isolated", 3, lease, func() Nemesis { return IsolateLeader{Pull: pull} }),
+		s("lease-transfer-storm", 3, lease, func() Nemesis { return &TransferStorm{Every: 50 * time.Millisecond, Groups: 16} }),
+		s("timeoutnow-late", 3, defaultOnly, func() Nemesis {
+			return &Both{&TransferStorm{Every: 50 * time.Millisecond, Groups: 16},
+				BadLinks{Rule: faultnet.Rule{Duplicate: 0.2, Delay: 5 * time.Millisecond, Jitter: 60 * time.Millisecond}}}
+		}),
+		s("transfer-isolate", 3, lease, func() Nemesis { return TransferIsolate{Within: time.Second} }),
+		quorum,
 	}
+}
+
+// leaseWorkload puts leases to the test: every read in the default mode
+// (under the lease, or its ReadIndex fallback), mostly reads, and short
+// time-outs. A lease that outlives its leadership shows only as stale
+// reads through the node cut off, whose clients are stuck on each write
+// until it times out: they soon read again.
+func leaseWorkload() Workload {
+	return Workload{Clients: 8, Keys: 8, Replicas: 3, Timeout: 100 * time.Millisecond, Rate: 200, Reads: 80,
+		Modes: []ReadMode{ReadDefault}, TrustErrors: true}
+}
+
+// driftingClocks gives each node a clock whose rate is within the lease's
+// drift bound (raftgroup's default DriftBound, 5%: rates in [0.975,
+// 1.025], so no two differ by more than 5%), drawn from the seed: one node
+// at the slow end, one at the fast end, the others anywhere between.
+func driftingClocks(seed uint64, node int, h *testhook.Hooks) {
+	ends := rand.New(rand.NewPCG(seed, 0xc10c)).Perm(3) // of the scenario's 3 nodes
+	slow, fast := ends[0], ends[1]
+	rate := 0.975 + 0.05*rand.New(rand.NewPCG(seed, uint64(node))).Float64()
+	switch node {
+	case slow:
+		rate = 0.975
+	case fast:
+		rate = 1.025
+	}
+	h.ClockRate = rate
+	h.Lease.Clock = testhook.NewClock(rate)
+}
+
+// fastHeartbeat is the HeartbeatTimeout of gridkv's Fast preset.
+const fastHeartbeat = 300 * time.Millisecond
+
+// controlScenarios are scenarios only negative controls run: beyond what
+// the system promises, so not in Scenarios().
+func controlScenarios() []Scenario {
+	// leaseWorkload on keys whose ranges node 0 leads, node 0's clients
+	// only reading, and shorter time-outs still: while node 0 is cut off,
+	// its clients read under its lease, and the others' soon give up on
+	// every range that has no new leader yet. (Writes of node 0's clients
+	// would wait out their time-out there, and leave a write of unknown
+	// outcome each: many of those make the check of an Illegal history
+	// slow.)
+	w := leaseWorkload()
+	w.KeyNames, w.Timeout, w.ReadsByNode = KeysPlannedFor(0), 50*time.Millisecond, []int{100, 20, 20}
+	return []Scenario{{
+		// Node 0's clock runs at 1/1.5 (its timers 1.5x longer), ten times
+		// the drift bound. Over and over, it is cut off in two steps (see
+		// IsolateNode); the reconciler hands its ranges back after each.
+		Name: "slow-leader-isolated", Nodes: 3, Workload: w,
+		Nemesis: func() Nemesis {
+			return &IsolateNode{Index: 0, Lead: 800 * time.Millisecond, For: 500 * time.Millisecond, Rest: 700 * time.Millisecond}
+		},
+		Duration: 8 * time.Second, FaultFor: 6500 * time.Millisecond, HealFor: 500 * time.Millisecond,
+		Tune: func(_ uint64, node int, h *testhook.Hooks) {
+			if node == 0 {
+				h.ClockRate = 1 / 1.5
+			}
+		},
+	}}
+}
+
+// Control is a negative control: a scenario run with one read path broken
+// on purpose. The checker must find its history Illegal, or the suite
+// proves nothing about that path.
+type Control struct {
+	Name     string
+	Scenario string // in Scenarios() or the control-only ones; see Lookup
+	Doc      string
+	// Break switches the fault on in node i's hooks.
+	Break func(node int, h *testhook.Hooks)
+}
+
+// Controls are the negative controls CI runs (jepsen_test.go).
+func Controls() []Control {
+	return []Control{
+		{Name: "quorum-no-wait", Scenario: "leader-isolated",
+			Doc:   "Quorum reads answer without waiting for the replica to apply the largest stored index seen",
+			Break: func(_ int, h *testhook.Hooks) { h.QuorumSlack = 1 << 40 }},
+		{Name: "lease-no-margin", Scenario: "slow-leader-isolated",
+			Doc:   "leases last a whole HeartbeatTimeout on the leader's own clock (no drift, no margin), and node 0's clock runs at 1/1.5",
+			Break: func(_ int, h *testhook.Hooks) { h.Lease.Duration = fastHeartbeat }},
+		{Name: "lease-keep-transfer", Scenario: "transfer-isolate",
+			Doc:   "a leader keeps its lease after it starts a leadership transfer",
+			Break: func(_ int, h *testhook.Hooks) { h.Lease.UnsafeKeepThroughTransfer = true }},
+	}
+}
+
+// LookupControl returns the negative control with this name.
+func LookupControl(name string) (Control, bool) {
+	for _, c := range Controls() {
+		if c.Name == name {
+			return c, true
+		}
+	}
+	return Control{}, false
 }
 
 // MixedScenario is the long mode's extra: 5 nodes, every kind of fault,
@@ -68,9 +194,10 @@ func MixedScenario() Scenario {
 		}}
 }
 
-// Lookup returns the scenario with this name.
+// Lookup returns the scenario with this name, among Scenarios() and those
+// only negative controls run.
 func Lookup(name string) (Scenario, bool) {
-	for _, s := range Scenarios() {
+	for _, s := range append(Scenarios(), controlScenarios()...) {
 		if s.Name == name {
 			return s, true
 		}
@@ -111,10 +238,14 @@ type Report struct {
 	Recovery time.Duration // from the final heal until every key took a write
 	Converge time.Duration // then until every range's voters held the same state
 	Windows  []Window
-	Problems []string       // anything wrong besides the linearizability result
-	Errors   map[string]int // errors the clients saw, by kind
-	Viz      string         // path of the visualization, when written
-	Elapsed  time.Duration
+	// Lease reads over the workload, summed over the nodes: served under
+	// the lease (hits), and not (misses: no lease, or it lapsed before the
+	// confirmation; those went the ReadIndex way).
+	LeaseHits, LeaseMisses uint64
+	Problems               []string       // anything wrong besides the linearizability result
+	Errors                 map[string]int // errors the clients saw, by kind
+	Viz                    string         // path of the visualization, when written
+	Elapsed                time.Duration
 }
 
 // Passed reports whether the run found nothing wrong.
@@ -131,11 +262,21 @@ func (r *Report) String() string {
 		verdict, r.Scenario, r.Seed, r.Nodes, r.Ops, r.OK, r.Failed, r.Unknown, r.Checked,
 		r.Check.Round(time.Millisecond), r.Result, r.Recovery.Round(time.Millisecond), r.Converge.Round(time.Millisecond),
 		r.Elapsed.Round(100*time.Millisecond))
+	if n := r.LeaseHits + r.LeaseMisses; n > 0 {
+		fmt.Fprintf(&b, "  lease reads: %d hits, %d misses (hit rate %.1f%%)\n", r.LeaseHits, r.LeaseMisses, 100*float64(r.LeaseHits)/float64(n))
+	}
 	tw := tabwriter.NewWriter(&b, 2, 4, 2, ' ', 0)
+	all := map[string]Avail{}
 	for _, w := range r.Windows {
-		fmt.Fprintf(tw, "  %.1fs-%.1fs\t%s\tavailability %d/%d\n", float64(w.Start)/1e9, float64(w.End)/1e9, w.Fault, w.OK, w.Total)
+		fmt.Fprintf(tw, "  %.1fs-%.1fs\t%s\tavailability %d/%d\t%s\n", float64(w.Start)/1e9, float64(w.End)/1e9, w.Fault, w.OK, w.Total, byOp(w.ByOp))
+		for k, a := range w.ByOp {
+			all[k] = Avail{all[k].OK + a.OK, all[k].Total + a.Total}
+		}
 	}
 	tw.Flush()
+	if len(r.Windows) > 0 {
+		fmt.Fprintf(&b, "  during faults: %s\n", byOp(all))
+	}
 	kinds := make([]string, 0, len(r.Errors))
 	for k := range r.Errors {
 		kinds = append(kinds, k)
@@ -155,6 +296,17 @@ func (r *Report) String() string {
 		fmt.Fprintf(&b, "  visualization: %s\n", r.Viz)
 	}
 	return b.String()
+}
+
+// byOp formats availability per read mode and for writes.
+func byOp(m map[string]Avail) string {
+	var parts []string
+	for _, k := range opClasses {
+		if a, ok := m[k]; ok {
+			parts = append(parts, fmt.Sprintf("%s %d/%d", k, a.OK, a.Total))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // RecoveryBound is how soon after the final heal every key must take a
@@ -182,7 +334,16 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 	}
 	rep := &Report{Scenario: s.Name, Seed: o.Seed, Nodes: s.Nodes}
 	progress("starting %d nodes", s.Nodes)
-	c, err := StartCluster(ctx, ClusterOptions{Nodes: s.Nodes, Seed: o.Seed, Base: o.Base, Tune: o.Tune})
+	tune := o.Tune
+	if s.Tune != nil {
+		tune = func(node int, h *testhook.Hooks) {
+			s.Tune(o.Seed, node, h)
+			if o.Tune != nil {
+				o.Tune(node, h)
+			}
+		}
+	}
+	c, err := StartCluster(ctx, ClusterOptions{Nodes: s.Nodes, Seed: o.Seed, Base: o.Base, Tune: tune})
 	if err != nil {
 		return nil, err
 	}
@@ -227,6 +388,7 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 	}
 	close(stop)
 	<-clientsDone
+	rep.LeaseHits, rep.LeaseMisses = c.LeaseStats()
 	c.Heal()
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -236,15 +398,16 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 	// these writes join the history.
 	healed := time.Now()
 	progress("healed; writing every key")
-	for k := 0; k < s.Workload.Keys; k++ {
+	keys := s.Workload.keys(c)
+	for k, key := range keys {
 		for try := 0; ; try++ {
-			in := Input{Kind: OpPut, Key: fmt.Sprint("k", k), Value: fmt.Sprintf("heal-%d-%d", k, try), Node: try % len(c.Nodes)}
+			in := Input{Kind: OpPut, Key: key, Value: fmt.Sprintf("heal-%d-%d", k, try), Node: try % len(c.Nodes)}
 			n := c.Nodes[in.Node]
 			if n.Crashed() {
 				continue // the harness never crashes them all
 			}
-			out, _ := execute(n.DB(), in, time.Second, s.Workload.Replicas, h, s.Workload.Clients+len(c.Nodes))
-			if !out.Unknown {
+			out, failed := execute(n.DB(), in, s.Workload, time.Second, h, s.Workload.Clients+len(c.Nodes))
+			if !out.Unknown && !failed {
 				break
 			}
 			if time.Since(healed) > RecoveryBound {
@@ -261,12 +424,12 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 		if n.Crashed() {
 			continue
 		}
-		for k := 0; k < s.Workload.Keys; k++ {
-			in := Input{Kind: OpGet, Key: fmt.Sprint("k", k), Mode: ReadDefault, Node: ni}
+		for _, key := range keys {
+			in := Input{Kind: OpGet, Key: key, Mode: ReadDefault, Node: ni}
 			var failed bool
 			var out Output
 			for try := 0; try < 10; try++ {
-				if out, failed = execute(n.DB(), in, 2*time.Second, s.Workload.Replicas, h, s.Workload.Clients+ni); !failed {
+				if out, failed = execute(n.DB(), in, s.Workload, 2*time.Second, h, s.Workload.Clients+ni); !failed {
 					break
 				}
 			}

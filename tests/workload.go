@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/anishathalye/porcupine"
 
 	"github.com/gridkv/gridkv/gridkv"
+	"github.com/gridkv/gridkv/placement"
 )
 
 // OpKind is what a client does.
@@ -85,7 +87,7 @@ type History struct {
 	weak  []porcupine.Operation // reads in modes that may be stale
 	// Counts for the report.
 	total, ok, failed, unknown int
-	failedCalls                []int64 // call times of failed operations
+	failedOps                  []failedOp // for availability
 	errors                     map[string]int
 }
 
@@ -114,7 +116,7 @@ func (h *History) record(client int, in Input, call int64, out Output, failed bo
 		ret = infinity
 	case failed:
 		h.failed++
-		h.failedCalls = append(h.failedCalls, call)
+		h.failedOps = append(h.failedOps, failedOp{call: call, in: in})
 		return // a failed read, or a write certainly not applied: no effect
 	default:
 		h.ok++
@@ -125,6 +127,13 @@ func (h *History) record(client int, in Input, call int64, out Output, failed bo
 		return
 	}
 	h.ops = append(h.ops, op)
+}
+
+// failedOp is an operation that certainly had no effect: a failed read,
+// a refused write.
+type failedOp struct {
+	call int64
+	in   Input
 }
 
 // errorClass strips the addresses and numbers from an error message, so
@@ -153,24 +162,84 @@ func errorClass(msg string) string {
 
 // Workload is the clients' part of a scenario.
 type Workload struct {
-	Clients  int
-	Keys     int
+	Clients int
+	Keys    int
+	// KeyNames, if set, names the Keys keys once the cluster is up (see
+	// KeysPlannedFor); nil: k0, k1, ...
+	KeyNames func(c *Cluster, keys int) []string
 	Replicas int // ReplicaCount, for the majority read mode
 	Timeout  time.Duration
 	// Rate caps each client's operations per second, so that histories
 	// stay small enough to check (DESIGN.md: <= 20k operations per key).
 	Rate int
+	// Reads is the percentage of gets; 0 means 45. The rest are puts,
+	// deletes and CAS in the proportions 30:8:17.
+	Reads int
+	// ReadsByNode, if set, is the percentage of gets, 0 to 100, of the
+	// clients of node i (nodes past its end take Reads).
+	ReadsByNode []int
+	// TrustErrors classifies failed writes by gridkv's error contract
+	// (gridkv/errors.go): only an error that says "outcome unknown" leaves
+	// a write's outcome unknown; any other error means it was not applied.
+	// Without it every failed write counts as unknown, which is weaker, and
+	// slow to check when the history is Illegal: each unknown write stays
+	// open to the end. With it the check covers the contract too.
+	TrustErrors bool
+	// Modes are the read modes gets draw from, uniformly (repeat one to
+	// weight it); nil: every mode.
+	Modes []ReadMode
+}
+
+// keys are the workload's keys on c.
+func (w Workload) keys(c *Cluster) []string {
+	if w.KeyNames != nil {
+		return w.KeyNames(c, w.Keys)
+	}
+	keys := make([]string, w.Keys)
+	for i := range keys {
+		keys[i] = fmt.Sprint("k", i)
+	}
+	return keys
+}
+
+// KeysPlannedFor names keys in ranges that placement gives node i to
+// lead, so that its leader lease covers them all: the reconciler hands
+// those ranges back to it after every election.
+func KeysPlannedFor(i int) func(c *Cluster, keys int) []string {
+	return func(c *Cluster, keys int) []string {
+		var ids []string
+		for _, n := range c.Nodes {
+			ids = append(ids, n.Name)
+		}
+		replicas := c.base.ReplicaCount
+		if replicas == 0 {
+			replicas = 3
+		}
+		plan := placement.Plan(c.groups(), ids, replicas)
+		var out []string
+		for k := 0; len(out) < keys && k < 1<<20; k++ { // bounded: node i may lead no range
+			key := fmt.Sprint("k", k)
+			if plan[placement.RangeOf(key, c.groups())].Leader == ids[i] {
+				out = append(out, key)
+			}
+		}
+		if len(out) == 0 {
+			return Workload{Keys: keys}.keys(c)
+		}
+		return out
+	}
 }
 
 // runClients runs w's clients until stop closes. Client i talks to node
 // i mod N, moving on to the next live node if that one crashed.
 func runClients(c *Cluster, w Workload, seed uint64, h *History, stop <-chan struct{}) {
+	keys := w.keys(c)
 	var wg sync.WaitGroup
 	for i := 0; i < w.Clients; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cl := &client{id: i, c: c, w: w, h: h, rng: rand.New(rand.NewPCG(seed, uint64(i))), node: i % len(c.Nodes),
+			cl := &client{id: i, c: c, w: w, keys: keys, h: h, rng: rand.New(rand.NewPCG(seed, uint64(i))), node: i % len(c.Nodes),
 				recent: map[string]string{}}
 			pace := time.NewTimer(0)
 			defer pace.Stop()
@@ -196,6 +265,7 @@ type client struct {
 	id     int
 	c      *Cluster
 	w      Workload
+	keys   []string
 	h      *History
 	rng    *rand.Rand
 	node   int
@@ -215,21 +285,35 @@ func (cl *client) pickNode() (int, *Node) {
 
 func (cl *client) step() {
 	ni, n := cl.pickNode()
-	key := fmt.Sprint("k", cl.rng.IntN(cl.w.Keys))
+	key := cl.keys[cl.rng.IntN(len(cl.keys))]
 	cl.seq++
 	value := fmt.Sprintf("c%d-%d", cl.id, cl.seq)
 	in := Input{Key: key, Node: ni}
-	switch p := cl.rng.IntN(100); {
-	case p < 45:
-		in.Kind, in.Mode = OpGet, ReadMode(cl.rng.IntN(int(readModes)))
-	case p < 75:
-		in.Kind, in.Value = OpPut, value
-	case p < 83:
-		in.Kind = OpDelete
-	default:
-		in.Kind, in.Value, in.Old = OpCAS, value, cl.recent[key]
+	reads := cl.w.Reads
+	if reads <= 0 {
+		reads = 45
 	}
-	out, failed := execute(n.DB(), in, cl.w.Timeout, cl.w.Replicas, cl.h, cl.id)
+	if cl.node < len(cl.w.ReadsByNode) {
+		reads = cl.w.ReadsByNode[cl.node]
+	}
+	if p := cl.rng.IntN(100); p < reads {
+		in.Kind = OpGet
+		if m := cl.w.Modes; len(m) > 0 {
+			in.Mode = m[cl.rng.IntN(len(m))]
+		} else {
+			in.Mode = ReadMode(cl.rng.IntN(int(readModes)))
+		}
+	} else {
+		switch w := (p - reads) * 55 / (100 - reads); { // as if out of 55
+		case w < 30:
+			in.Kind, in.Value = OpPut, value
+		case w < 38:
+			in.Kind = OpDelete
+		default:
+			in.Kind, in.Value, in.Old = OpCAS, value, cl.recent[key]
+		}
+	}
+	out, failed := execute(n.DB(), in, cl.w, cl.w.Timeout, cl.h, cl.id)
 	if !failed && !out.Unknown {
 		switch in.Kind {
 		case OpGet:
@@ -245,7 +329,7 @@ func (cl *client) step() {
 }
 
 // execute performs in on db and records it.
-func execute(db *gridkv.DB, in Input, timeout time.Duration, replicas int, h *History, client int) (Output, bool) {
+func execute(db *gridkv.DB, in Input, w Workload, timeout time.Duration, h *History, client int) (Output, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	call := h.now()
@@ -254,7 +338,7 @@ func execute(db *gridkv.DB, in Input, timeout time.Duration, replicas int, h *Hi
 	switch in.Kind {
 	case OpGet:
 		var v []byte
-		v, err = db.Get(ctx, in.Key, in.Mode.options(replicas)...)
+		v, err = db.Get(ctx, in.Key, in.Mode.options(w.Replicas)...)
 		if errors.Is(err, gridkv.ErrNotFound) {
 			err = nil
 		}
@@ -273,7 +357,7 @@ func execute(db *gridkv.DB, in Input, timeout time.Duration, replicas int, h *Hi
 	failed := false
 	if err != nil {
 		out.Err = err.Error()
-		if in.Kind == OpGet || errors.Is(err, gridkv.ErrInvalid) {
+		if in.Kind == OpGet || errors.Is(err, gridkv.ErrInvalid) || w.TrustErrors && !strings.Contains(err.Error(), "outcome unknown") {
 			failed = true // no effect
 		} else {
 			out.Unknown = true // it may or may not have been applied

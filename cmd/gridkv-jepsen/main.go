@@ -5,10 +5,16 @@
 //	go run ./cmd/gridkv-jepsen -scenario leader-isolated -seed 7 -out report
 //	go run ./cmd/gridkv-jepsen -scenario all
 //	go run ./cmd/gridkv-jepsen -long -seeds 20
+//	go run ./cmd/gridkv-jepsen -lease-keep-transfer -seeds 5
+//
+// A negative control flag (-quorum-no-wait, -lease-no-margin,
+// -lease-keep-transfer) breaks one read path on purpose; without
+// -scenario it runs the control's own scenario. Such runs must come out
+// Illegal.
 //
 // The report (report.txt, and a history visualization per failed run, with
 // the fault windows marked) goes to -out. The exit status is 1 if any run
-// failed.
+// failed or, with a negative control on, if any run was not Illegal.
 package main
 
 import (
@@ -17,8 +23,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/anishathalye/porcupine"
 
 	"github.com/gridkv/gridkv/internal/testhook"
 	"github.com/gridkv/gridkv/tests"
@@ -30,10 +39,19 @@ func main() {
 	seeds := flag.Int("seeds", 1, "runs per scenario, with seeds seed, seed+1, ...")
 	long := flag.Bool("long", false, "long mode: each run 6x longer, mixed faults added, 10 seeds unless -seeds says")
 	out := flag.String("out", "jepsen-report", "directory for the report")
-	noWait := flag.Bool("quorum-no-wait", false, "negative control: Quorum reads answer without waiting for apply (must fail)")
-	list := flag.Bool("list", false, "list the scenarios and exit")
+	on := map[string]*bool{}
+	for _, c := range tests.Controls() {
+		on[c.Name] = flag.Bool(c.Name, false, fmt.Sprintf("negative control: %s (must come out Illegal); without -scenario, runs %s", c.Doc, c.Scenario))
+	}
+	list := flag.Bool("list", false, "list the scenarios and controls and exit")
 	flag.Parse()
 
+	var controls []tests.Control
+	for _, c := range tests.Controls() {
+		if *on[c.Name] {
+			controls = append(controls, c)
+		}
+	}
 	all := tests.Scenarios()
 	if *long {
 		all = append(all, tests.MixedScenario())
@@ -43,13 +61,27 @@ func main() {
 	}
 	if *list {
 		for _, s := range all {
-			fmt.Printf("%-16s %d nodes\n", s.Name, s.Nodes)
+			fmt.Printf("%-22s %d nodes\n", s.Name, s.Nodes)
+		}
+		for _, c := range tests.Controls() {
+			fmt.Printf("-%-21s control on %s: %s\n", c.Name, c.Scenario, c.Doc)
 		}
 		return
 	}
+	explicit := false
+	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "scenario" })
 	var chosen []tests.Scenario
-	for _, s := range all {
-		if *scenario == "all" || s.Name == *scenario {
+	switch {
+	case !explicit && len(controls) > 0:
+		for _, c := range controls {
+			if s, ok := tests.Lookup(c.Scenario); ok && !slices.ContainsFunc(chosen, func(o tests.Scenario) bool { return o.Name == s.Name }) {
+				chosen = append(chosen, s)
+			}
+		}
+	case *scenario == "all":
+		chosen = all
+	default:
+		if s, ok := tests.Lookup(*scenario); ok {
 			chosen = append(chosen, s)
 		}
 	}
@@ -70,7 +102,7 @@ func main() {
 	for _, s := range chosen {
 		for i := 0; i < *seeds; i++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-			rep, err := tests.Run(ctx, s, tests.Options{Seed: *seed + uint64(i), Scale: scale, Tune: tune(*noWait),
+			rep, err := tests.Run(ctx, s, tests.Options{Seed: *seed + uint64(i), Scale: scale, Tune: tune(controls),
 				OutDir: *out, Progress: os.Stderr})
 			cancel()
 			if err != nil {
@@ -80,7 +112,7 @@ func main() {
 			}
 			fmt.Print(rep)
 			report.WriteString(rep.String())
-			if !rep.Passed() {
+			if len(controls) > 0 && rep.Result != porcupine.Illegal || len(controls) == 0 && !rep.Passed() {
 				failed++
 			}
 		}
@@ -89,16 +121,24 @@ func main() {
 	if err := os.WriteFile(path, []byte(report.String()), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 	}
-	fmt.Printf("%d run(s) failed; report in %s\n", failed, path)
+	if len(controls) > 0 {
+		fmt.Printf("%d run(s) not Illegal under the negative control; report in %s\n", failed, path)
+	} else {
+		fmt.Printf("%d run(s) failed; report in %s\n", failed, path)
+	}
 	if failed > 0 {
 		os.Exit(1)
 	}
 }
 
 // tune switches on the negative controls asked for.
-func tune(quorumNoWait bool) func(int, *testhook.Hooks) {
-	if !quorumNoWait {
+func tune(controls []tests.Control) func(int, *testhook.Hooks) {
+	if len(controls) == 0 {
 		return nil
 	}
-	return func(_ int, h *testhook.Hooks) { h.QuorumSlack = 1 << 40 }
+	return func(node int, h *testhook.Hooks) {
+		for _, c := range controls {
+			c.Break(node, h)
+		}
+	}
 }

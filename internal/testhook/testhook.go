@@ -31,6 +31,15 @@ type Hooks struct {
 	// node a clock of its own, and negative controls shorten the margin to
 	// nothing or keep leases through transfers.
 	Lease raftgroup.LeaseOptions
+	// ClockRate emulates a node whose clock runs at this rate against
+	// real time (0 or 1: real time). Open stretches the node's raft
+	// timings (HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout,
+	// CommitTimeout) by 1/ClockRate, keeps its lease and vote guard in its
+	// own clock's units (Lease.Heartbeat), and times them on a Clock of
+	// this rate unless Lease.Clock is set. Only the suite can do this:
+	// these timings are not gridkv.Config fields, and Open refuses a node
+	// whose Fast setting differs from the cluster's.
+	ClockRate float64
 	// QuorumSlack lets Quorum reads answer from a replica that has not
 	// applied the largest stored index seen, by up to this many entries:
 	// a negative control (a quorum read that does not wait for apply).
@@ -51,8 +60,17 @@ type Node interface {
 	// state (reads every entry: for convergence checks, not polling).
 	Ranges() []Replica
 	// TransferLeadership moves range r's leadership away from this node,
-	// if it leads r.
-	TransferLeadership(ctx context.Context, r int) error
+	// if it leads r: to the node whose NodeID is to, or to any voter that
+	// answers when to is "".
+	TransferLeadership(ctx context.Context, r int, to string) error
+	// StartTransfer starts a leadership transfer of range r, if this node
+	// leads it, straight through raft (to the voter raft picks) and does
+	// not wait for it: no check that the target answers, no pause after a
+	// failure (see raftgroup.Group.TransferLeadership for why those exist).
+	StartTransfer(r int) error
+	// LeaseStats sums the lease reads this node's replicas served (hits)
+	// and could not serve (misses); see raftgroup.Group.LeaseStats.
+	LeaseStats() (hits, misses uint64)
 }
 
 // Replica is one range's replica on a node.
