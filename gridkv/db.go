@@ -139,16 +139,18 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 		hc.Lease = hooks.Lease
 		db.quorumSlack = hooks.QuorumSlack
 	}
+	// raft's LeaderLeaseTimeout only times when a leader that lost touch
+	// with a quorum steps down (GridKV's read lease is raftgroup's own and
+	// does not depend on it). At half the followers' heartbeat time-out,
+	// a CPU stall of that length on a loaded machine made leaders step
+	// down while their followers still had them (and refused to elect
+	// anyone else): elections for nothing. raft allows it up to
+	// HeartbeatTimeout, so it is that: 1s (raft's default heartbeat time-
+	// out), Fast 300ms.
+	hc.LeaderLeaseTimeout = time.Second
 	if cfg.Fast {
 		hc.HeartbeatTimeout = 300 * time.Millisecond
 		hc.ElectionTimeout = 300 * time.Millisecond
-		// A leader steps down when a quorum has not answered for the
-		// lease. At 150ms, half the followers' election timeout, a CPU
-		// stall of that length on a loaded machine made leaders step down
-		// while their followers still had them (and refused to elect
-		// anyone else): elections for nothing. GridKV serves no lease
-		// reads, so the lease only times the step-down; raft allows it
-		// up to HeartbeatTimeout.
 		hc.LeaderLeaseTimeout = 300 * time.Millisecond
 		hc.CommitTimeout = 20 * time.Millisecond
 		hc.RPCTimeout = time.Second
