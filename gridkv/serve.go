@@ -212,11 +212,16 @@ func (db *DB) serveRead(ctx context.Context, r int, rep *replica, reads []*readR
 		return all(redirect(leaderOf(rep)))
 	}
 	idx, err := rep.group.ReadIndex(ctx)
-	if err != nil {
-		return all(redirectOrUnavailable(rep, err))
+	if err == nil {
+		err = rep.fsm.WaitApplied(ctx, rep.group.FSMIndex(idx))
 	}
-	if err := rep.fsm.WaitApplied(ctx, rep.group.FSMIndex(idx)); err != nil {
-		return all(append([]byte{stUnavailable}, err.Error()...))
+	switch {
+	case err != nil && db.isClosed():
+		// This node closed meanwhile, which ended the wait: nothing was
+		// read, the asker tries another node.
+		return all(db.closingAnswer(rep))
+	case err != nil:
+		return all(redirectOrUnavailable(rep, err))
 	}
 	for i, rd := range reads {
 		if answers[i] == nil {
