@@ -4,10 +4,12 @@
 // Raft group of ReplicaCount replicas on different nodes.
 //
 // Guarantees: writes (Set, Delete, CompareAndSwap) are linearizable. Get is
-// linearizable by default and with ReadIndex (served by the range leader
-// after confirming its leadership with a quorum round sent after the call
-// began, then waiting until its state has applied the commit index seen
-// when the call began). Stale reads this node's replica without waiting.
+// linearizable by default (served by the range leader from its own state
+// under its leader lease, with no round trip; a ReadIndex round when it
+// holds no valid lease), with ReadIndex (a leadership round sent after the
+// call began, no clock assumption) and with Quorum(r) for r >
+// ReplicaCount/2 (served by the range's replicas, not its leader). Stale
+// reads this node's replica without waiting.
 // An error matching ErrTimeout leaves a write's outcome unknown; every
 // other error means it was not applied.
 //

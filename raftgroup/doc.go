@@ -9,6 +9,14 @@
 // heartbeats. Heartbeats take raft's fast path (answered off the group's
 // main loop). Raft logs, stable state and snapshots are kept in memory.
 //
+// Reads: Group.LeaseIndex and ConfirmLease serve linearizable reads under a
+// leader lease that raftgroup derives from acknowledged AppendEntries (raft
+// has none; its followers are made to refuse votes for a heartbeat time-out
+// after acknowledging one, and TimeoutNow carries the term). ReadIndex
+// confirms leadership with a round sent after the call. A commit notifier
+// tells followers a new commit index about 1ms after it advances. See
+// docs/raftgroup.md, "Leader leases".
+//
 // Raft server ids carry the node's incarnation ("node/incarnation"): with
 // in-memory logs a restarted node has lost its log and must come back as a
 // new server, never under its old id (see docs/raftgroup.md).
