@@ -211,6 +211,13 @@ func (db *DB) serveRead(ctx context.Context, r int, rep *replica, reads []*readR
 	if !rep.group.IsLeader() {
 		return all(redirect(leaderOf(rep)))
 	}
+	missed := 0
+	for i, rd := range reads {
+		if answers[i] == nil && rd.mode == readDefault {
+			missed++
+		}
+	}
+	rep.group.LeaseMissed(missed) // they take the ReadIndex way
 	idx, err := rep.group.ReadIndex(ctx)
 	if err == nil {
 		err = rep.fsm.WaitApplied(ctx, rep.group.FSMIndex(idx))

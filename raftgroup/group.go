@@ -452,7 +452,6 @@ func (g *Group) LeaseIndex() (index, term uint64, ok bool) {
 		return 0, 0, false
 	}
 	if g.readyTerm.Load() != term || !g.lease.usable(term) {
-		g.lease.misses.Add(1)
 		return 0, 0, false
 	}
 	return g.raft.CommitIndex(), term, true
@@ -464,16 +463,19 @@ func (g *Group) LeaseIndex() (index, term uint64, ok bool) {
 func (g *Group) ConfirmLease(term uint64) (wall int64, ok bool) {
 	wall, ok = g.lease.valid(term)
 	if !ok || g.raft.State() != raft.Leader || g.raft.CurrentTerm() != term || g.readyTerm.Load() != term {
-		g.lease.misses.Add(1)
 		return wall, false
 	}
 	g.lease.hits.Add(1)
 	return wall, true
 }
 
-// LeaseStats counts the lease reads this replica served while it led
-// (hits) and those it could not (misses: no lease, or it lapsed before
-// ConfirmLease).
+// LeaseMissed counts n reads this leader served another way (ReadIndex)
+// for want of a valid lease.
+func (g *Group) LeaseMissed(n int) { g.lease.misses.Add(uint64(n)) }
+
+// LeaseStats counts the reads this replica served under its lease (hits:
+// ConfirmLease held) and those its caller reported served another way for
+// want of one (misses: LeaseMissed), once per read.
 func (g *Group) LeaseStats() (hits, misses uint64) {
 	return g.lease.hits.Load(), g.lease.misses.Load()
 }
