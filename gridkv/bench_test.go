@@ -79,32 +79,6 @@ func BenchmarkSingleNodeSet(b *testing.B) {
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "ops/s")
 }
 
-// openBenchCluster starts n nodes (default Config, on loopback) and waits
-// until all are ready and every range has settled on a leader.
-func openBenchCluster(b *testing.B, n int) []*DB {
-	var dbs []*DB
-	for i := 0; i < n; i++ {
-		cfg := Config{NodeID: fmt.Sprint("n", i), Logger: quiet}
-		if i > 0 {
-			cfg.Seeds = []string{dbs[0].GossipAddr()}
-		}
-		db, err := Open(cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { db.Close() })
-		dbs = append(dbs, db)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	for _, db := range dbs {
-		if err := db.WaitReady(ctx); err != nil {
-			b.Fatal(err)
-		}
-	}
-	return dbs
-}
-
 func leaseStats(dbs []*DB) (hits, misses uint64) {
 	for _, db := range dbs {
 		for _, g := range db.host.Groups() {
@@ -122,7 +96,7 @@ func leaseStats(dbs []*DB) (hits, misses uint64) {
 // whose range its node leads; "stale" reads any node's replica. Reports
 // ops/s and the share of lease checks that found a valid lease.
 func BenchmarkThreeNodeGet(b *testing.B) {
-	dbs := openBenchCluster(b, 3)
+	dbs := openCluster(b, 3, Config{})
 	ctx := context.Background()
 	keys := make([]string, 10000)
 	for i := range keys {
@@ -211,27 +185,8 @@ func BenchmarkForwardedGet(b *testing.B) {
 }
 
 func benchmarkForwardedGet(b *testing.B, replicas int) {
-	var nodes []*DB
-	for i := range 3 {
-		cfg := Config{NodeID: fmt.Sprint("n", i), ReplicaCount: replicas, Logger: quiet}
-		if i > 0 {
-			cfg.Seeds = []string{nodes[0].GossipAddr()}
-		}
-		db, err := Open(cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { db.Close() })
-		nodes = append(nodes, db)
-	}
+	nodes := openCluster(b, 3, Config{ReplicaCount: replicas})
 	ctx := context.Background()
-	wait, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	for _, db := range nodes {
-		if err := db.WaitReady(wait); err != nil {
-			b.Fatal(err)
-		}
-	}
 	keys := make([]string, 10000)
 	for i := range keys {
 		keys[i] = fmt.Sprint("key", i)

@@ -360,26 +360,29 @@ func TestForwarderFailures(t *testing.T) {
 	})
 }
 
-func openCluster(t *testing.T, n int, cfg Config) []*DB {
-	t.Helper()
+// openCluster starts n nodes from cfg (NodeID, Logger and Seeds set here),
+// waits until they are ready, and closes them when the test ends.
+func openCluster(tb testing.TB, n int, cfg Config) []*DB {
+	tb.Helper()
 	var nodes []*DB
 	for i := range n {
 		c := cfg
-		c.NodeID, c.Fast, c.Logger = fmt.Sprint("n", i), true, quiet
+		c.NodeID, c.Logger = fmt.Sprint("n", i), quiet
 		if i > 0 {
 			c.Seeds = []string{nodes[0].GossipAddr()}
 		}
 		db, err := Open(c)
 		if err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
+		tb.Cleanup(func() { db.Close() })
 		nodes = append(nodes, db)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for _, db := range nodes {
 		if err := db.WaitReady(ctx); err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 	}
 	return nodes
@@ -389,7 +392,7 @@ func openCluster(t *testing.T, n int, cfg Config) []*DB {
 // their range's leader (or, Stale, to a replica): every one gets its
 // key's value, and they travel in fewer frames than reads.
 func TestForwardedReadsCoalesce(t *testing.T) {
-	nodes := openCluster(t, 3, Config{Groups: 8, ReplicaCount: 2}) // 2: some nodes lack some ranges (Stale forwards)
+	nodes := openCluster(t, 3, Config{Fast: true, Groups: 8, ReplicaCount: 2}) // 2: some nodes lack some ranges (Stale forwards)
 	defer func() {
 		for _, db := range nodes {
 			db.Close()
@@ -506,7 +509,7 @@ func TestForwardedReadsCoalesce(t *testing.T) {
 // A batch whose destination crashes fails its reads, which route sends
 // again, to the range's new leader: every read still returns its value.
 func TestForwardedReadsLeaderCrash(t *testing.T) {
-	nodes := openCluster(t, 3, Config{Groups: 8})
+	nodes := openCluster(t, 3, Config{Fast: true, Groups: 8})
 	defer func() {
 		for _, db := range nodes {
 			db.Close()

@@ -10,20 +10,10 @@ import (
 	"github.com/gridkv/gridkv/placement"
 )
 
-// openClusterT is openCluster with Groups ranges, closed when the test
-// ends.
-func openClusterT(t *testing.T, n, groups int) []*DB {
-	nodes := openCluster(t, n, Config{Groups: groups})
-	for _, db := range nodes {
-		t.Cleanup(func() { db.Close() })
-	}
-	return nodes
-}
-
 // Every node, leader of the key's range or not, reads a write made through
 // another node with Quorum(2) and Quorum(3), at once.
 func TestQuorumReadSeesLatestWrite(t *testing.T) {
-	nodes := openClusterT(t, 3, 4)
+	nodes := openCluster(t, 3, Config{Fast: true, Groups: 4})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for i := 0; i < 20; i++ {
@@ -50,7 +40,7 @@ func TestQuorumReadSeesLatestWrite(t *testing.T) {
 // see the last acknowledged write; with two replicas gone, it is
 // ErrUnavailable.
 func TestQuorumReadWithoutLeader(t *testing.T) {
-	nodes := openClusterT(t, 3, 1)
+	nodes := openCluster(t, 3, Config{Fast: true, Groups: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := nodes[0].Set(ctx, "k", []byte("v1")); err != nil {

@@ -22,8 +22,8 @@ func (c *fakeClock) advance(d time.Duration) {
 	c.wall.Add(int64(d))
 }
 
-func ok(_ int64, ok bool) bool  { return ok }
-func ok2(_ int64, ok bool) bool { return ok }
+// held drops the wall reading of a lease check.
+func held(_ int64, ok bool) bool { return ok }
 
 // A node whose raft timers are stretched (the suite's clock nemesis) keeps
 // its lease and vote guard in its own clock's units: Heartbeat, not the
@@ -49,43 +49,43 @@ func TestLeaseQuorumOfAcks(t *testing.T) {
 	}
 	voters := []raft.ServerID{"a", "b", "c", "d", "e"}
 	l.begin(7, voters)
-	if ok(l.valid(7)) {
+	if held(l.valid(7)) {
 		t.Fatal("valid with no acks")
 	}
 	start := clk.mono.Load()
 	l.ack("b", 7, start)
-	if ok(l.valid(7)) {
+	if held(l.valid(7)) {
 		t.Fatal("valid with 2 of 5")
 	}
 	l.ack("c", 6, start) // an earlier term's ack does not count
-	if ok(l.valid(7)) {
+	if held(l.valid(7)) {
 		t.Fatal("an ack of another term counted")
 	}
 	clk.advance(10 * time.Millisecond)
 	l.ack("c", 7, start+int64(10*time.Millisecond))
 	// 3 of 5: self (now), c (start+10ms), b (start): the third newest is b's.
-	if !ok(l.valid(7)) {
+	if !held(l.valid(7)) {
 		t.Fatal("not valid with a quorum of acks")
 	}
 	if got, want := l.until.Load(), start+l.length; got != want {
 		t.Fatalf("until %d, want %d (the quorum-th newest send plus the length)", got, want)
 	}
-	if ok(l.valid(8)) {
+	if held(l.valid(8)) {
 		t.Fatal("valid for another term")
 	}
 	clk.advance(75 * time.Millisecond) // start+85ms: expired
-	if ok(l.valid(7)) {
+	if held(l.valid(7)) {
 		t.Fatal("valid after its length")
 	}
 	l.ack("d", 7, clk.mono.Load())
-	if !ok(l.valid(7)) {
+	if !held(l.valid(7)) {
 		t.Fatal("not renewed by a newer ack")
 	}
 
 	// A transfer ends the lease for the rest of the term.
 	l.suspend(7)
 	l.ack("e", 7, clk.mono.Load())
-	if ok(l.valid(7)) {
+	if held(l.valid(7)) {
 		t.Fatal("valid after a transfer started")
 	}
 }
@@ -96,16 +96,16 @@ func TestLeaseDroppedOnClockJump(t *testing.T) {
 	l := newLease(LeaseOptions{Clock: clk}, time.Second, "a")
 	l.begin(1, []raft.ServerID{"a", "b", "c"})
 	l.ack("b", 1, clk.mono.Load())
-	if !ok(l.valid(1)) {
+	if !held(l.valid(1)) {
 		t.Fatal("not valid")
 	}
 	// Suspend: the monotonic clock stood still while the wall clock ran.
 	clk.wall.Add(int64(time.Minute))
-	if ok(l.valid(1)) {
+	if held(l.valid(1)) {
 		t.Fatal("valid after the monotonic clock stopped for a minute")
 	}
 	clk.wall.Add(-int64(time.Minute))
-	if ok(l.valid(1)) {
+	if held(l.valid(1)) {
 		t.Fatal("a dropped lease came back")
 	}
 }
@@ -117,13 +117,13 @@ func TestLeaseOffDuringConfigurationChange(t *testing.T) {
 	l.begin(1, []raft.ServerID{"a", "b", "c"})
 	l.ack("b", 1, clk.mono.Load())
 	l.changing.Add(1)
-	if ok(l.valid(1)) {
+	if held(l.valid(1)) {
 		t.Fatal("valid during a configuration change")
 	}
 	l.changing.Add(-1)
 	// The new configuration has two new voters that never acked: 2 of 5.
 	l.begin(1, []raft.ServerID{"a", "b", "c", "d", "e"})
-	if ok(l.valid(1)) {
+	if held(l.valid(1)) {
 		t.Fatal("valid without a quorum of the new configuration")
 	}
 }
@@ -141,7 +141,7 @@ func TestLeaseEndsBeforeAnotherLeaderIsElected(t *testing.T) {
 	if _, err := g.ReadIndex(ctx); err != nil { // the term's barrier
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "a lease", func() bool { _, term, ok := g.LeaseIndex(); return ok && ok2(g.ConfirmLease(term)) })
+	eventually(t, 5*time.Second, "a lease", func() bool { _, term, ok := g.LeaseIndex(); return ok && held(g.ConfirmLease(term)) })
 
 	// The lease's own claim, not LeaseHeld: raft's step-down (at
 	// LeaderLeaseTimeout) must not be what keeps it safe.
@@ -157,7 +157,7 @@ func TestLeaseEndsBeforeAnotherLeaderIsElected(t *testing.T) {
 				return
 			default:
 			}
-			if ok(g.lease.valid(term)) {
+			if held(g.lease.valid(term)) {
 				lastHeld.Store(time.Now().UnixNano())
 			}
 		}
@@ -199,7 +199,7 @@ func TestTransferEndsLeaseAndStaleTimeoutNowIsDropped(t *testing.T) {
 	if _, err := g.ReadIndex(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "a lease", func() bool { _, term, ok := g.LeaseIndex(); return ok && ok2(g.ConfirmLease(term)) })
+	eventually(t, 5*time.Second, "a lease", func() bool { _, term, ok := g.LeaseIndex(); return ok && held(g.ConfirmLease(term)) })
 	term := g.Raft().CurrentTerm()
 
 	// A TimeoutNow from an earlier term (a delayed frame) is dropped.
@@ -230,7 +230,7 @@ func TestTransferEndsLeaseAndStaleTimeoutNowIsDropped(t *testing.T) {
 	if err := g.TransferLeadership(ctx, "", ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, term, ok := g.LeaseIndex(); ok && ok2(g.ConfirmLease(term)) {
+	if _, term, ok := g.LeaseIndex(); ok && held(g.ConfirmLease(term)) {
 		t.Fatal("the lease survived a leadership transfer")
 	}
 }
@@ -267,7 +267,7 @@ func TestLeaseAfterConfigurationChange(t *testing.T) {
 	if _, err := g.ReadIndex(ctx); err != nil {
 		t.Fatal(err)
 	}
-	held := func() bool { _, term, ok := g.LeaseIndex(); return ok && ok2(g.ConfirmLease(term)) }
+	held := func() bool { _, term, ok := g.LeaseIndex(); return ok && held(g.ConfirmLease(term)) }
 	eventually(t, 5*time.Second, "a lease", held)
 	term := g.Raft().CurrentTerm()
 	f := (l + 1) % 3

@@ -303,7 +303,8 @@ func (gt *groupTransport) intercept(cmd interface{}, term uint64) (resp interfac
 		if r == nil {
 			return nil, errVoteRefused, true
 		}
-		return &raft.RequestVoteResponse{RPCHeader: c.RPCHeader, Term: r.CurrentTerm()}, nil, true
+		self := raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(gt.selfID), Addr: []byte(gt.m.addr)}
+		return &raft.RequestVoteResponse{RPCHeader: self, Term: r.CurrentTerm()}, nil, true
 	case *raft.TimeoutNowRequest:
 		if r == nil {
 			return nil, errStaleTimeoutNow, true
