@@ -1,6 +1,7 @@
 package placement
 
 import (
+	"encoding/binary"
 	"math/bits"
 	"sort"
 	"strconv"
@@ -11,40 +12,73 @@ import (
 // KeyHash is the 64-bit position of key on the ring.
 func KeyHash(key string) uint64 { return xxhash.Sum64String(key) }
 
-// RangeOf returns the range (0..groups-1) holding key. The ring is cut into
-// groups contiguous, equal spans: range r holds positions
-// [ceil(r·2⁶⁴/groups), ceil((r+1)·2⁶⁴/groups)).
-func RangeOf(key string, groups int) int { return RangeOfHash(KeyHash(key), groups) }
+// RangeOf returns the range (0..ranges-1) holding key. The ring is cut into
+// ranges contiguous, equal spans: range r holds positions
+// [ceil(r·2⁶⁴/ranges), ceil((r+1)·2⁶⁴/ranges)).
+func RangeOf(key string, ranges int) int { return RangeOfHash(KeyHash(key), ranges) }
 
 // RangeOfHash is RangeOf for a position already hashed.
-func RangeOfHash(h uint64, groups int) int {
-	hi, _ := bits.Mul64(h, uint64(groups)) // floor(h·groups / 2⁶⁴)
+func RangeOfHash(h uint64, ranges int) int {
+	hi, _ := bits.Mul64(h, uint64(ranges)) // floor(h·ranges / 2⁶⁴)
 	return int(hi)
 }
 
 // Bounds returns the first and last ring positions of range r.
-func Bounds(r, groups int) (first, last uint64) {
-	first = start(r, groups)
-	if r == groups-1 {
+func Bounds(r, ranges int) (first, last uint64) {
+	first = start(r, ranges)
+	if r == ranges-1 {
 		return first, ^uint64(0)
 	}
-	return first, start(r+1, groups) - 1
+	return first, start(r+1, ranges) - 1
 }
 
-// start is ceil(r·2⁶⁴/groups), the smallest h with floor(h·groups/2⁶⁴) = r.
-func start(r, groups int) uint64 {
+// start is ceil(r·2⁶⁴/ranges), the smallest h with floor(h·ranges/2⁶⁴) = r.
+func start(r, ranges int) uint64 {
 	if r == 0 {
 		return 0
 	}
-	// r·2⁶⁴ as the 128-bit value (r, 0); divide by groups, round up.
-	q, rem := bits.Div64(uint64(r), 0, uint64(groups))
+	// r·2⁶⁴ as the 128-bit value (r, 0); divide by ranges, round up.
+	q, rem := bits.Div64(uint64(r), 0, uint64(ranges))
 	if rem != 0 {
 		q++
 	}
 	return q
 }
 
-// score is member m's rendezvous weight for range r.
+// GroupOf returns the replica group (0..groups-1) that range r belongs to:
+// the group with the highest rendezvous score for r. Going from groups to
+// groups+1 moves only the ranges the new group wins, about 1/(groups+1) of
+// them, and each from wherever it was.
+func GroupOf(r, groups int) int {
+	best, bestScore := 0, uint64(0)
+	for g := range groups {
+		if s := rangeScore(r, g); g == 0 || s > bestScore {
+			best, bestScore = g, s
+		}
+	}
+	return best
+}
+
+// GroupRanges returns, for each of groups replica groups, the ranges (of
+// ranges) that belong to it by GroupOf, in increasing order.
+func GroupRanges(ranges, groups int) [][]int {
+	out := make([][]int, groups)
+	for r := range ranges {
+		g := GroupOf(r, groups)
+		out[g] = append(out[g], r)
+	}
+	return out
+}
+
+// rangeScore is group g's rendezvous weight for range r: both numbers
+// in one 64-bit word, hashed.
+func rangeScore(r, g int) uint64 {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], uint64(r)<<32|uint64(uint32(g)))
+	return xxhash.Sum64(b[:])
+}
+
+// score is member m's rendezvous weight for group r.
 func score(m string, r int) uint64 {
 	var buf [64]byte
 	b := append(buf[:0], m...)
@@ -54,8 +88,8 @@ func score(m string, r int) uint64 {
 }
 
 // Replicas returns the n members (fewer if fewer exist) that should hold
-// range r, most preferred first: the members with the highest rendezvous
-// score for r. When a member joins or leaves, only the ranges where it is
+// replica group r, most preferred first: the members with the highest
+// rendezvous score for r. When a member joins or leaves, only the groups where it is
 // (or becomes) among the top n change, about n/N of each member's share.
 // members need not be sorted; duplicates are ignored.
 func Replicas(r int, members []string, n int) []string {
@@ -87,20 +121,21 @@ func Replicas(r int, members []string, n int) []string {
 	return out
 }
 
-// Assignment is the target of one range.
+// Assignment is the target of one replica group.
 type Assignment struct {
 	Replicas []string // most preferred first
 	Leader   string   // one of Replicas; "" when there are no members
 }
 
-// Plan computes every range's target replicas and preferred leader.
+// Plan computes every replica group's target replicas and preferred
+// leader.
 //
 // Leaders are spread as evenly as the replica sets allow: the leader of
-// each range is one of its replicas, chosen so that the most leaderships any
-// member holds is as small as possible (a capacitated bipartite matching,
-// found by augmenting paths, smallest feasible capacity first). Ranges are
-// placed in order, each trying its replicas most preferred first. The
-// result depends only on the inputs.
+// each group is one of its replicas, chosen so that the most leaderships
+// any member holds is as small as possible (a capacitated bipartite
+// matching, found by augmenting paths, smallest feasible capacity first).
+// Groups are placed in order, each trying its replicas most preferred
+// first. The result depends only on the inputs.
 func Plan(groups int, members []string, n int) []Assignment {
 	plan := make([]Assignment, groups)
 	for r := range plan {
@@ -123,8 +158,8 @@ func Plan(groups int, members []string, n int) []Assignment {
 	}
 }
 
-// assignLeaders gives every range a leader among its replicas with no
-// member leading more than limit ranges, if that is possible.
+// assignLeaders gives every group a leader among its replicas with no
+// member leading more than limit groups, if that is possible.
 func assignLeaders(plan []Assignment, limit int) ([]string, bool) {
 	leader := make([]string, len(plan))
 	owned := map[string][]int{} // member -> ranges it leads

@@ -266,3 +266,72 @@ func maxLoad(plan []Assignment, leader func(r int) string) int {
 	}
 	return most
 }
+
+// naiveGroupOf ranks the groups by score with a sort, ties to the lower id.
+func naiveGroupOf(r, groups int) int {
+	ids := make([]int, groups)
+	for g := range ids {
+		ids[g] = g
+	}
+	sort.SliceStable(ids, func(i, j int) bool { return rangeScore(r, ids[i]) > rangeScore(r, ids[j]) })
+	return ids[0]
+}
+
+func TestGroupOfMatchesNaive(t *testing.T) {
+	for _, groups := range []int{1, 2, 3, 6, 20, 64} {
+		for r := range 2048 {
+			if got, want := GroupOf(r, groups), naiveGroupOf(r, groups); got != want {
+				t.Fatalf("GroupOf(%d, %d) = %d, want %d", r, groups, got, want)
+			}
+		}
+	}
+}
+
+// Adding a group moves about 1/(G+1) of the ranges, all of them to the new
+// group; the groups stay about equal.
+func TestAddingAGroupMovesAboutOneGth(t *testing.T) {
+	const ranges = 1024
+	for _, groups := range []int{1, 2, 5, 6, 10, 19} {
+		before, after := GroupRanges(ranges, groups), GroupRanges(ranges, groups+1)
+		moved := 0
+		for g := range before {
+			for _, r := range before[g] {
+				if n := GroupOf(r, groups+1); n != g {
+					if n != groups {
+						t.Fatalf("G %d: range %d moved from %d to %d, not to the new group", groups, r, g, n)
+					}
+					moved++
+				}
+			}
+		}
+		if want := ranges / (groups + 1); moved < want*7/10 || moved > want*13/10 {
+			t.Errorf("G %d -> %d: %d ranges moved, want about %d", groups, groups+1, moved, want)
+		}
+		if moved != len(after[groups]) {
+			t.Fatalf("G %d: %d moved, the new group holds %d", groups, moved, len(after[groups]))
+		}
+		for g, rs := range after {
+			if want := ranges / (groups + 1); len(rs) < want*6/10 || len(rs) > want*14/10 {
+				t.Errorf("G %d: group %d holds %d ranges, want about %d", groups+1, g, len(rs), want)
+			}
+		}
+	}
+}
+
+func TestGroupRangesPartition(t *testing.T) {
+	seen := map[int]bool{}
+	for g, rs := range GroupRanges(1024, 6) {
+		if !sort.IntsAreSorted(rs) {
+			t.Fatalf("group %d: ranges not sorted", g)
+		}
+		for _, r := range rs {
+			if seen[r] || GroupOf(r, 6) != g {
+				t.Fatalf("range %d listed twice or in the wrong group %d", r, g)
+			}
+			seen[r] = true
+		}
+	}
+	if len(seen) != 1024 {
+		t.Fatalf("%d ranges listed, want 1024", len(seen))
+	}
+}
