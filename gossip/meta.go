@@ -17,7 +17,10 @@ type Meta struct {
 	NodeID      string
 	Incarnation uint64
 	RPCAddr     string // its raftgroup listener
-	// Leads lists the ranges it leads, as last known. Best effort: when the
+	// Groups is how many replica groups the cluster has, once this node
+	// knows (0 before: a node that joins learns it from the members).
+	Groups int
+	// Leads lists the replica groups it leads, as last known. Best effort: when the
 	// list does not fit in memberlist's 512-byte limit it is left out and
 	// LeadsOmitted is set.
 	Leads        []int
@@ -34,9 +37,10 @@ type Setting struct {
 	Name, Value string
 }
 
-// metaVersion 2 added the settings. A node refuses a peer whose metadata it
-// cannot read, so nodes of different versions never form one cluster.
-const metaVersion = 2
+// metaVersion 2 added the settings, 3 the group count. A node refuses a
+// peer whose metadata it cannot read, so nodes of different versions never
+// form one cluster.
+const metaVersion = 3
 
 // Flags in the metadata's second byte.
 const (
@@ -51,8 +55,8 @@ const maxMeta = memberlist.MetaMaxSize
 var errMetaTooLarge = errors.New("gossip: node id, address and settings do not fit in 512 bytes of metadata")
 
 // encodeMeta packs m and settings: version, flags, incarnation, node id,
-// rpc address, the settings (a count, then name and value of each), then
-// the led ranges as a bitmap (length-prefixed) when it fits. Every string
+// rpc address, group count, the settings (a count, then name and value of
+// each), then the led groups as a bitmap (length-prefixed) when it fits. Every string
 // is length-prefixed.
 func encodeMeta(m Meta, settings []Setting) ([]byte, error) {
 	b := []byte{metaVersion, 0}
@@ -62,6 +66,10 @@ func encodeMeta(m Meta, settings []Setting) ([]byte, error) {
 	b = binary.AppendUvarint(b, m.Incarnation)
 	b = appendString(b, m.NodeID)
 	b = appendString(b, m.RPCAddr)
+	if m.Groups < 0 {
+		return nil, fmt.Errorf("gossip: negative group count %d", m.Groups)
+	}
+	b = binary.AppendUvarint(b, uint64(m.Groups))
 	b = binary.AppendUvarint(b, uint64(len(settings)))
 	for _, s := range settings {
 		b = appendString(appendString(b, s.Name), s.Value)
@@ -72,7 +80,7 @@ func encodeMeta(m Meta, settings []Setting) ([]byte, error) {
 	var bitmap []byte
 	for _, r := range m.Leads {
 		if r < 0 {
-			return nil, fmt.Errorf("gossip: negative range %d", r)
+			return nil, fmt.Errorf("gossip: negative group %d", r)
 		}
 		for len(bitmap) <= r/8 {
 			bitmap = append(bitmap, 0)
@@ -121,6 +129,11 @@ func decodeMeta(b []byte) (Meta, []Setting, error) {
 		return m, nil, err
 	}
 	m.RPCAddr = string(s)
+	groups, n := binary.Uvarint(b)
+	if n <= 0 || groups > 1<<20 {
+		return m, nil, errBadMeta
+	}
+	m.Groups, b = int(groups), b[n:]
 	count, n := binary.Uvarint(b)
 	if n <= 0 || count > uint64(len(b)) { // each setting takes at least 2 bytes
 		return m, nil, errBadMeta

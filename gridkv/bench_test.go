@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gridkv/gridkv/placement"
 )
 
 func openBench(b *testing.B) *DB {
@@ -109,7 +108,7 @@ func BenchmarkThreeNodeGet(b *testing.B) {
 	led := make([][]string, len(dbs))
 	for i, db := range dbs {
 		for _, k := range keys {
-			if rep := db.replica(placement.RangeOf(k, db.cfg.Groups)); rep != nil && rep.group.IsLeader() {
+			if rep := db.replica(groupOf(db, k)); rep != nil && rep.group.IsLeader() {
 				led[i] = append(led[i], k)
 			}
 		}

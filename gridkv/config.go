@@ -32,18 +32,30 @@ type Config struct {
 	// Seeds are gossip addresses (host:port) of existing members. Empty:
 	// this node starts a new cluster (see BootstrapExpect).
 	Seeds []string
-	// ReplicaCount is the replicas per range. Default 3 (fewer while fewer
-	// nodes exist). The same on every node (see Open).
+	// ReplicaCount is the replicas per replica group. Default 3 (fewer
+	// while fewer nodes exist). The same on every node (see Open).
 	ReplicaCount int
-	// Groups is the number of hash ranges, one Raft group each. Default 64.
+	// Ranges is the number of consistent-hash ranges the key space is cut
+	// into, fixed when the cluster is created: the unit of placement (each
+	// range belongs to one replica group). Default 1024, at most 65536.
 	// The same on every node (see Open).
-	Groups int
+	Ranges int
+	// GroupsPerNode is how many replica groups (Raft groups, each carrying
+	// many ranges) the cluster has per node: a cluster created by one node
+	// has GroupsPerNode groups, one created by BootstrapExpect nodes
+	// GroupsPerNode x BootstrapExpect. Nodes that join later adopt the
+	// cluster's count; the count does not yet grow with the cluster (ranges
+	// do not yet move between groups). Default 2, at most 64. The same on
+	// every node (see Open).
+	GroupsPerNode int
 	// MaxValueBytes is the largest value accepted. Default 1 MiB (exactly
 	// 1 MiB is allowed). Checked by the node a write is made through, so
 	// it may differ between nodes (and be raised one node at a time).
 	MaxValueBytes int
 	// MemoryLimit caps the bytes of keys plus values in the cluster,
-	// enforced per range (each range may hold MemoryLimit/Groups).
+	// enforced per replica group, in proportion to the ranges it holds: a
+	// group of k ranges may hold MemoryLimit*k/Ranges, decided in its
+	// replicated state when a write applies.
 	// Default 0: no limit. The same on every node (see Open).
 	MemoryLimit int64
 
@@ -75,6 +87,12 @@ type Config struct {
 const (
 	maxKeyBytes    = 64 << 10
 	maxNodeIDBytes = 128 // leaves room in gossip's 512 bytes of metadata
+
+	maxRanges        = 1 << 16 // a range number fits in 16 bits
+	maxGroupsPerNode = 64
+	// maxGroups bounds a cluster's replica groups: GroupsPerNode x
+	// BootstrapExpect, capped here.
+	maxGroups = 4096
 )
 
 // withDefaults copies c, fills defaults and reports every problem at once,
@@ -94,8 +112,11 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ReplicaCount == 0 {
 		c.ReplicaCount = 3
 	}
-	if c.Groups == 0 {
-		c.Groups = 64
+	if c.Ranges == 0 {
+		c.Ranges = 1024
+	}
+	if c.GroupsPerNode == 0 {
+		c.GroupsPerNode = 2
 	}
 	if c.MaxValueBytes == 0 {
 		c.MaxValueBytes = 1 << 20
@@ -138,8 +159,11 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ReplicaCount < 1 {
 		add("field ReplicaCount %d < 1", c.ReplicaCount)
 	}
-	if c.Groups < 1 || c.Groups > 4096 {
-		add("field Groups %d outside 1..4096", c.Groups)
+	if c.Ranges < 1 || c.Ranges > maxRanges {
+		add("field Ranges %d outside 1..%d", c.Ranges, maxRanges)
+	}
+	if c.GroupsPerNode < 1 || c.GroupsPerNode > maxGroupsPerNode {
+		add("field GroupsPerNode %d outside 1..%d", c.GroupsPerNode, maxGroupsPerNode)
 	}
 	if c.MaxValueBytes < 0 {
 		add("field MaxValueBytes %d < 0", c.MaxValueBytes)
@@ -186,9 +210,11 @@ func checkAddr(addr string, listen bool) error {
 // They travel in the gossip metadata; a node whose settings differ from a
 // member's cannot join, and the members never count it (gossip.Config
 // Settings). Each is there because a difference breaks the cluster:
-//   - Groups: keys hash into Groups ranges, so nodes with another count
-//     send a key to another range, or to a range that does not exist on
-//     the node asked (the write fails, or lands where no one reads it).
+//   - Ranges: keys hash into Ranges ranges, so nodes with another count
+//     send a key to another range, or to a range that does not exist (the
+//     write fails, or lands where no one reads it).
+//   - GroupsPerNode: it decides how many replica groups a new cluster
+//     has; nodes disagreeing would disagree on where ranges belong.
 //   - ReplicaCount: every range leader moves replicas toward the placement
 //     target computed with its own count; two counts make leaders add and
 //     remove replicas for ever, and WaitReady wait for a count never met.
@@ -207,7 +233,8 @@ func checkAddr(addr string, listen bool) error {
 // nodes joining later leave it 0), and the per-node timings and addresses.
 func (c Config) clusterSettings() []gossip.Setting {
 	return []gossip.Setting{
-		{Name: "Groups", Value: strconv.Itoa(c.Groups)},
+		{Name: "Ranges", Value: strconv.Itoa(c.Ranges)},
+		{Name: "GroupsPerNode", Value: strconv.Itoa(c.GroupsPerNode)},
 		{Name: "ReplicaCount", Value: strconv.Itoa(c.ReplicaCount)},
 		{Name: "MemoryLimit", Value: strconv.FormatInt(c.MemoryLimit, 10)},
 		{Name: "Fast", Value: strconv.FormatBool(c.Fast)},

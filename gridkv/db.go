@@ -33,10 +33,13 @@ type DB struct {
 
 	mu     sync.Mutex // serializes creating and dropping replicas, and Close
 	closed atomic.Bool
-	// reps[r] is this node's replica of range r, or nil: read on every
+	// lay is where ranges live; nil until this node knows the cluster's
+	// group count (a joining node learns it from gossip in Open).
+	lay atomic.Pointer[layout]
+	// reps[g] is this node's replica of group g, or nil: read on every
 	// request, so without a lock.
-	reps       []atomic.Pointer[replica]
-	leaderHint sync.Map // range -> peer (its leader), learned from redirects
+	reps       [maxGroups]atomic.Pointer[replica]
+	leaderHint sync.Map // group -> peer (its leader), learned from redirects
 	fwd        *forwarder
 	stepLog    stepLog // the reconciler's rate-limited warnings
 
@@ -53,11 +56,16 @@ type DB struct {
 	quorumWaits, quorumWaitNanos atomic.Int64
 }
 
-// replica is this node's copy of one range.
+// replica is this node's copy of one replica group.
 type replica struct {
+	id    int // the group's number
 	group *raftgroup.Group
 	fsm   *fsm.FSM
 	batch *batcher
+	// genesis is set once the group's Genesis command (its ranges, owned
+	// at epoch 1) is known applied here; see ensureGenesis.
+	genesis   atomic.Bool
+	genesisMu sync.Mutex
 	// sole is set while this node is the range's only server (a single-node
 	// cluster, or the last node left after the others closed; see
 	// becomeSole): then its state is linearizable to read directly, since
@@ -70,14 +78,15 @@ type replica struct {
 type Member struct {
 	ID          string
 	Addr        string // its BindAddr
-	Leads       int    // how many ranges it leads, as last known
+	Leads       int    // how many replica groups it leads, as last known
 	GossipAddr  string
 	Incarnation uint64
 }
 
 // Location says where a key lives.
 type Location struct {
-	Range    int
+	Range    int      // the key's hash range
+	Group    int      // the replica group (Raft group) that holds the range
 	Leader   string   // node id; "" while no leader is known
 	Replicas []string // node ids
 }
@@ -97,7 +106,7 @@ func Open(cfg Config) (*DB, error) {
 //   - ErrInvalid: a field that cannot be used (every such field is named,
 //     with why): malformed, an address that cannot be bound (a port in
 //     use), a NodeID that a live member answers to, or a setting that must
-//     be the same on every node and differs from the cluster's (Groups,
+//     be the same on every node and differs from the cluster's (Ranges, GroupsPerNode,
 //     ReplicaCount, MemoryLimit, Fast: both values are named). The
 //     members refuse such a node too and never count it.
 //   - ErrTimeout, wrapping ctx.Err(): ctx ended first.
@@ -130,8 +139,13 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	if err := ctxErr(ctx); err != nil {
 		return nil, err
 	}
-	db := &DB{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), stop: make(chan struct{}),
-		reps: make([]atomic.Pointer[replica], cfg.Groups)}
+	db := &DB{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), stop: make(chan struct{})}
+	switch {
+	case len(cfg.Seeds) == 0:
+		db.lay.Store(newLayout(cfg.Ranges, cfg.formationGroups(1)))
+	case cfg.BootstrapExpect > 1:
+		db.lay.Store(newLayout(cfg.Ranges, cfg.formationGroups(cfg.BootstrapExpect)))
+	}
 
 	hc := raftgroup.Config{NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, Logger: cfg.Logger}
 	if hooks != nil {
@@ -173,7 +187,7 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	}
 	db.gsp, err = gossip.Start(gossip.Config{
 		Name: cfg.NodeID, BindAddr: cfg.GossipAddr, Preset: preset, Logger: cfg.Logger,
-		Meta:     gossip.Meta{NodeID: cfg.NodeID, Incarnation: inc, RPCAddr: db.host.Addr()},
+		Meta:     gossip.Meta{NodeID: cfg.NodeID, Incarnation: inc, RPCAddr: db.host.Addr(), Groups: db.groupCount()},
 		Settings: cfg.clusterSettings(),
 		Faults:   hc.Faults,
 	})
@@ -203,6 +217,9 @@ func (db *DB) form(ctx context.Context) error {
 			return db.joinError(ctx, err)
 		}
 	}
+	if db.lay.Load() == nil {
+		return db.learnLayout(ctx, joinCtx)
+	}
 	switch {
 	case len(db.cfg.Seeds) == 0:
 		return db.bootstrap([]gossip.Member{db.self()})
@@ -224,7 +241,46 @@ func (db *DB) form(ctx context.Context) error {
 			}
 		}
 	}
-	return nil // joined: range leaders will add replicas here
+	return nil
+}
+
+// learnLayout waits, within joinCtx, until a member announces the
+// cluster's group count, and takes it; the groups' leaders then add
+// replicas on this node.
+func (db *DB) learnLayout(ctx, joinCtx context.Context) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		groups, err := clusterGroups(db.gsp.Members())
+		if err != nil {
+			return fmt.Errorf("%w: joining: %v", ErrUnavailable, err)
+		}
+		if groups > 0 {
+			db.lay.Store(newLayout(db.cfg.Ranges, groups))
+			if err := db.gsp.SetMeta(db.self().Meta); err != nil {
+				db.log.Debug("gossip metadata update failed", "err", err)
+			}
+			return nil
+		}
+		select {
+		case <-joinCtx.Done():
+			err := errors.New("no member announced the cluster's replica groups (is it still forming?)")
+			if ctx.Err() != nil {
+				return fmt.Errorf("%w: %w: %v", ErrTimeout, ctx.Err(), err)
+			}
+			return fmt.Errorf("%w: JoinTimeout %v passed: %v", ErrUnavailable, db.cfg.JoinTimeout, err)
+		case <-tick.C:
+		}
+	}
+}
+
+// groupCount is the cluster's number of replica groups; 0 while this node
+// does not know it yet.
+func (db *DB) groupCount() int {
+	if l := db.lay.Load(); l != nil {
+		return l.groups
+	}
+	return 0
 }
 
 // joinError maps gossip's Join error to the API's: a cluster that refused
@@ -248,12 +304,12 @@ func (db *DB) joinError(ctx context.Context, err error) error {
 func (db *DB) self() gossip.Member {
 	_, inc, _ := raftgroup.ParseServerID(db.host.ID())
 	return gossip.Member{Name: db.cfg.NodeID, Addr: db.gsp.Addr(),
-		Meta: gossip.Meta{NodeID: db.cfg.NodeID, Incarnation: inc, RPCAddr: db.host.Addr()}}
+		Meta: gossip.Meta{NodeID: db.cfg.NodeID, Incarnation: inc, RPCAddr: db.host.Addr(), Groups: db.groupCount()}}
 }
 
-// bootstrap creates, on this node, every range it holds in the placement
-// of members, each bootstrapped with its full replica set. Every node of
-// members computes the same sets, so their bootstraps agree.
+// bootstrap creates, on this node, every replica group it holds in the
+// placement of members, each bootstrapped with its full replica set. Every
+// node of members computes the same sets, so their bootstraps agree.
 func (db *DB) bootstrap(members []gossip.Member) error {
 	byID := map[string]gossip.Member{}
 	ids := make([]string, 0, len(members))
@@ -261,7 +317,7 @@ func (db *DB) bootstrap(members []gossip.Member) error {
 		byID[m.Meta.NodeID] = m
 		ids = append(ids, m.Meta.NodeID)
 	}
-	for r := 0; r < db.cfg.Groups; r++ {
+	for r := range db.groupCount() {
 		reps := placement.Replicas(r, ids, db.cfg.ReplicaCount)
 		var servers []raft.Server
 		mine := false
@@ -282,7 +338,7 @@ func (db *DB) bootstrap(members []gossip.Member) error {
 	return nil
 }
 
-// openReplica creates this node's replica of range r (bootstrapped with
+// openReplica creates this node's replica of group r (bootstrapped with
 // servers, or empty to be added by the leader) unless it exists.
 func (db *DB) openReplica(r int, servers []raft.Server) (*replica, error) {
 	db.mu.Lock()
@@ -290,28 +346,31 @@ func (db *DB) openReplica(r int, servers []raft.Server) (*replica, error) {
 	if db.closed.Load() {
 		return nil, ErrClosed
 	}
+	if r < 0 || r >= db.groupCount() {
+		return nil, fmt.Errorf("gridkv: group %d asked of node %s, which knows %d groups", r, db.cfg.NodeID, db.groupCount())
+	}
 	if rep := db.reps[r].Load(); rep != nil {
 		return rep, nil
 	}
-	f := fsm.New(fsm.Options{MemoryLimit: db.rangeLimit()})
+	f := fsm.New(fsm.Options{MemoryLimit: db.cfg.MemoryLimit, Ranges: db.cfg.Ranges})
 	g, err := db.host.CreateGroup(raftgroup.GroupID(r), f, raftgroup.GroupOptions{Bootstrap: servers})
 	if err != nil {
-		return nil, fmt.Errorf("gridkv: range %d: %w", r, err)
+		return nil, fmt.Errorf("gridkv: group %d: %w", r, err)
 	}
-	rep := &replica{group: g, fsm: f}
+	rep := &replica{id: r, group: g, fsm: f}
 	rep.batch = newBatcher(db, rep)
 	db.reps[r].Store(rep)
 	return rep, nil
 }
 
-func (db *DB) rangeLimit() int64 {
-	if db.cfg.MemoryLimit == 0 {
-		return 0
+// replica is this node's replica of group r, or nil (also for a group
+// number out of bounds).
+func (db *DB) replica(r int) *replica {
+	if r < 0 || r >= len(db.reps) {
+		return nil
 	}
-	return max(db.cfg.MemoryLimit/int64(db.cfg.Groups), 1)
+	return db.reps[r].Load()
 }
-
-func (db *DB) replica(r int) *replica { return db.reps[r].Load() }
 
 func (db *DB) replicaList() map[int]*replica {
 	out := make(map[int]*replica)
@@ -351,8 +410,9 @@ func (db *DB) Locate(key string) (Location, error) {
 	if err := db.checkKey(key); err != nil {
 		return Location{}, err
 	}
-	r := placement.RangeOf(key, db.cfg.Groups)
-	loc := Location{Range: r}
+	l := db.lay.Load()
+	rng, r := l.locate(key)
+	loc := Location{Range: rng, Group: r}
 	if rep := db.replica(r); rep != nil {
 		if servers, err := rep.group.Configuration(); err == nil {
 			for _, s := range servers {
@@ -417,13 +477,13 @@ func (db *DB) WaitReady(ctx context.Context) error {
 func (db *DB) ready(ctx context.Context) error {
 	want := min(db.cfg.ReplicaCount, len(db.gsp.Members()))
 	live := db.liveServers(false)
-	for r := 0; r < db.cfg.Groups; r++ {
+	for r := range db.groupCount() {
 		ans, err := db.route(ctx, r, reqStatus, nil, false)
 		if err != nil {
 			return err
 		}
 		if err := replicasReady(ans, want, live); err != nil {
-			return fmt.Errorf("%w: range %d %v", ErrUnavailable, r, err)
+			return fmt.Errorf("%w: group %d %v", ErrUnavailable, r, err)
 		}
 	}
 	return nil

@@ -222,8 +222,12 @@ func (db *DB) serveReads(ctx context.Context, body []byte) []byte {
 	var slow map[int][]int // range -> the indexes of its reads that wait
 	closed := db.isClosed()
 	for i, rd := range reads {
-		if rd.r >= db.cfg.Groups {
-			answers[i] = append([]byte{stInvalid}, fmt.Sprintf("range %d asked of node %s, which has %d ranges (Groups)", rd.r, db.cfg.NodeID, db.cfg.Groups)...)
+		if rd.r >= db.groupCount() {
+			answers[i] = append([]byte{stInvalid}, fmt.Sprintf("group %d asked of node %s, which knows %d groups", rd.r, db.cfg.NodeID, db.groupCount())...)
+			continue
+		}
+		if ans := db.checkGroup(rd.key, rd.r); ans != nil {
+			answers[i] = ans
 			continue
 		}
 		if !closed {

@@ -392,7 +392,7 @@ func openCluster(tb testing.TB, n int, cfg Config) []*DB {
 // their range's leader (or, Stale, to a replica): every one gets its
 // key's value, and they travel in fewer frames than reads.
 func TestForwardedReadsCoalesce(t *testing.T) {
-	nodes := openCluster(t, 3, Config{Fast: true, Groups: 8, ReplicaCount: 2}) // 2: some nodes lack some ranges (Stale forwards)
+	nodes := openCluster(t, 3, Config{Fast: true, GroupsPerNode: 8, ReplicaCount: 2}) // 2: some nodes lack some groups (Stale forwards)
 	defer func() {
 		for _, db := range nodes {
 			db.Close()
@@ -487,7 +487,7 @@ func TestForwardedReadsCoalesce(t *testing.T) {
 
 	// A single reqRead is still answered: by the leader with the value,
 	// by the others with a redirect to it.
-	r := placement.RangeOf("k1", 8)
+	r := groupOf(nodes[0], "k1")
 	for _, db := range nodes {
 		ans, err := db.serve(ctx, encodeRequest(reqRead, r, []byte("\x00k1")))
 		if err != nil || len(ans) == 0 {
@@ -509,7 +509,7 @@ func TestForwardedReadsCoalesce(t *testing.T) {
 // A batch whose destination crashes fails its reads, which route sends
 // again, to the range's new leader: every read still returns its value.
 func TestForwardedReadsLeaderCrash(t *testing.T) {
-	nodes := openCluster(t, 3, Config{Fast: true, Groups: 8})
+	nodes := openCluster(t, 3, Config{Fast: true, GroupsPerNode: 8})
 	defer func() {
 		for _, db := range nodes {
 			db.Close()
@@ -580,4 +580,10 @@ func TestForwardedReadsLeaderCrash(t *testing.T) {
 	if err := <-errs; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// groupOf is the replica group that holds key, in db's layout.
+func groupOf(db *DB, key string) int {
+	_, g := db.lay.Load().locate(key)
+	return g
 }

@@ -117,8 +117,8 @@ func TestBadInput(t *testing.T) {
 	if _, err := db.Get(ctx, "never-written"); !errors.Is(err, ErrNotFound) {
 		t.Fatal(err)
 	}
-	if _, err := Open(Config{ReplicaCount: -1, Groups: 99999, NodeID: "a/b"}); !errors.Is(err, ErrInvalid) ||
-		!strings.Contains(err.Error(), "ReplicaCount") || !strings.Contains(err.Error(), "Groups") || !strings.Contains(err.Error(), "NodeID") {
+	if _, err := Open(Config{ReplicaCount: -1, GroupsPerNode: 99999, NodeID: "a/b"}); !errors.Is(err, ErrInvalid) ||
+		!strings.Contains(err.Error(), "ReplicaCount") || !strings.Contains(err.Error(), "GroupsPerNode") || !strings.Contains(err.Error(), "NodeID") {
 		t.Fatalf("bad config: %v", err)
 	}
 	db.Close()

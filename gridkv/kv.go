@@ -61,7 +61,8 @@ func (db *DB) Set(ctx context.Context, key string, value []byte, opts ...WriteOp
 	if value == nil {
 		value = []byte{}
 	}
-	_, err := db.write(ctx, key, fsm.AppendSet(nil, key, value, o.ttl))
+	rng, g := db.lay.Load().locate(key)
+	_, err := db.write(ctx, g, fsm.AppendSet(nil, rng, key, value, o.ttl))
 	return err
 }
 
@@ -73,7 +74,8 @@ func (db *DB) Delete(ctx context.Context, key string) error {
 	if err := db.checkKey(key); err != nil {
 		return err
 	}
-	_, err := db.write(ctx, key, fsm.AppendDelete(nil, key))
+	rng, g := db.lay.Load().locate(key)
+	_, err := db.write(ctx, g, fsm.AppendDelete(nil, rng, key))
 	return err
 }
 
@@ -90,7 +92,8 @@ func (db *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte) (
 	if new == nil {
 		new = []byte{}
 	}
-	ans, err := db.write(ctx, key, fsm.AppendCAS(nil, key, old, new, 0))
+	rng, g := db.lay.Load().locate(key)
+	ans, err := db.write(ctx, g, fsm.AppendCAS(nil, rng, key, old, new, 0))
 	if err != nil {
 		return false, err
 	}
@@ -98,12 +101,13 @@ func (db *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte) (
 	return n > 0 && len(ans) > n && ans[n] == 1, nil
 }
 
-// write routes one encoded single-operation command to key's range.
-func (db *DB) write(ctx context.Context, key string, cmd []byte) ([]byte, error) {
+// write routes one encoded single-operation command to group g, which
+// holds the command's range.
+func (db *DB) write(ctx context.Context, g int, cmd []byte) ([]byte, error) {
 	if err := ctxErr(ctx); err != nil {
 		return nil, err
 	}
-	return db.route(ctx, placement.RangeOf(key, db.cfg.Groups), reqWrite, cmd, true)
+	return db.route(ctx, g, reqWrite, cmd, true)
 }
 
 // Get returns key's value: ErrNotFound when absent or expired. Without
@@ -124,7 +128,7 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 	if err := ctxErr(ctx); err != nil {
 		return nil, err
 	}
-	r := placement.RangeOf(key, db.cfg.Groups)
+	_, r := db.lay.Load().locate(key)
 	if rep := db.replica(r); rep != nil && !db.isClosed() {
 		if o.mode == readQuorum {
 			v, err := answerValue(db.quorumRead(ctx, rep, r, key, o.quorum))
@@ -380,7 +384,7 @@ func (db *DB) quorumGone(r int, local *replica) error {
 		}
 	}
 	if voters > 0 && up <= voters/2 {
-		return fmt.Errorf("%w: range %d has %d of %d replicas alive, no majority", ErrUnavailable, r, up, voters)
+		return fmt.Errorf("%w: replica group %d has %d of %d replicas alive, no majority", ErrUnavailable, r, up, voters)
 	}
 	return nil
 }

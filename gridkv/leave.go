@@ -97,12 +97,12 @@ func (db *DB) leaveRanges(reps map[int]*replica) {
 		}()
 	}
 	wg.Wait()
-	args := []any{"ranges_left", left, "ranges_kept", stayed, "took", time.Since(start).Round(time.Millisecond)}
+	args := []any{"groups_left", left, "groups_kept", stayed, "took", time.Since(start).Round(time.Millisecond)}
 	if failed > 0 {
-		db.log.Warn("closing: some ranges still count this node as a replica", append(args, "failed", failed, "err", lastErr)...)
+		db.log.Warn("closing: some replica groups still count this node as a replica", append(args, "failed", failed, "err", lastErr)...)
 		return
 	}
-	db.log.Info("closing: left the ranges", args...)
+	db.log.Info("closing: left the replica groups", args...)
 }
 
 // leaveRange takes this node's replica of range r out of the range: a

@@ -33,7 +33,7 @@ func openT(t *testing.T, cfg Config) *DB {
 // by Open (ErrInvalid naming each setting with both values), at once, and
 // the members never count it. MaxValueBytes may differ.
 func TestOpenRefusesOtherSettings(t *testing.T) {
-	base := Config{Fast: true, Groups: 8}
+	base := Config{Fast: true, GroupsPerNode: 8}
 	aCfg := base
 	aCfg.MemberDelay = time.Minute // keeps a's replicas where they are: only membership is tested
 	a := openT(t, aCfg)
@@ -43,8 +43,8 @@ func TestOpenRefusesOtherSettings(t *testing.T) {
 		tune func(*Config)
 		want []string // in the error; nil: Open succeeds
 	}{
-		{"groups and replicas", func(c *Config) { c.Groups, c.ReplicaCount = 16, 1 },
-			[]string{"Groups 8 (16 here)", "ReplicaCount 3 (1 here)"}},
+		{"groups and replicas", func(c *Config) { c.GroupsPerNode, c.ReplicaCount = 16, 1 },
+			[]string{"GroupsPerNode 8 (16 here)", "ReplicaCount 3 (1 here)"}},
 		{"memory limit", func(c *Config) { c.MemoryLimit = 1 << 20 }, []string{"MemoryLimit 0 (1048576 here)"}},
 		{"timing preset", func(c *Config) { c.Fast = false }, []string{"Fast true (false here)"}},
 		{"value limit is per node", func(c *Config) { c.MaxValueBytes = 10 }, nil},
@@ -88,12 +88,12 @@ func TestOpenRefusesOtherSettings(t *testing.T) {
 // restarts under the NodeID of one that crashed gets in once the cluster
 // has declared its predecessor dead, even at another address.
 func TestOpenNodeIDTakenThenRestart(t *testing.T) {
-	a := openT(t, Config{NodeID: "a", Fast: true, Groups: 4, MemberDelay: time.Minute}) // replicas stay on a
+	a := openT(t, Config{NodeID: "a", Fast: true, GroupsPerNode: 4, MemberDelay: time.Minute}) // replicas stay on a
 	defer a.Close()
-	b := openT(t, Config{NodeID: "b", Fast: true, Groups: 4, Seeds: []string{a.GossipAddr()}})
+	b := openT(t, Config{NodeID: "b", Fast: true, GroupsPerNode: 4, Seeds: []string{a.GossipAddr()}})
 	testutil.Eventually(t, 10*time.Second, "a to count b", func() bool { return len(a.Members()) == 2 })
 
-	_, err := Open(Config{NodeID: "b", Fast: true, Groups: 4, Seeds: []string{a.GossipAddr()}, Logger: quiet})
+	_, err := Open(Config{NodeID: "b", Fast: true, GroupsPerNode: 4, Seeds: []string{a.GossipAddr()}, Logger: quiet})
 	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `NodeID "b"`) || !strings.Contains(err.Error(), b.GossipAddr()) {
 		t.Fatalf("duplicate Open: %v, want ErrInvalid naming NodeID \"b\" and %s", err, b.GossipAddr())
 	}
@@ -104,7 +104,7 @@ func TestOpenNodeIDTakenThenRestart(t *testing.T) {
 
 	old := b.Members()[1]
 	b.crash()
-	restarted := openT(t, Config{NodeID: "b", Fast: true, Groups: 4, Seeds: []string{a.GossipAddr()}})
+	restarted := openT(t, Config{NodeID: "b", Fast: true, GroupsPerNode: 4, Seeds: []string{a.GossipAddr()}})
 	defer restarted.Close()
 	testutil.Eventually(t, 20*time.Second, "a to count the restarted b", func() bool {
 		ms := a.Members()
@@ -204,11 +204,11 @@ func TestOpenContext(t *testing.T) {
 
 	// Ended while waiting for the BootstrapExpect nodes, after joining.
 	// (a's long MemberDelay keeps its replicas off the passing node.)
-	a := openT(t, Config{Fast: true, Groups: 4, MemberDelay: time.Minute})
+	a := openT(t, Config{Fast: true, GroupsPerNode: 4, MemberDelay: time.Minute})
 	defer a.Close()
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel2()
-	_, err = OpenContext(ctx2, Config{Fast: true, Groups: 4, Seeds: []string{a.GossipAddr()}, BootstrapExpect: 3, Logger: quiet})
+	_, err = OpenContext(ctx2, Config{Fast: true, GroupsPerNode: 4, Seeds: []string{a.GossipAddr()}, BootstrapExpect: 3, Logger: quiet})
 	if !errors.Is(err, ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "2 of the 3") {
 		t.Fatalf("waiting for BootstrapExpect: %v", err)
 	}
@@ -217,7 +217,7 @@ func TestOpenContext(t *testing.T) {
 
 // On a closed DB every call says ErrClosed, even with an ended ctx.
 func TestClosedWinsOverContext(t *testing.T) {
-	db := openT(t, Config{Groups: 4})
+	db := openT(t, Config{GroupsPerNode: 4})
 	db.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -240,7 +240,7 @@ func TestErrorTexts(t *testing.T) {
 	if strings.Contains(ErrTimeout.Error(), "write") || strings.Contains(ErrTimeout.Error(), "outcome") {
 		t.Fatalf("ErrTimeout reads %q", ErrTimeout)
 	}
-	db := openT(t, Config{Groups: 4, MaxValueBytes: 1})
+	db := openT(t, Config{GroupsPerNode: 4, MaxValueBytes: 1})
 	defer db.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

@@ -154,7 +154,7 @@ func (db *DB) quorumRead(ctx context.Context, rep *replica, rg int, key string, 
 				}
 			}
 		} else if pending == 0 {
-			return append([]byte{stUnavailable}, fmt.Sprintf("range %d: %d of the %d replicas a Quorum(%d) read needs answered", rg, len(counted), need, q)...)
+			return append([]byte{stUnavailable}, fmt.Sprintf("group %d: %d of the %d replicas a Quorum(%d) read needs answered", rg, len(counted), need, q)...)
 		}
 		select {
 		case r := <-replies:
@@ -166,12 +166,12 @@ func (db *DB) quorumRead(ctx context.Context, rep *replica, rg int, key string, 
 			return ans
 		case <-pollC:
 			if rep.group.AppliedThrough(rep.fsm.Applied) >= m {
-				return readAnswer(rep.fsm, key)
+				return db.readAnswer(rep, key)
 			}
 			backoff = min(2*backoff, 5*time.Millisecond)
 			poll.Reset(backoff)
 		case <-ctx.Done():
-			return append([]byte{stUnavailable}, fmt.Sprintf("range %d: Quorum(%d) read: %v", rg, q, ctx.Err())...)
+			return append([]byte{stUnavailable}, fmt.Sprintf("group %d: Quorum(%d) read: %v", rg, q, ctx.Err())...)
 		}
 	}
 }
@@ -185,7 +185,7 @@ func (db *DB) quorumState(rep *replica, key string) (raftgroup.ReplicaState, []b
 		return st, nil, false
 	}
 	// Read after taking Applied: the state read is at least that recent.
-	return st, readAnswer(rep.fsm, key), true
+	return st, db.readAnswer(rep, key), true
 }
 
 // readAppliedThrough reads key once this replica's state machine reflects
@@ -203,7 +203,7 @@ func (db *DB) readAppliedThrough(ctx context.Context, rep *replica, key string, 
 		}
 		backoff = min(2*backoff, 5*time.Millisecond)
 	}
-	return readAnswer(rep.fsm, key)
+	return db.readAnswer(rep, key)
 }
 
 func appendQuorumState(b []byte, st raftgroup.ReplicaState, ans []byte) []byte {

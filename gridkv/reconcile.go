@@ -90,7 +90,7 @@ func (db *DB) reconcile(members []gossip.Member, lastLeads []int) []int {
 		byID[m.Meta.NodeID] = m
 		ids = append(ids, m.Meta.NodeID)
 	}
-	plan := placement.Plan(db.cfg.Groups, ids, db.cfg.ReplicaCount)
+	plan := placement.Plan(db.groupCount(), ids, db.cfg.ReplicaCount)
 	var leads []int
 	for r, rep := range db.replicaList() {
 		if rep.group.Raft().State() == raft.Shutdown { // removed from the group
@@ -235,7 +235,7 @@ func (l *stepLog) failed(log *slog.Logger, r int, st confStep, err error) {
 	suppressed := f.suppressed
 	f.logged, f.suppressed = now, 0
 	l.mu.Unlock()
-	log.Warn("reconcile step failed", "range", r, "step", st.kind.String(), "server", string(st.to.id),
+	log.Warn("reconcile step failed", "group", r, "step", st.kind.String(), "server", string(st.to.id),
 		"err", oneLine(err.Error()), "failures_not_logged", suppressed)
 }
 

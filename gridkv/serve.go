@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/gridkv/gridkv/fsm"
+	"github.com/gridkv/gridkv/placement"
 	"github.com/gridkv/gridkv/raftgroup"
 )
 
@@ -23,8 +24,8 @@ func (db *DB) serve(ctx context.Context, req []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r >= db.cfg.Groups {
-		return append([]byte{stInvalid}, fmt.Sprintf("range %d asked of node %s, which has %d ranges (Groups)", r, db.cfg.NodeID, db.cfg.Groups)...), nil
+	if r >= db.groupCount() {
+		return append([]byte{stInvalid}, fmt.Sprintf("group %d asked of node %s, which knows %d groups", r, db.cfg.NodeID, db.groupCount())...), nil
 	}
 	if kind == reqReads {
 		return db.serveReads(ctx, body), nil
@@ -42,6 +43,9 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 		rd, ok := parseRead(r, body)
 		if !ok {
 			return []byte{stInvalid}
+		}
+		if ans := db.checkGroup(rd.key, r); ans != nil {
+			return ans
 		}
 		return db.serveRead(ctx, r, db.replica(r), []*readReq{&rd})[0]
 	}
@@ -75,7 +79,7 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 	case kind == reqQuorumState:
 		st, ans, ok := db.quorumState(rep, string(body))
 		if !ok {
-			return append([]byte{stInvalid}, "not a voter of the range"...)
+			return append([]byte{stInvalid}, "not a voter of the group"...)
 		}
 		return appendQuorumState([]byte{stOK}, st, ans)
 	case kind == reqQuorumWait:
@@ -87,6 +91,13 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 	}
 	if !rep.group.IsLeader() {
 		return redirect(leaderOf(rep))
+	}
+	if kind == reqStatus || kind == reqWrite {
+		// Writes apply only to ranges the group owns: its first leader
+		// logs that it owns them. WaitReady (reqStatus) waits for it.
+		if err := db.ensureGenesis(ctx, rep); err != nil {
+			return redirectOrUnavailable(rep, err)
+		}
 	}
 	switch kind {
 	case reqStatus:
@@ -140,7 +151,7 @@ func (db *DB) readNow(rep *replica, mode readMode, key string) (ans []byte, ok b
 	// A sole voter's leadership needs no confirming: nobody else can be
 	// elected.
 	if mode == readStale || rep.sole.Load() && rep.group.IsLeader() {
-		return readAnswer(rep.fsm, key), true
+		return db.readAnswer(rep, key), true
 	}
 	if mode == readDefault {
 		// Under the leader lease, if the state has applied the commit
@@ -232,7 +243,7 @@ func (db *DB) serveRead(ctx context.Context, r int, rep *replica, reads []*readR
 	}
 	for i, rd := range reads {
 		if answers[i] == nil {
-			answers[i] = readAnswer(rep.fsm, rd.key)
+			answers[i] = db.readAnswer(rep, rd.key)
 		}
 	}
 	return answers
@@ -272,29 +283,79 @@ func (db *DB) leaseAnswer(ctx context.Context, rep *replica, key string) (ans []
 // afterwards: a pause before the confirmation cannot serve data another
 // leader has since overwritten.
 func (db *DB) leaseLookup(rep *replica, term uint64, key string) (ans []byte, ok bool) {
-	e, found := rep.fsm.Lookup(key)
+	e, found := db.lookup(rep, key)
 	now, ok := rep.group.ConfirmLease(term)
 	if !ok {
 		return nil, false
 	}
+	return entryAnswer(e, found, now), true
+}
+
+// readAnswer reads key from rep's state as it is now.
+func (db *DB) readAnswer(rep *replica, key string) []byte {
+	e, found := db.lookup(rep, key)
+	return entryAnswer(e, found, fsm.NowNanos())
+}
+
+// lookup reads key from rep's state. A range the group has not come to
+// own yet (its Genesis not applied: Absent at epoch 0) holds nothing, and
+// rightly so: no write to it can have applied before Genesis.
+func (db *DB) lookup(rep *replica, key string) (fsm.Entry, bool) {
+	e, found, err := rep.fsm.Lookup(placement.RangeOf(key, db.cfg.Ranges), key)
+	if err != nil {
+		return fsm.Entry{}, false
+	}
+	return e, found
+}
+
+// entryAnswer is a read's answer for e (found: whether the key is there)
+// at wall time now: the value copied, in one allocation.
+func entryAnswer(e fsm.Entry, found bool, now int64) []byte {
 	if !found || e.Expired(now) {
-		return []byte{stNotFound}, true
+		return []byte{stNotFound}
 	}
 	out := make([]byte, 1, 1+binary.MaxVarintLen64+len(e.Value))
 	out[0] = stOK
 	out = binary.AppendUvarint(out, e.Version)
-	return append(out, e.Value...), true
+	return append(out, e.Value...)
 }
 
-func readAnswer(f *fsm.FSM, key string) []byte {
-	v, version, ok := f.Peek(key, fsm.NowNanos()) // copied below: one allocation
-	if !ok {
-		return []byte{stNotFound}
+// checkGroup answers stInvalid when key's range does not belong to group
+// g (a node with another layout asked), nil when it does.
+func (db *DB) checkGroup(key string, g int) []byte {
+	l := db.lay.Load()
+	if l == nil {
+		return []byte{stUnavailable}
 	}
-	out := make([]byte, 1, 1+binary.MaxVarintLen64+len(v))
-	out[0] = stOK
-	out = binary.AppendUvarint(out, version)
-	return append(out, v...)
+	if _, kg := l.locate(key); kg != g {
+		return append([]byte{stInvalid}, fmt.Sprintf("key's range belongs to group %d, asked of group %d", kg, g)...)
+	}
+	return nil
+}
+
+// ensureGenesis makes sure group rep's Genesis command, which makes it
+// own its ranges at epoch 1, has applied here; this node leads the group.
+// Genesis is idempotent, so a leader that is unsure logs it again. Once it
+// has applied, every later write of the group's log comes after it.
+func (db *DB) ensureGenesis(ctx context.Context, rep *replica) error {
+	if rep.genesis.Load() {
+		return nil
+	}
+	rep.genesisMu.Lock()
+	defer rep.genesisMu.Unlock()
+	if rep.genesis.Load() {
+		return nil
+	}
+	ranges := db.lay.Load().rangesOf[rep.id]
+	if len(ranges) == 0 || rep.fsm.Range(ranges[0]).Epoch > 0 {
+		rep.genesis.Store(true)
+		return nil
+	}
+	if _, err := rep.group.Apply(ctx, fsm.AppendGenesis(nil, ranges)); err != nil {
+		return err
+	}
+	rep.genesis.Store(true)
+	return nil
 }
 
 // leaderOf is the leader rep's raft knows of, if any.

@@ -63,7 +63,7 @@ func (h hookNode) Ranges() []testhook.Replica {
 func (h hookNode) TransferLeadership(ctx context.Context, r int, to string) error {
 	rep := h.db.replica(r)
 	if rep == nil || !rep.group.IsLeader() {
-		return fmt.Errorf("gridkv: %s does not lead range %d", h.db.cfg.NodeID, r)
+		return fmt.Errorf("gridkv: %s does not lead group %d", h.db.cfg.NodeID, r)
 	}
 	if to == "" {
 		return rep.group.TransferLeadership(ctx, "", "")
@@ -77,13 +77,13 @@ func (h hookNode) TransferLeadership(ctx context.Context, r int, to string) erro
 			return rep.group.TransferLeadership(ctx, s.ID, string(s.Address))
 		}
 	}
-	return fmt.Errorf("gridkv: %s is not a voter of range %d", to, r)
+	return fmt.Errorf("gridkv: %s is not a voter of group %d", to, r)
 }
 
 func (h hookNode) StartTransfer(r int) error {
 	rep := h.db.replica(r)
 	if rep == nil || !rep.group.IsLeader() {
-		return fmt.Errorf("gridkv: %s does not lead range %d", h.db.cfg.NodeID, r)
+		return fmt.Errorf("gridkv: %s does not lead group %d", h.db.cfg.NodeID, r)
 	}
 	rep.group.Raft().LeadershipTransfer() // its future is dropped: nobody waits
 	return nil

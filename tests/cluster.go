@@ -88,7 +88,7 @@ type ClusterOptions struct {
 // StartCluster opens the nodes, the first bootstrapping and the others
 // joining it, and waits until every range has its replicas.
 func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
-	base := gridkv.Config{Fast: true, Groups: 16, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	base := gridkv.Config{Fast: true, GroupsPerNode: 16, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if o.Base != nil {
 		base = *o.Base
 	}
@@ -328,12 +328,21 @@ func (c *Cluster) PullLeadership(ctx context.Context, n *Node) int {
 	return led
 }
 
-// groups is the nodes' number of ranges.
+// groups is the nodes' number of replica groups: the cluster is formed
+// by seeding from its first node, so GroupsPerNode.
 func (c *Cluster) groups() int {
-	if c.base.Groups == 0 {
-		return 64 // gridkv's default
+	if c.base.GroupsPerNode == 0 {
+		return 2 // gridkv's default
 	}
-	return c.base.Groups
+	return c.base.GroupsPerNode
+}
+
+// ranges is the nodes' number of hash ranges.
+func (c *Cluster) ranges() int {
+	if c.base.Ranges == 0 {
+		return 1024 // gridkv's default
+	}
+	return c.base.Ranges
 }
 
 // Describe lists, per range, each live replica: its server id, whether it

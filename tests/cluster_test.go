@@ -23,7 +23,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // startCluster opens n nodes: the first bootstraps, the others join it.
 func startCluster(t *testing.T, n int) []*gridkv.DB {
 	t.Helper()
-	cfg := gridkv.Config{Fast: true, Logger: quiet, Groups: 16, NodeID: "n0"}
+	cfg := gridkv.Config{Fast: true, Logger: quiet, GroupsPerNode: 16, NodeID: "n0"}
 	first, err := gridkv.Open(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -246,7 +246,7 @@ func TestSimultaneousStartFormsOneCluster(t *testing.T) {
 				}
 			}
 			nodes[i], errs[i] = gridkv.Open(gridkv.Config{NodeID: fmt.Sprint("s", i), GossipAddr: addrs[i],
-				Seeds: seeds, BootstrapExpect: 3, Fast: true, Logger: quiet, Groups: 16})
+				Seeds: seeds, BootstrapExpect: 3, Fast: true, Logger: quiet, GroupsPerNode: 6})
 		}()
 	}
 	wg.Wait()

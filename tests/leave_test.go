@@ -40,7 +40,7 @@ func testCloseShrinks(t *testing.T, size int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	// The examples/sessions layout: 64 ranges, ReplicaCount 3.
-	cfg := gridkv.Config{Fast: true, Logger: quiet, Groups: 64}
+	cfg := gridkv.Config{Fast: true, Logger: quiet, GroupsPerNode: 64}
 	c, err := StartCluster(ctx, ClusterOptions{Nodes: size, Base: &cfg})
 	if err != nil {
 		t.Fatal(err)
@@ -132,7 +132,7 @@ func testCloseShrinks(t *testing.T, size int) {
 	}
 }
 
-// probeKeys returns a key in each of the 64 ranges.
+// probeKeys returns a key in each of the 64 replica groups.
 func probeKeys(t *testing.T, db *gridkv.DB) []string {
 	byRange := map[int]string{}
 	for i := 0; len(byRange) < 64; i++ {
@@ -141,8 +141,8 @@ func probeKeys(t *testing.T, db *gridkv.DB) []string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, ok := byRange[loc.Range]; !ok {
-			byRange[loc.Range] = key
+		if _, ok := byRange[loc.Group]; !ok {
+			byRange[loc.Group] = key
 		}
 	}
 	var keys []string

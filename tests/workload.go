@@ -219,7 +219,7 @@ func KeysPlannedFor(i int) func(c *Cluster, keys int) []string {
 		var out []string
 		for k := 0; len(out) < keys && k < 1<<20; k++ { // bounded: node i may lead no range
 			key := fmt.Sprint("k", k)
-			if plan[placement.RangeOf(key, c.groups())].Leader == ids[i] {
+			if plan[placement.GroupOf(placement.RangeOf(key, c.ranges()), c.groups())].Leader == ids[i] {
 				out = append(out, key)
 			}
 		}

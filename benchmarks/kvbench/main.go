@@ -5,7 +5,7 @@
 //
 //	go run ./kvbench -nodes 3 -clients 64 -seconds 5s -runs 3
 //
-// -groups sets Config.Groups (ranges), to show how write batching grows
+// -groups sets Config.GroupsPerNode, to show how write batching grows
 // with clients per range.
 package main
 
@@ -28,7 +28,7 @@ func main() {
 	clients := flag.Int("clients", 64, "concurrent clients")
 	d := flag.Duration("seconds", 5*time.Second, "length of each run")
 	runs := flag.Int("runs", 3, "runs of each workload")
-	groups := flag.Int("groups", 0, "Config.Groups (0: the default, 64)")
+	groups := flag.Int("groups", 0, "Config.GroupsPerNode (0: the default, 2)")
 	only := flag.String("only", "", "run only the workload with this name")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the runs here")
 	flag.Parse()
@@ -62,7 +62,7 @@ func run(n, groups, clients int, d time.Duration, runs int) error {
 		}
 	}()
 	for i := 0; i < n; i++ {
-		cfg := gridkv.Config{NodeID: fmt.Sprint("n", i), Groups: groups, Logger: quiet}
+		cfg := gridkv.Config{NodeID: fmt.Sprint("n", i), GroupsPerNode: groups, Logger: quiet}
 		if i > 0 {
 			cfg.Seeds = []string{dbs[0].GossipAddr()}
 		}

@@ -13,15 +13,18 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/version"
@@ -133,7 +136,7 @@ func run(o options) error {
 	}
 	fmt.Printf("preloaded both in %v\n\n", time.Since(start).Round(time.Millisecond))
 
-	b := &bench{dbs: dbs, etcd: etcd, probes: rangeProbes(dbs[0])}
+	b := &bench{dbs: dbs, etcd: etcd, probes: groupProbes(dbs[0])}
 	outcomes := make([]outcome, 0, 6)
 	for _, p := range pairs(o.nodes) {
 		outcomes = append(outcomes, outcome{pair: p})
@@ -170,22 +173,42 @@ func run(o options) error {
 	return nil
 }
 
-// startGridKV opens n nodes (the first forms the cluster, the others join
-// through its gossip address), waits until every range is served, and
-// returns the nodes opened so far even on error, for the caller to close.
+// startGridKV opens n nodes that form one cluster together
+// (BootstrapExpect n, so it has GroupsPerNode x n replica groups), waits
+// until every group is served, and returns the nodes opened so far even on
+// error, for the caller to close.
 func startGridKV(ctx context.Context, n int) ([]*gridkv.DB, error) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	var dbs []*gridkv.DB
-	for i := 0; i < n; i++ {
-		cfg := gridkv.Config{NodeID: fmt.Sprint("n", i), Logger: quiet}
-		if i > 0 {
-			cfg.Seeds = []string{dbs[0].GossipAddr()}
-		}
-		db, err := gridkv.Open(cfg)
+	// Reserve a gossip port per node so that each can name the others.
+	addrs := make([]string, n)
+	for i := range addrs {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			return dbs, err
+			return nil, err
 		}
-		dbs = append(dbs, db)
+		addrs[i] = l.Addr().String()
+		l.Close()
+	}
+	dbs := make([]*gridkv.DB, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range dbs {
+		cfg := gridkv.Config{NodeID: fmt.Sprint("n", i), GossipAddr: addrs[i], Logger: quiet}
+		if n > 1 {
+			cfg.BootstrapExpect = n
+			for j, a := range addrs {
+				if j != i {
+					cfg.Seeds = append(cfg.Seeds, a)
+				}
+			}
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); dbs[i], errs[i] = gridkv.Open(cfg) }()
+	}
+	wg.Wait()
+	dbs = slices.DeleteFunc(dbs, func(db *gridkv.DB) bool { return db == nil })
+	if err := errors.Join(errs...); err != nil {
+		return dbs, err
 	}
 	readyCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -203,7 +226,7 @@ func startGridKV(ctx context.Context, n int) ([]*gridkv.DB, error) {
 type bench struct {
 	dbs    []*gridkv.DB
 	etcd   *etcdCluster
-	probes []string // a key in each GridKV range
+	probes []string // a key in each GridKV replica group
 }
 
 // disturbance is what a run did to the leaderships of both systems, as
@@ -278,15 +301,14 @@ func (b *bench) settle(ctx context.Context, before []string) int {
 	return n
 }
 
-// rangeProbes returns a key in each of db's ranges (64, the default
-// Config.Groups, which startGridKV keeps).
-func rangeProbes(db *gridkv.DB) []string {
+// groupProbes returns a key in each of db's replica groups.
+func groupProbes(db *gridkv.DB) []string {
 	seen := map[int]bool{}
 	var probes []string
-	for k := 0; len(probes) < 64 && k < 1<<16; k++ {
+	for k := 0; k < 1<<12; k++ { // far more keys than groups
 		loc, err := db.Locate(loadgen.Key(k))
-		if err == nil && !seen[loc.Range] {
-			seen[loc.Range] = true
+		if err == nil && !seen[loc.Group] {
+			seen[loc.Group] = true
 			probes = append(probes, loadgen.Key(k))
 		}
 	}

@@ -142,7 +142,7 @@ func runCluster(n, clients int, seconds time.Duration) error {
 	if err != nil {
 		return err
 	}
-	step("where does %q live? range %d of 64, leader %s, replicas %v", key, loc.Range, loc.Leader, loc.Replicas)
+	step("where does %q live? range %d of 1024, in replica group %d, leader %s, replicas %v", key, loc.Range, loc.Group, loc.Leader, loc.Replicas)
 
 	step("throughput: %d clients spread over %d nodes, 10,000 keys, 64-byte values, %v per run", clients, len(nodes), seconds)
 	if err := loadgen.Preload(ctx, nodes, 10000, 64); err != nil {
@@ -258,7 +258,7 @@ func runSingle(join, gossipAddr, bind string) error {
 			report("ok", db.Delete(ctx, f[1]))
 		case f[0] == "locate" && len(f) == 2:
 			loc, err := db.Locate(f[1])
-			report(fmt.Sprintf("range %d leader %s replicas %v", loc.Range, loc.Leader, loc.Replicas), err)
+			report(fmt.Sprintf("range %d, group %d, leader %s, replicas %v", loc.Range, loc.Group, loc.Leader, loc.Replicas), err)
 		case f[0] == "members":
 			printMembers(db)
 		case f[0] == "quit":
