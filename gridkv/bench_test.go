@@ -195,7 +195,7 @@ func benchmarkForwardedGet(b *testing.B, replicas int) {
 	}
 	sent := func() (frames, reads int64) {
 		for _, db := range nodes {
-			frames += db.fwd.frames.Load()
+			frames += db.fwd.readFrames.Load()
 			reads += db.fwd.reads.Load()
 		}
 		return frames, reads

@@ -13,18 +13,18 @@ import (
 	"github.com/gridkv/gridkv/raftgroup"
 )
 
-// Forwarded reads travel together: the reads a node sends to one node
-// incarnation while earlier ones are in flight go in one reqReads frame,
-// answered by one frame. One Host.Call per frame, instead of per read,
-// saves a goroutine, a timer and a context on the serving side, and a
-// timer and a frame on this one.
+// Forwarded requests travel together: the reads (or the writes) a node
+// sends to one node incarnation while earlier ones are in flight go in one
+// reqReads (reqWrites) frame, answered by one frame. One Host.Call per
+// frame, instead of per request, saves a goroutine, a timer and a context
+// on the serving side, and a timer and a frame on this one.
 const (
-	// maxReadsPerFrame bounds the reads of one frame.
+	// maxReadsPerFrame bounds the requests of one frame.
 	maxReadsPerFrame = 256
-	// readsFrameBytes bounds the reads' bodies in one request frame, and
-	// the answers in one answer frame (the first read's aside): far below
-	// raftgroup's frame limit (256 MiB), and small enough that one frame
-	// does not hold up the connection for long.
+	// readsFrameBytes bounds the requests' bodies in one request frame,
+	// and the answers in one answer frame (the first one's aside): far
+	// below raftgroup's frame limit (256 MiB), and small enough that one
+	// frame does not hold up the connection for long.
 	readsFrameBytes = 4 << 20
 	// readFramesInFlight bounds the frames in flight to one node: while
 	// one is, reads queue for the next. Measured on 2 cores
@@ -34,28 +34,37 @@ const (
 	readFramesInFlight = 1
 )
 
-var errForwarderClosed = errors.New("gridkv: read forwarder closed")
+var errForwarderClosed = errors.New("gridkv: forwarder closed")
 
-// forwarder sends the reads this node forwards, coalesced per destination.
+// forwarder sends the reads and writes this node forwards, coalesced per
+// destination and kind.
 //
-// Threading: read is safe for concurrent use; close stops the senders and
-// fails the reads still queued.
+// Threading: read and write are safe for concurrent use; close stops the
+// senders and fails the requests still queued.
 type forwarder struct {
 	host *raftgroup.Host
 
 	mu struct {
 		sync.Mutex
 		closed bool
-		queues map[peer]*readQueue
+		queues map[dest]*readQueue
 	}
 	wg sync.WaitGroup
 
-	// What was sent: frames and the reads they carried (tests look).
-	frames, reads atomic.Int64
+	// What was sent: frames of reads and of writes, and the reads and
+	// writes they carried (tests and benchmarks look).
+	readFrames, writeFrames, reads, writes atomic.Int64
 }
 
-// readQueue is the reads waiting for a frame to one destination; guarded
-// by forwarder.mu.
+// dest is where a queue's frames go: a node incarnation, and reqReads or
+// reqWrites.
+type dest struct {
+	to   peer
+	kind byte
+}
+
+// readQueue is the requests waiting for a frame to one destination;
+// guarded by forwarder.mu.
 type readQueue struct {
 	reads   []*pendingRead
 	senders int // running senders, at most readFramesInFlight
@@ -80,15 +89,26 @@ var readPool = sync.Pool{New: func() any { return &pendingRead{done: make(chan r
 
 func newForwarder(host *raftgroup.Host) *forwarder {
 	f := &forwarder{host: host}
-	f.mu.queues = make(map[peer]*readQueue)
+	f.mu.queues = make(map[dest]*readQueue)
 	return f
 }
 
-// read sends a read of range r (body: mode byte, key) to the node
+// read sends a read of group r (body: mode byte, key) to the node
 // incarnation to, with others bound there, and returns its answer (status
 // byte, body) or the frame's error, as Host.Call would for the read alone.
 // A nil answer and error: the answer frame was malformed.
 func (f *forwarder) read(ctx context.Context, to peer, r int, body []byte) ([]byte, error) {
+	return f.forward(ctx, dest{to, reqReads}, r, body)
+}
+
+// write is read for a write of group r (body: an encoded single-operation
+// command). An error means what it would for a single Call: NotSent, not
+// applied; otherwise the outcome is unknown.
+func (f *forwarder) write(ctx context.Context, to peer, r int, body []byte) ([]byte, error) {
+	return f.forward(ctx, dest{to, reqWrites}, r, body)
+}
+
+func (f *forwarder) forward(ctx context.Context, to dest, r int, body []byte) ([]byte, error) {
 	p := readPool.Get().(*pendingRead)
 	p.r, p.body = r, body
 	p.deadline, _ = ctx.Deadline()
@@ -121,8 +141,8 @@ func (f *forwarder) read(ctx context.Context, to peer, r int, body []byte) ([]by
 	}
 }
 
-// send sends frames of the reads queued for to until none are left.
-func (f *forwarder) send(to peer, q *readQueue) {
+// send sends frames of the requests queued for to until none are left.
+func (f *forwarder) send(to dest, q *readQueue) {
 	for {
 		// Let readers that are ready to run queue first (as batcher.run
 		// does): measured with BenchmarkForwardedGet/replicas=1, 7.9 reads
@@ -158,10 +178,10 @@ func (f *forwarder) send(to peer, q *readQueue) {
 	}
 }
 
-// call sends batch in one frame and answers its reads; it returns those
-// to send again.
-func (f *forwarder) call(to peer, batch []*pendingRead, size int) (resend []*pendingRead) {
-	req := encodeReads(len(batch), size)
+// call sends batch in one frame and answers its requests; it returns
+// those to send again.
+func (f *forwarder) call(to dest, batch []*pendingRead, size int) (resend []*pendingRead) {
+	req := encodeReads(to.kind, len(batch), size)
 	// The frame waits as long as its most patient read would have: the
 	// latest deadline, or Call's own time-out if a read has none.
 	var deadline time.Time
@@ -179,9 +199,14 @@ func (f *forwarder) call(to peer, batch []*pendingRead, size int) (resend []*pen
 		ctx, cancel = context.WithDeadline(ctx, deadline)
 		defer cancel()
 	}
-	f.frames.Add(1)
-	f.reads.Add(int64(len(batch)))
-	resp, err := f.host.Call(ctx, to.id, to.addr, req)
+	if to.kind == reqWrites {
+		f.writeFrames.Add(1)
+		f.writes.Add(int64(len(batch)))
+	} else {
+		f.readFrames.Add(1)
+		f.reads.Add(int64(len(batch)))
+	}
+	resp, err := f.host.Call(ctx, to.to.id, to.to.addr, req)
 	var answers [][]byte
 	if err == nil {
 		answers, _ = decodeReadAnswers(resp, len(batch))
@@ -267,7 +292,13 @@ func (db *DB) serveReads(ctx context.Context, body []byte) []byte {
 
 // encodeReadAnswers is the answer to a reqReads request: once the answers
 // pass readsFrameBytes, the next ones are stResend.
-func encodeReadAnswers(answers [][]byte) []byte {
+func encodeReadAnswers(answers [][]byte) []byte { return encodeAnswers(answers, true) }
+
+// encodeAnswers is the answer to a reqReads or reqWrites request. With
+// resend, once the answers pass readsFrameBytes, the next ones are
+// stResend; never for writes, which have applied (their answers are a few
+// bytes each).
+func encodeAnswers(answers [][]byte, resend bool) []byte {
 	size := 0
 	for _, ans := range answers {
 		size += len(ans)
@@ -277,11 +308,43 @@ func encodeReadAnswers(answers [][]byte) []byte {
 	out = binary.AppendUvarint(out, uint64(len(answers)))
 	size = 0
 	for i, ans := range answers {
-		if i > 0 && size+len(ans) > readsFrameBytes {
+		if resend && i > 0 && size+len(ans) > readsFrameBytes {
 			ans = []byte{stResend}
 		}
 		size += len(ans)
 		out = appendReadAnswer(out, ans)
 	}
 	return out
+}
+
+// serveWrites answers a reqWrites request: each write goes to its group's
+// batcher at once, then the answers are awaited in order; no goroutine
+// per write. Each write is answered as a single reqWrite would be.
+func (db *DB) serveWrites(ctx context.Context, body []byte) []byte {
+	writes, err := decodeWrites(body)
+	if err != nil {
+		return append([]byte{stInvalid}, err.Error()...)
+	}
+	answers := make([][]byte, len(writes))
+	pending := make([]*pendingWrite, len(writes))
+	for i, w := range writes {
+		if w.r >= db.groupCount() {
+			answers[i] = append([]byte{stInvalid}, fmt.Sprintf("group %d asked of node %s, which knows %d groups", w.r, db.cfg.NodeID, db.groupCount())...)
+			continue
+		}
+		rep, ans := db.writeReplica(ctx, w.r)
+		if ans != nil {
+			answers[i] = ans
+			continue
+		}
+		if pending[i], answers[i] = rep.batch.enqueue(w.cmd); answers[i] != nil {
+			pending[i] = nil
+		}
+	}
+	for i, p := range pending {
+		if p != nil {
+			answers[i] = p.wait(ctx)
+		}
+	}
+	return encodeAnswers(answers, false)
 }

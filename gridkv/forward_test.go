@@ -20,7 +20,7 @@ import (
 )
 
 func encodeReadsFor(reads []readReq) []byte {
-	b := encodeReads(len(reads), 0)
+	b := encodeReads(reqReads, len(reads), 0)
 	for _, rd := range reads {
 		body := []byte{byte(rd.mode)}
 		if rd.mode == readQuorum {
@@ -242,14 +242,14 @@ func TestForwarderCoalesces(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, "the other reads to queue", func() bool {
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		q := f.mu.queues[server.peer()]
-		return q != nil && len(q.reads)+int(f.reads.Load()) == n && f.frames.Load() == readFramesInFlight
+		q := f.mu.queues[dest{server.peer(), reqReads}]
+		return q != nil && len(q.reads)+int(f.reads.Load()) == n && f.readFrames.Load() == readFramesInFlight
 	})
 	close(release)
 	<-done
 	checkEchoed(t, answers, errs)
 	// The queued reads fill frames of maxReadsPerFrame.
-	if frames, reads := f.frames.Load(), f.reads.Load(); reads != n || frames > readFramesInFlight+2 {
+	if frames, reads := f.readFrames.Load(), f.reads.Load(); reads != n || frames > readFramesInFlight+2 {
 		t.Fatalf("%d reads in %d frames", reads, frames)
 	}
 	testutil.Eventually(t, 10*time.Second, "the idle queue to go", func() bool {
@@ -276,8 +276,8 @@ func TestForwarderResends(t *testing.T) {
 			t.Fatalf("read %d: %q %v: want the first of its frame", i, ans, errs[i])
 		}
 	}
-	if f.frames.Load() < 50 {
-		t.Fatalf("50 reads, one answered per frame, in %d frames", f.frames.Load())
+	if f.readFrames.Load() < 50 {
+		t.Fatalf("50 reads, one answered per frame, in %d frames", f.readFrames.Load())
 	}
 }
 
@@ -477,7 +477,7 @@ func TestForwardedReadsCoalesce(t *testing.T) {
 	}
 	var frames, reads int64
 	for _, db := range nodes {
-		frames += db.fwd.frames.Load()
+		frames += db.fwd.readFrames.Load()
 		reads += db.fwd.reads.Load()
 	}
 	t.Logf("%d forwarded reads in %d frames", reads, frames)
@@ -586,4 +586,106 @@ func TestForwardedReadsLeaderCrash(t *testing.T) {
 func groupOf(db *DB, key string) int {
 	_, g := db.lay.Load().locate(key)
 	return g
+}
+
+// Writes through nodes that do not lead the key's group go to its leader
+// coalesced into reqWrites frames; each is applied once and answered with
+// its own result.
+func TestForwardedWritesCoalesce(t *testing.T) {
+	nodes := openCluster(t, 3, Config{Fast: true, GroupsPerNode: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, db := range nodes {
+		if err := db.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Leaderships move to the placement plan's leaders once the nodes are
+	// in: wait for that, so that no write meets a transfer.
+	plan := placement.Plan(2, []string{"n0", "n1", "n2"}, 3)
+	testutil.Eventually(t, 30*time.Second, "the plan's leaders", func() bool {
+		for g, a := range plan {
+			for _, db := range nodes {
+				if rep := db.replica(g); rep == nil || rep.group.IsLeader() != (db.NodeID() == a.Leader) {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	const clients, perClient = 48, 40
+	var wg sync.WaitGroup
+	errs := make(chan error, 1)
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			db := nodes[c%3]
+			for i := range perClient {
+				key := fmt.Sprint("w", c, "-", i)
+				err := db.Set(ctx, key, []byte(key))
+				if err == nil && i%4 == 0 {
+					// A CAS that must fail: the value is not "other".
+					var swapped bool
+					swapped, err = db.CompareAndSwap(ctx, key, []byte("other"), []byte("x"))
+					if err == nil && swapped {
+						err = errors.New("CAS swapped a value that differs")
+					}
+				}
+				if err != nil {
+					select {
+					case errs <- fmt.Errorf("%s: write %s: %w", db.NodeID(), key, err):
+					default:
+					}
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	var frames, writes int64
+	for _, db := range nodes {
+		frames += db.fwd.writeFrames.Load()
+		writes += db.fwd.writes.Load()
+	}
+	t.Logf("%d forwarded writes in %d frames", writes, frames)
+	if writes == 0 || frames >= writes {
+		t.Fatalf("%d forwarded writes in %d frames: none coalesced", writes, frames)
+	}
+	for c := range clients {
+		for i := range perClient {
+			key := fmt.Sprint("w", c, "-", i)
+			if v, err := nodes[(c+1)%3].Get(ctx, key); err != nil || string(v) != key {
+				t.Fatalf("%s: %q, %v", key, v, err)
+			}
+		}
+	}
+}
+
+func TestWritesWire(t *testing.T) {
+	b := encodeReads(reqWrites, 2, 0)
+	b = appendRead(b, 3, []byte("cmd-a"))
+	b = appendRead(b, 0, []byte("b"))
+	writes, err := decodeWrites(b[2:])
+	if err != nil || len(writes) != 2 || writes[0].r != 3 || string(writes[0].cmd) != "cmd-a" || writes[1].r != 0 || string(writes[1].cmd) != "b" {
+		t.Fatalf("%v %v", writes, err)
+	}
+	for _, bad := range [][]byte{nil, {5}, {1, 0, 0}, {1, 0, 2, 'x'}, append(append([]byte{}, b[2:]...), 0)} {
+		if _, err := decodeWrites(bad); err == nil {
+			t.Fatalf("decodeWrites(%q) accepted it", bad)
+		}
+	}
+	// Write answers are never cut short for resending: they have applied.
+	big := make([][]byte, 3)
+	for i := range big {
+		big[i] = append([]byte{stInvalid}, make([]byte, readsFrameBytes)...)
+	}
+	answers, err := decodeReadAnswers(encodeAnswers(big, false), 3)
+	if err != nil || answers[2][0] != stInvalid {
+		t.Fatalf("write answers: %v", err)
+	}
 }

@@ -223,9 +223,12 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 			tried = to
 			var resp []byte
 			var err error
-			if kind == reqRead {
+			switch kind {
+			case reqRead:
 				resp, err = db.fwd.read(ctx, to, r, body) // with other reads bound there
-			} else {
+			case reqWrite:
+				resp, err = db.fwd.write(ctx, to, r, body) // with other writes bound there
+			default:
 				if req == nil {
 					req = encodeRequest(kind, r, body)
 				}

@@ -27,8 +27,11 @@ func (db *DB) serve(ctx context.Context, req []byte) ([]byte, error) {
 	if r >= db.groupCount() {
 		return append([]byte{stInvalid}, fmt.Sprintf("group %d asked of node %s, which knows %d groups", r, db.cfg.NodeID, db.groupCount())...), nil
 	}
-	if kind == reqReads {
+	switch kind {
+	case reqReads:
 		return db.serveReads(ctx, body), nil
+	case reqWrites:
+		return db.serveWrites(ctx, body), nil
 	}
 	return db.handle(ctx, kind, r, body), nil
 }
@@ -48,6 +51,13 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 			return ans
 		}
 		return db.serveRead(ctx, r, db.replica(r), []*readReq{&rd})[0]
+	}
+	if kind == reqWrite {
+		rep, ans := db.writeReplica(ctx, r)
+		if ans != nil {
+			return ans
+		}
+		return rep.batch.submit(ctx, body)
 	}
 	if db.isClosed() {
 		// Closing (DB.Close): a range this node still leads is served
@@ -92,9 +102,8 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 	if !rep.group.IsLeader() {
 		return redirect(leaderOf(rep))
 	}
-	if kind == reqStatus || kind == reqWrite {
-		// Writes apply only to ranges the group owns: its first leader
-		// logs that it owns them. WaitReady (reqStatus) waits for it.
+	if kind == reqStatus {
+		// WaitReady (reqStatus) waits for the group's Genesis too.
 		if err := db.ensureGenesis(ctx, rep); err != nil {
 			return redirectOrUnavailable(rep, err)
 		}
@@ -114,12 +123,32 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 			out = appendBool(out, sv.Suffrage == raft.Voter)
 		}
 		return out
-	case reqWrite:
-		return rep.batch.submit(ctx, body)
 	case reqLeave:
 		return db.removeLeaving(ctx, rep, raft.ServerID(body))
 	}
 	return []byte{stInvalid}
+}
+
+// writeReplica is this node's replica of group r if it serves writes
+// now: it leads r, and r's Genesis has applied (writes apply only to ranges
+// the group owns; its first leader logs that it owns them). Otherwise ans
+// says where to go, or why not.
+func (db *DB) writeReplica(ctx context.Context, r int) (rep *replica, ans []byte) {
+	rep = db.replica(r)
+	switch {
+	case db.isClosed() && (rep == nil || !rep.group.IsLeader()):
+		// Closing (DB.Close): a group this node still leads is served
+		// until its leadership is handed off.
+		return nil, db.closingAnswer(rep)
+	case rep == nil:
+		return nil, db.hintRedirect(r)
+	case !rep.group.IsLeader():
+		return nil, redirect(leaderOf(rep))
+	}
+	if err := db.ensureGenesis(ctx, rep); err != nil {
+		return nil, redirectOrUnavailable(rep, err)
+	}
+	return rep, nil
 }
 
 // closingAnswer is what a closing node (DB.Close) answers for a range it
@@ -405,12 +434,24 @@ func newBatcher(db *DB, rep *replica) *batcher {
 // submit queues cmd and waits for its answer or ctx's end (then the
 // outcome is unknown).
 func (b *batcher) submit(ctx context.Context, cmd []byte) []byte {
-	p := pendingPool.Get().(*pendingWrite)
+	p, ans := b.enqueue(cmd)
+	if ans != nil {
+		return ans
+	}
+	return p.wait(ctx)
+}
+
+// enqueue queues cmd; the answer comes through the returned pendingWrite
+// (see wait), unless the batcher is closed: then ans says so.
+func (b *batcher) enqueue(cmd []byte) (p *pendingWrite, ans []byte) {
+	p = pendingPool.Get().(*pendingWrite)
 	p.cmd = cmd
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return []byte{stClosed}
+		p.cmd = nil
+		pendingPool.Put(p)
+		return nil, []byte{stClosed}
 	}
 	b.queue = append(b.queue, p)
 	if !b.running {
@@ -419,6 +460,12 @@ func (b *batcher) submit(ctx context.Context, cmd []byte) []byte {
 		go func() { defer b.wg.Done(); b.run() }()
 	}
 	b.mu.Unlock()
+	return p, nil
+}
+
+// wait returns p's answer, or stUnknown once ctx ends (the write may yet
+// apply). p must not be used after.
+func (p *pendingWrite) wait(ctx context.Context) []byte {
 	select {
 	case ans := <-p.done:
 		p.cmd = nil

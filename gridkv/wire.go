@@ -21,7 +21,8 @@ const (
 	// Quorum reads (see quorum.go), asked of any voter of the range.
 	reqQuorumState byte = 7 // body: key; answer: the replica's state, then a read answer
 	reqQuorumWait  byte = 8 // body: uvarint index, key; a read answer once the replica applied index
-	reqReads       byte = 9 // range 0; body: many reads (see appendRead), answered together (see appendReadAnswer)
+	reqReads       byte = 9  // group 0; body: many reads (see appendRead), answered together (see appendReadAnswer)
+	reqWrites      byte = 10 // group 0; body: many writes, framed as reqReads frames reads, answered the same way
 )
 
 const (
@@ -155,10 +156,11 @@ func parseRead(r int, body []byte) (readReq, bool) {
 // a single reqRead is answered with (status byte, body) or stResend; or a
 // single status for every read (stInvalid: the request was malformed).
 
-// encodeReads starts a reqReads request for n reads of about size bytes.
-func encodeReads(n, size int) []byte {
+// encodeReads starts a request of kind (reqReads or reqWrites) for n
+// requests of about size bytes.
+func encodeReads(kind byte, n, size int) []byte {
 	b := make([]byte, 0, 3+binary.MaxVarintLen64+size+n*(2*binary.MaxVarintLen32))
-	b = append(b, reqReads, 0)
+	b = append(b, kind, 0)
 	return binary.AppendUvarint(b, uint64(n))
 }
 
@@ -201,6 +203,41 @@ func decodeReads(b []byte) ([]readReq, error) {
 		return nil, errBadMessage
 	}
 	return reads, nil
+}
+
+// forwardedWrite is one write of a reqWrites request.
+type forwardedWrite struct {
+	r   int    // its group
+	cmd []byte // an encoded single-operation command; a slice of the frame
+}
+
+// decodeWrites reads a reqWrites request's body (after the group).
+func decodeWrites(b []byte) ([]forwardedWrite, error) {
+	n, k := binary.Uvarint(b)
+	// A write takes at least 3 bytes: no count allocates more than the
+	// bytes that came can hold.
+	if k <= 0 || n > uint64(len(b)-k)/3 {
+		return nil, errBadMessage
+	}
+	b = b[k:]
+	writes := make([]forwardedWrite, n)
+	for i := range writes {
+		r, k := binary.Uvarint(b)
+		if k <= 0 || r > 1<<20 {
+			return nil, errBadMessage
+		}
+		b = b[k:]
+		l, k := binary.Uvarint(b)
+		if k <= 0 || l == 0 || l > uint64(len(b)-k) {
+			return nil, errBadMessage
+		}
+		writes[i] = forwardedWrite{r: int(r), cmd: b[k : k+int(l) : k+int(l)]}
+		b = b[k+int(l):]
+	}
+	if len(b) != 0 {
+		return nil, errBadMessage
+	}
+	return writes, nil
 }
 
 // appendReadAnswer adds one read's answer to a reqReads answer (which
