@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"testing"
 	"time"
-
 )
 
 // Every node, leader of the key's range or not, reads a write made through

@@ -19,8 +19,8 @@ const (
 	reqDrop    byte = 5 // body: the Raft server id removed; drop the replica if it is ours
 	reqLeave   byte = 6 // body: the Raft server id of a closing node's replica; its leader removes it
 	// Quorum reads (see quorum.go), asked of any voter of the range.
-	reqQuorumState byte = 7 // body: key; answer: the replica's state, then a read answer
-	reqQuorumWait  byte = 8 // body: uvarint index, key; a read answer once the replica applied index
+	reqQuorumState byte = 7  // body: key; answer: the replica's state, then a read answer
+	reqQuorumWait  byte = 8  // body: uvarint index, key; a read answer once the replica applied index
 	reqReads       byte = 9  // group 0; body: many reads (see appendRead), answered together (see appendReadAnswer)
 	reqWrites      byte = 10 // group 0; body: many writes, framed as reqReads frames reads, answered the same way
 )
