@@ -10,23 +10,34 @@ import (
 	"github.com/gridkv/gridkv/fsm/fsmpb"
 )
 
-// SetOp is a Set command; ttl <= 0 means no expiry.
-func SetOp(key string, value []byte, ttl time.Duration) *fsmpb.Command {
+// SetOp is a Set command for key in range r; ttl <= 0 means no expiry.
+func SetOp(r int, key string, value []byte, ttl time.Duration) *fsmpb.Command {
 	return &fsmpb.Command{Op: &fsmpb.Command_Set{Set: &fsmpb.Set{
-		Key: []byte(key), Value: value, TtlNanos: int64(ttl)}}}
+		Key: []byte(key), Value: value, TtlNanos: int64(ttl), Range: uint32(r)}}}
 }
 
-// DeleteOp is a Delete command.
-func DeleteOp(key string) *fsmpb.Command {
-	return &fsmpb.Command{Op: &fsmpb.Command_Delete{Delete: &fsmpb.Delete{Key: []byte(key)}}}
+// DeleteOp is a Delete command for key in range r.
+func DeleteOp(r int, key string) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Delete{Delete: &fsmpb.Delete{Key: []byte(key), Range: uint32(r)}}}
 }
 
-// CASOp is a CompareAndSwap command: store new if the current value equals
-// old, where old == nil means "only if absent" and []byte{} means "present
-// with an empty value".
-func CASOp(key string, old, new []byte, ttl time.Duration) *fsmpb.Command {
+// CASOp is a CompareAndSwap command for key in range r: store new if the
+// current value equals old, where old == nil means "only if absent" and
+// []byte{} means "present with an empty value".
+func CASOp(r int, key string, old, new []byte, ttl time.Duration) *fsmpb.Command {
 	return &fsmpb.Command{Op: &fsmpb.Command_Cas{Cas: &fsmpb.CompareAndSwap{
-		Key: []byte(key), OldAbsent: old == nil, Old: old, New: new, TtlNanos: int64(ttl)}}}
+		Key: []byte(key), OldAbsent: old == nil, Old: old, New: new, TtlNanos: int64(ttl), Range: uint32(r)}}}
+}
+
+// GenesisOp is the Genesis command: each listed range that is Absent at
+// epoch 0 here becomes Owned at epoch 1. It must be a log entry of its own
+// (inside a Batch it is rejected with ErrBadCommand).
+func GenesisOp(ranges []int) *fsmpb.Command {
+	g := &fsmpb.Genesis{}
+	for _, r := range ranges {
+		g.Ranges = append(g.Ranges, uint32(r))
+	}
+	return &fsmpb.Command{Op: &fsmpb.Command_Genesis{Genesis: g}}
 }
 
 // BatchOp groups operations into one log entry; each gets its own Result.
@@ -42,35 +53,38 @@ func Encode(cmd *fsmpb.Command) ([]byte, error) { return proto.Marshal(cmd) }
 // matching *Op, without building messages (the write path calls them for
 // every operation). TestAppendMatchesEncode holds them to it.
 
-// AppendSet appends an encoded Set command to b.
-func AppendSet(b []byte, key string, value []byte, ttl time.Duration) []byte {
-	n := sizeBytesField(1, len(key)) + sizeBytesField(2, len(value)) + sizeVarintField(3, int64(ttl))
+// AppendSet appends an encoded Set command for key in range r to b.
+func AppendSet(b []byte, r int, key string, value []byte, ttl time.Duration) []byte {
+	n := sizeBytesField(1, len(key)) + sizeBytesField(2, len(value)) + sizeVarintField(3, int64(ttl)) +
+		sizeVarintField(4, int64(uint32(r)))
 	b = slices.Grow(b, protowire.SizeTag(1)+protowire.SizeBytes(n))
 	b = protowire.AppendTag(b, 1, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(n))
 	b = appendStringField(b, 1, key)
 	b = appendBytesField(b, 2, value)
-	return appendVarintField(b, 3, int64(ttl))
+	b = appendVarintField(b, 3, int64(ttl))
+	return appendVarintField(b, 4, int64(uint32(r)))
 }
 
-// AppendDelete appends an encoded Delete command to b.
-func AppendDelete(b []byte, key string) []byte {
-	n := sizeBytesField(1, len(key))
+// AppendDelete appends an encoded Delete command for key in range r to b.
+func AppendDelete(b []byte, r int, key string) []byte {
+	n := sizeBytesField(1, len(key)) + sizeVarintField(2, int64(uint32(r)))
 	b = slices.Grow(b, protowire.SizeTag(2)+protowire.SizeBytes(n))
 	b = protowire.AppendTag(b, 2, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(n))
-	return appendStringField(b, 1, key)
+	b = appendStringField(b, 1, key)
+	return appendVarintField(b, 2, int64(uint32(r)))
 }
 
-// AppendCAS appends an encoded CompareAndSwap command to b (old == nil:
-// only if absent).
-func AppendCAS(b []byte, key string, old, new []byte, ttl time.Duration) []byte {
+// AppendCAS appends an encoded CompareAndSwap command for key in range r
+// to b (old == nil: only if absent).
+func AppendCAS(b []byte, r int, key string, old, new []byte, ttl time.Duration) []byte {
 	absent := int64(0)
 	if old == nil {
 		absent = 1
 	}
 	n := sizeBytesField(1, len(key)) + sizeVarintField(2, absent) + sizeBytesField(3, len(old)) +
-		sizeBytesField(4, len(new)) + sizeVarintField(5, int64(ttl))
+		sizeBytesField(4, len(new)) + sizeVarintField(5, int64(ttl)) + sizeVarintField(6, int64(uint32(r)))
 	b = slices.Grow(b, protowire.SizeTag(3)+protowire.SizeBytes(n))
 	b = protowire.AppendTag(b, 3, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(n))
@@ -78,7 +92,33 @@ func AppendCAS(b []byte, key string, old, new []byte, ttl time.Duration) []byte 
 	b = appendVarintField(b, 2, absent)
 	b = appendBytesField(b, 3, old)
 	b = appendBytesField(b, 4, new)
-	return appendVarintField(b, 5, int64(ttl))
+	b = appendVarintField(b, 5, int64(ttl))
+	return appendVarintField(b, 6, int64(uint32(r)))
+}
+
+// AppendGenesis appends an encoded Genesis command for ranges to b (the
+// ranges packed, as proto3 encodes a repeated uint32).
+func AppendGenesis(b []byte, ranges []int) []byte {
+	packed := 0
+	for _, r := range ranges {
+		packed += protowire.SizeVarint(uint64(uint32(r)))
+	}
+	n := 0
+	if len(ranges) > 0 {
+		n = protowire.SizeTag(1) + protowire.SizeBytes(packed)
+	}
+	b = slices.Grow(b, protowire.SizeTag(5)+protowire.SizeBytes(n))
+	b = protowire.AppendTag(b, 5, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(n))
+	if len(ranges) == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(packed))
+	for _, r := range ranges {
+		b = protowire.AppendVarint(b, uint64(uint32(r)))
+	}
+	return b
 }
 
 // proto3 leaves out fields holding their zero value.

@@ -18,18 +18,21 @@ const (
 	opSet
 	opDelete
 	opCAS
-	opBatch // only at the top level; marks a nested batch when inside one
+	opBatch   // only at the top level; marks a nested batch when inside one
+	opGenesis // only at the top level; rejected inside a batch
 )
 
 // op is one decoded operation. Byte slices alias the log entry's data; put
 // copies what it keeps.
 type op struct {
 	kind      opKind
+	rng       uint32 // the range the key belongs to
 	key       []byte
 	value     []byte // Set value, CAS new value
 	old       []byte
 	oldAbsent bool
 	ttl       int64
+	ranges    []uint32 // Genesis
 }
 
 var errMalformed = errors.New("malformed protobuf")
@@ -54,7 +57,7 @@ func decodeCommand(data []byte, ops []op) (_ []op, batch bool, err error) {
 func decodeOne(data []byte) (o op, batchMsg []byte, isBatch bool, err error) {
 	ferr := fields(data,
 		func(num protowire.Number, msg []byte) {
-			if err != nil || num < 1 || num > 4 {
+			if err != nil || num < 1 || num > 5 {
 				return
 			}
 			isBatch = num == 4
@@ -67,6 +70,8 @@ func decodeOne(data []byte) (o op, batchMsg []byte, isBatch bool, err error) {
 				o, err = decodeCAS(msg)
 			case 4:
 				batchMsg = msg
+			case 5:
+				o, err = decodeGenesis(msg)
 			}
 		},
 		func(protowire.Number, uint64) {})
@@ -146,8 +151,11 @@ func decodeSet(msg []byte) (op, error) {
 			}
 		},
 		func(num protowire.Number, v uint64) {
-			if num == 3 {
+			switch num {
+			case 3:
 				o.ttl = int64(v)
+			case 4:
+				o.rng = uint32(v)
 			}
 		})
 	return o, err
@@ -161,7 +169,11 @@ func decodeDelete(msg []byte) (op, error) {
 				o.key = v
 			}
 		},
-		func(protowire.Number, uint64) {})
+		func(num protowire.Number, v uint64) {
+			if num == 2 {
+				o.rng = uint32(v)
+			}
+		})
 	return o, err
 }
 
@@ -184,11 +196,38 @@ func decodeCAS(msg []byte) (op, error) {
 				o.oldAbsent = v != 0
 			case 5:
 				o.ttl = int64(v)
+			case 6:
+				o.rng = uint32(v)
 			}
 		})
 	return o, err
 }
 
+// decodeGenesis reads the range list, packed (as proto3 writes it) or not
+// (which proto.Unmarshal accepts too). Genesis is rare: it may allocate.
+func decodeGenesis(msg []byte) (op, error) {
+	o := op{kind: opGenesis}
+	var err error
+	ferr := fields(msg,
+		func(num protowire.Number, packed []byte) {
+			for num == 1 && len(packed) > 0 && err == nil {
+				v, n := protowire.ConsumeVarint(packed)
+				if n < 0 {
+					err = errMalformed
+					return
+				}
+				o.ranges = append(o.ranges, uint32(v))
+				packed = packed[n:]
+			}
+		},
+		func(num protowire.Number, v uint64) {
+			if num == 1 {
+				o.ranges = append(o.ranges, uint32(v))
+			}
+		})
+	return o, errors.Join(ferr, err)
+}
+
 func (o op) String() string {
-	return fmt.Sprintf("{%d %q %q %q %v %d}", o.kind, o.key, o.value, o.old, o.oldAbsent, o.ttl)
+	return fmt.Sprintf("{%d r%d %q %q %q %v %d %v}", o.kind, o.rng, o.key, o.value, o.old, o.oldAbsent, o.ttl, o.ranges)
 }

@@ -3,6 +3,7 @@ package fsm
 import (
 	"bytes"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -17,20 +18,22 @@ import (
 func toOp(c *fsmpb.Command) op {
 	switch x := c.Op.(type) {
 	case *fsmpb.Command_Set:
-		return op{kind: opSet, key: x.Set.Key, value: x.Set.Value, ttl: x.Set.TtlNanos}
+		return op{kind: opSet, rng: x.Set.Range, key: x.Set.Key, value: x.Set.Value, ttl: x.Set.TtlNanos}
 	case *fsmpb.Command_Delete:
-		return op{kind: opDelete, key: x.Delete.Key}
+		return op{kind: opDelete, rng: x.Delete.Range, key: x.Delete.Key}
 	case *fsmpb.Command_Cas:
-		return op{kind: opCAS, key: x.Cas.Key, value: x.Cas.New, old: x.Cas.Old, oldAbsent: x.Cas.OldAbsent, ttl: x.Cas.TtlNanos}
+		return op{kind: opCAS, rng: x.Cas.Range, key: x.Cas.Key, value: x.Cas.New, old: x.Cas.Old, oldAbsent: x.Cas.OldAbsent, ttl: x.Cas.TtlNanos}
 	case *fsmpb.Command_Batch:
 		return op{kind: opBatch}
+	case *fsmpb.Command_Genesis:
+		return op{kind: opGenesis, ranges: x.Genesis.Ranges}
 	}
 	return op{}
 }
 
 func sameOp(a, b op) bool {
-	return a.kind == b.kind && bytes.Equal(a.key, b.key) && bytes.Equal(a.value, b.value) &&
-		bytes.Equal(a.old, b.old) && a.oldAbsent == b.oldAbsent && a.ttl == b.ttl
+	return a.kind == b.kind && a.rng == b.rng && bytes.Equal(a.key, b.key) && bytes.Equal(a.value, b.value) &&
+		bytes.Equal(a.old, b.old) && a.oldAbsent == b.oldAbsent && a.ttl == b.ttl && slices.Equal(a.ranges, b.ranges)
 }
 
 func randomCommand(rng *rand.Rand, depth int) *fsmpb.Command {
@@ -45,13 +48,19 @@ func randomCommand(rng *rand.Rand, depth int) *fsmpb.Command {
 		return b
 	}
 	ttl := func() int64 { return int64(rng.IntN(3)) * rng.Int64N(1<<40) }
-	switch rng.IntN(4) {
+	switch rng.IntN(5) {
 	case 0:
-		return &fsmpb.Command{Op: &fsmpb.Command_Set{Set: &fsmpb.Set{Key: blob(), Value: blob(), TtlNanos: ttl()}}}
+		return &fsmpb.Command{Op: &fsmpb.Command_Set{Set: &fsmpb.Set{Range: randomRange(rng), Key: blob(), Value: blob(), TtlNanos: ttl()}}}
 	case 1:
-		return &fsmpb.Command{Op: &fsmpb.Command_Delete{Delete: &fsmpb.Delete{Key: blob()}}}
+		return &fsmpb.Command{Op: &fsmpb.Command_Delete{Delete: &fsmpb.Delete{Range: randomRange(rng), Key: blob()}}}
 	case 2:
-		return &fsmpb.Command{Op: &fsmpb.Command_Cas{Cas: &fsmpb.CompareAndSwap{Key: blob(), OldAbsent: rng.IntN(2) == 0, Old: blob(), New: blob(), TtlNanos: ttl()}}}
+		return &fsmpb.Command{Op: &fsmpb.Command_Cas{Cas: &fsmpb.CompareAndSwap{Range: randomRange(rng), Key: blob(), OldAbsent: rng.IntN(2) == 0, Old: blob(), New: blob(), TtlNanos: ttl()}}}
+	case 3:
+		g := &fsmpb.Genesis{}
+		for i := rng.IntN(6); i > 0; i-- {
+			g.Ranges = append(g.Ranges, randomRange(rng))
+		}
+		return &fsmpb.Command{Op: &fsmpb.Command_Genesis{Genesis: g}}
 	default:
 		if depth > 1 {
 			return &fsmpb.Command{}
@@ -62,6 +71,17 @@ func randomCommand(rng *rand.Rand, depth int) *fsmpb.Command {
 		}
 		return BatchOp(ops...)
 	}
+}
+
+// randomRange is 0 (left out of the encoding), small, or any uint32.
+func randomRange(rng *rand.Rand) uint32 {
+	switch rng.IntN(3) {
+	case 0:
+		return 0
+	case 1:
+		return uint32(rng.IntN(1024))
+	}
+	return rng.Uint32()
 }
 
 func TestDecodeMatchesProto(t *testing.T) {
@@ -106,8 +126,8 @@ func FuzzDecodeCommand(f *testing.F) {
 		if err == nil && len(ops) > len(data)+1 {
 			t.Fatalf("%d ops from %d bytes", len(ops), len(data))
 		}
-		// Whatever decodes must apply without panicking.
-		New(Options{}).Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: data})
+		// Whatever decodes must apply without panicking, to owned ranges too.
+		owning(t, Options{Ranges: 4}, 0, 1, 2, 3).Apply(&raft.Log{Index: 2, Type: raft.LogCommand, Data: data})
 	})
 }
 
@@ -125,6 +145,11 @@ func TestAppendMatchesEncode(t *testing.T) {
 	}
 	for i := 0; i < 5000; i++ {
 		key := string(blob())
+		r := int(randomRange(rng))
+		ranges := make([]int, rng.IntN(4))
+		for j := range ranges {
+			ranges[j] = int(randomRange(rng))
+		}
 		ttl := time.Duration(rng.IntN(3)) * time.Duration(rng.Int64N(1<<40))
 		value, old := blob(), blob()
 		if rng.IntN(4) == 0 {
@@ -134,9 +159,10 @@ func TestAppendMatchesEncode(t *testing.T) {
 			got  []byte
 			want *fsmpb.Command
 		}{
-			{AppendSet(nil, key, value, ttl), SetOp(key, value, ttl)},
-			{AppendDelete(nil, key), DeleteOp(key)},
-			{AppendCAS(nil, key, old, value, ttl), CASOp(key, old, value, ttl)},
+			{AppendSet(nil, r, key, value, ttl), SetOp(r, key, value, ttl)},
+			{AppendDelete(nil, r, key), DeleteOp(r, key)},
+			{AppendCAS(nil, r, key, old, value, ttl), CASOp(r, key, old, value, ttl)},
+			{AppendGenesis(nil, ranges), GenesisOp(ranges)},
 		} {
 			want, err := proto.MarshalOptions{Deterministic: true}.Marshal(c.want)
 			if err != nil {

@@ -1,24 +1,39 @@
-// Package fsm is the replicated state machine of one GridKV range: a sharded
-// in-memory map driven by commands committed through a hashicorp/raft log.
+// Package fsm is the replicated state machine of one GridKV replica group:
+// a group carries many ranges of the key space, and the state machine keeps,
+// per range it knows, a record (RangeRecord: state and epoch) and the
+// range's own data, driven by commands committed through a hashicorp/raft
+// log.
 //
 // Commands are protobuf messages (package fsmpb): Set (with an optional TTL),
-// Delete, CompareAndSwap (old == absent allowed) and Batch, which carries
-// many client operations in one log entry so the layer above can group
-// commit. Every stored value records its version, the index of the log entry
-// that last wrote it.
+// Delete and CompareAndSwap (old == absent allowed), each naming its range;
+// Batch, which carries many client operations in one log entry so the layer
+// above can group commit; and Genesis, a group's first entry at bootstrap,
+// which makes its initial ranges Owned at epoch 1 (idempotent; not allowed
+// inside a Batch). Every stored value records its version, the index of the
+// log entry that last wrote it.
+//
+// Ownership fence: an operation on a range that is not Owned here changes
+// nothing and reports ErrNotOwned; reads of such a range report ErrNotOwned
+// too. A range number at or over Options.Ranges is ErrBadCommand.
 //
 // Determinism: every replica must reach the same state from the same log.
 // TTL expiry is computed from the entry's AppendedAt (stamped by the leader),
-// never from a replica's own clock; expired entries are swept at apply time
-// against that same AppendedAt; the memory limit is checked against the
-// replicated state only. Reads check expiry against a time the caller gives.
+// never from a replica's own clock; expired entries of Owned ranges are swept
+// at apply time against that same AppendedAt; the memory limit (the group's
+// share of the cluster's: MemoryLimit * owned / Ranges) is checked against
+// the replicated state only. Reads check expiry against a time the caller
+// gives.
+//
+// Snapshots reference the stored entries (never mutated) instead of copying
+// them; a snapshot is an io.WriterTo, and a sink that implements
+// Retain(io.WriterTo) bool may keep it by reference instead of taking bytes.
 //
 // Usage:
 //
-//	f := fsm.New(fsm.Options{MemoryLimit: 64 << 20})
+//	f := fsm.New(fsm.Options{MemoryLimit: 1 << 30, Ranges: 1024})
 //	r, _ := raft.NewRaft(conf, f, logs, stable, snaps, trans)
-//	data, _ := fsm.Encode(fsm.SetOp("k", []byte("v"), time.Minute))
-//	fut := r.Apply(data, 0)
+//	r.Apply(fsm.AppendGenesis(nil, myRanges), 0) // once, at bootstrap
+//	fut := r.Apply(fsm.AppendSet(nil, rng, "k", []byte("v"), time.Minute), 0)
 //	res := fut.Response().(*fsm.Result) // res.Err, res.Version
-//	v, version, ok := f.Get("k", fsm.NowNanos())
+//	v, version, ok, err := f.Get(rng, "k", fsm.NowNanos())
 package fsm

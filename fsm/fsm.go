@@ -1,82 +1,95 @@
 package fsm
 
 import (
-	"container/heap"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/hashicorp/raft"
 )
 
-// Errors carried in Result.Err. They are decided inside Apply, so every
-// replica reaches the same decision for the same log entry.
+// Errors carried in Result.Err (and, for ErrNotOwned, returned by reads).
+// Those in a Result are decided inside Apply, so every replica reaches the
+// same decision for the same log entry.
 var (
-	// ErrMemoryLimit: the write would take the range over its memory limit;
-	// nothing was written.
+	// ErrMemoryLimit: the write would take the group over its share of the
+	// memory limit; nothing was written.
 	ErrMemoryLimit = errors.New("fsm: memory limit exceeded")
 	// ErrBadCommand: the log entry could not be decoded or is malformed
-	// (empty key, nested batch); nothing was written.
+	// (empty key, nested batch, Genesis inside a batch, a range number out
+	// of bounds); nothing was written.
 	ErrBadCommand = errors.New("fsm: bad command")
+	// ErrNotOwned: the operation's range is not Owned by this group; nothing
+	// was written (or, for a read, nothing was read).
+	ErrNotOwned = errors.New("fsm: range not owned by this group")
 )
 
-const shardCount = 64 // power of two
+// MaxRanges bounds range numbers when Options.Ranges is 0.
+const MaxRanges = 1 << 20
+
+// maxField bounds one key or value, in a command and in a snapshot (so a
+// stored entry can always be restored, and a corrupt snapshot cannot make
+// Restore allocate without bound).
+const maxField = 1 << 30
 
 // Options configure a state machine. The zero value is valid.
 type Options struct {
-	// MemoryLimit caps the bytes of keys plus values the range holds;
-	// 0 means no limit.
+	// MemoryLimit caps the bytes of keys plus values in the whole cluster;
+	// 0 (the default) means no limit. The state machine enforces it per
+	// group, in proportion to the ranges the group owns: a write is refused
+	// with ErrMemoryLimit when the group's bytes after it would exceed
+	// MemoryLimit * owned / Ranges (the whole MemoryLimit when Ranges is 0).
 	MemoryLimit int64
+	// Ranges is the number of ranges in the cluster; range numbers are in
+	// [0, Ranges). 0 (the default) means unknown: range numbers are then
+	// bounded by MaxRanges only.
+	Ranges int
 }
 
 // Result is what applying one operation produced. Apply returns *Result for
-// a single-operation entry and []Result (one per operation, in order) for a
-// Batch entry.
+// a single-operation entry (and for Genesis) and []Result (one per
+// operation, in order) for a Batch entry.
 type Result struct {
 	// Version is the log index that now holds the key's value (Set, a
 	// successful CAS) or that deleted it.
 	Version uint64
 	// Swapped reports whether a CompareAndSwap stored its new value.
 	Swapped bool
-	// Err is nil, ErrMemoryLimit or ErrBadCommand.
+	// Err is nil, ErrMemoryLimit, ErrBadCommand or ErrNotOwned.
 	Err error
 }
 
-type entry struct {
-	value    []byte // never mutated after it is stored
-	version  uint64 // index of the log entry that last wrote it
-	expireAt int64  // unix nanoseconds; 0 = never
-}
-
-func (e *entry) expired(now int64) bool { return e.expireAt != 0 && e.expireAt <= now }
-
-type shard struct {
-	mu sync.RWMutex
-	m  map[string]entry
-	_  [40]byte // keep neighbouring shards' locks off one cache line
-}
-
-// FSM is the replicated state machine of one range. It implements
-// raft.FSM and raft.BatchingFSM.
+// FSM is the replicated state machine of one replica group, which carries
+// many ranges. It implements raft.FSM and raft.BatchingFSM.
+//
+// Each range the group knows has a record (RangeRecord) and its own data: a
+// map of entries, its byte and entry counts and its expiry heap, so a range
+// can later be extracted or installed as one piece.
 //
 // Threading: Apply, ApplyBatch, Snapshot and Restore are called by one Raft
-// goroutine at a time (hashicorp/raft's contract). Get, Len, Used, Applied
-// and WaitApplied are safe from any goroutine, concurrently with applies.
+// goroutine at a time (hashicorp/raft's contract). Reads (Lookup, Peek,
+// Get), Range, OwnedRanges, Len, Used, RangeUsed, Digest, RangeDigest,
+// Applied and WaitApplied are safe from any goroutine, concurrently with
+// applies.
 type FSM struct {
-	shards [shardCount]shard
-	opts   Options
+	opts Options
+
+	// table maps range numbers to their state. It is copy-on-write: the
+	// applier builds a new one when a range first becomes known (Genesis)
+	// or on Restore, so readers index it without a lock.
+	table atomic.Pointer[rangeTable]
 
 	// Touched only by the applying goroutine (and Restore, which raft
 	// never runs concurrently with Apply).
-	expiries expiryHeap
-	scratch  []op
+	due     dueHeap // Owned ranges with expiries, by earliest deadline
+	owned   int     // ranges Owned here
+	limit   int64   // bytes the group may hold: its share of MemoryLimit
+	scratch []op
 
-	used    atomic.Int64  // bytes of keys + values held
-	count   atomic.Int64  // live entries (expired but not yet swept count too)
+	used    atomic.Int64  // bytes of keys + values held, all ranges
+	count   atomic.Int64  // entries held (expired but not yet swept count too)
 	applied atomic.Uint64 // index of the last log entry applied
 
 	waitMu  sync.Mutex
@@ -89,75 +102,28 @@ var (
 	_ raft.BatchingFSM = (*FSM)(nil)
 )
 
-// New returns an empty state machine.
+// New returns a state machine that owns no range: every range is Absent at
+// epoch 0 until a Genesis entry (or, later, a handoff) makes it Owned.
 func New(opts Options) *FSM {
 	f := &FSM{opts: opts}
-	for i := range f.shards {
-		f.shards[i].m = make(map[string]entry)
-	}
+	f.table.Store(&rangeTable{})
+	f.limit = f.share(0)
 	return f
 }
 
-func xxhash64Shard(key string) uint64 { return xxhash.Sum64String(key) & (shardCount - 1) }
-
-func (f *FSM) shardFor(key string) *shard { return &f.shards[xxhash64Shard(key)] }
-
-// Get returns a copy of key's value and its version. ok is false when the key
-// is absent or expired at now (unix nanoseconds).
-func (f *FSM) Get(key string, now int64) (value []byte, version uint64, ok bool) {
-	value, version, ok = f.Peek(key, now)
-	if !ok {
-		return nil, 0, false
-	}
-	return append(make([]byte, 0, len(value)), value...), version, true
-}
-
-// Peek is Get without the copy, for a caller that copies the value into
-// something of its own: value is the stored one, which must not be
-// modified. It stays as it is (a stored value is never mutated, only
-// replaced).
-func (f *FSM) Peek(key string, now int64) (value []byte, version uint64, ok bool) {
-	s := f.shardFor(key)
-	s.mu.RLock()
-	e, found := s.m[key]
-	s.mu.RUnlock()
-	if !found || e.expired(now) {
-		return nil, 0, false
-	}
-	return e.value, e.version, true
-}
-
-// Entry is a key's value with its version and expiry.
-type Entry struct {
-	Value    []byte
-	Version  uint64 // index of the log entry that last wrote it
-	ExpireAt int64  // unix nanoseconds; 0 = never
-}
-
-// Expired reports whether the entry has expired at now (unix nanoseconds).
-func (e Entry) Expired(now int64) bool { return e.ExpireAt != 0 && e.ExpireAt <= now }
-
-// Lookup returns a copy of key's entry, expired or not: the caller decides
-// expiry with a clock reading taken after the lookup.
-func (f *FSM) Lookup(key string) (Entry, bool) {
-	s := f.shardFor(key)
-	s.mu.RLock()
-	e, found := s.m[key]
-	s.mu.RUnlock()
-	if !found {
-		return Entry{}, false
-	}
-	return Entry{Value: append(make([]byte, 0, len(e.value)), e.value...), Version: e.version, ExpireAt: e.expireAt}, true
-}
-
-// Len is the number of entries held, including expired entries not yet swept.
+// Len is the number of entries held, in all ranges, including expired
+// entries not yet swept.
 func (f *FSM) Len() int { return int(f.count.Load()) }
 
-// Used is the bytes of keys plus values held.
+// Used is the bytes of keys plus values held, in all ranges.
 func (f *FSM) Used() int64 { return f.used.Load() }
 
 // Applied is the index of the last log entry the state machine has applied.
 func (f *FSM) Applied() uint64 { return f.applied.Load() }
+
+// NowNanos is the time reads should check expiry against: the wall clock,
+// the same clock leaders stamp AppendedAt with.
+func NowNanos() int64 { return time.Now().UnixNano() }
 
 // Apply applies one log entry. See Result for what it returns.
 func (f *FSM) Apply(l *raft.Log) interface{} {
@@ -192,79 +158,97 @@ func (f *FSM) applyCommand(l *raft.Log) interface{} {
 		return &Result{Err: fmt.Errorf("%w: %v", ErrBadCommand, err)}
 	}
 	f.scratch = ops[:0]
+	defer clear(ops) // drop references into l.Data
 	if batch {
 		results := make([]Result, len(ops))
 		for i := range ops {
 			results[i] = f.applyOp(&ops[i], l.Index, now)
 		}
-		clear(ops) // drop references into l.Data
 		return results
 	}
-	r := f.applyOp(&ops[0], l.Index, now)
-	clear(ops)
+	var r Result
+	if ops[0].kind == opGenesis {
+		r = f.genesis(ops[0].ranges, l.Index)
+	} else {
+		r = f.applyOp(&ops[0], l.Index, now)
+	}
 	return &r
 }
 
+// applyOp applies one client operation (a single entry's or a batch's).
 func (f *FSM) applyOp(o *op, index uint64, now int64) Result {
-	if o.kind == opBatch {
+	switch {
+	case o.kind == opBatch:
 		return Result{Err: fmt.Errorf("%w: nested batch", ErrBadCommand)}
-	}
-	if o.kind == opNone {
+	case o.kind == opGenesis:
+		return Result{Err: fmt.Errorf("%w: genesis inside a batch", ErrBadCommand)}
+	case o.kind == opNone:
 		return Result{Err: fmt.Errorf("%w: no operation", ErrBadCommand)}
-	}
-	if len(o.key) == 0 {
+	case len(o.key) == 0:
 		return Result{Err: fmt.Errorf("%w: empty key", ErrBadCommand)}
+	case len(o.key) > maxField || len(o.value) > maxField:
+		return Result{Err: fmt.Errorf("%w: key or value over %d bytes", ErrBadCommand, maxField)}
+	case !f.inBounds(int64(o.rng)):
+		return Result{Err: fmt.Errorf("%w: range %d out of bounds", ErrBadCommand, o.rng)}
+	}
+	rs := f.table.Load().at(int(o.rng))
+	// Only the applier writes records, so it reads them without the lock.
+	if rs == nil || rs.rec.State != Owned {
+		return Result{Err: ErrNotOwned}
 	}
 	switch o.kind {
 	case opSet:
-		return f.put(string(o.key), o.value, o.ttl, index, now)
+		return f.put(rs, o.key, o.value, o.ttl, index, now)
 	case opDelete:
-		f.remove(string(o.key))
+		f.remove(rs, o.key)
 		return Result{Version: index}
 	default: // opCAS
-		key := string(o.key)
-		s := f.shardFor(key)
-		s.mu.RLock()
-		cur, found := s.m[key]
-		s.mu.RUnlock()
-		present := found && !cur.expired(now)
+		cur, found := rs.tab.get(string(o.key)) // the applier is the only writer: no lock
+		var h header
+		if found {
+			h = cur.header()
+		}
+		present := found && !h.expired(now)
 		var match bool
 		if o.oldAbsent {
 			match = !present
 		} else {
-			match = present && string(cur.value) == string(o.old)
+			match = present && string(cur.value(h)) == string(o.old)
 		}
 		if !match {
-			return Result{Version: cur.version}
+			return Result{Version: h.version}
 		}
-		r := f.put(key, o.value, o.ttl, index, now)
+		r := f.put(rs, o.key, o.value, o.ttl, index, now)
 		r.Swapped = r.Err == nil
 		return r
 	}
 }
 
-// put stores a copy of value (which aliases the log entry). Only the
-// applying goroutine calls put.
-func (f *FSM) put(key string, value []byte, ttl int64, index uint64, now int64) Result {
-	e := entry{value: append(make([]byte, 0, len(value)), value...), version: index}
-	if ttl > 0 {
-		e.expireAt = now + ttl
-	}
-	s := f.shardFor(key)
-	s.mu.Lock()
-	old, found := s.m[key]
+// put stores key and a copy of value (both alias the log entry) in rs, in
+// one allocation. Only the applying goroutine calls put.
+func (f *FSM) put(rs *rangeState, key, value []byte, ttl int64, index uint64, now int64) Result {
+	old, found := rs.tab.get(string(key))
 	delta := int64(len(key) + len(value))
 	if found {
-		delta -= int64(len(key) + len(old.value))
+		delta -= old.header().size()
 	}
-	if f.opts.MemoryLimit > 0 && delta > 0 && f.used.Load()+delta > f.opts.MemoryLimit {
-		s.mu.Unlock()
+	if delta > 0 && f.used.Load()+delta > f.limit {
 		return Result{Err: ErrMemoryLimit}
 	}
-	s.m[key] = e
-	s.mu.Unlock()
+	var expireAt int64
 	if ttl > 0 {
-		heap.Push(&f.expiries, expiry{at: e.expireAt, key: key, version: index})
+		expireAt = now + ttl
+	}
+	e := newEntry(key, value, index, expireAt)
+	rs.mu.Lock()
+	rs.tab.set(e)
+	rs.used += delta
+	if !found {
+		rs.count++
+	}
+	rs.mu.Unlock()
+	if ttl > 0 {
+		f.pushExpiry(rs, expiry{at: expireAt, e: e})
 	}
 	f.used.Add(delta)
 	if !found {
@@ -273,81 +257,34 @@ func (f *FSM) put(key string, value []byte, ttl int64, index uint64, now int64) 
 	return Result{Version: index}
 }
 
-func (f *FSM) remove(key string) {
-	s := f.shardFor(key)
-	s.mu.Lock()
-	old, found := s.m[key]
-	if found {
-		delete(s.m, key)
-	}
-	s.mu.Unlock()
-	if found {
-		f.used.Add(-int64(len(key) + len(old.value)))
-		f.count.Add(-1)
+// remove deletes key from rs, if present. Only the applying goroutine calls
+// remove.
+func (f *FSM) remove(rs *rangeState, key []byte) {
+	if old, found := rs.tab.get(string(key)); found {
+		f.removeEntry(rs, old)
 	}
 }
 
-// sweep deletes every entry that has expired by now, the applying entry's
-// AppendedAt. The set removed depends only on the state and now, so every
-// replica frees the same entries and memory accounting stays identical.
-func (f *FSM) sweep(now int64) {
-	for len(f.expiries) > 0 && f.expiries[0].at <= now {
-		x := heap.Pop(&f.expiries).(expiry)
-		s := f.shardFor(x.key)
-		s.mu.RLock()
-		e, found := s.m[x.key]
-		s.mu.RUnlock()
-		// A later write may have replaced the entry; its own expiry, if any,
-		// is in the heap separately.
-		if found && e.version == x.version {
-			f.remove(x.key)
-		}
+// removeEntry deletes the stored entry e from rs.
+func (f *FSM) removeEntry(rs *rangeState, e entry) {
+	h := e.header()
+	n := h.size()
+	rs.mu.Lock()
+	rs.tab.delete(e.key(h))
+	rs.used -= n
+	rs.count--
+	rs.mu.Unlock()
+	f.used.Add(-n)
+	f.count.Add(-1)
+}
+
+// inBounds reports whether r is a valid range number under the options.
+func (f *FSM) inBounds(r int64) bool { return r >= 0 && r < f.rangeBound() }
+
+// rangeBound is one past the greatest valid range number.
+func (f *FSM) rangeBound() int64 {
+	if f.opts.Ranges > 0 {
+		return int64(f.opts.Ranges)
 	}
-}
-
-type expiry struct {
-	at      int64
-	key     string
-	version uint64
-}
-
-type expiryHeap []expiry
-
-func (h expiryHeap) Len() int           { return len(h) }
-func (h expiryHeap) Less(i, j int) bool { return h[i].at < h[j].at }
-func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *expiryHeap) Push(x any)        { *h = append(*h, x.(expiry)) }
-func (h *expiryHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
-}
-
-// NowNanos is the time reads should check expiry against: the wall clock,
-// the same clock leaders stamp AppendedAt with.
-func NowNanos() int64 { return time.Now().UnixNano() }
-
-// Digest is an order-independent hash of every entry (key, value, version
-// and expiry), and how many entries it covers. Replicas that applied the
-// same log have the same digest; the Jepsen-style suite compares them after
-// healing. Each shard is read under its lock, so concurrent applies make the
-// result a mix of moments: call it on a quiet range.
-func (f *FSM) Digest() (digest uint64, entries int) {
-	var buf []byte
-	for i := range f.shards {
-		s := &f.shards[i]
-		s.mu.RLock()
-		for k, e := range s.m {
-			buf = binary.AppendUvarint(buf[:0], uint64(len(k)))
-			buf = append(buf, k...)
-			buf = binary.AppendUvarint(buf, e.version)
-			buf = binary.AppendVarint(buf, e.expireAt)
-			buf = append(buf, e.value...)
-			digest += xxhash.Sum64(buf) // a sum: map order must not matter
-			entries++
-		}
-		s.mu.RUnlock()
-	}
-	return digest, entries
+	return MaxRanges
 }

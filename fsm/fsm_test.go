@@ -42,8 +42,32 @@ func single(t *testing.T, v interface{}) Result {
 
 func now(offset time.Duration) int64 { return epoch.Add(offset).UnixNano() }
 
+// r0 is the range the single-range tests use.
+const r0 = 0
+
+// owning returns a state machine that owns ranges (by a Genesis entry at
+// index 1).
+func owning(t testing.TB, opts Options, ranges ...int) *FSM {
+	t.Helper()
+	f := New(opts)
+	if r := f.Apply(logAt(t, 1, 0, GenesisOp(ranges))).(*Result); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	return f
+}
+
+// get reads key from range r, failing the test on an error.
+func get(t testing.TB, f *FSM, r int, key string, at int64) ([]byte, uint64, bool) {
+	t.Helper()
+	v, version, ok, err := f.Get(r, key, at)
+	if err != nil {
+		t.Fatalf("Get(%d, %q): %v", r, key, err)
+	}
+	return v, version, ok
+}
+
 func TestCommands(t *testing.T) {
-	f := New(Options{})
+	f := owning(t, Options{}, r0)
 	empty := []byte{}
 	steps := []struct {
 		name    string
@@ -51,16 +75,16 @@ func TestCommands(t *testing.T) {
 		swapped bool
 		want    []byte // value of "k" after the step; nil = absent
 	}{
-		{"set", SetOp("k", []byte("v1"), 0), false, []byte("v1")},
-		{"overwrite", SetOp("k", []byte("v2"), 0), false, []byte("v2")},
-		{"cas wrong old", CASOp("k", []byte("v1"), []byte("x"), 0), false, []byte("v2")},
-		{"cas absent on present", CASOp("k", nil, []byte("x"), 0), false, []byte("v2")},
-		{"cas right old", CASOp("k", []byte("v2"), []byte("v3"), 0), true, []byte("v3")},
-		{"delete", DeleteOp("k"), false, nil},
-		{"delete absent", DeleteOp("k"), false, nil},
-		{"cas empty old on absent", CASOp("k", empty, []byte("x"), 0), false, nil},
-		{"cas absent", CASOp("k", nil, empty, 0), true, empty},
-		{"cas empty old on empty", CASOp("k", empty, []byte("v4"), 0), true, []byte("v4")},
+		{"set", SetOp(r0, "k", []byte("v1"), 0), false, []byte("v1")},
+		{"overwrite", SetOp(r0, "k", []byte("v2"), 0), false, []byte("v2")},
+		{"cas wrong old", CASOp(r0, "k", []byte("v1"), []byte("x"), 0), false, []byte("v2")},
+		{"cas absent on present", CASOp(r0, "k", nil, []byte("x"), 0), false, []byte("v2")},
+		{"cas right old", CASOp(r0, "k", []byte("v2"), []byte("v3"), 0), true, []byte("v3")},
+		{"delete", DeleteOp(r0, "k"), false, nil},
+		{"delete absent", DeleteOp(r0, "k"), false, nil},
+		{"cas empty old on absent", CASOp(r0, "k", empty, []byte("x"), 0), false, nil},
+		{"cas absent", CASOp(r0, "k", nil, empty, 0), true, empty},
+		{"cas empty old on empty", CASOp(r0, "k", empty, []byte("v4"), 0), true, []byte("v4")},
 	}
 	for i, st := range steps {
 		idx := uint64(i + 1)
@@ -68,7 +92,7 @@ func TestCommands(t *testing.T) {
 		if r.Err != nil || r.Swapped != st.swapped {
 			t.Fatalf("%s: result %+v, want swapped=%v", st.name, r, st.swapped)
 		}
-		v, ver, ok := f.Get("k", now(0))
+		v, ver, ok := get(t, f, r0, "k", now(0))
 		if ok != (st.want != nil) || !bytes.Equal(v, st.want) {
 			t.Fatalf("%s: Get = %q,%v want %q", st.name, v, ok, st.want)
 		}
@@ -85,14 +109,14 @@ func TestCommands(t *testing.T) {
 }
 
 func TestBatchResultsPerOperation(t *testing.T) {
-	f := New(Options{})
+	f := owning(t, Options{}, r0)
 	batch := BatchOp(
-		SetOp("a", []byte("1"), 0),
-		CASOp("a", []byte("1"), []byte("2"), 0),
-		CASOp("a", []byte("1"), []byte("3"), 0),
-		DeleteOp("b"),
-		BatchOp(SetOp("c", []byte("x"), 0)),
-		SetOp("", []byte("x"), 0),
+		SetOp(r0, "a", []byte("1"), 0),
+		CASOp(r0, "a", []byte("1"), []byte("2"), 0),
+		CASOp(r0, "a", []byte("1"), []byte("3"), 0),
+		DeleteOp(r0, "b"),
+		BatchOp(SetOp(r0, "c", []byte("x"), 0)),
+		SetOp(r0, "", []byte("x"), 0),
 	)
 	rs, ok := f.Apply(logAt(t, 7, 0, batch)).([]Result)
 	if !ok || len(rs) != 6 {
@@ -104,37 +128,37 @@ func TestBatchResultsPerOperation(t *testing.T) {
 	if !errors.Is(rs[4].Err, ErrBadCommand) || !errors.Is(rs[5].Err, ErrBadCommand) {
 		t.Fatalf("nested batch / empty key not rejected: %+v", rs[4:])
 	}
-	if v, ver, _ := f.Get("a", now(0)); string(v) != "2" || ver != 7 {
+	if v, ver, _ := get(t, f, r0, "a", now(0)); string(v) != "2" || ver != 7 {
 		t.Fatalf("a = %q@%d", v, ver)
 	}
-	if _, _, ok := f.Get("c", now(0)); ok {
+	if _, _, ok := get(t, f, r0, "c", now(0)); ok {
 		t.Fatal("nested batch applied")
 	}
 }
 
 func TestBadCommandAndNonCommandEntries(t *testing.T) {
-	f := New(Options{})
+	f := owning(t, Options{}, r0)
 	r := single(t, f.Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: []byte{0xff, 0xff}}))
 	if !errors.Is(r.Err, ErrBadCommand) {
 		t.Fatalf("garbage gave %+v", r)
 	}
-	out := f.ApplyBatch([]*raft.Log{{Index: 2, Type: raft.LogConfiguration}, logAt(t, 3, 0, SetOp("k", nil, 0))})
+	out := f.ApplyBatch([]*raft.Log{{Index: 2, Type: raft.LogConfiguration}, logAt(t, 3, 0, SetOp(r0, "k", nil, 0))})
 	if out[0] != nil || single(t, out[1]).Err != nil || f.Applied() != 3 {
 		t.Fatalf("batch out %#v applied %d", out, f.Applied())
 	}
 }
 
 func TestTTLUsesAppendedAt(t *testing.T) {
-	f := New(Options{})
-	f.Apply(logAt(t, 1, 0, SetOp("k", []byte("v"), 10*time.Second)))
-	if _, _, ok := f.Get("k", now(9*time.Second)); !ok {
+	f := owning(t, Options{}, r0)
+	f.Apply(logAt(t, 1, 0, SetOp(r0, "k", []byte("v"), 10*time.Second)))
+	if _, _, ok := get(t, f, r0, "k", now(9*time.Second)); !ok {
 		t.Fatal("expired early")
 	}
-	if _, _, ok := f.Get("k", now(10*time.Second)); ok {
+	if _, _, ok := get(t, f, r0, "k", now(10*time.Second)); ok {
 		t.Fatal("not expired at its deadline")
 	}
 	// CAS against an expired key sees it absent.
-	r := single(t, f.Apply(logAt(t, 2, 11*time.Second, CASOp("k", nil, []byte("w"), 0))))
+	r := single(t, f.Apply(logAt(t, 2, 11*time.Second, CASOp(r0, "k", nil, []byte("w"), 0))))
 	if !r.Swapped {
 		t.Fatal("CAS(absent) on expired key failed")
 	}
@@ -153,16 +177,16 @@ func TestTTLDeterministicAcrossReplicas(t *testing.T) {
 		var cmd *fsmpb.Command
 		switch rng.IntN(4) {
 		case 0:
-			cmd = DeleteOp(key)
+			cmd = DeleteOp(r0, key)
 		case 1:
-			cmd = CASOp(key, nil, []byte("c"), time.Duration(rng.IntN(50))*time.Millisecond)
+			cmd = CASOp(r0, key, nil, []byte("c"), time.Duration(rng.IntN(50))*time.Millisecond)
 		default:
-			cmd = SetOp(key, bytes.Repeat([]byte("v"), rng.IntN(40)), time.Duration(rng.IntN(3))*time.Duration(rng.IntN(100))*time.Millisecond)
+			cmd = SetOp(r0, key, bytes.Repeat([]byte("v"), rng.IntN(40)), time.Duration(rng.IntN(3))*time.Duration(rng.IntN(100))*time.Millisecond)
 		}
 		logs = append(logs, logAt(t, uint64(i), time.Duration(i)*time.Millisecond, cmd))
 	}
 	opts := Options{MemoryLimit: 3000}
-	a, b := New(opts), New(opts)
+	a, b := owning(t, opts, r0), owning(t, opts, r0)
 	var ra, rb []Result
 	for _, l := range logs {
 		ra = append(ra, single(t, a.Apply(l)))
@@ -194,41 +218,47 @@ func roundTrip(t *testing.T, f *FSM, opts Options) *FSM {
 		t.Fatal(err)
 	}
 	snap.Release()
-	g := New(opts)
-	g.Apply(logAt(t, 1, 0, SetOp("junk", []byte("replaced by restore"), 0)))
+	g := owning(t, opts, r0, 1)
+	g.Apply(logAt(t, 1, 0, SetOp(1, "junk", []byte("replaced by restore"), 0)))
 	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
 		t.Fatal(err)
 	}
 	return g
 }
 
+// dump lists every range's record and entries.
 func dump(f *FSM) string {
 	var lines []string
-	for i := range f.shards {
-		for k, e := range f.shards[i].m {
-			lines = append(lines, fmt.Sprintf("%s=%q@%d/%d", k, e.value, e.version, e.expireAt))
+	for _, rs := range f.table.Load().ranges {
+		if rs == nil {
+			continue
 		}
+		lines = append(lines, fmt.Sprintf("%d:%v", rs.num, rs.rec))
+		rs.tab.all(func(e entry) {
+			h := e.header()
+			lines = append(lines, fmt.Sprintf("%d:%s=%q@%d/%d", rs.num, e.key(h), e.value(h), h.version, h.expireAt))
+		})
 	}
 	sort.Strings(lines)
 	return fmt.Sprint(lines)
 }
 
 func TestSnapshotRoundTrip(t *testing.T) {
-	f := New(Options{})
+	f := owning(t, Options{}, r0)
 	for i := 0; i < 1000; i++ {
-		f.Apply(logAt(t, uint64(i+1), 0, SetOp(fmt.Sprint("key", i), []byte(fmt.Sprint("value", i)), time.Duration(i%3)*time.Hour)))
+		f.Apply(logAt(t, uint64(i+1), 0, SetOp(r0, fmt.Sprint("key", i), []byte(fmt.Sprint("value", i)), time.Duration(i%3)*time.Hour)))
 	}
-	f.Apply(logAt(t, 1001, 0, SetOp("empty", []byte{}, 0)))
+	f.Apply(logAt(t, 1001, 0, SetOp(r0, "empty", []byte{}, 0)))
 	g := roundTrip(t, f, Options{})
 	if dump(f) != dump(g) || f.Used() != g.Used() || f.Len() != g.Len() || g.Applied() != 1001 {
 		t.Fatalf("restore differs: used %d/%d len %d/%d applied %d", f.Used(), g.Used(), f.Len(), g.Len(), g.Applied())
 	}
-	if v, _, ok := g.Get("empty", now(0)); !ok || v == nil || len(v) != 0 {
+	if v, _, ok := get(t, g, r0, "empty", now(0)); !ok || v == nil || len(v) != 0 {
 		t.Fatalf("empty value after restore: %v %v", v, ok)
 	}
 	// Writes after Snapshot() do not leak into the snapshot being persisted.
 	snap, _ := f.Snapshot()
-	f.Apply(logAt(t, 1002, 0, SetOp("late", []byte("x"), 0)))
+	f.Apply(logAt(t, 1002, 0, SetOp(r0, "late", []byte("x"), 0)))
 	sink := &memSink{}
 	if err := snap.Persist(sink); err != nil {
 		t.Fatal(err)
@@ -237,14 +267,14 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if err := h.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, ok := h.Get("late", now(0)); ok {
+	if _, _, ok := get(t, h, r0, "late", now(0)); ok {
 		t.Fatal("snapshot saw a later write")
 	}
 }
 
 func TestRestoreRejectsCorruptStreams(t *testing.T) {
-	f := New(Options{})
-	f.Apply(logAt(t, 1, 0, SetOp("key", []byte("value"), 0)))
+	f := owning(t, Options{}, r0)
+	f.Apply(logAt(t, 1, 0, SetOp(r0, "key", []byte("value"), 0)))
 	snap, _ := f.Snapshot()
 	sink := &memSink{}
 	if err := snap.Persist(sink); err != nil {
@@ -257,47 +287,49 @@ func TestRestoreRejectsCorruptStreams(t *testing.T) {
 			t.Fatalf("truncated at %d accepted", cut)
 		}
 	}
-	huge := append(append([]byte{}, good[:5]...), 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f)
+	// magic, applied, 1 range, range 0, Owned, epoch 1, then a key length
+	// over the limit.
+	huge := append(append([]byte{}, good[:9]...), 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f)
 	if err := New(Options{}).Restore(io.NopCloser(bytes.NewReader(huge))); err == nil {
 		t.Fatal("huge field accepted")
 	}
 }
 
 func TestMemoryLimit(t *testing.T) {
-	f := New(Options{MemoryLimit: 10})
-	if r := single(t, f.Apply(logAt(t, 1, 0, SetOp("k", []byte("123456789"), 0)))); r.Err != nil {
+	f := owning(t, Options{MemoryLimit: 10}, r0)
+	if r := single(t, f.Apply(logAt(t, 1, 0, SetOp(r0, "k", []byte("123456789"), 0)))); r.Err != nil {
 		t.Fatalf("exactly at limit: %v", r.Err)
 	}
-	r := single(t, f.Apply(logAt(t, 2, 0, SetOp("j", []byte("1"), 0))))
+	r := single(t, f.Apply(logAt(t, 2, 0, SetOp(r0, "j", []byte("1"), 0))))
 	if !errors.Is(r.Err, ErrMemoryLimit) {
 		t.Fatalf("over limit: %+v", r)
 	}
-	if _, _, ok := f.Get("j", now(0)); ok {
+	if _, _, ok := get(t, f, r0, "j", now(0)); ok {
 		t.Fatal("rejected write stored")
 	}
 	// Shrinking an existing value and deleting always work.
-	if r := single(t, f.Apply(logAt(t, 3, 0, SetOp("k", []byte("1"), 0)))); r.Err != nil {
+	if r := single(t, f.Apply(logAt(t, 3, 0, SetOp(r0, "k", []byte("1"), 0)))); r.Err != nil {
 		t.Fatal(r.Err)
 	}
-	if r := single(t, f.Apply(logAt(t, 4, 0, CASOp("k", []byte("1"), []byte("1234567890"), 0)))); !errors.Is(r.Err, ErrMemoryLimit) || r.Swapped {
+	if r := single(t, f.Apply(logAt(t, 4, 0, CASOp(r0, "k", []byte("1"), []byte("1234567890"), 0)))); !errors.Is(r.Err, ErrMemoryLimit) || r.Swapped {
 		t.Fatalf("CAS over limit: %+v", r)
 	}
-	if r := single(t, f.Apply(logAt(t, 5, 0, DeleteOp("k")))); r.Err != nil || f.Used() != 0 {
+	if r := single(t, f.Apply(logAt(t, 5, 0, DeleteOp(r0, "k")))); r.Err != nil || f.Used() != 0 {
 		t.Fatalf("delete: %+v used %d", r, f.Used())
 	}
 }
 
 func TestValuesAreNotAliased(t *testing.T) {
-	f := New(Options{})
-	cmd := SetOp("k", []byte("abc"), 0)
+	f := owning(t, Options{}, r0)
+	cmd := SetOp(r0, "k", []byte("abc"), 0)
 	l := logAt(t, 1, 0, cmd)
 	f.Apply(l)
 	for i := range l.Data {
 		l.Data[i] = 'X'
 	}
-	v, _, _ := f.Get("k", now(0))
+	v, _, _ := get(t, f, r0, "k", now(0))
 	v[0] = 'Z'
-	if v2, _, _ := f.Get("k", now(0)); string(v2) != "abc" {
+	if v2, _, _ := get(t, f, r0, "k", now(0)); string(v2) != "abc" {
 		t.Fatalf("stored value changed to %q", v2)
 	}
 }
@@ -305,39 +337,39 @@ func TestValuesAreNotAliased(t *testing.T) {
 // Peek sees what Get sees, without the copy; a value replaced after a Peek
 // leaves the peeked one as it was.
 func TestPeek(t *testing.T) {
-	f := New(Options{})
-	f.Apply(logAt(t, 1, 0, SetOp("k", []byte("abc"), time.Second)))
-	v, version, ok := f.Peek("k", now(0))
-	if !ok || string(v) != "abc" || version != 1 {
+	f := owning(t, Options{}, r0)
+	f.Apply(logAt(t, 1, 0, SetOp(r0, "k", []byte("abc"), time.Second)))
+	v, version, ok, err := f.Peek(r0, "k", now(0))
+	if err != nil || !ok || string(v) != "abc" || version != 1 {
 		t.Fatalf("Peek = %q %d %v", v, version, ok)
 	}
-	f.Apply(logAt(t, 2, 0, SetOp("k", []byte("xyz"), 0)))
+	f.Apply(logAt(t, 2, 0, SetOp(r0, "k", []byte("xyz"), 0)))
 	if string(v) != "abc" {
 		t.Fatalf("peeked value changed to %q", v)
 	}
-	if _, _, ok := f.Peek("absent", now(0)); ok {
+	if _, _, ok, err := f.Peek(r0, "absent", now(0)); ok || err != nil {
 		t.Fatal("Peek found an absent key")
 	}
-	f.Apply(logAt(t, 3, 0, SetOp("ttl", []byte("v"), time.Second)))
-	if _, _, ok := f.Peek("ttl", now(time.Second)); ok {
+	f.Apply(logAt(t, 3, 0, SetOp(r0, "ttl", []byte("v"), time.Second)))
+	if _, _, ok, err := f.Peek(r0, "ttl", now(time.Second)); ok || err != nil {
 		t.Fatal("Peek found an expired key")
 	}
 }
 
 func TestWaitApplied(t *testing.T) {
-	f := New(Options{})
+	f := owning(t, Options{}, r0)
 	done := make(chan error, 1)
 	go func() { done <- f.WaitApplied(context.Background(), 3) }()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancelled := make(chan error, 1)
 	go func() { cancelled <- f.WaitApplied(ctx, 100) }()
-	f.Apply(logAt(t, 1, 0, SetOp("a", nil, 0)))
+	f.Apply(logAt(t, 1, 0, SetOp(r0, "a", nil, 0)))
 	select {
 	case <-done:
 		t.Fatal("released early")
 	default:
 	}
-	f.ApplyBatch([]*raft.Log{logAt(t, 2, 0, SetOp("a", nil, 0)), logAt(t, 3, 0, SetOp("a", nil, 0))})
+	f.ApplyBatch([]*raft.Log{logAt(t, 2, 0, SetOp(r0, "a", nil, 0)), logAt(t, 3, 0, SetOp(r0, "a", nil, 0))})
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
@@ -360,10 +392,10 @@ func (s *memSink) Close() error  { return nil }
 // missed (a lost wake-up hangs the reader forever).
 func TestWaitAppliedNoLostWakeup(t *testing.T) {
 	for i := 0; i < 2000; i++ {
-		f := New(Options{})
+		f := owning(t, Options{}, r0)
 		done := make(chan error, 1)
 		go func() { done <- f.WaitApplied(context.Background(), 1) }()
-		f.Apply(logAt(t, 1, 0, SetOp("a", nil, 0)))
+		f.Apply(logAt(t, 1, 0, SetOp(r0, "a", nil, 0)))
 		select {
 		case err := <-done:
 			if err != nil {
@@ -378,9 +410,9 @@ func TestWaitAppliedNoLostWakeup(t *testing.T) {
 func TestDigestIgnoresOrderAndSeesChanges(t *testing.T) {
 	// Two FSMs with the same entries (their maps iterate in different
 	// orders) agree; one more write changes the digest.
-	a, b := New(Options{}), New(Options{})
+	a, b := owning(t, Options{}, r0), owning(t, Options{}, r0)
 	for i := 0; i < 100; i++ {
-		l := logAt(t, uint64(i+1), 0, SetOp(fmt.Sprint("k", i), []byte("v"), 0))
+		l := logAt(t, uint64(i+1), 0, SetOp(r0, fmt.Sprint("k", i), []byte("v"), 0))
 		a.Apply(l)
 		b.Apply(l)
 	}
@@ -389,7 +421,7 @@ func TestDigestIgnoresOrderAndSeesChanges(t *testing.T) {
 	if da != db || na != 100 || nb != 100 {
 		t.Fatalf("same entries: digests %x/%x, counts %d/%d", da, db, na, nb)
 	}
-	b.Apply(logAt(t, 101, 0, SetOp("k1", []byte("w"), 0)))
+	b.Apply(logAt(t, 101, 0, SetOp(r0, "k1", []byte("w"), 0)))
 	if d, _ := b.Digest(); d == da {
 		t.Fatal("a changed value left the digest unchanged")
 	}

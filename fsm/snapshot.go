@@ -7,169 +7,282 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"unsafe"
 
 	"github.com/hashicorp/raft"
 )
 
-// Snapshot stream format: magic, applied index, then per entry
-// (uvarint key length, key, uvarint value length, value, uvarint version,
-// varint expireAt), then a zero key length as terminator. It is written
-// and read entry by entry; no buffer holds the whole state.
-var snapMagic = [4]byte{'G', 'K', 'V', '1'}
+// Snapshot stream format, version 2 (the magic's last byte):
+//
+//	magic "GKV2", uvarint applied index, uvarint number of ranges, then
+//	per range, in increasing range number:
+//	  uvarint range number, one byte state, uvarint epoch,
+//	  per entry: uvarint key length (> 0), uvarint value length,
+//	             uvarint version, varint expireAt, key, value;
+//	  a zero key length as the range's terminator.
+//
+// Nothing follows the last range. It is written and read entry by entry;
+// no buffer holds the whole state.
+var snapMagic = [4]byte{'G', 'K', 'V', '2'}
 
-// maxSnapField bounds one key or value read from a snapshot, so a corrupt
-// stream cannot make Restore allocate without bound.
-const maxSnapField = 1 << 30
-
-type snapItem struct {
-	key string
-	e   entry
+// retainer is what a snapshot sink implements to keep a snapshot by
+// reference instead of as bytes (raftgroup's snapshot store): Retain
+// returns true if it keeps w and will write it (with WriteTo) when the
+// bytes are needed.
+type retainer interface {
+	Retain(w io.WriterTo) bool
 }
 
+type snapRange struct {
+	num     uint32
+	rec     RangeRecord
+	entries []entry
+}
+
+// snapshot is the state as of one applied index. It references the stored
+// keys and values, which are never mutated, instead of copying them; once
+// taken it never changes, so WriteTo may run any number of times, even
+// after Release.
 type snapshot struct {
 	applied uint64
-	shards  [shardCount][]snapItem
+	ranges  []snapRange
 }
 
-// Snapshot captures the state as of the last applied entry. It copies the
-// references to keys and values (which are never mutated in place), not
-// the bytes, one shard at a time; Persist then streams them.
+var (
+	_ raft.FSMSnapshot = (*snapshot)(nil)
+	_ io.WriterTo      = (*snapshot)(nil)
+)
+
+// Snapshot captures the state as of the last applied entry: every range's
+// record and the references to its entries (not their bytes), one range
+// at a time. Persist then streams them.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	snap := &snapshot{applied: f.applied.Load()}
-	for i := range f.shards {
-		s := &f.shards[i]
-		s.mu.RLock()
-		items := make([]snapItem, 0, len(s.m))
-		for k, e := range s.m {
-			items = append(items, snapItem{key: k, e: e})
+	for _, rs := range f.table.Load().ranges {
+		if rs == nil {
+			continue
 		}
-		s.mu.RUnlock()
-		snap.shards[i] = items
+		rs.mu.RLock()
+		sr := snapRange{num: rs.num, rec: rs.rec, entries: make([]entry, 0, rs.tab.n)}
+		rs.tab.all(func(e entry) { sr.entries = append(sr.entries, e) })
+		rs.mu.RUnlock()
+		snap.ranges = append(snap.ranges, sr)
 	}
 	return snap, nil
 }
 
-// Persist writes the snapshot to sink, entry by entry.
+// Persist writes the snapshot to sink, entry by entry, unless the sink
+// retains it by reference (see retainer): then it writes nothing and only
+// closes the sink.
 func (s *snapshot) Persist(sink raft.SnapshotSink) error {
-	if err := s.writeTo(sink); err != nil {
+	if r, ok := sink.(retainer); ok && r.Retain(s) {
+		return sink.Close()
+	}
+	if _, err := s.WriteTo(sink); err != nil {
 		_ = sink.Cancel()
 		return err
 	}
 	return sink.Close()
 }
 
-func (s *snapshot) writeTo(out io.Writer) error {
-	w := bufio.NewWriterSize(out, 64<<10)
-	var scratch [3 * binary.MaxVarintLen64]byte
+// WriteTo writes the snapshot stream to w: the bytes Persist writes to a
+// sink that does not retain it.
+func (s *snapshot) WriteTo(out io.Writer) (int64, error) {
+	cw := &countingWriter{w: out}
+	w := bufio.NewWriterSize(cw, 64<<10)
+	var scratch [4 * binary.MaxVarintLen64]byte
 	w.Write(snapMagic[:])
-	w.Write(binary.AppendUvarint(scratch[:0], s.applied))
-	for _, items := range s.shards {
-		for _, it := range items {
-			b := binary.AppendUvarint(scratch[:0], uint64(len(it.key)))
-			w.Write(b)
-			w.WriteString(it.key)
-			w.Write(binary.AppendUvarint(scratch[:0], uint64(len(it.e.value))))
-			if _, err := w.Write(it.e.value); err != nil {
-				return err
+	b := binary.AppendUvarint(scratch[:0], s.applied)
+	w.Write(binary.AppendUvarint(b, uint64(len(s.ranges))))
+	for _, sr := range s.ranges {
+		b = binary.AppendUvarint(scratch[:0], uint64(sr.num))
+		b = append(b, byte(sr.rec.State))
+		w.Write(binary.AppendUvarint(b, sr.rec.Epoch))
+		for _, e := range sr.entries {
+			h := e.header()
+			b = binary.AppendUvarint(scratch[:0], uint64(h.klen))
+			b = binary.AppendUvarint(b, uint64(h.vlen))
+			b = binary.AppendUvarint(b, h.version)
+			w.Write(binary.AppendVarint(b, h.expireAt))
+			w.WriteString(e.key(h))
+			if _, err := w.Write(e.value(h)); err != nil {
+				return cw.n, err
 			}
-			b = binary.AppendUvarint(scratch[:0], it.e.version)
-			b = binary.AppendVarint(b, it.e.expireAt)
-			w.Write(b)
 		}
+		w.WriteByte(0)
 	}
-	w.Write([]byte{0})
-	return w.Flush()
+	err := w.Flush()
+	return cw.n, err
 }
 
-// Release drops the snapshot's references.
-func (s *snapshot) Release() { s.shards = [shardCount][]snapItem{} }
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
 
-// Restore replaces the whole state with the snapshot read from rc.
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Release does nothing: a retained snapshot is written after raft releases
+// it, so the references stay for the garbage collector to reclaim.
+func (s *snapshot) Release() {}
+
+// Restore replaces the whole state with the snapshot read from rc. It
+// validates every field: the format version, lengths and counts within
+// bounds, range numbers in bounds and increasing, known states, entries
+// only in ranges whose state holds data, no duplicate key, and nothing
+// after the last range. On an error the state is left as it was.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	r := bufio.NewReaderSize(rc, 64<<10)
 	var magic [4]byte
 	if _, err := io.ReadFull(r, magic[:]); err != nil {
-		return fmt.Errorf("fsm: restore: %w", err)
+		return restoreErr(err)
 	}
 	if magic != snapMagic {
-		return errors.New("fsm: restore: not a gridkv snapshot")
+		return errors.New("fsm: restore: not a gridkv snapshot of this version")
 	}
 	applied, err := binary.ReadUvarint(r)
 	if err != nil {
-		return fmt.Errorf("fsm: restore: %w", err)
+		return restoreErr(err)
 	}
-	var maps [shardCount]map[string]entry
-	for i := range maps {
-		maps[i] = make(map[string]entry)
+	nranges, err := binary.ReadUvarint(r)
+	if err != nil {
+		return restoreErr(err)
 	}
+	if nranges > uint64(f.rangeBound()) {
+		return fmt.Errorf("fsm: restore: %d ranges is over the limit", nranges)
+	}
+	table := &rangeTable{}
 	var used, count int64
-	var expiries expiryHeap
-	for {
-		klen, err := readLen(r)
+	prev := int64(-1)
+	for i := uint64(0); i < nranges; i++ {
+		rs, err := f.readRange(r, prev)
 		if err != nil {
 			return err
 		}
-		if klen == 0 {
-			break
-		}
-		key, err := readBytes(r, klen)
-		if err != nil {
-			return err
-		}
-		vlen, err := readLen(r)
-		if err != nil {
-			return err
-		}
-		value, err := readBytes(r, vlen)
-		if err != nil {
-			return err
-		}
-		version, err := binary.ReadUvarint(r)
-		if err != nil {
-			return fmt.Errorf("fsm: restore: %w", err)
-		}
-		expireAt, err := binary.ReadVarint(r)
-		if err != nil {
-			return fmt.Errorf("fsm: restore: %w", err)
-		}
-		k := string(key)
-		maps[xxhash64Shard(k)][k] = entry{value: value, version: version, expireAt: expireAt}
-		if expireAt != 0 {
-			expiries = append(expiries, expiry{at: expireAt, key: k, version: version})
-		}
-		used += int64(len(k) + len(value))
-		count++
+		prev = int64(rs.num)
+		table.grow(int(rs.num) + 1)
+		table.ranges[rs.num] = rs
+		used += rs.used
+		count += rs.count
 	}
-	heap.Init(&expiries)
-	for i := range f.shards {
-		s := &f.shards[i]
-		s.mu.Lock()
-		s.m = maps[i]
-		s.mu.Unlock()
+	if _, err := r.ReadByte(); err != io.EOF {
+		return errors.New("fsm: restore: data after the last range")
 	}
-	f.expiries = expiries
+
+	f.table.Store(table)
+	f.due = f.due[:0]
+	f.owned = 0
+	for _, rs := range table.ranges {
+		if rs == nil {
+			continue
+		}
+		if rs.rec.State == Owned {
+			f.owned++
+		}
+		f.requeue(rs)
+	}
+	f.limit = f.share(f.owned)
 	f.used.Store(used)
 	f.count.Store(count)
 	f.advance(applied)
 	return nil
 }
 
+// readRange reads one range's record and entries; its number must be
+// greater than prev.
+func (f *FSM) readRange(r *bufio.Reader, prev int64) (*rangeState, error) {
+	num, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, restoreErr(err)
+	}
+	if int64(num) <= prev || !f.inBounds(int64(num)) {
+		return nil, fmt.Errorf("fsm: restore: range %d out of order or out of bounds", num)
+	}
+	state, err := r.ReadByte()
+	if err != nil {
+		return nil, restoreErr(err)
+	}
+	epoch, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, restoreErr(err)
+	}
+	rs := newRangeState(uint32(num))
+	rs.rec = RangeRecord{State: RangeState(state), Epoch: epoch}
+	if !rs.rec.State.known() {
+		return nil, fmt.Errorf("fsm: restore: range %d has unknown state %d", num, state)
+	}
+	for {
+		klen, err := readLen(r)
+		if err != nil {
+			return nil, err
+		}
+		if klen == 0 {
+			break
+		}
+		if !rs.rec.State.holdsData() {
+			return nil, fmt.Errorf("fsm: restore: range %d holds entries in state %v", num, rs.rec.State)
+		}
+		vlen, err := readLen(r)
+		if err != nil {
+			return nil, err
+		}
+		version, err := binary.ReadUvarint(r)
+		if err != nil {
+			return nil, restoreErr(err)
+		}
+		expireAt, err := binary.ReadVarint(r)
+		if err != nil {
+			return nil, restoreErr(err)
+		}
+		// One allocation, in the layout newEntry makes: key and value are
+		// read in place.
+		var kb, mb [binary.MaxVarintLen64]byte
+		kh := binary.AppendUvarint(kb[:0], uint64(klen))
+		mid := appendMid(mb[:0], vlen, version, expireAt)
+		buf := make([]byte, len(kh)+klen+len(mid)+vlen)
+		koff, voff := len(kh), len(kh)+klen+len(mid)
+		copy(buf, kh)
+		copy(buf[koff+klen:], mid)
+		if _, err := io.ReadFull(r, buf[koff:koff+klen]); err != nil {
+			return nil, restoreErr(io.ErrUnexpectedEOF)
+		}
+		if _, err := io.ReadFull(r, buf[voff:]); err != nil {
+			return nil, restoreErr(io.ErrUnexpectedEOF)
+		}
+		e := entry{p: unsafe.SliceData(buf)}
+		if k := e.key(e.header()); rs.tab.find(k) >= 0 {
+			return nil, fmt.Errorf("fsm: restore: range %d holds key %q twice", num, k)
+		}
+		rs.tab.set(e)
+		if expireAt != 0 {
+			rs.expiries = append(rs.expiries, expiry{at: expireAt, e: e})
+		}
+		rs.used += int64(klen + vlen)
+		rs.count++
+	}
+	heap.Init(&rs.expiries)
+	return rs, nil
+}
+
+func restoreErr(err error) error {
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("fsm: restore: %w", err)
+}
+
 func readLen(r *bufio.Reader) (int, error) {
 	n, err := binary.ReadUvarint(r)
 	if err != nil {
-		return 0, fmt.Errorf("fsm: restore: %w", err)
+		return 0, restoreErr(err)
 	}
-	if n > maxSnapField {
+	if n > maxField {
 		return 0, fmt.Errorf("fsm: restore: field of %d bytes is over the limit", n)
 	}
 	return int(n), nil
-}
-
-func readBytes(r *bufio.Reader, n int) ([]byte, error) {
-	b := make([]byte, n)
-	if _, err := io.ReadFull(r, b); err != nil {
-		return nil, fmt.Errorf("fsm: restore: %w", io.ErrUnexpectedEOF)
-	}
-	return b, nil
 }

@@ -1,4 +1,4 @@
-// Commands replicated through a range's Raft log and applied by package fsm.
+// Commands replicated through a replica group's Raft log and applied by package fsm.
 //
 // Regenerate with `make proto` (protoc from Debian's protobuf-compiler,
 // protoc-gen-go from the module proxy at the version pinned in go.mod).
@@ -35,6 +35,7 @@ type Command struct {
 	//	*Command_Delete
 	//	*Command_Cas
 	//	*Command_Batch
+	//	*Command_Genesis
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -113,6 +114,15 @@ func (x *Command) GetBatch() *Batch {
 	return nil
 }
 
+func (x *Command) GetGenesis() *Genesis {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Genesis); ok {
+			return x.Genesis
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -133,6 +143,10 @@ type Command_Batch struct {
 	Batch *Batch `protobuf:"bytes,4,opt,name=batch,proto3,oneof"`
 }
 
+type Command_Genesis struct {
+	Genesis *Genesis `protobuf:"bytes,5,opt,name=genesis,proto3,oneof"`
+}
+
 func (*Command_Set) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -141,13 +155,16 @@ func (*Command_Cas) isCommand_Op() {}
 
 func (*Command_Batch) isCommand_Op() {}
 
-// Set stores value under key. ttl_nanos > 0 makes the key expire that long
-// after the log entry's AppendedAt time.
+func (*Command_Genesis) isCommand_Op() {}
+
+// Set stores value under key in range `range`. ttl_nanos > 0 makes the key
+// expire that long after the log entry's AppendedAt time.
 type Set struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
 	TtlNanos      int64                  `protobuf:"varint,3,opt,name=ttl_nanos,json=ttlNanos,proto3" json:"ttl_nanos,omitempty"`
+	Range         uint32                 `protobuf:"varint,4,opt,name=range,proto3" json:"range,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -203,10 +220,18 @@ func (x *Set) GetTtlNanos() int64 {
 	return 0
 }
 
-// Delete removes key; deleting an absent key succeeds.
+func (x *Set) GetRange() uint32 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+// Delete removes key from range `range`; deleting an absent key succeeds.
 type Delete struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Range         uint32                 `protobuf:"varint,2,opt,name=range,proto3" json:"range,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -248,8 +273,15 @@ func (x *Delete) GetKey() []byte {
 	return nil
 }
 
-// CompareAndSwap stores new under key if the current value equals old, or,
-// with old_absent, if the key is absent (or expired).
+func (x *Delete) GetRange() uint32 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+// CompareAndSwap stores new under key in range `range` if the current value
+// equals old, or, with old_absent, if the key is absent (or expired).
 type CompareAndSwap struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -257,6 +289,7 @@ type CompareAndSwap struct {
 	Old           []byte                 `protobuf:"bytes,3,opt,name=old,proto3" json:"old,omitempty"`
 	New           []byte                 `protobuf:"bytes,4,opt,name=new,proto3" json:"new,omitempty"`
 	TtlNanos      int64                  `protobuf:"varint,5,opt,name=ttl_nanos,json=ttlNanos,proto3" json:"ttl_nanos,omitempty"`
+	Range         uint32                 `protobuf:"varint,6,opt,name=range,proto3" json:"range,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -326,6 +359,13 @@ func (x *CompareAndSwap) GetTtlNanos() int64 {
 	return 0
 }
 
+func (x *CompareAndSwap) GetRange() uint32 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
 // Batch carries many client operations in one log entry (group commit). Each
 // operation gets its own result; nested batches are rejected.
 type Batch struct {
@@ -372,33 +412,87 @@ func (x *Batch) GetOps() []*Command {
 	return nil
 }
 
+// Genesis makes the listed ranges Owned at epoch 1 in this group, each only
+// if it is still Absent at epoch 0 (so replaying it changes nothing). It is
+// the first entry of each group bootstrapped with the cluster; it may not
+// appear inside a Batch.
+type Genesis struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ranges        []uint32               `protobuf:"varint,1,rep,packed,name=ranges,proto3" json:"ranges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Genesis) Reset() {
+	*x = Genesis{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Genesis) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Genesis) ProtoMessage() {}
+
+func (x *Genesis) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Genesis.ProtoReflect.Descriptor instead.
+func (*Genesis) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Genesis) GetRanges() []uint32 {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
 var File_fsm_fsmpb_command_proto protoreflect.FileDescriptor
 
 const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\n" +
 	"\x17fsm/fsmpb/command.proto\x12\n" +
-	"gridkv.fsm\"\xbd\x01\n" +
+	"gridkv.fsm\"\xee\x01\n" +
 	"\aCommand\x12#\n" +
 	"\x03set\x18\x01 \x01(\v2\x0f.gridkv.fsm.SetH\x00R\x03set\x12,\n" +
 	"\x06delete\x18\x02 \x01(\v2\x12.gridkv.fsm.DeleteH\x00R\x06delete\x12.\n" +
 	"\x03cas\x18\x03 \x01(\v2\x1a.gridkv.fsm.CompareAndSwapH\x00R\x03cas\x12)\n" +
-	"\x05batch\x18\x04 \x01(\v2\x11.gridkv.fsm.BatchH\x00R\x05batchB\x04\n" +
-	"\x02op\"J\n" +
+	"\x05batch\x18\x04 \x01(\v2\x11.gridkv.fsm.BatchH\x00R\x05batch\x12/\n" +
+	"\agenesis\x18\x05 \x01(\v2\x13.gridkv.fsm.GenesisH\x00R\agenesisB\x04\n" +
+	"\x02op\"`\n" +
 	"\x03Set\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x1b\n" +
-	"\tttl_nanos\x18\x03 \x01(\x03R\bttlNanos\"\x1a\n" +
+	"\tttl_nanos\x18\x03 \x01(\x03R\bttlNanos\x12\x14\n" +
+	"\x05range\x18\x04 \x01(\rR\x05range\"0\n" +
 	"\x06Delete\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\fR\x03key\"\x82\x01\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
+	"\x05range\x18\x02 \x01(\rR\x05range\"\x98\x01\n" +
 	"\x0eCompareAndSwap\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1d\n" +
 	"\n" +
 	"old_absent\x18\x02 \x01(\bR\toldAbsent\x12\x10\n" +
 	"\x03old\x18\x03 \x01(\fR\x03old\x12\x10\n" +
 	"\x03new\x18\x04 \x01(\fR\x03new\x12\x1b\n" +
-	"\tttl_nanos\x18\x05 \x01(\x03R\bttlNanos\".\n" +
+	"\tttl_nanos\x18\x05 \x01(\x03R\bttlNanos\x12\x14\n" +
+	"\x05range\x18\x06 \x01(\rR\x05range\".\n" +
 	"\x05Batch\x12%\n" +
-	"\x03ops\x18\x01 \x03(\v2\x13.gridkv.fsm.CommandR\x03opsB$Z\"github.com/gridkv/gridkv/fsm/fsmpbb\x06proto3"
+	"\x03ops\x18\x01 \x03(\v2\x13.gridkv.fsm.CommandR\x03ops\"!\n" +
+	"\aGenesis\x12\x16\n" +
+	"\x06ranges\x18\x01 \x03(\rR\x06rangesB$Z\"github.com/gridkv/gridkv/fsm/fsmpbb\x06proto3"
 
 var (
 	file_fsm_fsmpb_command_proto_rawDescOnce sync.Once
@@ -412,25 +506,27 @@ func file_fsm_fsmpb_command_proto_rawDescGZIP() []byte {
 	return file_fsm_fsmpb_command_proto_rawDescData
 }
 
-var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_fsm_fsmpb_command_proto_goTypes = []any{
 	(*Command)(nil),        // 0: gridkv.fsm.Command
 	(*Set)(nil),            // 1: gridkv.fsm.Set
 	(*Delete)(nil),         // 2: gridkv.fsm.Delete
 	(*CompareAndSwap)(nil), // 3: gridkv.fsm.CompareAndSwap
 	(*Batch)(nil),          // 4: gridkv.fsm.Batch
+	(*Genesis)(nil),        // 5: gridkv.fsm.Genesis
 }
 var file_fsm_fsmpb_command_proto_depIdxs = []int32{
 	1, // 0: gridkv.fsm.Command.set:type_name -> gridkv.fsm.Set
 	2, // 1: gridkv.fsm.Command.delete:type_name -> gridkv.fsm.Delete
 	3, // 2: gridkv.fsm.Command.cas:type_name -> gridkv.fsm.CompareAndSwap
 	4, // 3: gridkv.fsm.Command.batch:type_name -> gridkv.fsm.Batch
-	0, // 4: gridkv.fsm.Batch.ops:type_name -> gridkv.fsm.Command
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	5, // 4: gridkv.fsm.Command.genesis:type_name -> gridkv.fsm.Genesis
+	0, // 5: gridkv.fsm.Batch.ops:type_name -> gridkv.fsm.Command
+	6, // [6:6] is the sub-list for method output_type
+	6, // [6:6] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_command_proto_init() }
@@ -443,6 +539,7 @@ func file_fsm_fsmpb_command_proto_init() {
 		(*Command_Delete)(nil),
 		(*Command_Cas)(nil),
 		(*Command_Batch)(nil),
+		(*Command_Genesis)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -450,7 +547,7 @@ func file_fsm_fsmpb_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_fsmpb_command_proto_rawDesc), len(file_fsm_fsmpb_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
