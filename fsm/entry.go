@@ -33,17 +33,17 @@ func (f *FSM) find(r int, key string) (entry, bool, error) {
 	return e, found, nil
 }
 
-// Lookup returns a copy of key's entry in range r, expired or not: the
-// caller decides expiry with a clock reading taken after the lookup. err is
-// ErrNotOwned when r is not Owned here.
+// Lookup returns key's entry in range r, expired or not: the caller
+// decides expiry with a clock reading taken after the lookup. As with
+// Peek, e.Value is the stored value, not a copy: it must not be modified,
+// and it stays as it is. err is ErrNotOwned when r is not Owned here.
 func (f *FSM) Lookup(r int, key string) (e Entry, found bool, err error) {
 	x, found, err := f.find(r, key)
 	if !found {
 		return Entry{}, false, err
 	}
 	h := x.header()
-	v := x.value(h)
-	return Entry{Value: append(make([]byte, 0, len(v)), v...), Version: h.version, ExpireAt: h.expireAt}, true, nil
+	return Entry{Value: x.value(h), Version: h.version, ExpireAt: h.expireAt}, true, nil
 }
 
 // Peek returns key's value in range r and its version, without a copy:

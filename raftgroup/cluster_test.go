@@ -108,11 +108,19 @@ func (c *testCluster) waitLeaders(groups int, within time.Duration) {
 	})
 }
 
+// genesisData makes the test state machines own range 0, where every
+// test key lives; applying it again changes nothing.
+var genesisData, _ = fsm.Encode(fsm.GenesisOp([]int{0}))
+
+// set writes key in range 0 through g, its leader, after the Genesis.
 func set(t testing.TB, g *Group, key, value string) *fsm.Result {
 	t.Helper()
-	data, _ := fsm.Encode(fsm.SetOp(key, []byte(value), 0))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	if _, err := g.Apply(ctx, genesisData); err != nil {
+		t.Fatalf("apply to group %d: %v", g.ID, err)
+	}
+	data, _ := fsm.Encode(fsm.SetOp(0, key, []byte(value), 0))
 	resp, err := g.Apply(ctx, data)
 	if err != nil {
 		t.Fatalf("apply to group %d: %v", g.ID, err)
@@ -134,7 +142,7 @@ func TestManyGroupsElectAndReplicate(t *testing.T) {
 	eventually(t, 10*time.Second, "writes on every replica", func() bool {
 		for g := 0; g < groups; g++ {
 			for i := range c.hosts {
-				v, _, ok := c.fsms[i][GroupID(g)].Get(fmt.Sprint("key", g), fsm.NowNanos())
+				v, _, ok, _ := c.fsms[i][GroupID(g)].Get(0, fmt.Sprint("key", g), fsm.NowNanos())
 				if !ok || string(v) != fmt.Sprint("value", g) {
 					return false
 				}
@@ -160,7 +168,7 @@ func TestPartitionedLeaderIsReplacedAndItsWritesFail(t *testing.T) {
 
 	// A write to the isolated leader cannot commit: it must fail (leadership
 	// lost) or time out, never succeed.
-	data, _ := fsm.Encode(fsm.SetOp("during", []byte("lost"), 0))
+	data, _ := fsm.Encode(fsm.SetOp(0, "during", []byte("lost"), 0))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err := c.hosts[old].Group(0).Apply(ctx, data)
@@ -180,11 +188,11 @@ func TestPartitionedLeaderIsReplacedAndItsWritesFail(t *testing.T) {
 
 	c.faults.HealAll()
 	eventually(t, 10*time.Second, "the old leader to catch up", func() bool {
-		_, _, ok := c.fsms[old][0].Get("after", fsm.NowNanos())
+		_, _, ok, _ := c.fsms[old][0].Get(0, "after", fsm.NowNanos())
 		return ok
 	})
 	for i := range c.hosts {
-		if _, _, ok := c.fsms[i][0].Get("during", fsm.NowNanos()); ok {
+		if _, _, ok, _ := c.fsms[i][0].Get(0, "during", fsm.NowNanos()); ok {
 			t.Fatalf("host %d applied the write the isolated leader could not commit", i)
 		}
 	}
@@ -219,8 +227,8 @@ func TestAddAndRemoveReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 10*time.Second, "the new replica to catch up", func() bool {
-		_, _, ok1 := f.Get("k99", fsm.NowNanos())
-		_, _, ok2 := f.Get("after-snapshot", fsm.NowNanos())
+		_, _, ok1, _ := f.Get(0, "k99", fsm.NowNanos())
+		_, _, ok2, _ := f.Get(0, "after-snapshot", fsm.NowNanos())
 		return ok1 && ok2
 	})
 
@@ -249,7 +257,7 @@ func TestAddAndRemoveReplica(t *testing.T) {
 	}
 	set(t, l, "after-remove", "v")
 	eventually(t, 10*time.Second, "writes to reach the added replica", func() bool {
-		_, _, ok := f.Get("after-remove", fsm.NowNanos())
+		_, _, ok, _ := f.Get(0, "after-remove", fsm.NowNanos())
 		return ok
 	})
 }
@@ -350,8 +358,11 @@ func TestWritesSurviveBadLinks(t *testing.T) {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for g := GroupID(0); g < groups; g++ {
-		for i := 0; i < writes; i++ {
-			data, _ := fsm.Encode(fsm.SetOp(fmt.Sprint("k", i), []byte(fmt.Sprint("v", i)), 0))
+		for i := -1; i < writes; i++ { // the Genesis first
+			data := genesisData
+			if i >= 0 {
+				data, _ = fsm.Encode(fsm.SetOp(0, fmt.Sprint("k", i), []byte(fmt.Sprint("v", i)), 0))
+			}
 			for {
 				if time.Now().After(deadline) {
 					t.Fatal("writes made no progress over bad links")
@@ -376,7 +387,7 @@ func TestWritesSurviveBadLinks(t *testing.T) {
 					return false
 				}
 				for w := 0; w < writes; w++ {
-					v, _, ok := f.Get(fmt.Sprint("k", w), fsm.NowNanos())
+					v, _, ok, _ := f.Get(0, fmt.Sprint("k", w), fsm.NowNanos())
 					if !ok || string(v) != fmt.Sprint("v", w) {
 						return false
 					}

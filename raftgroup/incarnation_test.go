@@ -69,7 +69,7 @@ func TestRestartedNodeDoesNotAnswerForItsOldIncarnation(t *testing.T) {
 	if leader == C.Group(0) {
 		f = c.fsms[ci][0]
 	}
-	if v, _, ok := f.Get("w", fsm.NowNanos()); !ok || string(v) != "acknowledged" {
+	if v, _, ok, _ := f.Get(0, "w", fsm.NowNanos()); !ok || string(v) != "acknowledged" {
 		t.Fatalf("acknowledged write lost: got %q, %v", v, ok)
 	}
 }
@@ -148,7 +148,7 @@ func TestApplyRacingCloseReturns(t *testing.T) {
 		c := newTestCluster(t, 1, 1)
 		c.waitLeaders(1, 5*time.Second)
 		g := c.hosts[0].Group(0)
-		data, _ := fsm.Encode(fsm.SetOp("k", []byte("v"), 0))
+		data, _ := fsm.Encode(fsm.SetOp(0, "k", []byte("v"), 0))
 		var done sync.WaitGroup
 		for w := 0; w < 16; w++ {
 			done.Add(1)

@@ -246,7 +246,7 @@ func TestFollowersLearnCommitPromptly(t *testing.T) {
 	start := time.Now()
 	eventually(t, time.Second, "every follower to apply the write", func() bool {
 		for i := range c.hosts {
-			if _, _, ok := c.fsms[i][0].Get("k", fsm.NowNanos()); !ok {
+			if _, _, ok, _ := c.fsms[i][0].Get(0, "k", fsm.NowNanos()); !ok {
 				return false
 			}
 		}

@@ -252,11 +252,11 @@ func write(c *cluster, kind string, groups, writers, batch int, window time.Dura
 			key := fmt.Sprintf("w%02d-%08d", w, v)
 			var data []byte
 			if batch == 1 {
-				data, _ = fsm.Encode(fsm.SetOp(key, value, 0))
+				data, _ = fsm.Encode(fsm.SetOp(0, key, value, 0))
 			} else {
 				ops := make([]*fsmpb.Command, batch)
 				for j := range ops {
-					ops[j] = fsm.SetOp(fmt.Sprintf("%s-%02d", key, j), value, 0)
+					ops[j] = fsm.SetOp(0, fmt.Sprintf("%s-%02d", key, j), value, 0)
 				}
 				data, _ = fsm.Encode(fsm.BatchOp(ops...))
 			}
@@ -264,6 +264,22 @@ func write(c *cluster, kind string, groups, writers, batch int, window time.Dura
 		}
 	}
 	cmd := func(w, i int) []byte { return cmds[w][i%variantsPerWriter] }
+	// Every key lives in range 0, which each group's state machine owns
+	// once the group has logged its Genesis.
+	genesis, _ := fsm.Encode(fsm.GenesisOp([]int{0}))
+	deadline := time.Now().Add(time.Minute)
+	for g := 0; g < groups; g++ {
+		for {
+			if r := c.leader(g); r != nil && r.Apply(genesis, 5*time.Second).Error() == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				fmt.Fprintf(os.Stderr, "group %d: no Genesis applied within a minute\n", g)
+				os.Exit(1)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 	if batch == 1 {
 		fmt.Fprintf(os.Stderr, "command size %d bytes\n", len(cmd(0, 0)))
 	}
