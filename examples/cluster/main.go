@@ -93,7 +93,7 @@ func runCluster(n, clients int, seconds time.Duration) error {
 		fmt.Printf("    %-7s raft+rpc %-16s gossip %s\n", db.NodeID(), db.Addr(), db.GossipAddr())
 	}
 
-	step("waiting until every one of the 64 ranges has a leader and min(3, nodes) replicas")
+	step("waiting until every replica group has a leader and min(3, nodes) replicas")
 	start := time.Now()
 	readyCtx, cancelReady := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancelReady()
@@ -172,7 +172,7 @@ func runCluster(n, clients int, seconds time.Duration) error {
 			rest = append(rest, db)
 		}
 	}
-	step("closing %s, the leader of %q's range (it hands its leaderships over and leaves)", victim.NodeID(), key)
+	step("closing %s, the leader of %q's replica group (it hands its leaderships over and leaves)", victim.NodeID(), key)
 	if err := victim.Close(); err != nil {
 		fmt.Printf("    close: %v\n", err)
 	}
@@ -188,7 +188,7 @@ func runCluster(n, clients int, seconds time.Duration) error {
 		return err
 	}
 	loc, _ = other.Locate(key)
-	fmt.Printf("    wrote through %s and read %q through %s %v after the close; the range's leader is now %s\n",
+	fmt.Printf("    wrote through %s and read %q through %s %v after the close; the group's leader is now %s\n",
 		other.NodeID(), v, rest[0].NodeID(), time.Since(start).Round(time.Millisecond), loc.Leader)
 	found, err := countFound(wctx, rest[0])
 	if err != nil {
@@ -223,7 +223,7 @@ func countFound(ctx context.Context, db *gridkv.DB, opts ...gridkv.ReadOption) (
 func printMembers(db *gridkv.DB) {
 	fmt.Printf("    members as %s sees them:\n", db.NodeID())
 	for _, m := range db.Members() {
-		fmt.Printf("      %-7s raft+rpc %-16s gossip %-16s leads %d ranges\n", m.ID, m.Addr, m.GossipAddr, m.Leads)
+		fmt.Printf("      %-7s raft+rpc %-16s gossip %-16s leads %d groups\n", m.ID, m.Addr, m.GossipAddr, m.Leads)
 	}
 }
 
@@ -285,7 +285,7 @@ func report(ok string, err error) {
 
 // retry calls op until it succeeds, fails for good, or ctx ends, giving
 // each attempt at most 5s. Two errors mean "try again":
-//   - ErrUnavailable: the range has no leader or quorum right now (an
+//   - ErrUnavailable: the replica group has no leader or quorum right now (an
 //     election, a node leaving); nothing was applied.
 //   - ErrTimeout: the attempt ran out of time, or leadership or the
 //     connection to the leader was lost mid-write: a write's outcome is
