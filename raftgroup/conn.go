@@ -34,9 +34,12 @@ type frameWriter struct {
 	// onError is called once, after the first write that fails. It may
 	// call close: it runs outside the timerWG count (see fail).
 	onError func(error)
+	// stats, if set, counts frames and writes.
+	stats *counters
 
 	mu        sync.Mutex
 	buf       []byte
+	queued    int // frames in buf
 	spare     []byte
 	flushing  bool
 	closed    bool
@@ -97,6 +100,7 @@ func (w *frameWriter) add(frame []byte, lazy bool) (ok bool, err error) {
 		return false, nil
 	}
 	w.buf = append(w.buf, frame...)
+	w.queued++
 	if lazy || w.flushing {
 		if lazy && !w.lazyArmed && !w.flushing {
 			// Not pending: lingerFired clears lazyArmed before returning.
@@ -157,9 +161,13 @@ func (w *frameWriter) flush() error {
 			w.mu.Unlock()
 			return nil
 		}
-		out := w.buf
-		w.buf, w.spare = w.spare[:0], nil
+		out, frames := w.buf, w.queued
+		w.buf, w.spare, w.queued = w.spare[:0], nil, 0
 		w.mu.Unlock()
+		if w.stats != nil {
+			w.stats.framesWritten.Add(uint64(frames))
+			w.stats.writes.Add(1)
+		}
 		_, err := w.conn.Write(out)
 		w.mu.Lock()
 		w.spare = out[:0]

@@ -162,6 +162,7 @@ func (g *Group) Apply(ctx context.Context, cmd []byte) (interface{}, error) {
 			return nil, fmt.Errorf("%w: %w", ErrTimeout, context.DeadlineExceeded)
 		}
 	}
+	g.h.mux.stats.applies.Add(1)
 	// Not through do: no closure on the write path.
 	if err := g.begin(); err != nil {
 		return nil, err
@@ -241,6 +242,7 @@ func (g *Group) wait(ctx context.Context, f raft.Future) error {
 		return mapErr(f.Error())
 	}
 	done := make(chan error, 1)
+	g.h.mux.stats.goroutines.Add(1)
 	if !g.h.spawn(func() { done <- f.Error() }) {
 		return mapErr(f.Error()) // closing: raft answers every future promptly
 	}
