@@ -21,6 +21,11 @@
 // in-memory logs a restarted node has lost its log and must come back as a
 // new server, never under its old id (see docs/raftgroup.md).
 //
+// Host.Stats returns cumulative counters (frames per write and per read,
+// entries per AppendEntries, Apply calls, goroutines started on request
+// paths), one atomic add each on the hot path. Group.Apply waits for its
+// futures through one goroutine per group, not one per call.
+//
 // Faults: Config.Faults (an internal/faultnet.Net) decides the fate of every
 // frame a node sends — drop, delay, duplicate, cut — per direction between
 // node pairs. It is nil, and costs one nil check, in production.

@@ -25,6 +25,7 @@ type Group struct {
 	observer *raft.Observer
 
 	verify    verifier
+	applies   applyWaiter
 	readyTerm atomic.Uint64 // a barrier of this term has committed
 	lease     *lease
 	fsmIndex  atomic.Pointer[[2]uint64] // FSMIndex's last (index, answer)
@@ -77,6 +78,7 @@ func (g *Group) start(fsm raft.FSM, opts GroupOptions) error {
 		return ok
 	})
 	r.RegisterObserver(g.observer)
+	g.applies.start(g.h)
 	return nil
 }
 
@@ -162,13 +164,18 @@ func (g *Group) Apply(ctx context.Context, cmd []byte) (interface{}, error) {
 			return nil, fmt.Errorf("%w: %w", ErrTimeout, context.DeadlineExceeded)
 		}
 	}
+	g.h.mux.stats.applies.Add(1)
 	// Not through do: no closure on the write path.
 	if err := g.begin(); err != nil {
 		return nil, err
 	}
 	defer g.end()
+	// The timeout bounds only the hand-over to raft's main loop: one
+	// runtime timer per call, no goroutine, so that a busy loop cannot hold
+	// the caller past its deadline. The wait for the outcome goes through
+	// the group's one waiter goroutine.
 	f := g.raft.Apply(cmd, timeout)
-	if err := g.wait(ctx, f); err != nil {
+	if err := g.applies.wait(ctx, f); err != nil {
 		return nil, err
 	}
 	return f.Response(), nil
@@ -241,6 +248,7 @@ func (g *Group) wait(ctx context.Context, f raft.Future) error {
 		return mapErr(f.Error())
 	}
 	done := make(chan error, 1)
+	g.h.mux.stats.goroutines.Add(1)
 	if !g.h.spawn(func() { done <- f.Error() }) {
 		return mapErr(f.Error()) // closing: raft answers every future promptly
 	}
@@ -391,6 +399,7 @@ func (g *Group) Shutdown() error {
 		g.raft.DeregisterObserver(g.observer)
 		_ = g.trans.Close()
 		g.shutdownErr = g.raft.Shutdown().Error()
+		g.applies.close()
 		g.h.mu.Lock()
 		delete(g.h.mu.groups, g.ID)
 		delete(g.h.mu.byRaft, g.raft)

@@ -63,6 +63,7 @@ type mux struct {
 	}
 	groups atomic.Pointer[map[uint64]*groupTransport] // copy-on-write for the read path
 	nextID atomic.Uint64
+	stats  counters
 	wg     sync.WaitGroup
 	closed chan struct{}
 }
@@ -211,6 +212,7 @@ func (m *mux) peer(addr string) (*peerConn, error) {
 	setNoDelay(conn)
 	pc := &peerConn{m: m, addr: addr, pending: make(map[uint64]*call)}
 	pc.w = newFrameWriter(conn, m.faults, m.addr, addr, m.linger, pc.fail)
+	pc.w.stats = &m.stats
 	m.mu.Lock()
 	if m.mu.closed {
 		m.mu.Unlock()
@@ -297,12 +299,14 @@ func (pc *peerConn) finish(id uint64, body []byte, err error) {
 }
 
 func (pc *peerConn) readLoop(conn net.Conn) error {
-	r := bufio.NewReaderSize(conn, 64<<10)
+	stats := &pc.m.stats
+	r := bufio.NewReaderSize(&countingReader{conn, &stats.reads}, 64<<10)
 	for {
 		h, body, err := readFrame(r)
 		if err != nil {
 			return err
 		}
+		stats.framesRead.Add(1)
 		if h.kind&respFlag == 0 {
 			return fmt.Errorf("raftgroup: request kind %d on an outbound connection", h.kind)
 		}
@@ -371,7 +375,8 @@ func (m *mux) acceptLoop() {
 
 // serve reads requests from one inbound connection until it fails.
 func (m *mux) serve(conn net.Conn) {
-	r := bufio.NewReaderSize(conn, 64<<10)
+	counted := &countingReader{r: conn}
+	r := bufio.NewReaderSize(counted, 64<<10)
 	h, body, err := readFrame(r)
 	if err != nil || h.kind != kindHello {
 		return
@@ -386,9 +391,14 @@ func (m *mux) serve(conn net.Conn) {
 		return
 	}
 	w := newFrameWriter(conn, m.faults, m.addr, peer, m.linger, func(error) { _ = conn.Close() })
+	w.stats = &m.stats
 	defer w.close()
+	// From here on, count the reader's reads (the hello and the first
+	// request were read uncounted: set-up).
+	counted.reads = &m.stats.reads
 	var seen dedup
 	for {
+		m.stats.framesRead.Add(1)
 		if seen.first(h.id) {
 			m.handleRequest(w, peer, h, body)
 		}
@@ -414,6 +424,7 @@ func (m *mux) handleRequest(w *frameWriter, peer string, h frameHeader, body []b
 		// The reading goroutine is itself counted in m.wg, so this Add
 		// cannot race with close's Wait.
 		m.wg.Add(1)
+		m.stats.goroutines.Add(1)
 		go func() { defer m.wg.Done(); m.serveRPC(w, h, body) }()
 		return
 	}

@@ -122,6 +122,7 @@ func (gt *groupTransport) dispatch(rpc raft.RPC, ans pendingAnswer) bool {
 		gt.answers = append(gt.answers, ans)
 		if !gt.responding {
 			gt.responding = true
+			gt.m.stats.goroutines.Add(1)
 			gt.wg.Add(1)
 			go func() { defer gt.wg.Done(); gt.respondLoop() }()
 		}
@@ -133,6 +134,7 @@ func (gt *groupTransport) dispatch(rpc raft.RPC, ans pendingAnswer) bool {
 		default:
 		}
 		gt.draining = true
+		gt.m.stats.goroutines.Add(1)
 		gt.wg.Add(1)
 		go func() { defer gt.wg.Done(); gt.drain() }()
 	}
@@ -267,6 +269,7 @@ func (gt *groupTransport) AppendEntries(id raft.ServerID, target raft.ServerAddr
 	}
 	sent := gt.lease.now()
 	gt.notify.sent(id, target, args.LeaderCommitIndex)
+	gt.countAppend(args)
 	err := gt.roundTripWithin(timeout, id, target, kindAppendEntries, lazy(args), func(b []byte) []byte { return appendAppendEntriesRequest(b, args) }, resp)
 	ok := err == nil && resp.Success
 	gt.noteAppend(target, ok)
@@ -277,6 +280,14 @@ func (gt *groupTransport) AppendEntries(id raft.ServerID, target raft.ServerAddr
 		}
 	}
 	return err
+}
+
+// countAppend counts an AppendEntries that carries entries (see Stats).
+func (gt *groupTransport) countAppend(args *raft.AppendEntriesRequest) {
+	if n := len(args.Entries); n > 0 {
+		gt.m.stats.appendEntries.Add(1)
+		gt.m.stats.entries.Add(uint64(n))
+	}
 }
 
 // noteAnswer arms the vote guard when this replica answers an
@@ -411,6 +422,7 @@ func (p *pipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.App
 	f := &appendFuture{start: time.Now(), args: args, resp: resp, done: make(chan struct{}), p: p}
 	sent := p.gt.lease.now()
 	p.gt.notify.sent(p.id, p.target, args.LeaderCommitIndex)
+	p.gt.countAppend(args)
 	p.mu.Lock()
 	p.queue = append(p.queue, f)
 	p.mu.Unlock()
