@@ -29,7 +29,7 @@ func TestStatsAndApplyWithoutGoroutinePerCall(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < each; i++ {
-				data, _ := fsm.Encode(fsm.SetOp(fmt.Sprint("k", w, "-", i), []byte("v"), 0))
+				data, _ := fsm.Encode(fsm.SetOp(0, fmt.Sprint("k", w, "-", i), []byte("v"), 0))
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				_, err := g.Apply(ctx, data)
 				cancel()
@@ -82,7 +82,7 @@ func TestApplyHonoursContextWhileQueued(t *testing.T) {
 			c.faults.Partition(c.hosts[li].Addr(), h.Addr())
 		}
 	}
-	data, _ := fsm.Encode(fsm.SetOp("k", []byte("v"), 0))
+	data, _ := fsm.Encode(fsm.SetOp(0, "k", []byte("v"), 0))
 	first := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
