@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gridkv/gridkv/raftgroup"
 )
 
 func openBench(b *testing.B) *DB {
@@ -94,7 +96,7 @@ func leaseStats(dbs []*DB) (hits, misses uint64) {
 // whose range its node leads; "stale" reads any node's replica. Reports
 // ops/s and the share of lease checks that found a valid lease.
 func BenchmarkThreeNodeGet(b *testing.B) {
-	dbs := openCluster(b, 3, Config{})
+	dbs := openCluster(b, 3, Config{BootstrapExpect: 3})
 	ctx := context.Background()
 	keys := make([]string, 10000)
 	for i := range keys {
@@ -233,4 +235,69 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkThreeNodeSet: parallel Sets (16-byte values, 10k keys) from 64
+// clients spread over a 3-node cluster formed together, by GroupsPerNode.
+// Reports ops/s, writes per log entry, forwarded writes per frame, and the
+// transport's frames per write syscall and entries per AppendEntries.
+func BenchmarkThreeNodeSet(b *testing.B) {
+	for _, perNode := range []int{1, 2, 4} {
+		b.Run(fmt.Sprint("groups-per-node=", perNode), func(b *testing.B) {
+			dbs := openCluster(b, 3, Config{BootstrapExpect: 3, GroupsPerNode: perNode})
+			ctx := context.Background()
+			value := make([]byte, 16)
+			var e0, w0, fw0, ff0 int64
+			var s0 raftgroup.Stats
+			for _, db := range dbs {
+				e0, w0 = e0+db.batchEntries.Load(), w0+db.batchWrites.Load()
+				fw0, ff0 = fw0+db.fwd.writes.Load(), ff0+db.fwd.writeFrames.Load()
+				s0 = addStats(s0, db.host.Stats())
+			}
+			b.SetParallelism(64 / runtime.GOMAXPROCS(0))
+			b.ResetTimer()
+			start := time.Now()
+			var next atomic.Int64
+			b.RunParallel(func(pb *testing.PB) {
+				c := int(next.Add(1))
+				db, i := dbs[c%len(dbs)], c*1000
+				for pb.Next() {
+					if err := db.Set(ctx, fmt.Sprint("key", i%10000), value); err != nil {
+						b.Error(err)
+						return
+					}
+					i++
+				}
+			})
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "ops/s")
+			var e1, w1, fw1, ff1 int64
+			var s1 raftgroup.Stats
+			for _, db := range dbs {
+				e1, w1 = e1+db.batchEntries.Load(), w1+db.batchWrites.Load()
+				fw1, ff1 = fw1+db.fwd.writes.Load(), ff1+db.fwd.writeFrames.Load()
+				s1 = addStats(s1, db.host.Stats())
+			}
+			ratio := func(num, den int64, unit string) {
+				if den > 0 {
+					b.ReportMetric(float64(num)/float64(den), unit)
+				}
+			}
+			ratio(w1-w0, e1-e0, "writes/entry")
+			ratio(fw1-fw0, ff1-ff0, "fwd-writes/frame")
+			ratio(int64(s1.FramesWritten-s0.FramesWritten), int64(s1.Writes-s0.Writes), "frames/syscall")
+			ratio(int64(s1.Entries-s0.Entries), int64(s1.AppendEntries-s0.AppendEntries), "entries/AE")
+		})
+	}
+}
+
+func addStats(a, b raftgroup.Stats) raftgroup.Stats {
+	a.FramesWritten += b.FramesWritten
+	a.Writes += b.Writes
+	a.FramesRead += b.FramesRead
+	a.Reads += b.Reads
+	a.AppendEntries += b.AppendEntries
+	a.Entries += b.Entries
+	a.Applies += b.Applies
+	a.Goroutines += b.Goroutines
+	return a
 }

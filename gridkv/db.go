@@ -54,6 +54,9 @@ type DB struct {
 	// Quorum reads that found no answer applied through M at once, and
 	// how long they waited for one (benchmarks read them).
 	quorumWaits, quorumWaitNanos atomic.Int64
+	// Log entries the batchers applied and the writes they carried
+	// (benchmarks read them).
+	batchEntries, batchWrites atomic.Int64
 }
 
 // replica is this node's copy of one replica group.

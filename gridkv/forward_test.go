@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -361,9 +362,15 @@ func TestForwarderFailures(t *testing.T) {
 }
 
 // openCluster starts n nodes from cfg (NodeID, Logger and Seeds set here),
-// waits until they are ready, and closes them when the test ends.
+// waits until they are ready, and closes them when the test ends. The
+// first node forms the cluster and the others join it, unless
+// cfg.BootstrapExpect is n: then the n nodes form it together (with
+// GroupsPerNode x n replica groups).
 func openCluster(tb testing.TB, n int, cfg Config) []*DB {
 	tb.Helper()
+	if cfg.BootstrapExpect > 1 {
+		return formCluster(tb, n, cfg)
+	}
 	var nodes []*DB
 	for i := range n {
 		c := cfg
@@ -378,6 +385,54 @@ func openCluster(tb testing.TB, n int, cfg Config) []*DB {
 		tb.Cleanup(func() { db.Close() })
 		nodes = append(nodes, db)
 	}
+	waitClusterReady(tb, nodes)
+	return nodes
+}
+
+// formCluster is openCluster for n nodes that form the cluster together
+// (cfg.BootstrapExpect == n), each seeded with the others' gossip ports.
+func formCluster(tb testing.TB, n int, cfg Config) []*DB {
+	tb.Helper()
+	if cfg.BootstrapExpect != n {
+		tb.Fatalf("BootstrapExpect %d for %d nodes", cfg.BootstrapExpect, n)
+	}
+	addrs := make([]string, n)
+	for i := range addrs {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		addrs[i] = l.Addr().String()
+		l.Close()
+	}
+	nodes, errs := make([]*DB, n), make([]error, n)
+	var wg sync.WaitGroup
+	for i := range nodes {
+		c := cfg
+		c.NodeID, c.Logger, c.GossipAddr = fmt.Sprint("n", i), quiet, addrs[i]
+		for j, a := range addrs {
+			if j != i {
+				c.Seeds = append(c.Seeds, a)
+			}
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); nodes[i], errs[i] = Open(c) }()
+	}
+	wg.Wait()
+	for _, db := range nodes {
+		if db != nil {
+			tb.Cleanup(func() { db.Close() })
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		tb.Fatal(err)
+	}
+	waitClusterReady(tb, nodes)
+	return nodes
+}
+
+func waitClusterReady(tb testing.TB, nodes []*DB) {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for _, db := range nodes {
@@ -385,7 +440,6 @@ func openCluster(tb testing.TB, n int, cfg Config) []*DB {
 			tb.Fatal(err)
 		}
 	}
-	return nodes
 }
 
 // Many concurrent reads on a 3-node cluster, most of them forwarded to

@@ -513,6 +513,8 @@ func (b *batcher) apply(batch []*pendingWrite) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	resp, err := b.rep.group.Apply(ctx, data)
 	cancel()
+	b.db.batchEntries.Add(1)
+	b.db.batchWrites.Add(int64(len(batch)))
 	if err != nil {
 		var ans []byte
 		switch {
