@@ -1,14 +1,15 @@
 // Package gridkv is an embedded, strongly consistent, distributed key-value
 // store. Every instance of an application calls Open; the instances find
-// each other by gossip and form one cluster. Keys hash into ranges, each a
-// Raft group of ReplicaCount replicas on different nodes.
+// each other by gossip and form one cluster. Keys hash into ranges (Ranges of
+// them), and each range belongs to a replica group: a Raft group of
+// ReplicaCount replicas on different nodes that carries many ranges.
 //
 // Guarantees: writes (Set, Delete, CompareAndSwap) are linearizable. Get is
-// linearizable by default (served by the range leader from its own state
+// linearizable by default (served by the group leader from its own state
 // under its leader lease, with no round trip; a ReadIndex round when it
 // holds no valid lease), with ReadIndex (a leadership round sent after the
 // call began, no clock assumption) and with Quorum(r) for r >
-// ReplicaCount/2 (served by the range's replicas, not its leader). Stale
+// ReplicaCount/2 (served by the group's replicas, not its leader). Stale
 // reads this node's replica without waiting.
 // An error matching ErrTimeout leaves a write's outcome unknown; every
 // other error means it was not applied.
@@ -22,7 +23,7 @@
 //	v, err := db.Get(ctx, "user:42")
 //
 // A second node joins with Config{Seeds: []string{db.GossipAddr()}}
-// (OpenContext bounds the join with a ctx). Its Groups, ReplicaCount,
-// MemoryLimit and Fast must equal the cluster's, and its NodeID must not be
+// (OpenContext bounds the join with a ctx). Its Ranges, GroupsPerNode,
+// ReplicaCount, MemoryLimit and Fast must equal the cluster's, and its NodeID must not be
 // a live member's: otherwise Open fails with ErrInvalid saying which.
 package gridkv
