@@ -400,9 +400,13 @@ func redirectOrUnavailable(rep *replica, err error) []byte {
 	return append([]byte{stUnavailable}, err.Error()...)
 }
 
-// batcher group-commits the writes a leader receives for one range: while
-// one log entry is being replicated, arriving writes queue, and the next
-// entry carries all of them (a Batch command), up to maxBatch.
+// batcher group-commits the writes a leader receives for one replica
+// group: while one log entry is being replicated, arriving writes queue,
+// and the next entry carries all of them (a Batch command), up to
+// maxBatch. More entries in flight bought nothing: with up to 4,
+// BenchmarkThreeNodeSet (2 cores, 64 clients) ran 36.5k Sets/s at
+// GroupsPerNode 2 against 34.9k with one, and 46.8k against 48.0k at
+// GroupsPerNode 1, with fewer writes per entry.
 type batcher struct {
 	db  *DB
 	rep *replica
