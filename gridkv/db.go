@@ -121,6 +121,19 @@ func init() {
 	}
 }
 
+// nodeLogBytes bounds the memory of a node's Raft logs, all ranges
+// together: each range's log is trimmed (by a snapshot) when it passes its
+// share, down to a quarter of it (raftgroup's MaxLogBytes). Measured with
+// benchmarks/memtest (docs/memory.md): raftgroup's default of 4 MiB per
+// range let 64 ranges hold 147 MiB of log for 107 MiB of data.
+const nodeLogBytes = 32 << 20
+
+// logBytesPerGroup is a range's share of nodeLogBytes, within 64 KiB..4 MiB:
+// below that, a follower pausing for a moment would need a snapshot.
+func logBytesPerGroup(groups int) int64 {
+	return min(max(nodeLogBytes/int64(groups), 64<<10), 4<<20)
+}
+
 // open is OpenContext with the suite's hooks (nil: none).
 func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	cfg, err := cfg.withDefaults()
@@ -133,7 +146,8 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	db := &DB{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), stop: make(chan struct{}),
 		reps: make([]atomic.Pointer[replica], cfg.Groups)}
 
-	hc := raftgroup.Config{NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, Logger: cfg.Logger}
+	hc := raftgroup.Config{NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, Logger: cfg.Logger,
+		MaxLogBytes: logBytesPerGroup(cfg.Groups)}
 	if hooks != nil {
 		hc.Faults = hooks.Faults
 		hc.Lease = hooks.Lease

@@ -53,7 +53,7 @@ func (g *Group) start(fsm raft.FSM, opts GroupOptions) error {
 	}
 	trans.logs, trans.selfID = g.logs, g.h.id
 	stable := NewStableStore()
-	snaps := &snapshotStore{InmemSnapshotStore: raft.NewInmemSnapshotStore()}
+	snaps := &snapshotStore{}
 	if len(opts.Bootstrap) > 0 {
 		if err := raft.BootstrapCluster(conf, g.logs, stable, snaps, trans, raft.Configuration{Servers: opts.Bootstrap}); err != nil {
 			_ = trans.Close()
