@@ -124,8 +124,9 @@ func init() {
 // nodeLogBytes bounds the memory of a node's Raft logs, all ranges
 // together: each range's log is trimmed (by a snapshot) when it passes its
 // share, down to a quarter of it (raftgroup's MaxLogBytes). Measured with
-// benchmarks/memtest (docs/memory.md): raftgroup's default of 4 MiB per
-// range let 64 ranges hold 147 MiB of log for 107 MiB of data.
+// benchmarks/memtest (docs/memory.md), 1M writes of 112 B: raftgroup's
+// default of 4 MiB per range let 64 ranges keep 147 MB of log, the whole
+// write history; 64 MiB in all kept ~48 MB per node, 32 MiB ~31 MB.
 const nodeLogBytes = 32 << 20
 
 // logBytesPerGroup is a range's share of nodeLogBytes, within 64 KiB..4 MiB:
