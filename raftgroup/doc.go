@@ -17,7 +17,8 @@
 // immutable view of the state (an io.WriterTo) hands itself to Retain
 // instead of writing bytes; the store streams it from WriteTo when raft
 // sends it to a follower. Snapshots installed from a leader are bytes, kept
-// until the replica's next snapshot of its own. See docs/memory.md.
+// until a snapshot of the replica's own, taken as soon as the installed one
+// is restored, replaces them. See docs/memory.md.
 //
 // Reads: Group.LeaseIndex and ConfirmLease serve linearizable reads under a
 // leader lease that raftgroup derives from acknowledged AppendEntries (raft

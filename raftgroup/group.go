@@ -67,6 +67,9 @@ func (g *Group) start(fsm raft.FSM, opts GroupOptions) error {
 	}
 	g.raft, g.trans, g.snaps = r, trans, snaps
 	trans.raft.Store(r)
+	snaps.mu.Lock()
+	snaps.onInstalled = g.snapshotAfterInstall // now that g.raft is set
+	snaps.mu.Unlock()
 	if max := g.h.cfg.MaxLogBytes; max > 0 {
 		g.logs.mu.Lock()
 		g.logs.maxBytes, g.logs.onFull = max, g.snapshotForLog

@@ -40,9 +40,15 @@ type SnapshotRetainer interface {
 // snapshotStore is an in-memory raft.SnapshotStore that keeps the newest
 // snapshot only: by reference when the FSM retained it (SnapshotRetainer),
 // else as bytes, in chunks sized to the snapshot (raft's
-// InmemSnapshotStore grows a bytes.Buffer, up to twice the size). Snapshots
-// installed from a leader arrive as bytes and stay bytes until the
-// replica's next snapshot of its own replaces them.
+// InmemSnapshotStore grows a bytes.Buffer, up to twice the size).
+//
+// Snapshots installed from a leader arrive as bytes (raft copies them in
+// with io.Copy, which is how the store tells them from the FSM's own).
+// They stay until a snapshot of the replica's own replaces them: raft
+// needs one to catch up a follower should this replica lead. Once an
+// installed snapshot has been read to the end (restored into the FSM),
+// the store calls onInstalled, once, so the owner can take that snapshot
+// at once; an FSM that retains then holds the state once, not twice.
 //
 // It also notes the index of the newest configuration a snapshot carried
 // (taken here or installed from a leader): the log may no longer hold that
@@ -57,6 +63,10 @@ type snapshotStore struct {
 	mu     sync.Mutex
 	latest *storedSnapshot
 	seq    uint64 // makes snapshot ids unique
+	// onInstalled, if set, is called (on the goroutine reading it) when an
+	// installed snapshot has been read to the end for the first time. It
+	// must not block: raft's FSM goroutine is the reader of a restore.
+	onInstalled func()
 
 	configIndex atomic.Uint64
 }
@@ -64,9 +74,11 @@ type snapshotStore struct {
 // storedSnapshot is one snapshot: retained (a WriterTo) or bytes (chunks).
 // It is not modified once published.
 type storedSnapshot struct {
-	meta     raft.SnapshotMeta
-	retained io.WriterTo
-	chunks   [][]byte
+	meta      raft.SnapshotMeta
+	retained  io.WriterTo
+	chunks    [][]byte
+	installed bool        // the bytes came in through ReadFrom
+	readOnce  atomic.Bool // an installed snapshot was read to the end
 }
 
 var _ raft.SnapshotStore = (*snapshotStore)(nil)
@@ -108,7 +120,7 @@ func (s *snapshotStore) List() ([]*raft.SnapshotMeta, error) {
 // its bytes, or from the retained snapshot's WriteTo.
 func (s *snapshotStore) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
 	s.mu.Lock()
-	snap := s.latest
+	snap, onInstalled := s.latest, s.onInstalled
 	s.mu.Unlock()
 	if snap == nil || snap.meta.ID != id {
 		return nil, nil, fmt.Errorf("raftgroup: snapshot %q is not the newest one", id)
@@ -117,7 +129,15 @@ func (s *snapshotStore) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, erro
 	if snap.retained != nil {
 		return &meta, &streamReader{id: id, src: snap.retained, size: meta.Size}, nil
 	}
-	return &meta, &chunkReader{chunks: snap.chunks}, nil
+	r := &chunkReader{chunks: snap.chunks}
+	if snap.installed && onInstalled != nil {
+		r.atEnd = func() {
+			if snap.readOnce.CompareAndSwap(false, true) {
+				onInstalled()
+			}
+		}
+	}
+	return &meta, r, nil
 }
 
 // publish makes snap the newest snapshot.
@@ -144,6 +164,7 @@ type snapshotSink struct {
 var (
 	_ raft.SnapshotSink = (*snapshotSink)(nil)
 	_ SnapshotRetainer  = (*snapshotSink)(nil)
+	_ io.ReaderFrom     = (*snapshotSink)(nil)
 
 	errSinkClosed    = errors.New("raftgroup: snapshot sink closed")
 	errSinkCancelled = errors.New("raftgroup: snapshot sink cancelled")
@@ -175,28 +196,67 @@ func (k *snapshotSink) Retain(w io.WriterTo) bool {
 
 // Write appends p to the snapshot's bytes.
 func (k *snapshotSink) Write(p []byte) (int, error) {
-	switch {
-	case k.done != nil:
-		return 0, k.done
-	case k.snap.retained != nil:
-		return 0, errRetained
+	if err := k.writable(); err != nil {
+		return 0, err
 	}
 	n := len(p)
-	chunks := k.snap.chunks
 	for len(p) > 0 {
-		last := len(chunks) - 1
-		if last < 0 || len(chunks[last]) == cap(chunks[last]) {
-			size := min(max(k.snap.meta.Size/8, minSnapChunk), maxSnapChunk)
-			chunks = append(chunks, make([]byte, 0, size))
-			last++
-		}
-		c := chunks[last]
-		m := copy(c[len(c):cap(c)], p)
-		chunks[last], p = c[:len(c)+m], p[m:]
-		k.snap.meta.Size += int64(m)
+		room := k.room()
+		m := copy(room, p)
+		k.grow(m)
+		p = p[m:]
 	}
-	k.snap.chunks = chunks
 	return n, nil
+}
+
+// ReadFrom appends everything r holds, read straight into the chunks. raft
+// copies a snapshot installed from a leader in with io.Copy, which comes
+// here: such a snapshot is marked installed.
+func (k *snapshotSink) ReadFrom(r io.Reader) (int64, error) {
+	if err := k.writable(); err != nil {
+		return 0, err
+	}
+	k.snap.installed = true
+	var total int64
+	for {
+		n, err := r.Read(k.room())
+		k.grow(n)
+		total += int64(n)
+		switch {
+		case err == io.EOF:
+			return total, nil
+		case err != nil:
+			return total, err
+		}
+	}
+}
+
+func (k *snapshotSink) writable() error {
+	switch {
+	case k.done != nil:
+		return k.done
+	case k.snap.retained != nil:
+		return errRetained
+	}
+	return nil
+}
+
+// room is the free capacity of the last chunk, a new one if it is full.
+func (k *snapshotSink) room() []byte {
+	chunks := k.snap.chunks
+	if last := len(chunks) - 1; last >= 0 && len(chunks[last]) < cap(chunks[last]) {
+		return chunks[last][len(chunks[last]):cap(chunks[last])]
+	}
+	size := min(max(k.snap.meta.Size/8, minSnapChunk), maxSnapChunk)
+	k.snap.chunks = append(chunks, make([]byte, 0, size))
+	return k.snap.chunks[len(chunks)][:size]
+}
+
+// grow counts n bytes written into room().
+func (k *snapshotSink) grow(n int) {
+	last := len(k.snap.chunks) - 1
+	k.snap.chunks[last] = k.snap.chunks[last][:len(k.snap.chunks[last])+n]
+	k.snap.meta.Size += int64(n)
 }
 
 // Close makes the snapshot the store's newest. The last chunk is copied to
@@ -239,6 +299,8 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 type chunkReader struct {
 	chunks [][]byte // shared with the store: never written
 	i, off int      // next byte: chunks[i][off]
+	atEnd  func()   // if set, called when Read or WriteTo reaches the end
+	closed bool
 }
 
 func (r *chunkReader) Read(p []byte) (int, error) {
@@ -246,6 +308,7 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 		r.i, r.off = r.i+1, 0
 	}
 	if r.i == len(r.chunks) {
+		r.end()
 		return 0, io.EOF
 	}
 	n := copy(p, r.chunks[r.i][r.off:])
@@ -264,10 +327,18 @@ func (r *chunkReader) WriteTo(w io.Writer) (int64, error) {
 			return total, err
 		}
 	}
+	r.end()
 	return total, nil
 }
 
-func (r *chunkReader) Close() error { r.i = len(r.chunks); return nil }
+func (r *chunkReader) end() {
+	if r.atEnd != nil && !r.closed {
+		r.atEnd()
+		r.atEnd = nil
+	}
+}
+
+func (r *chunkReader) Close() error { r.closed = true; r.i = len(r.chunks); return nil }
 
 // streamReader reads a retained snapshot from its WriteTo, checking that it
 // writes exactly the size counted when it was retained.
@@ -381,4 +452,17 @@ func (c *countingTo) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// snapshotAfterInstall takes a snapshot of the replica's own once an
+// installed snapshot has been restored, so that it replaces the installed
+// bytes (see snapshotStore). Not on the caller's goroutine: that is raft's
+// FSM goroutine, which the snapshot needs.
+func (g *Group) snapshotAfterInstall() {
+	g.h.spawn(func() {
+		err := g.raft.Snapshot().Error()
+		if err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) && !errors.Is(err, raft.ErrRaftShutdown) {
+			g.h.log.Debug("snapshot after an install failed", "group", g.ID, "err", err)
+		}
+	})
 }
