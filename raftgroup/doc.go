@@ -9,6 +9,17 @@
 // heartbeats. Heartbeats take raft's fast path (answered off the group's
 // main loop). Raft logs, stable state and snapshots are kept in memory.
 //
+// Memory: the log is bounded by bytes (Config.MaxLogBytes, per group) as
+// well as by raft's entry counts, and keeps entries by value, so nothing
+// raft handed it (a leader's Apply futures) outlives them. Each group keeps
+// its newest snapshot only, and by reference when the FSM allows: the
+// snapshot sink implements SnapshotRetainer, and an FSM snapshot that is an
+// immutable view of the state (an io.WriterTo) hands itself to Retain
+// instead of writing bytes; the store streams it from WriteTo when raft
+// sends it to a follower. Snapshots installed from a leader are bytes, kept
+// until a snapshot of the replica's own, taken as soon as the installed one
+// is restored, replaces them. See docs/memory.md.
+//
 // Reads: Group.LeaseIndex and ConfirmLease serve linearizable reads under a
 // leader lease that raftgroup derives from acknowledged AppendEntries (raft
 // has none; its followers are made to refuse votes for a heartbeat time-out

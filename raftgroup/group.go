@@ -54,7 +54,7 @@ func (g *Group) start(fsm raft.FSM, opts GroupOptions) error {
 	}
 	trans.logs, trans.selfID = g.logs, g.h.id
 	stable := NewStableStore()
-	snaps := &snapshotStore{InmemSnapshotStore: raft.NewInmemSnapshotStore()}
+	snaps := &snapshotStore{}
 	if len(opts.Bootstrap) > 0 {
 		if err := raft.BootstrapCluster(conf, g.logs, stable, snaps, trans, raft.Configuration{Servers: opts.Bootstrap}); err != nil {
 			_ = trans.Close()
@@ -68,6 +68,9 @@ func (g *Group) start(fsm raft.FSM, opts GroupOptions) error {
 	}
 	g.raft, g.trans, g.snaps = r, trans, snaps
 	trans.raft.Store(r)
+	snaps.mu.Lock()
+	snaps.onInstalled = g.snapshotAfterInstall // now that g.raft is set
+	snaps.mu.Unlock()
 	if max := g.h.cfg.MaxLogBytes; max > 0 {
 		g.logs.mu.Lock()
 		g.logs.maxBytes, g.logs.onFull = max, g.snapshotForLog

@@ -62,8 +62,8 @@ type Config struct {
 	MaxAppendEntries int
 	// SnapshotThreshold is how many new entries trigger a snapshot, which
 	// lets raft drop the in-memory log up to TrailingLogs. Default 4096.
-	// Logs live in memory, so this and TrailingLogs bound the log's memory:
-	// per group about (SnapshotThreshold + TrailingLogs) x entry size.
+	// Logs live in memory; with entries of many writes each (gridkv batches
+	// them) MaxLogBytes is what bounds them in practice.
 	SnapshotThreshold uint64
 	// TrailingLogs is how many entries stay after a snapshot, so a follower
 	// that fell that far behind catches up without a snapshot. Default 256.
@@ -72,10 +72,12 @@ type Config struct {
 	// jitter). Default 5s.
 	SnapshotInterval time.Duration
 	// MaxLogBytes: when a group's in-memory log passes this many bytes, the
-	// host snapshots the group at once so raft trims the log to
-	// TrailingLogs entries (raft's own trigger counts entries, not bytes),
-	// at most once per 250ms per group. A node's logs then hold about
-	// Groups x MaxLogBytes at most. Default 4 MiB; negative disables.
+	// host snapshots the group at once so raft trims the log to what fits
+	// in a quarter of it (raft's own trigger counts entries, not bytes),
+	// at most once per 250ms per group. A node's logs then hold at most
+	// about Groups x MaxLogBytes, so a host of many groups wants a share
+	// of a node-wide budget (gridkv gives each range 32 MiB / Groups).
+	// Default 4 MiB; negative disables.
 	MaxLogBytes int64
 	// Logger receives raft's warnings and errors. Default slog.Default().
 	Logger *slog.Logger

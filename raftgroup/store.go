@@ -13,12 +13,19 @@ import (
 // suffix on conflicts and a prefix after snapshots, so a slice fits better
 // than hashicorp's map-based InmemStore.
 //
+// Entries are copied in by value: a leader hands StoreLogs pointers into
+// its Apply futures (raft's logFuture embeds the raft.Log), and keeping
+// those pointers would keep every future, with its channel and response,
+// alive for as long as the entry stays in the log. A trimmed prefix is
+// copied out of the old array, and a dropped suffix cleared, so no entry
+// the log no longer holds stays reachable from it.
+//
 // Threading: safe for concurrent use (raft reads from replication goroutines
 // while its main loop appends).
 type logStore struct {
 	mu    sync.RWMutex
 	first uint64 // index of logs[0]; 0 when empty
-	logs  []*raft.Log
+	logs  []raft.Log
 	bytes int64 // approximate memory held by logs
 
 	// When bytes pass maxBytes, onFull is called (once, until reset by
@@ -44,6 +51,18 @@ func (s *logStore) latestConfig() uint64 {
 	return s.configs[len(s.configs)-1]
 }
 
+// dropFromLocked deletes the entries at index min and above (min within
+// the log), clearing them so the array keeps no reference to their data.
+func (s *logStore) dropFromLocked(min uint64) {
+	dropped := s.logs[min-s.first:]
+	for i := range dropped {
+		s.bytes -= logSize(&dropped[i])
+	}
+	clear(dropped)
+	s.logs = s.logs[:min-s.first]
+	s.dropConfigsFromLocked(min)
+}
+
 // dropConfigsFromLocked forgets the configuration entries at index min and
 // above (a deleted suffix).
 func (s *logStore) dropConfigsFromLocked(min uint64) {
@@ -52,7 +71,8 @@ func (s *logStore) dropConfigsFromLocked(min uint64) {
 	}
 }
 
-// logOverhead approximates a raft.Log's memory beyond its data.
+// logOverhead approximates a raft.Log's memory beyond its data: the
+// struct's own 96 bytes in the slice.
 const logOverhead = 96
 
 func logSize(l *raft.Log) int64 { return int64(len(l.Data)+len(l.Extensions)) + logOverhead }
@@ -70,7 +90,7 @@ func (s *logStore) tailWithin(budget int64) uint64 {
 	defer s.mu.RUnlock()
 	var n uint64
 	for i := len(s.logs) - 1; i >= 0; i-- {
-		budget -= logSize(s.logs[i])
+		budget -= logSize(&s.logs[i])
 		if budget < 0 && n > 0 {
 			break
 		}
@@ -111,7 +131,7 @@ func (s *logStore) GetLog(index uint64, out *raft.Log) error {
 	if len(s.logs) == 0 || index < s.first || index > s.lastLocked() {
 		return raft.ErrLogNotFound
 	}
-	*out = *s.logs[index-s.first]
+	*out = s.logs[index-s.first]
 	return nil
 }
 
@@ -125,15 +145,12 @@ func (s *logStore) StoreLogs(logs []*raft.Log) error {
 		switch {
 		case len(s.logs) == 0:
 			s.first = l.Index
-			s.logs = append(s.logs, l)
+			s.logs = append(s.logs, *l)
 		case l.Index == s.lastLocked()+1:
-			s.logs = append(s.logs, l)
+			s.logs = append(s.logs, *l)
 		case l.Index >= s.first && l.Index <= s.lastLocked():
-			for _, old := range s.logs[l.Index-s.first:] {
-				s.bytes -= logSize(old)
-			}
-			s.logs = append(s.logs[:l.Index-s.first], l)
-			s.dropConfigsFromLocked(l.Index)
+			s.dropFromLocked(l.Index)
+			s.logs = append(s.logs, *l)
 		default:
 			s.mu.Unlock()
 			return errors.New("raftgroup: log store: gap before index")
@@ -166,11 +183,11 @@ func (s *logStore) DeleteRange(min, max uint64) error {
 		// snapshot's configuration is the one to report.
 		s.logs, s.first, s.bytes, s.configs = nil, 0, 0, nil
 	case min <= s.first: // prefix: copy the rest so the old array can be freed
-		for _, l := range s.logs[:max-s.first+1] {
-			s.bytes -= logSize(l)
+		for i := range s.logs[:max-s.first+1] {
+			s.bytes -= logSize(&s.logs[i])
 		}
 		rest := s.logs[max-s.first+1:]
-		s.logs = append(make([]*raft.Log, 0, len(rest)+len(rest)/4), rest...)
+		s.logs = append(make([]raft.Log, 0, len(rest)+len(rest)/4), rest...)
 		s.first = max + 1
 		keep := 0 // the newest configuration below first, and all after
 		for keep+1 < len(s.configs) && s.configs[keep+1] < s.first {
@@ -178,12 +195,7 @@ func (s *logStore) DeleteRange(min, max uint64) error {
 		}
 		s.configs = s.configs[keep:]
 	case max >= last: // suffix
-		s.dropConfigsFromLocked(min)
-		for i := min - s.first; i < uint64(len(s.logs)); i++ {
-			s.bytes -= logSize(s.logs[i])
-			s.logs[i] = nil
-		}
-		s.logs = s.logs[:min-s.first]
+		s.dropFromLocked(min)
 	default:
 		return errors.New("raftgroup: log store: cannot delete from the middle")
 	}
@@ -231,23 +243,4 @@ func (s *stableStore) GetUint64(key []byte) (uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.ints[string(key)], nil
-}
-
-// snapshotStore is raft's in-memory snapshot store, noting the index of the
-// newest configuration a snapshot carried (taken here or installed from a
-// leader): the log may no longer hold that configuration's entry.
-type snapshotStore struct {
-	*raft.InmemSnapshotStore
-	configIndex atomic.Uint64
-}
-
-func (s *snapshotStore) Create(version raft.SnapshotVersion, index, term uint64, configuration raft.Configuration,
-	configurationIndex uint64, trans raft.Transport) (raft.SnapshotSink, error) {
-	for {
-		old := s.configIndex.Load()
-		if configurationIndex <= old || s.configIndex.CompareAndSwap(old, configurationIndex) {
-			break
-		}
-	}
-	return s.InmemSnapshotStore.Create(version, index, term, configuration, configurationIndex, trans)
 }
