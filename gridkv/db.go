@@ -133,18 +133,20 @@ func init() {
 	}
 }
 
-// nodeLogBytes bounds the memory of a node's Raft logs, all ranges
-// together: each range's log is trimmed (by a snapshot) when it passes its
-// share, down to a quarter of it (raftgroup's MaxLogBytes). Measured with
-// benchmarks/memtest (docs/memory.md), 1M writes of 112 B: raftgroup's
-// default of 4 MiB per range let 64 ranges keep 147 MB of log, the whole
-// write history; 64 MiB in all kept ~48 MB per node, 32 MiB ~31 MB.
+// nodeLogBytes bounds the memory of a node's Raft logs, all its replicas
+// together: each replica's log is trimmed (by a snapshot) when it passes
+// its share, down to a quarter of it (raftgroup's MaxLogBytes). Measured
+// with benchmarks/memtest (docs/memory.md), 1M writes of 112 B, when each
+// of 64 ranges was its own group: raftgroup's default of 4 MiB per group
+// let 64 groups keep 147 MB of log, the whole write history; 64 MiB in all
+// kept ~48 MB per node, 32 MiB ~31 MB.
 const nodeLogBytes = 32 << 20
 
-// logBytesPerGroup is a range's share of nodeLogBytes, within 64 KiB..4 MiB:
-// below that, a follower pausing for a moment would need a snapshot.
-func logBytesPerGroup(groups int) int64 {
-	return min(max(nodeLogBytes/int64(groups), 64<<10), 4<<20)
+// logBytesPerGroup is a replica's share of nodeLogBytes when a node holds
+// replicas of that many groups, within 64 KiB..4 MiB: below that, a
+// follower pausing for a moment would need a snapshot.
+func logBytesPerGroup(replicas int) int64 {
+	return min(max(nodeLogBytes/int64(max(replicas, 1)), 64<<10), 4<<20)
 }
 
 // open is OpenContext with the suite's hooks (nil: none).
@@ -165,7 +167,8 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	}
 
 	hc := raftgroup.Config{NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, Logger: cfg.Logger,
-		MaxLogBytes: logBytesPerGroup(cfg.Groups)}
+		// A node holds about ReplicaCount x GroupsPerNode replicas.
+		MaxLogBytes: logBytesPerGroup(cfg.ReplicaCount * cfg.GroupsPerNode)}
 	if hooks != nil {
 		hc.Faults = hooks.Faults
 		hc.Lease = hooks.Lease
