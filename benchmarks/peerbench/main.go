@@ -41,6 +41,7 @@ func main() {
 	flag.IntVar(&o.runs, "runs", 3, "rounds: runs of each workload on each system")
 	flag.IntVar(&o.keys, "keys", 100000, "keys, preloaded")
 	flag.IntVar(&o.valueBytes, "value", 16, "value size in bytes")
+	flag.IntVar(&o.groupsPerNode, "groups-per-node", 0, "GridKV's Config.GroupsPerNode (0: the default)")
 	flag.StringVar(&o.plotPath, "plot", "results/peer.png", "PNG to write the plot to (empty: none)")
 	flag.Parse()
 	if err := run(o); err != nil {
@@ -51,6 +52,7 @@ func main() {
 
 type options struct {
 	nodes, clients, runs, keys, valueBytes int
+	groupsPerNode                          int
 	seconds                                time.Duration
 	plotPath                               string
 }
@@ -101,10 +103,10 @@ func run(o options) error {
 	fmt.Printf("machine: %d CPUs, GOMAXPROCS %d, %s %s/%s\n",
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	fmt.Printf("etcd: %s (embedded)\n", version.Version)
-	fmt.Printf("setup: %d nodes each, %d clients, %d keys x %d-byte values, %d rounds x %v\n",
-		o.nodes, o.clients, o.keys, o.valueBytes, o.runs, o.seconds)
+	fmt.Printf("setup: %d nodes each, %d clients, %d keys x %d-byte values, %d rounds x %v; GridKV GroupsPerNode %d (0: default)\n",
+		o.nodes, o.clients, o.keys, o.valueBytes, o.runs, o.seconds, o.groupsPerNode)
 
-	dbs, err := startGridKV(ctx, o.nodes)
+	dbs, err := startGridKV(ctx, o.nodes, o.groupsPerNode)
 	defer func() {
 		for _, db := range dbs {
 			if err := db.Close(); err != nil {
@@ -177,7 +179,7 @@ func run(o options) error {
 // (BootstrapExpect n, so it has GroupsPerNode x n replica groups), waits
 // until every group is served, and returns the nodes opened so far even on
 // error, for the caller to close.
-func startGridKV(ctx context.Context, n int) ([]*gridkv.DB, error) {
+func startGridKV(ctx context.Context, n, groupsPerNode int) ([]*gridkv.DB, error) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	// Reserve a gossip port per node so that each can name the others.
 	addrs := make([]string, n)
@@ -193,7 +195,7 @@ func startGridKV(ctx context.Context, n int) ([]*gridkv.DB, error) {
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range dbs {
-		cfg := gridkv.Config{NodeID: fmt.Sprint("n", i), GossipAddr: addrs[i], Logger: quiet}
+		cfg := gridkv.Config{NodeID: fmt.Sprint("n", i), GossipAddr: addrs[i], GroupsPerNode: groupsPerNode, Logger: quiet}
 		if n > 1 {
 			cfg.BootstrapExpect = n
 			for j, a := range addrs {
@@ -232,7 +234,7 @@ type bench struct {
 // disturbance is what a run did to the leaderships of both systems, as
 // seen once it ended, while they settled.
 type disturbance struct {
-	// gridkvUnled counts the GridKV ranges whose leader, as node n0 saw
+	// gridkvUnled counts the GridKV groups whose leader, as node n0 saw
 	// it, was missing or another node at some point: n0's replica timed
 	// out waiting for heartbeats (a pre-vote then usually fails and the
 	// leader stays) or the leader changed.
@@ -244,7 +246,7 @@ func (d disturbance) String() string {
 	if d == (disturbance{}) {
 		return ""
 	}
-	return fmt.Sprintf("  [after it: %d GridKV ranges lost their leader, etcd term +%d]", d.gridkvUnled, d.etcdTerms)
+	return fmt.Sprintf("  [after it: %d GridKV groups lost their leader, etcd term +%d]", d.gridkvUnled, d.etcdTerms)
 }
 
 // measure drives w against stores, then settles both systems before the
@@ -263,7 +265,7 @@ func (b *bench) measure(ctx context.Context, stores []loadgen.Store, w loadgen.W
 // settle waits, at most 30s, until the GridKV leaders seen by dbs[0] have
 // held, none missing, for longer than a follower's heartbeat timeout (so
 // an election a run set off has been called by now), and every node is
-// ready. It returns how many ranges had no leader or another one than
+// ready. It returns how many groups had no leader or another one than
 // before at some point meanwhile.
 func (b *bench) settle(ctx context.Context, before []string) int {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -315,7 +317,7 @@ func groupProbes(db *gridkv.DB) []string {
 	return probes
 }
 
-// leaders lists each probe's range leader as db knows it.
+// leaders lists each probe's group leader as db knows it.
 func leaders(db *gridkv.DB, probes []string) []string {
 	ids := make([]string, len(probes))
 	for i, key := range probes {
@@ -335,7 +337,7 @@ func disturbances(outcomes []outcome) string {
 			ds   []disturbance
 		}{{"GridKV", oc.gridkvAfter}, {"etcd", oc.etcdAfter}} {
 			if slices.ContainsFunc(side.ds, func(d disturbance) bool { return d != disturbance{} }) {
-				fmt.Fprintf(&b, "\nAfter %s's %s runs, GridKV ranges that lost their leader / etcd elections:", side.name, oc.name)
+				fmt.Fprintf(&b, "\nAfter %s's %s runs, GridKV groups that lost their leader / etcd elections:", side.name, oc.name)
 				for _, d := range side.ds {
 					fmt.Fprintf(&b, " %d/%d", d.gridkvUnled, d.etcdTerms)
 				}

@@ -1,0 +1,136 @@
+// Command idletest measures what an idle GridKV cluster costs its host:
+// it opens -nodes nodes in this process with the default Config (formed
+// together with BootstrapExpect, so the cluster has GroupsPerNode x nodes
+// replica groups), waits until they are ready, lets them settle, then
+// reports the CPU the process used over -window (in cores), its
+// goroutines and its heap.
+//
+//	go run ./idletest                       # 3 nodes, default config
+//	go run ./idletest -groups-per-node 4    # the same with 4 groups per node
+//	go run ./idletest -cpuprofile idle.out  # and where the idle CPU goes
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/gridkv/gridkv/gridkv"
+)
+
+func main() {
+	nodes := flag.Int("nodes", 3, "nodes in this process")
+	perNode := flag.Int("groups-per-node", 0, "Config.GroupsPerNode (0: the default)")
+	settle := flag.Duration("settle", 10*time.Second, "wait this long after WaitReady before measuring")
+	window := flag.Duration("window", 20*time.Second, "measure over this long")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the window here")
+	flag.Parse()
+	if err := run(*nodes, *perNode, *settle, *window, *cpuprofile); err != nil {
+		fmt.Fprintln(os.Stderr, "idletest:", err)
+		os.Exit(1)
+	}
+}
+
+func run(nodes, perNode int, settle, window time.Duration, cpuprofile string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dbs, err := openNodes(ctx, nodes, perNode)
+	defer func() {
+		for _, db := range dbs {
+			_ = db.Close()
+		}
+	}()
+	if err != nil {
+		return err
+	}
+	time.Sleep(settle)
+	runtime.GC()
+	if cpuprofile != "" {
+		f, err := os.Create(cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
+	cpu0, t0 := cpuTime(), time.Now()
+	time.Sleep(window)
+	cores := float64(cpuTime()-cpu0) / float64(time.Since(t0))
+	if cpuprofile != "" {
+		pprof.StopCPUProfile()
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	groups := 0 // each group has one leader
+	for _, m := range dbs[0].Members() {
+		groups += m.Leads
+	}
+	fmt.Printf("nodes=%d groups-per-node=%d groups-led=%d settle=%v window=%v\n", nodes, perNode, groups, settle, window)
+	fmt.Printf("cpu %.4f cores, goroutines %d, HeapInuse %.1f MiB\n",
+		cores, runtime.NumGoroutine(), float64(ms.HeapInuse)/(1<<20))
+	return nil
+}
+
+// openNodes opens n nodes that form one cluster together and waits until
+// they are ready; it returns the nodes opened even on error.
+func openNodes(ctx context.Context, n, perNode int) ([]*gridkv.DB, error) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	addrs := make([]string, n)
+	for i := range addrs {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		addrs[i] = l.Addr().String()
+		l.Close()
+	}
+	dbs, errs := make([]*gridkv.DB, n), make([]error, n)
+	var wg sync.WaitGroup
+	for i := range dbs {
+		cfg := gridkv.Config{NodeID: fmt.Sprint("n", i), GossipAddr: addrs[i], GroupsPerNode: perNode, Logger: quiet}
+		if n > 1 {
+			cfg.BootstrapExpect = n
+			for j, a := range addrs {
+				if j != i {
+					cfg.Seeds = append(cfg.Seeds, a)
+				}
+			}
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); dbs[i], errs[i] = gridkv.OpenContext(ctx, cfg) }()
+	}
+	wg.Wait()
+	var open []*gridkv.DB
+	for _, db := range dbs {
+		if db != nil {
+			open = append(open, db)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return open, err
+	}
+	for _, db := range open {
+		if err := db.WaitReady(ctx); err != nil {
+			return open, err
+		}
+	}
+	return open, nil
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
