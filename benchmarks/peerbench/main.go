@@ -42,6 +42,7 @@ func main() {
 	flag.IntVar(&o.keys, "keys", 100000, "keys, preloaded")
 	flag.IntVar(&o.valueBytes, "value", 16, "value size in bytes")
 	flag.IntVar(&o.groupsPerNode, "groups-per-node", 0, "GridKV's Config.GroupsPerNode (0: the default)")
+	flag.StringVar(&o.rows, "rows", "", "comma-separated rows to run (empty: all), e.g. set,get,mix-90/10")
 	flag.StringVar(&o.plotPath, "plot", "results/peer.png", "PNG to write the plot to (empty: none)")
 	flag.Parse()
 	if err := run(o); err != nil {
@@ -54,7 +55,7 @@ type options struct {
 	nodes, clients, runs, keys, valueBytes int
 	groupsPerNode                          int
 	seconds                                time.Duration
-	plotPath                               string
+	plotPath, rows                         string
 }
 
 // A pair is one row of the comparison: a GridKV workload and the etcd
@@ -141,6 +142,9 @@ func run(o options) error {
 	b := &bench{dbs: dbs, etcd: etcd, probes: groupProbes(dbs[0])}
 	outcomes := make([]outcome, 0, 6)
 	for _, p := range pairs(o.nodes) {
+		if o.rows != "" && !slices.Contains(strings.Split(o.rows, ","), p.name) {
+			continue
+		}
 		outcomes = append(outcomes, outcome{pair: p})
 	}
 	for r := 1; r <= o.runs; r++ {
