@@ -3,8 +3,8 @@ package fsm
 import (
 	"bytes"
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"slices"
 	"testing"
 	"time"
