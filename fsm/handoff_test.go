@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"slices"
 	"testing"
 	"time"
@@ -453,27 +454,23 @@ type handoffGroups struct {
 	frozen               Tally
 }
 
-func newHandoffGroups(t *testing.T, opts Options, entries, maxBytes int) handoffGroups {
-	s := owning(t, opts, hr, 2)
-	for i := 0; i < entries; i++ {
-		ttl := time.Duration(i%4) * time.Minute // 0, 1, 2 or 3 minutes
-		mustStep(t, s, SetOp(hr, fmt.Sprint("key", i), []byte(fmt.Sprint("value", i)), ttl))
-	}
-	mustStep(t, s, SetOp(2, "other", []byte("range"), 0))
+// The reference freezes at epoch+at, after sweeping what expired by then.
+func newHandoffGroups(t *testing.T, opts Options, entries, maxBytes int, at time.Duration) handoffGroups {
+	s := sourceLike(t, opts, entries)
 	// A reference copy of the source, frozen, gives the chunks.
 	ref := owning(t, opts, hr, 2)
 	for i := 0; i < entries; i++ {
 		ttl := time.Duration(i%4) * time.Minute
 		mustStep(t, ref, SetOp(hr, fmt.Sprint("key", i), []byte(fmt.Sprint("value", i)), ttl))
 	}
-	rec := *mustStep(t, ref, FreezeOp(hr, 1, dst)).Record
+	rec := *stepAt(t, ref, at, FreezeOp(hr, 1, dst)).Record
 	cmds := append([]*fsmpb.Command{IncomingOp(hr, 2, src, rec.Count, rec.Bytes)}, exportAll(t, ref, hr, 2, maxBytes)...)
 	return handoffGroups{source: s, target: New(opts), sourceCmds: []*fsmpb.Command{FreezeOp(hr, 1, dst)},
 		copyCmds: cmds, frozen: ref.RangeTally(hr)}
 }
 
 func TestHandoffCommitMovesTheRange(t *testing.T) {
-	g := newHandoffGroups(t, Options{Ranges: 4}, 200, 512)
+	g := newHandoffGroups(t, Options{Ranges: 4}, 200, 512, 0)
 	s, tg := g.source, g.target
 	sourceUsed := s.Used()
 	mustStep(t, s, g.sourceCmds[0])
@@ -508,7 +505,7 @@ func TestHandoffCommitMovesTheRange(t *testing.T) {
 // with the share the range brings.
 func TestHandoffMemoryAccounting(t *testing.T) {
 	opts := Options{Ranges: 4, MemoryLimit: 4000} // 1000 bytes per range
-	g := newHandoffGroups(t, opts, 40, 128)
+	g := newHandoffGroups(t, opts, 40, 128, 0)
 	s, tg := g.source, g.target
 	moving := g.frozen.Bytes
 	if moving < 300 || moving > 1000 {
@@ -543,7 +540,7 @@ func TestHandoffMemoryAccounting(t *testing.T) {
 	check(s, "source gone", 1000, 1000, 1000)
 
 	// The abort path: the target frees its copy, the source takes the range back.
-	g = newHandoffGroups(t, opts, 40, 128)
+	g = newHandoffGroups(t, opts, 40, 128, 0)
 	s, tg = g.source, g.target
 	mustStep(t, s, g.sourceCmds[0])
 	for _, c := range g.copyCmds[:3] {
@@ -564,7 +561,7 @@ func TestHandoffMemoryAccounting(t *testing.T) {
 // Only Owned ranges are swept: a Frozen range's entries outlive their
 // deadlines until Unfreeze; an Activated range's TTLs fire.
 func TestHandoffExpiry(t *testing.T) {
-	g := newHandoffGroups(t, Options{Ranges: 4}, 40, 256)
+	g := newHandoffGroups(t, Options{Ranges: 4}, 40, 256, 0)
 	s, tg := g.source, g.target
 	mustStep(t, s, g.sourceCmds[0])
 	for _, c := range g.copyCmds {
@@ -665,4 +662,129 @@ func TestRangeStateFillsCacheLines(t *testing.T) {
 	if n := unsafe.Sizeof(rangeState{}); n%64 != 0 {
 		t.Fatalf("rangeState is %d bytes: adjust its padding", n)
 	}
+}
+
+// I5 and I4: each group applies its half of a handoff with its commands
+// duplicated and reordered at random. A command that comes before its
+// predecessor fails and changes nothing (its driver proposes it again), so
+// the outcome is the clean run of the longest prefix of the protocol's
+// order that the scrambled log contains in order; on the target, an Abort
+// anywhere leaves Absent(h). Two replicas of each group, one restored from
+// a snapshot taken at a random point, end identical, and the pair of
+// outcomes is one the protocol allows.
+func TestHandoffReorderedAndDuplicated(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	opts := Options{Ranges: 4, MemoryLimit: 1 << 20}
+	for trial := 0; trial < 400; trial++ {
+		commit := rng.IntN(2) == 0
+		at := time.Duration(rng.IntN(3)) * time.Minute // TTLs are 0 to 3 minutes
+		g := newHandoffGroups(t, opts, 1+rng.IntN(30), 1+rng.IntN(200), at)
+		sourceClean := append([]*fsmpb.Command(nil), g.sourceCmds...)
+		targetClean := append([]*fsmpb.Command(nil), g.copyCmds...)
+		if commit {
+			sourceClean = append(sourceClean, ReleaseOp(hr, 2))
+			targetClean = append(targetClean, ActivateOp(hr, 2))
+		} else {
+			sourceClean = append(sourceClean, UnfreezeOp(hr, 2))
+			targetClean = append(targetClean, AbortOp(hr, 2))
+		}
+		outcome := func(name string, fresh func() *FSM, clean []*fsmpb.Command, abortWins bool) *FSM {
+			seq := scramble(rng, clean)
+			a, b := fresh(), fresh()
+			start := a.Applied()
+			cut := rng.IntN(len(seq) + 1)
+			for i, cmd := range seq {
+				if i == cut {
+					b = roundTrip(t, b, opts)
+				}
+				l := logAt(t, start+uint64(i)+1, at, cmd)
+				a.Apply(l)
+				b.Apply(l)
+			}
+			if cut == len(seq) {
+				b = roundTrip(t, b, opts)
+			}
+			// The expected outcome: the clean commands matched in order,
+			// each at the index it was applied at.
+			want := fresh()
+			if abortWins {
+				want.Apply(logAt(t, start+1, at, clean[len(clean)-1]))
+			} else {
+				next := 0
+				for i, cmd := range seq {
+					if next < len(clean) && cmd == clean[next] {
+						want.Apply(logAt(t, start+uint64(i)+1, at, cmd))
+						next++
+					}
+				}
+			}
+			tick := logAt(t, start+uint64(len(seq))+1, time.Hour, DeleteOp(2, "none"))
+			for _, f := range []*FSM{a, b, want} {
+				f.Apply(tick)
+			}
+			for _, f := range []*FSM{b, want} {
+				if dump(f) != dump(a) || f.Used() != a.Used() || f.Len() != a.Len() ||
+					f.ownedUsed != a.ownedUsed || f.limit != a.limit || len(f.due) != len(a.due) {
+					t.Fatalf("trial %d, %s, commit %v, cut %d: replicas or the clean run differ\n%s\n%s\n%s",
+						trial, name, commit, cut, dump(a), dump(b), dump(want))
+				}
+			}
+			return a
+		}
+		// The source: fresh copies built like g.source.
+		n := g.source.Len() - 1
+		s := outcome("source", func() *FSM { return sourceLike(t, opts, n) }, sourceClean, false)
+		tg := outcome("target", func() *FSM { return New(opts) }, targetClean, !commit)
+
+		sr, tr := s.Range(hr), tg.Range(hr)
+		frozenNow := s.RangeTally(hr) == g.frozen // at the source, the data outlives the TTLs only while Frozen
+		switch {
+		case commit && sr.State == Frozen && frozenNow, commit && sr == (RangeRecord{State: Gone, Epoch: 3, Peer: dst}) && s.RangeUsed(hr) == 0:
+		case !commit && sr.State == Frozen && frozenNow, !commit && sr == (RangeRecord{State: Owned, Epoch: 3}):
+		default:
+			t.Fatalf("trial %d, commit %v: source ends %+v, tally %+v of %+v", trial, commit, sr, s.RangeTally(hr), g.frozen)
+		}
+		switch {
+		case commit && tr.State == Incoming && tr.Epoch == 2 && tg.RangeTally(hr) == tr.Got:
+		case commit && tr.State == Sealed && tr.Epoch == 2 && tg.RangeTally(hr) == g.frozen:
+		case commit && tr == (RangeRecord{State: Owned, Epoch: 3}):
+		case !commit && tr == (RangeRecord{State: Absent, Epoch: 2}) && tg.Len() == 0:
+		default:
+			t.Fatalf("trial %d, commit %v: target ends %+v", trial, commit, tr)
+		}
+		if sr.State == Owned && tr.State == Owned {
+			t.Fatalf("trial %d: both groups own the range at %d and %d", trial, sr.Epoch, tr.Epoch)
+		}
+	}
+}
+
+// sourceLike is a source owning ranges hr and 2: n entries in hr with
+// TTLs of 0 to 3 minutes, and one in range 2.
+func sourceLike(t *testing.T, opts Options, n int) *FSM {
+	s := owning(t, opts, hr, 2)
+	for i := 0; i < n; i++ {
+		mustStep(t, s, SetOp(hr, fmt.Sprint("key", i), []byte(fmt.Sprint("value", i)), time.Duration(i%4)*time.Minute))
+	}
+	mustStep(t, s, SetOp(2, "other", []byte("range"), 0))
+	return s
+}
+
+// scramble returns clean's commands, each at least once and some twice or
+// three times, in a random order.
+func scramble(rng *rand.Rand, clean []*fsmpb.Command) []*fsmpb.Command {
+	seq := append([]*fsmpb.Command(nil), clean...)
+	for i := rng.IntN(len(clean) + 1); i > 0; i-- {
+		seq = append(seq, clean[rng.IntN(len(clean))])
+	}
+	// Mostly small displacements (a late or early message), sometimes a
+	// full shuffle.
+	if rng.IntN(4) == 0 {
+		rng.Shuffle(len(seq), func(i, j int) { seq[i], seq[j] = seq[j], seq[i] })
+		return seq
+	}
+	for i := rng.IntN(4); i > 0; i-- {
+		j, k := rng.IntN(len(seq)), rng.IntN(len(seq))
+		seq[j], seq[k] = seq[k], seq[j]
+	}
+	return seq
 }
