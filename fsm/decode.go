@@ -324,7 +324,7 @@ func decodeChunk(msg []byte) (op, error) {
 					o.hand.entries = append(o.hand.entries, e)
 				}
 			case 6:
-				err = decodeTally(v, &o.hand.trailer) // merged, as proto merges a repeated message field
+				err = decodeTally(v, &o.hand.trailer) // merged, as proto.Unmarshal merges a message field that occurs twice
 			}
 		},
 		func(num protowire.Number, v uint64) {

@@ -179,8 +179,8 @@ func TestSweepPerRange(t *testing.T) {
 	f.Apply(logAt(t, 4, 0, SetOp(2, "c", []byte("1"), 10*time.Second)))
 	f.Apply(logAt(t, 5, 0, SetOp(1, "d", []byte("1"), 5*time.Second)))
 	f.Apply(logAt(t, 6, 0, SetOp(1, "d", []byte("22"), 0))) // overwritten without a TTL: kept
-	// Stand-in for a state the handoff will add (Frozen): range 2 stops
-	// being swept while it keeps its data.
+	// A record that is not Owned but keeps its data (as Frozen does):
+	// range 2 stops being swept.
 	f.setRecord(f.table.Load().at(2), RangeRecord{State: Absent, Epoch: 2})
 
 	f.Apply(logAt(t, 7, 10*time.Second, DeleteOp(3, "unowned")))
