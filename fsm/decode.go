@@ -20,7 +20,37 @@ const (
 	opCAS
 	opBatch   // only at the top level; marks a nested batch when inside one
 	opGenesis // only at the top level; rejected inside a batch
+	// Handoff commands: only at the top level; rejected inside a batch.
+	opFreeze
+	opIncoming
+	opChunk
+	opRelease
+	opUnfreeze
+	opActivate
+	opAbort
 )
+
+func (k opKind) handoff() bool { return k >= opFreeze && k <= opAbort }
+
+// handoffOp holds a handoff command's fields (op.hand), kept out of op so
+// client operations stay small. Byte slices alias the log entry's data.
+type handoffOp struct {
+	epoch   uint64
+	peer    int64 // Freeze: target; Incoming: source
+	count   int64 // Incoming
+	bytes   int64 // Incoming
+	after   []byte
+	entries []chunkEntry
+	last    bool
+	trailer Tally
+}
+
+// chunkEntry is one entry of a Chunk.
+type chunkEntry struct {
+	key, value []byte
+	version    uint64
+	expireAt   int64
+}
 
 // op is one decoded operation. Byte slices alias the log entry's data; put
 // copies what it keeps.
@@ -33,6 +63,7 @@ type op struct {
 	oldAbsent bool
 	ttl       int64
 	ranges    []uint32 // Genesis
+	hand      *handoffOp
 }
 
 var errMalformed = errors.New("malformed protobuf")
@@ -57,7 +88,7 @@ func decodeCommand(data []byte, ops []op) (_ []op, batch bool, err error) {
 func decodeOne(data []byte) (o op, batchMsg []byte, isBatch bool, err error) {
 	ferr := fields(data,
 		func(num protowire.Number, msg []byte) {
-			if err != nil || num < 1 || num > 5 {
+			if err != nil || num < 1 || num > 12 {
 				return
 			}
 			isBatch = num == 4
@@ -72,6 +103,14 @@ func decodeOne(data []byte) (o op, batchMsg []byte, isBatch bool, err error) {
 				batchMsg = msg
 			case 5:
 				o, err = decodeGenesis(msg)
+			case 6:
+				o, err = decodeFreeze(msg)
+			case 7:
+				o, err = decodeIncoming(msg)
+			case 8:
+				o, err = decodeChunk(msg)
+			case 9, 10, 11, 12:
+				o, err = decodeRangeEpoch(msg, opRelease+opKind(num-9))
 			}
 		},
 		func(protowire.Number, uint64) {})
@@ -228,6 +267,140 @@ func decodeGenesis(msg []byte) (op, error) {
 	return o, errors.Join(ferr, err)
 }
 
+// Handoff commands are rare: their decoders may allocate.
+
+func decodeFreeze(msg []byte) (op, error) {
+	o := op{kind: opFreeze, hand: &handoffOp{}}
+	err := fields(msg,
+		func(protowire.Number, []byte) {},
+		func(num protowire.Number, v uint64) {
+			switch num {
+			case 1:
+				o.rng = uint32(v)
+			case 2:
+				o.hand.epoch = v
+			case 3:
+				o.hand.peer = int64(v)
+			}
+		})
+	return o, err
+}
+
+func decodeIncoming(msg []byte) (op, error) {
+	o := op{kind: opIncoming, hand: &handoffOp{}}
+	err := fields(msg,
+		func(protowire.Number, []byte) {},
+		func(num protowire.Number, v uint64) {
+			switch num {
+			case 1:
+				o.rng = uint32(v)
+			case 2:
+				o.hand.epoch = v
+			case 3:
+				o.hand.peer = int64(v)
+			case 4:
+				o.hand.count = int64(v)
+			case 5:
+				o.hand.bytes = int64(v)
+			}
+		})
+	return o, err
+}
+
+func decodeChunk(msg []byte) (op, error) {
+	o := op{kind: opChunk, hand: &handoffOp{}}
+	var err error
+	ferr := fields(msg,
+		func(num protowire.Number, v []byte) {
+			if err != nil {
+				return
+			}
+			switch num {
+			case 3:
+				o.hand.after = v
+			case 4:
+				var e chunkEntry
+				if e, err = decodeChunkEntry(v); err == nil {
+					o.hand.entries = append(o.hand.entries, e)
+				}
+			case 6:
+				err = decodeTally(v, &o.hand.trailer) // merged, as proto.Unmarshal merges a message field that occurs twice
+			}
+		},
+		func(num protowire.Number, v uint64) {
+			switch num {
+			case 1:
+				o.rng = uint32(v)
+			case 2:
+				o.hand.epoch = v
+			case 5:
+				o.hand.last = v != 0
+			}
+		})
+	return o, errors.Join(ferr, err)
+}
+
+func decodeChunkEntry(msg []byte) (chunkEntry, error) {
+	e := chunkEntry{value: []byte{}}
+	err := fields(msg,
+		func(num protowire.Number, v []byte) {
+			switch num {
+			case 1:
+				e.key = v
+			case 2:
+				e.value = v
+			}
+		},
+		func(num protowire.Number, v uint64) {
+			switch num {
+			case 3:
+				e.version = v
+			case 4:
+				e.expireAt = int64(v)
+			}
+		})
+	return e, err
+}
+
+func decodeTally(msg []byte, t *Tally) error {
+	return fields(msg,
+		func(protowire.Number, []byte) {},
+		func(num protowire.Number, v uint64) {
+			switch num {
+			case 1:
+				t.Count = int64(v)
+			case 2:
+				t.Bytes = int64(v)
+			case 3:
+				t.Digest = v
+			}
+		})
+}
+
+// decodeRangeEpoch reads a RangeEpoch, the operand of Release, Unfreeze,
+// Activate and Abort (kind).
+func decodeRangeEpoch(msg []byte, kind opKind) (op, error) {
+	o := op{kind: kind, hand: &handoffOp{}}
+	err := fields(msg,
+		func(protowire.Number, []byte) {},
+		func(num protowire.Number, v uint64) {
+			switch num {
+			case 1:
+				o.rng = uint32(v)
+			case 2:
+				o.hand.epoch = v
+			}
+		})
+	return o, err
+}
+
 func (o op) String() string {
-	return fmt.Sprintf("{%d r%d %q %q %q %v %d %v}", o.kind, o.rng, o.key, o.value, o.old, o.oldAbsent, o.ttl, o.ranges)
+	s := fmt.Sprintf("{%d r%d %q %q %q %v %d %v", o.kind, o.rng, o.key, o.value, o.old, o.oldAbsent, o.ttl, o.ranges)
+	if h := o.hand; h != nil {
+		s += fmt.Sprintf(" e%d p%d %d/%d %q %v %+v %d entries:", h.epoch, h.peer, h.count, h.bytes, h.after, h.last, h.trailer, len(h.entries))
+		for _, e := range h.entries {
+			s += fmt.Sprintf(" %q=%q@%d/%d", e.key, e.value, e.version, e.expireAt)
+		}
+	}
+	return s + "}"
 }

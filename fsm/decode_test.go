@@ -27,13 +27,52 @@ func toOp(c *fsmpb.Command) op {
 		return op{kind: opBatch}
 	case *fsmpb.Command_Genesis:
 		return op{kind: opGenesis, ranges: x.Genesis.Ranges}
+	case *fsmpb.Command_Freeze:
+		return op{kind: opFreeze, rng: x.Freeze.Range, hand: &handoffOp{epoch: x.Freeze.Epoch, peer: x.Freeze.Target}}
+	case *fsmpb.Command_Incoming:
+		i := x.Incoming
+		return op{kind: opIncoming, rng: i.Range, hand: &handoffOp{epoch: i.Epoch, peer: i.Source, count: i.Count, bytes: i.Bytes}}
+	case *fsmpb.Command_Chunk:
+		c := x.Chunk
+		h := &handoffOp{epoch: c.Epoch, after: c.After, last: c.Last,
+			trailer: Tally{Count: c.Trailer.GetCount(), Bytes: c.Trailer.GetBytes(), Digest: c.Trailer.GetDigest()}}
+		for _, e := range c.Entries {
+			h.entries = append(h.entries, chunkEntry{key: e.Key, value: e.Value, version: e.Version, expireAt: e.ExpireAt})
+		}
+		return op{kind: opChunk, rng: c.Range, hand: h}
+	case *fsmpb.Command_Release:
+		return op{kind: opRelease, rng: x.Release.Range, hand: &handoffOp{epoch: x.Release.Epoch}}
+	case *fsmpb.Command_Unfreeze:
+		return op{kind: opUnfreeze, rng: x.Unfreeze.Range, hand: &handoffOp{epoch: x.Unfreeze.Epoch}}
+	case *fsmpb.Command_Activate:
+		return op{kind: opActivate, rng: x.Activate.Range, hand: &handoffOp{epoch: x.Activate.Epoch}}
+	case *fsmpb.Command_Abort:
+		return op{kind: opAbort, rng: x.Abort.Range, hand: &handoffOp{epoch: x.Abort.Epoch}}
 	}
 	return op{}
 }
 
+func sameHandoff(a, b *handoffOp) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	if a.epoch != b.epoch || a.peer != b.peer || a.count != b.count || a.bytes != b.bytes ||
+		!bytes.Equal(a.after, b.after) || a.last != b.last || a.trailer != b.trailer || len(a.entries) != len(b.entries) {
+		return false
+	}
+	for i, x := range a.entries {
+		y := b.entries[i]
+		if !bytes.Equal(x.key, y.key) || !bytes.Equal(x.value, y.value) || x.version != y.version || x.expireAt != y.expireAt {
+			return false
+		}
+	}
+	return true
+}
+
 func sameOp(a, b op) bool {
 	return a.kind == b.kind && a.rng == b.rng && bytes.Equal(a.key, b.key) && bytes.Equal(a.value, b.value) &&
-		bytes.Equal(a.old, b.old) && a.oldAbsent == b.oldAbsent && a.ttl == b.ttl && slices.Equal(a.ranges, b.ranges)
+		bytes.Equal(a.old, b.old) && a.oldAbsent == b.oldAbsent && a.ttl == b.ttl && slices.Equal(a.ranges, b.ranges) &&
+		sameHandoff(a.hand, b.hand)
 }
 
 func randomCommand(rng *rand.Rand, depth int) *fsmpb.Command {
@@ -48,6 +87,9 @@ func randomCommand(rng *rand.Rand, depth int) *fsmpb.Command {
 		return b
 	}
 	ttl := func() int64 { return int64(rng.IntN(3)) * rng.Int64N(1<<40) }
+	if rng.IntN(2) == 0 {
+		return randomHandoff(rng, blob)
+	}
 	switch rng.IntN(5) {
 	case 0:
 		return &fsmpb.Command{Op: &fsmpb.Command_Set{Set: &fsmpb.Set{Range: randomRange(rng), Key: blob(), Value: blob(), TtlNanos: ttl()}}}
@@ -71,6 +113,31 @@ func randomCommand(rng *rand.Rand, depth int) *fsmpb.Command {
 		}
 		return BatchOp(ops...)
 	}
+}
+
+// randomHandoff is one of the handoff commands, with random fields.
+func randomHandoff(rng *rand.Rand, blob func() []byte) *fsmpb.Command {
+	num := func() int64 { return int64(rng.IntN(3)-1) * rng.Int64N(1<<62) } // 0, negative or positive
+	r, e := int(randomRange(rng)), uint64(num())
+	switch rng.IntN(7) {
+	case 0:
+		return FreezeOp(r, e, int(num()))
+	case 1:
+		return IncomingOp(r, e, int(num()), num(), num())
+	case 2:
+		var entries []RangeEntry
+		for i := rng.IntN(4); i > 0; i-- {
+			entries = append(entries, RangeEntry{Key: string(blob()), Entry: Entry{Value: blob(), Version: uint64(num()), ExpireAt: num()}})
+		}
+		return ChunkOp(r, e, string(blob()), entries, rng.IntN(2) == 0, Tally{num(), num(), uint64(num())})
+	case 3:
+		return ReleaseOp(r, e)
+	case 4:
+		return UnfreezeOp(r, e)
+	case 5:
+		return ActivateOp(r, e)
+	}
+	return AbortOp(r, e)
 }
 
 // randomRange is 0 (left out of the encoding), small, or any uint32.
@@ -155,6 +222,13 @@ func TestAppendMatchesEncode(t *testing.T) {
 		if rng.IntN(4) == 0 {
 			old = []byte{}
 		}
+		num := func() int64 { return int64(rng.IntN(3)-1) * rng.Int64N(1<<62) }
+		e, peer, count, size := uint64(num()), int(num()), num(), num()
+		var entries []RangeEntry
+		for j := rng.IntN(4); j > 0; j-- {
+			entries = append(entries, RangeEntry{Key: string(blob()), Entry: Entry{Value: blob(), Version: uint64(num()), ExpireAt: num()}})
+		}
+		last, trailer := rng.IntN(2) == 0, Tally{num(), num(), uint64(num())}
 		for _, c := range []struct {
 			got  []byte
 			want *fsmpb.Command
@@ -163,6 +237,13 @@ func TestAppendMatchesEncode(t *testing.T) {
 			{AppendDelete(nil, r, key), DeleteOp(r, key)},
 			{AppendCAS(nil, r, key, old, value, ttl), CASOp(r, key, old, value, ttl)},
 			{AppendGenesis(nil, ranges), GenesisOp(ranges)},
+			{AppendFreeze(nil, r, e, peer), FreezeOp(r, e, peer)},
+			{AppendIncoming(nil, r, e, peer, count, size), IncomingOp(r, e, peer, count, size)},
+			{AppendChunk(nil, r, e, key, entries, last, trailer), ChunkOp(r, e, key, entries, last, trailer)},
+			{AppendRelease(nil, r, e), ReleaseOp(r, e)},
+			{AppendUnfreeze(nil, r, e), UnfreezeOp(r, e)},
+			{AppendActivate(nil, r, e), ActivateOp(r, e)},
+			{AppendAbort(nil, r, e), AbortOp(r, e)},
 		} {
 			want, err := proto.MarshalOptions{Deterministic: true}.Marshal(c.want)
 			if err != nil {

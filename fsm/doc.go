@@ -13,8 +13,27 @@
 // log entry that last wrote it.
 //
 // Ownership fence: an operation on a range that is not Owned here changes
-// nothing and reports ErrNotOwned; reads of such a range report ErrNotOwned
-// too. A range number at or over Options.Ranges is ErrBadCommand.
+// nothing and reports ErrNotOwned (ErrMoving when the range is Frozen);
+// reads of such a range report the same. A range number at or over
+// Options.Ranges is ErrBadCommand.
+//
+// Handoff: a range moves from a source group S to a target group T through
+// seven commands, each a log entry of its own carrying the range and the
+// handoff's epoch h (Freeze: the Owned epoch e = h-1). On S, Freeze makes
+// Owned(e) Frozen(e+1,T): the data stays, writes answer ErrMoving, reads
+// serve only through LookupMode(ReadIndexed), and nothing is swept. T
+// pulls pages of the frozen range from any S replica (Export, in key
+// order, with RangeTally as the trailer) through its own log: Incoming
+// (Absent or Gone below h becomes Incoming(h,S)), then Chunk commands that
+// stage the entries, the last one sealing the range (Sealed) if the copy
+// matches the trailer and the announced size, else dropping it (Absent(h),
+// ErrCopyMismatch). S decides: Release (Frozen(h) becomes Gone(h+1,T), the
+// data dropped) or Unfreeze (Owned(h+1) again). T then Activates
+// (Sealed(h) becomes Owned(h+1)) or Aborts (Absent(h)). A command whose
+// precondition fails changes nothing and answers ErrPrecondition with the
+// current record in Result.Record, so duplicated and reordered commands
+// never change the outcome. The drivers that propose these commands (RPCs
+// between the groups' leaders, timeouts, routing) are not built yet.
 //
 // Determinism: every replica must reach the same state from the same log.
 // TTL expiry is computed from the entry's AppendedAt (stamped by the leader),

@@ -10,7 +10,8 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// Errors carried in Result.Err (and, for ErrNotOwned, returned by reads).
+// Errors carried in Result.Err (and, for ErrNotOwned and ErrMoving,
+// returned by reads).
 // Those in a Result are decided inside Apply, so every replica reaches the
 // same decision for the same log entry.
 var (
@@ -24,6 +25,20 @@ var (
 	// ErrNotOwned: the operation's range is not Owned by this group; nothing
 	// was written (or, for a read, nothing was read).
 	ErrNotOwned = errors.New("fsm: range not owned by this group")
+	// ErrMoving: the operation's range is Frozen here, on its way to another
+	// group: a write changed nothing and may be retried after the handoff;
+	// a read other than a ReadIndex read (see LookupMode) read nothing.
+	ErrMoving = errors.New("fsm: range is moving to another group")
+	// ErrPrecondition: a handoff command found its range in a state it does
+	// not apply to (the table in docs/architecture.md); nothing changed and
+	// Result.Record holds the range's current record. Duplicated, late and
+	// stale handoff commands end here.
+	ErrPrecondition = errors.New("fsm: range is not in the state the handoff command requires")
+	// ErrCopyMismatch: the last Chunk of a handoff completed a copy whose
+	// tally differs from the source's trailer or announced size; the
+	// staged copy was dropped and the range is Absent at the handoff's
+	// epoch (Result.Record).
+	ErrCopyMismatch = errors.New("fsm: handoff copy does not match the source")
 )
 
 // MaxRanges bounds range numbers when Options.Ranges is 0.
@@ -39,8 +54,10 @@ type Options struct {
 	// MemoryLimit caps the bytes of keys plus values in the whole cluster;
 	// 0 (the default) means no limit. The state machine enforces it per
 	// group, in proportion to the ranges the group owns: a write is refused
-	// with ErrMemoryLimit when the group's bytes after it would exceed
-	// MemoryLimit * owned / Ranges (the whole MemoryLimit when Ranges is 0).
+	// with ErrMemoryLimit when the bytes of the group's Owned ranges after
+	// it would exceed MemoryLimit * owned / Ranges (the whole MemoryLimit
+	// when Ranges is 0). Ranges in a handoff (Frozen, Incoming, Sealed) are
+	// held but not charged.
 	MemoryLimit int64
 	// Ranges is the number of ranges in the cluster; range numbers are in
 	// [0, Ranges). 0 (the default) means unknown: range numbers are then
@@ -57,8 +74,14 @@ type Result struct {
 	Version uint64
 	// Swapped reports whether a CompareAndSwap stored its new value.
 	Swapped bool
-	// Err is nil, ErrMemoryLimit, ErrBadCommand or ErrNotOwned.
+	// Err is nil, ErrMemoryLimit, ErrBadCommand, ErrNotOwned or ErrMoving
+	// for client operations; nil, ErrBadCommand, ErrPrecondition or
+	// ErrCopyMismatch for handoff commands.
 	Err error
+	// Record is, for a handoff command that was not ErrBadCommand, its
+	// range's record after the command (unchanged on ErrPrecondition);
+	// nil otherwise. A pointer, so client operations' results stay small.
+	Record *RangeRecord
 }
 
 // FSM is the replicated state machine of one replica group, which carries
@@ -83,10 +106,11 @@ type FSM struct {
 
 	// Touched only by the applying goroutine (and Restore, which raft
 	// never runs concurrently with Apply).
-	due     dueHeap // Owned ranges with expiries, by earliest deadline
-	owned   int     // ranges Owned here
-	limit   int64   // bytes the group may hold: its share of MemoryLimit
-	scratch []op
+	due       dueHeap // Owned ranges with expiries, by earliest deadline
+	owned     int     // ranges Owned here
+	ownedUsed int64   // bytes of keys + values in Owned ranges
+	limit     int64   // bytes the Owned ranges may hold: the group's share of MemoryLimit
+	scratch   []op
 
 	used    atomic.Int64  // bytes of keys + values held, all ranges
 	count   atomic.Int64  // entries held (expired but not yet swept count too)
@@ -167,10 +191,13 @@ func (f *FSM) applyCommand(l *raft.Log) interface{} {
 		return results
 	}
 	var r Result
-	if ops[0].kind == opGenesis {
-		r = f.genesis(ops[0].ranges, l.Index)
-	} else {
-		r = f.applyOp(&ops[0], l.Index, now)
+	switch o := &ops[0]; {
+	case o.kind == opGenesis:
+		r = f.genesis(o.ranges, l.Index)
+	case o.kind.handoff():
+		r = f.handoff(o, l.Index, now)
+	default:
+		r = f.applyOp(o, l.Index, now)
 	}
 	return &r
 }
@@ -182,6 +209,8 @@ func (f *FSM) applyOp(o *op, index uint64, now int64) Result {
 		return Result{Err: fmt.Errorf("%w: nested batch", ErrBadCommand)}
 	case o.kind == opGenesis:
 		return Result{Err: fmt.Errorf("%w: genesis inside a batch", ErrBadCommand)}
+	case o.kind.handoff():
+		return Result{Err: fmt.Errorf("%w: handoff command inside a batch", ErrBadCommand)}
 	case o.kind == opNone:
 		return Result{Err: fmt.Errorf("%w: no operation", ErrBadCommand)}
 	case len(o.key) == 0:
@@ -193,7 +222,10 @@ func (f *FSM) applyOp(o *op, index uint64, now int64) Result {
 	}
 	rs := f.table.Load().at(int(o.rng))
 	// Only the applier writes records, so it reads them without the lock.
-	if rs == nil || rs.rec.State != Owned {
+	switch {
+	case rs != nil && rs.rec.State == Frozen:
+		return Result{Err: ErrMoving}
+	case rs == nil || rs.rec.State != Owned:
 		return Result{Err: ErrNotOwned}
 	}
 	switch o.kind {
@@ -224,15 +256,22 @@ func (f *FSM) applyOp(o *op, index uint64, now int64) Result {
 	}
 }
 
-// put stores key and a copy of value (both alias the log entry) in rs, in
-// one allocation. Only the applying goroutine calls put.
+// put stores key and a copy of value (both alias the log entry) in rs, an
+// Owned range, in one allocation. Only the applying goroutine calls put.
+//
+// The limit is checked against the bytes of Owned ranges only: a range in
+// flight holds its data in both groups for the length of the handoff
+// (Frozen at the source, Incoming or Sealed at the target), and charging
+// it to either would refuse writes to the group's other ranges meanwhile.
+// The excess is bounded by the ranges in flight, about one range's share
+// each.
 func (f *FSM) put(rs *rangeState, key, value []byte, ttl int64, index uint64, now int64) Result {
 	old, found := rs.tab.get(string(key))
 	delta := int64(len(key) + len(value))
 	if found {
 		delta -= old.header().size()
 	}
-	if delta > 0 && f.used.Load()+delta > f.limit {
+	if delta > 0 && f.ownedUsed+delta > f.limit {
 		return Result{Err: ErrMemoryLimit}
 	}
 	var expireAt int64
@@ -250,6 +289,7 @@ func (f *FSM) put(rs *rangeState, key, value []byte, ttl int64, index uint64, no
 	if ttl > 0 {
 		f.pushExpiry(rs, expiry{at: expireAt, e: e})
 	}
+	f.ownedUsed += delta
 	f.used.Add(delta)
 	if !found {
 		f.count.Add(1)
@@ -265,7 +305,7 @@ func (f *FSM) remove(rs *rangeState, key []byte) {
 	}
 }
 
-// removeEntry deletes the stored entry e from rs.
+// removeEntry deletes the stored entry e from rs, an Owned range.
 func (f *FSM) removeEntry(rs *rangeState, e entry) {
 	h := e.header()
 	n := h.size()
@@ -274,6 +314,7 @@ func (f *FSM) removeEntry(rs *rangeState, e entry) {
 	rs.used -= n
 	rs.count--
 	rs.mu.Unlock()
+	f.ownedUsed -= n
 	f.used.Add(-n)
 	f.count.Add(-1)
 }

@@ -9,17 +9,36 @@ import (
 // RangeState is where a range stands in this group. Every replica of the
 // group holds the same states (they change only by applying log entries)
 // and snapshots carry them.
+//
+// A handoff moves a range from a source group S to a target group T:
+//
+//	S: Owned(e) --Freeze--> Frozen(e+1) --Release--> Gone(e+2)
+//	                               \--Unfreeze--> Owned(e+2)
+//	T: Absent/Gone(<h) --Incoming--> Incoming(h) --Chunk...last--> Sealed(h) --Activate--> Owned(h+1)
+//	   Incoming(h) or Sealed(h) --Abort--> Absent(h); a last Chunk that does not match --> Absent(h)
 type RangeState uint8
 
-// The states built so far. The handoff protocol will add Frozen, Gone,
-// Incoming and Sealed after these, keeping their numbers (snapshots
-// store them).
+// The states. Their numbers are stored in snapshots: never renumber them.
 const (
 	// Absent: the group holds nothing of the range and serves none of it.
-	// It is the zero value: every range starts Absent at epoch 0.
+	// It is the zero value: every range starts Absent at epoch 0. Its
+	// epoch fences stale handoff commands.
 	Absent RangeState = iota
 	// Owned: the group holds the range and serves its reads and writes.
 	Owned
+	// Frozen: the source of a handoff. The group keeps the data, refuses
+	// writes (ErrMoving), serves ReadIndex reads only, and does not sweep
+	// expired entries, so the content depends on the freeze index alone.
+	Frozen
+	// Gone: the source after Release (the commit point): the data is
+	// dropped and Peer names the group the range went to.
+	Gone
+	// Incoming: the target of a handoff, staging the copy chunk by chunk.
+	// It serves nothing.
+	Incoming
+	// Sealed: the target holding a complete, verified copy, waiting for
+	// the source's verdict. It serves nothing.
+	Sealed
 )
 
 func (s RangeState) String() string {
@@ -28,22 +47,77 @@ func (s RangeState) String() string {
 		return "Absent"
 	case Owned:
 		return "Owned"
+	case Frozen:
+		return "Frozen"
+	case Gone:
+		return "Gone"
+	case Incoming:
+		return "Incoming"
+	case Sealed:
+		return "Sealed"
 	}
 	return fmt.Sprintf("RangeState(%d)", uint8(s))
 }
 
 // known reports whether s is a state this version understands.
-func (s RangeState) known() bool { return s <= Owned }
+func (s RangeState) known() bool { return s <= Sealed }
 
 // holdsData reports whether a range in state s may hold entries.
-func (s RangeState) holdsData() bool { return s == Owned }
+func (s RangeState) holdsData() bool {
+	return s == Owned || s == Frozen || s == Incoming || s == Sealed
+}
+
+// Tally is a range's entry count, bytes of keys plus values, and
+// order-independent digest (as RangeDigest computes it): what a handoff
+// checks its copy against.
+type Tally struct {
+	Count  int64
+	Bytes  int64
+	Digest uint64
+}
 
 // RangeRecord is a range's state in this group and the epoch of its
 // current ownership: for a range and an epoch, at most one group ever
-// reaches Owned (Genesis gives epoch 1; a handoff will give the next one).
+// reaches Owned (Genesis gives epoch 1; each handoff the next one). It is
+// a comparable value; fields a state does not list are zero.
 type RangeRecord struct {
 	State RangeState
 	Epoch uint64
+	// Peer is the other group of a handoff: the target T in Frozen and
+	// Gone, the source S in Incoming and Sealed.
+	Peer int
+	// FreezeIndex is the log index of the Freeze entry (Frozen).
+	FreezeIndex uint64
+	// Since is the AppendedAt (unix nanoseconds) of the entry that began
+	// the state: the Freeze (Frozen) or the Incoming (Incoming, Sealed),
+	// for the drivers' timeouts.
+	Since int64
+	// Count and Bytes are the moving range's size: its entries and bytes
+	// of keys plus values at freeze (Frozen), or as the source announced
+	// them (Incoming, Sealed: the copy must match them to seal).
+	Count, Bytes int64
+	// Cursor is the last key staged (Incoming, Sealed): the next Chunk
+	// must start after it.
+	Cursor string
+	// Got is the tally of the entries staged so far (Incoming, Sealed).
+	Got Tally
+}
+
+// valid reports whether rec holds only the fields its state lists.
+func (rec RangeRecord) valid() bool {
+	bare := RangeRecord{State: rec.State, Epoch: rec.Epoch}
+	switch rec.State {
+	case Absent, Owned:
+		return rec == bare
+	case Gone:
+		bare.Peer = rec.Peer
+		return rec == bare
+	case Frozen:
+		return rec.Cursor == "" && rec.Got == Tally{}
+	case Incoming, Sealed:
+		return rec.FreezeIndex == 0
+	}
+	return false
 }
 
 // rangeState is one range's record and data: everything a handoff will
@@ -64,7 +138,7 @@ type rangeState struct {
 	expiries expiryHeap // deadlines of the range's entries with a TTL
 	dueAt    int        // index in FSM.due; -1 when not there
 
-	_ [24]byte // fill 128 bytes (a size class): neighbouring ranges' locks sit on other cache lines
+	_ [16]byte // fill 256 bytes (a size class): neighbouring ranges' locks sit on other cache lines
 }
 
 func newRangeState(num uint32) *rangeState {
@@ -97,16 +171,22 @@ func (f *FSM) Range(r int) RangeRecord {
 }
 
 // OwnedRanges returns the ranges Owned by this group, in increasing order.
-func (f *FSM) OwnedRanges() []int {
+func (f *FSM) OwnedRanges() []int { return f.RangesIn(Owned) }
+
+// RangesIn returns the ranges in state s here, in increasing order (for
+// Absent, only the ranges this group has a record of). A new leader finds
+// the handoffs it must drive with RangesIn(Frozen), RangesIn(Incoming) and
+// RangesIn(Sealed).
+func (f *FSM) RangesIn(s RangeState) []int {
 	var out []int
 	for _, rs := range f.table.Load().ranges {
 		if rs == nil {
 			continue
 		}
 		rs.mu.RLock()
-		owned := rs.rec.State == Owned
+		in := rs.rec.State == s
 		rs.mu.RUnlock()
-		if owned {
+		if in {
 			out = append(out, int(rs.num))
 		}
 	}
@@ -161,6 +241,23 @@ func (f *FSM) genesis(ranges []uint32, index uint64) Result {
 	return Result{Version: index}
 }
 
+// known returns range r's state, first adding r to the table (Absent at
+// epoch 0) if the group has no record of it (one copy of the table per
+// range added: handoff commands add one range at a time). Only the
+// applier calls it; r is in bounds.
+func (f *FSM) known(r uint32) *rangeState {
+	cur := f.table.Load()
+	if rs := cur.at(int(r)); rs != nil {
+		return rs
+	}
+	next := cur.clone()
+	next.grow(int(r) + 1)
+	rs := newRangeState(r)
+	next.ranges[r] = rs
+	f.table.Store(next)
+	return rs
+}
+
 func (t *rangeTable) clone() *rangeTable {
 	return &rangeTable{ranges: append([]*rangeState(nil), t.ranges...)}
 }
@@ -172,8 +269,8 @@ func (t *rangeTable) grow(n int) {
 }
 
 // setRecord changes rs's record and keeps what depends on it in step: the
-// count of Owned ranges, the group's memory share and whether rs is swept.
-// Only the applier calls it.
+// count of Owned ranges and their bytes, the group's memory share and
+// whether rs is swept. Only the applier calls it.
 func (f *FSM) setRecord(rs *rangeState, rec RangeRecord) {
 	was := rs.rec.State == Owned
 	rs.mu.Lock()
@@ -182,8 +279,10 @@ func (f *FSM) setRecord(rs *rangeState, rec RangeRecord) {
 	if is := rec.State == Owned; is != was {
 		if is {
 			f.owned++
+			f.ownedUsed += rs.used
 		} else {
 			f.owned--
+			f.ownedUsed -= rs.used
 		}
 		f.limit = f.share(f.owned)
 		f.requeue(rs)

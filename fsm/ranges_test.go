@@ -24,7 +24,7 @@ func TestGenesisIsIdempotent(t *testing.T) {
 	if r := single(t, f.Apply(logAt(t, 2, 0, GenesisOp([]int{1, 3, 3, 5})))); r.Err != nil || r.Version != 2 {
 		t.Fatalf("genesis: %+v", r)
 	}
-	want := map[int]RangeRecord{1: {Owned, 1}, 3: {Owned, 1}, 5: {Absent, 2}, 0: {}, 7: {}}
+	want := map[int]RangeRecord{1: {State: Owned, Epoch: 1}, 3: {State: Owned, Epoch: 1}, 5: {State: Absent, Epoch: 2}, 0: {}, 7: {}}
 	check := func(when string) {
 		t.Helper()
 		for r, rec := range want {
@@ -179,8 +179,8 @@ func TestSweepPerRange(t *testing.T) {
 	f.Apply(logAt(t, 4, 0, SetOp(2, "c", []byte("1"), 10*time.Second)))
 	f.Apply(logAt(t, 5, 0, SetOp(1, "d", []byte("1"), 5*time.Second)))
 	f.Apply(logAt(t, 6, 0, SetOp(1, "d", []byte("22"), 0))) // overwritten without a TTL: kept
-	// Stand-in for a state the handoff will add (Frozen): range 2 stops
-	// being swept while it keeps its data.
+	// A record that is not Owned but keeps its data (as Frozen does):
+	// range 2 stops being swept.
 	f.setRecord(f.table.Load().at(2), RangeRecord{State: Absent, Epoch: 2})
 
 	f.Apply(logAt(t, 7, 10*time.Second, DeleteOp(3, "unowned")))
@@ -288,7 +288,7 @@ func TestSnapshotRetention(t *testing.T) {
 
 func TestRestoreValidates(t *testing.T) {
 	e := newEntry([]byte("k"), []byte("v"), 1, 0)
-	owned := RangeRecord{Owned, 1}
+	owned := RangeRecord{State: Owned, Epoch: 1}
 	for _, c := range []struct {
 		name   string
 		ranges []snapRange
@@ -300,7 +300,7 @@ func TestRestoreValidates(t *testing.T) {
 		{"ranges out of order", []snapRange{{num: 2, rec: owned}, {num: 1, rec: owned}}, Options{}, nil},
 		{"range twice", []snapRange{{num: 1, rec: owned}, {num: 1, rec: owned}}, Options{}, nil},
 		{"unknown state", []snapRange{{num: 1, rec: RangeRecord{State: 200}}}, Options{}, nil},
-		{"entries in an Absent range", []snapRange{{num: 1, rec: RangeRecord{Absent, 2}, entries: []entry{e}}}, Options{}, nil},
+		{"entries in an Absent range", []snapRange{{num: 1, rec: RangeRecord{State: Absent, Epoch: 2}, entries: []entry{e}}}, Options{}, nil},
 		{"duplicate key", []snapRange{{num: 1, rec: owned, entries: []entry{e, e}}}, Options{}, nil},
 		{"trailing bytes", []snapRange{{num: 1, rec: owned, entries: []entry{e}}}, Options{}, []byte{0}},
 	} {
@@ -320,12 +320,12 @@ func TestRestoreValidates(t *testing.T) {
 	}
 	// The same shapes, valid, are accepted.
 	var buf bytes.Buffer
-	(&snapshot{applied: 9, ranges: []snapRange{{num: 1, rec: RangeRecord{Absent, 2}}, {num: 3, rec: owned, entries: []entry{e}}}}).WriteTo(&buf)
+	(&snapshot{applied: 9, ranges: []snapRange{{num: 1, rec: RangeRecord{State: Absent, Epoch: 2}}, {num: 3, rec: owned, entries: []entry{e}}}}).WriteTo(&buf)
 	g := New(Options{Ranges: 4})
 	if err := g.Restore(io.NopCloser(&buf)); err != nil {
 		t.Fatal(err)
 	}
-	if g.Range(1) != (RangeRecord{Absent, 2}) || !slices.Equal(g.OwnedRanges(), []int{3}) || g.Len() != 1 || g.Applied() != 9 {
+	if g.Range(1) != (RangeRecord{State: Absent, Epoch: 2}) || !slices.Equal(g.OwnedRanges(), []int{3}) || g.Len() != 1 || g.Applied() != 9 {
 		t.Fatalf("valid snapshot restored as %s", dump(g))
 	}
 }

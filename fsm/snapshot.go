@@ -12,18 +12,23 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// Snapshot stream format, version 2 (the magic's last byte):
+// Snapshot stream format, version 3 (the magic's last byte):
 //
-//	magic "GKV2", uvarint applied index, uvarint number of ranges, then
+//	magic "GKV3", uvarint applied index, uvarint number of ranges, then
 //	per range, in increasing range number:
-//	  uvarint range number, one byte state, uvarint epoch,
+//	  uvarint range number, the record:
+//	    one byte state, uvarint epoch, varint peer, uvarint freeze index,
+//	    varint since, varint count, varint bytes,
+//	    uvarint cursor length, cursor,
+//	    varint got count, varint got bytes, uvarint got digest;
 //	  per entry: uvarint key length (> 0), uvarint value length,
 //	             uvarint version, varint expireAt, key, value;
 //	  a zero key length as the range's terminator.
 //
 // Nothing follows the last range. It is written and read entry by entry;
-// no buffer holds the whole state.
-var snapMagic = [4]byte{'G', 'K', 'V', '2'}
+// no buffer holds the whole state. Version 2 had the state and epoch alone
+// as the record.
+var snapMagic = [4]byte{'G', 'K', 'V', '3'}
 
 // retainer is what a snapshot sink implements to keep a snapshot by
 // reference instead of as bytes (raftgroup's snapshot store): Retain
@@ -95,9 +100,8 @@ func (s *snapshot) WriteTo(out io.Writer) (int64, error) {
 	b := binary.AppendUvarint(scratch[:0], s.applied)
 	w.Write(binary.AppendUvarint(b, uint64(len(s.ranges))))
 	for _, sr := range s.ranges {
-		b = binary.AppendUvarint(scratch[:0], uint64(sr.num))
-		b = append(b, byte(sr.rec.State))
-		w.Write(binary.AppendUvarint(b, sr.rec.Epoch))
+		w.Write(binary.AppendUvarint(scratch[:0], uint64(sr.num)))
+		writeRecord(w, sr.rec)
 		for _, e := range sr.entries {
 			h := e.header()
 			b = binary.AppendUvarint(scratch[:0], uint64(h.klen))
@@ -113,6 +117,76 @@ func (s *snapshot) WriteTo(out io.Writer) (int64, error) {
 	}
 	err := w.Flush()
 	return cw.n, err
+}
+
+// writeRecord writes rec in the snapshot format.
+func writeRecord(w *bufio.Writer, rec RangeRecord) {
+	var scratch [8 * binary.MaxVarintLen64]byte
+	b := append(scratch[:0], byte(rec.State))
+	b = binary.AppendUvarint(b, rec.Epoch)
+	b = binary.AppendVarint(b, int64(rec.Peer))
+	b = binary.AppendUvarint(b, rec.FreezeIndex)
+	b = binary.AppendVarint(b, rec.Since)
+	b = binary.AppendVarint(b, rec.Count)
+	b = binary.AppendVarint(b, rec.Bytes)
+	w.Write(binary.AppendUvarint(b, uint64(len(rec.Cursor))))
+	w.WriteString(rec.Cursor)
+	b = binary.AppendVarint(scratch[:0], rec.Got.Count)
+	b = binary.AppendVarint(b, rec.Got.Bytes)
+	w.Write(binary.AppendUvarint(b, rec.Got.Digest))
+}
+
+// readRecord reads a record written by writeRecord.
+func readRecord(r *bufio.Reader) (RangeRecord, error) {
+	state, err := r.ReadByte()
+	if err != nil {
+		return RangeRecord{}, restoreErr(err)
+	}
+	sr := &varintReader{r: r}
+	rec := RangeRecord{State: RangeState(state), Epoch: sr.uvarint(), Peer: int(sr.varint()),
+		FreezeIndex: sr.uvarint(), Since: sr.varint(), Count: sr.varint(), Bytes: sr.varint()}
+	if sr.err != nil {
+		return RangeRecord{}, sr.err
+	}
+	n, err := readLen(r)
+	if err != nil {
+		return RangeRecord{}, err
+	}
+	cursor := make([]byte, n)
+	if _, err := io.ReadFull(r, cursor); err != nil {
+		return RangeRecord{}, restoreErr(io.ErrUnexpectedEOF)
+	}
+	rec.Cursor = string(cursor)
+	rec.Got = Tally{Count: sr.varint(), Bytes: sr.varint(), Digest: sr.uvarint()}
+	return rec, sr.err
+}
+
+// varintReader reads varints until the first error, which it keeps.
+type varintReader struct {
+	r   *bufio.Reader
+	err error
+}
+
+func (v *varintReader) uvarint() uint64 {
+	if v.err != nil {
+		return 0
+	}
+	x, err := binary.ReadUvarint(v.r)
+	if err != nil {
+		v.err = restoreErr(err)
+	}
+	return x
+}
+
+func (v *varintReader) varint() int64 {
+	if v.err != nil {
+		return 0
+	}
+	x, err := binary.ReadVarint(v.r)
+	if err != nil {
+		v.err = restoreErr(err)
+	}
+	return x
 }
 
 type countingWriter struct {
@@ -132,9 +206,11 @@ func (s *snapshot) Release() {}
 
 // Restore replaces the whole state with the snapshot read from rc. It
 // validates every field: the format version, lengths and counts within
-// bounds, range numbers in bounds and increasing, known states, entries
-// only in ranges whose state holds data, no duplicate key, and nothing
-// after the last range. On an error the state is left as it was.
+// bounds, range numbers in bounds and increasing, known states, records
+// holding only their state's fields, entries only in ranges whose state
+// holds data (Owned, Frozen, Incoming, Sealed) and matching the record's
+// counts (and, for a staged copy, its digest), no duplicate key, and
+// nothing after the last range. On an error the state is left as it was.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	r := bufio.NewReaderSize(rc, 64<<10)
@@ -176,13 +252,14 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 
 	f.table.Store(table)
 	f.due = f.due[:0]
-	f.owned = 0
+	f.owned, f.ownedUsed = 0, 0
 	for _, rs := range table.ranges {
 		if rs == nil {
 			continue
 		}
 		if rs.rec.State == Owned {
 			f.owned++
+			f.ownedUsed += rs.used
 		}
 		f.requeue(rs)
 	}
@@ -203,19 +280,20 @@ func (f *FSM) readRange(r *bufio.Reader, prev int64) (*rangeState, error) {
 	if int64(num) <= prev || !f.inBounds(int64(num)) {
 		return nil, fmt.Errorf("fsm: restore: range %d out of order or out of bounds", num)
 	}
-	state, err := r.ReadByte()
+	rec, err := readRecord(r)
 	if err != nil {
-		return nil, restoreErr(err)
+		return nil, err
 	}
-	epoch, err := binary.ReadUvarint(r)
-	if err != nil {
-		return nil, restoreErr(err)
+	if !rec.State.known() {
+		return nil, fmt.Errorf("fsm: restore: range %d has unknown state %d", num, rec.State)
+	}
+	if !rec.valid() {
+		return nil, fmt.Errorf("fsm: restore: range %d has a record with fields its state does not have: %+v", num, rec)
 	}
 	rs := newRangeState(uint32(num))
-	rs.rec = RangeRecord{State: RangeState(state), Epoch: epoch}
-	if !rs.rec.State.known() {
-		return nil, fmt.Errorf("fsm: restore: range %d has unknown state %d", num, state)
-	}
+	rs.rec = rec
+	var got Tally // of the entries read
+	var scratch []byte
 	for {
 		klen, err := readLen(r)
 		if err != nil {
@@ -264,9 +342,39 @@ func (f *FSM) readRange(r *bufio.Reader, prev int64) (*rangeState, error) {
 		}
 		rs.used += int64(klen + vlen)
 		rs.count++
+		if rec.State == Incoming || rec.State == Sealed {
+			var d uint64
+			d, scratch = entryDigest(e, scratch)
+			got.Digest += d
+		}
 	}
 	heap.Init(&rs.expiries)
+	got.Count, got.Bytes = rs.count, rs.used
+	if err := checkHeld(rec, got); err != nil {
+		return nil, fmt.Errorf("fsm: restore: range %d: %w", num, err)
+	}
 	return rs, nil
+}
+
+// checkHeld checks the entries a range holds (their tally is got; its
+// digest is computed only for Incoming and Sealed) against its record: a
+// Frozen range holds what it froze, an Incoming or Sealed one what its
+// record says it got, and a Sealed one what was announced.
+func checkHeld(rec RangeRecord, got Tally) error {
+	switch rec.State {
+	case Frozen:
+		if got.Count != rec.Count || got.Bytes != rec.Bytes {
+			return fmt.Errorf("frozen with %d entries of %d bytes, froze %d of %d", got.Count, got.Bytes, rec.Count, rec.Bytes)
+		}
+	case Incoming, Sealed:
+		if got != rec.Got {
+			return fmt.Errorf("%v holds %+v, its record says %+v", rec.State, got, rec.Got)
+		}
+		if rec.State == Sealed && (got.Count != rec.Count || got.Bytes != rec.Bytes) {
+			return fmt.Errorf("sealed with %d entries of %d bytes, announced %d of %d", got.Count, got.Bytes, rec.Count, rec.Bytes)
+		}
+	}
+	return nil
 }
 
 func restoreErr(err error) error {

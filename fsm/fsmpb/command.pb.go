@@ -36,6 +36,13 @@ type Command struct {
 	//	*Command_Cas
 	//	*Command_Batch
 	//	*Command_Genesis
+	//	*Command_Freeze
+	//	*Command_Incoming
+	//	*Command_Chunk
+	//	*Command_Release
+	//	*Command_Unfreeze
+	//	*Command_Activate
+	//	*Command_Abort
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -123,6 +130,69 @@ func (x *Command) GetGenesis() *Genesis {
 	return nil
 }
 
+func (x *Command) GetFreeze() *Freeze {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Freeze); ok {
+			return x.Freeze
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetIncoming() *Incoming {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Incoming); ok {
+			return x.Incoming
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetChunk() *Chunk {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Chunk); ok {
+			return x.Chunk
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRelease() *RangeEpoch {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Release); ok {
+			return x.Release
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetUnfreeze() *RangeEpoch {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Unfreeze); ok {
+			return x.Unfreeze
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetActivate() *RangeEpoch {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Activate); ok {
+			return x.Activate
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetAbort() *RangeEpoch {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Abort); ok {
+			return x.Abort
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -147,6 +217,36 @@ type Command_Genesis struct {
 	Genesis *Genesis `protobuf:"bytes,5,opt,name=genesis,proto3,oneof"`
 }
 
+type Command_Freeze struct {
+	// Handoff of a range between groups (docs/architecture.md, "State
+	// machine"). Each must be a log entry of its own.
+	Freeze *Freeze `protobuf:"bytes,6,opt,name=freeze,proto3,oneof"`
+}
+
+type Command_Incoming struct {
+	Incoming *Incoming `protobuf:"bytes,7,opt,name=incoming,proto3,oneof"`
+}
+
+type Command_Chunk struct {
+	Chunk *Chunk `protobuf:"bytes,8,opt,name=chunk,proto3,oneof"`
+}
+
+type Command_Release struct {
+	Release *RangeEpoch `protobuf:"bytes,9,opt,name=release,proto3,oneof"`
+}
+
+type Command_Unfreeze struct {
+	Unfreeze *RangeEpoch `protobuf:"bytes,10,opt,name=unfreeze,proto3,oneof"`
+}
+
+type Command_Activate struct {
+	Activate *RangeEpoch `protobuf:"bytes,11,opt,name=activate,proto3,oneof"`
+}
+
+type Command_Abort struct {
+	Abort *RangeEpoch `protobuf:"bytes,12,opt,name=abort,proto3,oneof"`
+}
+
 func (*Command_Set) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -156,6 +256,20 @@ func (*Command_Cas) isCommand_Op() {}
 func (*Command_Batch) isCommand_Op() {}
 
 func (*Command_Genesis) isCommand_Op() {}
+
+func (*Command_Freeze) isCommand_Op() {}
+
+func (*Command_Incoming) isCommand_Op() {}
+
+func (*Command_Chunk) isCommand_Op() {}
+
+func (*Command_Release) isCommand_Op() {}
+
+func (*Command_Unfreeze) isCommand_Op() {}
+
+func (*Command_Activate) isCommand_Op() {}
+
+func (*Command_Abort) isCommand_Op() {}
 
 // Set stores value under key in range `range`. ttl_nanos > 0 makes the key
 // expire that long after the log entry's AppendedAt time.
@@ -460,18 +574,442 @@ func (x *Genesis) GetRanges() []uint32 {
 	return nil
 }
 
+// Freeze, on the source group: range `range`, Owned at `epoch`, becomes
+// Frozen at epoch+1 toward group `target`; its data stays and writes to it
+// are refused.
+type Freeze struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint32                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Target        int64                  `protobuf:"varint,3,opt,name=target,proto3" json:"target,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Freeze) Reset() {
+	*x = Freeze{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Freeze) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Freeze) ProtoMessage() {}
+
+func (x *Freeze) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Freeze.ProtoReflect.Descriptor instead.
+func (*Freeze) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Freeze) GetRange() uint32 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *Freeze) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Freeze) GetTarget() int64 {
+	if x != nil {
+		return x.Target
+	}
+	return 0
+}
+
+// Incoming, on the target group: range `range`, Absent or Gone at an epoch
+// below `epoch`, becomes Incoming at `epoch` from group `source`, which
+// announced `count` entries holding `bytes` bytes of keys and values.
+type Incoming struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint32                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Source        int64                  `protobuf:"varint,3,opt,name=source,proto3" json:"source,omitempty"`
+	Count         int64                  `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`
+	Bytes         int64                  `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Incoming) Reset() {
+	*x = Incoming{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Incoming) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Incoming) ProtoMessage() {}
+
+func (x *Incoming) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Incoming.ProtoReflect.Descriptor instead.
+func (*Incoming) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Incoming) GetRange() uint32 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *Incoming) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Incoming) GetSource() int64 {
+	if x != nil {
+		return x.Source
+	}
+	return 0
+}
+
+func (x *Incoming) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *Incoming) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+// Chunk, on the target group: the next page of an Incoming range's copy,
+// the entries after key `after` in key order. `last` marks the final page;
+// `trailer` (read only with `last`) is the whole range's tally at the
+// source.
+type Chunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint32                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	After         []byte                 `protobuf:"bytes,3,opt,name=after,proto3" json:"after,omitempty"`
+	Entries       []*ChunkEntry          `protobuf:"bytes,4,rep,name=entries,proto3" json:"entries,omitempty"`
+	Last          bool                   `protobuf:"varint,5,opt,name=last,proto3" json:"last,omitempty"`
+	Trailer       *Tally                 `protobuf:"bytes,6,opt,name=trailer,proto3" json:"trailer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Chunk) Reset() {
+	*x = Chunk{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Chunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Chunk) ProtoMessage() {}
+
+func (x *Chunk) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
+func (*Chunk) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Chunk) GetRange() uint32 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *Chunk) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Chunk) GetAfter() []byte {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+func (x *Chunk) GetEntries() []*ChunkEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *Chunk) GetLast() bool {
+	if x != nil {
+		return x.Last
+	}
+	return false
+}
+
+func (x *Chunk) GetTrailer() *Tally {
+	if x != nil {
+		return x.Trailer
+	}
+	return nil
+}
+
+// ChunkEntry is one copied entry: version and expire_at (unix nanoseconds,
+// 0 = never) are the source's, copied verbatim.
+type ChunkEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Version       uint64                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	ExpireAt      int64                  `protobuf:"varint,4,opt,name=expire_at,json=expireAt,proto3" json:"expire_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChunkEntry) Reset() {
+	*x = ChunkEntry{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChunkEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChunkEntry) ProtoMessage() {}
+
+func (x *ChunkEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChunkEntry.ProtoReflect.Descriptor instead.
+func (*ChunkEntry) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ChunkEntry) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *ChunkEntry) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *ChunkEntry) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ChunkEntry) GetExpireAt() int64 {
+	if x != nil {
+		return x.ExpireAt
+	}
+	return 0
+}
+
+// Tally is a range's entry count, bytes of keys and values, and
+// order-independent digest.
+type Tally struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Count         int64                  `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	Bytes         int64                  `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Digest        uint64                 `protobuf:"varint,3,opt,name=digest,proto3" json:"digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Tally) Reset() {
+	*x = Tally{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tally) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tally) ProtoMessage() {}
+
+func (x *Tally) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tally.ProtoReflect.Descriptor instead.
+func (*Tally) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Tally) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *Tally) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *Tally) GetDigest() uint64 {
+	if x != nil {
+		return x.Digest
+	}
+	return 0
+}
+
+// RangeEpoch names range `range` at handoff epoch `epoch`: the operand of
+// Release and Unfreeze (source) and of Activate and Abort (target).
+type RangeEpoch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Range         uint32                 `protobuf:"varint,1,opt,name=range,proto3" json:"range,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeEpoch) Reset() {
+	*x = RangeEpoch{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeEpoch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeEpoch) ProtoMessage() {}
+
+func (x *RangeEpoch) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeEpoch.ProtoReflect.Descriptor instead.
+func (*RangeEpoch) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RangeEpoch) GetRange() uint32 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+func (x *RangeEpoch) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
 var File_fsm_fsmpb_command_proto protoreflect.FileDescriptor
 
 const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\n" +
 	"\x17fsm/fsmpb/command.proto\x12\n" +
-	"gridkv.fsm\"\xee\x01\n" +
+	"gridkv.fsm\"\xcb\x04\n" +
 	"\aCommand\x12#\n" +
 	"\x03set\x18\x01 \x01(\v2\x0f.gridkv.fsm.SetH\x00R\x03set\x12,\n" +
 	"\x06delete\x18\x02 \x01(\v2\x12.gridkv.fsm.DeleteH\x00R\x06delete\x12.\n" +
 	"\x03cas\x18\x03 \x01(\v2\x1a.gridkv.fsm.CompareAndSwapH\x00R\x03cas\x12)\n" +
 	"\x05batch\x18\x04 \x01(\v2\x11.gridkv.fsm.BatchH\x00R\x05batch\x12/\n" +
-	"\agenesis\x18\x05 \x01(\v2\x13.gridkv.fsm.GenesisH\x00R\agenesisB\x04\n" +
+	"\agenesis\x18\x05 \x01(\v2\x13.gridkv.fsm.GenesisH\x00R\agenesis\x12,\n" +
+	"\x06freeze\x18\x06 \x01(\v2\x12.gridkv.fsm.FreezeH\x00R\x06freeze\x122\n" +
+	"\bincoming\x18\a \x01(\v2\x14.gridkv.fsm.IncomingH\x00R\bincoming\x12)\n" +
+	"\x05chunk\x18\b \x01(\v2\x11.gridkv.fsm.ChunkH\x00R\x05chunk\x122\n" +
+	"\arelease\x18\t \x01(\v2\x16.gridkv.fsm.RangeEpochH\x00R\arelease\x124\n" +
+	"\bunfreeze\x18\n" +
+	" \x01(\v2\x16.gridkv.fsm.RangeEpochH\x00R\bunfreeze\x124\n" +
+	"\bactivate\x18\v \x01(\v2\x16.gridkv.fsm.RangeEpochH\x00R\bactivate\x12.\n" +
+	"\x05abort\x18\f \x01(\v2\x16.gridkv.fsm.RangeEpochH\x00R\x05abortB\x04\n" +
 	"\x02op\"`\n" +
 	"\x03Set\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
@@ -492,7 +1030,38 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\x05Batch\x12%\n" +
 	"\x03ops\x18\x01 \x03(\v2\x13.gridkv.fsm.CommandR\x03ops\"!\n" +
 	"\aGenesis\x12\x16\n" +
-	"\x06ranges\x18\x01 \x03(\rR\x06rangesB$Z\"github.com/gridkv/gridkv/fsm/fsmpbb\x06proto3"
+	"\x06ranges\x18\x01 \x03(\rR\x06ranges\"L\n" +
+	"\x06Freeze\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\rR\x05range\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x16\n" +
+	"\x06target\x18\x03 \x01(\x03R\x06target\"z\n" +
+	"\bIncoming\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\rR\x05range\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\x03R\x06source\x12\x14\n" +
+	"\x05count\x18\x04 \x01(\x03R\x05count\x12\x14\n" +
+	"\x05bytes\x18\x05 \x01(\x03R\x05bytes\"\xbc\x01\n" +
+	"\x05Chunk\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\rR\x05range\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x14\n" +
+	"\x05after\x18\x03 \x01(\fR\x05after\x120\n" +
+	"\aentries\x18\x04 \x03(\v2\x16.gridkv.fsm.ChunkEntryR\aentries\x12\x12\n" +
+	"\x04last\x18\x05 \x01(\bR\x04last\x12+\n" +
+	"\atrailer\x18\x06 \x01(\v2\x11.gridkv.fsm.TallyR\atrailer\"k\n" +
+	"\n" +
+	"ChunkEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x1b\n" +
+	"\texpire_at\x18\x04 \x01(\x03R\bexpireAt\"K\n" +
+	"\x05Tally\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\x03R\x05count\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x16\n" +
+	"\x06digest\x18\x03 \x01(\x04R\x06digest\"8\n" +
+	"\n" +
+	"RangeEpoch\x12\x14\n" +
+	"\x05range\x18\x01 \x01(\rR\x05range\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epochB$Z\"github.com/gridkv/gridkv/fsm/fsmpbb\x06proto3"
 
 var (
 	file_fsm_fsmpb_command_proto_rawDescOnce sync.Once
@@ -506,7 +1075,7 @@ func file_fsm_fsmpb_command_proto_rawDescGZIP() []byte {
 	return file_fsm_fsmpb_command_proto_rawDescData
 }
 
-var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_fsm_fsmpb_command_proto_goTypes = []any{
 	(*Command)(nil),        // 0: gridkv.fsm.Command
 	(*Set)(nil),            // 1: gridkv.fsm.Set
@@ -514,19 +1083,34 @@ var file_fsm_fsmpb_command_proto_goTypes = []any{
 	(*CompareAndSwap)(nil), // 3: gridkv.fsm.CompareAndSwap
 	(*Batch)(nil),          // 4: gridkv.fsm.Batch
 	(*Genesis)(nil),        // 5: gridkv.fsm.Genesis
+	(*Freeze)(nil),         // 6: gridkv.fsm.Freeze
+	(*Incoming)(nil),       // 7: gridkv.fsm.Incoming
+	(*Chunk)(nil),          // 8: gridkv.fsm.Chunk
+	(*ChunkEntry)(nil),     // 9: gridkv.fsm.ChunkEntry
+	(*Tally)(nil),          // 10: gridkv.fsm.Tally
+	(*RangeEpoch)(nil),     // 11: gridkv.fsm.RangeEpoch
 }
 var file_fsm_fsmpb_command_proto_depIdxs = []int32{
-	1, // 0: gridkv.fsm.Command.set:type_name -> gridkv.fsm.Set
-	2, // 1: gridkv.fsm.Command.delete:type_name -> gridkv.fsm.Delete
-	3, // 2: gridkv.fsm.Command.cas:type_name -> gridkv.fsm.CompareAndSwap
-	4, // 3: gridkv.fsm.Command.batch:type_name -> gridkv.fsm.Batch
-	5, // 4: gridkv.fsm.Command.genesis:type_name -> gridkv.fsm.Genesis
-	0, // 5: gridkv.fsm.Batch.ops:type_name -> gridkv.fsm.Command
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	1,  // 0: gridkv.fsm.Command.set:type_name -> gridkv.fsm.Set
+	2,  // 1: gridkv.fsm.Command.delete:type_name -> gridkv.fsm.Delete
+	3,  // 2: gridkv.fsm.Command.cas:type_name -> gridkv.fsm.CompareAndSwap
+	4,  // 3: gridkv.fsm.Command.batch:type_name -> gridkv.fsm.Batch
+	5,  // 4: gridkv.fsm.Command.genesis:type_name -> gridkv.fsm.Genesis
+	6,  // 5: gridkv.fsm.Command.freeze:type_name -> gridkv.fsm.Freeze
+	7,  // 6: gridkv.fsm.Command.incoming:type_name -> gridkv.fsm.Incoming
+	8,  // 7: gridkv.fsm.Command.chunk:type_name -> gridkv.fsm.Chunk
+	11, // 8: gridkv.fsm.Command.release:type_name -> gridkv.fsm.RangeEpoch
+	11, // 9: gridkv.fsm.Command.unfreeze:type_name -> gridkv.fsm.RangeEpoch
+	11, // 10: gridkv.fsm.Command.activate:type_name -> gridkv.fsm.RangeEpoch
+	11, // 11: gridkv.fsm.Command.abort:type_name -> gridkv.fsm.RangeEpoch
+	0,  // 12: gridkv.fsm.Batch.ops:type_name -> gridkv.fsm.Command
+	9,  // 13: gridkv.fsm.Chunk.entries:type_name -> gridkv.fsm.ChunkEntry
+	10, // 14: gridkv.fsm.Chunk.trailer:type_name -> gridkv.fsm.Tally
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_command_proto_init() }
@@ -540,6 +1124,13 @@ func file_fsm_fsmpb_command_proto_init() {
 		(*Command_Cas)(nil),
 		(*Command_Batch)(nil),
 		(*Command_Genesis)(nil),
+		(*Command_Freeze)(nil),
+		(*Command_Incoming)(nil),
+		(*Command_Chunk)(nil),
+		(*Command_Release)(nil),
+		(*Command_Unfreeze)(nil),
+		(*Command_Activate)(nil),
+		(*Command_Abort)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -547,7 +1138,7 @@ func file_fsm_fsmpb_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_fsmpb_command_proto_rawDesc), len(file_fsm_fsmpb_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
