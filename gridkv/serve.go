@@ -312,29 +312,41 @@ func (db *DB) leaseAnswer(ctx context.Context, rep *replica, key string) (ans []
 // afterwards: a pause before the confirmation cannot serve data another
 // leader has since overwritten.
 func (db *DB) leaseLookup(rep *replica, term uint64, key string) (ans []byte, ok bool) {
-	e, found := db.lookup(rep, key)
+	e, found, refused := db.lookup(rep, key)
 	now, ok := rep.group.ConfirmLease(term)
-	if !ok {
+	switch {
+	case !ok:
 		return nil, false
+	case refused != nil:
+		return refused, true
 	}
 	return entryAnswer(e, found, now), true
 }
 
 // readAnswer reads key from rep's state as it is now.
 func (db *DB) readAnswer(rep *replica, key string) []byte {
-	e, found := db.lookup(rep, key)
+	e, found, refused := db.lookup(rep, key)
+	if refused != nil {
+		return refused
+	}
 	return entryAnswer(e, found, fsm.NowNanos())
 }
 
 // lookup reads key from rep's state. A range the group has not come to
-// own yet (its Genesis not applied: Absent at epoch 0) holds nothing, and
-// rightly so: no write to it can have applied before Genesis.
-func (db *DB) lookup(rep *replica, key string) (fsm.Entry, bool) {
-	e, found, err := rep.fsm.Lookup(placement.RangeOf(key, db.cfg.Ranges), key)
-	if err != nil {
-		return fsm.Entry{}, false
+// own yet (its Genesis not applied: Absent at epoch 0, the zero record)
+// holds nothing, and rightly so: no write to it can have applied before
+// Genesis. Any other range the group does not own is refused (the
+// answer to give), not read.
+func (db *DB) lookup(rep *replica, key string) (e fsm.Entry, found bool, refused []byte) {
+	rng := placement.RangeOf(key, db.cfg.Ranges)
+	e, found, err := rep.fsm.Lookup(rng, key)
+	switch {
+	case err == nil:
+		return e, found, nil
+	case errors.Is(err, fsm.ErrNotOwned) && rep.fsm.Range(rng) == (fsm.RangeRecord{}):
+		return fsm.Entry{}, false, nil
 	}
-	return e, found
+	return fsm.Entry{}, false, append([]byte{stUnavailable}, fmt.Sprintf("range %d in group %d: %v", rng, rep.id, err)...)
 }
 
 // entryAnswer is a read's answer for e (found: whether the key is there)
