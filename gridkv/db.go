@@ -46,6 +46,17 @@ type DB struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 
+	// handoffKick wakes the handoff loop (handoff.go); handoffTimeout
+	// (nanoseconds) is how long a handoff may take before its source takes
+	// the range back: 30s, 10s with Fast, or the suite's
+	// (testhook.Hooks.HandoffTimeout).
+	handoffKick    chan struct{}
+	handoffTimeout atomic.Int64
+	// chunkHook, when set (by tests), is asked before each Chunk this
+	// node's handoff loop pulls (range, cursor); false stops the pull for
+	// this pass, as if the node had died there.
+	chunkHook atomic.Pointer[func(r int, cursor string) bool]
+
 	// quorumSlack lets a Quorum read answer from a replica that trails the
 	// largest stored index seen by this much: 0, except in the suite's
 	// negative control.
@@ -69,6 +80,9 @@ type replica struct {
 	// at epoch 1) is known applied here; see ensureGenesis.
 	genesis   atomic.Bool
 	genesisMu sync.Mutex
+	// handoff is the handoff driver's state (handoff.go), touched only by
+	// the node's handoff loop.
+	handoff handoffState
 	// sole is set while this node is the range's only server (a single-node
 	// cluster, or the last node left after the others closed; see
 	// becomeSole): then its state is linearizable to read directly, since
@@ -158,7 +172,12 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	if err := ctxErr(ctx); err != nil {
 		return nil, err
 	}
-	db := &DB{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), stop: make(chan struct{})}
+	db := &DB{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), stop: make(chan struct{}),
+		handoffKick: make(chan struct{}, 1)}
+	db.handoffTimeout.Store(int64(30 * time.Second))
+	if cfg.Fast {
+		db.handoffTimeout.Store(int64(10 * time.Second))
+	}
 	switch {
 	case len(cfg.Seeds) == 0:
 		db.lay.Store(newLayout(cfg.Ranges, cfg.formationGroups(1)))
@@ -173,6 +192,9 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 		hc.Faults = hooks.Faults
 		hc.Lease = hooks.Lease
 		db.quorumSlack = hooks.QuorumSlack
+		if hooks.HandoffTimeout > 0 {
+			db.handoffTimeout.Store(int64(hooks.HandoffTimeout))
+		}
 	}
 	// raft's LeaderLeaseTimeout only times when a leader that lost touch
 	// with a quorum steps down (GridKV's read lease is raftgroup's own and
@@ -223,6 +245,8 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	}
 	db.wg.Add(1)
 	go func() { defer db.wg.Done(); db.reconcileLoop() }()
+	db.wg.Add(1)
+	go func() { defer db.wg.Done(); db.handoffLoop() }()
 	if hooks != nil {
 		hooks.SetNode(hookNode{db})
 	}
@@ -432,7 +456,7 @@ func (db *DB) Locate(key string) (Location, error) {
 		return Location{}, err
 	}
 	l := db.lay.Load()
-	rng, r := l.locate(key)
+	rng, r := l.locate(key) // where this node believes the range is now
 	loc := Location{Range: rng, Group: r}
 	if rep := db.replica(r); rep != nil {
 		if servers, err := rep.group.Configuration(); err == nil {
@@ -499,7 +523,7 @@ func (db *DB) ready(ctx context.Context) error {
 	want := min(db.cfg.ReplicaCount, len(db.gsp.Members()))
 	live := db.liveServers(false)
 	for r := range db.groupCount() {
-		ans, err := db.route(ctx, r, reqStatus, nil, false)
+		ans, err := db.route(ctx, r, -1, reqStatus, nil, false)
 		if err != nil {
 			return err
 		}

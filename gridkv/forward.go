@@ -251,10 +251,6 @@ func (db *DB) serveReads(ctx context.Context, body []byte) []byte {
 			answers[i] = append([]byte{stInvalid}, fmt.Sprintf("group %d asked of node %s, which knows %d groups", rd.r, db.cfg.NodeID, db.groupCount())...)
 			continue
 		}
-		if ans := db.checkGroup(rd.key, rd.r); ans != nil {
-			answers[i] = ans
-			continue
-		}
 		if !closed {
 			if ans, ok := db.readNow(db.replica(rd.r), rd.mode, rd.key); ok {
 				answers[i] = ans

@@ -62,7 +62,7 @@ func (db *DB) Set(ctx context.Context, key string, value []byte, opts ...WriteOp
 		value = []byte{}
 	}
 	rng, g := db.lay.Load().locate(key)
-	_, err := db.write(ctx, g, fsm.AppendSet(nil, rng, key, value, o.ttl))
+	_, err := db.write(ctx, g, rng, fsm.AppendSet(nil, rng, key, value, o.ttl))
 	return err
 }
 
@@ -75,7 +75,7 @@ func (db *DB) Delete(ctx context.Context, key string) error {
 		return err
 	}
 	rng, g := db.lay.Load().locate(key)
-	_, err := db.write(ctx, g, fsm.AppendDelete(nil, rng, key))
+	_, err := db.write(ctx, g, rng, fsm.AppendDelete(nil, rng, key))
 	return err
 }
 
@@ -93,7 +93,7 @@ func (db *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte) (
 		new = []byte{}
 	}
 	rng, g := db.lay.Load().locate(key)
-	ans, err := db.write(ctx, g, fsm.AppendCAS(nil, rng, key, old, new, 0))
+	ans, err := db.write(ctx, g, rng, fsm.AppendCAS(nil, rng, key, old, new, 0))
 	if err != nil {
 		return false, err
 	}
@@ -101,13 +101,13 @@ func (db *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte) (
 	return n > 0 && len(ans) > n && ans[n] == 1, nil
 }
 
-// write routes one encoded single-operation command to group g, which
-// holds the command's range.
-func (db *DB) write(ctx context.Context, g int, cmd []byte) ([]byte, error) {
+// write routes one encoded single-operation command for range rng to
+// group g, which this node believes holds it.
+func (db *DB) write(ctx context.Context, g, rng int, cmd []byte) ([]byte, error) {
 	if err := ctxErr(ctx); err != nil {
 		return nil, err
 	}
-	return db.route(ctx, g, reqWrite, cmd, true)
+	return db.route(ctx, g, rng, reqWrite, cmd, true)
 }
 
 // Get returns key's value: ErrNotFound when absent or expired. Without
@@ -128,31 +128,35 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 	if err := ctxErr(ctx); err != nil {
 		return nil, err
 	}
-	_, r := db.lay.Load().locate(key)
+	rng, r := db.lay.Load().locate(key)
 	if rep := db.replica(r); rep != nil && !db.isClosed() {
 		if o.mode == readQuorum {
-			v, err := answerValue(db.quorumRead(ctx, rep, r, key, o.quorum))
-			if err != nil && ctx.Err() != nil {
-				return nil, timedOut(ctx.Err(), false) // a read: nothing in flight to worry about
+			ans := db.quorumRead(ctx, rep, r, key, o.quorum)
+			if !db.rerouted(ans) {
+				v, err := answerValue(ans)
+				if err != nil && ctx.Err() != nil {
+					return nil, timedOut(ctx.Err(), false) // a read: nothing in flight to worry about
+				}
+				return v, err
 			}
-			return v, err
-		}
-		// Served by this node's replica with no round when it can: Stale,
-		// a sole voter, or the leader under its lease (waiting, if need
-		// be, for its state to apply the commit index).
-		ans, ok := db.readNow(rep, o.mode, key)
-		if !ok && o.mode == readDefault {
-			ans, ok = db.leaseAnswer(ctx, rep, key)
-		}
-		if ok {
-			return answerValue(ans)
+		} else {
+			// Served by this node's replica with no round when it can:
+			// Stale, a sole voter, or the leader under its lease (waiting,
+			// if need be, for its state to apply the commit index).
+			ans, ok := db.readNow(rep, o.mode, key)
+			if !ok && o.mode == readDefault {
+				ans, ok = db.leaseAnswer(ctx, rep, key)
+			}
+			if ok && !db.rerouted(ans) {
+				return answerValue(ans)
+			}
 		}
 	}
 	body := []byte{byte(o.mode)}
 	if o.mode == readQuorum {
 		body = append(body, byte(o.quorum))
 	}
-	ans, err := db.route(ctx, r, reqRead, append(body, key...), false)
+	ans, err := db.route(ctx, r, rng, reqRead, append(body, key...), false)
 	if err != nil {
 		return nil, err
 	}
@@ -187,9 +191,13 @@ func (db *DB) caughtUp(ctx context.Context, rep *replica, idx uint64) bool {
 	return rep.fsm.WaitApplied(ctx, rep.group.FSMIndex(idx)) == nil
 }
 
-// route delivers a request for range r to the node that must serve it —
-// this one when it can — following redirects until ctx ends.
-func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bool) ([]byte, error) {
+// route delivers a request for replica group r to the node that must
+// serve it — this one when it can — following redirects until ctx ends. A
+// request for a range (rng >= 0; -1: a request for the group itself)
+// follows the range: to the group this node's routing table names for it
+// (routes.go), which WrongGroup answers and findRange update; a range in
+// a handoff (Moving) is retried after a pause.
+func (db *DB) route(ctx context.Context, r, rng int, kind byte, body []byte, write bool) ([]byte, error) {
 	var req []byte
 	var tried peer   // the node the last request went to (zero: served here)
 	var avoid string // an address that redirected without naming another leader
@@ -198,6 +206,13 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 	for {
 		if db.isClosed() {
 			return nil, ErrClosed
+		}
+		if rng >= 0 {
+			if g, _ := db.lay.Load().routes.lookup(rng); g != r {
+				// The range moved (this request learned it, or another one
+				// did): start over at its group.
+				r, req, tried, avoid, eager = g, nil, peer{}, "", true
+			}
 		}
 		var ans []byte
 		local := db.replica(r)
@@ -265,6 +280,20 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 			continue
 		case stOK:
 			return ans[1:], nil
+		case stWrongGroup, stMoving, stNotHere:
+			if rng < 0 {
+				break
+			}
+			db.rerouted(ans) // a WrongGroup teaches the table
+			if ans[0] == stNotHere {
+				db.findRange(ctx, rng)
+			}
+			if g, _ := db.lay.Load().routes.lookup(rng); g == r {
+				if err := pause(ctx, &backoff); err != nil {
+					return nil, err
+				}
+			}
+			continue
 		case stRedirect:
 			hint := decodeRedirect(ans[1:])
 			fresh := hint.known() && hint.addr != tried.addr
@@ -298,7 +327,7 @@ func (db *DB) route(ctx context.Context, r int, kind byte, body []byte, write bo
 // servesLocally reports whether this node's replica answers the request
 // itself rather than asking the leader.
 func (db *DB) servesLocally(rep *replica, kind byte, body []byte) bool {
-	if kind == reqRead && len(body) > 0 && readMode(body[0]) == readStale {
+	if kind == reqRead && len(body) > 0 && readMode(body[0]) == readStale || kind == reqRangeRecord {
 		return true
 	}
 	return rep.group.IsLeader()

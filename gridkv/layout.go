@@ -8,13 +8,16 @@ import (
 )
 
 // layout is where the key space lives: Ranges hash ranges, each belonging
-// to one of the cluster's replica groups (placement.GroupOf). The group
-// count is fixed when the cluster is created, so a layout never changes
-// once a node knows it.
+// at Genesis to one of the cluster's replica groups (placement.GroupOf).
+// The group count is fixed when the cluster is created, so a layout never
+// changes once a node knows it, but for its routes, which handoffs move.
 type layout struct {
 	ranges, groups int
 	groupOf        []uint16 // range -> group
-	rangesOf       [][]int  // group -> its ranges, in order
+	rangesOf       [][]int  // group -> its ranges at Genesis, in order
+	// routes is where this node believes each range is now: groupOf,
+	// then what handoffs taught it (routes.go).
+	routes *routeTable
 }
 
 func newLayout(ranges, groups int) *layout {
@@ -25,14 +28,19 @@ func newLayout(ranges, groups int) *layout {
 			l.groupOf[r] = uint16(g)
 		}
 	}
+	l.routes = newRouteTable(l.groupOf)
 	return l
 }
 
-// locate returns key's range and the group that holds it.
+// locate returns key's range and the group this node believes holds it.
 func (l *layout) locate(key string) (rng, g int) {
 	rng = placement.RangeOf(key, l.ranges)
-	return rng, int(l.groupOf[rng])
+	g, _ = l.routes.lookup(rng)
+	return rng, g
 }
+
+// genesis is range r's Genesis group: where it was Owned at epoch 1.
+func (l *layout) genesis(r int) int { return int(l.groupOf[r]) }
 
 // formationGroups is the group count of a cluster created by n nodes.
 func (c Config) formationGroups(n int) int {

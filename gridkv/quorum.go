@@ -166,7 +166,7 @@ func (db *DB) quorumRead(ctx context.Context, rep *replica, rg int, key string, 
 			return ans
 		case <-pollC:
 			if rep.group.AppliedThrough(rep.fsm.Applied) >= m {
-				return db.readAnswer(rep, key)
+				return db.readAnswer(rep, key, true)
 			}
 			backoff = min(2*backoff, 5*time.Millisecond)
 			poll.Reset(backoff)
@@ -185,7 +185,7 @@ func (db *DB) quorumState(rep *replica, key string) (raftgroup.ReplicaState, []b
 		return st, nil, false
 	}
 	// Read after taking Applied: the state read is at least that recent.
-	return st, db.readAnswer(rep, key), true
+	return st, db.readAnswer(rep, key, true), true
 }
 
 // readAppliedThrough reads key once this replica's state machine reflects
@@ -203,7 +203,7 @@ func (db *DB) readAppliedThrough(ctx context.Context, rep *replica, key string, 
 		}
 		backoff = min(2*backoff, 5*time.Millisecond)
 	}
-	return db.readAnswer(rep, key)
+	return db.readAnswer(rep, key, true)
 }
 
 func appendQuorumState(b []byte, st raftgroup.ReplicaState, ans []byte) []byte {

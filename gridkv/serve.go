@@ -47,9 +47,6 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 		if !ok {
 			return []byte{stInvalid}
 		}
-		if ans := db.checkGroup(rd.key, r); ans != nil {
-			return ans
-		}
 		return db.serveRead(ctx, r, db.replica(r), []*readReq{&rd})[0]
 	}
 	if kind == reqWrite {
@@ -86,6 +83,8 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 		return db.hintRedirect(r)
 	}
 	switch {
+	case kind == reqRangeRecord || kind == reqExport:
+		return db.serveHandoff(ctx, rep, kind, body)
 	case kind == reqQuorumState:
 		st, ans, ok := db.quorumState(rep, string(body))
 		if !ok {
@@ -125,6 +124,8 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 		return out
 	case reqLeave:
 		return db.removeLeaving(ctx, rep, raft.ServerID(body))
+	case reqHandoffPrep, reqActivate, reqMoveRange:
+		return db.serveHandoff(ctx, rep, kind, body)
 	}
 	return []byte{stInvalid}
 }
@@ -179,8 +180,19 @@ func (db *DB) readNow(rep *replica, mode readMode, key string) (ans []byte, ok b
 	}
 	// A sole voter's leadership needs no confirming: nobody else can be
 	// elected.
-	if mode == readStale || rep.sole.Load() && rep.group.IsLeader() {
-		return db.readAnswer(rep, key), true
+	if mode == readStale {
+		// Only from an Owned range: a Frozen one answers stMoving.
+		return db.readAnswer(rep, key, false), true
+	}
+	if rep.sole.Load() && rep.group.IsLeader() {
+		e, found, ref := db.lookup(rep, key, false)
+		switch {
+		case ref.slow:
+			return nil, false // Frozen: the ReadIndex way
+		case ref.ans != nil:
+			return ref.ans, true
+		}
+		return entryAnswer(e, found, fsm.NowNanos()), true
 	}
 	if mode == readDefault {
 		// Under the leader lease, if the state has applied the commit
@@ -272,7 +284,7 @@ func (db *DB) serveRead(ctx context.Context, r int, rep *replica, reads []*readR
 	}
 	for i, rd := range reads {
 		if answers[i] == nil {
-			answers[i] = db.readAnswer(rep, rd.key)
+			answers[i] = db.readAnswer(rep, rd.key, true) // its ReadIndex came after it
 		}
 	}
 	return answers
@@ -312,41 +324,60 @@ func (db *DB) leaseAnswer(ctx context.Context, rep *replica, key string) (ans []
 // afterwards: a pause before the confirmation cannot serve data another
 // leader has since overwritten.
 func (db *DB) leaseLookup(rep *replica, term uint64, key string) (ans []byte, ok bool) {
-	e, found, refused := db.lookup(rep, key)
+	e, found, ref := db.lookup(rep, key, false)
+	if ref.slow {
+		return nil, false // Frozen: the ReadIndex way
+	}
 	now, ok := rep.group.ConfirmLease(term)
 	switch {
 	case !ok:
 		return nil, false
-	case refused != nil:
-		return refused, true
+	case ref.ans != nil:
+		return ref.ans, true
 	}
 	return entryAnswer(e, found, now), true
 }
 
-// readAnswer reads key from rep's state as it is now.
-func (db *DB) readAnswer(rep *replica, key string) []byte {
-	e, found, refused := db.lookup(rep, key)
-	if refused != nil {
-		return refused
+// readAnswer reads key from rep's state as it is now; indexed: for a read
+// whose ReadIndex was taken after it was invoked, which a Frozen range
+// serves too. Without indexed, a Frozen range answers stMoving.
+func (db *DB) readAnswer(rep *replica, key string, indexed bool) []byte {
+	e, found, ref := db.lookup(rep, key, indexed)
+	switch {
+	case ref.ans != nil:
+		return ref.ans
+	case ref.slow:
+		return []byte{stMoving}
 	}
 	return entryAnswer(e, found, fsm.NowNanos())
 }
 
-// lookup reads key from rep's state. A range the group has not come to
-// own yet (its Genesis not applied: Absent at epoch 0, the zero record)
-// holds nothing, and rightly so: no write to it can have applied before
-// Genesis. Any other range the group does not own is refused (the
-// answer to give), not read.
-func (db *DB) lookup(rep *replica, key string) (e fsm.Entry, found bool, refused []byte) {
+// lookup reads key from rep's state, if the group's record of the key's
+// range lets it serve the read (see refuse): otherwise ref says what to
+// answer, or (slow) that only an indexed read may be served. A range the
+// group has not come to own yet (its Genesis not applied: Absent at epoch
+// 0, at its Genesis group) holds nothing, and rightly so: no write to it
+// can have applied before Genesis.
+func (db *DB) lookup(rep *replica, key string, indexed bool) (e fsm.Entry, found bool, ref refusal) {
 	rng := placement.RangeOf(key, db.cfg.Ranges)
-	e, found, err := rep.fsm.Lookup(rng, key)
-	switch {
-	case err == nil:
-		return e, found, nil
-	case errors.Is(err, fsm.ErrNotOwned) && rep.fsm.Range(rng) == (fsm.RangeRecord{}):
-		return fsm.Entry{}, false, nil
+	mode := fsm.ReadOwned
+	if indexed {
+		mode = fsm.ReadIndexed
 	}
-	return fsm.Entry{}, false, append([]byte{stUnavailable}, fmt.Sprintf("range %d in group %d: %v", rng, rep.id, err)...)
+	e, found, err := rep.fsm.LookupMode(rng, key, mode)
+	if err == nil {
+		return e, found, refusal{}
+	}
+	ref = refuse(rep.fsm.Range(rng), rng, rep.id, db.lay.Load().genesis(rng), false, indexed)
+	switch {
+	case ref.zero:
+		return fsm.Entry{}, false, refusal{}
+	case ref.ans == nil && !ref.slow:
+		// The record changed between the two reads (a handoff step
+		// applied): the asker tries again.
+		ref.ans = []byte{stMoving}
+	}
+	return fsm.Entry{}, false, ref
 }
 
 // entryAnswer is a read's answer for e (found: whether the key is there)
@@ -359,19 +390,6 @@ func entryAnswer(e fsm.Entry, found bool, now int64) []byte {
 	out[0] = stOK
 	out = binary.AppendUvarint(out, e.Version)
 	return append(out, e.Value...)
-}
-
-// checkGroup answers stInvalid when key's range does not belong to group
-// g (a node with another layout asked), nil when it does.
-func (db *DB) checkGroup(key string, g int) []byte {
-	l := db.lay.Load()
-	if l == nil {
-		return []byte{stUnavailable}
-	}
-	if _, kg := l.locate(key); kg != g {
-		return append([]byte{stInvalid}, fmt.Sprintf("key's range belongs to group %d, asked of group %d", kg, g)...)
-	}
-	return nil
 }
 
 // ensureGenesis makes sure group rep's Genesis command, which makes it
@@ -546,10 +564,10 @@ func (b *batcher) apply(batch []*pendingWrite) {
 	}
 	switch rs := resp.(type) {
 	case *fsm.Result:
-		batch[0].done <- writeAnswer(*rs)
+		batch[0].done <- b.db.writeAnswer(b.rep, batch[0].cmd, *rs)
 	case []fsm.Result:
 		for i, p := range batch {
-			p.done <- writeAnswer(rs[i])
+			p.done <- b.db.writeAnswer(b.rep, p.cmd, rs[i])
 		}
 	}
 }
@@ -571,10 +589,22 @@ func batchCommand(batch []*pendingWrite) []byte {
 	return out
 }
 
-func writeAnswer(r fsm.Result) []byte {
+// writeAnswer is the answer to the write cmd, applied by rep's group with
+// result r. A write to a range the group does not own (or that is moving)
+// applied nothing; the group's record says where to go (see refuse).
+func (db *DB) writeAnswer(rep *replica, cmd []byte, r fsm.Result) []byte {
 	switch {
 	case errors.Is(r.Err, fsm.ErrMemoryLimit):
 		return []byte{stMemoryLimit}
+	case errors.Is(r.Err, fsm.ErrNotOwned) || errors.Is(r.Err, fsm.ErrMoving):
+		rng, ok := commandRange(cmd)
+		if !ok || rng >= db.cfg.Ranges {
+			return append([]byte{stInvalid}, r.Err.Error()...)
+		}
+		if ref := refuse(rep.fsm.Range(rng), rng, rep.id, db.lay.Load().genesis(rng), true, false); ref.ans != nil {
+			return ref.ans
+		}
+		return []byte{stMoving} // the record changed since: try again
 	case r.Err != nil:
 		return append([]byte{stInvalid}, r.Err.Error()...)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/gridkv/gridkv/fsm"
 	"github.com/gridkv/gridkv/internal/testhook"
 	"github.com/gridkv/gridkv/raftgroup"
 )
@@ -54,8 +55,9 @@ func (h hookNode) Ranges() []testhook.Replica {
 				}
 			}
 		}
+		moving := len(rep.fsm.RangesIn(fsm.Frozen)) + len(rep.fsm.RangesIn(fsm.Incoming)) + len(rep.fsm.RangesIn(fsm.Sealed))
 		out = append(out, testhook.Replica{Range: r, ServerID: string(h.db.host.ID()), Leader: rep.group.IsLeader(),
-			Voters: voters, Keys: n, Digest: d})
+			Voters: voters, Keys: n, Digest: d, Owned: rep.fsm.OwnedRanges(), Moving: moving})
 	}
 	return out
 }
@@ -88,6 +90,10 @@ func (h hookNode) StartTransfer(r int) error {
 	rep.group.Raft().LeadershipTransfer() // its future is dropped: nobody waits
 	return nil
 }
+
+func (h hookNode) MoveRange(ctx context.Context, r, to int) error { return h.db.moveRange(ctx, r, to) }
+
+func (h hookNode) Groups() int { return h.db.groupCount() }
 
 func (h hookNode) LeaseStats() (hits, misses uint64) {
 	for _, rep := range h.db.replicaList() {

@@ -23,6 +23,12 @@ const (
 	reqQuorumWait  byte = 8  // body: uvarint index, key; a read answer once the replica applied index
 	reqReads       byte = 9  // group 0; body: many reads (see appendRead), answered together (see appendReadAnswer)
 	reqWrites      byte = 10 // group 0; body: many writes, framed as reqReads frames reads, answered the same way
+	// Range handoff (handoff.go): admin requests, apart from the data path.
+	reqRangeRecord byte = 11 // body: uvarint range; any replica answers its record of it (appendRecord)
+	reqHandoffPrep byte = 12 // body: uvarint range, epoch h, source, count, bytes; the target's leader logs Incoming
+	reqExport      byte = 13 // body: uvarint range, epoch h, max bytes, then the cursor key; a source replica answers a Chunk command
+	reqActivate    byte = 14 // body: uvarint range, epoch h; the target's leader logs Activate once the source shows Gone(h+1)
+	reqMoveRange   byte = 15 // body: uvarint range, target group; the source's leader logs Freeze (MoveRange)
 )
 
 const (
@@ -37,6 +43,16 @@ const (
 	// stResend, only inside a reqReads answer: the read was not served, its
 	// answer would have made the frame too large; send it again.
 	stResend byte = 8
+	// stWrongGroup: the group's record of the range is Gone: body uvarint
+	// range, epoch E, group X (the range is at X since E). Nothing applied.
+	stWrongGroup byte = 9
+	// stMoving: the range is in a handoff here (a write to a Frozen range,
+	// anything for an Incoming or Sealed one): back off and retry. Nothing
+	// applied.
+	stMoving byte = 10
+	// stNotHere: the group has no record that says where the range is
+	// (Absent): the router asks every group (findRange). Nothing applied.
+	stNotHere byte = 11
 )
 
 // peer is a node incarnation to send requests to: raftgroup refuses a
@@ -120,6 +136,10 @@ func statusError(st byte, body []byte) error {
 		return timedOut(errors.New(oneLine(string(body))), true)
 	case stClosed:
 		return ErrClosed
+	case stMoving:
+		return fmt.Errorf("%w: range is moving between replica groups", ErrUnavailable)
+	case stWrongGroup, stNotHere:
+		return fmt.Errorf("%w: range not found in the replica group asked", ErrUnavailable)
 	}
 	return errBadMessage
 }

@@ -10,6 +10,7 @@ package testhook
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/gridkv/gridkv/internal/faultnet"
 	"github.com/gridkv/gridkv/raftgroup"
@@ -44,6 +45,9 @@ type Hooks struct {
 	// applied the largest stored index seen, by up to this many entries:
 	// a negative control (a quorum read that does not wait for apply).
 	QuorumSlack uint64
+	// HandoffTimeout, when > 0, replaces how long a range handoff may take
+	// before its source takes the range back (30s; 10s with Fast).
+	HandoffTimeout time.Duration
 
 	mu   sync.Mutex
 	node Node
@@ -71,6 +75,13 @@ type Node interface {
 	// LeaseStats sums the lease reads this node's replicas served (hits)
 	// and could not serve (misses); see raftgroup.Group.LeaseStats.
 	LeaseStats() (hits, misses uint64)
+	// MoveRange moves range r to replica group to (asking the group that
+	// owns it, which decides) and waits for the outcome: nil once to owns
+	// r, an error when the source took it back or ctx ended first. The
+	// way a change of the group count will move ranges.
+	MoveRange(ctx context.Context, r, to int) error
+	// Groups is the cluster's replica group count.
+	Groups() int
 }
 
 // Replica is one range's replica on a node.
@@ -81,6 +92,11 @@ type Replica struct {
 	Voters   []string // server ids of the voters in its configuration
 	Keys     int
 	Digest   uint64 // order-independent hash of every key, value and version
+	// Owned lists the hash ranges the group owns, as this replica has
+	// applied; Moving counts its ranges in a handoff (Frozen, Incoming,
+	// Sealed).
+	Owned  []int
+	Moving int
 }
 
 // SetNode is called by Open.
