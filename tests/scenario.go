@@ -31,6 +31,10 @@ type Scenario struct {
 	// Tune, if set, adjusts node i's hooks before it opens, from the run's
 	// seed: clocks of their own. Options.Tune applies after it.
 	Tune func(seed uint64, node int, h *testhook.Hooks)
+	// HandoffTimeout, if set, is the nodes' range handoff timeout
+	// (testhook.Hooks.HandoffTimeout); the ownership check (I6) waits up
+	// to twice it after the heal. Zero: gridkv's (10s with Fast).
+	HandoffTimeout time.Duration
 }
 
 // Scenarios are the named scenarios CI runs. Later capabilities add
@@ -58,6 +62,14 @@ func Scenarios() []Scenario {
 		return &Mixed{Of: []Nemesis{RandomHalves{}, IsolateLeader{}, Pause{For: 1500 * time.Millisecond}}, InTurn: true}
 	})
 	quorum.FaultFor, quorum.HealFor = 1500*time.Millisecond, time.Second
+	storm := func() *RangeMoveStorm {
+		return &RangeMoveStorm{Every: 100 * time.Millisecond, Keys: w.Keys, MoveTimeout: 3 * time.Second}
+	}
+	moves := func(name string, n func() Nemesis) Scenario {
+		sc := s(name, 3, w, n)
+		sc.HandoffTimeout = 2 * time.Second
+		return sc
+	}
 	return []Scenario{
 		s("baseline", 3, w, func() Nemesis { return NoFaults{} }),
 		s("leader-isolated", 3, w, func() Nemesis { return IsolateLeader{} }),
@@ -83,6 +95,13 @@ func Scenarios() []Scenario {
 		}),
 		s("transfer-isolate", 3, lease, func() Nemesis { return TransferIsolate{Within: time.Second} }),
 		quorum,
+		// Ranges moving between replica groups under the workload, alone
+		// and with partitions, pauses and a crash.
+		moves("range-move-storm", func() Nemesis { return storm() }),
+		moves("range-moves-partitions", func() Nemesis {
+			return &Both{storm(), &Mixed{Of: []Nemesis{RandomHalves{}, IsolateLeader{}, Pause{For: 1500 * time.Millisecond}}, InTurn: true}}
+		}),
+		moves("range-moves-crash", func() Nemesis { return &Both{storm(), &CrashMinority{Max: 1}} }),
 	}
 }
 
@@ -335,9 +354,12 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 	rep := &Report{Scenario: s.Name, Seed: o.Seed, Nodes: s.Nodes}
 	progress("starting %d nodes", s.Nodes)
 	tune := o.Tune
-	if s.Tune != nil {
+	if s.Tune != nil || s.HandoffTimeout > 0 {
 		tune = func(node int, h *testhook.Hooks) {
-			s.Tune(o.Seed, node, h)
+			h.HandoffTimeout = s.HandoffTimeout
+			if s.Tune != nil {
+				s.Tune(o.Seed, node, h)
+			}
 			if o.Tune != nil {
 				o.Tune(node, h)
 			}
@@ -445,6 +467,18 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 		rep.Problems = append(rep.Problems, err.Error())
 	}
 	rep.Converge = time.Since(convergeStart)
+	// I6: after the heal plus twice the handoff timeout, no range is in a
+	// handoff and each is owned by exactly one group.
+	handoff := s.HandoffTimeout
+	if handoff <= 0 {
+		handoff = 10 * time.Second // gridkv's, with Fast
+		if o.Base != nil && !o.Base.Fast {
+			handoff = 30 * time.Second
+		}
+	}
+	if err := c.WaitOwnershipSettled(2*handoff - time.Since(healed) + 5*time.Second); err != nil {
+		rep.Problems = append(rep.Problems, err.Error())
+	}
 
 	availability(h, rep.Windows)
 	sortedWindows(rep.Windows)
