@@ -112,6 +112,11 @@ type FSM struct {
 	limit     int64   // bytes the Owned ranges may hold: the group's share of MemoryLimit
 	scratch   []op
 
+	// inState counts the ranges in each state (Absent ranges the group
+	// has heard of included), for CountIn: written by the applier,
+	// read by anyone.
+	inState [Sealed + 1]atomic.Int64
+
 	used    atomic.Int64  // bytes of keys + values held, all ranges
 	count   atomic.Int64  // entries held (expired but not yet swept count too)
 	applied atomic.Uint64 // index of the last log entry applied

@@ -178,6 +178,9 @@ func (f *FSM) OwnedRanges() []int { return f.RangesIn(Owned) }
 // the handoffs it must drive with RangesIn(Frozen), RangesIn(Incoming) and
 // RangesIn(Sealed).
 func (f *FSM) RangesIn(s RangeState) []int {
+	if f.CountIn(s) == 0 {
+		return nil
+	}
 	var out []int
 	for _, rs := range f.table.Load().ranges {
 		if rs == nil {
@@ -191,6 +194,16 @@ func (f *FSM) RangesIn(s RangeState) []int {
 		}
 	}
 	return out
+}
+
+// CountIn is how many ranges are in state s here: a few atomic loads, for
+// a caller polling whether any range is in a handoff. For Absent it
+// counts only the ranges the group has a record of.
+func (f *FSM) CountIn(s RangeState) int {
+	if !s.known() {
+		return 0
+	}
+	return int(f.inState[s].Load())
 }
 
 // RangeUsed is the bytes of keys plus values range r holds here, in any
@@ -229,6 +242,7 @@ func (f *FSM) genesis(ranges []uint32, index uint64) Result {
 			}
 			next.grow(int(r) + 1)
 			rs = newRangeState(r)
+			f.inState[Absent].Add(1)
 			next.ranges[r] = rs
 		}
 		if rs.rec == (RangeRecord{}) {
@@ -253,6 +267,7 @@ func (f *FSM) known(r uint32) *rangeState {
 	next := cur.clone()
 	next.grow(int(r) + 1)
 	rs := newRangeState(r)
+	f.inState[Absent].Add(1)
 	next.ranges[r] = rs
 	f.table.Store(next)
 	return rs
@@ -273,6 +288,8 @@ func (t *rangeTable) grow(n int) {
 // whether rs is swept. Only the applier calls it.
 func (f *FSM) setRecord(rs *rangeState, rec RangeRecord) {
 	was := rs.rec.State == Owned
+	f.inState[rs.rec.State].Add(-1)
+	f.inState[rec.State].Add(1)
 	rs.mu.Lock()
 	rs.rec = rec
 	rs.mu.Unlock()

@@ -373,3 +373,33 @@ func TestRangeDigest(t *testing.T) {
 		t.Fatalf("unknown range digest %x/%d", d, n)
 	}
 }
+
+// CountIn follows every record change, and Restore.
+func TestCountIn(t *testing.T) {
+	f := New(Options{Ranges: 8})
+	counts := func(f *FSM) [Sealed + 1]int {
+		var c [Sealed + 1]int
+		for s := Absent; s <= Sealed; s++ {
+			c[s] = f.CountIn(s)
+		}
+		return c
+	}
+	want := func(f *FSM) [Sealed + 1]int {
+		var c [Sealed + 1]int
+		for r := range 8 {
+			if rec := f.Range(r); rec != (RangeRecord{}) || slices.Contains(f.RangesIn(Absent), r) {
+				c[rec.State]++
+			}
+		}
+		return c
+	}
+	f.Apply(logAt(t, 1, 0, GenesisOp([]int{0, 1, 2})))
+	f.Apply(logAt(t, 2, 0, FreezeOp(1, 1, 5)))
+	f.Apply(logAt(t, 3, 0, IncomingOp(6, 1, 4, 0, 0)))
+	if got := counts(f); got[Owned] != 2 || got[Frozen] != 1 || got[Incoming] != 1 || got != want(f) {
+		t.Fatalf("counts %v, records say %v", got, want(f))
+	}
+	if g := roundTrip(t, f, Options{Ranges: 8}); counts(g) != counts(f) {
+		t.Fatalf("after restore %v, before %v", counts(g), counts(f))
+	}
+}

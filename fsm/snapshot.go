@@ -253,10 +253,14 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.table.Store(table)
 	f.due = f.due[:0]
 	f.owned, f.ownedUsed = 0, 0
+	for s := range f.inState {
+		f.inState[s].Store(0)
+	}
 	for _, rs := range table.ranges {
 		if rs == nil {
 			continue
 		}
+		f.inState[rs.rec.State].Add(1)
 		if rs.rec.State == Owned {
 			f.owned++
 			f.ownedUsed += rs.used
