@@ -25,11 +25,10 @@ var (
 )
 
 // mux is a node's one listener and its connections. It carries the Raft
-// RPCs of every group on the node: one outbound connection per peer for the
-// requests this node sends (answers come back on it), one inbound
-// connection per peer for the requests it receives, and a short-lived
-// connection per snapshot install so a large stream never holds up
-// heartbeats.
+// RPCs of every group on the node, and Host.Call's: one connection per peer
+// for everything between the two nodes, both directions (see peer), and a
+// short-lived connection per snapshot install so a large stream never holds
+// up heartbeats.
 type mux struct {
 	addr string
 	// self is this node's incarnation: requests addressed to any other
@@ -238,7 +237,8 @@ func (m *mux) acceptLoop() {
 // serve reads the hello of one inbound connection, then serves it: a
 // snapshot install, or this node's connection with the peer.
 func (m *mux) serve(conn net.Conn) {
-	r := bufio.NewReaderSize(&countingReader{r: conn, reads: &m.stats.reads}, 64<<10)
+	counted := &countingReader{r: conn} // counting from the hello on, for peer connections
+	r := bufio.NewReaderSize(counted, 64<<10)
 	h, body, err := readFrame(r)
 	if err != nil {
 		return
@@ -251,6 +251,7 @@ func (m *mux) serve(conn net.Conn) {
 			m.serveSnapshot(conn, from, r, h, body)
 		}
 	case kindPeerHello:
+		counted.reads = &m.stats.reads
 		p, err := m.peerFor(from)
 		if err != nil {
 			return
