@@ -94,7 +94,8 @@ func leaseStats(dbs []*DB) (hits, misses uint64) {
 // cluster, by read path. "default" spreads clients over the nodes (2/3 of
 // the reads are forwarded); "leader-local" has each client read only keys
 // whose range its node leads; "stale" reads any node's replica. Reports
-// ops/s and the share of lease checks that found a valid lease.
+// ops/s, the cluster's CPU time per op, the transport's frames per write
+// syscall, and the share of lease checks that found a valid lease.
 func BenchmarkThreeNodeGet(b *testing.B) {
 	dbs := openCluster(b, 3, Config{BootstrapExpect: 3})
 	ctx := context.Background()
@@ -131,6 +132,11 @@ func BenchmarkThreeNodeGet(b *testing.B) {
 				qn0 += db.quorumWaitNanos.Load()
 			}
 			h0, m0 := leaseStats(dbs)
+			var s0 raftgroup.Stats
+			for _, db := range dbs {
+				s0 = addStats(s0, db.host.Stats())
+			}
+			cpu0 := cpuTime()
 			b.SetParallelism(64 / runtime.GOMAXPROCS(0))
 			b.ResetTimer()
 			start := time.Now()
@@ -156,6 +162,14 @@ func BenchmarkThreeNodeGet(b *testing.B) {
 				}
 			})
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "ops/s")
+			b.ReportMetric(float64(cpuTime()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/op")
+			var s1 raftgroup.Stats
+			for _, db := range dbs {
+				s1 = addStats(s1, db.host.Stats())
+			}
+			if w := s1.Writes - s0.Writes; w > 0 {
+				b.ReportMetric(float64(s1.FramesWritten-s0.FramesWritten)/float64(w), "frames/syscall")
+			}
 			var qw, qn int64
 			for _, db := range dbs {
 				qw += db.quorumWaits.Load()
@@ -239,8 +253,9 @@ func cpuTime() time.Duration {
 
 // BenchmarkThreeNodeSet: parallel Sets (16-byte values, 10k keys) from 64
 // clients spread over a 3-node cluster formed together, by GroupsPerNode.
-// Reports ops/s, writes per log entry, forwarded writes per frame, and the
-// transport's frames per write syscall and entries per AppendEntries.
+// Reports ops/s, the cluster's CPU time per Set, writes per log entry,
+// forwarded writes per frame, and the transport's frames per write syscall
+// and entries per AppendEntries.
 func BenchmarkThreeNodeSet(b *testing.B) {
 	for _, perNode := range []int{1, 2, 4} {
 		b.Run(fmt.Sprint("groups-per-node=", perNode), func(b *testing.B) {
@@ -254,6 +269,7 @@ func BenchmarkThreeNodeSet(b *testing.B) {
 				fw0, ff0 = fw0+db.fwd.writes.Load(), ff0+db.fwd.writeFrames.Load()
 				s0 = addStats(s0, db.host.Stats())
 			}
+			cpu0 := cpuTime()
 			b.SetParallelism(64 / runtime.GOMAXPROCS(0))
 			b.ResetTimer()
 			start := time.Now()
@@ -270,6 +286,7 @@ func BenchmarkThreeNodeSet(b *testing.B) {
 				}
 			})
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "ops/s")
+			b.ReportMetric(float64(cpuTime()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/op")
 			var e1, w1, fw1, ff1 int64
 			var s1 raftgroup.Stats
 			for _, db := range dbs {

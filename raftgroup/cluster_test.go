@@ -335,7 +335,7 @@ func TestLazyFlagIsNotPartOfKind(t *testing.T) {
 	if kindInstallSnapshot|lazyFlag == kindInstallSnapshot || lazyFlag&respFlag != 0 {
 		t.Fatal("flag bits overlap")
 	}
-	for k := kindHello; k <= kindInstallSnapshot; k++ {
+	for k := kindHello; k <= kindRetire; k++ {
 		if k&(lazyFlag|respFlag) != 0 {
 			t.Fatalf("kind %d uses a flag bit", k)
 		}

@@ -3,9 +3,12 @@
 //
 // A Host owns the listener and its connections. Every group replica on the
 // node gets a raft.Transport that tags its frames with the group id, so the
-// Raft traffic of all groups between two nodes shares one outbound
-// connection each way: heartbeats of many groups sent together leave in one
-// write. Snapshots stream on a connection of their own so they never hold up
+// traffic of all groups between two nodes, requests and answers of both
+// directions (Host.Call's too), shares one connection. Senders only queue
+// frames; a writer goroutine per connection writes all that is queued in
+// one syscall. If both nodes dial at once, both keep the connection the
+// lower address dialed and retire the other (see docs/raftgroup.md).
+// Snapshots stream on a connection of their own so they never hold up
 // heartbeats. Heartbeats take raft's fast path (answered off the group's
 // main loop). Raft logs, stable state and snapshots are kept in memory.
 //

@@ -25,11 +25,10 @@ var (
 )
 
 // mux is a node's one listener and its connections. It carries the Raft
-// RPCs of every group on the node: one outbound connection per peer for the
-// requests this node sends (answers come back on it), one inbound
-// connection per peer for the requests it receives, and a short-lived
-// connection per snapshot install so a large stream never holds up
-// heartbeats.
+// RPCs of every group on the node, and Host.Call's: one connection per peer
+// for everything between the two nodes, both directions (see peer), and a
+// short-lived connection per snapshot install so a large stream never holds
+// up heartbeats.
 type mux struct {
 	addr string
 	// self is this node's incarnation: requests addressed to any other
@@ -54,7 +53,7 @@ type mux struct {
 		sync.Mutex
 		closed  bool
 		groups  map[uint64]*groupTransport
-		peers   map[string]*peerSlot
+		peers   map[string]*peer
 		inbound map[net.Conn]struct{}
 		// refusedFrom: peers whose misaddressed requests were logged, with
 		// the incarnation they asked for (one line per peer and target,
@@ -86,7 +85,7 @@ func newMux(c muxConfig) (*mux, error) {
 		timeout: c.timeout, beatTimeout: c.beatTimeout, linger: c.linger, closed: make(chan struct{})}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.mu.groups = make(map[uint64]*groupTransport)
-	m.mu.peers = make(map[string]*peerSlot)
+	m.mu.peers = make(map[string]*peer)
 	m.mu.inbound = make(map[net.Conn]struct{})
 	m.mu.refusedFrom = make(map[string]uint64)
 	empty := map[uint64]*groupTransport{}
@@ -139,103 +138,19 @@ func (m *mux) close() {
 	close(m.closed)
 	m.cancel()
 	_ = m.ln.Close()
-	slots := m.mu.peers
-	m.mu.peers = map[string]*peerSlot{}
+	peers := m.mu.peers
+	m.mu.peers = map[string]*peer{}
 	for c := range m.mu.inbound {
 		_ = c.Close()
 	}
 	m.mu.Unlock()
-	for _, s := range slots {
-		s.mu.Lock()
-		if s.pc != nil {
-			s.pc.fail(errMuxClosed)
-		}
-		s.mu.Unlock()
+	for _, p := range peers {
+		p.close()
 	}
 	m.wg.Wait()
 }
 
-// ---- outbound ----
-
-type peerSlot struct {
-	mu sync.Mutex
-	pc *peerConn
-}
-
-type call struct {
-	// done gets the response body or an error, exactly once, on a
-	// transport goroutine; the caller decodes the body itself so a late
-	// answer never writes into a struct raft has already given up on.
-	done  func(body []byte, err error)
-	timer *time.Timer // fails the call after the rpc timeout
-}
-
-// peerConn is the outbound connection to one peer.
-type peerConn struct {
-	m    *mux
-	addr string
-	w    *frameWriter
-
-	mu      sync.Mutex
-	pending map[uint64]*call
-	err     error // set once broken; no new calls
-}
-
-// peer returns a working connection to addr, dialing if needed.
-func (m *mux) peer(addr string) (*peerConn, error) {
-	m.mu.Lock()
-	if m.mu.closed {
-		m.mu.Unlock()
-		return nil, errMuxClosed
-	}
-	slot := m.mu.peers[addr]
-	if slot == nil {
-		slot = &peerSlot{}
-		m.mu.peers[addr] = slot
-	}
-	m.mu.Unlock()
-
-	slot.mu.Lock()
-	defer slot.mu.Unlock()
-	if pc := slot.pc; pc != nil {
-		pc.mu.Lock()
-		broken := pc.err != nil
-		pc.mu.Unlock()
-		if !broken {
-			return pc, nil
-		}
-	}
-	conn, err := net.DialTimeout("tcp", addr, m.timeout)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errUnreachable, err)
-	}
-	setNoDelay(conn)
-	pc := &peerConn{m: m, addr: addr, pending: make(map[uint64]*call)}
-	pc.w = newFrameWriter(conn, m.faults, m.addr, addr, m.linger, pc.fail)
-	pc.w.stats = &m.stats
-	m.mu.Lock()
-	if m.mu.closed {
-		m.mu.Unlock()
-		_ = conn.Close()
-		return nil, errMuxClosed
-	}
-	m.wg.Add(1)
-	m.mu.Unlock()
-	go func() { defer m.wg.Done(); pc.fail(pc.readLoop(conn)) }()
-	// The hello goes out without the fault seam: it is connection set-up.
-	hello := appendHeader(nil, frameHeader{kind: kindHello})
-	hello = append(hello, m.addr...)
-	finishFrame(hello, 0)
-	pc.w.enqueue(hello, false)
-	slot.pc = pc
-	return pc, nil
-}
-
-func setNoDelay(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
-}
+// ---- requests ----
 
 // start sends one request to incarnation to, listening at target; done is
 // called once with the answer's body or an error. encode appends the
@@ -251,23 +166,20 @@ func (m *mux) startWithin(target string, to uint64, group uint64, kind byte, laz
 		done(nil, errUnreachable)
 		return
 	}
-	pc, err := m.peer(target)
+	p, err := m.peerFor(target)
+	if err == nil {
+		_, err = p.conn() // dial before the call is pending, so a failure reads as not sent
+	}
 	if err != nil {
 		done(nil, err)
 		return
 	}
 	id := m.nextID.Add(1)
 	c := &call{done: done}
-	pc.mu.Lock()
-	if pc.err != nil {
-		err := pc.err
-		pc.mu.Unlock()
-		done(nil, err)
-		return
-	}
-	pc.pending[id] = c
-	c.timer = time.AfterFunc(timeout, func() { pc.finish(id, nil, errRPCTimeout) })
-	pc.mu.Unlock()
+	p.mu.Lock()
+	p.mu.pending[id] = c
+	c.timer = time.AfterFunc(timeout, func() { p.finish(id, nil, errRPCTimeout) })
+	p.mu.Unlock()
 
 	if lazy {
 		kind |= lazyFlag
@@ -276,62 +188,11 @@ func (m *mux) startWithin(target string, to uint64, group uint64, kind byte, laz
 	b := appendHeader(*fb, frameHeader{kind: kind, group: group, id: id, to: to})
 	b = encode(b)
 	finishFrame(b, 0)
-	ok := pc.w.send(b, lazy)
+	ok := p.send(b, lazy, true, id)
 	*fb = b
 	putFrame(fb)
 	if !ok {
-		pc.finish(id, nil, errConnLost)
-	}
-}
-
-// finish completes call id with a response body or an error; unknown ids
-// (duplicates, answers after a time-out) are ignored.
-func (pc *peerConn) finish(id uint64, body []byte, err error) {
-	pc.mu.Lock()
-	c := pc.pending[id]
-	delete(pc.pending, id)
-	pc.mu.Unlock()
-	if c == nil {
-		return
-	}
-	c.timer.Stop()
-	c.done(body, err)
-}
-
-func (pc *peerConn) readLoop(conn net.Conn) error {
-	stats := &pc.m.stats
-	r := bufio.NewReaderSize(&countingReader{conn, &stats.reads}, 64<<10)
-	for {
-		h, body, err := readFrame(r)
-		if err != nil {
-			return err
-		}
-		stats.framesRead.Add(1)
-		if h.kind&respFlag == 0 {
-			return fmt.Errorf("raftgroup: request kind %d on an outbound connection", h.kind)
-		}
-		pc.finish(h.id, body, nil)
-	}
-}
-
-// fail breaks the connection: pending calls get err, later calls redial.
-func (pc *peerConn) fail(err error) {
-	if err == nil {
-		err = errConnLost
-	}
-	pc.mu.Lock()
-	if pc.err != nil {
-		pc.mu.Unlock()
-		return
-	}
-	pc.err = fmt.Errorf("%w: %v", errConnLost, err)
-	pending := pc.pending
-	pc.pending = nil
-	pc.mu.Unlock()
-	pc.w.close()
-	for _, c := range pending {
-		c.timer.Stop()
-		c.done(nil, pc.err)
+		p.finish(id, nil, errConnLost)
 	}
 }
 
@@ -373,51 +234,45 @@ func (m *mux) acceptLoop() {
 	}
 }
 
-// serve reads requests from one inbound connection until it fails.
+// serve reads the hello of one inbound connection, then serves it: a
+// snapshot install, or this node's connection with the peer.
 func (m *mux) serve(conn net.Conn) {
-	counted := &countingReader{r: conn}
+	counted := &countingReader{r: conn} // counting from the hello on, for peer connections
 	r := bufio.NewReaderSize(counted, 64<<10)
 	h, body, err := readFrame(r)
-	if err != nil || h.kind != kindHello {
-		return
-	}
-	peer := string(body)
-	h, body, err = readFrame(r)
 	if err != nil {
 		return
 	}
-	if h.kind == kindInstallSnapshot {
-		m.serveSnapshot(conn, peer, r, h, body)
-		return
-	}
-	w := newFrameWriter(conn, m.faults, m.addr, peer, m.linger, func(error) { _ = conn.Close() })
-	w.stats = &m.stats
-	defer w.close()
-	// From here on, count the reader's reads (the hello and the first
-	// request were read uncounted: set-up).
-	counted.reads = &m.stats.reads
-	var seen dedup
-	for {
-		m.stats.framesRead.Add(1)
-		if seen.first(h.id) {
-			m.handleRequest(w, peer, h, body)
-		}
+	from := string(body)
+	switch h.kind {
+	case kindHello:
 		h, body, err = readFrame(r)
+		if err == nil && h.kind == kindInstallSnapshot {
+			m.serveSnapshot(conn, from, r, h, body)
+		}
+	case kindPeerHello:
+		counted.reads = &m.stats.reads
+		p, err := m.peerFor(from)
 		if err != nil {
 			return
+		}
+		if pc, err := p.adopt(conn, r); err == nil {
+			pc.serve(r)
 		}
 	}
 }
 
-func (m *mux) handleRequest(w *frameWriter, peer string, h frameHeader, body []byte) {
+func (m *mux) handleRequest(p *peer, h frameHeader, body []byte) {
 	// A lazy request gets a lazy answer; the flag is not part of the kind.
 	lazy := h.kind&lazyFlag != 0
 	h.kind &^= lazyFlag
-	if h.kind&respFlag != 0 || h.kind == kindHello || h.kind == kindInstallSnapshot {
+	switch h.kind {
+	case kindAppendEntries, kindRequestVote, kindRequestPreVote, kindTimeoutNow, kindRPC:
+	default:
 		return // not a request this connection carries; ignore
 	}
 	if h.to != m.self {
-		w.send(m.refusal(peer, h), false)
+		p.send(m.refusal(p.addr, h), false, false, 0)
 		return
 	}
 	if h.kind == kindRPC {
@@ -425,17 +280,17 @@ func (m *mux) handleRequest(w *frameWriter, peer string, h frameHeader, body []b
 		// cannot race with close's Wait.
 		m.wg.Add(1)
 		m.stats.goroutines.Add(1)
-		go func() { defer m.wg.Done(); m.serveRPC(w, h, body) }()
+		go func() { defer m.wg.Done(); m.serveRPC(p, h, body) }()
 		return
 	}
 	gt := m.group(h.group)
 	if gt == nil {
-		respond(w, h, false, nil, fmt.Errorf("no group %d on %s", h.group, m.addr))
+		respond(p, h, false, nil, fmt.Errorf("no group %d on %s", h.group, m.addr))
 		return
 	}
 	cmd, err := decodeRequest(h.kind, body)
 	if err != nil {
-		respond(w, h, false, nil, err)
+		respond(p, h, false, nil, err)
 		return
 	}
 	var term uint64
@@ -443,7 +298,7 @@ func (m *mux) handleRequest(w *frameWriter, peer string, h frameHeader, body []b
 		term = timeoutNowTerm(body)
 	}
 	if resp, err, ok := gt.intercept(cmd, term); ok {
-		respond(w, h, false, resp, err)
+		respond(p, h, false, resp, err)
 		return
 	}
 	respCh := make(chan raft.RPCResponse, 1)
@@ -456,14 +311,14 @@ func (m *mux) handleRequest(w *frameWriter, peer string, h frameHeader, body []b
 			select {
 			case res := <-respCh:
 				gt.noteAnswer(res)
-				respond(w, h, lazy, res.Response, res.Error)
+				respond(p, h, lazy, res.Response, res.Error)
 			default: // raft was shut down and dropped it
 			}
 			return
 		}
 	}
-	if !gt.dispatch(rpc, pendingAnswer{w: w, h: h, lazy: lazy, ch: respCh}) {
-		respond(w, h, false, nil, errors.New("group shut down"))
+	if !gt.dispatch(rpc, pendingAnswer{p: p, h: h, lazy: lazy, ch: respCh}) {
+		respond(p, h, false, nil, errors.New("group shut down"))
 	}
 }
 
@@ -473,26 +328,33 @@ func isHeartbeat(r *raft.AppendEntriesRequest) bool {
 		r.PrevLogEntry == 0 && r.PrevLogTerm == 0 && len(r.Entries) == 0 && r.LeaderCommitIndex == 0
 }
 
-// respond sends the answer to request h.
-func respond(w *frameWriter, h frameHeader, lazy bool, resp interface{}, rerr error) {
+// respond sends the answer to request h to peer p.
+func respond(p *peer, h frameHeader, lazy bool, resp interface{}, rerr error) {
 	fb := getFrame()
-	b := appendHeader(*fb, frameHeader{kind: h.kind | respFlag, group: h.group, id: h.id})
+	b := appendAnswer(*fb, h, resp, rerr)
+	p.send(b, lazy, false, 0)
+	*fb = b
+	putFrame(fb)
+}
+
+// appendAnswer appends the answer frame to request h.
+func appendAnswer(b []byte, h frameHeader, resp interface{}, rerr error) []byte {
+	start := len(b)
+	b = appendHeader(b, frameHeader{kind: h.kind | respFlag, group: h.group, id: h.id})
 	if rerr == nil {
 		b = append(b, statusOK)
 		var err error
 		if b, err = appendResponse(b, resp); err != nil {
 			rerr = err
-			b = b[:headerLen]
+			b = b[:start+headerLen]
 		}
 	}
 	if rerr != nil {
 		b = append(b, statusErr)
 		b = append(b, rerr.Error()...)
 	}
-	finishFrame(b, 0)
-	w.send(b, lazy)
-	*fb = b
-	putFrame(fb)
+	finishFrame(b, start)
+	return b
 }
 
 // refusal is the answer to request h, which peer addressed to another
@@ -542,9 +404,7 @@ func (m *mux) installSnapshot(target string, to uint64, group uint64, args *raft
 	defer stop()
 
 	bw := bufio.NewWriterSize(conn, 64<<10)
-	hello := appendHeader(nil, frameHeader{kind: kindHello})
-	hello = append(hello, m.addr...)
-	finishFrame(hello, 0)
+	hello := helloFrame(kindHello, m.addr)
 	req := appendHeader(nil, frameHeader{kind: kindInstallSnapshot, group: group, to: to})
 	req = appendInstallSnapshotRequest(req, args)
 	finishFrame(req, 0)
@@ -594,8 +454,7 @@ func (m *mux) serveSnapshot(conn net.Conn, peer string, r *bufio.Reader, h frame
 
 // writeNow answers on a snapshot connection, which has no writer goroutine.
 func writeNow(conn net.Conn, h frameHeader, resp interface{}, rerr error) {
-	w := newFrameWriter(conn, nil, "", "", 0, nil)
-	respond(w, h, false, resp, rerr)
+	_, _ = conn.Write(appendAnswer(nil, h, resp, rerr))
 }
 
 // closeOnSignal closes conn if closed fires before stop is called.

@@ -100,7 +100,7 @@ func (h *Host) CallAsync(to raft.ServerID, addr string, req []byte, timeout time
 }
 
 // serveRPC runs the handler for one request and sends its answer.
-func (m *mux) serveRPC(w *frameWriter, h frameHeader, body []byte) {
+func (m *mux) serveRPC(p *peer, h frameHeader, body []byte) {
 	timeout, n := binary.Uvarint(body)
 	var answer []byte
 	var err error
@@ -124,7 +124,7 @@ func (m *mux) serveRPC(w *frameWriter, h frameHeader, body []byte) {
 		b = append(b, answer...)
 	}
 	finishFrame(b, 0)
-	w.send(b, false)
+	p.send(b, false, false, 0)
 	*fb = b
 	putFrame(fb)
 }

@@ -103,7 +103,7 @@ func newGroupTransport(m *mux, group uint64, l *lease) (*groupTransport, error) 
 
 // pendingAnswer is where raft's answer to one request goes.
 type pendingAnswer struct {
-	w    *frameWriter
+	p    *peer
 	h    frameHeader
 	lazy bool
 	ch   chan raft.RPCResponse // nil: the caller waits for the answer itself
@@ -161,7 +161,7 @@ func (gt *groupTransport) respondLoop() {
 		select {
 		case res := <-a.ch:
 			gt.noteAnswer(res)
-			respond(a.w, a.h, a.lazy, res.Response, res.Error)
+			respond(a.p, a.h, a.lazy, res.Response, res.Error)
 		case <-gt.closed:
 			return
 		}

@@ -24,13 +24,15 @@ import (
 // statusRefused then the text: the request was not for this incarnation). Integers inside bodies are uvarints, byte strings are
 // uvarint-length-prefixed, times are varint unix nanoseconds (0 = zero time).
 const (
-	kindHello           byte = 1 // body: the sender's listen address
+	kindHello           byte = 1 // body: the sender's listen address; a snapshot install follows
 	kindAppendEntries   byte = 2
 	kindRequestVote     byte = 3
 	kindRequestPreVote  byte = 4
 	kindTimeoutNow      byte = 5
 	kindInstallSnapshot byte = 6 // on a connection of its own; the data follows the frame
 	kindRPC             byte = 7 // node-to-node request for the layer above (Host.Call)
+	kindPeerHello       byte = 8 // body: the sender's listen address; opens a peer connection
+	kindRetire          byte = 9 // the sender writes nothing more on this connection (see peer)
 
 	respFlag byte = 0x80
 	// lazyFlag marks a request that, like its answer, may linger briefly to
