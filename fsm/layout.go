@@ -2,7 +2,9 @@ package fsm
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 
@@ -231,6 +233,29 @@ func readLayout(r *bufio.Reader) (Layout, error) {
 			}
 		}
 		l.Created = append(l.Created, servers)
+	}
+	return l, nil
+}
+
+// AppendLayout appends l to b in the snapshot's layout format, for a
+// layout sent between nodes.
+func AppendLayout(b []byte, l Layout) []byte {
+	buf := bytes.NewBuffer(b)
+	w := bufio.NewWriter(buf)
+	writeLayout(w, l)
+	_ = w.Flush() // a bytes.Buffer does not fail
+	return buf.Bytes()
+}
+
+// DecodeLayout reads what AppendLayout wrote, all of b.
+func DecodeLayout(b []byte) (Layout, error) {
+	r := bufio.NewReader(bytes.NewReader(b))
+	l, err := readLayout(r)
+	if err != nil {
+		return Layout{}, err
+	}
+	if _, err := r.ReadByte(); err != io.EOF {
+		return Layout{}, errors.New("fsm: layout: data after the layout")
 	}
 	return l, nil
 }

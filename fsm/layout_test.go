@@ -77,3 +77,20 @@ func TestLayoutCommands(t *testing.T) {
 		t.Fatalf("layout inside a batch: %+v", rs)
 	}
 }
+
+func TestLayoutEncoding(t *testing.T) {
+	l := Layout{Epoch: 7, Genesis: 6, Groups: 7, Created: [][]Server{{{"a#1", "x:1"}, {"b#2", "y:2"}}, {{"c#3", ""}}}}
+	b := AppendLayout([]byte{9}, l)
+	got, err := DecodeLayout(b[1:])
+	if err != nil || !reflect.DeepEqual(got, l) {
+		t.Fatalf("decoded %+v, %v; want %+v", got, err, l)
+	}
+	for cut := range len(b) - 1 {
+		if _, err := DecodeLayout(b[1 : 1+cut]); err == nil {
+			t.Fatalf("truncated at %d accepted", cut)
+		}
+	}
+	if _, err := DecodeLayout(append(b[1:], 0)); err == nil {
+		t.Fatal("trailing byte accepted")
+	}
+}
