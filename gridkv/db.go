@@ -69,6 +69,9 @@ type DB struct {
 	// largest stored index seen by this much: 0, except in the suite's
 	// negative control.
 	quorumSlack uint64
+	// fixedGroups keeps the group count at the formation's (the suite's
+	// testhook.Hooks.FixedGroups).
+	fixedGroups bool
 
 	// Quorum reads that found no answer applied through M at once, and
 	// how long they waited for one (benchmarks read them).
@@ -200,6 +203,7 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 		hc.Faults = hooks.Faults
 		hc.Lease = hooks.Lease
 		db.quorumSlack = hooks.QuorumSlack
+		db.fixedGroups = hooks.FixedGroups
 		if hooks.HandoffTimeout > 0 {
 			db.handoffTimeout.Store(int64(hooks.HandoffTimeout))
 		}

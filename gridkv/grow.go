@@ -107,10 +107,14 @@ func (db *DB) coordinateLayout(members []gossip.Member) {
 		return
 	}
 	formation := db.lay.Load().genesisGroups
+	want := db.cfg.targetGroups(len(members))
+	if db.fixedGroups {
+		want = formation
+	}
 	for range maxGroups {
 		cur := rep.fsm.Layout()
 		db.adoptLayout(cur)
-		st := nextLayoutStep(cur, formation, db.cfg.targetGroups(len(members)))
+		st := nextLayoutStep(cur, formation, want)
 		var cmd *fsmpb.Command
 		switch st.kind {
 		case layoutDone:
