@@ -28,9 +28,15 @@ const (
 	opUnfreeze
 	opActivate
 	opAbort
+	// Layout commands: only at the top level, only in the group holding
+	// the layout.
+	opSetLayout
+	opCreateGroup
 )
 
 func (k opKind) handoff() bool { return k >= opFreeze && k <= opAbort }
+
+func (k opKind) layout() bool { return k == opSetLayout || k == opCreateGroup }
 
 // handoffOp holds a handoff command's fields (op.hand), kept out of op so
 // client operations stay small. Byte slices alias the log entry's data.
@@ -64,6 +70,7 @@ type op struct {
 	ttl       int64
 	ranges    []uint32 // Genesis
 	hand      *handoffOp
+	layout    *layoutOp
 }
 
 var errMalformed = errors.New("malformed protobuf")
@@ -88,7 +95,7 @@ func decodeCommand(data []byte, ops []op) (_ []op, batch bool, err error) {
 func decodeOne(data []byte) (o op, batchMsg []byte, isBatch bool, err error) {
 	ferr := fields(data,
 		func(num protowire.Number, msg []byte) {
-			if err != nil || num < 1 || num > 12 {
+			if err != nil || num < 1 || num > 14 {
 				return
 			}
 			isBatch = num == 4
@@ -111,6 +118,10 @@ func decodeOne(data []byte) (o op, batchMsg []byte, isBatch bool, err error) {
 				o, err = decodeChunk(msg)
 			case 9, 10, 11, 12:
 				o, err = decodeRangeEpoch(msg, opRelease+opKind(num-9))
+			case 13:
+				o, err = decodeLayoutCmd(msg, opSetLayout)
+			case 14:
+				o, err = decodeLayoutCmd(msg, opCreateGroup)
 			}
 		},
 		func(protowire.Number, uint64) {})

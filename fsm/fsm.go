@@ -63,6 +63,10 @@ type Options struct {
 	// [0, Ranges). 0 (the default) means unknown: range numbers are then
 	// bounded by MaxRanges only.
 	Ranges int
+	// Layout is set for the group that holds the cluster's layout (group
+	// 0): only there do SetLayout and CreateGroup apply (layout.go).
+	// Default false.
+	Layout bool
 }
 
 // Result is what applying one operation produced. Apply returns *Result for
@@ -103,6 +107,9 @@ type FSM struct {
 	// applier builds a new one when a range first becomes known (Genesis)
 	// or on Restore, so readers index it without a lock.
 	table atomic.Pointer[rangeTable]
+	// layout is the cluster's layout (layout.go), nil until set; replaced,
+	// never changed, by the applier.
+	layout atomic.Pointer[Layout]
 
 	// Touched only by the applying goroutine (and Restore, which raft
 	// never runs concurrently with Apply).
@@ -201,6 +208,8 @@ func (f *FSM) applyCommand(l *raft.Log) interface{} {
 		r = f.genesis(o.ranges, l.Index)
 	case o.kind.handoff():
 		r = f.handoff(o, l.Index, now)
+	case o.kind.layout():
+		r = f.applyLayout(o, l.Index)
 	default:
 		r = f.applyOp(o, l.Index, now)
 	}
@@ -216,6 +225,8 @@ func (f *FSM) applyOp(o *op, index uint64, now int64) Result {
 		return Result{Err: fmt.Errorf("%w: genesis inside a batch", ErrBadCommand)}
 	case o.kind.handoff():
 		return Result{Err: fmt.Errorf("%w: handoff command inside a batch", ErrBadCommand)}
+	case o.kind.layout():
+		return Result{Err: fmt.Errorf("%w: layout command inside a batch", ErrBadCommand)}
 	case o.kind == opNone:
 		return Result{Err: fmt.Errorf("%w: no operation", ErrBadCommand)}
 	case len(o.key) == 0:

@@ -287,13 +287,14 @@ func TestRestoreRejectsCorruptStreams(t *testing.T) {
 			t.Fatalf("truncated at %d accepted", cut)
 		}
 	}
-	// magic, applied, 1 range, range 0, Owned, epoch 1, nine zero varints
-	// (peer, freeze index, since, count, bytes, cursor length, got count,
-	// bytes, digest), then a key length over the limit.
-	if !bytes.Equal(good[9:18], make([]byte, 9)) {
-		t.Fatalf("unexpected record bytes %x", good[:18])
+	// magic, applied, no layout (four zero varints), 1 range, range 0,
+	// Owned, epoch 1, nine zero varints (peer, freeze index, since, count,
+	// bytes, cursor length, got count, bytes, digest), then a key length
+	// over the limit.
+	if !bytes.Equal(good[13:22], make([]byte, 9)) || !bytes.Equal(good[5:9], make([]byte, 4)) {
+		t.Fatalf("unexpected record bytes %x", good[:22])
 	}
-	huge := append(append([]byte{}, good[:18]...), 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f)
+	huge := append(append([]byte{}, good[:22]...), 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f)
 	if err := New(Options{}).Restore(io.NopCloser(bytes.NewReader(huge))); err == nil {
 		t.Fatal("huge field accepted")
 	}

@@ -12,9 +12,10 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// Snapshot stream format, version 3 (the magic's last byte):
+// Snapshot stream format, version 4 (the magic's last byte):
 //
-//	magic "GKV3", uvarint applied index, uvarint number of ranges, then
+//	magic "GKV4", uvarint applied index, the cluster's layout (writeLayout;
+//	all zero in a group that does not hold it), uvarint number of ranges, then
 //	per range, in increasing range number:
 //	  uvarint range number, the record:
 //	    one byte state, uvarint epoch, varint peer, uvarint freeze index,
@@ -27,8 +28,8 @@ import (
 //
 // Nothing follows the last range. It is written and read entry by entry;
 // no buffer holds the whole state. Version 2 had the state and epoch alone
-// as the record.
-var snapMagic = [4]byte{'G', 'K', 'V', '3'}
+// as the record; version 3 had no layout.
+var snapMagic = [4]byte{'G', 'K', 'V', '4'}
 
 // retainer is what a snapshot sink implements to keep a snapshot by
 // reference instead of as bytes (raftgroup's snapshot store): Retain
@@ -50,6 +51,7 @@ type snapRange struct {
 // after Release.
 type snapshot struct {
 	applied uint64
+	layout  Layout
 	ranges  []snapRange
 }
 
@@ -62,7 +64,7 @@ var (
 // record and the references to its entries (not their bytes), one range
 // at a time. Persist then streams them.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	snap := &snapshot{applied: f.applied.Load()}
+	snap := &snapshot{applied: f.applied.Load(), layout: f.Layout()}
 	for _, rs := range f.table.Load().ranges {
 		if rs == nil {
 			continue
@@ -97,14 +99,15 @@ func (s *snapshot) WriteTo(out io.Writer) (int64, error) {
 	w := bufio.NewWriterSize(cw, 64<<10)
 	var scratch [4 * binary.MaxVarintLen64]byte
 	w.Write(snapMagic[:])
-	b := binary.AppendUvarint(scratch[:0], s.applied)
-	w.Write(binary.AppendUvarint(b, uint64(len(s.ranges))))
+	w.Write(binary.AppendUvarint(scratch[:0], s.applied))
+	writeLayout(w, s.layout)
+	w.Write(binary.AppendUvarint(scratch[:0], uint64(len(s.ranges))))
 	for _, sr := range s.ranges {
 		w.Write(binary.AppendUvarint(scratch[:0], uint64(sr.num)))
 		writeRecord(w, sr.rec)
 		for _, e := range sr.entries {
 			h := e.header()
-			b = binary.AppendUvarint(scratch[:0], uint64(h.klen))
+			b := binary.AppendUvarint(scratch[:0], uint64(h.klen))
 			b = binary.AppendUvarint(b, uint64(h.vlen))
 			b = binary.AppendUvarint(b, h.version)
 			w.Write(binary.AppendVarint(b, h.expireAt))
@@ -225,6 +228,13 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err != nil {
 		return restoreErr(err)
 	}
+	lay, err := readLayout(r)
+	if err != nil {
+		return err
+	}
+	if !f.opts.Layout && lay.Epoch != 0 {
+		return errors.New("fsm: restore: a layout in a group that does not hold it")
+	}
 	nranges, err := binary.ReadUvarint(r)
 	if err != nil {
 		return restoreErr(err)
@@ -251,6 +261,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 
 	f.table.Store(table)
+	f.layout.Store(&lay)
 	f.due = f.due[:0]
 	f.owned, f.ownedUsed = 0, 0
 	for s := range f.inState {

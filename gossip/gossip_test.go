@@ -22,7 +22,7 @@ func TestMetaRoundTrip(t *testing.T) {
 	settings := []Setting{{"Fast", "true"}, {"Groups", "64"}}
 	for _, m := range []Meta{
 		{NodeID: "n1", Incarnation: 7, RPCAddr: "127.0.0.1:9000"},
-		{NodeID: "n2", Incarnation: 1 << 60, RPCAddr: "[::1]:1", Groups: 6, Leads: []int{0, 3, 63, 255}},
+		{NodeID: "n2", Incarnation: 1 << 60, RPCAddr: "[::1]:1", Groups: 6, GenesisGroups: 4, LayoutEpoch: 1 << 40, Leads: []int{0, 3, 63, 255}},
 		{NodeID: "n3", RPCAddr: "x", Leads: []int{4100}}, // bitmap of 513 bytes: too big, omitted
 	} {
 		b, err := encodeMeta(m, settings)
@@ -40,7 +40,7 @@ func TestMetaRoundTrip(t *testing.T) {
 		if got.LeadsOmitted {
 			wantLeads = "[]"
 		}
-		if got.NodeID != m.NodeID || got.Incarnation != m.Incarnation || got.RPCAddr != m.RPCAddr || got.Groups != m.Groups || fmt.Sprint(got.Leads) != wantLeads && !(wantLeads == "[]" && got.Leads == nil) {
+		if got.NodeID != m.NodeID || got.Incarnation != m.Incarnation || got.RPCAddr != m.RPCAddr || got.Groups != m.Groups || got.GenesisGroups != m.GenesisGroups || got.LayoutEpoch != m.LayoutEpoch || fmt.Sprint(got.Leads) != wantLeads && !(wantLeads == "[]" && got.Leads == nil) {
 			t.Fatalf("round trip %+v -> %+v", m, got)
 		}
 		if fmt.Sprint(gotSettings) != fmt.Sprint(settings) {

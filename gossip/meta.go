@@ -20,6 +20,12 @@ type Meta struct {
 	// Groups is how many replica groups the cluster has, once this node
 	// knows (0 before: a node that joins learns it from the members).
 	Groups int
+	// GenesisGroups is how many replica groups the cluster was created
+	// with (0 while this node does not know); LayoutEpoch is the epoch of
+	// the layout it knows (the cluster's layout, replicated in group 0):
+	// a node that sees a higher one fetches the layout.
+	GenesisGroups int
+	LayoutEpoch   uint64
 	// Leads lists the replica groups it leads, as last known. Best effort: when the
 	// list does not fit in memberlist's 512-byte limit it is left out and
 	// LeadsOmitted is set.
@@ -37,10 +43,11 @@ type Setting struct {
 	Name, Value string
 }
 
-// metaVersion 2 added the settings, 3 the group count. A node refuses a
+// metaVersion 2 added the settings, 3 the group count, 4 the genesis group
+// count and layout epoch. A node refuses a
 // peer whose metadata it cannot read, so nodes of different versions never
 // form one cluster.
-const metaVersion = 3
+const metaVersion = 4
 
 // Flags in the metadata's second byte.
 const (
@@ -55,7 +62,7 @@ const maxMeta = memberlist.MetaMaxSize
 var errMetaTooLarge = errors.New("gossip: node id, address and settings do not fit in 512 bytes of metadata")
 
 // encodeMeta packs m and settings: version, flags, incarnation, node id,
-// rpc address, group count, the settings (a count, then name and value of
+// rpc address, group count, genesis group count, layout epoch, the settings (a count, then name and value of
 // each), then the led groups as a bitmap (length-prefixed) when it fits. Every string
 // is length-prefixed.
 func encodeMeta(m Meta, settings []Setting) ([]byte, error) {
@@ -66,10 +73,12 @@ func encodeMeta(m Meta, settings []Setting) ([]byte, error) {
 	b = binary.AppendUvarint(b, m.Incarnation)
 	b = appendString(b, m.NodeID)
 	b = appendString(b, m.RPCAddr)
-	if m.Groups < 0 {
-		return nil, fmt.Errorf("gossip: negative group count %d", m.Groups)
+	if m.Groups < 0 || m.GenesisGroups < 0 {
+		return nil, fmt.Errorf("gossip: negative group count %d (%d at genesis)", m.Groups, m.GenesisGroups)
 	}
 	b = binary.AppendUvarint(b, uint64(m.Groups))
+	b = binary.AppendUvarint(b, uint64(m.GenesisGroups))
+	b = binary.AppendUvarint(b, m.LayoutEpoch)
 	b = binary.AppendUvarint(b, uint64(len(settings)))
 	for _, s := range settings {
 		b = appendString(appendString(b, s.Name), s.Value)
@@ -134,6 +143,15 @@ func decodeMeta(b []byte) (Meta, []Setting, error) {
 		return m, nil, errBadMeta
 	}
 	m.Groups, b = int(groups), b[n:]
+	genesis, n := binary.Uvarint(b)
+	if n <= 0 || genesis > 1<<20 {
+		return m, nil, errBadMeta
+	}
+	m.GenesisGroups, b = int(genesis), b[n:]
+	if m.LayoutEpoch, n = binary.Uvarint(b); n <= 0 {
+		return m, nil, errBadMeta
+	}
+	b = b[n:]
 	count, n := binary.Uvarint(b)
 	if n <= 0 || count > uint64(len(b)) { // each setting takes at least 2 bytes
 		return m, nil, errBadMeta

@@ -42,6 +42,14 @@ type DB struct {
 	leaderHint sync.Map // group -> peer (its leader), learned from redirects
 	fwd        *forwarder
 	stepLog    stepLog // the reconciler's rate-limited warnings
+	// meta serializes gossip metadata updates (announce); leads is the
+	// groups this node leads, as the reconciler last saw them.
+	meta struct {
+		sync.Mutex
+		leads []int
+	}
+	// layoutMu serializes adopting a newer layout (adoptLayout).
+	layoutMu sync.Mutex
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -61,6 +69,9 @@ type DB struct {
 	// largest stored index seen by this much: 0, except in the suite's
 	// negative control.
 	quorumSlack uint64
+	// fixedGroups keeps the group count at the formation's (the suite's
+	// testhook.Hooks.FixedGroups).
+	fixedGroups bool
 
 	// Quorum reads that found no answer applied through M at once, and
 	// how long they waited for one (benchmarks read them).
@@ -192,6 +203,7 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 		hc.Faults = hooks.Faults
 		hc.Lease = hooks.Lease
 		db.quorumSlack = hooks.QuorumSlack
+		db.fixedGroups = hooks.FixedGroups
 		if hooks.HandoffTimeout > 0 {
 			db.handoffTimeout.Store(int64(hooks.HandoffTimeout))
 		}
@@ -230,7 +242,7 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	}
 	db.gsp, err = gossip.Start(gossip.Config{
 		Name: cfg.NodeID, BindAddr: cfg.GossipAddr, Preset: preset, Logger: cfg.Logger,
-		Meta:     gossip.Meta{NodeID: cfg.NodeID, Incarnation: inc, RPCAddr: db.host.Addr(), Groups: db.groupCount()},
+		Meta:     db.selfMeta(inc),
 		Settings: cfg.clusterSettings(),
 		Faults:   hc.Faults,
 	})
@@ -247,6 +259,8 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	go func() { defer db.wg.Done(); db.reconcileLoop() }()
 	db.wg.Add(1)
 	go func() { defer db.wg.Done(); db.handoffLoop() }()
+	db.wg.Add(1)
+	go func() { defer db.wg.Done(); db.layoutLoop() }()
 	if hooks != nil {
 		hooks.SetNode(hookNode{db})
 	}
@@ -296,15 +310,16 @@ func (db *DB) learnLayout(ctx, joinCtx context.Context) error {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		groups, err := clusterGroups(db.gsp.Members())
+		meta, ok, err := clusterLayout(db.gsp.Members())
 		if err != nil {
 			return fmt.Errorf("%w: joining: %v", ErrUnavailable, err)
 		}
-		if groups > 0 {
-			db.lay.Store(newLayout(db.cfg.Ranges, groups))
-			if err := db.gsp.SetMeta(db.self().Meta); err != nil {
-				db.log.Debug("gossip metadata update failed", "err", err)
-			}
+		if ok {
+			// What gossip says of the layout; the nodes this one will hold
+			// replicas on tell it the rest (followLayout, reqCreateGroup).
+			l := newLayout(db.cfg.Ranges, meta.GenesisGroups)
+			db.lay.Store(l.with(meta.Groups, meta.Groups, meta.LayoutEpoch))
+			db.announce()
 			return nil
 		}
 		select {
@@ -319,11 +334,12 @@ func (db *DB) learnLayout(ctx, joinCtx context.Context) error {
 	}
 }
 
-// groupCount is the cluster's number of replica groups; 0 while this node
-// does not know it yet.
+// groupCount is the number of replica groups that exist, as far as this
+// node knows (its layout's exists); 0 while it does not know the cluster
+// yet.
 func (db *DB) groupCount() int {
 	if l := db.lay.Load(); l != nil {
-		return l.groups
+		return l.exists
 	}
 	return 0
 }
@@ -348,8 +364,29 @@ func (db *DB) joinError(ctx context.Context, err error) error {
 
 func (db *DB) self() gossip.Member {
 	_, inc, _ := raftgroup.ParseServerID(db.host.ID())
-	return gossip.Member{Name: db.cfg.NodeID, Addr: db.gsp.Addr(),
-		Meta: gossip.Meta{NodeID: db.cfg.NodeID, Incarnation: inc, RPCAddr: db.host.Addr(), Groups: db.groupCount()}}
+	return gossip.Member{Name: db.cfg.NodeID, Addr: db.gsp.Addr(), Meta: db.selfMeta(inc)}
+}
+
+// announce sets this node's gossip metadata to what it knows now: the
+// layout, and the groups it leads.
+func (db *DB) announce() {
+	db.meta.Lock()
+	defer db.meta.Unlock()
+	m := db.self().Meta
+	m.Leads = db.meta.leads
+	if err := db.gsp.SetMeta(m); err != nil {
+		db.log.Debug("gossip metadata update failed", "err", err)
+	}
+}
+
+// selfMeta is this node's gossip metadata but for the groups it leads:
+// who it is and the layout it knows.
+func (db *DB) selfMeta(inc uint64) gossip.Meta {
+	m := gossip.Meta{NodeID: db.cfg.NodeID, Incarnation: inc, RPCAddr: db.host.Addr()}
+	if l := db.lay.Load(); l != nil {
+		m.Groups, m.GenesisGroups, m.LayoutEpoch = l.groups, l.genesisGroups, l.epoch
+	}
+	return m
 }
 
 // bootstrap creates, on this node, every replica group it holds in the
@@ -397,7 +434,8 @@ func (db *DB) openReplica(r int, servers []raft.Server) (*replica, error) {
 	if rep := db.reps[r].Load(); rep != nil {
 		return rep, nil
 	}
-	f := fsm.New(fsm.Options{MemoryLimit: db.cfg.MemoryLimit, Ranges: db.cfg.Ranges})
+	// Group 0 holds the cluster's layout (grow.go).
+	f := fsm.New(fsm.Options{MemoryLimit: db.cfg.MemoryLimit, Ranges: db.cfg.Ranges, Layout: r == 0})
 	g, err := db.host.CreateGroup(raftgroup.GroupID(r), f, raftgroup.GroupOptions{Bootstrap: servers})
 	if err != nil {
 		return nil, fmt.Errorf("gridkv: group %d: %w", r, err)

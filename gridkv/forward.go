@@ -248,7 +248,7 @@ func (db *DB) serveReads(ctx context.Context, body []byte) []byte {
 	closed := db.isClosed()
 	for i, rd := range reads {
 		if rd.r >= db.groupCount() {
-			answers[i] = append([]byte{stInvalid}, fmt.Sprintf("group %d asked of node %s, which knows %d groups", rd.r, db.cfg.NodeID, db.groupCount())...)
+			answers[i] = db.unknownGroup(rd.r)
 			continue
 		}
 		if !closed {
@@ -325,7 +325,7 @@ func (db *DB) serveWrites(ctx context.Context, body []byte) []byte {
 	pending := make([]*pendingWrite, len(writes))
 	for i, w := range writes {
 		if w.r >= db.groupCount() {
-			answers[i] = append([]byte{stInvalid}, fmt.Sprintf("group %d asked of node %s, which knows %d groups", w.r, db.cfg.NodeID, db.groupCount())...)
+			answers[i] = db.unknownGroup(w.r)
 			continue
 		}
 		rep, ans := db.writeReplica(ctx, w.r)

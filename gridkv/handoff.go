@@ -33,10 +33,9 @@ import (
 // Apply result only means the record is read again. Every step is
 // idempotent (fsm answers a duplicate with nil or ErrPrecondition).
 //
-// A move is decided only by MoveRange, for now (the group count is fixed).
-// A group-count change will decide moves from placement over the new
-// groups and start each one the same way: a Freeze logged by the source's
-// leader (startMove).
+// A move is decided by MoveRange (a test power), or by the rebalancer once
+// the group count grew (grow.go): each starts the same way, a Freeze
+// logged by the source's leader (startMove).
 
 const (
 	// chunkBytes is the keys plus values of one Chunk (an Export page).
@@ -81,11 +80,14 @@ func (db *DB) handoffLoop() {
 		case <-t.C:
 		case <-db.handoffKick:
 		}
+		var led []*replica
 		for _, rep := range db.replicaList() {
 			if rep.group.IsLeader() {
 				db.driveGroup(rep)
+				led = append(led, rep)
 			}
 		}
+		db.rebalance(led)
 	}
 }
 

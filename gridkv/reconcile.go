@@ -22,14 +22,7 @@ func (db *DB) reconcileLoop() {
 	t := time.NewTicker(db.cfg.ReconcileInterval)
 	defer t.Stop()
 	var lastLeads []int
-	// The members present when the node opens (the ones it bootstrapped
-	// with, or joined) count as stable at once: treating them as new would
-	// shrink the target and remove replicas that are fine.
-	view := map[string]*memberView{}
-	settled := time.Now().Add(-db.cfg.MemberDelay)
-	for _, m := range db.gsp.Members() {
-		view[m.Meta.NodeID] = &memberView{m: m, firstSeen: settled, lastSeen: settled}
-	}
+	view := db.settledView()
 	for {
 		select {
 		case <-db.stop:
@@ -38,6 +31,19 @@ func (db *DB) reconcileLoop() {
 		}
 		lastLeads = db.reconcile(db.stableMembers(view, time.Now()), lastLeads)
 	}
+}
+
+// settledView is a view for stableMembers in which the members present
+// now (the ones this node bootstrapped with, or joined) count as stable at
+// once: treating them as new would shrink the target and remove replicas
+// that are fine.
+func (db *DB) settledView() map[string]*memberView {
+	view := map[string]*memberView{}
+	settled := time.Now().Add(-db.cfg.MemberDelay)
+	for _, m := range db.gsp.Members() {
+		view[m.Meta.NodeID] = &memberView{m: m, firstSeen: settled, lastSeen: settled}
+	}
+	return view
 }
 
 // memberView is what the reconciler remembers of a member.
@@ -105,11 +111,10 @@ func (db *DB) reconcile(members []gossip.Member, lastLeads []int) []int {
 	}
 	sort.Ints(leads)
 	if !slices.Equal(leads, lastLeads) {
-		self := db.self()
-		self.Meta.Leads = leads
-		if err := db.gsp.SetMeta(self.Meta); err != nil {
-			db.log.Debug("gossip metadata update failed", "err", err)
-		}
+		db.meta.Lock()
+		db.meta.leads = leads
+		db.meta.Unlock()
+		db.announce()
 	}
 	return leads
 }

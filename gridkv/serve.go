@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"runtime"
 	"slices"
 	"sync"
@@ -25,7 +24,7 @@ func (db *DB) serve(ctx context.Context, req []byte) ([]byte, error) {
 		return nil, err
 	}
 	if r >= db.groupCount() {
-		return append([]byte{stInvalid}, fmt.Sprintf("group %d asked of node %s, which knows %d groups", r, db.cfg.NodeID, db.groupCount())...), nil
+		return db.unknownGroup(r), nil
 	}
 	switch kind {
 	case reqReads:
@@ -64,6 +63,9 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 			return db.closingAnswer(rep)
 		}
 	}
+	if kind == reqCreateGroup {
+		return db.serveCreateGroup(ctx, body)
+	}
 	if kind == reqPrepare {
 		if _, err := db.openReplica(r, nil); err != nil {
 			return append([]byte{stUnavailable}, err.Error()...)
@@ -85,6 +87,8 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 	switch {
 	case kind == reqRangeRecord || kind == reqExport:
 		return db.serveHandoff(ctx, rep, kind, body)
+	case kind == reqLayout:
+		return fsm.AppendLayout([]byte{stOK}, rep.fsm.Layout())
 	case kind == reqQuorumState:
 		st, ans, ok := db.quorumState(rep, string(body))
 		if !ok {
@@ -405,7 +409,14 @@ func (db *DB) ensureGenesis(ctx context.Context, rep *replica) error {
 	if rep.genesis.Load() {
 		return nil
 	}
-	ranges := db.lay.Load().rangesOf[rep.id]
+	l := db.lay.Load()
+	if rep.id >= l.genesisGroups {
+		// A group created after the cluster's formation has no Genesis:
+		// its ranges all start Absent at epoch 0 and come by handoffs.
+		rep.genesis.Store(true)
+		return nil
+	}
+	ranges := l.rangesOf[rep.id]
 	if len(ranges) == 0 || rep.fsm.Range(ranges[0]).Epoch > 0 {
 		rep.genesis.Store(true)
 		return nil

@@ -29,6 +29,9 @@ const (
 	reqExport      byte = 13 // body: uvarint range, epoch h, max bytes, then the cursor key; a source replica answers a Chunk command
 	reqActivate    byte = 14 // body: uvarint range, epoch h; the target's leader logs Activate once the source shows Gone(h+1)
 	reqMoveRange   byte = 15 // body: uvarint range, target group; the source's leader logs Freeze (MoveRange)
+	// The cluster's layout (grow.go).
+	reqLayout      byte = 16 // group 0; a replica answers the layout it applied (fsm.AppendLayout)
+	reqCreateGroup byte = 17 // group 0; body: uvarint group; bootstrap it here with the server set group 0 logged
 )
 
 const (

@@ -43,6 +43,8 @@ type Command struct {
 	//	*Command_Unfreeze
 	//	*Command_Activate
 	//	*Command_Abort
+	//	*Command_SetLayout
+	//	*Command_CreateGroup
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -193,6 +195,24 @@ func (x *Command) GetAbort() *RangeEpoch {
 	return nil
 }
 
+func (x *Command) GetSetLayout() *SetLayout {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetLayout); ok {
+			return x.SetLayout
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCreateGroup() *CreateGroup {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CreateGroup); ok {
+			return x.CreateGroup
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -247,6 +267,16 @@ type Command_Abort struct {
 	Abort *RangeEpoch `protobuf:"bytes,12,opt,name=abort,proto3,oneof"`
 }
 
+type Command_SetLayout struct {
+	// The cluster's layout (docs/replica-groups.md, "How many groups"):
+	// only the group that holds it (group 0) applies them.
+	SetLayout *SetLayout `protobuf:"bytes,13,opt,name=set_layout,json=setLayout,proto3,oneof"`
+}
+
+type Command_CreateGroup struct {
+	CreateGroup *CreateGroup `protobuf:"bytes,14,opt,name=create_group,json=createGroup,proto3,oneof"`
+}
+
 func (*Command_Set) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -270,6 +300,10 @@ func (*Command_Unfreeze) isCommand_Op() {}
 func (*Command_Activate) isCommand_Op() {}
 
 func (*Command_Abort) isCommand_Op() {}
+
+func (*Command_SetLayout) isCommand_Op() {}
+
+func (*Command_CreateGroup) isCommand_Op() {}
 
 // Set stores value under key in range `range`. ttl_nanos > 0 makes the key
 // expire that long after the log entry's AppendedAt time.
@@ -990,12 +1024,193 @@ func (x *RangeEpoch) GetEpoch() uint64 {
 	return 0
 }
 
+// SetLayout, in the group holding the cluster's layout: if the layout is at
+// `epoch`, ranges are placed from now on over `groups` groups (all of which
+// exist), `genesis` being the number of groups the cluster was created with
+// (set by the first SetLayout, the same ever after); the epoch advances.
+type SetLayout struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Genesis       uint32                 `protobuf:"varint,2,opt,name=genesis,proto3" json:"genesis,omitempty"`
+	Groups        uint32                 `protobuf:"varint,3,opt,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetLayout) Reset() {
+	*x = SetLayout{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetLayout) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetLayout) ProtoMessage() {}
+
+func (x *SetLayout) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetLayout.ProtoReflect.Descriptor instead.
+func (*SetLayout) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SetLayout) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *SetLayout) GetGenesis() uint32 {
+	if x != nil {
+		return x.Genesis
+	}
+	return 0
+}
+
+func (x *SetLayout) GetGroups() uint32 {
+	if x != nil {
+		return x.Groups
+	}
+	return 0
+}
+
+// CreateGroup, in the group holding the cluster's layout: if the layout is
+// at `epoch` and `group` is the next group number, group `group` exists
+// from now on, its nodes bootstrapping it with exactly `servers`; the epoch
+// advances.
+type CreateGroup struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Group         uint32                 `protobuf:"varint,2,opt,name=group,proto3" json:"group,omitempty"`
+	Servers       []*Server              `protobuf:"bytes,3,rep,name=servers,proto3" json:"servers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateGroup) Reset() {
+	*x = CreateGroup{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateGroup) ProtoMessage() {}
+
+func (x *CreateGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateGroup.ProtoReflect.Descriptor instead.
+func (*CreateGroup) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CreateGroup) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *CreateGroup) GetGroup() uint32 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *CreateGroup) GetServers() []*Server {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+// Server is one raft server of a group: its server id and address.
+type Server struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Server) Reset() {
+	*x = Server{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Server) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Server) ProtoMessage() {}
+
+func (x *Server) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Server.ProtoReflect.Descriptor instead.
+func (*Server) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Server) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Server) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
 var File_fsm_fsmpb_command_proto protoreflect.FileDescriptor
 
 const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\n" +
 	"\x17fsm/fsmpb/command.proto\x12\n" +
-	"gridkv.fsm\"\xcb\x04\n" +
+	"gridkv.fsm\"\xc1\x05\n" +
 	"\aCommand\x12#\n" +
 	"\x03set\x18\x01 \x01(\v2\x0f.gridkv.fsm.SetH\x00R\x03set\x12,\n" +
 	"\x06delete\x18\x02 \x01(\v2\x12.gridkv.fsm.DeleteH\x00R\x06delete\x12.\n" +
@@ -1009,7 +1224,10 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\bunfreeze\x18\n" +
 	" \x01(\v2\x16.gridkv.fsm.RangeEpochH\x00R\bunfreeze\x124\n" +
 	"\bactivate\x18\v \x01(\v2\x16.gridkv.fsm.RangeEpochH\x00R\bactivate\x12.\n" +
-	"\x05abort\x18\f \x01(\v2\x16.gridkv.fsm.RangeEpochH\x00R\x05abortB\x04\n" +
+	"\x05abort\x18\f \x01(\v2\x16.gridkv.fsm.RangeEpochH\x00R\x05abort\x126\n" +
+	"\n" +
+	"set_layout\x18\r \x01(\v2\x15.gridkv.fsm.SetLayoutH\x00R\tsetLayout\x12<\n" +
+	"\fcreate_group\x18\x0e \x01(\v2\x17.gridkv.fsm.CreateGroupH\x00R\vcreateGroupB\x04\n" +
 	"\x02op\"`\n" +
 	"\x03Set\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
@@ -1061,7 +1279,18 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\n" +
 	"RangeEpoch\x12\x14\n" +
 	"\x05range\x18\x01 \x01(\rR\x05range\x12\x14\n" +
-	"\x05epoch\x18\x02 \x01(\x04R\x05epochB$Z\"github.com/gridkv/gridkv/fsm/fsmpbb\x06proto3"
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"S\n" +
+	"\tSetLayout\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x18\n" +
+	"\agenesis\x18\x02 \x01(\rR\agenesis\x12\x16\n" +
+	"\x06groups\x18\x03 \x01(\rR\x06groups\"g\n" +
+	"\vCreateGroup\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\rR\x05group\x12,\n" +
+	"\aservers\x18\x03 \x03(\v2\x12.gridkv.fsm.ServerR\aservers\"2\n" +
+	"\x06Server\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddressB$Z\"github.com/gridkv/gridkv/fsm/fsmpbb\x06proto3"
 
 var (
 	file_fsm_fsmpb_command_proto_rawDescOnce sync.Once
@@ -1075,7 +1304,7 @@ func file_fsm_fsmpb_command_proto_rawDescGZIP() []byte {
 	return file_fsm_fsmpb_command_proto_rawDescData
 }
 
-var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_fsm_fsmpb_command_proto_goTypes = []any{
 	(*Command)(nil),        // 0: gridkv.fsm.Command
 	(*Set)(nil),            // 1: gridkv.fsm.Set
@@ -1089,6 +1318,9 @@ var file_fsm_fsmpb_command_proto_goTypes = []any{
 	(*ChunkEntry)(nil),     // 9: gridkv.fsm.ChunkEntry
 	(*Tally)(nil),          // 10: gridkv.fsm.Tally
 	(*RangeEpoch)(nil),     // 11: gridkv.fsm.RangeEpoch
+	(*SetLayout)(nil),      // 12: gridkv.fsm.SetLayout
+	(*CreateGroup)(nil),    // 13: gridkv.fsm.CreateGroup
+	(*Server)(nil),         // 14: gridkv.fsm.Server
 }
 var file_fsm_fsmpb_command_proto_depIdxs = []int32{
 	1,  // 0: gridkv.fsm.Command.set:type_name -> gridkv.fsm.Set
@@ -1103,14 +1335,17 @@ var file_fsm_fsmpb_command_proto_depIdxs = []int32{
 	11, // 9: gridkv.fsm.Command.unfreeze:type_name -> gridkv.fsm.RangeEpoch
 	11, // 10: gridkv.fsm.Command.activate:type_name -> gridkv.fsm.RangeEpoch
 	11, // 11: gridkv.fsm.Command.abort:type_name -> gridkv.fsm.RangeEpoch
-	0,  // 12: gridkv.fsm.Batch.ops:type_name -> gridkv.fsm.Command
-	9,  // 13: gridkv.fsm.Chunk.entries:type_name -> gridkv.fsm.ChunkEntry
-	10, // 14: gridkv.fsm.Chunk.trailer:type_name -> gridkv.fsm.Tally
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	12, // 12: gridkv.fsm.Command.set_layout:type_name -> gridkv.fsm.SetLayout
+	13, // 13: gridkv.fsm.Command.create_group:type_name -> gridkv.fsm.CreateGroup
+	0,  // 14: gridkv.fsm.Batch.ops:type_name -> gridkv.fsm.Command
+	9,  // 15: gridkv.fsm.Chunk.entries:type_name -> gridkv.fsm.ChunkEntry
+	10, // 16: gridkv.fsm.Chunk.trailer:type_name -> gridkv.fsm.Tally
+	14, // 17: gridkv.fsm.CreateGroup.servers:type_name -> gridkv.fsm.Server
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_command_proto_init() }
@@ -1131,6 +1366,8 @@ func file_fsm_fsmpb_command_proto_init() {
 		(*Command_Unfreeze)(nil),
 		(*Command_Activate)(nil),
 		(*Command_Abort)(nil),
+		(*Command_SetLayout)(nil),
+		(*Command_CreateGroup)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1138,7 +1375,7 @@ func file_fsm_fsmpb_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_fsmpb_command_proto_rawDesc), len(file_fsm_fsmpb_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

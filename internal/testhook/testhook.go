@@ -48,6 +48,10 @@ type Hooks struct {
 	// HandoffTimeout, when > 0, replaces how long a range handoff may take
 	// before its source takes the range back (30s; 10s with Fast).
 	HandoffTimeout time.Duration
+	// FixedGroups keeps the cluster at the group count it was created
+	// with (gridkv grows it with membership otherwise): for suite clusters
+	// whose checks assume the count never changes.
+	FixedGroups bool
 
 	mu   sync.Mutex
 	node Node

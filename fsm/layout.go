@@ -1,0 +1,261 @@
+package fsm
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/gridkv/gridkv/fsm/fsmpb"
+)
+
+// The cluster's layout: how many replica groups ranges are placed over,
+// and the server set each group created after the cluster's formation was
+// bootstrapped with. It is replicated state of one group only (group 0,
+// Options.Layout), changed by SetLayout and CreateGroup entries; each one
+// that applies advances the layout's epoch, and each names the epoch it
+// expects, so two deciders can never both apply a change at one epoch.
+
+// Layout is the cluster's layout as the group holding it has applied it.
+// The zero Layout is "not set yet".
+type Layout struct {
+	// Epoch counts the layout changes applied (0: none yet).
+	Epoch uint64
+	// Genesis is the number of groups the cluster was created with (they
+	// own their ranges at Genesis); fixed by the first SetLayout.
+	Genesis int
+	// Groups is the number of groups ranges are placed over
+	// (placement.GroupOf); every one of them exists.
+	Groups int
+	// Created holds the servers of each group created later, groups
+	// Genesis, Genesis+1, … in order: a node bootstraps such a group with
+	// exactly this set.
+	Created [][]Server
+}
+
+// Server is one raft server of a group.
+type Server struct {
+	ID, Address string
+}
+
+// Exists is the number of groups that exist: those the cluster was
+// created with and those created since (not all of which ranges may be
+// placed over yet).
+func (l Layout) Exists() int { return l.Genesis + len(l.Created) }
+
+// Servers returns the server set group g was created with, for a group
+// created after the cluster's formation.
+func (l Layout) Servers(g int) ([]Server, bool) {
+	if g < l.Genesis || g >= l.Exists() {
+		return nil, false
+	}
+	return l.Created[g-l.Genesis], true
+}
+
+// Bounds on what a layout holds (commands and snapshots are checked
+// against them).
+const (
+	maxLayoutGroups  = 1 << 16
+	maxGroupServers  = 64
+	maxServerIDBytes = 1 << 10
+)
+
+// LayoutOp is the SetLayout command: if the layout is at epoch, ranges are
+// placed over groups groups from then on; genesis is the cluster's
+// formation group count (the same in every SetLayout).
+func LayoutOp(epoch uint64, genesis, groups int) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_SetLayout{SetLayout: &fsmpb.SetLayout{
+		Epoch: epoch, Genesis: uint32(genesis), Groups: uint32(groups)}}}
+}
+
+// CreateGroupOp is the CreateGroup command: if the layout is at epoch and
+// g is the next group number (Layout.Exists), group g exists from then
+// on, with servers as its initial server set.
+func CreateGroupOp(epoch uint64, g int, servers []Server) *fsmpb.Command {
+	c := &fsmpb.CreateGroup{Epoch: epoch, Group: uint32(g)}
+	for _, s := range servers {
+		c.Servers = append(c.Servers, &fsmpb.Server{Id: s.ID, Address: s.Address})
+	}
+	return &fsmpb.Command{Op: &fsmpb.Command_CreateGroup{CreateGroup: c}}
+}
+
+// layoutOp is a decoded SetLayout or CreateGroup (op.layout).
+type layoutOp struct {
+	epoch           uint64
+	genesis, groups int // SetLayout
+	group           int // CreateGroup
+	servers         []Server
+}
+
+// decodeLayoutCmd reads a SetLayout (kind opSetLayout) or CreateGroup
+// message. They are rare: proto.Unmarshal does.
+func decodeLayoutCmd(msg []byte, kind opKind) (op, error) {
+	o := op{kind: kind, layout: &layoutOp{}}
+	if kind == opSetLayout {
+		var m fsmpb.SetLayout
+		if err := proto.Unmarshal(msg, &m); err != nil {
+			return op{}, errMalformed
+		}
+		o.layout.epoch, o.layout.genesis, o.layout.groups = m.Epoch, int(m.Genesis), int(m.Groups)
+		return o, nil
+	}
+	var m fsmpb.CreateGroup
+	if err := proto.Unmarshal(msg, &m); err != nil {
+		return op{}, errMalformed
+	}
+	o.layout.epoch, o.layout.group = m.Epoch, int(m.Group)
+	for _, s := range m.Servers {
+		o.layout.servers = append(o.layout.servers, Server{ID: s.Id, Address: s.Address})
+	}
+	return o, nil
+}
+
+// Layout is the layout this group has applied (the zero Layout in a group
+// that does not hold it). Safe from any goroutine; the slices it returns
+// must not be changed.
+func (f *FSM) Layout() Layout {
+	if l := f.layout.Load(); l != nil {
+		return *l
+	}
+	return Layout{}
+}
+
+// applyLayout applies a SetLayout or CreateGroup entry: ErrBadCommand in a
+// group that does not hold the layout or for a malformed one,
+// ErrPrecondition when the layout is not at the entry's epoch or the
+// change does not fit it (nothing changes then).
+func (f *FSM) applyLayout(o *op, index uint64) Result {
+	c := o.layout
+	if !f.opts.Layout {
+		return Result{Err: fmt.Errorf("%w: layout command in a group that does not hold the layout", ErrBadCommand)}
+	}
+	cur := f.Layout()
+	if cur.Epoch != c.epoch {
+		return Result{Err: ErrPrecondition}
+	}
+	next := cur
+	switch o.kind {
+	case opSetLayout:
+		switch {
+		case c.genesis < 1 || c.genesis > maxLayoutGroups || c.groups < 1:
+			return Result{Err: fmt.Errorf("%w: layout of %d groups, %d at genesis", ErrBadCommand, c.groups, c.genesis)}
+		case cur.Genesis != 0 && c.genesis != cur.Genesis:
+			return Result{Err: ErrPrecondition}
+		case c.groups > max(c.genesis, cur.Exists()):
+			return Result{Err: ErrPrecondition} // a group that does not exist
+		}
+		next.Genesis, next.Groups = c.genesis, c.groups
+	default: // opCreateGroup
+		switch {
+		case len(c.servers) == 0 || len(c.servers) > maxGroupServers:
+			return Result{Err: fmt.Errorf("%w: group created with %d servers", ErrBadCommand, len(c.servers))}
+		case cur.Genesis == 0 || c.group != cur.Exists() || c.group >= maxLayoutGroups:
+			return Result{Err: ErrPrecondition}
+		}
+		for _, s := range c.servers {
+			if s.ID == "" || len(s.ID) > maxServerIDBytes || len(s.Address) > maxServerIDBytes {
+				return Result{Err: fmt.Errorf("%w: bad server %q at %q", ErrBadCommand, s.ID, s.Address)}
+			}
+		}
+		next.Created = append(cur.Created[:len(cur.Created):len(cur.Created)], c.servers)
+	}
+	next.Epoch++
+	f.layout.Store(&next)
+	return Result{Version: index}
+}
+
+// writeLayout writes l in the snapshot format: uvarint epoch, genesis,
+// groups, number of created groups, then per created group the number of
+// servers and each server's id and address, length-prefixed.
+func writeLayout(w *bufio.Writer, l Layout) {
+	var scratch [5 * binary.MaxVarintLen64]byte
+	b := binary.AppendUvarint(scratch[:0], l.Epoch)
+	b = binary.AppendUvarint(b, uint64(l.Genesis))
+	b = binary.AppendUvarint(b, uint64(l.Groups))
+	w.Write(binary.AppendUvarint(b, uint64(len(l.Created))))
+	for _, servers := range l.Created {
+		w.Write(binary.AppendUvarint(scratch[:0], uint64(len(servers))))
+		for _, s := range servers {
+			for _, str := range []string{s.ID, s.Address} {
+				w.Write(binary.AppendUvarint(scratch[:0], uint64(len(str))))
+				w.WriteString(str)
+			}
+		}
+	}
+}
+
+// readLayout reads what writeLayout wrote, within the layout's bounds.
+func readLayout(r *bufio.Reader) (Layout, error) {
+	v := &varintReader{r: r}
+	l := Layout{Epoch: v.uvarint()}
+	genesis, groups, created := v.uvarint(), v.uvarint(), v.uvarint()
+	if v.err != nil {
+		return Layout{}, v.err
+	}
+	if genesis > maxLayoutGroups || created > maxLayoutGroups || groups > genesis+created {
+		return Layout{}, fmt.Errorf("fsm: restore: layout of %d groups, %d at genesis, %d created", groups, genesis, created)
+	}
+	l.Genesis, l.Groups = int(genesis), int(groups)
+	readString := func() (string, error) {
+		n := v.uvarint()
+		if v.err != nil {
+			return "", v.err
+		}
+		if n > maxServerIDBytes {
+			return "", fmt.Errorf("fsm: restore: server field of %d bytes", n)
+		}
+		b := make([]byte, n)
+		if _, err := io.ReadFull(r, b); err != nil {
+			return "", restoreErr(io.ErrUnexpectedEOF)
+		}
+		return string(b), nil
+	}
+	for range created {
+		n := v.uvarint()
+		if v.err != nil {
+			return Layout{}, v.err
+		}
+		if n == 0 || n > maxGroupServers {
+			return Layout{}, fmt.Errorf("fsm: restore: group created with %d servers", n)
+		}
+		servers := make([]Server, n)
+		for i := range servers {
+			var err error
+			if servers[i].ID, err = readString(); err != nil {
+				return Layout{}, err
+			}
+			if servers[i].Address, err = readString(); err != nil {
+				return Layout{}, err
+			}
+		}
+		l.Created = append(l.Created, servers)
+	}
+	return l, nil
+}
+
+// AppendLayout appends l to b in the snapshot's layout format, for a
+// layout sent between nodes.
+func AppendLayout(b []byte, l Layout) []byte {
+	buf := bytes.NewBuffer(b)
+	w := bufio.NewWriter(buf)
+	writeLayout(w, l)
+	_ = w.Flush() // a bytes.Buffer does not fail
+	return buf.Bytes()
+}
+
+// DecodeLayout reads what AppendLayout wrote, all of b.
+func DecodeLayout(b []byte) (Layout, error) {
+	r := bufio.NewReader(bytes.NewReader(b))
+	l, err := readLayout(r)
+	if err != nil {
+		return Layout{}, err
+	}
+	if _, err := r.ReadByte(); err != io.EOF {
+		return Layout{}, errors.New("fsm: layout: data after the layout")
+	}
+	return l, nil
+}

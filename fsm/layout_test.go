@@ -1,0 +1,96 @@
+package fsm
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"reflect"
+	"testing"
+
+	"github.com/gridkv/gridkv/fsm/fsmpb"
+)
+
+func TestLayoutCommands(t *testing.T) {
+	f := New(Options{Layout: true})
+	idx := uint64(0)
+	apply := func(cmd *fsmpb.Command) Result {
+		idx++
+		return single(t, f.Apply(logAt(t, idx, 0, cmd)))
+	}
+	a := []Server{{"a#1", "127.0.0.1:1"}, {"b#1", "127.0.0.1:2"}}
+	steps := []struct {
+		name string
+		cmd  *fsmpb.Command
+		err  error
+		want Layout
+	}{
+		{"create before the layout is set", CreateGroupOp(0, 0, a), ErrPrecondition, Layout{}},
+		{"layout over groups that do not exist", LayoutOp(0, 2, 3), ErrPrecondition, Layout{}},
+		{"first layout", LayoutOp(0, 2, 2), nil, Layout{Epoch: 1, Genesis: 2, Groups: 2}},
+		{"replayed at an old epoch", LayoutOp(0, 2, 2), ErrPrecondition, Layout{Epoch: 1, Genesis: 2, Groups: 2}},
+		{"genesis changed", LayoutOp(1, 3, 2), ErrPrecondition, Layout{Epoch: 1, Genesis: 2, Groups: 2}},
+		{"create a gap", CreateGroupOp(1, 3, a), ErrPrecondition, Layout{Epoch: 1, Genesis: 2, Groups: 2}},
+		{"create without servers", CreateGroupOp(1, 2, nil), ErrBadCommand, Layout{Epoch: 1, Genesis: 2, Groups: 2}},
+		{"create group 2", CreateGroupOp(1, 2, a), nil, Layout{Epoch: 2, Genesis: 2, Groups: 2, Created: [][]Server{a}}},
+		{"create group 2 again", CreateGroupOp(2, 2, a[:1]), ErrPrecondition, Layout{Epoch: 2, Genesis: 2, Groups: 2, Created: [][]Server{a}}},
+		{"place over 4, one missing", LayoutOp(2, 2, 4), ErrPrecondition, Layout{Epoch: 2, Genesis: 2, Groups: 2, Created: [][]Server{a}}},
+		{"place over 3", LayoutOp(2, 2, 3), nil, Layout{Epoch: 3, Genesis: 2, Groups: 3, Created: [][]Server{a}}},
+	}
+	for _, s := range steps {
+		r := apply(s.cmd)
+		if !errors.Is(r.Err, s.err) || (s.err == nil) != (r.Err == nil) {
+			t.Fatalf("%s: err %v, want %v", s.name, r.Err, s.err)
+		}
+		if got := f.Layout(); !reflect.DeepEqual(got, s.want) {
+			t.Fatalf("%s: layout %+v, want %+v", s.name, got, s.want)
+		}
+	}
+	if sv, ok := f.Layout().Servers(2); !ok || !reflect.DeepEqual(sv, a) {
+		t.Fatalf("servers of group 2: %v %v", sv, ok)
+	}
+	if _, ok := f.Layout().Servers(1); ok {
+		t.Fatal("a genesis group has a created server set")
+	}
+
+	// It survives a snapshot; a group that does not hold the layout
+	// refuses both the commands and such a snapshot.
+	snap, _ := f.Snapshot()
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	g := New(Options{Layout: true})
+	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(g.Layout(), f.Layout()) {
+		t.Fatalf("restored %+v, want %+v", g.Layout(), f.Layout())
+	}
+	if err := New(Options{}).Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err == nil {
+		t.Fatal("a group that does not hold the layout restored one")
+	}
+	other := New(Options{})
+	if r := single(t, other.Apply(logAt(t, 1, 0, LayoutOp(0, 2, 2)))); !errors.Is(r.Err, ErrBadCommand) || other.Layout().Epoch != 0 {
+		t.Fatalf("layout applied in another group: %+v", r)
+	}
+	if rs := f.Apply(logAt(t, idx+1, 0, BatchOp(LayoutOp(3, 2, 3)))).([]Result); !errors.Is(rs[0].Err, ErrBadCommand) {
+		t.Fatalf("layout inside a batch: %+v", rs)
+	}
+}
+
+func TestLayoutEncoding(t *testing.T) {
+	l := Layout{Epoch: 7, Genesis: 6, Groups: 7, Created: [][]Server{{{"a#1", "x:1"}, {"b#2", "y:2"}}, {{"c#3", ""}}}}
+	b := AppendLayout([]byte{9}, l)
+	got, err := DecodeLayout(b[1:])
+	if err != nil || !reflect.DeepEqual(got, l) {
+		t.Fatalf("decoded %+v, %v; want %+v", got, err, l)
+	}
+	for cut := range len(b) - 1 {
+		if _, err := DecodeLayout(b[1 : 1+cut]); err == nil {
+			t.Fatalf("truncated at %d accepted", cut)
+		}
+	}
+	if _, err := DecodeLayout(append(b[1:], 0)); err == nil {
+		t.Fatal("trailing byte accepted")
+	}
+}

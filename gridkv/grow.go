@@ -1,0 +1,352 @@
+package gridkv
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/gridkv/gridkv/fsm"
+	"github.com/gridkv/gridkv/fsm/fsmpb"
+	"github.com/gridkv/gridkv/gossip"
+	"github.com/gridkv/gridkv/placement"
+	"github.com/gridkv/gridkv/raftgroup"
+)
+
+// The group count follows membership (docs/replica-groups.md, "How many
+// groups"). One decider: the leader of group 0, whose state machine holds
+// the cluster's layout (fsm.Layout). With N stable members it wants
+// GroupsPerNode x N groups. To grow it logs, in group 0, CreateGroup(g,
+// servers) for each new group first, then asks each of those servers'
+// nodes to bootstrap g (reqCreateGroup: a node bootstraps g only with the
+// set logged in group 0, so two coordinators can never bootstrap one group
+// with two sets), and once every new group has a leader it logs SetLayout,
+// placing ranges over the new count. Nodes learn the layout from their
+// replica of group 0, or, when gossip announces a newer epoch, from group
+// 0's leader (reqLayout). Then each group leader moves the ranges it owns
+// whose placement names a new group there (rebalance), a few at a time.
+//
+// Not built: shrinking. A cluster whose members leave for good keeps its
+// groups (the reconciler moves their replicas onto the members left).
+
+// maxMovesPerNode bounds the ranges a node's groups hand off at once
+// (Frozen there), so a join does not freeze many ranges at a time.
+const maxMovesPerNode = 4
+
+// layoutStepKind is what the layout's coordinator does next.
+type layoutStepKind int
+
+const (
+	layoutDone   layoutStepKind = iota
+	layoutInit                  // log the first SetLayout: the formation's groups
+	layoutCreate                // log CreateGroup for the next group
+	layoutStart                 // have the created groups elected, then place ranges over them
+)
+
+// layoutStep is the coordinator's next step: its kind and the group count
+// (layoutInit, layoutStart) or group (layoutCreate) it is about.
+type layoutStep struct {
+	kind layoutStepKind
+	n    int
+}
+
+// nextLayoutStep decides the coordinator's next step from the logged
+// layout cur, the cluster's formation group count and the group count
+// wanted for the stable members now. It never shrinks.
+func nextLayoutStep(cur fsm.Layout, formation, want int) layoutStep {
+	switch {
+	case cur.Epoch == 0:
+		return layoutStep{layoutInit, formation}
+	case cur.Exists() < want:
+		return layoutStep{layoutCreate, cur.Exists()}
+	case cur.Groups < cur.Exists():
+		return layoutStep{layoutStart, cur.Exists()}
+	}
+	return layoutStep{kind: layoutDone}
+}
+
+// layoutLoop runs, on every node, the layout's follower (learn newer
+// layouts) and, on the leader of group 0, its coordinator.
+func (db *DB) layoutLoop() {
+	t := time.NewTicker(db.cfg.ReconcileInterval)
+	defer t.Stop()
+	view := db.settledView()
+	for {
+		select {
+		case <-db.stop:
+			return
+		case <-t.C:
+		}
+		members := db.stableMembers(view, time.Now())
+		db.followLayout()
+		db.coordinateLayout(members)
+	}
+}
+
+// coordinateLayout takes the coordinator's steps while this node leads
+// group 0, until the layout is what the members want or a step fails
+// (the next pass tries again).
+func (db *DB) coordinateLayout(members []gossip.Member) {
+	rep := db.replica(0)
+	if rep == nil || !rep.group.IsLeader() || db.isClosed() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+	defer cancel()
+	// Decide on a layout that holds everything earlier leaders logged.
+	if err := db.ensureGenesis(ctx, rep); err != nil {
+		return
+	}
+	idx, err := rep.group.ReadIndex(ctx)
+	if err == nil {
+		err = rep.fsm.WaitApplied(ctx, rep.group.FSMIndex(idx))
+	}
+	if err != nil {
+		return
+	}
+	formation := db.lay.Load().genesisGroups
+	want := db.cfg.targetGroups(len(members))
+	if db.fixedGroups {
+		want = formation
+	}
+	for range maxGroups {
+		cur := rep.fsm.Layout()
+		db.adoptLayout(cur)
+		st := nextLayoutStep(cur, formation, want)
+		var cmd *fsmpb.Command
+		switch st.kind {
+		case layoutDone:
+			return
+		case layoutInit:
+			cmd = fsm.LayoutOp(0, st.n, st.n)
+		case layoutCreate:
+			cmd = fsm.CreateGroupOp(cur.Epoch, st.n, groupServers(st.n, members, db.cfg.ReplicaCount))
+		case layoutStart:
+			if !db.startGroups(ctx, cur) {
+				return
+			}
+			cmd = fsm.LayoutOp(cur.Epoch, cur.Genesis, st.n)
+		}
+		if err := db.applyLayoutCommand(ctx, rep, cmd); err != nil {
+			db.log.Warn("layout step failed", "step", st.kind, "n", st.n, "err", oneLine(err.Error()))
+			return
+		}
+		switch st.kind {
+		case layoutCreate:
+			db.log.Info("replica group created", "group", st.n, "members", len(members))
+		case layoutStart:
+			db.log.Info("ranges placed over more replica groups", "from", cur.Groups, "to", st.n)
+		}
+	}
+}
+
+// applyLayoutCommand logs a layout command in group 0, which rep leads,
+// and adopts the layout after it.
+func (db *DB) applyLayoutCommand(ctx context.Context, rep *replica, cmd *fsmpb.Command) error {
+	data, err := fsm.Encode(cmd)
+	if err != nil {
+		return err
+	}
+	resp, err := rep.group.Apply(ctx, data)
+	if err != nil {
+		return err
+	}
+	if res, ok := resp.(*fsm.Result); !ok {
+		return fmt.Errorf("layout command answered %T", resp)
+	} else if res.Err != nil {
+		return res.Err
+	}
+	db.adoptLayout(rep.fsm.Layout())
+	return nil
+}
+
+// groupServers is the server set of a group created now: its placement
+// over members, each at the incarnation and address gossip announces.
+func groupServers(g int, members []gossip.Member, replicas int) []fsm.Server {
+	byID := make(map[string]gossip.Member, len(members))
+	ids := make([]string, 0, len(members))
+	for _, m := range members {
+		byID[m.Meta.NodeID] = m
+		ids = append(ids, m.Meta.NodeID)
+	}
+	var out []fsm.Server
+	for _, id := range placement.Replicas(g, ids, replicas) {
+		m := byID[id]
+		out = append(out, fsm.Server{ID: string(raftgroup.ServerID(id, m.Meta.Incarnation)), Address: m.Meta.RPCAddr})
+	}
+	return out
+}
+
+// startGroups asks the nodes of every group created but not yet placed
+// over (cur.Groups..cur.Exists()-1) to bootstrap it, and reports whether
+// each of those groups has a leader now.
+func (db *DB) startGroups(ctx context.Context, cur fsm.Layout) bool {
+	all := true
+	for g := cur.Groups; g < cur.Exists(); g++ {
+		servers, _ := cur.Servers(g)
+		for _, s := range servers {
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			ans, err := db.host.Call(cctx, raft.ServerID(s.ID), s.Address,
+				encodeRequest(reqCreateGroup, 0, binary.AppendUvarint(nil, uint64(g))))
+			cancel()
+			if err == nil {
+				err = answerErr(ans)
+			}
+			if err != nil {
+				db.log.Debug("create group: a server did not bootstrap yet", "group", g, "server", s.ID, "err", oneLine(err.Error()))
+			}
+		}
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := db.route(cctx, g, -1, reqStatus, nil, false)
+		cancel()
+		all = all && err == nil
+	}
+	return all
+}
+
+// serveCreateGroup bootstraps this node's replica of the group the body
+// names (uvarint), with exactly the server set group 0 logged for it:
+// stOK once the replica exists.
+func (db *DB) serveCreateGroup(ctx context.Context, body []byte) []byte {
+	g64, n := binary.Uvarint(body)
+	if n <= 0 || n != len(body) || g64 >= maxGroups {
+		return append([]byte{stInvalid}, "bad group"...)
+	}
+	g := int(g64)
+	if db.replica(g) != nil {
+		return []byte{stOK}
+	}
+	fl, err := db.fetchLayout(ctx, g+1, 0)
+	if err != nil {
+		return append([]byte{stUnavailable}, err.Error()...)
+	}
+	servers, ok := fl.Servers(g)
+	switch {
+	case !ok:
+		return append([]byte{stUnavailable}, fmt.Sprintf("group %d is not logged as created (layout epoch %d)", g, fl.Epoch)...)
+	case fl.Groups > g:
+		// Ranges are placed over it already: it was bootstrapped, and this
+		// node was since removed from it (or never started it). A new
+		// replica here would be a second group with the same number.
+		return append([]byte{stInvalid}, fmt.Sprintf("group %d was started already", g)...)
+	}
+	var rs []raft.Server
+	mine := false
+	for _, s := range servers {
+		mine = mine || raft.ServerID(s.ID) == db.host.ID()
+		rs = append(rs, raft.Server{ID: raft.ServerID(s.ID), Address: raft.ServerAddress(s.Address)})
+	}
+	if !mine {
+		return append([]byte{stInvalid}, fmt.Sprintf("group %d was not created with server %s", g, db.host.ID())...)
+	}
+	db.adoptLayout(fl)
+	rep, err := db.openReplica(g, rs)
+	if err != nil {
+		return append([]byte{stUnavailable}, err.Error()...)
+	}
+	rep.sole.Store(len(rs) == 1)
+	db.kickHandoffs()
+	return []byte{stOK}
+}
+
+// fetchLayout is the layout logged in group 0: this node's replica's if it
+// has one in which needGroups groups exist at needEpoch or later, else
+// group 0's leader's.
+func (db *DB) fetchLayout(ctx context.Context, needGroups int, needEpoch uint64) (fsm.Layout, error) {
+	if rep := db.replica(0); rep != nil {
+		if fl := rep.fsm.Layout(); fl.Exists() >= needGroups && fl.Epoch >= needEpoch && fl.Epoch > 0 {
+			return fl, nil
+		}
+	}
+	ans, err := db.route(ctx, 0, -1, reqLayout, nil, false)
+	if err != nil {
+		return fsm.Layout{}, err
+	}
+	return fsm.DecodeLayout(ans)
+}
+
+// followLayout adopts a newer layout: its replica of group 0's, or group
+// 0's leader's when a member announces a newer epoch than this node knows.
+func (db *DB) followLayout() {
+	if rep := db.replica(0); rep != nil {
+		db.adoptLayout(rep.fsm.Layout())
+	}
+	l := db.lay.Load()
+	for _, m := range db.gsp.Members() {
+		if m.Meta.LayoutEpoch > l.epoch && m.Meta.GenesisGroups == l.genesisGroups {
+			ctx, cancel := context.WithTimeout(context.Background(), handoffStepTimeout)
+			fl, err := db.fetchLayout(ctx, 0, m.Meta.LayoutEpoch)
+			cancel()
+			if err == nil {
+				db.adoptLayout(fl)
+			}
+			return
+		}
+	}
+}
+
+// adoptLayout makes fl this node's layout if it is newer than the one it
+// has, and announces it.
+func (db *DB) adoptLayout(fl fsm.Layout) {
+	db.layoutMu.Lock()
+	cur := db.lay.Load()
+	next, ok := cur.layoutOf(fl)
+	if ok {
+		db.lay.Store(next)
+	}
+	db.layoutMu.Unlock()
+	if !ok {
+		return
+	}
+	if next.groups != cur.groups {
+		db.log.Debug("layout learned", "epoch", next.epoch, "groups", next.groups, "exist", next.exists)
+	}
+	db.announce()
+	db.kickHandoffs()
+}
+
+// rebalance starts moving, from the groups this node leads (led), ranges
+// whose placement names a group created after the cluster's formation
+// other than the one owning them, while fewer than maxMovesPerNode ranges
+// are Frozen in those groups. Ranges whose placement names a Genesis group
+// are left where they are: MoveRange (a test power) may have put them
+// elsewhere on purpose.
+func (db *DB) rebalance(led []*replica) {
+	l := db.lay.Load()
+	if l.groups == l.genesisGroups {
+		return
+	}
+	moving := 0
+	for _, rep := range led {
+		moving += len(rep.fsm.RangesIn(fsm.Frozen))
+	}
+	for _, rep := range led {
+		for _, r := range rep.fsm.RangesIn(fsm.Owned) {
+			if moving >= maxMovesPerNode || db.isClosed() {
+				return
+			}
+			to := l.target(r)
+			if to == rep.id || to < l.genesisGroups || !rep.group.IsLeader() {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), handoffStepTimeout)
+			ans := db.startMove(ctx, rep, r, to)
+			cancel()
+			if len(ans) > 0 && ans[0] == stOK {
+				moving++
+			}
+		}
+	}
+}
+
+// unknownGroup answers a request for group r, which this node does not
+// know of: a group created since it last learned the layout (then it
+// names no leader, and the asker tries another node), or a bad number.
+func (db *DB) unknownGroup(r int) []byte {
+	if r < maxGroups {
+		return redirect(peer{})
+	}
+	return append([]byte{stInvalid}, fmt.Sprintf("group %d asked of node %s, which knows %d groups", r, db.cfg.NodeID, db.groupCount())...)
+}

@@ -1,0 +1,194 @@
+package gridkv
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gridkv/gridkv/fsm"
+	"github.com/gridkv/gridkv/placement"
+)
+
+func TestNextLayoutStep(t *testing.T) {
+	created := [][]fsm.Server{{{ID: "a"}}, {{ID: "b"}}}
+	for _, c := range []struct {
+		name string
+		cur  fsm.Layout
+		want int
+		step layoutStep
+	}{
+		{"nothing logged", fsm.Layout{}, 8, layoutStep{layoutInit, 6}},
+		{"as wanted", fsm.Layout{Epoch: 1, Genesis: 6, Groups: 6}, 6, layoutStep{kind: layoutDone}},
+		{"never shrinks", fsm.Layout{Epoch: 1, Genesis: 6, Groups: 6}, 4, layoutStep{kind: layoutDone}},
+		{"create the first new group", fsm.Layout{Epoch: 1, Genesis: 6, Groups: 6}, 8, layoutStep{layoutCreate, 6}},
+		{"create the next", fsm.Layout{Epoch: 2, Genesis: 6, Groups: 6, Created: created[:1]}, 8, layoutStep{layoutCreate, 7}},
+		{"all created: start them", fsm.Layout{Epoch: 3, Genesis: 6, Groups: 6, Created: created}, 8, layoutStep{layoutStart, 8}},
+		{"members left meanwhile: start what exists", fsm.Layout{Epoch: 3, Genesis: 6, Groups: 6, Created: created}, 6, layoutStep{layoutStart, 8}},
+		{"placed", fsm.Layout{Epoch: 4, Genesis: 6, Groups: 8, Created: created}, 8, layoutStep{kind: layoutDone}},
+	} {
+		if got := nextLayoutStep(c.cur, 6, c.want); got != c.step {
+			t.Errorf("%s: %+v, want %+v", c.name, got, c.step)
+		}
+	}
+}
+
+// A 4th node joins a cluster formed by 3 (GroupsPerNode 2: 6 groups): the
+// layout grows to 8 groups, the ranges whose placement changed (about 1/4,
+// all to the new groups) and only those move, each range is Owned by
+// exactly one group, and every key reads back from every node.
+func TestJoinGrowsGroups(t *testing.T) {
+	cfg := Config{Fast: true, BootstrapExpect: 3, GroupsPerNode: 2}
+	nodes := formCluster(t, 3, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	ranges := nodes[0].cfg.Ranges
+	if g := nodes[0].lay.Load().groups; g != 6 {
+		t.Fatalf("formed with %d groups, want 6", g)
+	}
+
+	const keys = 3000
+	want := map[string]string{}
+	for i := range keys {
+		want[fmt.Sprint("k", i)] = fmt.Sprint(strings.Repeat("v", 100), i)
+	}
+	writeAll(ctx, t, nodes, want)
+
+	c := cfg
+	c.BootstrapExpect, c.NodeID, c.Logger, c.Seeds = 0, "n3", quiet, []string{nodes[0].GossipAddr()}
+	joined := time.Now()
+	db, err := Open(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	nodes = append(nodes, db)
+
+	owners := waitLayoutSettled(t, nodes, 8, 120*time.Second)
+	settle := time.Since(joined)
+	moved, bytes := 0, int64(0)
+	for r := range ranges {
+		before, after := placement.GroupOf(r, 6), placement.GroupOf(r, 8)
+		rec := recordAt(nodes, owners[r], r)
+		switch {
+		case owners[r] != after:
+			t.Fatalf("range %d owned by group %d, placed at %d", r, owners[r], after)
+		case before == after && rec.Epoch != 1:
+			t.Fatalf("range %d stayed at group %d yet is at epoch %d: it moved", r, after, rec.Epoch)
+		case before != after:
+			if rec.Epoch != 3 || after < 6 {
+				t.Fatalf("range %d moved from %d to %d, at epoch %d", r, before, after, rec.Epoch)
+			}
+			moved++
+			for _, n := range nodes {
+				if rep := n.replica(after); rep != nil {
+					bytes += rep.fsm.RangeTally(r).Bytes
+					break
+				}
+			}
+		}
+	}
+	frac := float64(moved) / float64(ranges)
+	t.Logf("4th join: %d of %d ranges moved (%.3f, ideal 0.25), %d bytes of keys and values moved, settled %v after Open",
+		moved, ranges, frac, bytes, settle.Round(time.Millisecond))
+	if frac < 0.25*0.8 || frac > 0.25*1.2 {
+		t.Fatalf("moved %.3f of the ranges, want 1/4 within 20%%", frac)
+	}
+	checkReads(ctx, t, nodes, want, nil)
+	checkReads(ctx, t, nodes, want, []ReadOption{Stale()})
+}
+
+// writeAll writes want through the nodes, 16 writers at a time.
+func writeAll(ctx context.Context, t *testing.T, nodes []*DB, want map[string]string) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	work := make(chan string)
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range work {
+				if err := nodes[w%len(nodes)].Set(ctx, k, []byte(want[k])); err != nil {
+					select {
+					case errs <- fmt.Errorf("Set(%q): %w", k, err):
+					default:
+					}
+				}
+			}
+		}()
+	}
+	for k := range want {
+		work <- k
+	}
+	close(work)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		t.Fatal(err)
+	default:
+	}
+}
+
+// checkReads reads every key of want from every node with opts.
+func checkReads(ctx context.Context, t *testing.T, nodes []*DB, want map[string]string, opts []ReadOption) {
+	t.Helper()
+	for _, db := range nodes {
+		for k, v := range want {
+			if got, err := db.Get(ctx, k, opts...); err != nil || string(got) != v {
+				t.Fatalf("%s: Get(%q, %d options) = %q, %v; want %q", db.NodeID(), k, len(opts), got, err, v)
+			}
+		}
+	}
+}
+
+// waitLayoutSettled waits until every node's layout places ranges over
+// groups groups and every range is Owned by exactly one group, and in no
+// handoff, on every replica; it returns each range's owner.
+func waitLayoutSettled(t *testing.T, nodes []*DB, groups int, within time.Duration) []int {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	ranges := nodes[0].cfg.Ranges
+	for {
+		why := ""
+		for _, db := range nodes {
+			if l := db.lay.Load(); l.groups != groups && why == "" {
+				why = fmt.Sprintf("%s places over %d groups", db.NodeID(), l.groups)
+			}
+		}
+		owners := make([]int, ranges)
+		for r := 0; r < ranges && why == ""; r++ {
+			owner, count := -1, 0
+			for g := range groups {
+				for _, db := range nodes {
+					rep := db.replica(g)
+					if rep == nil {
+						continue
+					}
+					switch rec := rep.fsm.Range(r); rec.State {
+					case fsm.Frozen, fsm.Incoming, fsm.Sealed:
+						why = fmt.Sprintf("range %d is %s in group %d", r, rec.State, g)
+					case fsm.Owned:
+						if owner != g {
+							count++
+						}
+						owner = g
+					}
+				}
+			}
+			if why == "" && count != 1 {
+				why = fmt.Sprintf("range %d is Owned by %d groups", r, count)
+			}
+			owners[r] = owner
+		}
+		if why == "" {
+			return owners
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("layout not settled after %v: %s", within, why)
+		}
+		<-time.After(50 * time.Millisecond)
+	}
+}
