@@ -431,6 +431,10 @@ func formCluster(tb testing.TB, n int, cfg Config) []*DB {
 	return nodes
 }
 
+// waitClusterReady waits until every node is ready and the cluster has
+// grown to GroupsPerNode groups per node with every range settled in its
+// group: a cluster formed by joins grows its groups after WaitReady
+// returns, and tests want the ranges where they will stay.
 func waitClusterReady(tb testing.TB, nodes []*DB) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -440,6 +444,7 @@ func waitClusterReady(tb testing.TB, nodes []*DB) {
 			tb.Fatal(err)
 		}
 	}
+	waitLayoutSettled(tb, nodes, min(nodes[0].cfg.GroupsPerNode*len(nodes), maxGroups), 60*time.Second)
 }
 
 // Many concurrent reads on a 3-node cluster, most of them forwarded to

@@ -147,7 +147,7 @@ func checkReads(ctx context.Context, t *testing.T, nodes []*DB, want map[string]
 // waitLayoutSettled waits until every node's layout places ranges over
 // groups groups and every range is Owned by exactly one group, and in no
 // handoff, on every replica; it returns each range's owner.
-func waitLayoutSettled(t *testing.T, nodes []*DB, groups int, within time.Duration) []int {
+func waitLayoutSettled(t testing.TB, nodes []*DB, groups int, within time.Duration) []int {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	ranges := nodes[0].cfg.Ranges
