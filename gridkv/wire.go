@@ -1,6 +1,7 @@
 package gridkv
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -228,7 +229,7 @@ func decodeReads(b []byte) ([]readReq, error) {
 // forwardedWrite is one write of a reqWrites request.
 type forwardedWrite struct {
 	r   int    // its group
-	cmd []byte // an encoded single-operation command; a slice of the frame
+	cmd []byte // an encoded single-operation command (its own copy)
 }
 
 // decodeWrites reads a reqWrites request's body (after the group).
@@ -251,7 +252,9 @@ func decodeWrites(b []byte) ([]forwardedWrite, error) {
 		if k <= 0 || l == 0 || l > uint64(len(b)-k) {
 			return nil, errBadMessage
 		}
-		writes[i] = forwardedWrite{r: int(r), cmd: b[k : k+int(l) : k+int(l)]}
+		// A copy: the command may stay in the Raft log, which must not
+		// hold the whole frame.
+		writes[i] = forwardedWrite{r: int(r), cmd: bytes.Clone(b[k : k+int(l)])}
 		b = b[k+int(l):]
 	}
 	if len(b) != 0 {
