@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/hashicorp/raft"
 
 	"github.com/gridkv/gridkv/fsm/fsmpb"
+	"github.com/gridkv/gridkv/placement"
 )
 
 // benchRanges is the number of ranges the benchmarks' groups own: all of a
@@ -24,8 +24,8 @@ func allRanges(n int) []int {
 	return out
 }
 
-// rangeOf is the range a key belongs to (as the layer above places keys).
-func rangeOf(key string, ranges int) int { return int(xxhash.Sum64String(key) % uint64(ranges)) }
+// rangeOf is the range a key belongs to, as gridkv places keys.
+func rangeOf(key string, ranges int) int { return placement.RangeOf(key, ranges) }
 
 // BenchmarkApply: single-operation Set entries, 64-byte values, 10k keys.
 func BenchmarkApply(b *testing.B) {

@@ -1,6 +1,7 @@
 package gridkv
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -195,35 +196,16 @@ func appendRead(b []byte, r int, body []byte) []byte {
 	return append(b, body...)
 }
 
-// decodeReads reads a reqReads request's body (after the range).
+// decodeReads reads a reqReads request's body (after the group).
 func decodeReads(b []byte) ([]readReq, error) {
-	n, k := binary.Uvarint(b)
-	// A read takes at least 3 bytes: no count allocates more than the
-	// bytes that came can hold.
-	if k <= 0 || n > uint64(len(b)-k)/3 {
-		return nil, errBadMessage
-	}
-	b = b[k:]
-	reads := make([]readReq, n)
-	for i := range reads {
-		r, k := binary.Uvarint(b)
-		if k <= 0 || r > 1<<20 {
-			return nil, errBadMessage
-		}
-		b = b[k:]
-		l, k := binary.Uvarint(b)
-		if k <= 0 || l == 0 || l > uint64(len(b)-k) {
-			return nil, errBadMessage
-		}
-		rd, ok := parseRead(int(r), b[k:k+int(l)])
-		if !ok {
-			return nil, errBadMessage
-		}
-		b = b[k+int(l):]
+	var reads []readReq
+	err := eachItem(b, func(n int) { reads = make([]readReq, n) }, func(i, r int, body []byte) bool {
+		rd, ok := parseRead(r, body)
 		reads[i] = rd
-	}
-	if len(b) != 0 {
-		return nil, errBadMessage
+		return ok
+	})
+	if err != nil {
+		return nil, err
 	}
 	return reads, nil
 }
@@ -231,36 +213,56 @@ func decodeReads(b []byte) ([]readReq, error) {
 // forwardedWrite is one write of a reqWrites request.
 type forwardedWrite struct {
 	r   int    // its group
-	cmd []byte // an encoded single-operation command; a slice of the frame
+	cmd []byte // an encoded single-operation command (its own copy)
 }
 
 // decodeWrites reads a reqWrites request's body (after the group).
 func decodeWrites(b []byte) ([]forwardedWrite, error) {
+	var writes []forwardedWrite
+	err := eachItem(b, func(n int) { writes = make([]forwardedWrite, n) }, func(i, r int, body []byte) bool {
+		// A copy: the command may stay in the Raft log, which must not
+		// hold the whole frame.
+		writes[i] = forwardedWrite{r: r, cmd: bytes.Clone(body)}
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	return writes, nil
+}
+
+// eachItem walks the body of a reqReads or reqWrites request (after the
+// group): uvarint count, then per item uvarint group, uvarint length and
+// that many bytes. It calls start with the count, then item for each, in
+// order, with body a slice of b; item returns false to reject the request.
+func eachItem(b []byte, start func(n int), item func(i, r int, body []byte) bool) error {
 	n, k := binary.Uvarint(b)
-	// A write takes at least 3 bytes: no count allocates more than the
+	// An item takes at least 3 bytes: no count allocates more than the
 	// bytes that came can hold.
 	if k <= 0 || n > uint64(len(b)-k)/3 {
-		return nil, errBadMessage
+		return errBadMessage
 	}
 	b = b[k:]
-	writes := make([]forwardedWrite, n)
-	for i := range writes {
+	start(int(n))
+	for i := range int(n) {
 		r, k := binary.Uvarint(b)
 		if k <= 0 || r > 1<<20 {
-			return nil, errBadMessage
+			return errBadMessage
 		}
 		b = b[k:]
 		l, k := binary.Uvarint(b)
 		if k <= 0 || l == 0 || l > uint64(len(b)-k) {
-			return nil, errBadMessage
+			return errBadMessage
 		}
-		writes[i] = forwardedWrite{r: int(r), cmd: b[k : k+int(l) : k+int(l)]}
+		if !item(i, int(r), b[k:k+int(l)]) {
+			return errBadMessage
+		}
 		b = b[k+int(l):]
 	}
 	if len(b) != 0 {
-		return nil, errBadMessage
+		return errBadMessage
 	}
-	return writes, nil
+	return nil
 }
 
 // appendReadAnswer adds one read's answer to a reqReads answer (which

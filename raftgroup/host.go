@@ -76,7 +76,8 @@ type Config struct {
 	// in a quarter of it (raft's own trigger counts entries, not bytes),
 	// at most once per 250ms per group. A node's logs then hold at most
 	// about Groups x MaxLogBytes, so a host of many groups wants a share
-	// of a node-wide budget (gridkv gives each range 32 MiB / Groups).
+	// of a node-wide budget (gridkv gives each replica 32 MiB /
+	// (ReplicaCount x GroupsPerNode), within 64 KiB..4 MiB).
 	// Default 4 MiB; negative disables.
 	MaxLogBytes int64
 	// Logger receives raft's warnings and errors. Default slog.Default().

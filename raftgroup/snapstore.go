@@ -143,6 +143,13 @@ func (s *snapshotStore) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, erro
 // publish makes snap the newest snapshot.
 func (s *snapshotStore) publish(snap *storedSnapshot) {
 	s.mu.Lock()
+	// raft persists its own snapshots on its snapshot goroutine and
+	// installs a leader's on its main one: an older snapshot closing
+	// after a newer one must not become the newest again.
+	if s.latest != nil && snap.meta.Index < s.latest.meta.Index {
+		s.mu.Unlock()
+		return
+	}
 	s.latest = snap
 	s.mu.Unlock()
 	for {

@@ -489,3 +489,16 @@ func TestLaggingFollowerInstallsRetainedSnapshot(t *testing.T) {
 		t.Fatal("the follower wrote a snapshot as bytes")
 	}
 }
+
+// A snapshot that closes after a newer one (raft persists its own on one
+// goroutine and installs a leader's on another) does not replace it.
+func TestSnapshotStoreOlderCloseKeepsNewest(t *testing.T) {
+	s := &snapshotStore{}
+	older := createSink(t, s, 10)
+	newer := createSink(t, s, 20)
+	_, _ = newer.Write([]byte("newer"))
+	_ = newer.Close()
+	_, _ = older.Write([]byte("older"))
+	_ = older.Close()
+	openAll(t, s, []byte("newer"))
+}

@@ -335,7 +335,7 @@ func (c *Cluster) PullLeadership(ctx context.Context, n *Node) int {
 // by seeding from its first node, so GroupsPerNode.
 func (c *Cluster) groups() int {
 	if c.base.GroupsPerNode == 0 {
-		return 2 // gridkv's default
+		return 1 // gridkv's default
 	}
 	return c.base.GroupsPerNode
 }

@@ -12,19 +12,15 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"os"
 	"runtime"
 	"runtime/pprof"
-	"sync"
 	"syscall"
 	"time"
 
+	"github.com/gridkv/gridkv/benchmarks/internal/cluster"
 	"github.com/gridkv/gridkv/gridkv"
 )
 
@@ -44,7 +40,7 @@ func main() {
 func run(nodes, perNode int, settle, window time.Duration, cpuprofile string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	dbs, err := openNodes(ctx, nodes, perNode)
+	dbs, err := cluster.Form(ctx, nodes, gridkv.Config{GroupsPerNode: perNode})
 	defer func() {
 		for _, db := range dbs {
 			_ = db.Close()
@@ -81,52 +77,6 @@ func run(nodes, perNode int, settle, window time.Duration, cpuprofile string) er
 	fmt.Printf("cpu %.4f cores, goroutines %d, HeapInuse %.1f MiB\n",
 		cores, runtime.NumGoroutine(), float64(ms.HeapInuse)/(1<<20))
 	return nil
-}
-
-// openNodes opens n nodes that form one cluster together and waits until
-// they are ready; it returns the nodes opened even on error.
-func openNodes(ctx context.Context, n, perNode int) ([]*gridkv.DB, error) {
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	addrs := make([]string, n)
-	for i := range addrs {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		addrs[i] = l.Addr().String()
-		l.Close()
-	}
-	dbs, errs := make([]*gridkv.DB, n), make([]error, n)
-	var wg sync.WaitGroup
-	for i := range dbs {
-		cfg := gridkv.Config{NodeID: fmt.Sprint("n", i), GossipAddr: addrs[i], GroupsPerNode: perNode, Logger: quiet}
-		if n > 1 {
-			cfg.BootstrapExpect = n
-			for j, a := range addrs {
-				if j != i {
-					cfg.Seeds = append(cfg.Seeds, a)
-				}
-			}
-		}
-		wg.Add(1)
-		go func() { defer wg.Done(); dbs[i], errs[i] = gridkv.OpenContext(ctx, cfg) }()
-	}
-	wg.Wait()
-	var open []*gridkv.DB
-	for _, db := range dbs {
-		if db != nil {
-			open = append(open, db)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return open, err
-	}
-	for _, db := range open {
-		if err := db.WaitReady(ctx); err != nil {
-			return open, err
-		}
-	}
-	return open, nil
 }
 
 func cpuTime() time.Duration {

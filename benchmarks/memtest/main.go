@@ -1,9 +1,9 @@
 // Command memtest measures how much heap GridKV holds per byte of data:
-// it opens -nodes nodes in this process (zero Config apart from what joins
-// them), writes -keys keys of 12 bytes with -value byte values from 256
-// goroutines through DB.Set, waits until every replica has applied them,
-// collects garbage and prints the payload (keys plus values), HeapInuse and
-// their ratio.
+// it opens -nodes nodes in this process (zero Config apart from what forms
+// them into one cluster together), writes -keys keys of 12 bytes with
+// -value byte values from 256 goroutines through DB.Set, waits until every
+// replica has applied them, collects garbage and prints the payload (keys
+// plus values), HeapInuse and their ratio.
 //
 //	go run ./memtest                  # one node, 1M keys
 //	go run ./memtest -nodes 3         # three nodes: heap per replica = total/3
@@ -19,8 +19,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -29,6 +27,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gridkv/gridkv/benchmarks/internal/cluster"
 	"github.com/gridkv/gridkv/gridkv"
 )
 
@@ -52,7 +51,7 @@ func keyOf(i int) string { return fmt.Sprintf("key:%08d", i) }
 func run(nodes, keys, valueBytes, writers int, settle time.Duration, memprofile string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	dbs, err := openNodes(ctx, nodes)
+	dbs, err := cluster.Form(ctx, nodes, gridkv.Config{})
 	defer func() {
 		for _, db := range dbs {
 			_ = db.Close()
@@ -135,31 +134,6 @@ func samplePeak(interval time.Duration) (stop func(), peak *uint64) {
 		}
 	}()
 	return func() { close(done); wg.Wait() }, peak
-}
-
-func openNodes(ctx context.Context, n int) ([]*gridkv.DB, error) {
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	var dbs []*gridkv.DB
-	for i := 0; i < n; i++ {
-		var cfg gridkv.Config
-		if n > 1 {
-			cfg = gridkv.Config{NodeID: fmt.Sprint("n", i), Logger: quiet}
-			if i > 0 {
-				cfg.Seeds = []string{dbs[0].GossipAddr()}
-			}
-		}
-		db, err := gridkv.OpenContext(ctx, cfg)
-		if err != nil {
-			return dbs, err
-		}
-		dbs = append(dbs, db)
-	}
-	for _, db := range dbs {
-		if err := db.WaitReady(ctx); err != nil {
-			return dbs, err
-		}
-	}
-	return dbs, nil
 }
 
 // write sets keys 0..keys-1 from writers goroutines, writer w through node

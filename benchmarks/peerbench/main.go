@@ -13,22 +13,18 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/version"
 
+	"github.com/gridkv/gridkv/benchmarks/internal/cluster"
 	"github.com/gridkv/gridkv/gridkv"
 	"github.com/gridkv/gridkv/internal/loadgen"
 )
@@ -184,44 +180,11 @@ func run(o options) error {
 // until every group is served, and returns the nodes opened so far even on
 // error, for the caller to close.
 func startGridKV(ctx context.Context, n, groupsPerNode int) ([]*gridkv.DB, error) {
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	// Reserve a gossip port per node so that each can name the others.
-	addrs := make([]string, n)
-	for i := range addrs {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		addrs[i] = l.Addr().String()
-		l.Close()
-	}
-	dbs := make([]*gridkv.DB, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range dbs {
-		cfg := gridkv.Config{NodeID: fmt.Sprint("n", i), GossipAddr: addrs[i], GroupsPerNode: groupsPerNode, Logger: quiet}
-		if n > 1 {
-			cfg.BootstrapExpect = n
-			for j, a := range addrs {
-				if j != i {
-					cfg.Seeds = append(cfg.Seeds, a)
-				}
-			}
-		}
-		wg.Add(1)
-		go func() { defer wg.Done(); dbs[i], errs[i] = gridkv.Open(cfg) }()
-	}
-	wg.Wait()
-	dbs = slices.DeleteFunc(dbs, func(db *gridkv.DB) bool { return db == nil })
-	if err := errors.Join(errs...); err != nil {
-		return dbs, err
-	}
 	readyCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	for _, db := range dbs {
-		if err := db.WaitReady(readyCtx); err != nil {
-			return dbs, err
-		}
+	dbs, err := cluster.Form(readyCtx, n, gridkv.Config{GroupsPerNode: groupsPerNode})
+	if err != nil {
+		return dbs, err
 	}
 	// Let leaderships settle on the placement plan before measuring.
 	time.Sleep(2 * time.Second)
