@@ -31,10 +31,21 @@ type Layout struct {
 	// Groups is the number of groups ranges are placed over
 	// (placement.GroupOf); every one of them exists.
 	Groups int
-	// Created holds the servers of each group created later, groups
-	// Genesis, Genesis+1, … in order: a node bootstraps such a group with
-	// exactly this set.
-	Created [][]Server
+	// Created holds each group created later, groups Genesis, Genesis+1,
+	// … in order.
+	Created []Created
+}
+
+// Created is a group created after the cluster's formation: a node
+// bootstraps it with exactly Servers. Gen is the layout epoch its
+// CreateGroup entry brought: a group not yet placed over whose servers
+// never elected a leader (one crashed or left before it started) is
+// created again, with a new set and a newer Gen, and the Raft group of
+// each Gen is a group of its own (gridkv names it by group and Gen), so a
+// replica of an earlier Gen can never join the new one.
+type Created struct {
+	Gen     uint64
+	Servers []Server
 }
 
 // Server is one raft server of a group.
@@ -47,13 +58,20 @@ type Server struct {
 // placed over yet).
 func (l Layout) Exists() int { return l.Genesis + len(l.Created) }
 
-// Servers returns the server set group g was created with, for a group
-// created after the cluster's formation.
-func (l Layout) Servers(g int) ([]Server, bool) {
+// Group returns how group g was created, for a group created after the
+// cluster's formation.
+func (l Layout) Group(g int) (Created, bool) {
 	if g < l.Genesis || g >= l.Exists() {
-		return nil, false
+		return Created{}, false
 	}
 	return l.Created[g-l.Genesis], true
+}
+
+// Gen is group g's creation epoch (Created.Gen): 0 for a group the
+// cluster was formed with and for one that does not exist.
+func (l Layout) Gen(g int) uint64 {
+	c, _ := l.Group(g)
+	return c.Gen
 }
 
 // Bounds on what a layout holds (commands and snapshots are checked
@@ -74,7 +92,9 @@ func LayoutOp(epoch uint64, genesis, groups int) *fsmpb.Command {
 
 // CreateGroupOp is the CreateGroup command: if the layout is at epoch and
 // g is the next group number (Layout.Exists), group g exists from then
-// on, with servers as its initial server set.
+// on, with servers as its initial server set. If g exists but ranges are
+// not placed over it yet (Layout.Groups <= g), it is created again: with
+// servers, at a new Gen.
 func CreateGroupOp(epoch uint64, g int, servers []Server) *fsmpb.Command {
 	c := &fsmpb.CreateGroup{Epoch: epoch, Group: uint32(g)}
 	for _, s := range servers {
@@ -153,7 +173,7 @@ func (f *FSM) applyLayout(o *op, index uint64) Result {
 		switch {
 		case len(c.servers) == 0 || len(c.servers) > maxGroupServers:
 			return Result{Err: fmt.Errorf("%w: group created with %d servers", ErrBadCommand, len(c.servers))}
-		case cur.Genesis == 0 || c.group != cur.Exists() || c.group >= maxLayoutGroups:
+		case cur.Genesis == 0 || c.group < cur.Groups || c.group > cur.Exists() || c.group >= maxLayoutGroups:
 			return Result{Err: ErrPrecondition}
 		}
 		for _, s := range c.servers {
@@ -161,7 +181,13 @@ func (f *FSM) applyLayout(o *op, index uint64) Result {
 				return Result{Err: fmt.Errorf("%w: bad server %q at %q", ErrBadCommand, s.ID, s.Address)}
 			}
 		}
-		next.Created = append(cur.Created[:len(cur.Created):len(cur.Created)], c.servers)
+		created := Created{Gen: cur.Epoch + 1, Servers: c.servers}
+		next.Created = append([]Created(nil), cur.Created...)
+		if c.group == cur.Exists() {
+			next.Created = append(next.Created, created)
+		} else {
+			next.Created[c.group-cur.Genesis] = created
+		}
 	}
 	next.Epoch++
 	f.layout.Store(&next)
@@ -169,17 +195,18 @@ func (f *FSM) applyLayout(o *op, index uint64) Result {
 }
 
 // writeLayout writes l in the snapshot format: uvarint epoch, genesis,
-// groups, number of created groups, then per created group the number of
-// servers and each server's id and address, length-prefixed.
+// groups, number of created groups, then per created group its Gen, the
+// number of servers and each server's id and address, length-prefixed.
 func writeLayout(w *bufio.Writer, l Layout) {
 	var scratch [5 * binary.MaxVarintLen64]byte
 	b := binary.AppendUvarint(scratch[:0], l.Epoch)
 	b = binary.AppendUvarint(b, uint64(l.Genesis))
 	b = binary.AppendUvarint(b, uint64(l.Groups))
 	w.Write(binary.AppendUvarint(b, uint64(len(l.Created))))
-	for _, servers := range l.Created {
-		w.Write(binary.AppendUvarint(scratch[:0], uint64(len(servers))))
-		for _, s := range servers {
+	for _, c := range l.Created {
+		b := binary.AppendUvarint(scratch[:0], c.Gen)
+		w.Write(binary.AppendUvarint(b, uint64(len(c.Servers))))
+		for _, s := range c.Servers {
 			for _, str := range []string{s.ID, s.Address} {
 				w.Write(binary.AppendUvarint(scratch[:0], uint64(len(str))))
 				w.WriteString(str)
@@ -215,9 +242,12 @@ func readLayout(r *bufio.Reader) (Layout, error) {
 		return string(b), nil
 	}
 	for range created {
-		n := v.uvarint()
+		gen, n := v.uvarint(), v.uvarint()
 		if v.err != nil {
 			return Layout{}, v.err
+		}
+		if gen == 0 || gen > l.Epoch {
+			return Layout{}, fmt.Errorf("fsm: restore: group created at epoch %d of %d", gen, l.Epoch)
 		}
 		if n == 0 || n > maxGroupServers {
 			return Layout{}, fmt.Errorf("fsm: restore: group created with %d servers", n)
@@ -232,7 +262,7 @@ func readLayout(r *bufio.Reader) (Layout, error) {
 				return Layout{}, err
 			}
 		}
-		l.Created = append(l.Created, servers)
+		l.Created = append(l.Created, Created{Gen: gen, Servers: servers})
 	}
 	return l, nil
 }

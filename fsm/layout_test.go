@@ -31,10 +31,14 @@ func TestLayoutCommands(t *testing.T) {
 		{"genesis changed", LayoutOp(1, 3, 2), ErrPrecondition, Layout{Epoch: 1, Genesis: 2, Groups: 2}},
 		{"create a gap", CreateGroupOp(1, 3, a), ErrPrecondition, Layout{Epoch: 1, Genesis: 2, Groups: 2}},
 		{"create without servers", CreateGroupOp(1, 2, nil), ErrBadCommand, Layout{Epoch: 1, Genesis: 2, Groups: 2}},
-		{"create group 2", CreateGroupOp(1, 2, a), nil, Layout{Epoch: 2, Genesis: 2, Groups: 2, Created: [][]Server{a}}},
-		{"create group 2 again", CreateGroupOp(2, 2, a[:1]), ErrPrecondition, Layout{Epoch: 2, Genesis: 2, Groups: 2, Created: [][]Server{a}}},
-		{"place over 4, one missing", LayoutOp(2, 2, 4), ErrPrecondition, Layout{Epoch: 2, Genesis: 2, Groups: 2, Created: [][]Server{a}}},
-		{"place over 3", LayoutOp(2, 2, 3), nil, Layout{Epoch: 3, Genesis: 2, Groups: 3, Created: [][]Server{a}}},
+		{"create group 2", CreateGroupOp(1, 2, a), nil, Layout{Epoch: 2, Genesis: 2, Groups: 2, Created: []Created{{2, a}}}},
+		{"place over 4, one missing", LayoutOp(2, 2, 4), ErrPrecondition, Layout{Epoch: 2, Genesis: 2, Groups: 2, Created: []Created{{2, a}}}},
+		// Not placed over yet: created again, with another set at a new Gen.
+		{"create group 2 again", CreateGroupOp(2, 2, a[:1]), nil, Layout{Epoch: 3, Genesis: 2, Groups: 2, Created: []Created{{3, a[:1]}}}},
+		{"place over 3", LayoutOp(3, 2, 3), nil, Layout{Epoch: 4, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}}}},
+		{"create a placed-over group again", CreateGroupOp(4, 2, a), ErrPrecondition, Layout{Epoch: 4, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}}}},
+		{"create a genesis group", CreateGroupOp(4, 1, a), ErrPrecondition, Layout{Epoch: 4, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}}}},
+		{"create group 3", CreateGroupOp(4, 3, a), nil, Layout{Epoch: 5, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}, {5, a}}}},
 	}
 	for _, s := range steps {
 		r := apply(s.cmd)
@@ -45,10 +49,10 @@ func TestLayoutCommands(t *testing.T) {
 			t.Fatalf("%s: layout %+v, want %+v", s.name, got, s.want)
 		}
 	}
-	if sv, ok := f.Layout().Servers(2); !ok || !reflect.DeepEqual(sv, a) {
-		t.Fatalf("servers of group 2: %v %v", sv, ok)
+	if c, ok := f.Layout().Group(3); !ok || !reflect.DeepEqual(c.Servers, a) || f.Layout().Gen(3) != 5 {
+		t.Fatalf("group 3: %+v %v", c, ok)
 	}
-	if _, ok := f.Layout().Servers(1); ok {
+	if _, ok := f.Layout().Group(1); ok || f.Layout().Gen(1) != 0 {
 		t.Fatal("a genesis group has a created server set")
 	}
 
@@ -73,13 +77,13 @@ func TestLayoutCommands(t *testing.T) {
 	if r := single(t, other.Apply(logAt(t, 1, 0, LayoutOp(0, 2, 2)))); !errors.Is(r.Err, ErrBadCommand) || other.Layout().Epoch != 0 {
 		t.Fatalf("layout applied in another group: %+v", r)
 	}
-	if rs := f.Apply(logAt(t, idx+1, 0, BatchOp(LayoutOp(3, 2, 3)))).([]Result); !errors.Is(rs[0].Err, ErrBadCommand) {
+	if rs := f.Apply(logAt(t, idx+1, 0, BatchOp(LayoutOp(5, 2, 3)))).([]Result); !errors.Is(rs[0].Err, ErrBadCommand) {
 		t.Fatalf("layout inside a batch: %+v", rs)
 	}
 }
 
 func TestLayoutEncoding(t *testing.T) {
-	l := Layout{Epoch: 7, Genesis: 6, Groups: 7, Created: [][]Server{{{"a#1", "x:1"}, {"b#2", "y:2"}}, {{"c#3", ""}}}}
+	l := Layout{Epoch: 7, Genesis: 6, Groups: 7, Created: []Created{{3, []Server{{"a#1", "x:1"}, {"b#2", "y:2"}}}, {7, []Server{{"c#3", ""}}}}}
 	b := AppendLayout([]byte{9}, l)
 	got, err := DecodeLayout(b[1:])
 	if err != nil || !reflect.DeepEqual(got, l) {

@@ -83,7 +83,8 @@ type DB struct {
 
 // replica is this node's copy of one replica group.
 type replica struct {
-	id    int // the group's number
+	id    int    // the group's number
+	gen   uint64 // its creation epoch (fsm.Created.Gen; 0 for a genesis group)
 	group *raftgroup.Group
 	fsm   *fsm.FSM
 	batch *batcher
@@ -410,7 +411,7 @@ func (db *DB) bootstrap(members []gossip.Member) error {
 				ID: raftgroup.ServerID(id, m.Meta.Incarnation), Address: raft.ServerAddress(m.Meta.RPCAddr)})
 		}
 		if mine {
-			rep, err := db.openReplica(r, servers)
+			rep, err := db.openReplica(r, 0, servers)
 			if err != nil {
 				return err
 			}
@@ -420,30 +421,58 @@ func (db *DB) bootstrap(members []gossip.Member) error {
 	return nil
 }
 
-// openReplica creates this node's replica of group r (bootstrapped with
-// servers, or empty to be added by the leader) unless it exists.
-func (db *DB) openReplica(r int, servers []raft.Server) (*replica, error) {
+// openReplica creates this node's replica of group r created at gen
+// (bootstrapped with servers, or empty to be added by the leader) unless
+// it exists. A replica of r from an earlier creation (a group created
+// again, grow.go) is dropped first; one from a later creation stays, and
+// the call fails.
+func (db *DB) openReplica(r int, gen uint64, servers []raft.Server) (*replica, error) {
+	for {
+		rep, stale, err := db.openReplicaLocked(r, gen, servers)
+		if stale == nil {
+			return rep, err
+		}
+		db.log.Info("replica of a group created again dropped", "group", r, "gen", stale.gen, "new_gen", gen)
+		db.dropReplica(r, stale)
+	}
+}
+
+// openReplicaLocked is openReplica under db.mu; it returns the replica of
+// r from an earlier creation instead, for the caller to drop first.
+func (db *DB) openReplicaLocked(r int, gen uint64, servers []raft.Server) (rep, stale *replica, err error) {
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	if db.closed.Load() {
-		return nil, ErrClosed
+		return nil, nil, ErrClosed
 	}
 	if r < 0 || r >= db.groupCount() {
-		return nil, fmt.Errorf("gridkv: group %d asked of node %s, which knows %d groups", r, db.cfg.NodeID, db.groupCount())
+		return nil, nil, fmt.Errorf("gridkv: group %d asked of node %s, which knows %d groups", r, db.cfg.NodeID, db.groupCount())
 	}
 	if rep := db.reps[r].Load(); rep != nil {
-		return rep, nil
+		switch {
+		case rep.gen == gen:
+			return rep, nil, nil
+		case rep.gen < gen:
+			return nil, rep, nil
+		}
+		return nil, nil, fmt.Errorf("gridkv: group %d created at layout epoch %d asked of node %s, which has its creation at epoch %d", r, gen, db.cfg.NodeID, rep.gen)
 	}
 	// Group 0 holds the cluster's layout (grow.go).
 	f := fsm.New(fsm.Options{MemoryLimit: db.cfg.MemoryLimit, Ranges: db.cfg.Ranges, Layout: r == 0})
-	g, err := db.host.CreateGroup(raftgroup.GroupID(r), f, raftgroup.GroupOptions{Bootstrap: servers})
+	g, err := db.host.CreateGroup(groupID(r, gen), f, raftgroup.GroupOptions{Bootstrap: servers})
 	if err != nil {
-		return nil, fmt.Errorf("gridkv: group %d: %w", r, err)
+		return nil, nil, fmt.Errorf("gridkv: group %d: %w", r, err)
 	}
-	rep := &replica{id: r, group: g, fsm: f}
+	rep = &replica{id: r, gen: gen, group: g, fsm: f}
 	rep.batch = newBatcher(db, rep)
 	db.reps[r].Store(rep)
-	return rep, nil
+	return rep, nil, nil
+}
+
+// groupID is the Raft group id of group r created at gen: gen above the
+// group number, so a group created again is a Raft group of its own.
+func groupID(r int, gen uint64) raftgroup.GroupID {
+	return raftgroup.GroupID(gen<<16 | uint64(r))
 }
 
 // replica is this node's replica of group r, or nil (also for a group

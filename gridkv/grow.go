@@ -39,10 +39,11 @@ const maxMovesPerNode = 4
 type layoutStepKind int
 
 const (
-	layoutDone   layoutStepKind = iota
-	layoutInit                  // log the first SetLayout: the formation's groups
-	layoutCreate                // log CreateGroup for the next group
-	layoutStart                 // have the created groups elected, then place ranges over them
+	layoutDone     layoutStepKind = iota
+	layoutInit                    // log the first SetLayout: the formation's groups
+	layoutCreate                  // log CreateGroup for the next group
+	layoutStart                   // have the created groups elected, then place ranges over them
+	layoutRecreate                // create a group again that never started
 )
 
 // layoutStep is the coordinator's next step: its kind and the group count
@@ -73,6 +74,9 @@ func (db *DB) layoutLoop() {
 	t := time.NewTicker(db.cfg.ReconcileInterval)
 	defer t.Stop()
 	view := db.settledView()
+	// Since when each created group (by Raft group id) has had no leader,
+	// as the coordinator on this node saw it.
+	leaderless := map[raftgroup.GroupID]time.Time{}
 	for {
 		select {
 		case <-db.stop:
@@ -81,14 +85,21 @@ func (db *DB) layoutLoop() {
 		}
 		members := db.stableMembers(view, time.Now())
 		db.followLayout()
-		db.coordinateLayout(members)
+		db.coordinateLayout(members, leaderless)
 	}
+}
+
+// recreateAfter is how long a created group may go without a leader while
+// one of its servers is not a member before the coordinator creates it
+// again.
+func (c *Config) recreateAfter() time.Duration {
+	return 2*c.MemberDelay + 10*c.ReconcileInterval
 }
 
 // coordinateLayout takes the coordinator's steps while this node leads
 // group 0, until the layout is what the members want or a step fails
 // (the next pass tries again).
-func (db *DB) coordinateLayout(members []gossip.Member) {
+func (db *DB) coordinateLayout(members []gossip.Member, leaderless map[raftgroup.GroupID]time.Time) {
 	rep := db.replica(0)
 	if rep == nil || !rep.group.IsLeader() || db.isClosed() {
 		return
@@ -124,10 +135,16 @@ func (db *DB) coordinateLayout(members []gossip.Member) {
 		case layoutCreate:
 			cmd = fsm.CreateGroupOp(cur.Epoch, st.n, groupServers(st.n, members, db.cfg.ReplicaCount))
 		case layoutStart:
-			if !db.startGroups(ctx, cur) {
+			started, again := db.startGroups(ctx, cur, members, leaderless)
+			switch {
+			case again >= 0:
+				st = layoutStep{layoutRecreate, again}
+				cmd = fsm.CreateGroupOp(cur.Epoch, again, groupServers(again, members, db.cfg.ReplicaCount))
+			case !started:
 				return
+			default:
+				cmd = fsm.LayoutOp(cur.Epoch, cur.Genesis, st.n)
 			}
-			cmd = fsm.LayoutOp(cur.Epoch, cur.Genesis, st.n)
 		}
 		if err := db.applyLayoutCommand(ctx, rep, cmd); err != nil {
 			db.log.Warn("layout step failed", "step", st.kind, "n", st.n, "err", oneLine(err.Error()))
@@ -136,6 +153,8 @@ func (db *DB) coordinateLayout(members []gossip.Member) {
 		switch st.kind {
 		case layoutCreate:
 			db.log.Info("replica group created", "group", st.n, "members", len(members))
+		case layoutRecreate:
+			db.log.Info("replica group created again: it never elected a leader, and one of its servers is gone", "group", st.n, "members", len(members))
 		case layoutStart:
 			db.log.Info("ranges placed over more replica groups", "from", cur.Groups, "to", st.n)
 		}
@@ -179,17 +198,33 @@ func groupServers(g int, members []gossip.Member, replicas int) []fsm.Server {
 	return out
 }
 
-// startGroups asks the nodes of every group created but not yet placed
-// over (cur.Groups..cur.Exists()-1) to bootstrap it, and reports whether
-// each of those groups has a leader now.
-func (db *DB) startGroups(ctx context.Context, cur fsm.Layout) bool {
-	all := true
+// startGroups asks the servers of every group created but not yet placed
+// over (cur.Groups..cur.Exists()-1) to bootstrap it. It reports whether
+// each of those groups has a leader now, and a group to create again (-1:
+// none): one that has had no leader for recreateAfter while one of its
+// servers is not among members, live. Such a server crashed or left; a
+// crashed incarnation never comes back. The group created again is a Raft
+// group of its own (groupID), so replicas of the first one that did start
+// can never join it; they are dropped once their nodes learn the layout.
+func (db *DB) startGroups(ctx context.Context, cur fsm.Layout, members []gossip.Member, leaderless map[raftgroup.GroupID]time.Time) (started bool, again int) {
+	live := db.liveServers(true)
+	stable := map[raft.ServerID]bool{}
+	for _, m := range members {
+		if id := raftgroup.ServerID(m.Meta.NodeID, m.Meta.Incarnation); live[id] {
+			stable[id] = true
+		}
+	}
+	started, again = true, -1
+	now := time.Now()
 	for g := cur.Groups; g < cur.Exists(); g++ {
-		servers, _ := cur.Servers(g)
-		for _, s := range servers {
+		created, _ := cur.Group(g)
+		gid := groupID(g, created.Gen)
+		missing := false
+		for _, s := range created.Servers {
+			missing = missing || !stable[raft.ServerID(s.ID)]
 			cctx, cancel := context.WithTimeout(ctx, time.Second)
-			ans, err := db.host.Call(cctx, raft.ServerID(s.ID), s.Address,
-				encodeRequest(reqCreateGroup, 0, binary.AppendUvarint(nil, uint64(g))))
+			body := binary.AppendUvarint(binary.AppendUvarint(nil, uint64(g)), created.Gen)
+			ans, err := db.host.Call(cctx, raft.ServerID(s.ID), s.Address, encodeRequest(reqCreateGroup, 0, body))
 			cancel()
 			if err == nil {
 				err = answerErr(ans)
@@ -201,9 +236,20 @@ func (db *DB) startGroups(ctx context.Context, cur fsm.Layout) bool {
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
 		_, err := db.route(cctx, g, -1, reqStatus, nil, false)
 		cancel()
-		all = all && err == nil
+		if err == nil {
+			delete(leaderless, gid)
+			continue
+		}
+		started = false
+		since, ok := leaderless[gid]
+		if !ok {
+			leaderless[gid] = now
+		} else if missing && again < 0 && now.Sub(since) >= db.cfg.recreateAfter() {
+			delete(leaderless, gid)
+			again = g
+		}
 	}
-	return all
+	return started, again
 }
 
 // serveCreateGroup bootstraps this node's replica of the group the body
@@ -211,21 +257,29 @@ func (db *DB) startGroups(ctx context.Context, cur fsm.Layout) bool {
 // stOK once the replica exists.
 func (db *DB) serveCreateGroup(ctx context.Context, body []byte) []byte {
 	g64, n := binary.Uvarint(body)
-	if n <= 0 || n != len(body) || g64 >= maxGroups {
+	if n <= 0 || g64 >= maxGroups {
 		return append([]byte{stInvalid}, "bad group"...)
 	}
-	g := int(g64)
-	if db.replica(g) != nil {
+	g, gen := int(g64), uint64(0)
+	if len(body) > n {
+		var k int
+		if gen, k = binary.Uvarint(body[n:]); k != len(body)-n {
+			return append([]byte{stInvalid}, "bad group"...)
+		}
+	}
+	if rep := db.replica(g); rep != nil && rep.gen == gen {
 		return []byte{stOK}
 	}
-	fl, err := db.fetchLayout(ctx, g+1, 0)
+	fl, err := db.fetchLayout(ctx, g+1, gen)
 	if err != nil {
 		return append([]byte{stUnavailable}, err.Error()...)
 	}
-	servers, ok := fl.Servers(g)
+	created, ok := fl.Group(g)
 	switch {
 	case !ok:
 		return append([]byte{stUnavailable}, fmt.Sprintf("group %d is not logged as created (layout epoch %d)", g, fl.Epoch)...)
+	case created.Gen != gen:
+		return append([]byte{stInvalid}, fmt.Sprintf("group %d was created at layout epoch %d, not %d", g, created.Gen, gen)...)
 	case fl.Groups > g:
 		// Ranges are placed over it already: it was bootstrapped, and this
 		// node was since removed from it (or never started it). A new
@@ -234,7 +288,7 @@ func (db *DB) serveCreateGroup(ctx context.Context, body []byte) []byte {
 	}
 	var rs []raft.Server
 	mine := false
-	for _, s := range servers {
+	for _, s := range created.Servers {
 		mine = mine || raft.ServerID(s.ID) == db.host.ID()
 		rs = append(rs, raft.Server{ID: raft.ServerID(s.ID), Address: raft.ServerAddress(s.Address)})
 	}
@@ -242,7 +296,7 @@ func (db *DB) serveCreateGroup(ctx context.Context, body []byte) []byte {
 		return append([]byte{stInvalid}, fmt.Sprintf("group %d was not created with server %s", g, db.host.ID())...)
 	}
 	db.adoptLayout(fl)
-	rep, err := db.openReplica(g, rs)
+	rep, err := db.openReplica(g, gen, rs)
 	if err != nil {
 		return append([]byte{stUnavailable}, err.Error()...)
 	}
@@ -305,6 +359,18 @@ func (db *DB) adoptLayout(fl fsm.Layout) {
 	}
 	db.announce()
 	db.kickHandoffs()
+	db.dropStaleCreations(fl)
+}
+
+// dropStaleCreations drops this node's replicas of groups that fl says
+// were created again since (their Raft group is not the group any more).
+func (db *DB) dropStaleCreations(fl fsm.Layout) {
+	for g := fl.Genesis; g < fl.Exists(); g++ {
+		if rep := db.replica(g); rep != nil && rep.gen < fl.Gen(g) {
+			db.log.Info("replica of a group created again dropped", "group", g, "gen", rep.gen, "new_gen", fl.Gen(g))
+			db.dropReplica(g, rep)
+		}
+	}
 }
 
 // rebalance starts moving, from the groups this node leads (led), ranges

@@ -9,11 +9,12 @@ import (
 	"time"
 
 	"github.com/gridkv/gridkv/fsm"
+	"github.com/gridkv/gridkv/internal/testutil"
 	"github.com/gridkv/gridkv/placement"
 )
 
 func TestNextLayoutStep(t *testing.T) {
-	created := [][]fsm.Server{{{ID: "a"}}, {{ID: "b"}}}
+	created := []fsm.Created{{Gen: 2, Servers: []fsm.Server{{ID: "a"}}}, {Gen: 3, Servers: []fsm.Server{{ID: "b"}}}}
 	for _, c := range []struct {
 		name string
 		cur  fsm.Layout
@@ -191,4 +192,58 @@ func waitLayoutSettled(t testing.TB, nodes []*DB, groups int, within time.Durati
 		}
 		<-time.After(50 * time.Millisecond)
 	}
+}
+
+// A group created with a server that is gone (it crashed, or left, before
+// it started the group) never elects a leader: the coordinator creates it
+// again with the members there are, as a Raft group of its own, and then
+// places ranges over it. Here group 1 is logged by hand with a second
+// server that never existed.
+func TestCreatedGroupWithAGoneServerIsCreatedAgain(t *testing.T) {
+	a := openCluster(t, 1, Config{Fast: true, GroupsPerNode: 1})[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	want := map[string]string{}
+	for i := range 200 {
+		want[fmt.Sprint("k", i)] = fmt.Sprint("v", i)
+	}
+	writeAll(ctx, t, []*DB{a}, want)
+
+	rep := a.replica(0)
+	testutil.Eventually(t, 10*time.Second, "the first layout logged", func() bool { return rep.fsm.Layout().Epoch > 0 })
+	cur := rep.fsm.Layout()
+	if cur.Groups != 1 || cur.Exists() != 1 {
+		t.Fatalf("layout %+v, want 1 group", cur)
+	}
+	servers := []fsm.Server{
+		{ID: string(a.host.ID()), Address: a.host.Addr()},
+		{ID: "ghost/1", Address: "127.0.0.1:1"},
+	}
+	if err := a.applyLayoutCommand(ctx, rep, fsm.CreateGroupOp(cur.Epoch, 1, servers)); err != nil {
+		t.Fatal(err)
+	}
+	first := rep.fsm.Layout().Gen(1)
+
+	owners := waitLayoutSettled(t, []*DB{a}, 2, 30*time.Second)
+	l := rep.fsm.Layout()
+	c, _ := l.Group(1)
+	if c.Gen <= first || len(c.Servers) != 1 || c.Servers[0].ID != string(a.host.ID()) {
+		t.Fatalf("group 1 created at %d with %v; first created at %d", c.Gen, c.Servers, first)
+	}
+	if g := a.replica(1); g == nil || g.gen != c.Gen {
+		t.Fatalf("replica of group 1: %+v, want gen %d", g, c.Gen)
+	}
+	moved := 0
+	for r, g := range owners {
+		if g != placement.GroupOf(r, 2) {
+			t.Fatalf("range %d owned by group %d, placed at %d", r, g, placement.GroupOf(r, 2))
+		}
+		if g == 1 {
+			moved++
+		}
+	}
+	if moved == 0 {
+		t.Fatal("no range moved to group 1")
+	}
+	checkReads(ctx, t, []*DB{a}, want, nil)
 }

@@ -2,6 +2,7 @@ package gridkv
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -171,7 +172,7 @@ const (
 func (db *DB) makeStep(ctx context.Context, r int, rep *replica, st confStep) error {
 	switch st.kind {
 	case stepAdd:
-		ans, err := db.host.Call(ctx, st.to.id, st.to.addr, encodeRequest(reqPrepare, r, nil))
+		ans, err := db.host.Call(ctx, st.to.id, st.to.addr, encodeRequest(reqPrepare, r, binary.AppendUvarint(nil, rep.gen)))
 		if err == nil {
 			err = answerErr(ans) // a closing node answers stClosed
 		}

@@ -67,7 +67,15 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 		return db.serveCreateGroup(ctx, body)
 	}
 	if kind == reqPrepare {
-		if _, err := db.openReplica(r, nil); err != nil {
+		// The body names the group's creation (replica.gen); empty: 0.
+		var gen uint64
+		if len(body) > 0 {
+			var n int
+			if gen, n = binary.Uvarint(body); n != len(body) {
+				return []byte{stInvalid}
+			}
+		}
+		if _, err := db.openReplica(r, gen, nil); err != nil {
 			return append([]byte{stUnavailable}, err.Error()...)
 		}
 		return []byte{stOK}
