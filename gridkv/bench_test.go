@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -317,4 +318,67 @@ func addStats(a, b raftgroup.Stats) raftgroup.Stats {
 	a.Applies += b.Applies
 	a.Goroutines += b.Goroutines
 	return a
+}
+
+// BenchmarkMoveRange: the time a range of 1 MB or 100 MB (keys of about
+// 10 B with 1,000 B values) takes to move between two replica groups of 3
+// nodes (default timings, GroupsPerNode 1), from the move request to the
+// target owning it. Writes to the range are refused (and retried by the
+// router) for at most that long: the range is Frozen from the first step
+// (Freeze) to the target's Activate. Each iteration moves it on, to the
+// next group.
+//
+//	go test ./gridkv -run '^$' -bench MoveRange -benchtime 3x
+func BenchmarkMoveRange(b *testing.B) {
+	for _, mb := range []int{1, 100} {
+		b.Run(fmt.Sprintf("%dMB", mb), func(b *testing.B) {
+			nodes := formCluster(b, 3, Config{BootstrapExpect: 3, GroupsPerNode: 1})
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+			defer cancel()
+			const r = 5
+			val := make([]byte, 1000)
+			keys := keysIn("move", r, nodes[0].cfg.Ranges, mb*1000)
+			work := make(chan string)
+			errs := make(chan error, 64)
+			var wg sync.WaitGroup
+			for w := range 64 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for k := range work {
+						if err := nodes[w%3].Set(ctx, k, val); err != nil {
+							select {
+							case errs <- err:
+							default:
+							}
+						}
+					}
+				}()
+			}
+			for _, k := range keys {
+				work <- k
+			}
+			close(work)
+			wg.Wait()
+			select {
+			case err := <-errs:
+				b.Fatal(err)
+			default:
+			}
+			groups := nodes[0].groupCount()
+			to, _ := nodes[0].lay.Load().routes.lookup(r)
+			b.ResetTimer()
+			for range b.N {
+				to = (to + 1) % groups
+				if err := nodes[0].moveRange(ctx, r, to); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(len(keys)*(len(val)+len(keys[0])))/1e6, "MB")
+			if got, err := nodes[1].Get(ctx, keys[len(keys)-1]); err != nil || len(got) != len(val) {
+				b.Fatalf("after the moves: %d bytes, %v", len(got), err)
+			}
+		})
+	}
 }

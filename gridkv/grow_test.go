@@ -147,7 +147,8 @@ func checkReads(ctx context.Context, t *testing.T, nodes []*DB, want map[string]
 
 // waitLayoutSettled waits until every node's layout places ranges over
 // groups groups and every range is Owned by exactly one group, and in no
-// handoff, on every replica; it returns each range's owner.
+// handoff, on every replica, and the group its placement names if that
+// group was created after formation; it returns each range's owner.
 func waitLayoutSettled(t testing.TB, nodes []*DB, groups int, within time.Duration) []int {
 	t.Helper()
 	deadline := time.Now().Add(within)
@@ -181,6 +182,11 @@ func waitLayoutSettled(t testing.TB, nodes []*DB, groups int, within time.Durati
 			}
 			if why == "" && count != 1 {
 				why = fmt.Sprintf("range %d is Owned by %d groups", r, count)
+			}
+			// The rebalancer moves a range whose placement names a group
+			// created since formation there (rebalance).
+			if to := placement.GroupOf(r, groups); why == "" && to >= nodes[0].lay.Load().genesisGroups && owner != to {
+				why = fmt.Sprintf("range %d is Owned by group %d, placed at %d", r, owner, to)
 			}
 			owners[r] = owner
 		}
