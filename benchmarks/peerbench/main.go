@@ -62,6 +62,10 @@ type pair struct {
 	readRatio        float64
 	gridkvOpts       []gridkv.ReadOption
 	serializable     bool // etcd's Gets are serializable, not linearizable
+	// halfOf names an earlier row: this row paces both systems at half of
+	// GridKV's throughput in that row, same round (loadgen.Workload.Rate),
+	// to compare latencies at one rate.
+	halfOf string
 }
 
 // pairs lists the rows; Quorum(2) needs two replicas, so one node skips it.
@@ -76,6 +80,7 @@ func pairs(nodes int) []pair {
 		{name: "get-stale", gridkvOp: "Get Stale()", etcdOp: "Get WithSerializable()", readRatio: 1,
 			gridkvOpts: []gridkv.ReadOption{gridkv.Stale()}, serializable: true},
 		{name: "mix-90/10", gridkvOp: "90% Get / 10% Set", etcdOp: "90% Get (lin.) / 10% Put", readRatio: 0.9},
+		{name: "set-half-peak", gridkvOp: "Set, paced", etcdOp: "Put, paced", readRatio: 0, halfOf: "set"},
 	}
 	if nodes < 2 {
 		ps = slices.DeleteFunc(ps, func(p pair) bool { return p.name == "get-quorum2" })
@@ -148,6 +153,14 @@ func run(o options) error {
 			oc := &outcomes[i]
 			w := loadgen.Workload{Clients: o.clients, Keys: o.keys, ValueBytes: o.valueBytes,
 				ReadRatio: oc.readRatio, Duration: o.seconds}
+			if oc.halfOf != "" {
+				peak := slices.IndexFunc(outcomes, func(p outcome) bool { return p.name == oc.halfOf })
+				if peak < 0 || peak > i {
+					return fmt.Errorf("row %s needs row %s before it", oc.name, oc.halfOf)
+				}
+				w.Rate = outcomes[peak].gridkv[r-1].OpsPerSec / 2
+				fmt.Printf("round %d %-14s paced at %.0f ops/s\n", r, oc.name, w.Rate)
+			}
 			w.Name = "gridkv"
 			g, gd := b.measure(ctx, loadgen.Stores(dbs, oc.gridkvOpts...), w)
 			fmt.Printf("round %d %-14s %s%s\n", r, oc.name, g, gd)

@@ -27,6 +27,13 @@ type Workload struct {
 	ReadRatio  float64             // share of operations that are Gets
 	ReadOpts   []gridkv.ReadOption // options for the Gets through Run; Drive's stores choose their own
 	Duration   time.Duration
+	// Rate, if > 0, paces the clients to this many operations per second
+	// in all, each client at Rate/Clients, evenly spaced. A latency is
+	// then timed from when the operation was due, not from when it was
+	// sent, so a store that falls behind the rate shows its queueing in
+	// the percentiles (no coordinated omission). 0: every client sends its
+	// next operation as soon as the last one returns.
+	Rate float64
 	// Progress, if set, is called about every 500ms with operations so far.
 	Progress func(done int64)
 }
@@ -146,9 +153,19 @@ func Drive(ctx context.Context, stores []Store, w Workload) Result {
 			store := stores[c%len(stores)]
 			rng := rand.New(rand.NewPCG(uint64(c), 7))
 			mine := make([]time.Duration, 0, 1<<16)
+			var pace *pacer
+			if w.Rate > 0 {
+				pace = newPacer(w.Rate/float64(w.Clients), c, w.Clients)
+				defer pace.stop()
+			}
 			for !stop.Load() && ctx.Err() == nil {
 				key := Key(rng.IntN(w.Keys))
 				start := time.Now()
+				if pace != nil {
+					if start = pace.wait(ctx); ctx.Err() != nil {
+						break
+					}
+				}
 				var err error
 				if rng.Float64() < w.ReadRatio {
 					err = store.Get(ctx, key)
@@ -209,3 +226,39 @@ func Standard(clients int, d time.Duration) []Workload {
 	mix.Name, mix.ReadRatio = "mix-90/10", 0.9
 	return []Workload{set, get, stale, mix}
 }
+
+// pacer spaces one client's operations evenly at its share of a rate.
+type pacer struct {
+	every time.Duration
+	next  time.Time
+	timer *time.Timer
+}
+
+// newPacer paces client c of clients at perClient operations per second,
+// its schedule offset by c/clients of an interval so the clients do not
+// send in bursts.
+func newPacer(perClient float64, c, clients int) *pacer {
+	every := time.Duration(float64(time.Second) / perClient)
+	return &pacer{
+		every: every,
+		next:  time.Now().Add(every * time.Duration(c) / time.Duration(clients)),
+		timer: time.NewTimer(time.Hour),
+	}
+}
+
+// wait returns when the next operation is due (at once if it is late),
+// with the time it was due.
+func (p *pacer) wait(ctx context.Context) time.Time {
+	due := p.next
+	p.next = p.next.Add(p.every)
+	if d := time.Until(due); d > 0 {
+		p.timer.Reset(d)
+		select {
+		case <-p.timer.C:
+		case <-ctx.Done():
+		}
+	}
+	return due
+}
+
+func (p *pacer) stop() { p.timer.Stop() }

@@ -93,3 +93,16 @@ func TestDriveMixesAndCountsErrors(t *testing.T) {
 		t.Fatalf("result %v", r)
 	}
 }
+
+// A paced run never sends an operation before it is due: at most
+// Rate x elapsed operations in all, plus for each client its first one
+// and one it was waiting to send when the run ended.
+func TestDrivePaced(t *testing.T) {
+	m := &mapStore{kv: map[string][]byte{}}
+	w := Workload{Clients: 4, Keys: 10, ValueBytes: 8, ReadRatio: 0.5, Duration: 300 * time.Millisecond, Rate: 200}
+	r := Drive(context.Background(), m.stores(2), w)
+	sent := m.gets.Load() + m.sets.Load()
+	if max := int64(w.Rate*r.Elapsed.Seconds()) + 2*int64(w.Clients); sent > max || sent == 0 {
+		t.Fatalf("%d operations sent in %v at %v/s, want 1..%d", sent, r.Elapsed, w.Rate, max)
+	}
+}
