@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -214,29 +215,34 @@ func (db *DB) startGroups(ctx context.Context, cur fsm.Layout, members []gossip.
 			stable[id] = true
 		}
 	}
-	started, again = true, -1
-	now := time.Now()
+	// Bootstrap and probe the groups in parallel: a group just bootstrapped
+	// answers from a leader only after an election.
+	type probe struct {
+		missing, led bool
+	}
+	probes := make([]probe, cur.Exists()-cur.Groups)
+	sem := make(chan struct{}, maxParallelStarts)
+	var wg sync.WaitGroup
 	for g := cur.Groups; g < cur.Exists(); g++ {
 		created, _ := cur.Group(g)
-		gid := groupID(g, created.Gen)
-		missing := false
+		p := &probes[g-cur.Groups]
 		for _, s := range created.Servers {
-			missing = missing || !stable[raft.ServerID(s.ID)]
-			cctx, cancel := context.WithTimeout(ctx, time.Second)
-			body := binary.AppendUvarint(binary.AppendUvarint(nil, uint64(g)), created.Gen)
-			ans, err := db.host.Call(cctx, raft.ServerID(s.ID), s.Address, encodeRequest(reqCreateGroup, 0, body))
-			cancel()
-			if err == nil {
-				err = answerErr(ans)
-			}
-			if err != nil {
-				db.log.Debug("create group: a server did not bootstrap yet", "group", g, "server", s.ID, "err", oneLine(err.Error()))
-			}
+			p.missing = p.missing || !stable[raft.ServerID(s.ID)]
 		}
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		_, err := db.route(cctx, g, -1, reqStatus, nil, false)
-		cancel()
-		if err == nil {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			p.led = db.startGroup(ctx, g, created)
+		}()
+	}
+	wg.Wait()
+	started, again = true, -1
+	now := time.Now()
+	for i, p := range probes {
+		g := cur.Groups + i
+		gid := groupID(g, cur.Gen(g))
+		if p.led {
 			delete(leaderless, gid)
 			continue
 		}
@@ -244,12 +250,37 @@ func (db *DB) startGroups(ctx context.Context, cur fsm.Layout, members []gossip.
 		since, ok := leaderless[gid]
 		if !ok {
 			leaderless[gid] = now
-		} else if missing && again < 0 && now.Sub(since) >= db.cfg.recreateAfter() {
+		} else if p.missing && again < 0 && now.Sub(since) >= db.cfg.recreateAfter() {
 			delete(leaderless, gid)
 			again = g
 		}
 	}
 	return started, again
+}
+
+// maxParallelStarts bounds the groups startGroups bootstraps and probes
+// at once.
+const maxParallelStarts = 16
+
+// startGroup asks each server of group g, created as c, to bootstrap it,
+// and reports whether g answers from a leader.
+func (db *DB) startGroup(ctx context.Context, g int, c fsm.Created) bool {
+	body := binary.AppendUvarint(binary.AppendUvarint(nil, uint64(g)), c.Gen)
+	for _, s := range c.Servers {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		ans, err := db.host.Call(cctx, raft.ServerID(s.ID), s.Address, encodeRequest(reqCreateGroup, 0, body))
+		cancel()
+		if err == nil {
+			err = answerErr(ans)
+		}
+		if err != nil {
+			db.log.Debug("create group: a server did not bootstrap yet", "group", g, "server", s.ID, "err", oneLine(err.Error()))
+		}
+	}
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err := db.route(cctx, g, -1, reqStatus, nil, false)
+	return err == nil
 }
 
 // serveCreateGroup bootstraps this node's replica of the group the body

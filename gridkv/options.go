@@ -55,9 +55,10 @@ func ReadIndex() ReadOption { return func(o *readOptions) { o.mode = readIndex }
 // leader is cut off, once what the old leader left uncommitted commits
 // under the next one.
 //
-// With r <= ReplicaCount/2 it is bounded-stale: it reflects every write
-// that had reached one of the r replicas that answered first, and may miss
-// one acknowledged by other replicas. A replica connected to the leader
+// With r <= ReplicaCount/2 it is bounded-stale: it returns the value of
+// the one of the r replicas that answered first that has applied the most,
+// and may miss a write acknowledged by other replicas (or stored there but
+// not yet known committed). A replica connected to the leader
 // trails it by about a replication round plus a millisecond (the leader
 // tells followers a new commit index about 1ms after it advances); one cut
 // off from the leader answers with what it had until it is removed from

@@ -32,7 +32,8 @@ import (
 //
 // With q > ReplicaCount/2 this is linearizable without the leader. With a
 // smaller q the replies need not include a replica holding the latest
-// write: the read is bounded-stale (see Quorum).
+// write: the read is bounded-stale (see Quorum), and step 3 answers at
+// once with the reply that has applied the most.
 
 // quorumRead serves key of range rg with Quorum(q) from this node, which
 // holds rep, a replica of rg. It returns a read answer (status byte first).
@@ -120,6 +121,20 @@ func (db *DB) quorumRead(ctx context.Context, rep *replica, rg int, key string, 
 		if m == 0 && len(newest.Voters) > 0 && len(counted) >= need {
 			for _, r := range counted {
 				m = max(m, r.st.LastIndex)
+			}
+			if q <= db.cfg.ReplicaCount/2 {
+				// Bounded-stale: the reply that has applied the most. An
+				// entry stored but not applied may never apply where it is
+				// (the leader that would commit it is gone, and the replica
+				// is cut off from any majority): the read must not wait
+				// for it.
+				best := counted[0]
+				for _, r := range counted {
+					if r.st.Applied > best.st.Applied {
+						best = r
+					}
+				}
+				return best.ans
 			}
 		}
 		if m > 0 {

@@ -609,3 +609,40 @@ func TestFSMIndexAfterCompaction(t *testing.T) {
 		t.Fatalf("FSMIndex(%d) = %d, beyond what the FSM applied (%d): a read would wait forever", last, got, f.Applied())
 	}
 }
+
+// A group whose raft finishes starting after Close began is shut down by
+// CreateGroup (which then returns ErrClosed), not left running: Close
+// returns and no goroutine is left (goleak checks at the end).
+func TestCreateGroupRacingClose(t *testing.T) {
+	for i := range 10 {
+		h, err := NewHost(fastConfig("n0", nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		self := []raft.Server{{ID: h.ID(), Address: raft.ServerAddress(h.Addr())}}
+		created := make(chan error, 1)
+		go func() {
+			for g := GroupID(0); ; g++ {
+				if _, err := h.CreateGroup(g, fsm.New(fsm.Options{}), GroupOptions{Bootstrap: self}); err != nil {
+					created <- err
+					return
+				}
+			}
+		}()
+		// Let a few groups start, then close while more are starting.
+		testutil.Eventually(t, 10*time.Second, "a group created", func() bool { return len(h.Groups()) > i%3 })
+		closed := make(chan error, 1)
+		go func() { closed <- h.Close() }()
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("Close did not return")
+		}
+		if err := <-created; !errors.Is(err, ErrClosed) {
+			t.Fatalf("CreateGroup after Close: %v", err)
+		}
+	}
+}

@@ -41,6 +41,11 @@ type Group struct {
 		idle    chan struct{} // closed when n drops to 0 while closing
 	}
 
+	// started is set, under h.mu, once CreateGroup has started raft and
+	// the host was not closing: only started groups are Close's to shut
+	// down (CreateGroup shuts down one that finished starting too late).
+	started bool
+
 	shutdownOnce sync.Once
 	shutdownErr  error
 }

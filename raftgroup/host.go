@@ -242,14 +242,22 @@ func (h *Host) CreateGroup(id GroupID, fsm raft.FSM, opts GroupOptions) (*Group,
 
 	err := g.start(fsm, opts)
 	h.mu.Lock()
-	if err != nil {
+	closing := h.mu.closed
+	switch {
+	case err != nil:
 		delete(h.mu.groups, id)
-	} else {
+	case !closing:
+		g.started = true
 		h.mu.byRaft[g.raft] = id
 	}
 	h.mu.Unlock()
-	if err != nil {
+	switch {
+	case err != nil:
 		return nil, err
+	case closing:
+		// Close began while raft started, and left this group to us.
+		_ = g.Shutdown()
+		return nil, ErrClosed
 	}
 	return g, nil
 }
@@ -259,7 +267,7 @@ func (h *Host) Group(id GroupID) *Group {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	g := h.mu.groups[id]
-	if g == nil || g.raft == nil {
+	if g == nil || !g.started {
 		return nil
 	}
 	return g
@@ -271,7 +279,7 @@ func (h *Host) Groups() []*Group {
 	defer h.mu.Unlock()
 	out := make([]*Group, 0, len(h.mu.groups))
 	for _, g := range h.mu.groups {
-		if g.raft != nil {
+		if g.started {
 			out = append(out, g)
 		}
 	}
@@ -364,7 +372,9 @@ func (h *Host) Close() error {
 	h.mu.closed = true
 	groups := make([]*Group, 0, len(h.mu.groups))
 	for _, g := range h.mu.groups {
-		groups = append(groups, g)
+		if g.started { // one still starting is CreateGroup's to shut down
+			groups = append(groups, g)
+		}
 	}
 	h.mu.Unlock()
 	var wg sync.WaitGroup
