@@ -105,6 +105,19 @@ func (db *DB) coordinateLayout(members []gossip.Member, leaderless map[raftgroup
 	if rep == nil || !rep.group.IsLeader() || db.isClosed() {
 		return
 	}
+	formation := db.lay.Load().genesisGroups
+	want := db.cfg.targetGroups(len(members))
+	if db.fixedGroups {
+		want = formation
+	}
+	// Nothing to do as far as this replica has applied: the usual case,
+	// checked without a leadership round (this runs every
+	// ReconcileInterval). If entries of earlier leaders are still to
+	// apply here, a later pass sees them.
+	if cur := rep.fsm.Layout(); cur.Epoch > 0 && nextLayoutStep(cur, formation, want).kind == layoutDone {
+		db.adoptLayout(cur)
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
 	defer cancel()
 	// Decide on a layout that holds everything earlier leaders logged.
@@ -117,11 +130,6 @@ func (db *DB) coordinateLayout(members []gossip.Member, leaderless map[raftgroup
 	}
 	if err != nil {
 		return
-	}
-	formation := db.lay.Load().genesisGroups
-	want := db.cfg.targetGroups(len(members))
-	if db.fixedGroups {
-		want = formation
 	}
 	for range maxGroups {
 		cur := rep.fsm.Layout()

@@ -17,6 +17,8 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -61,9 +63,10 @@ func run(nodes, perNode int, settle, window time.Duration, cpuprofile string) er
 			return err
 		}
 	}
-	cpu0, t0 := cpuTime(), time.Now()
+	cpu0, io0, t0 := cpuTime(), procCounts(), time.Now()
 	time.Sleep(window)
 	cores := float64(cpuTime()-cpu0) / float64(time.Since(t0))
+	io1, secs := procCounts(), time.Since(t0).Seconds()
 	if cpuprofile != "" {
 		pprof.StopCPUProfile()
 	}
@@ -76,6 +79,9 @@ func run(nodes, perNode int, settle, window time.Duration, cpuprofile string) er
 	fmt.Printf("nodes=%d groups-per-node=%d groups-led=%d settle=%v window=%v\n", nodes, perNode, groups, settle, window)
 	fmt.Printf("cpu %.4f cores, goroutines %d, HeapInuse %.1f MiB\n",
 		cores, runtime.NumGoroutine(), float64(ms.HeapInuse)/(1<<20))
+	// Counts, unlike CPU time, do not swing with the machine's load.
+	fmt.Printf("per second: %.0f write syscalls, %.0f read syscalls\n",
+		float64(io1.syscw-io0.syscw)/secs, float64(io1.syscr-io0.syscr)/secs)
 	return nil
 }
 
@@ -83,4 +89,27 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// counts are the process's syscall counters.
+type counts struct{ syscr, syscw int64 }
+
+// procCounts reads /proc/self/io (Linux; zeros elsewhere).
+func procCounts() counts {
+	var c counts
+	read := func(path string, fields map[string]*int64) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			name, val, ok := strings.Cut(line, ":")
+			if p := fields[name]; ok && p != nil {
+				n, _ := strconv.ParseInt(strings.TrimSpace(val), 10, 64)
+				*p += n
+			}
+		}
+	}
+	read("/proc/self/io", map[string]*int64{"syscr": &c.syscr, "syscw": &c.syscw})
+	return c
 }
