@@ -101,6 +101,8 @@ func TestBadInput(t *testing.T) {
 	_, cases["quorum 0"] = db.Get(ctx, "k", Quorum(0))
 	_, cases["quorum 4"] = db.Get(ctx, "k", Quorum(4))
 	_, cases["cas big"] = db.CompareAndSwap(ctx, "k", nil, bytes.Repeat([]byte("v"), 11))
+	_, cases["cas zero ttl"] = db.CompareAndSwap(ctx, "k", nil, nil, WithTTL(0))
+	_, cases["cas nil option"] = db.CompareAndSwap(ctx, "k", nil, nil, nil)
 	for name, err := range cases {
 		if !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: %v, want ErrInvalid", name, err)
@@ -127,5 +129,38 @@ func TestBadInput(t *testing.T) {
 	}
 	if err := db.Set(ctx, "k", nil); !errors.Is(err, ErrClosed) {
 		t.Fatalf("after Close: %v", err)
+	}
+}
+
+// A CompareAndSwap with WithTTL takes a lock that expires by itself: the
+// key is gone after the TTL, and can then be taken again; a swap without
+// a TTL stores a value that never expires.
+func TestCompareAndSwapWithTTL(t *testing.T) {
+	db := openCluster(t, 1, Config{Fast: true})[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if ok, err := db.CompareAndSwap(ctx, "lock", nil, []byte("a"), WithTTL(100*time.Millisecond)); err != nil || !ok {
+		t.Fatalf("take: %v %v", ok, err)
+	}
+	if ok, err := db.CompareAndSwap(ctx, "lock", nil, []byte("b"), WithTTL(time.Hour)); err != nil || ok {
+		t.Fatalf("taken while held: %v %v", ok, err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the lock expired", func() bool {
+		_, err := db.Get(ctx, "lock")
+		return errors.Is(err, ErrNotFound)
+	})
+	if ok, err := db.CompareAndSwap(ctx, "lock", nil, []byte("b"), WithTTL(100*time.Millisecond)); err != nil || !ok {
+		t.Fatalf("take after expiry: %v %v", ok, err)
+	}
+	// Swapped without a TTL: the value stays past the old TTL.
+	if ok, err := db.CompareAndSwap(ctx, "lock", []byte("b"), []byte("c")); err != nil || !ok {
+		t.Fatalf("swap: %v %v", ok, err)
+	}
+	deadline := time.Now().Add(300 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if v, err := db.Get(ctx, "lock"); err != nil || string(v) != "c" {
+			t.Fatalf("after a swap without TTL: %q %v", v, err)
+		}
+		<-time.After(20 * time.Millisecond)
 	}
 }

@@ -45,25 +45,31 @@ func (db *DB) Set(ctx context.Context, key string, value []byte, opts ...WriteOp
 	if db.isClosed() {
 		return ErrClosed
 	}
-	var o writeOptions
-	for _, f := range opts {
-		if f == nil {
-			return fmt.Errorf("%w: nil WriteOption", ErrInvalid)
-		}
-		f(&o)
-	}
-	if o.ttlSet && o.ttl <= 0 {
-		return fmt.Errorf("%w: TTL %v must be > 0", ErrInvalid, o.ttl)
-	}
-	if err := joinErrors(db.checkKey(key), db.checkValue(value)); err != nil {
+	o, err := writeOpts(opts)
+	if err := joinErrors(err, db.checkKey(key), db.checkValue(value)); err != nil {
 		return err
 	}
 	if value == nil {
 		value = []byte{}
 	}
 	rng, g := db.lay.Load().locate(key)
-	_, err := db.write(ctx, g, rng, fsm.AppendSet(nil, rng, key, value, o.ttl))
+	_, err = db.write(ctx, g, rng, fsm.AppendSet(nil, rng, key, value, o.ttl))
 	return err
+}
+
+// writeOpts gathers opts: ErrInvalid for a nil option or a TTL <= 0.
+func writeOpts(opts []WriteOption) (writeOptions, error) {
+	var o writeOptions
+	for _, f := range opts {
+		if f == nil {
+			return o, fmt.Errorf("%w: nil WriteOption", ErrInvalid)
+		}
+		f(&o)
+	}
+	if o.ttlSet && o.ttl <= 0 {
+		return o, fmt.Errorf("%w: TTL %v must be > 0", ErrInvalid, o.ttl)
+	}
+	return o, nil
 }
 
 // Delete removes key; deleting an absent key succeeds.
@@ -80,20 +86,25 @@ func (db *DB) Delete(ctx context.Context, key string) error {
 }
 
 // CompareAndSwap sets key to new if its current value equals old; old ==
-// nil means "only if key is absent" and []byte{} "present with an empty
-// value". It reports whether the swap happened.
-func (db *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte) (bool, error) {
+// nil means "only if key is absent" (or expired) and []byte{} "present
+// with an empty value". It reports whether the swap happened. With
+// WithTTL the new value expires that long after the swap commits, in the
+// same command: a lock taken this way expires even if its holder dies
+// right after. Without it the new value never expires (a TTL the old
+// value had is gone too).
+func (db *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte, opts ...WriteOption) (bool, error) {
 	if db.isClosed() {
 		return false, ErrClosed
 	}
-	if err := joinErrors(db.checkKey(key), db.checkValue(new)); err != nil {
+	o, err := writeOpts(opts)
+	if err := joinErrors(err, db.checkKey(key), db.checkValue(new)); err != nil {
 		return false, err
 	}
 	if new == nil {
 		new = []byte{}
 	}
 	rng, g := db.lay.Load().locate(key)
-	ans, err := db.write(ctx, g, rng, fsm.AppendCAS(nil, rng, key, old, new, 0))
+	ans, err := db.write(ctx, g, rng, fsm.AppendCAS(nil, rng, key, old, new, o.ttl))
 	if err != nil {
 		return false, err
 	}

@@ -63,11 +63,6 @@ func (s *server) login(w http.ResponseWriter, r *http.Request) {
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
 	ok, err := s.create(r.Context(), "session:"+id, []byte(user))
-	if err == nil && ok {
-		err = retry(r.Context(), func(ctx context.Context) error {
-			return s.db.Set(ctx, "session:"+id, []byte(user), gridkv.WithTTL(sessionTTL))
-		})
-	}
 	if err != nil || !ok {
 		http.Error(w, fmt.Sprint("could not store the session: ", err), http.StatusServiceUnavailable)
 		return
@@ -108,14 +103,15 @@ func (s *server) logout(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintln(w, "logged out")
 }
 
-// create stores value at key only if key is absent, so that a colliding
-// id can never overwrite a session. CompareAndSwap is not blindly
+// create stores value at key, expiring after sessionTTL, only if key is
+// absent, so that a colliding id can never overwrite a session. One
+// command does both: a session can never be left without its expiry. CompareAndSwap is not blindly
 // retryable (see retry): when it fails or its outcome is unknown, read the
 // key and decide. The id is random, so finding our value there means an
 // earlier attempt applied; absent means none did, so try again.
 func (s *server) create(ctx context.Context, key string, value []byte) (bool, error) {
 	for {
-		ok, err := s.db.CompareAndSwap(ctx, key, nil, value)
+		ok, err := s.db.CompareAndSwap(ctx, key, nil, value, gridkv.WithTTL(sessionTTL))
 		if err == nil && ok {
 			return true, nil
 		}

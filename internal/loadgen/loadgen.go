@@ -10,7 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"sort"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,12 +44,20 @@ type Result struct {
 	Ops, Errors    int64
 	OpsPerSec      float64
 	P50, P99, P999 time.Duration
-	Elapsed        time.Duration
+	// LateP99, in a paced run (Workload.Rate), is the 99th percentile of
+	// how late the clients sent an operation after it was due: the load
+	// generator's own lag, which the latencies include.
+	LateP99 time.Duration
+	Elapsed time.Duration
 }
 
 func (r Result) String() string {
-	return fmt.Sprintf("%-10s %10.0f ops/s  p50 %-9v p99 %-9v p999 %-9v (%d ops, %d errors)",
+	s := fmt.Sprintf("%-10s %10.0f ops/s  p50 %-9v p99 %-9v p999 %-9v (%d ops, %d errors)",
 		r.Name, r.OpsPerSec, r.P50, r.P99, r.P999, r.Ops, r.Errors)
+	if r.LateP99 > 0 {
+		s += fmt.Sprintf(" sent late p99 %v", r.LateP99)
+	}
+	return s
 }
 
 // Store is one node of a key-value store as a client sees it. Get and Set
@@ -144,6 +152,7 @@ func Drive(ctx context.Context, stores []Store, w Workload) Result {
 		wg        sync.WaitGroup
 		mu        sync.Mutex
 		lats      []time.Duration
+		lates     []time.Duration // paced: how late each operation was sent
 	)
 	value := make([]byte, w.ValueBytes)
 	for c := 0; c < w.Clients; c++ {
@@ -153,6 +162,7 @@ func Drive(ctx context.Context, stores []Store, w Workload) Result {
 			store := stores[c%len(stores)]
 			rng := rand.New(rand.NewPCG(uint64(c), 7))
 			mine := make([]time.Duration, 0, 1<<16)
+			var late []time.Duration
 			var pace *pacer
 			if w.Rate > 0 {
 				pace = newPacer(w.Rate/float64(w.Clients), c, w.Clients)
@@ -165,6 +175,7 @@ func Drive(ctx context.Context, stores []Store, w Workload) Result {
 					if start = pace.wait(ctx); ctx.Err() != nil {
 						break
 					}
+					late = append(late, time.Since(start))
 				}
 				var err error
 				if rng.Float64() < w.ReadRatio {
@@ -181,6 +192,7 @@ func Drive(ctx context.Context, stores []Store, w Workload) Result {
 			}
 			mu.Lock()
 			lats = append(lats, mine...)
+			lates = append(lates, late...)
 			mu.Unlock()
 		}()
 	}
@@ -204,15 +216,17 @@ loop:
 	stop.Store(true)
 	elapsed := time.Since(start)
 	wg.Wait()
-	sort.Slice(lats, func(i, j int) bool { return lats[i] < lats[j] })
-	pct := func(q float64) time.Duration {
+	pct := func(lats []time.Duration, q float64) time.Duration {
 		if len(lats) == 0 {
 			return 0
 		}
 		return lats[int(q*float64(len(lats)-1))].Round(time.Microsecond)
 	}
+	slices.Sort(lats)
+	slices.Sort(lates)
 	return Result{Name: w.Name, Ops: ops.Load(), Errors: errs.Load(), Elapsed: elapsed,
-		OpsPerSec: float64(ops.Load()) / elapsed.Seconds(), P50: pct(0.5), P99: pct(0.99), P999: pct(0.999)}
+		OpsPerSec: float64(ops.Load()) / elapsed.Seconds(),
+		P50:       pct(lats, 0.5), P99: pct(lats, 0.99), P999: pct(lats, 0.999), LateP99: pct(lates, 0.99)}
 }
 
 // Standard is the issue-3 workload set: Set, default Get, Stale Get and a
