@@ -161,10 +161,12 @@ func (f *FSM) applyLayout(o *op, index uint64) Result {
 	switch o.kind {
 	case opSetLayout:
 		switch {
-		case c.genesis < 1 || c.genesis > maxLayoutGroups || c.groups < 1:
+		case c.genesis < 1 || c.genesis > maxLayoutGroups || c.groups < c.genesis:
 			return Result{Err: fmt.Errorf("%w: layout of %d groups, %d at genesis", ErrBadCommand, c.groups, c.genesis)}
 		case cur.Genesis != 0 && c.genesis != cur.Genesis:
 			return Result{Err: ErrPrecondition}
+		case c.groups < cur.Groups:
+			return Result{Err: ErrPrecondition} // layouts never shrink
 		case c.groups > max(c.genesis, cur.Exists()):
 			return Result{Err: ErrPrecondition} // a group that does not exist
 		}
@@ -173,7 +175,7 @@ func (f *FSM) applyLayout(o *op, index uint64) Result {
 		switch {
 		case len(c.servers) == 0 || len(c.servers) > maxGroupServers:
 			return Result{Err: fmt.Errorf("%w: group created with %d servers", ErrBadCommand, len(c.servers))}
-		case cur.Genesis == 0 || c.group < cur.Groups || c.group > cur.Exists() || c.group >= maxLayoutGroups:
+		case cur.Genesis == 0 || c.group < cur.Genesis || c.group < cur.Groups || c.group > cur.Exists() || c.group >= maxLayoutGroups:
 			return Result{Err: ErrPrecondition}
 		}
 		for _, s := range c.servers {
@@ -223,8 +225,11 @@ func readLayout(r *bufio.Reader) (Layout, error) {
 	if v.err != nil {
 		return Layout{}, v.err
 	}
-	if genesis > maxLayoutGroups || created > maxLayoutGroups || groups > genesis+created {
-		return Layout{}, fmt.Errorf("fsm: restore: layout of %d groups, %d at genesis, %d created", groups, genesis, created)
+	switch {
+	case genesis > maxLayoutGroups || created > maxLayoutGroups || groups > genesis+created,
+		l.Epoch == 0 && (genesis != 0 || groups != 0 || created != 0),
+		l.Epoch > 0 && (genesis < 1 || groups < genesis):
+		return Layout{}, fmt.Errorf("fsm: restore: layout at epoch %d of %d groups, %d at genesis, %d created", l.Epoch, groups, genesis, created)
 	}
 	l.Genesis, l.Groups = int(genesis), int(groups)
 	readString := func() (string, error) {
@@ -241,14 +246,16 @@ func readLayout(r *bufio.Reader) (Layout, error) {
 		}
 		return string(b), nil
 	}
+	seen := map[uint64]bool{}
 	for range created {
 		gen, n := v.uvarint(), v.uvarint()
 		if v.err != nil {
 			return Layout{}, v.err
 		}
-		if gen == 0 || gen > l.Epoch {
-			return Layout{}, fmt.Errorf("fsm: restore: group created at epoch %d of %d", gen, l.Epoch)
+		if gen == 0 || gen > l.Epoch || seen[gen] {
+			return Layout{}, fmt.Errorf("fsm: restore: group created at epoch %d of %d (or twice at it)", gen, l.Epoch)
 		}
+		seen[gen] = true
 		if n == 0 || n > maxGroupServers {
 			return Layout{}, fmt.Errorf("fsm: restore: group created with %d servers", n)
 		}

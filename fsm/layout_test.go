@@ -28,9 +28,10 @@ func TestLayoutCommands(t *testing.T) {
 		{"layout over groups that do not exist", LayoutOp(0, 2, 3), ErrPrecondition, Layout{}},
 		{"first layout", LayoutOp(0, 2, 2), nil, Layout{Epoch: 1, Genesis: 2, Groups: 2}},
 		{"replayed at an old epoch", LayoutOp(0, 2, 2), ErrPrecondition, Layout{Epoch: 1, Genesis: 2, Groups: 2}},
-		{"genesis changed", LayoutOp(1, 3, 2), ErrPrecondition, Layout{Epoch: 1, Genesis: 2, Groups: 2}},
+		{"genesis changed", LayoutOp(1, 3, 3), ErrPrecondition, Layout{Epoch: 1, Genesis: 2, Groups: 2}},
 		{"create a gap", CreateGroupOp(1, 3, a), ErrPrecondition, Layout{Epoch: 1, Genesis: 2, Groups: 2}},
 		{"create without servers", CreateGroupOp(1, 2, nil), ErrBadCommand, Layout{Epoch: 1, Genesis: 2, Groups: 2}},
+		{"fewer groups than at genesis", LayoutOp(1, 2, 1), ErrBadCommand, Layout{Epoch: 1, Genesis: 2, Groups: 2}},
 		{"create group 2", CreateGroupOp(1, 2, a), nil, Layout{Epoch: 2, Genesis: 2, Groups: 2, Created: []Created{{2, a}}}},
 		{"place over 4, one missing", LayoutOp(2, 2, 4), ErrPrecondition, Layout{Epoch: 2, Genesis: 2, Groups: 2, Created: []Created{{2, a}}}},
 		// Not placed over yet: created again, with another set at a new Gen.
@@ -38,6 +39,7 @@ func TestLayoutCommands(t *testing.T) {
 		{"place over 3", LayoutOp(3, 2, 3), nil, Layout{Epoch: 4, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}}}},
 		{"create a placed-over group again", CreateGroupOp(4, 2, a), ErrPrecondition, Layout{Epoch: 4, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}}}},
 		{"create a genesis group", CreateGroupOp(4, 1, a), ErrPrecondition, Layout{Epoch: 4, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}}}},
+		{"shrink", LayoutOp(4, 2, 2), ErrPrecondition, Layout{Epoch: 4, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}}}},
 		{"create group 3", CreateGroupOp(4, 3, a), nil, Layout{Epoch: 5, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}, {5, a}}}},
 	}
 	for _, s := range steps {
@@ -96,5 +98,16 @@ func TestLayoutEncoding(t *testing.T) {
 	}
 	if _, err := DecodeLayout(append(b[1:], 0)); err == nil {
 		t.Fatal("trailing byte accepted")
+	}
+	for name, bad := range map[string]Layout{
+		"groups at epoch 0":     {Genesis: 2, Groups: 2},
+		"no genesis":            {Epoch: 1},
+		"fewer than at genesis": {Epoch: 1, Genesis: 2, Groups: 1},
+		"a gen twice":           {Epoch: 3, Genesis: 1, Groups: 1, Created: []Created{{2, []Server{{"a", ""}}}, {2, []Server{{"b", ""}}}}},
+		"a gen past the epoch":  {Epoch: 3, Genesis: 1, Groups: 1, Created: []Created{{4, []Server{{"a", ""}}}}},
+	} {
+		if _, err := DecodeLayout(AppendLayout(nil, bad)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
 	}
 }

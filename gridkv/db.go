@@ -448,6 +448,9 @@ func (db *DB) openReplicaLocked(r int, gen uint64, servers []raft.Server) (rep, 
 	if r < 0 || r >= db.groupCount() {
 		return nil, nil, fmt.Errorf("gridkv: group %d asked of node %s, which knows %d groups", r, db.cfg.NodeID, db.groupCount())
 	}
+	if known := db.lay.Load().gen(r); gen < known {
+		return nil, nil, fmt.Errorf("gridkv: group %d created at layout epoch %d asked of node %s, which knows its creation at epoch %d", r, gen, db.cfg.NodeID, known)
+	}
 	if rep := db.reps[r].Load(); rep != nil {
 		switch {
 		case rep.gen == gen:

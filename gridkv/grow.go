@@ -103,6 +103,7 @@ func (c *Config) recreateAfter() time.Duration {
 func (db *DB) coordinateLayout(members []gossip.Member, leaderless map[raftgroup.GroupID]time.Time) {
 	rep := db.replica(0)
 	if rep == nil || !rep.group.IsLeader() || db.isClosed() {
+		clear(leaderless) // times seen as leader no longer hold: start over if leader again
 		return
 	}
 	formation := db.lay.Load().genesisGroups
@@ -285,9 +286,11 @@ func (db *DB) startGroup(ctx context.Context, g int, c fsm.Created) bool {
 			db.log.Debug("create group: a server did not bootstrap yet", "group", g, "server", s.ID, "err", oneLine(err.Error()))
 		}
 	}
+	// Asked with the creation it must be: a replica of an earlier
+	// creation of g refuses (see handle).
 	cctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	_, err := db.route(cctx, g, -1, reqStatus, nil, false)
+	_, err := db.route(cctx, g, -1, reqStatus, binary.AppendUvarint(nil, c.Gen), false)
 	return err == nil
 }
 
@@ -366,6 +369,9 @@ func (db *DB) followLayout() {
 	if rep := db.replica(0); rep != nil {
 		db.adoptLayout(rep.fsm.Layout())
 	}
+	// A replica of an earlier creation may have been made after this node
+	// learned the layout (asked by a leader of that creation): drop it.
+	db.dropStaleCreations(db.lay.Load().logged)
 	l := db.lay.Load()
 	for _, m := range db.gsp.Members() {
 		if m.Meta.LayoutEpoch > l.epoch && m.Meta.GenesisGroups == l.genesisGroups {

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/gridkv/gridkv/fsm"
 	"github.com/gridkv/gridkv/internal/testutil"
 	"github.com/gridkv/gridkv/placement"
@@ -252,4 +254,25 @@ func TestCreatedGroupWithAGoneServerIsCreatedAgain(t *testing.T) {
 		t.Fatal("no range moved to group 1")
 	}
 	checkReads(ctx, t, []*DB{a}, want, nil)
+}
+
+// A drop notice names the creation of the group it is about; one from
+// another creation, or naming another server, is refused.
+func TestDropNoticeNamesTheCreation(t *testing.T) {
+	for _, c := range []struct {
+		body    []byte
+		id      raft.ServerID
+		gen     uint64
+		wantsOK bool
+	}{
+		{appendDrop(nil, "n1/7", 0), "n1/7", 0, true},
+		{appendDrop(nil, "n1/7", 12), "n1/7", 12, true},
+		{[]byte("n1/7"), "n1/7", 0, true}, // without the creation: 0
+		{append(appendDrop(nil, "n1/7", 12), 1), "", 0, false},
+	} {
+		id, gen, ok := parseDrop(c.body)
+		if ok != c.wantsOK || (ok && (id != c.id || gen != c.gen)) {
+			t.Errorf("parseDrop(%q) = %q, %d, %v", c.body, id, gen, ok)
+		}
+	}
 }

@@ -16,13 +16,14 @@ import (
 // that learns a newer one stores a new value, which shares the routes.
 type layout struct {
 	ranges        int
-	genesisGroups int      // the groups the cluster was created with
-	groups        int      // ranges are placed over groups 0..groups-1
-	exists        int      // groups that exist (groups, and any created since)
-	epoch         uint64   // the fsm.Layout epoch this is (0: formation, not yet logged)
-	groupOf       []uint16 // range -> its Genesis group
-	targetOf      []uint16 // range -> its group by placement over groups
-	rangesOf      [][]int  // Genesis group -> its ranges at Genesis, in order
+	genesisGroups int        // the groups the cluster was created with
+	groups        int        // ranges are placed over groups 0..groups-1
+	exists        int        // groups that exist (groups, and any created since)
+	epoch         uint64     // the fsm.Layout epoch this is (0: formation, not yet logged)
+	groupOf       []uint16   // range -> its Genesis group
+	targetOf      []uint16   // range -> its group by placement over groups
+	rangesOf      [][]int    // Genesis group -> its ranges at Genesis, in order
+	logged        fsm.Layout // the layout logged in group 0 this is (zero at epoch 0)
 	// routes is where this node believes each range is now: groupOf,
 	// then what handoffs taught it (routes.go).
 	routes *routeTable
@@ -107,5 +108,11 @@ func (l *layout) layoutOf(fl fsm.Layout) (*layout, bool) {
 	if fl.Epoch <= l.epoch || fl.Genesis != l.genesisGroups || fl.Groups > maxGroups || fl.Exists() > maxGroups {
 		return l, false
 	}
-	return l.with(fl.Groups, fl.Exists(), fl.Epoch), true
+	next := l.with(fl.Groups, fl.Exists(), fl.Epoch)
+	next.logged = fl
+	return next, true
 }
+
+// gen is group g's creation (fsm.Created.Gen) as far as this layout
+// knows: 0 for a genesis group or one it does not know of.
+func (l *layout) gen(g int) uint64 { return l.logged.Gen(g) }

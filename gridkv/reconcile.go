@@ -190,7 +190,7 @@ func (db *DB) makeStep(ctx context.Context, r int, rep *replica, st confStep) er
 		}
 		// Tell the removed replica (best effort; a dead node has nothing
 		// to drop, and a new incarnation at its address refuses it).
-		_, _ = db.host.Call(ctx, st.to.id, st.to.addr, encodeRequest(reqDrop, r, []byte(st.to.id)))
+		_, _ = db.host.Call(ctx, st.to.id, st.to.addr, encodeRequest(reqDrop, r, appendDrop(nil, st.to.id, rep.gen)))
 		return nil
 	case stepStepDown, stepBalance:
 		return rep.group.TransferLeadership(ctx, st.to.id, st.to.addr)

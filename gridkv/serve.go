@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"runtime"
 	"slices"
 	"sync"
@@ -84,13 +85,22 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 	if kind == reqDrop {
 		// A leader removed this replica from its group: raft only learns it
 		// from entries the leader no longer sends, so the leader says so.
-		if rep != nil && string(body) == string(db.host.ID()) && !rep.group.IsLeader() {
+		// Only from a leader of this replica's own creation of the group.
+		if id, gen, ok := parseDrop(body); ok && rep != nil && id == db.host.ID() && gen == rep.gen && !rep.group.IsLeader() {
 			db.dropReplica(r, rep)
 		}
 		return []byte{stOK}
 	}
 	if rep == nil {
 		return db.hintRedirect(r)
+	}
+	if kind == reqStatus && len(body) > 0 {
+		// The asker names the creation of the group it means (startGroup).
+		if gen, n := binary.Uvarint(body); n != len(body) {
+			return []byte{stInvalid}
+		} else if gen != rep.gen {
+			return append([]byte{stUnavailable}, fmt.Sprintf("group %d here is its creation at layout epoch %d, not %d", r, rep.gen, gen)...)
+		}
 	}
 	switch {
 	case kind == reqRangeRecord || kind == reqExport:

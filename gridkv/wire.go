@@ -17,7 +17,7 @@ const (
 	reqRead    byte = 2 // body: mode byte, key; Quorum: mode byte, q byte, key
 	reqPrepare byte = 3 // create an empty replica of the range here
 	reqStatus  byte = 4 // the range's voter count (asked of its leader)
-	reqDrop    byte = 5 // body: the Raft server id removed; drop the replica if it is ours
+	reqDrop    byte = 5 // body: appendDrop; drop the replica if it is ours
 	reqLeave   byte = 6 // body: the Raft server id of a closing node's replica; its leader removes it
 	// Quorum reads (see quorum.go), asked of any voter of the range.
 	reqQuorumState byte = 7  // body: key; answer: the replica's state, then a read answer
@@ -302,4 +302,22 @@ func decodeReadAnswers(b []byte, n int) ([][]byte, error) {
 		return nil, errBadMessage
 	}
 	return answers, nil
+}
+
+// appendDrop appends a reqDrop body: the Raft server id removed from a
+// group, then the group's creation (replica.gen) as a uvarint after a 0
+// byte (server ids hold none).
+func appendDrop(b []byte, id raft.ServerID, gen uint64) []byte {
+	b = append(append(b, id...), 0)
+	return binary.AppendUvarint(b, gen)
+}
+
+// parseDrop reads a reqDrop body; one without the creation names creation 0.
+func parseDrop(body []byte) (id raft.ServerID, gen uint64, ok bool) {
+	i := bytes.IndexByte(body, 0)
+	if i < 0 {
+		return raft.ServerID(body), 0, true
+	}
+	gen, n := binary.Uvarint(body[i+1:])
+	return raft.ServerID(body[:i]), gen, n > 0 && i+1+n == len(body)
 }

@@ -9,8 +9,8 @@ import (
 
 // commitNotifier tells followers a leader's new commit index soon after it
 // advances. hashicorp/raft sends it only with the next AppendEntries: new
-// entries, or an empty one after CommitTimeout to 2×CommitTimeout (250 to
-// 500 ms here). Until then a follower has stored an entry but cannot apply
+// entries, or an empty one after CommitTimeout to 2×CommitTimeout (1 to
+// 2 s here). Until then a follower has stored an entry but cannot apply
 // it, which made Quorum reads wait and Stale reads lag.
 //
 // After an AppendEntries is acknowledged, the notifier waits commitDelay for

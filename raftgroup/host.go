@@ -164,6 +164,9 @@ type Host struct {
 
 	observations  chan raft.Observation
 	leaderChanges atomic.Int64
+	// starting counts CreateGroup calls between reserving a group and
+	// settling it (started, or shut down after Close began).
+	starting sync.WaitGroup
 
 	mu struct {
 		sync.Mutex
@@ -240,7 +243,9 @@ func (h *Host) CreateGroup(id GroupID, fsm raft.FSM, opts GroupOptions) (*Group,
 	}
 	g := &Group{ID: id, h: h, logs: &logStore{}}
 	h.mu.groups[id] = g // reserve the id while raft starts
+	h.starting.Add(1)   // Close waits for this call to settle the group's fate
 	h.mu.Unlock()
+	defer h.starting.Done()
 
 	err := g.start(fsm, opts)
 	h.mu.Lock()
@@ -385,6 +390,7 @@ func (h *Host) Close() error {
 		go func() { defer wg.Done(); _ = g.Shutdown() }()
 	}
 	wg.Wait()
+	h.starting.Wait() // groups that finish starting now are shut down by CreateGroup
 	h.mux.close()
 	close(h.stop)
 	h.wg.Wait()

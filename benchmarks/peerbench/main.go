@@ -159,6 +159,9 @@ func run(o options) error {
 					return fmt.Errorf("row %s needs row %s before it", oc.name, oc.halfOf)
 				}
 				w.Rate = outcomes[peak].gridkv[r-1].OpsPerSec / 2
+				if w.Rate <= 0 {
+					return fmt.Errorf("row %s: row %s did nothing in round %d to pace at", oc.name, oc.halfOf, r)
+				}
 				fmt.Printf("round %d %-14s paced at %.0f ops/s\n", r, oc.name, w.Rate)
 			}
 			w.Name = "gridkv"

@@ -36,7 +36,7 @@ func main() {
 	window := flag.Duration("window", 10*time.Second, "measurement window")
 	writers := flag.Int("writers", 64, "concurrent writers (write mode)")
 	batch := flag.Int("batch", 1, "operations per log entry (write mode)")
-	commitTimeout := flag.Duration("commit-timeout", 0, "raft CommitTimeout for both transports (0 = each side's default: raftgroup's 250ms for mux, raft's 50ms for net)")
+	commitTimeout := flag.Duration("commit-timeout", 0, "raft CommitTimeout for both transports (0 = each side's default: raftgroup's 1s for mux, raft's 50ms for net)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the measurement window here")
 	flag.Parse()
 	if *cpuprofile != "" {

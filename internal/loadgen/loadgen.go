@@ -172,8 +172,8 @@ func Drive(ctx context.Context, stores []Store, w Workload) Result {
 				key := Key(rng.IntN(w.Keys))
 				start := time.Now()
 				if pace != nil {
-					if start = pace.wait(ctx); ctx.Err() != nil {
-						break
+					if start = pace.wait(ctx); ctx.Err() != nil || stop.Load() {
+						break // the run ended while this client waited
 					}
 					late = append(late, time.Since(start))
 				}
