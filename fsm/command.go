@@ -96,6 +96,60 @@ func AppendCAS(b []byte, r int, key string, old, new []byte, ttl time.Duration) 
 	return appendVarintField(b, 6, int64(uint32(r)))
 }
 
+// CADOp is a CompareAndDelete command for key in range r: delete it if
+// its value equals old.
+func CADOp(r int, key string, old []byte) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_CompareAndDelete{CompareAndDelete: &fsmpb.CompareAndDelete{
+		Key: []byte(key), Old: old, Range: uint32(r)}}}
+}
+
+// IncrOp is an Incr command adding delta to key in range r.
+func IncrOp(r int, key string, delta int64) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Incr{Incr: &fsmpb.Incr{Key: []byte(key), Delta: delta, Range: uint32(r)}}}
+}
+
+// ExpireOp is an Expire command giving key in range r the TTL ttl.
+func ExpireOp(r int, key string, ttl time.Duration) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Expire{Expire: &fsmpb.Expire{Key: []byte(key), TtlNanos: int64(ttl), Range: uint32(r)}}}
+}
+
+// AppendCAD appends an encoded CompareAndDelete command to b (see CADOp).
+func AppendCAD(b []byte, r int, key string, old []byte) []byte {
+	n := sizeBytesField(1, len(key)) + sizeBytesField(2, len(old)) + sizeVarintField(3, int64(uint32(r)))
+	b = appendKeyedHeader(b, 15, n)
+	b = appendStringField(b, 1, key)
+	b = appendBytesField(b, 2, old)
+	return appendVarintField(b, 3, int64(uint32(r)))
+}
+
+// AppendIncr appends an encoded Incr command to b (see IncrOp).
+func AppendIncr(b []byte, r int, key string, delta int64) []byte {
+	return appendKeyedVarint(b, 16, r, key, delta)
+}
+
+// AppendExpire appends an encoded Expire command to b (see ExpireOp).
+func AppendExpire(b []byte, r int, key string, ttl time.Duration) []byte {
+	return appendKeyedVarint(b, 17, r, key, int64(ttl))
+}
+
+// appendKeyedVarint appends command num (Incr or Expire): key in field 1,
+// v in field 2, range in field 3.
+func appendKeyedVarint(b []byte, num protowire.Number, r int, key string, v int64) []byte {
+	n := sizeBytesField(1, len(key)) + sizeVarintField(2, v) + sizeVarintField(3, int64(uint32(r)))
+	b = appendKeyedHeader(b, num, n)
+	b = appendStringField(b, 1, key)
+	b = appendVarintField(b, 2, v)
+	return appendVarintField(b, 3, int64(uint32(r)))
+}
+
+// appendKeyedHeader appends the Command field num's tag and the length n
+// of its message, with room for the message.
+func appendKeyedHeader(b []byte, num protowire.Number, n int) []byte {
+	b = slices.Grow(b, protowire.SizeTag(num)+protowire.SizeBytes(n))
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendVarint(b, uint64(n))
+}
+
 // AppendGenesis appends an encoded Genesis command for ranges to b (the
 // ranges packed, as proto3 encodes a repeated uint32).
 func AppendGenesis(b []byte, ranges []int) []byte {

@@ -32,6 +32,10 @@ const (
 	// the layout.
 	opSetLayout
 	opCreateGroup
+	// More client operations, allowed in a batch.
+	opCAD // CompareAndDelete
+	opIncr
+	opExpire
 )
 
 func (k opKind) handoff() bool { return k >= opFreeze && k <= opAbort }
@@ -68,6 +72,7 @@ type op struct {
 	old       []byte
 	oldAbsent bool
 	ttl       int64
+	delta     int64    // Incr
 	ranges    []uint32 // Genesis
 	hand      *handoffOp
 	layout    *layoutOp
@@ -95,7 +100,7 @@ func decodeCommand(data []byte, ops []op) (_ []op, batch bool, err error) {
 func decodeOne(data []byte) (o op, batchMsg []byte, isBatch bool, err error) {
 	ferr := fields(data,
 		func(num protowire.Number, msg []byte) {
-			if err != nil || num < 1 || num > 14 {
+			if err != nil || num < 1 || num > 17 {
 				return
 			}
 			isBatch = num == 4
@@ -106,6 +111,12 @@ func decodeOne(data []byte) (o op, batchMsg []byte, isBatch bool, err error) {
 				o, err = decodeDelete(msg)
 			case 3:
 				o, err = decodeCAS(msg)
+			case 15:
+				o, err = decodeKeyed(msg, opCAD)
+			case 16:
+				o, err = decodeKeyed(msg, opIncr)
+			case 17:
+				o, err = decodeKeyed(msg, opExpire)
 			case 4:
 				batchMsg = msg
 			case 5:
@@ -247,6 +258,36 @@ func decodeCAS(msg []byte) (op, error) {
 			case 5:
 				o.ttl = int64(v)
 			case 6:
+				o.rng = uint32(v)
+			}
+		})
+	return o, err
+}
+
+// decodeKeyed reads a CompareAndDelete, Incr or Expire (kind): key in
+// field 1, old (bytes) or delta or ttl_nanos (varint) in field 2, range in
+// field 3.
+func decodeKeyed(msg []byte, kind opKind) (op, error) {
+	o := op{kind: kind}
+	if kind == opCAD {
+		o.old = []byte{}
+	}
+	err := fields(msg,
+		func(num protowire.Number, v []byte) {
+			switch {
+			case num == 1:
+				o.key = v
+			case num == 2 && kind == opCAD:
+				o.old = v
+			}
+		},
+		func(num protowire.Number, v uint64) {
+			switch {
+			case num == 2 && kind == opIncr:
+				o.delta = int64(v)
+			case num == 2 && kind == opExpire:
+				o.ttl = int64(v)
+			case num == 3:
 				o.rng = uint32(v)
 			}
 		})

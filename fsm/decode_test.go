@@ -23,6 +23,12 @@ func toOp(c *fsmpb.Command) op {
 		return op{kind: opDelete, rng: x.Delete.Range, key: x.Delete.Key}
 	case *fsmpb.Command_Cas:
 		return op{kind: opCAS, rng: x.Cas.Range, key: x.Cas.Key, value: x.Cas.New, old: x.Cas.Old, oldAbsent: x.Cas.OldAbsent, ttl: x.Cas.TtlNanos}
+	case *fsmpb.Command_CompareAndDelete:
+		return op{kind: opCAD, rng: x.CompareAndDelete.Range, key: x.CompareAndDelete.Key, old: x.CompareAndDelete.Old}
+	case *fsmpb.Command_Incr:
+		return op{kind: opIncr, rng: x.Incr.Range, key: x.Incr.Key, delta: x.Incr.Delta}
+	case *fsmpb.Command_Expire:
+		return op{kind: opExpire, rng: x.Expire.Range, key: x.Expire.Key, ttl: x.Expire.TtlNanos}
 	case *fsmpb.Command_Batch:
 		return op{kind: opBatch}
 	case *fsmpb.Command_Genesis:
@@ -71,7 +77,7 @@ func sameHandoff(a, b *handoffOp) bool {
 
 func sameOp(a, b op) bool {
 	return a.kind == b.kind && a.rng == b.rng && bytes.Equal(a.key, b.key) && bytes.Equal(a.value, b.value) &&
-		bytes.Equal(a.old, b.old) && a.oldAbsent == b.oldAbsent && a.ttl == b.ttl && slices.Equal(a.ranges, b.ranges) &&
+		bytes.Equal(a.old, b.old) && a.oldAbsent == b.oldAbsent && a.ttl == b.ttl && a.delta == b.delta && slices.Equal(a.ranges, b.ranges) &&
 		sameHandoff(a.hand, b.hand)
 }
 
@@ -90,7 +96,13 @@ func randomCommand(rng *rand.Rand, depth int) *fsmpb.Command {
 	if rng.IntN(2) == 0 {
 		return randomHandoff(rng, blob)
 	}
-	switch rng.IntN(5) {
+	switch rng.IntN(8) {
+	case 5:
+		return &fsmpb.Command{Op: &fsmpb.Command_CompareAndDelete{CompareAndDelete: &fsmpb.CompareAndDelete{Range: randomRange(rng), Key: blob(), Old: blob()}}}
+	case 6:
+		return &fsmpb.Command{Op: &fsmpb.Command_Incr{Incr: &fsmpb.Incr{Range: randomRange(rng), Key: blob(), Delta: int64(rng.Uint64())}}}
+	case 7:
+		return &fsmpb.Command{Op: &fsmpb.Command_Expire{Expire: &fsmpb.Expire{Range: randomRange(rng), Key: blob(), TtlNanos: ttl()}}}
 	case 0:
 		return &fsmpb.Command{Op: &fsmpb.Command_Set{Set: &fsmpb.Set{Range: randomRange(rng), Key: blob(), Value: blob(), TtlNanos: ttl()}}}
 	case 1:
@@ -236,6 +248,9 @@ func TestAppendMatchesEncode(t *testing.T) {
 			{AppendSet(nil, r, key, value, ttl), SetOp(r, key, value, ttl)},
 			{AppendDelete(nil, r, key), DeleteOp(r, key)},
 			{AppendCAS(nil, r, key, old, value, ttl), CASOp(r, key, old, value, ttl)},
+			{AppendCAD(nil, r, key, old), CADOp(r, key, old)},
+			{AppendIncr(nil, r, key, int64(e)), IncrOp(r, key, int64(e))},
+			{AppendExpire(nil, r, key, ttl), ExpireOp(r, key, ttl)},
 			{AppendGenesis(nil, ranges), GenesisOp(ranges)},
 			{AppendFreeze(nil, r, e, peer), FreezeOp(r, e, peer)},
 			{AppendIncoming(nil, r, e, peer, count, size), IncomingOp(r, e, peer, count, size)},

@@ -3,6 +3,7 @@ package fsm
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,9 @@ var (
 	// group: a write changed nothing and may be retried after the handoff;
 	// a read other than a ReadIndex read (see LookupMode) read nothing.
 	ErrMoving = errors.New("fsm: range is moving to another group")
+	// ErrNotInteger: an Incr found a value that is not a decimal int64, or
+	// the sum would overflow one; nothing was written.
+	ErrNotInteger = errors.New("fsm: value is not a decimal int64, or the sum overflows int64")
 	// ErrPrecondition: a handoff command found its range in a state it does
 	// not apply to (the table in docs/architecture.md); nothing changed and
 	// Result.Record holds the range's current record. Duplicated, late and
@@ -76,8 +80,11 @@ type Result struct {
 	// Version is the log index that now holds the key's value (Set, a
 	// successful CAS) or that deleted it.
 	Version uint64
-	// Swapped reports whether a CompareAndSwap stored its new value.
+	// Swapped reports whether a CompareAndSwap stored its new value, a
+	// CompareAndDelete deleted, or an Expire found the key.
 	Swapped bool
+	// Int is an Incr's sum, as stored.
+	Int int64
 	// Err is nil, ErrMemoryLimit, ErrBadCommand, ErrNotOwned or ErrMoving
 	// for client operations; nil, ErrBadCommand, ErrPrecondition or
 	// ErrCopyMismatch for handoff commands.
@@ -250,6 +257,8 @@ func (f *FSM) applyOp(o *op, index uint64, now int64) Result {
 	case opDelete:
 		f.remove(rs, o.key)
 		return Result{Version: index}
+	case opCAD, opIncr, opExpire:
+		return f.applyKeyed(rs, o, index, now)
 	default: // opCAS
 		cur, found := rs.tab.get(string(o.key)) // the applier is the only writer: no lock
 		var h header
@@ -282,6 +291,15 @@ func (f *FSM) applyOp(o *op, index uint64, now int64) Result {
 // The excess is bounded by the ranges in flight, about one range's share
 // each.
 func (f *FSM) put(rs *rangeState, key, value []byte, ttl int64, index uint64, now int64) Result {
+	var expireAt int64
+	if ttl > 0 {
+		expireAt = now + ttl
+	}
+	return f.putAt(rs, key, value, expireAt, index)
+}
+
+// putAt is put with the expiry time given (0: never).
+func (f *FSM) putAt(rs *rangeState, key, value []byte, expireAt int64, index uint64) Result {
 	old, found := rs.tab.get(string(key))
 	delta := int64(len(key) + len(value))
 	if found {
@@ -289,10 +307,6 @@ func (f *FSM) put(rs *rangeState, key, value []byte, ttl int64, index uint64, no
 	}
 	if delta > 0 && f.ownedUsed+delta > f.limit {
 		return Result{Err: ErrMemoryLimit}
-	}
-	var expireAt int64
-	if ttl > 0 {
-		expireAt = now + ttl
 	}
 	e := newEntry(key, value, index, expireAt)
 	rs.mu.Lock()
@@ -302,7 +316,7 @@ func (f *FSM) put(rs *rangeState, key, value []byte, ttl int64, index uint64, no
 		rs.count++
 	}
 	rs.mu.Unlock()
-	if ttl > 0 {
+	if expireAt > 0 {
 		f.pushExpiry(rs, expiry{at: expireAt, e: e})
 	}
 	f.ownedUsed += delta
@@ -344,4 +358,52 @@ func (f *FSM) rangeBound() int64 {
 		return int64(f.opts.Ranges)
 	}
 	return MaxRanges
+}
+
+// applyKeyed applies a CompareAndDelete, Incr or Expire to rs, an Owned
+// range.
+func (f *FSM) applyKeyed(rs *rangeState, o *op, index uint64, now int64) Result {
+	cur, found := rs.tab.get(string(o.key)) // the applier is the only writer: no lock
+	var h header
+	if found {
+		h = cur.header()
+	}
+	present := found && !h.expired(now)
+	switch o.kind {
+	case opCAD:
+		if !present || string(cur.value(h)) != string(o.old) {
+			return Result{Version: h.version}
+		}
+		f.removeEntry(rs, cur)
+		return Result{Version: index, Swapped: true}
+	case opExpire:
+		if !present {
+			return Result{}
+		}
+		if o.ttl <= 0 {
+			return Result{Err: fmt.Errorf("%w: Expire with TTL %d", ErrBadCommand, o.ttl)}
+		}
+		r := f.putAt(rs, o.key, cur.value(h), now+o.ttl, index)
+		r.Swapped = r.Err == nil
+		return r
+	default: // opIncr
+		var n, expireAt int64
+		if present {
+			v, err := strconv.ParseInt(string(cur.value(h)), 10, 64)
+			if err != nil {
+				return Result{Err: ErrNotInteger}
+			}
+			n, expireAt = v, h.expireAt
+		}
+		sum := n + o.delta
+		if (o.delta > 0 && sum < n) || (o.delta < 0 && sum > n) {
+			return Result{Err: ErrNotInteger}
+		}
+		var buf [20]byte
+		r := f.putAt(rs, o.key, strconv.AppendInt(buf[:0], sum, 10), expireAt, index)
+		if r.Err == nil {
+			r.Int = sum
+		}
+		return r
+	}
 }

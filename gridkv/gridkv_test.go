@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -137,30 +139,103 @@ func TestBadInput(t *testing.T) {
 // a TTL stores a value that never expires.
 func TestCompareAndSwapWithTTL(t *testing.T) {
 	db := openCluster(t, 1, Config{Fast: true})[0]
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if ok, err := db.CompareAndSwap(ctx, "lock", nil, []byte("a"), WithTTL(100*time.Millisecond)); err != nil || !ok {
+	if ok, err := db.CompareAndSwap(ctx, "lock", nil, []byte("a"), WithTTL(time.Second)); err != nil || !ok {
 		t.Fatalf("take: %v %v", ok, err)
 	}
 	if ok, err := db.CompareAndSwap(ctx, "lock", nil, []byte("b"), WithTTL(time.Hour)); err != nil || ok {
 		t.Fatalf("taken while held: %v %v", ok, err)
 	}
-	testutil.Eventually(t, 5*time.Second, "the lock expired", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the lock expired", func() bool {
 		_, err := db.Get(ctx, "lock")
 		return errors.Is(err, ErrNotFound)
 	})
-	if ok, err := db.CompareAndSwap(ctx, "lock", nil, []byte("b"), WithTTL(100*time.Millisecond)); err != nil || !ok {
+	if ok, err := db.CompareAndSwap(ctx, "lock", nil, []byte("b"), WithTTL(time.Second)); err != nil || !ok {
 		t.Fatalf("take after expiry: %v %v", ok, err)
 	}
 	// Swapped without a TTL: the value stays past the old TTL.
 	if ok, err := db.CompareAndSwap(ctx, "lock", []byte("b"), []byte("c")); err != nil || !ok {
 		t.Fatalf("swap: %v %v", ok, err)
 	}
-	deadline := time.Now().Add(300 * time.Millisecond)
+	deadline := time.Now().Add(1500 * time.Millisecond) // past the TTL "b" had
 	for time.Now().Before(deadline) {
 		if v, err := db.Get(ctx, "lock"); err != nil || string(v) != "c" {
 			t.Fatalf("after a swap without TTL: %q %v", v, err)
 		}
 		<-time.After(20 * time.Millisecond)
+	}
+}
+
+// CompareAndDelete, Incr and Expire, on 3 nodes, each node calling.
+func TestCompareAndDeleteIncrExpire(t *testing.T) {
+	nodes := openCluster(t, 3, Config{Fast: true, BootstrapExpect: 3})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, b, c := nodes[0], nodes[1], nodes[2]
+
+	// An owner-only release.
+	if ok, err := a.CompareAndSwap(ctx, "lock", nil, []byte("me"), WithTTL(time.Hour)); err != nil || !ok {
+		t.Fatalf("take: %v %v", ok, err)
+	}
+	if ok, err := b.CompareAndDelete(ctx, "lock", []byte("you")); err != nil || ok {
+		t.Fatalf("released by another owner: %v %v", ok, err)
+	}
+	if ok, err := c.CompareAndDelete(ctx, "lock", []byte("me")); err != nil || !ok {
+		t.Fatalf("released by its owner: %v %v", ok, err)
+	}
+	if _, err := a.Get(ctx, "lock"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after release: %v", err)
+	}
+	if ok, err := a.CompareAndDelete(ctx, "lock", []byte("me")); err != nil || ok {
+		t.Fatalf("released twice: %v %v", ok, err)
+	}
+
+	// Counters: absent counts as 0; the sum is stored in decimal.
+	sum := int64(0)
+	for i, d := range []int64{5, -7, 1 << 40} {
+		sum += d
+		if got, err := nodes[i%3].Incr(ctx, "n", d); err != nil || got != sum {
+			t.Fatalf("Incr(%d) = %d, %v; want %d", d, got, err, sum)
+		}
+	}
+	if v, err := b.Get(ctx, "n"); err != nil || string(v) != fmt.Sprint(sum) {
+		t.Fatalf("stored %q, %v", v, err)
+	}
+	if err := a.Set(ctx, "word", []byte("seven")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Incr(ctx, "word", 1); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Incr of a word: %v", err)
+	}
+	if err := a.Set(ctx, "max", []byte(fmt.Sprint(int64(math.MaxInt64)))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Incr(ctx, "max", 1); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("overflow: %v", err)
+	}
+	if v, _ := a.Get(ctx, "max"); string(v) != fmt.Sprint(int64(math.MaxInt64)) {
+		t.Fatalf("overflow changed the value: %q", v)
+	}
+
+	// Expire: absent is false; present gets the TTL, and Incr keeps it.
+	if ok, err := a.Expire(ctx, "never", time.Second); err != nil || ok {
+		t.Fatalf("Expire of an absent key: %v %v", ok, err)
+	}
+	if _, err := a.Expire(ctx, "n", 0); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("zero TTL: %v", err)
+	}
+	if ok, err := b.Expire(ctx, "n", 2*time.Second); err != nil || !ok {
+		t.Fatalf("Expire: %v %v", ok, err)
+	}
+	if got, err := c.Incr(ctx, "n", 1); err != nil || got != sum+1 {
+		t.Fatalf("Incr after Expire: %d %v", got, err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the counter expired", func() bool {
+		_, err := a.Get(ctx, "n")
+		return errors.Is(err, ErrNotFound)
+	})
+	if got, err := a.Incr(ctx, "n", 2); err != nil || got != 2 {
+		t.Fatalf("Incr after expiry: %d %v; want 2", got, err)
 	}
 }

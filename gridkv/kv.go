@@ -108,8 +108,84 @@ func (db *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte, o
 	if err != nil {
 		return false, err
 	}
+	swapped, _ := writeResult(ans)
+	return swapped, nil
+}
+
+// CompareAndDelete deletes key if its current value equals old (and it
+// has not expired): release a lock only if this caller still holds it.
+// It reports whether it deleted. old == nil matches an empty value.
+func (db *DB) CompareAndDelete(ctx context.Context, key string, old []byte) (bool, error) {
+	if db.isClosed() {
+		return false, ErrClosed
+	}
+	if err := joinErrors(db.checkKey(key), db.checkValue(old)); err != nil {
+		return false, err
+	}
+	rng, g := db.lay.Load().locate(key)
+	ans, err := db.write(ctx, g, rng, fsm.AppendCAD(nil, rng, key, old))
+	if err != nil {
+		return false, err
+	}
+	swapped, _ := writeResult(ans)
+	return swapped, nil
+}
+
+// Incr adds delta to the decimal int64 stored at key and returns the sum,
+// stored in decimal ("42"). An absent or expired key counts as 0; the key
+// keeps its TTL, if it has one. A value that is not a decimal int64, or a
+// sum that would overflow int64, gives ErrInvalid and changes nothing. It
+// is one command: concurrent Incrs never lose an update.
+func (db *DB) Incr(ctx context.Context, key string, delta int64) (int64, error) {
+	if db.isClosed() {
+		return 0, ErrClosed
+	}
+	if err := db.checkKey(key); err != nil {
+		return 0, err
+	}
+	rng, g := db.lay.Load().locate(key)
+	ans, err := db.write(ctx, g, rng, fsm.AppendIncr(nil, rng, key, delta))
+	if err != nil {
+		return 0, err
+	}
+	_, sum := writeResult(ans)
+	return sum, nil
+}
+
+// Expire makes an existing key expire ttl (> 0) after the call commits,
+// replacing any TTL it had; the value stays. It reports false, changing
+// nothing, if the key is absent or expired.
+func (db *DB) Expire(ctx context.Context, key string, ttl time.Duration) (bool, error) {
+	if db.isClosed() {
+		return false, ErrClosed
+	}
+	if ttl <= 0 {
+		return false, fmt.Errorf("%w: TTL %v must be > 0", ErrInvalid, ttl)
+	}
+	if err := db.checkKey(key); err != nil {
+		return false, err
+	}
+	rng, g := db.lay.Load().locate(key)
+	ans, err := db.write(ctx, g, rng, fsm.AppendExpire(nil, rng, key, ttl))
+	if err != nil {
+		return false, err
+	}
+	found, _ := writeResult(ans)
+	return found, nil
+}
+
+// writeResult reads a write answer's body (after the status byte; see
+// writeAnswer): whether it swapped, and an Incr's sum.
+func writeResult(ans []byte) (swapped bool, sum int64) {
 	_, n := binary.Uvarint(ans)
-	return n > 0 && len(ans) > n && ans[n] == 1, nil
+	if n <= 0 || len(ans) <= n {
+		return false, 0
+	}
+	swapped = ans[n] == 1
+	if len(ans) > n+1 {
+		sum, _ = binary.Varint(ans[n+1:])
+	}
+	return swapped, sum
 }
 
 // write routes one encoded single-operation command for range rng to

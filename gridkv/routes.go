@@ -154,6 +154,8 @@ func commandRange(cmd []byte) (int, bool) {
 		field = 2
 	case 3: // CompareAndSwap
 		field = 6
+	case 15, 16, 17: // CompareAndDelete, Incr, Expire
+		field = 3
 	default:
 		return 0, false
 	}

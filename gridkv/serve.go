@@ -637,13 +637,14 @@ func (db *DB) writeAnswer(rep *replica, cmd []byte, r fsm.Result) []byte {
 	case r.Err != nil:
 		return append([]byte{stInvalid}, r.Err.Error()...)
 	}
-	b := make([]byte, 1, 2+binary.MaxVarintLen64) // status, version, swapped: one allocation
+	b := make([]byte, 1, 2+2*binary.MaxVarintLen64) // status, version, swapped[, Incr's sum]: one allocation
 	b[0] = stOK
 	b = binary.AppendUvarint(b, r.Version)
-	if r.Swapped {
-		return append(b, 1)
+	b = appendBool(b, r.Swapped)
+	if r.Int != 0 {
+		b = binary.AppendVarint(b, r.Int)
 	}
-	return append(b, 0)
+	return b
 }
 
 // close fails queued writes and waits for the entry in flight; call it

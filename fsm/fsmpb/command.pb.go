@@ -45,6 +45,9 @@ type Command struct {
 	//	*Command_Abort
 	//	*Command_SetLayout
 	//	*Command_CreateGroup
+	//	*Command_CompareAndDelete
+	//	*Command_Incr
+	//	*Command_Expire
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -213,6 +216,33 @@ func (x *Command) GetCreateGroup() *CreateGroup {
 	return nil
 }
 
+func (x *Command) GetCompareAndDelete() *CompareAndDelete {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CompareAndDelete); ok {
+			return x.CompareAndDelete
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetIncr() *Incr {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Incr); ok {
+			return x.Incr
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetExpire() *Expire {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Expire); ok {
+			return x.Expire
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -277,6 +307,19 @@ type Command_CreateGroup struct {
 	CreateGroup *CreateGroup `protobuf:"bytes,14,opt,name=create_group,json=createGroup,proto3,oneof"`
 }
 
+type Command_CompareAndDelete struct {
+	// More client operations (the data-model issue).
+	CompareAndDelete *CompareAndDelete `protobuf:"bytes,15,opt,name=compare_and_delete,json=compareAndDelete,proto3,oneof"`
+}
+
+type Command_Incr struct {
+	Incr *Incr `protobuf:"bytes,16,opt,name=incr,proto3,oneof"`
+}
+
+type Command_Expire struct {
+	Expire *Expire `protobuf:"bytes,17,opt,name=expire,proto3,oneof"`
+}
+
 func (*Command_Set) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -305,6 +348,200 @@ func (*Command_SetLayout) isCommand_Op() {}
 
 func (*Command_CreateGroup) isCommand_Op() {}
 
+func (*Command_CompareAndDelete) isCommand_Op() {}
+
+func (*Command_Incr) isCommand_Op() {}
+
+func (*Command_Expire) isCommand_Op() {}
+
+// CompareAndDelete deletes key from range `range` if it is present (and
+// not expired) with a value equal to old.
+type CompareAndDelete struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Old           []byte                 `protobuf:"bytes,2,opt,name=old,proto3" json:"old,omitempty"`
+	Range         uint32                 `protobuf:"varint,3,opt,name=range,proto3" json:"range,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompareAndDelete) Reset() {
+	*x = CompareAndDelete{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompareAndDelete) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompareAndDelete) ProtoMessage() {}
+
+func (x *CompareAndDelete) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompareAndDelete.ProtoReflect.Descriptor instead.
+func (*CompareAndDelete) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CompareAndDelete) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *CompareAndDelete) GetOld() []byte {
+	if x != nil {
+		return x.Old
+	}
+	return nil
+}
+
+func (x *CompareAndDelete) GetRange() uint32 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+// Incr adds delta to the decimal int64 stored under key in range `range`
+// (absent or expired: 0) and stores the sum, in decimal, keeping the key's
+// expiry. A value that is not a decimal int64, or a sum that overflows,
+// changes nothing.
+type Incr struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Delta         int64                  `protobuf:"varint,2,opt,name=delta,proto3" json:"delta,omitempty"`
+	Range         uint32                 `protobuf:"varint,3,opt,name=range,proto3" json:"range,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Incr) Reset() {
+	*x = Incr{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Incr) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Incr) ProtoMessage() {}
+
+func (x *Incr) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Incr.ProtoReflect.Descriptor instead.
+func (*Incr) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Incr) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *Incr) GetDelta() int64 {
+	if x != nil {
+		return x.Delta
+	}
+	return 0
+}
+
+func (x *Incr) GetRange() uint32 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
+// Expire makes key in range `range`, if present (and not expired), expire
+// ttl_nanos (> 0) after the log entry's AppendedAt time.
+type Expire struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	TtlNanos      int64                  `protobuf:"varint,2,opt,name=ttl_nanos,json=ttlNanos,proto3" json:"ttl_nanos,omitempty"`
+	Range         uint32                 `protobuf:"varint,3,opt,name=range,proto3" json:"range,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Expire) Reset() {
+	*x = Expire{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Expire) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Expire) ProtoMessage() {}
+
+func (x *Expire) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Expire.ProtoReflect.Descriptor instead.
+func (*Expire) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Expire) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *Expire) GetTtlNanos() int64 {
+	if x != nil {
+		return x.TtlNanos
+	}
+	return 0
+}
+
+func (x *Expire) GetRange() uint32 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
 // Set stores value under key in range `range`. ttl_nanos > 0 makes the key
 // expire that long after the log entry's AppendedAt time.
 type Set struct {
@@ -319,7 +556,7 @@ type Set struct {
 
 func (x *Set) Reset() {
 	*x = Set{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[1]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -331,7 +568,7 @@ func (x *Set) String() string {
 func (*Set) ProtoMessage() {}
 
 func (x *Set) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[1]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -344,7 +581,7 @@ func (x *Set) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Set.ProtoReflect.Descriptor instead.
 func (*Set) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{1}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Set) GetKey() []byte {
@@ -386,7 +623,7 @@ type Delete struct {
 
 func (x *Delete) Reset() {
 	*x = Delete{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[2]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +635,7 @@ func (x *Delete) String() string {
 func (*Delete) ProtoMessage() {}
 
 func (x *Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[2]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +648,7 @@ func (x *Delete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delete.ProtoReflect.Descriptor instead.
 func (*Delete) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{2}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Delete) GetKey() []byte {
@@ -444,7 +681,7 @@ type CompareAndSwap struct {
 
 func (x *CompareAndSwap) Reset() {
 	*x = CompareAndSwap{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[3]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -456,7 +693,7 @@ func (x *CompareAndSwap) String() string {
 func (*CompareAndSwap) ProtoMessage() {}
 
 func (x *CompareAndSwap) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[3]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -469,7 +706,7 @@ func (x *CompareAndSwap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwap.ProtoReflect.Descriptor instead.
 func (*CompareAndSwap) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{3}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CompareAndSwap) GetKey() []byte {
@@ -525,7 +762,7 @@ type Batch struct {
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -537,7 +774,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -550,7 +787,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{4}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Batch) GetOps() []*Command {
@@ -573,7 +810,7 @@ type Genesis struct {
 
 func (x *Genesis) Reset() {
 	*x = Genesis{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -585,7 +822,7 @@ func (x *Genesis) String() string {
 func (*Genesis) ProtoMessage() {}
 
 func (x *Genesis) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -598,7 +835,7 @@ func (x *Genesis) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Genesis.ProtoReflect.Descriptor instead.
 func (*Genesis) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{5}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Genesis) GetRanges() []uint32 {
@@ -622,7 +859,7 @@ type Freeze struct {
 
 func (x *Freeze) Reset() {
 	*x = Freeze{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -634,7 +871,7 @@ func (x *Freeze) String() string {
 func (*Freeze) ProtoMessage() {}
 
 func (x *Freeze) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -647,7 +884,7 @@ func (x *Freeze) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Freeze.ProtoReflect.Descriptor instead.
 func (*Freeze) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{6}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Freeze) GetRange() uint32 {
@@ -687,7 +924,7 @@ type Incoming struct {
 
 func (x *Incoming) Reset() {
 	*x = Incoming{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[7]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -699,7 +936,7 @@ func (x *Incoming) String() string {
 func (*Incoming) ProtoMessage() {}
 
 func (x *Incoming) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[7]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -712,7 +949,7 @@ func (x *Incoming) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Incoming.ProtoReflect.Descriptor instead.
 func (*Incoming) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{7}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Incoming) GetRange() uint32 {
@@ -768,7 +1005,7 @@ type Chunk struct {
 
 func (x *Chunk) Reset() {
 	*x = Chunk{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[8]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -780,7 +1017,7 @@ func (x *Chunk) String() string {
 func (*Chunk) ProtoMessage() {}
 
 func (x *Chunk) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[8]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -793,7 +1030,7 @@ func (x *Chunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
 func (*Chunk) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{8}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Chunk) GetRange() uint32 {
@@ -852,7 +1089,7 @@ type ChunkEntry struct {
 
 func (x *ChunkEntry) Reset() {
 	*x = ChunkEntry{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[9]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -864,7 +1101,7 @@ func (x *ChunkEntry) String() string {
 func (*ChunkEntry) ProtoMessage() {}
 
 func (x *ChunkEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[9]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -877,7 +1114,7 @@ func (x *ChunkEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChunkEntry.ProtoReflect.Descriptor instead.
 func (*ChunkEntry) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{9}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ChunkEntry) GetKey() []byte {
@@ -921,7 +1158,7 @@ type Tally struct {
 
 func (x *Tally) Reset() {
 	*x = Tally{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[10]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -933,7 +1170,7 @@ func (x *Tally) String() string {
 func (*Tally) ProtoMessage() {}
 
 func (x *Tally) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[10]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -946,7 +1183,7 @@ func (x *Tally) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tally.ProtoReflect.Descriptor instead.
 func (*Tally) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{10}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Tally) GetCount() int64 {
@@ -982,7 +1219,7 @@ type RangeEpoch struct {
 
 func (x *RangeEpoch) Reset() {
 	*x = RangeEpoch{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[11]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1231,7 @@ func (x *RangeEpoch) String() string {
 func (*RangeEpoch) ProtoMessage() {}
 
 func (x *RangeEpoch) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[11]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1244,7 @@ func (x *RangeEpoch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeEpoch.ProtoReflect.Descriptor instead.
 func (*RangeEpoch) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{11}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RangeEpoch) GetRange() uint32 {
@@ -1039,7 +1276,7 @@ type SetLayout struct {
 
 func (x *SetLayout) Reset() {
 	*x = SetLayout{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[12]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1051,7 +1288,7 @@ func (x *SetLayout) String() string {
 func (*SetLayout) ProtoMessage() {}
 
 func (x *SetLayout) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[12]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1064,7 +1301,7 @@ func (x *SetLayout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLayout.ProtoReflect.Descriptor instead.
 func (*SetLayout) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{12}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SetLayout) GetEpoch() uint64 {
@@ -1103,7 +1340,7 @@ type CreateGroup struct {
 
 func (x *CreateGroup) Reset() {
 	*x = CreateGroup{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[13]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1115,7 +1352,7 @@ func (x *CreateGroup) String() string {
 func (*CreateGroup) ProtoMessage() {}
 
 func (x *CreateGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[13]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1128,7 +1365,7 @@ func (x *CreateGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroup.ProtoReflect.Descriptor instead.
 func (*CreateGroup) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{13}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CreateGroup) GetEpoch() uint64 {
@@ -1163,7 +1400,7 @@ type Server struct {
 
 func (x *Server) Reset() {
 	*x = Server{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[14]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1175,7 +1412,7 @@ func (x *Server) String() string {
 func (*Server) ProtoMessage() {}
 
 func (x *Server) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[14]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1188,7 +1425,7 @@ func (x *Server) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Server.ProtoReflect.Descriptor instead.
 func (*Server) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{14}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Server) GetId() string {
@@ -1210,7 +1447,7 @@ var File_fsm_fsmpb_command_proto protoreflect.FileDescriptor
 const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\n" +
 	"\x17fsm/fsmpb/command.proto\x12\n" +
-	"gridkv.fsm\"\xc1\x05\n" +
+	"gridkv.fsm\"\xe5\x06\n" +
 	"\aCommand\x12#\n" +
 	"\x03set\x18\x01 \x01(\v2\x0f.gridkv.fsm.SetH\x00R\x03set\x12,\n" +
 	"\x06delete\x18\x02 \x01(\v2\x12.gridkv.fsm.DeleteH\x00R\x06delete\x12.\n" +
@@ -1227,8 +1464,23 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\x05abort\x18\f \x01(\v2\x16.gridkv.fsm.RangeEpochH\x00R\x05abort\x126\n" +
 	"\n" +
 	"set_layout\x18\r \x01(\v2\x15.gridkv.fsm.SetLayoutH\x00R\tsetLayout\x12<\n" +
-	"\fcreate_group\x18\x0e \x01(\v2\x17.gridkv.fsm.CreateGroupH\x00R\vcreateGroupB\x04\n" +
-	"\x02op\"`\n" +
+	"\fcreate_group\x18\x0e \x01(\v2\x17.gridkv.fsm.CreateGroupH\x00R\vcreateGroup\x12L\n" +
+	"\x12compare_and_delete\x18\x0f \x01(\v2\x1c.gridkv.fsm.CompareAndDeleteH\x00R\x10compareAndDelete\x12&\n" +
+	"\x04incr\x18\x10 \x01(\v2\x10.gridkv.fsm.IncrH\x00R\x04incr\x12,\n" +
+	"\x06expire\x18\x11 \x01(\v2\x12.gridkv.fsm.ExpireH\x00R\x06expireB\x04\n" +
+	"\x02op\"L\n" +
+	"\x10CompareAndDelete\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
+	"\x03old\x18\x02 \x01(\fR\x03old\x12\x14\n" +
+	"\x05range\x18\x03 \x01(\rR\x05range\"D\n" +
+	"\x04Incr\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
+	"\x05delta\x18\x02 \x01(\x03R\x05delta\x12\x14\n" +
+	"\x05range\x18\x03 \x01(\rR\x05range\"M\n" +
+	"\x06Expire\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1b\n" +
+	"\tttl_nanos\x18\x02 \x01(\x03R\bttlNanos\x12\x14\n" +
+	"\x05range\x18\x03 \x01(\rR\x05range\"`\n" +
 	"\x03Set\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x1b\n" +
@@ -1304,48 +1556,54 @@ func file_fsm_fsmpb_command_proto_rawDescGZIP() []byte {
 	return file_fsm_fsmpb_command_proto_rawDescData
 }
 
-var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_fsm_fsmpb_command_proto_goTypes = []any{
-	(*Command)(nil),        // 0: gridkv.fsm.Command
-	(*Set)(nil),            // 1: gridkv.fsm.Set
-	(*Delete)(nil),         // 2: gridkv.fsm.Delete
-	(*CompareAndSwap)(nil), // 3: gridkv.fsm.CompareAndSwap
-	(*Batch)(nil),          // 4: gridkv.fsm.Batch
-	(*Genesis)(nil),        // 5: gridkv.fsm.Genesis
-	(*Freeze)(nil),         // 6: gridkv.fsm.Freeze
-	(*Incoming)(nil),       // 7: gridkv.fsm.Incoming
-	(*Chunk)(nil),          // 8: gridkv.fsm.Chunk
-	(*ChunkEntry)(nil),     // 9: gridkv.fsm.ChunkEntry
-	(*Tally)(nil),          // 10: gridkv.fsm.Tally
-	(*RangeEpoch)(nil),     // 11: gridkv.fsm.RangeEpoch
-	(*SetLayout)(nil),      // 12: gridkv.fsm.SetLayout
-	(*CreateGroup)(nil),    // 13: gridkv.fsm.CreateGroup
-	(*Server)(nil),         // 14: gridkv.fsm.Server
+	(*Command)(nil),          // 0: gridkv.fsm.Command
+	(*CompareAndDelete)(nil), // 1: gridkv.fsm.CompareAndDelete
+	(*Incr)(nil),             // 2: gridkv.fsm.Incr
+	(*Expire)(nil),           // 3: gridkv.fsm.Expire
+	(*Set)(nil),              // 4: gridkv.fsm.Set
+	(*Delete)(nil),           // 5: gridkv.fsm.Delete
+	(*CompareAndSwap)(nil),   // 6: gridkv.fsm.CompareAndSwap
+	(*Batch)(nil),            // 7: gridkv.fsm.Batch
+	(*Genesis)(nil),          // 8: gridkv.fsm.Genesis
+	(*Freeze)(nil),           // 9: gridkv.fsm.Freeze
+	(*Incoming)(nil),         // 10: gridkv.fsm.Incoming
+	(*Chunk)(nil),            // 11: gridkv.fsm.Chunk
+	(*ChunkEntry)(nil),       // 12: gridkv.fsm.ChunkEntry
+	(*Tally)(nil),            // 13: gridkv.fsm.Tally
+	(*RangeEpoch)(nil),       // 14: gridkv.fsm.RangeEpoch
+	(*SetLayout)(nil),        // 15: gridkv.fsm.SetLayout
+	(*CreateGroup)(nil),      // 16: gridkv.fsm.CreateGroup
+	(*Server)(nil),           // 17: gridkv.fsm.Server
 }
 var file_fsm_fsmpb_command_proto_depIdxs = []int32{
-	1,  // 0: gridkv.fsm.Command.set:type_name -> gridkv.fsm.Set
-	2,  // 1: gridkv.fsm.Command.delete:type_name -> gridkv.fsm.Delete
-	3,  // 2: gridkv.fsm.Command.cas:type_name -> gridkv.fsm.CompareAndSwap
-	4,  // 3: gridkv.fsm.Command.batch:type_name -> gridkv.fsm.Batch
-	5,  // 4: gridkv.fsm.Command.genesis:type_name -> gridkv.fsm.Genesis
-	6,  // 5: gridkv.fsm.Command.freeze:type_name -> gridkv.fsm.Freeze
-	7,  // 6: gridkv.fsm.Command.incoming:type_name -> gridkv.fsm.Incoming
-	8,  // 7: gridkv.fsm.Command.chunk:type_name -> gridkv.fsm.Chunk
-	11, // 8: gridkv.fsm.Command.release:type_name -> gridkv.fsm.RangeEpoch
-	11, // 9: gridkv.fsm.Command.unfreeze:type_name -> gridkv.fsm.RangeEpoch
-	11, // 10: gridkv.fsm.Command.activate:type_name -> gridkv.fsm.RangeEpoch
-	11, // 11: gridkv.fsm.Command.abort:type_name -> gridkv.fsm.RangeEpoch
-	12, // 12: gridkv.fsm.Command.set_layout:type_name -> gridkv.fsm.SetLayout
-	13, // 13: gridkv.fsm.Command.create_group:type_name -> gridkv.fsm.CreateGroup
-	0,  // 14: gridkv.fsm.Batch.ops:type_name -> gridkv.fsm.Command
-	9,  // 15: gridkv.fsm.Chunk.entries:type_name -> gridkv.fsm.ChunkEntry
-	10, // 16: gridkv.fsm.Chunk.trailer:type_name -> gridkv.fsm.Tally
-	14, // 17: gridkv.fsm.CreateGroup.servers:type_name -> gridkv.fsm.Server
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	4,  // 0: gridkv.fsm.Command.set:type_name -> gridkv.fsm.Set
+	5,  // 1: gridkv.fsm.Command.delete:type_name -> gridkv.fsm.Delete
+	6,  // 2: gridkv.fsm.Command.cas:type_name -> gridkv.fsm.CompareAndSwap
+	7,  // 3: gridkv.fsm.Command.batch:type_name -> gridkv.fsm.Batch
+	8,  // 4: gridkv.fsm.Command.genesis:type_name -> gridkv.fsm.Genesis
+	9,  // 5: gridkv.fsm.Command.freeze:type_name -> gridkv.fsm.Freeze
+	10, // 6: gridkv.fsm.Command.incoming:type_name -> gridkv.fsm.Incoming
+	11, // 7: gridkv.fsm.Command.chunk:type_name -> gridkv.fsm.Chunk
+	14, // 8: gridkv.fsm.Command.release:type_name -> gridkv.fsm.RangeEpoch
+	14, // 9: gridkv.fsm.Command.unfreeze:type_name -> gridkv.fsm.RangeEpoch
+	14, // 10: gridkv.fsm.Command.activate:type_name -> gridkv.fsm.RangeEpoch
+	14, // 11: gridkv.fsm.Command.abort:type_name -> gridkv.fsm.RangeEpoch
+	15, // 12: gridkv.fsm.Command.set_layout:type_name -> gridkv.fsm.SetLayout
+	16, // 13: gridkv.fsm.Command.create_group:type_name -> gridkv.fsm.CreateGroup
+	1,  // 14: gridkv.fsm.Command.compare_and_delete:type_name -> gridkv.fsm.CompareAndDelete
+	2,  // 15: gridkv.fsm.Command.incr:type_name -> gridkv.fsm.Incr
+	3,  // 16: gridkv.fsm.Command.expire:type_name -> gridkv.fsm.Expire
+	0,  // 17: gridkv.fsm.Batch.ops:type_name -> gridkv.fsm.Command
+	12, // 18: gridkv.fsm.Chunk.entries:type_name -> gridkv.fsm.ChunkEntry
+	13, // 19: gridkv.fsm.Chunk.trailer:type_name -> gridkv.fsm.Tally
+	17, // 20: gridkv.fsm.CreateGroup.servers:type_name -> gridkv.fsm.Server
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_command_proto_init() }
@@ -1368,6 +1626,9 @@ func file_fsm_fsmpb_command_proto_init() {
 		(*Command_Abort)(nil),
 		(*Command_SetLayout)(nil),
 		(*Command_CreateGroup)(nil),
+		(*Command_CompareAndDelete)(nil),
+		(*Command_Incr)(nil),
+		(*Command_Expire)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1375,7 +1636,7 @@ func file_fsm_fsmpb_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_fsmpb_command_proto_rawDesc), len(file_fsm_fsmpb_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
