@@ -369,8 +369,8 @@ func (db *DB) followLayout() {
 	if rep := db.replica(0); rep != nil {
 		db.adoptLayout(rep.fsm.Layout())
 	}
-	// A replica of an earlier creation may have been made after this node
-	// learned the layout (asked by a leader of that creation): drop it.
+	// Replicas of earlier creations of a group: made before this node
+	// learned the newer one, or after (asked by a leader of that creation).
 	db.dropStaleCreations(db.lay.Load().logged)
 	l := db.lay.Load()
 	for _, m := range db.gsp.Members() {
@@ -404,7 +404,6 @@ func (db *DB) adoptLayout(fl fsm.Layout) {
 	}
 	db.announce()
 	db.kickHandoffs()
-	db.dropStaleCreations(fl)
 }
 
 // dropStaleCreations drops this node's replicas of groups that fl says

@@ -103,13 +103,8 @@ func (db *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte, o
 	if new == nil {
 		new = []byte{}
 	}
-	rng, g := db.lay.Load().locate(key)
-	ans, err := db.write(ctx, g, rng, fsm.AppendCAS(nil, rng, key, old, new, o.ttl))
-	if err != nil {
-		return false, err
-	}
-	swapped, _ := writeResult(ans)
-	return swapped, nil
+	swapped, _, err := db.writeKey(ctx, key, func(rng int) []byte { return fsm.AppendCAS(nil, rng, key, old, new, o.ttl) })
+	return swapped, err
 }
 
 // CompareAndDelete deletes key if its current value equals old (and it
@@ -122,13 +117,8 @@ func (db *DB) CompareAndDelete(ctx context.Context, key string, old []byte) (boo
 	if err := joinErrors(db.checkKey(key), db.checkValue(old)); err != nil {
 		return false, err
 	}
-	rng, g := db.lay.Load().locate(key)
-	ans, err := db.write(ctx, g, rng, fsm.AppendCAD(nil, rng, key, old))
-	if err != nil {
-		return false, err
-	}
-	swapped, _ := writeResult(ans)
-	return swapped, nil
+	deleted, _, err := db.writeKey(ctx, key, func(rng int) []byte { return fsm.AppendCAD(nil, rng, key, old) })
+	return deleted, err
 }
 
 // Incr adds delta to the decimal int64 stored at key and returns the sum,
@@ -143,13 +133,8 @@ func (db *DB) Incr(ctx context.Context, key string, delta int64) (int64, error) 
 	if err := db.checkKey(key); err != nil {
 		return 0, err
 	}
-	rng, g := db.lay.Load().locate(key)
-	ans, err := db.write(ctx, g, rng, fsm.AppendIncr(nil, rng, key, delta))
-	if err != nil {
-		return 0, err
-	}
-	_, sum := writeResult(ans)
-	return sum, nil
+	_, sum, err := db.writeKey(ctx, key, func(rng int) []byte { return fsm.AppendIncr(nil, rng, key, delta) })
+	return sum, err
 }
 
 // Expire makes an existing key expire ttl (> 0) after the call commits,
@@ -165,13 +150,20 @@ func (db *DB) Expire(ctx context.Context, key string, ttl time.Duration) (bool, 
 	if err := db.checkKey(key); err != nil {
 		return false, err
 	}
+	found, _, err := db.writeKey(ctx, key, func(rng int) []byte { return fsm.AppendExpire(nil, rng, key, ttl) })
+	return found, err
+}
+
+// writeKey writes the single-operation command cmd encodes for key's
+// range, and reads the answer (see writeResult).
+func (db *DB) writeKey(ctx context.Context, key string, cmd func(rng int) []byte) (swapped bool, sum int64, err error) {
 	rng, g := db.lay.Load().locate(key)
-	ans, err := db.write(ctx, g, rng, fsm.AppendExpire(nil, rng, key, ttl))
+	ans, err := db.write(ctx, g, rng, cmd(rng))
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
-	found, _ := writeResult(ans)
-	return found, nil
+	swapped, sum = writeResult(ans)
+	return swapped, sum, nil
 }
 
 // writeResult reads a write answer's body (after the status byte; see

@@ -75,6 +75,16 @@ func (db *DB) quorumRead(ctx context.Context, rep *replica, rg int, key string, 
 			replies <- r
 		})
 	}
+	// mostApplied is the reply among rs whose replica has applied the most.
+	mostApplied := func(rs []reply) reply {
+		best := rs[0]
+		for _, r := range rs {
+			if r.st.Applied > best.st.Applied {
+				best = r
+			}
+		}
+		return best
+	}
 	pending := len(voters)
 	var got []reply
 	var m uint64 // the largest stored index of the first quorum; 0 until it answered
@@ -128,22 +138,11 @@ func (db *DB) quorumRead(ctx context.Context, rep *replica, rg int, key string, 
 				// (the leader that would commit it is gone, and the replica
 				// is cut off from any majority): the read must not wait
 				// for it.
-				best := counted[0]
-				for _, r := range counted {
-					if r.st.Applied > best.st.Applied {
-						best = r
-					}
-				}
-				return best.ans
+				return mostApplied(counted).ans
 			}
 		}
 		if m > 0 {
-			best := counted[0]
-			for _, r := range counted {
-				if r.st.Applied > best.st.Applied {
-					best = r
-				}
-			}
+			best := mostApplied(counted)
 			if best.st.Applied+db.quorumSlack >= m {
 				return best.ans
 			}
