@@ -77,8 +77,11 @@ type Options struct {
 // a single-operation entry (and for Genesis) and []Result (one per
 // operation, in order) for a Batch entry.
 type Result struct {
-	// Version is the log index that now holds the key's value (Set, a
-	// successful CAS) or that deleted it.
+	// Version is the key's version (version.go) after a Set, a successful
+	// CAS, CompareAndDelete or Expire, an Incr, or a Delete: the write's own.
+	// After a CAS or CompareAndDelete that did not match, it is the
+	// version of the value found (0: absent). For Genesis and a handoff
+	// command that applied, it is the entry's log index.
 	Version uint64
 	// Swapped reports whether a CompareAndSwap stored its new value, a
 	// CompareAndDelete deleted, or an Expire found the key.
@@ -250,6 +253,11 @@ func (f *FSM) applyOp(o *op, index uint64, now int64) Result {
 		return Result{Err: ErrMoving}
 	case rs == nil || rs.rec.State != Owned:
 		return Result{Err: ErrNotOwned}
+	}
+	// From here on, index is the version the write stamps (version.go).
+	index, ok := MakeVersion(rs.rec.Epoch, index)
+	if !ok {
+		return Result{Err: errVersionSpace(rs.rec.Epoch, index)}
 	}
 	switch o.kind {
 	case opSet:

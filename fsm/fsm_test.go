@@ -99,7 +99,7 @@ func TestCommands(t *testing.T) {
 		if ok && st.want != nil && len(st.want) == 0 && v == nil {
 			t.Fatalf("%s: empty value returned as nil", st.name)
 		}
-		if ok && (r.Swapped || st.cmd.GetSet() != nil) && ver != idx {
+		if ok && (r.Swapped || st.cmd.GetSet() != nil) && ver != v1(idx) {
 			t.Fatalf("%s: version %d, want %d", st.name, ver, idx)
 		}
 		if f.Applied() != idx {
@@ -128,7 +128,7 @@ func TestBatchResultsPerOperation(t *testing.T) {
 	if !errors.Is(rs[4].Err, ErrBadCommand) || !errors.Is(rs[5].Err, ErrBadCommand) {
 		t.Fatalf("nested batch / empty key not rejected: %+v", rs[4:])
 	}
-	if v, ver, _ := get(t, f, r0, "a", now(0)); string(v) != "2" || ver != 7 {
+	if v, ver, _ := get(t, f, r0, "a", now(0)); string(v) != "2" || ver != v1(7) {
 		t.Fatalf("a = %q@%d", v, ver)
 	}
 	if _, _, ok := get(t, f, r0, "c", now(0)); ok {
@@ -345,7 +345,7 @@ func TestPeek(t *testing.T) {
 	f := owning(t, Options{}, r0)
 	f.Apply(logAt(t, 1, 0, SetOp(r0, "k", []byte("abc"), time.Second)))
 	v, version, ok, err := f.Peek(r0, "k", now(0))
-	if err != nil || !ok || string(v) != "abc" || version != 1 {
+	if err != nil || !ok || string(v) != "abc" || version != v1(1) {
 		t.Fatalf("Peek = %q %d %v", v, version, ok)
 	}
 	f.Apply(logAt(t, 2, 0, SetOp(r0, "k", []byte("xyz"), 0)))
@@ -430,4 +430,10 @@ func TestDigestIgnoresOrderAndSeesChanges(t *testing.T) {
 	if d, _ := b.Digest(); d == da {
 		t.Fatal("a changed value left the digest unchanged")
 	}
+}
+
+// v1 is the version of a write at log index idx to a range Owned at epoch 1.
+func v1(idx uint64) uint64 {
+	v, _ := MakeVersion(1, idx)
+	return v
 }

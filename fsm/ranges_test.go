@@ -92,7 +92,7 @@ func TestNotOwned(t *testing.T) {
 	if e, found, err := f.Lookup(2, "k"); found || err != nil {
 		t.Fatalf("range 2 sees range 1's key: %+v %v %v", e, found, err)
 	}
-	if e, found, err := f.Lookup(1, "k"); !found || err != nil || string(e.Value) != "v" || e.Version != 5 {
+	if e, found, err := f.Lookup(1, "k"); !found || err != nil || string(e.Value) != "v" || e.Version != v1(5) {
 		t.Fatalf("Lookup(1): %+v %v %v", e, found, err)
 	}
 	if n := testing.AllocsPerRun(100, func() { f.Lookup(0, "k") }); n != 0 {

@@ -29,7 +29,7 @@ type entry struct{ p *byte }
 // at voff.
 type header struct {
 	klen, vlen int
-	version    uint64 // index of the log entry that last wrote it
+	version    uint64 // the write that last wrote it (version.go)
 	expireAt   int64  // unix nanoseconds; 0 = never
 	koff, voff int
 }
