@@ -208,7 +208,7 @@ func (f *FSM) applyCommand(l *raft.Log) interface{} {
 	if batch {
 		results := make([]Result, len(ops))
 		for i := range ops {
-			results[i] = f.applyOp(&ops[i], l.Index, now)
+			results[i] = f.applyOp(&ops[i], now)
 		}
 		return results
 	}
@@ -221,13 +221,13 @@ func (f *FSM) applyCommand(l *raft.Log) interface{} {
 	case o.kind.layout():
 		r = f.applyLayout(o, l.Index)
 	default:
-		r = f.applyOp(o, l.Index, now)
+		r = f.applyOp(o, now)
 	}
 	return &r
 }
 
 // applyOp applies one client operation (a single entry's or a batch's).
-func (f *FSM) applyOp(o *op, index uint64, now int64) Result {
+func (f *FSM) applyOp(o *op, now int64) Result {
 	switch {
 	case o.kind == opBatch:
 		return Result{Err: fmt.Errorf("%w: nested batch", ErrBadCommand)}
@@ -254,19 +254,13 @@ func (f *FSM) applyOp(o *op, index uint64, now int64) Result {
 	case rs == nil || rs.rec.State != Owned:
 		return Result{Err: ErrNotOwned}
 	}
-	// From here on, index is the version the write stamps (version.go).
-	index, ok := MakeVersion(rs.rec.Epoch, index)
-	if !ok {
-		return Result{Err: errVersionSpace(rs.rec.Epoch, index)}
-	}
 	switch o.kind {
 	case opSet:
-		return f.put(rs, o.key, o.value, o.ttl, index, now)
+		return f.put(rs, o.key, o.value, o.ttl, now)
 	case opDelete:
-		f.remove(rs, o.key)
-		return Result{Version: index}
+		return f.remove(rs, o.key)
 	case opCAD, opIncr, opExpire:
-		return f.applyKeyed(rs, o, index, now)
+		return f.applyKeyed(rs, o, now)
 	default: // opCAS
 		cur, found := rs.tab.get(string(o.key)) // the applier is the only writer: no lock
 		var h header
@@ -283,7 +277,7 @@ func (f *FSM) applyOp(o *op, index uint64, now int64) Result {
 		if !match {
 			return Result{Version: h.version}
 		}
-		r := f.put(rs, o.key, o.value, o.ttl, index, now)
+		r := f.put(rs, o.key, o.value, o.ttl, now)
 		r.Swapped = r.Err == nil
 		return r
 	}
@@ -298,16 +292,20 @@ func (f *FSM) applyOp(o *op, index uint64, now int64) Result {
 // it to either would refuse writes to the group's other ranges meanwhile.
 // The excess is bounded by the ranges in flight, about one range's share
 // each.
-func (f *FSM) put(rs *rangeState, key, value []byte, ttl int64, index uint64, now int64) Result {
+func (f *FSM) put(rs *rangeState, key, value []byte, ttl int64, now int64) Result {
 	var expireAt int64
 	if ttl > 0 {
 		expireAt = now + ttl
 	}
-	return f.putAt(rs, key, value, expireAt, index)
+	return f.putAt(rs, key, value, expireAt)
 }
 
 // putAt is put with the expiry time given (0: never).
-func (f *FSM) putAt(rs *rangeState, key, value []byte, expireAt int64, index uint64) Result {
+func (f *FSM) putAt(rs *rangeState, key, value []byte, expireAt int64) Result {
+	version, ok := rs.nextVersion()
+	if !ok {
+		return Result{Err: errVersionSpace(rs.rec.Epoch)}
+	}
 	old, found := rs.tab.get(string(key))
 	delta := int64(len(key) + len(value))
 	if found {
@@ -316,8 +314,9 @@ func (f *FSM) putAt(rs *rangeState, key, value []byte, expireAt int64, index uin
 	if delta > 0 && f.ownedUsed+delta > f.limit {
 		return Result{Err: ErrMemoryLimit}
 	}
-	e := newEntry(key, value, index, expireAt)
+	e := newEntry(key, value, version, expireAt)
 	rs.mu.Lock()
+	rs.seq++
 	rs.tab.set(e)
 	rs.used += delta
 	if !found {
@@ -332,22 +331,30 @@ func (f *FSM) putAt(rs *rangeState, key, value []byte, expireAt int64, index uin
 	if !found {
 		f.count.Add(1)
 	}
-	return Result{Version: index}
+	return Result{Version: version}
 }
 
-// remove deletes key from rs, if present. Only the applying goroutine calls
+// remove deletes key from rs, if present: the version of the deletion, 0
+// when there was nothing to delete. Only the applying goroutine calls
 // remove.
-func (f *FSM) remove(rs *rangeState, key []byte) {
+func (f *FSM) remove(rs *rangeState, key []byte) Result {
 	if old, found := rs.tab.get(string(key)); found {
-		f.removeEntry(rs, old)
+		return f.removeEntry(rs, old)
 	}
+	return Result{}
 }
 
-// removeEntry deletes the stored entry e from rs, an Owned range.
-func (f *FSM) removeEntry(rs *rangeState, e entry) {
+// removeEntry deletes the stored entry e from rs, an Owned range, and
+// stamps the deletion with the range's next version.
+func (f *FSM) removeEntry(rs *rangeState, e entry) Result {
+	version, ok := rs.nextVersion()
+	if !ok {
+		return Result{Err: errVersionSpace(rs.rec.Epoch)}
+	}
 	h := e.header()
 	n := h.size()
 	rs.mu.Lock()
+	rs.seq++
 	rs.tab.delete(e.key(h))
 	rs.used -= n
 	rs.count--
@@ -355,6 +362,7 @@ func (f *FSM) removeEntry(rs *rangeState, e entry) {
 	f.ownedUsed -= n
 	f.used.Add(-n)
 	f.count.Add(-1)
+	return Result{Version: version}
 }
 
 // inBounds reports whether r is a valid range number under the options.
@@ -370,7 +378,7 @@ func (f *FSM) rangeBound() int64 {
 
 // applyKeyed applies a CompareAndDelete, Incr or Expire to rs, an Owned
 // range.
-func (f *FSM) applyKeyed(rs *rangeState, o *op, index uint64, now int64) Result {
+func (f *FSM) applyKeyed(rs *rangeState, o *op, now int64) Result {
 	cur, found := rs.tab.get(string(o.key)) // the applier is the only writer: no lock
 	var h header
 	if found {
@@ -382,8 +390,9 @@ func (f *FSM) applyKeyed(rs *rangeState, o *op, index uint64, now int64) Result 
 		if !present || string(cur.value(h)) != string(o.old) {
 			return Result{Version: h.version}
 		}
-		f.removeEntry(rs, cur)
-		return Result{Version: index, Swapped: true}
+		r := f.removeEntry(rs, cur)
+		r.Swapped = r.Err == nil
+		return r
 	case opExpire:
 		if !present {
 			return Result{}
@@ -391,7 +400,7 @@ func (f *FSM) applyKeyed(rs *rangeState, o *op, index uint64, now int64) Result 
 		if o.ttl <= 0 {
 			return Result{Err: fmt.Errorf("%w: Expire with TTL %d", ErrBadCommand, o.ttl)}
 		}
-		r := f.putAt(rs, o.key, cur.value(h), now+o.ttl, index)
+		r := f.putAt(rs, o.key, cur.value(h), now+o.ttl)
 		r.Swapped = r.Err == nil
 		return r
 	default: // opIncr
@@ -408,7 +417,7 @@ func (f *FSM) applyKeyed(rs *rangeState, o *op, index uint64, now int64) Result 
 			return Result{Err: ErrNotInteger}
 		}
 		var buf [20]byte
-		r := f.putAt(rs, o.key, strconv.AppendInt(buf[:0], sum, 10), expireAt, index)
+		r := f.putAt(rs, o.key, strconv.AppendInt(buf[:0], sum, 10), expireAt)
 		if r.Err == nil {
 			r.Int = sum
 		}

@@ -142,7 +142,7 @@ func TestHandoffCommandsInEveryState(t *testing.T) {
 	sealed := incoming2
 	sealed.State, sealed.Cursor, sealed.Got = Sealed, "b", frozenTally
 	staged := incoming2
-	da, _ := entryDigest(newEntry([]byte("a"), []byte("1"), v1(2), 0), nil)
+	da, _ := entryDigest(newEntry([]byte("a"), []byte("1"), v1(1), 0), nil)
 	staged.Cursor, staged.Got = "a", Tally{Count: 1, Bytes: 2, Digest: da}
 
 	type outcome struct {
@@ -244,7 +244,7 @@ func TestHandoffStatesServe(t *testing.T) {
 			t.Fatalf("%s: Get: %v, want %v", state, err, wantRead)
 		}
 		e, found, err := f.LookupMode(hr, "a", ReadIndexed)
-		if err != wantIndexed || (err == nil) != (found && string(e.Value) == "1" && e.Version == v1(2)) {
+		if err != wantIndexed || (err == nil) != (found && string(e.Value) == "1" && e.Version == v1(1)) {
 			t.Fatalf("%s: LookupMode(ReadIndexed): %+v %v %v, want %v", state, e, found, err, wantIndexed)
 		}
 		if _, _, err := f.LookupMode(hr, "a", ReadOwned); err != wantRead {
@@ -286,7 +286,7 @@ func TestHandoffCommandsAreWholeEntries(t *testing.T) {
 func TestChunkRules(t *testing.T) {
 	fixtures, chunks := handoffFixtures(t)
 	last := chunks[1].GetChunk()
-	entryB := RangeEntry{Key: "b", Entry: Entry{Value: []byte("22"), Version: v1(3)}}
+	entryB := RangeEntry{Key: "b", Entry: Entry{Value: []byte("22"), Version: v1(2)}}
 	good := Tally{Count: last.Trailer.Count, Bytes: last.Trailer.Bytes, Digest: last.Trailer.Digest}
 
 	// Malformed chunks are ErrBadCommand and change nothing.
@@ -317,9 +317,9 @@ func TestChunkRules(t *testing.T) {
 		{"count", nil, []RangeEntry{entryB}, Tally{good.Count + 1, good.Bytes, good.Digest}},
 		{"bytes", nil, []RangeEntry{entryB}, Tally{good.Count, good.Bytes - 1, good.Digest}},
 		{"a missing entry", nil, nil, good},
-		{"another value", nil, []RangeEntry{{Key: "b", Entry: Entry{Value: []byte("23"), Version: v1(3)}}}, good},
-		{"another version", nil, []RangeEntry{{Key: "b", Entry: Entry{Value: []byte("22"), Version: v1(4)}}}, good},
-		{"another expiry", nil, []RangeEntry{{Key: "b", Entry: Entry{Value: []byte("22"), Version: v1(3), ExpireAt: 1}}}, good},
+		{"another value", nil, []RangeEntry{{Key: "b", Entry: Entry{Value: []byte("23"), Version: v1(2)}}}, good},
+		{"another version", nil, []RangeEntry{{Key: "b", Entry: Entry{Value: []byte("22"), Version: v1(3)}}}, good},
+		{"another expiry", nil, []RangeEntry{{Key: "b", Entry: Entry{Value: []byte("22"), Version: v1(2), ExpireAt: 1}}}, good},
 	} {
 		f := fixtures["Incoming(2) a"]()
 		r := step(t, f, ChunkOp(hr, 2, "a", c.entries, true, c.trailer))
@@ -494,10 +494,21 @@ func TestHandoffCommitMovesTheRange(t *testing.T) {
 	if got := s.RangesIn(Gone); !slices.Equal(got, []int{hr}) || !slices.Equal(s.OwnedRanges(), []int{2}) {
 		t.Fatalf("source gone %v owned %v", got, s.OwnedRanges())
 	}
-	if v, version, ok := get(t, tg, hr, "key0", now(0)); !ok || string(v) != "value0" || version != v1(2) {
+	if v, version, ok := get(t, tg, hr, "key0", now(0)); !ok || string(v) != "value0" || version != v1(1) {
 		t.Fatalf("key0 on the target: %q@%d %v", v, version, ok)
 	}
-	mustStep(t, tg, SetOp(hr, "key0", []byte("new"), 0)) // the target takes writes
+	// The target takes writes, with versions above every moved one: a new
+	// ownership epoch, its sequence starting over.
+	if r := mustStep(t, tg, SetOp(hr, "key0", []byte("new"), 0)); r.Version <= v1(200) || VersionEpoch(r.Version) != 3 || VersionSeq(r.Version) != 1 {
+		t.Fatalf("first write on the target: version %x, moved versions up to %x", r.Version, v1(200))
+	}
+	// A snapshot carries the sequence: a restored replica stamps the
+	// same next version.
+	r2 := roundTrip(t, tg, Options{Ranges: 4})
+	a := mustStep(t, tg, SetOp(hr, "key1", []byte("x"), 0))
+	if b := mustStep(t, r2, SetOp(hr, "key1", []byte("x"), 0)); a.Version != b.Version || VersionSeq(a.Version) != 2 {
+		t.Fatalf("after a snapshot: version %x, the original's %x", b.Version, a.Version)
+	}
 }
 
 // Memory: a range in flight is held (Used, Len) but charged to neither

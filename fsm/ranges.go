@@ -133,12 +133,16 @@ type rangeState struct {
 	tab   table
 	used  int64 // bytes of keys + values in tab
 	count int64 // entries in tab
+	// seq is the sequence number of the range's last write in its current
+	// ownership (version.go); 0 when the range became Owned. Snapshots
+	// carry it.
+	seq uint64
 
 	// Touched only by the applier.
 	expiries expiryHeap // deadlines of the range's entries with a TTL
 	dueAt    int        // index in FSM.due; -1 when not there
 
-	_ [16]byte // fill 256 bytes (a size class): neighbouring ranges' locks sit on other cache lines
+	_ [8]byte // fill 256 bytes (a size class): neighbouring ranges' locks sit on other cache lines
 }
 
 func newRangeState(num uint32) *rangeState {
@@ -291,6 +295,9 @@ func (f *FSM) setRecord(rs *rangeState, rec RangeRecord) {
 	f.inState[rs.rec.State].Add(-1)
 	f.inState[rec.State].Add(1)
 	rs.mu.Lock()
+	if rec.State == Owned && (rs.rec.State != Owned || rs.rec.Epoch != rec.Epoch) {
+		rs.seq = 0 // a new ownership: its versions start over at a greater epoch
+	}
 	rs.rec = rec
 	rs.mu.Unlock()
 	if is := rec.State == Owned; is != was {

@@ -12,7 +12,7 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// Snapshot stream format, version 4 (the magic's last byte):
+// Snapshot stream format, version 5 (the magic's last byte):
 //
 //	magic "GKV4", uvarint applied index, the cluster's layout (writeLayout;
 //	all zero in a group that does not hold it), uvarint number of ranges, then
@@ -22,14 +22,15 @@ import (
 //	    varint since, varint count, varint bytes,
 //	    uvarint cursor length, cursor,
 //	    varint got count, varint got bytes, uvarint got digest;
+//	  uvarint seq (the sequence number of the range's last write, version.go);
 //	  per entry: uvarint key length (> 0), uvarint value length,
 //	             uvarint version, varint expireAt, key, value;
 //	  a zero key length as the range's terminator.
 //
 // Nothing follows the last range. It is written and read entry by entry;
 // no buffer holds the whole state. Version 2 had the state and epoch alone
-// as the record; version 3 had no layout.
-var snapMagic = [4]byte{'G', 'K', 'V', '4'}
+// as the record; version 3 had no layout; version 4 no seq.
+var snapMagic = [4]byte{'G', 'K', 'V', '5'}
 
 // retainer is what a snapshot sink implements to keep a snapshot by
 // reference instead of as bytes (raftgroup's snapshot store): Retain
@@ -42,6 +43,7 @@ type retainer interface {
 type snapRange struct {
 	num     uint32
 	rec     RangeRecord
+	seq     uint64
 	entries []entry
 }
 
@@ -70,7 +72,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 			continue
 		}
 		rs.mu.RLock()
-		sr := snapRange{num: rs.num, rec: rs.rec, entries: make([]entry, 0, rs.tab.n)}
+		sr := snapRange{num: rs.num, rec: rs.rec, seq: rs.seq, entries: make([]entry, 0, rs.tab.n)}
 		rs.tab.all(func(e entry) { sr.entries = append(sr.entries, e) })
 		rs.mu.RUnlock()
 		snap.ranges = append(snap.ranges, sr)
@@ -105,6 +107,7 @@ func (s *snapshot) WriteTo(out io.Writer) (int64, error) {
 	for _, sr := range s.ranges {
 		w.Write(binary.AppendUvarint(scratch[:0], uint64(sr.num)))
 		writeRecord(w, sr.rec)
+		w.Write(binary.AppendUvarint(scratch[:0], sr.seq))
 		for _, e := range sr.entries {
 			h := e.header()
 			b := binary.AppendUvarint(scratch[:0], uint64(h.klen))
@@ -307,6 +310,9 @@ func (f *FSM) readRange(r *bufio.Reader, prev int64) (*rangeState, error) {
 	}
 	rs := newRangeState(uint32(num))
 	rs.rec = rec
+	if rs.seq, err = binary.ReadUvarint(r); err != nil {
+		return nil, restoreErr(err)
+	}
 	var got Tally // of the entries read
 	var scratch []byte
 	for {
