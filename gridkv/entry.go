@@ -8,10 +8,11 @@ import "time"
 // Version names the write that gave the key this value. Versions order
 // the writes of one range (the keys hashing to it), and so of one key,
 // even across moves of the range between replica groups: a later write of
-// a key always has a greater version. Versions of keys in different ranges
-// are not comparable. A version packs the range's ownership epoch (high 20
-// bits) and the log index of the write in its replica group (low 44 bits);
-// it is never 0 for a stored key.
+// a key always has a greater version, and no two writes of one range share
+// one. Versions of keys in different ranges are not comparable. A version
+// packs the range's ownership epoch (high 16 bits: it grows with each
+// move) and the write's sequence number within that ownership (low 48
+// bits); it is never 0 for a stored key.
 type Entry struct {
 	Key      string
 	Value    []byte
