@@ -23,6 +23,8 @@ const (
 	OpPut
 	OpDelete
 	OpCAS
+	OpIncr // Incr: adds Delta to a decimal counter
+	OpCAD  // CompareAndDelete: deletes the key if its value is Old
 )
 
 // ReadMode is how a get reads.
@@ -59,13 +61,15 @@ func (m ReadMode) options(replicas int) []gridkv.ReadOption {
 	return nil
 }
 
-// Input is one operation as invoked. Values are unique per write; "" is
-// "absent" (no write stores an empty value).
+// Input is one operation as invoked. Values put or swapped in are unique
+// per write; "" is "absent" (no write stores an empty value). Incr's sums
+// are not unique: they are the decimal counters it keeps.
 type Input struct {
 	Kind  OpKind
 	Key   string
 	Value string // put, CAS new
-	Old   string // CAS expected; "" = absent
+	Old   string // CAS expected, "" = absent; CompareAndDelete expected
+	Delta int64  // Incr
 	Mode  ReadMode
 	Node  int // which node served the call
 }
@@ -73,8 +77,12 @@ type Input struct {
 // Output is its outcome.
 type Output struct {
 	Value   string // get: the value read, "" when absent
-	Swapped bool   // CAS
-	Unknown bool   // a write whose effect is unknown (timeout, connection lost)
+	Swapped bool   // CAS swapped; CompareAndDelete deleted
+	Sum     int64  // Incr: the sum it stored
+	// Invalid: an Incr refused with ErrInvalid, the value not a decimal
+	// int64 (or the sum overflowing): a definite outcome, nothing changed.
+	Invalid bool
+	Unknown bool // a write whose effect is unknown (timeout, connection lost)
 	Err     string
 }
 
