@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -97,6 +98,7 @@ type History struct {
 	total, ok, failed, unknown int
 	failedOps                  []failedOp // for availability
 	errors                     map[string]int
+	outcomes                   map[string]int // of Incr and CompareAndDelete, see outcome
 }
 
 func newHistory() *History { return &History{start: time.Now()} }
@@ -129,12 +131,42 @@ func (h *History) record(client int, in Input, call int64, out Output, failed bo
 	default:
 		h.ok++
 	}
+	if o := outcome(in, out); o != "" {
+		if h.outcomes == nil {
+			h.outcomes = map[string]int{}
+		}
+		h.outcomes[o]++
+	}
 	op := porcupine.Operation{ClientId: client, Input: in, Call: call, Output: out, Return: ret}
 	if in.Kind == OpGet && !in.Mode.linearizable() {
 		h.weak = append(h.weak, op)
 		return
 	}
 	h.ops = append(h.ops, op)
+}
+
+// outcome names what an Incr or CompareAndDelete did, for the report: how
+// often counters met the other writes.
+func outcome(in Input, out Output) string {
+	var verdict string
+	switch {
+	case in.Kind != OpIncr && in.Kind != OpCAD:
+		return ""
+	case out.Unknown:
+		verdict = "unknown"
+	case in.Kind == OpIncr && out.Invalid:
+		verdict = "refused"
+	case in.Kind == OpIncr:
+		verdict = "counted"
+	case out.Swapped:
+		verdict = "deleted"
+	default:
+		verdict = "kept"
+	}
+	if in.Kind == OpIncr {
+		return "incr " + verdict
+	}
+	return "compare-and-delete " + verdict
 }
 
 // failedOp is an operation that certainly had no effect: a failed read,
@@ -196,6 +228,13 @@ type Workload struct {
 	// Modes are the read modes gets draw from, uniformly (repeat one to
 	// weight it); nil: every mode.
 	Modes []ReadMode
+	// DataModel adds Incr and CompareAndDelete to the writes, on the same
+	// keys: puts, deletes, CAS, Incr and CompareAndDelete in the
+	// proportions 22:5:12:11:5. Half of the puts and CAS write a decimal
+	// value (unique too, see decimalValue), so that counters and the other
+	// writes meet: an Incr finds a counter or an absent key, or else a
+	// value that is not a decimal int64 (ErrInvalid; about 4 Incrs in 10).
+	DataModel bool
 }
 
 // keys are the workload's keys on c.
@@ -311,6 +350,22 @@ func (cl *client) step() {
 		} else {
 			in.Mode = ReadMode(cl.rng.IntN(int(readModes)))
 		}
+	} else if cl.w.DataModel {
+		if cl.rng.IntN(2) == 0 {
+			value = decimalValue(cl.id, cl.seq)
+		}
+		switch w := (p - reads) * 55 / (100 - reads); { // as if out of 55
+		case w < 22:
+			in.Kind, in.Value = OpPut, value
+		case w < 27:
+			in.Kind = OpDelete
+		case w < 39:
+			in.Kind, in.Value, in.Old = OpCAS, value, cl.recent[key]
+		case w < 50:
+			in.Kind, in.Delta = OpIncr, incrDeltas[cl.rng.IntN(len(incrDeltas))]
+		default:
+			in.Kind, in.Old = OpCAD, cl.recent[key] // "" (absent) never matches
+		}
 	} else {
 		switch w := (p - reads) * 55 / (100 - reads); { // as if out of 55
 		case w < 30:
@@ -332,8 +387,27 @@ func (cl *client) step() {
 			if out.Swapped {
 				cl.recent[key] = in.Value
 			}
+		case OpIncr:
+			if !out.Invalid {
+				cl.recent[key] = strconv.FormatInt(out.Sum, 10)
+			}
+		case OpCAD:
+			if out.Swapped {
+				cl.recent[key] = ""
+			}
 		}
 	}
+}
+
+// incrDeltas are what Incrs add: both signs, several sizes, so that a sum
+// tells which Incrs came before it more often than +1 alone would.
+var incrDeltas = []int64{1, 2, 5, -1, -3}
+
+// decimalValue is a unique value that Incr can count on: client id's
+// write seq as (id+1)·10¹⁰ + seq·10⁴ ("30000120000": client 2, write 12).
+// Incrs move a counter by a few units, far from the next write's value.
+func decimalValue(id, seq int) string {
+	return strconv.FormatInt(int64(id+1)*1e10+int64(seq)*1e4, 10)
 }
 
 // execute performs in on db and records it.
@@ -361,6 +435,15 @@ func execute(db *gridkv.DB, in Input, w Workload, timeout time.Duration, h *Hist
 			old = []byte(in.Old)
 		}
 		out.Swapped, err = db.CompareAndSwap(ctx, in.Key, old, []byte(in.Value))
+	case OpIncr:
+		out.Sum, err = db.Incr(ctx, in.Key, in.Delta)
+		if errors.Is(err, gridkv.ErrInvalid) {
+			// The answer to an Incr on a value that is not a counter: it
+			// applied and changed nothing, which the model checks.
+			out.Invalid, out.Err, err = true, err.Error(), nil
+		}
+	case OpCAD:
+		out.Swapped, err = db.CompareAndDelete(ctx, in.Key, []byte(in.Old))
 	}
 	failed := false
 	if err != nil {
