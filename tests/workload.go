@@ -235,6 +235,10 @@ type Workload struct {
 	// writes meet: an Incr finds a counter or an absent key, or else a
 	// value that is not a decimal int64 (ErrInvalid; about 4 Incrs in 10).
 	DataModel bool
+	// incrGetSet and cadGetDelete are negative controls (Controls): the
+	// clients do Incr as a Get then a Set of the sum, CompareAndDelete as a
+	// Get then a Delete, each two calls instead of one atomic command.
+	incrGetSet, cadGetDelete bool
 }
 
 // keys are the workload's keys on c.
@@ -436,14 +440,22 @@ func execute(db *gridkv.DB, in Input, w Workload, timeout time.Duration, h *Hist
 		}
 		out.Swapped, err = db.CompareAndSwap(ctx, in.Key, old, []byte(in.Value))
 	case OpIncr:
-		out.Sum, err = db.Incr(ctx, in.Key, in.Delta)
+		if w.incrGetSet {
+			out.Sum, err = incrByGetSet(ctx, db, in.Key, in.Delta)
+		} else {
+			out.Sum, err = db.Incr(ctx, in.Key, in.Delta)
+		}
 		if errors.Is(err, gridkv.ErrInvalid) {
 			// The answer to an Incr on a value that is not a counter: it
 			// applied and changed nothing, which the model checks.
 			out.Invalid, out.Err, err = true, err.Error(), nil
 		}
 	case OpCAD:
-		out.Swapped, err = db.CompareAndDelete(ctx, in.Key, []byte(in.Old))
+		if w.cadGetDelete {
+			out.Swapped, err = cadByGetDelete(ctx, db, in.Key, in.Old)
+		} else {
+			out.Swapped, err = db.CompareAndDelete(ctx, in.Key, []byte(in.Old))
+		}
 	}
 	failed := false
 	if err != nil {
@@ -456,4 +468,35 @@ func execute(db *gridkv.DB, in Input, w Workload, timeout time.Duration, h *Hist
 	}
 	h.record(client, in, call, out, failed)
 	return out, failed
+}
+
+// incrByGetSet is Incr done wrong, for a negative control: a read of the
+// counter, then a Set of the sum. Two of them at once both read the same
+// value, both store the same sum, and one increment is lost.
+func incrByGetSet(ctx context.Context, db *gridkv.DB, key string, delta int64) (int64, error) {
+	v, err := db.Get(ctx, key)
+	if err != nil && !errors.Is(err, gridkv.ErrNotFound) {
+		return 0, err
+	}
+	var n int64
+	if len(v) > 0 {
+		if n, err = strconv.ParseInt(string(v), 10, 64); err != nil {
+			return 0, fmt.Errorf("%w: %q is not a decimal int64", gridkv.ErrInvalid, v)
+		}
+	}
+	return n + delta, db.Set(ctx, key, []byte(strconv.FormatInt(n+delta, 10)))
+}
+
+// cadByGetDelete is CompareAndDelete done wrong, for a negative control: a
+// read, and a Delete if the value read was old. A write between the two is
+// deleted with it.
+func cadByGetDelete(ctx context.Context, db *gridkv.DB, key, old string) (bool, error) {
+	v, err := db.Get(ctx, key)
+	if errors.Is(err, gridkv.ErrNotFound) || err == nil && string(v) != old {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, db.Delete(ctx, key)
 }
