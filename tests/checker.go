@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/anishathalye/porcupine"
@@ -11,7 +12,11 @@ import (
 )
 
 // kvModel is a register per key: the history is partitioned by key, and each
-// key's state is its value ("" = absent).
+// key's state is its value ("" = absent), a string whether Set and CAS
+// wrote it or Incr did. Incr reads it as gridkv does (strconv.ParseInt,
+// absent = 0), so a counter needs no state of its own and a key may take
+// every kind of write: an Incr on a value that is not a decimal int64 must
+// answer ErrInvalid (Output.Invalid) and change nothing.
 var kvModel = porcupine.Model{
 	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
 		byKey := map[string][]porcupine.Operation{}
@@ -32,27 +37,7 @@ var kvModel = porcupine.Model{
 	},
 	Init: func() interface{} { return "" },
 	Step: func(state, input, output interface{}) (bool, interface{}) {
-		s, in, out := state.(string), input.(Input), output.(Output)
-		switch in.Kind {
-		case OpGet:
-			return out.Value == s, s
-		case OpPut:
-			return true, in.Value
-		case OpDelete:
-			return true, ""
-		case OpCAS:
-			if out.Unknown { // it took effect (the call returns +inf): CAS semantics
-				if s == in.Old {
-					return true, in.Value
-				}
-				return true, s
-			}
-			if out.Swapped {
-				return s == in.Old, in.Value
-			}
-			return s != in.Old, s
-		}
-		return false, s
+		return step(state.(string), input.(Input), output.(Output))
 	},
 	Equal: func(a, b interface{}) bool { return a.(string) == b.(string) },
 	Hash:  func(state interface{}) uint64 { return xxhash.Sum64String(state.(string)) },
@@ -69,16 +54,97 @@ var kvModel = porcupine.Model{
 			return fmt.Sprintf("n%d put(%s, %q)%s", in.Node, in.Key, in.Value, suffix)
 		case OpDelete:
 			return fmt.Sprintf("n%d delete(%s)%s", in.Node, in.Key, suffix)
+		case OpIncr:
+			switch {
+			case out.Unknown:
+				return fmt.Sprintf("n%d incr(%s, %+d)%s", in.Node, in.Key, in.Delta, suffix)
+			case out.Invalid:
+				return fmt.Sprintf("n%d incr(%s, %+d) -> not a counter (ErrInvalid)", in.Node, in.Key, in.Delta)
+			}
+			return fmt.Sprintf("n%d incr(%s, %+d) -> %d", in.Node, in.Key, in.Delta, out.Sum)
+		case OpCAD:
+			verdict := " -> kept"
+			switch {
+			case out.Unknown:
+				verdict = ""
+			case out.Swapped:
+				verdict = " -> deleted"
+			}
+			return fmt.Sprintf("n%d compare-and-delete(%s, %q)%s%s", in.Node, in.Key, in.Old, verdict, suffix)
 		default:
 			return fmt.Sprintf("n%d cas(%s, %q -> %q) -> %v%s", in.Node, in.Key, in.Old, in.Value, out.Swapped, suffix)
 		}
 	},
 	DescribeState: func(state interface{}) string {
-		if state.(string) == "" {
+		s := state.(string)
+		if s == "" {
 			return "(absent)"
 		}
-		return fmt.Sprintf("%q", state)
+		if _, ok := counter(s); ok {
+			return "counter " + s
+		}
+		return fmt.Sprintf("%q", s)
 	},
+}
+
+// step is kvModel's Step on one key's value s. An operation of unknown
+// outcome took effect (porcupine places it anywhere after its call, the
+// end included, which stands for "never"), so only its input counts.
+func step(s string, in Input, out Output) (bool, string) {
+	switch in.Kind {
+	case OpGet:
+		return out.Value == s, s
+	case OpPut:
+		return true, in.Value
+	case OpDelete:
+		return true, ""
+	case OpCAS:
+		if out.Unknown {
+			if s == in.Old {
+				return true, in.Value
+			}
+			return true, s
+		}
+		if out.Swapped {
+			return s == in.Old, in.Value
+		}
+		return s != in.Old, s
+	case OpCAD:
+		match := s != "" && s == in.Old // no write stores "", so "" never matches
+		switch {
+		case out.Unknown:
+			if match {
+				return true, ""
+			}
+			return true, s
+		case out.Swapped:
+			return match, ""
+		}
+		return !match, s
+	case OpIncr:
+		n, ok := counter(s)
+		sum := n + in.Delta
+		if ok && (in.Delta > 0 && sum < n || in.Delta < 0 && sum > n) {
+			ok = false // overflow: gridkv refuses it as it refuses a non-counter
+		}
+		switch {
+		case !ok:
+			return out.Unknown || out.Invalid, s
+		case out.Unknown:
+			return true, strconv.FormatInt(sum, 10)
+		}
+		return !out.Invalid && out.Sum == sum, strconv.FormatInt(sum, 10)
+	}
+	return false, s
+}
+
+// counter reads s as Incr does: absent is 0, else a decimal int64.
+func counter(s string) (int64, bool) {
+	if s == "" {
+		return 0, true
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil
 }
 
 // Window is one fault's span on the history clock.
@@ -87,7 +153,7 @@ type Window struct {
 	Start, End int64
 	OK, Total  int // operations called inside it, and those that succeeded
 	// ByOp splits OK and Total by read mode ("default", "readindex", ...)
-	// and "write" (put, delete, CAS).
+	// and "write" (put, delete, CAS, Incr, CompareAndDelete).
 	ByOp map[string]Avail
 }
 
@@ -134,13 +200,16 @@ func checkLinearizable(h *History, windows []Window, timeout time.Duration, vizP
 	return res, took, porcupine.Visualize(kvModel, info, f)
 }
 
-// withoutUnseenWrites drops writes of unknown outcome whose value nobody
-// ever observed (no read returned it, no CAS expected it). Each such write
-// costs porcupine a doubling of its search, since it stays open to the end.
-// Dropping them is sound for a verdict of Ok: a linearization of the pruned
-// history extends to the full one by placing those writes after everything
-// else, which their infinite return time allows. (The converse need not
-// hold, so a pruned failure is checked again on the full history.)
+// withoutUnseenWrites drops puts and CAS of unknown outcome whose value
+// nobody ever observed (no read returned it, no CAS or CompareAndDelete
+// expected it). Each such write costs porcupine a doubling of its search,
+// since it stays open to the end. Dropping them is sound for a verdict of
+// Ok: a linearization of the pruned history extends to the full one by
+// placing those writes after everything else, which their infinite return
+// time allows. (The converse need not hold, so a pruned failure is checked
+// again on the full history.) Deletes, Incrs and CompareAndDeletes of
+// unknown outcome stay: their effect shows as an absence or a shifted
+// count, which no one value betrays.
 func withoutUnseenWrites(ops []porcupine.Operation) []porcupine.Operation {
 	seen := map[string]bool{}
 	for _, op := range ops {
@@ -148,7 +217,7 @@ func withoutUnseenWrites(ops []porcupine.Operation) []porcupine.Operation {
 		switch in.Kind {
 		case OpGet:
 			seen[in.Key+"\x00"+out.Value] = true
-		case OpCAS:
+		case OpCAS, OpCAD:
 			seen[in.Key+"\x00"+in.Old] = true
 		}
 	}
@@ -164,20 +233,33 @@ func withoutUnseenWrites(ops []porcupine.Operation) []porcupine.Operation {
 }
 
 // checkWeakReads checks reads that may be stale: each must return a value
-// some write wrote (or absent) — never an invented or torn value.
+// some write wrote (or absent) — never an invented or torn value. An Incr
+// writes the sum it answers; one of unknown outcome wrote a sum nobody
+// knows, so on a key that took one any counter value passes.
 func checkWeakReads(h *History) []string {
 	written := map[string]bool{}
+	anyCounter := map[string]bool{} // keys that took an Incr of unknown outcome
 	for _, op := range h.ops {
-		if in := op.Input.(Input); in.Kind == OpPut || in.Kind == OpCAS {
+		in, out := op.Input.(Input), op.Output.(Output)
+		switch {
+		case in.Kind == OpPut || in.Kind == OpCAS:
 			written[in.Key+"\x00"+in.Value] = true
+		case in.Kind == OpIncr && out.Unknown:
+			anyCounter[in.Key] = true
+		case in.Kind == OpIncr && !out.Invalid:
+			written[in.Key+"\x00"+strconv.FormatInt(out.Sum, 10)] = true
 		}
 	}
 	var bad []string
 	for _, op := range h.weak {
 		in, out := op.Input.(Input), op.Output.(Output)
-		if out.Value != "" && !written[in.Key+"\x00"+out.Value] {
-			bad = append(bad, fmt.Sprintf("%s read %q, which no write wrote", in.Mode, out.Value))
+		if out.Value == "" || written[in.Key+"\x00"+out.Value] {
+			continue
 		}
+		if _, ok := counter(out.Value); ok && anyCounter[in.Key] {
+			continue
+		}
+		bad = append(bad, fmt.Sprintf("%s read %q, which no write wrote", in.Mode, out.Value))
 	}
 	return bad
 }

@@ -55,10 +55,10 @@ func TestScenarios(t *testing.T) {
 	}
 }
 
-// The negative controls: each runs a scenario with one read path broken on
-// purpose, and the checker must find the history Illegal (not merely
-// failed, nor a checker time-out), or the suite proves nothing about that
-// path.
+// The negative controls: each runs a scenario with one read path or
+// operation broken on purpose, and the checker must find the history
+// Illegal (not merely failed, nor a checker time-out), or the suite proves
+// nothing about that path.
 
 // Quorum reads that answer without waiting for the replica to apply the
 // largest stored index seen.
@@ -82,6 +82,16 @@ func TestNegativeControlLeaseKeptThroughTransferIsCaught(t *testing.T) {
 	runControl(t, "lease-keep-transfer")
 }
 
+// Incr done as a Get and then a Set of the sum: two Incrs at once read the
+// same counter, and one increment is lost.
+func TestNegativeControlIncrAsGetSetIsCaught(t *testing.T) { runControl(t, "incr-get-set") }
+
+// CompareAndDelete done as a Get and then a Delete: a write between the
+// two is deleted with the value the caller matched.
+func TestNegativeControlCompareAndDeleteAsGetDeleteIsCaught(t *testing.T) {
+	runControl(t, "cad-get-delete")
+}
+
 func runControl(t *testing.T, name string) {
 	if testing.Short() {
 		t.Skip("the scenario suite takes minutes")
@@ -101,7 +111,8 @@ func runControl(t *testing.T, name string) {
 	if out == "" {
 		out = t.TempDir()
 	}
-	rep, err := Run(ctx, s, Options{Seed: seed, Tune: ctl.Break, OutDir: out, Progress: testWriter{t}})
+	s, tune := ctl.Apply(s, nil)
+	rep, err := Run(ctx, s, Options{Seed: seed, Tune: tune, OutDir: out, Progress: testWriter{t}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,6 +46,10 @@ func Scenarios() []Scenario {
 	majority.Modes = []ReadMode{ReadMajority}
 	defaultOnly := w
 	defaultOnly.Modes = []ReadMode{ReadDefault}
+	// Incr and CompareAndDelete beside the other writes, under a partition
+	// and a crash.
+	dataModel := w
+	dataModel.DataModel = true
 	s := func(name string, nodes int, w Workload, n func() Nemesis) Scenario {
 		return Scenario{Name: name, Nodes: nodes, Workload: w, Nemesis: n,
 			Duration: 8 * time.Second, FaultFor: 2 * time.Second, HealFor: time.Second}
@@ -73,13 +77,13 @@ func Scenarios() []Scenario {
 	return []Scenario{
 		s("baseline", 3, w, func() Nemesis { return NoFaults{} }),
 		s("leader-isolated", 3, w, func() Nemesis { return IsolateLeader{} }),
-		s("random-halves", 5, w, func() Nemesis { return RandomHalves{} }),
+		s("random-halves", 5, dataModel, func() Nemesis { return RandomHalves{} }),
 		s("majorities-ring", 5, w, func() Nemesis { return MajoritiesRing{} }),
 		s("bridge", 5, w, func() Nemesis { return Bridge{} }),
 		s("lossy-reorder", 3, w, func() Nemesis {
 			return BadLinks{Rule: faultnet.Rule{Drop: 0.1, Duplicate: 0.05, Delay: time.Millisecond, Jitter: 10 * time.Millisecond}}
 		}),
-		s("crash-minority", 3, w, func() Nemesis { return &CrashMinority{Max: 1} }),
+		s("crash-minority", 3, dataModel, func() Nemesis { return &CrashMinority{Max: 1} }),
 		s("pause", 3, w, func() Nemesis { return Pause{For: 1500 * time.Millisecond} }),
 		s("restart-same-address", 5, w, func() Nemesis { return RestartSameAddress{ReadyWait: 10 * time.Second} }),
 		s("transfer-storm", 3, w, func() Nemesis { return &TransferStorm{Every: 50 * time.Millisecond, Groups: 16} }),
@@ -165,15 +169,35 @@ func controlScenarios() []Scenario {
 	}}
 }
 
-// Control is a negative control: a scenario run with one read path broken
-// on purpose. The checker must find its history Illegal, or the suite
-// proves nothing about that path.
+// Control is a negative control: a scenario run with one read path or
+// operation broken on purpose. The checker must find its history Illegal,
+// or the suite proves nothing about that path.
 type Control struct {
 	Name     string
 	Scenario string // in Scenarios() or the control-only ones; see Lookup
 	Doc      string
-	// Break switches the fault on in node i's hooks.
+	// Break, if set, switches the fault on in node i's hooks.
 	Break func(node int, h *testhook.Hooks)
+	// BreakWorkload, if set, switches it on in the scenario's clients
+	// instead, for faults gridkv has no seam for (see Controls).
+	BreakWorkload func(w *Workload)
+}
+
+// Apply returns s with c's fault switched on in its workload, and
+// Options.Tune switching it on in the nodes' hooks (after tune, if set).
+func (c Control) Apply(s Scenario, tune func(node int, h *testhook.Hooks)) (Scenario, func(node int, h *testhook.Hooks)) {
+	if c.BreakWorkload != nil {
+		c.BreakWorkload(&s.Workload)
+	}
+	if c.Break == nil {
+		return s, tune
+	}
+	return s, func(node int, h *testhook.Hooks) {
+		if tune != nil {
+			tune(node, h)
+		}
+		c.Break(node, h)
+	}
 }
 
 // Controls are the negative controls CI runs (jepsen_test.go).
@@ -188,6 +212,19 @@ func Controls() []Control {
 		{Name: "lease-keep-transfer", Scenario: "transfer-isolate",
 			Doc:   "a leader keeps its lease after it starts a leadership transfer",
 			Break: func(_ int, h *testhook.Hooks) { h.Lease.UnsafeKeepThroughTransfer = true }},
+		// The data model's atomic writes done as a read and then a write,
+		// by the suite's clients through the public API: gridkv has no
+		// seam that breaks its Incr or CompareAndDelete, and adding one
+		// would put another test-only branch on the write path. What these
+		// show is that the workload's concurrency and the model catch the
+		// bug an Incr or CompareAndDelete applied as a read of the state
+		// and a later write would have.
+		{Name: "incr-get-set", Scenario: "crash-minority",
+			Doc:           "Incr done as a Get, then a Set of the sum (concurrent Incrs lose updates)",
+			BreakWorkload: func(w *Workload) { w.DataModel, w.incrGetSet = true, true }},
+		{Name: "cad-get-delete", Scenario: "crash-minority",
+			Doc:           "CompareAndDelete done as a Get, then a Delete if the value matched (a write between the two is deleted)",
+			BreakWorkload: func(w *Workload) { w.DataModel, w.cadGetDelete = true, true }},
 	}
 }
 
@@ -263,6 +300,7 @@ type Report struct {
 	LeaseHits, LeaseMisses uint64
 	Problems               []string       // anything wrong besides the linearizability result
 	Errors                 map[string]int // errors the clients saw, by kind
+	Outcomes               map[string]int // Incrs and CompareAndDeletes by what they did (see outcome)
 	Viz                    string         // path of the visualization, when written
 	Elapsed                time.Duration
 }
@@ -295,6 +333,13 @@ func (r *Report) String() string {
 	tw.Flush()
 	if len(r.Windows) > 0 {
 		fmt.Fprintf(&b, "  during faults: %s\n", byOp(all))
+	}
+	if len(r.Outcomes) > 0 {
+		var parts []string
+		for _, k := range []string{"incr counted", "incr refused", "incr unknown", "compare-and-delete deleted", "compare-and-delete kept", "compare-and-delete unknown"} {
+			parts = append(parts, fmt.Sprintf("%s %d", k, r.Outcomes[k]))
+		}
+		fmt.Fprintf(&b, "  %s\n", strings.Join(parts, ", "))
 	}
 	kinds := make([]string, 0, len(r.Errors))
 	for k := range r.Errors {
@@ -485,7 +530,7 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 	rep.Problems = append(rep.Problems, checkWeakReads(h)...)
 	h.mu.Lock()
 	rep.Ops, rep.OK, rep.Failed, rep.Unknown, rep.Checked = h.total, h.ok, h.failed, h.unknown, len(h.ops)
-	rep.Errors = h.errors
+	rep.Errors, rep.Outcomes = h.errors, h.outcomes
 	h.mu.Unlock()
 	viz := ""
 	if o.OutDir != "" {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -23,6 +24,8 @@ const (
 	OpPut
 	OpDelete
 	OpCAS
+	OpIncr // Incr: adds Delta to a decimal counter
+	OpCAD  // CompareAndDelete: deletes the key if its value is Old
 )
 
 // ReadMode is how a get reads.
@@ -59,13 +62,15 @@ func (m ReadMode) options(replicas int) []gridkv.ReadOption {
 	return nil
 }
 
-// Input is one operation as invoked. Values are unique per write; "" is
-// "absent" (no write stores an empty value).
+// Input is one operation as invoked. Values put or swapped in are unique
+// per write; "" is "absent" (no write stores an empty value). Incr's sums
+// are not unique: they are the decimal counters it keeps.
 type Input struct {
 	Kind  OpKind
 	Key   string
 	Value string // put, CAS new
-	Old   string // CAS expected; "" = absent
+	Old   string // CAS expected, "" = absent; CompareAndDelete expected
+	Delta int64  // Incr
 	Mode  ReadMode
 	Node  int // which node served the call
 }
@@ -73,8 +78,12 @@ type Input struct {
 // Output is its outcome.
 type Output struct {
 	Value   string // get: the value read, "" when absent
-	Swapped bool   // CAS
-	Unknown bool   // a write whose effect is unknown (timeout, connection lost)
+	Swapped bool   // CAS swapped; CompareAndDelete deleted
+	Sum     int64  // Incr: the sum it stored
+	// Invalid: an Incr refused with ErrInvalid, the value not a decimal
+	// int64 (or the sum overflowing): a definite outcome, nothing changed.
+	Invalid bool
+	Unknown bool // a write whose effect is unknown (timeout, connection lost)
 	Err     string
 }
 
@@ -89,6 +98,7 @@ type History struct {
 	total, ok, failed, unknown int
 	failedOps                  []failedOp // for availability
 	errors                     map[string]int
+	outcomes                   map[string]int // of Incr and CompareAndDelete, see outcome
 }
 
 func newHistory() *History { return &History{start: time.Now()} }
@@ -121,12 +131,42 @@ func (h *History) record(client int, in Input, call int64, out Output, failed bo
 	default:
 		h.ok++
 	}
+	if o := outcome(in, out); o != "" {
+		if h.outcomes == nil {
+			h.outcomes = map[string]int{}
+		}
+		h.outcomes[o]++
+	}
 	op := porcupine.Operation{ClientId: client, Input: in, Call: call, Output: out, Return: ret}
 	if in.Kind == OpGet && !in.Mode.linearizable() {
 		h.weak = append(h.weak, op)
 		return
 	}
 	h.ops = append(h.ops, op)
+}
+
+// outcome names what an Incr or CompareAndDelete did, for the report: how
+// often counters met the other writes.
+func outcome(in Input, out Output) string {
+	var verdict string
+	switch {
+	case in.Kind != OpIncr && in.Kind != OpCAD:
+		return ""
+	case out.Unknown:
+		verdict = "unknown"
+	case in.Kind == OpIncr && out.Invalid:
+		verdict = "refused"
+	case in.Kind == OpIncr:
+		verdict = "counted"
+	case out.Swapped:
+		verdict = "deleted"
+	default:
+		verdict = "kept"
+	}
+	if in.Kind == OpIncr {
+		return "incr " + verdict
+	}
+	return "compare-and-delete " + verdict
 }
 
 // failedOp is an operation that certainly had no effect: a failed read,
@@ -188,6 +228,17 @@ type Workload struct {
 	// Modes are the read modes gets draw from, uniformly (repeat one to
 	// weight it); nil: every mode.
 	Modes []ReadMode
+	// DataModel adds Incr and CompareAndDelete to the writes, on the same
+	// keys: puts, deletes, CAS, Incr and CompareAndDelete in the
+	// proportions 22:5:12:11:5. Half of the puts and CAS write a decimal
+	// value (unique too, see decimalValue), so that counters and the other
+	// writes meet: an Incr finds a counter or an absent key, or else a
+	// value that is not a decimal int64 (ErrInvalid; about 4 Incrs in 10).
+	DataModel bool
+	// incrGetSet and cadGetDelete are negative controls (Controls): the
+	// clients do Incr as a Get then a Set of the sum, CompareAndDelete as a
+	// Get then a Delete, each two calls instead of one atomic command.
+	incrGetSet, cadGetDelete bool
 }
 
 // keys are the workload's keys on c.
@@ -303,6 +354,22 @@ func (cl *client) step() {
 		} else {
 			in.Mode = ReadMode(cl.rng.IntN(int(readModes)))
 		}
+	} else if cl.w.DataModel {
+		if cl.rng.IntN(2) == 0 {
+			value = decimalValue(cl.id, cl.seq)
+		}
+		switch w := (p - reads) * 55 / (100 - reads); { // as if out of 55
+		case w < 22:
+			in.Kind, in.Value = OpPut, value
+		case w < 27:
+			in.Kind = OpDelete
+		case w < 39:
+			in.Kind, in.Value, in.Old = OpCAS, value, cl.recent[key]
+		case w < 50:
+			in.Kind, in.Delta = OpIncr, incrDeltas[cl.rng.IntN(len(incrDeltas))]
+		default:
+			in.Kind, in.Old = OpCAD, cl.recent[key] // "" (absent) never matches
+		}
 	} else {
 		switch w := (p - reads) * 55 / (100 - reads); { // as if out of 55
 		case w < 30:
@@ -324,8 +391,27 @@ func (cl *client) step() {
 			if out.Swapped {
 				cl.recent[key] = in.Value
 			}
+		case OpIncr:
+			if !out.Invalid {
+				cl.recent[key] = strconv.FormatInt(out.Sum, 10)
+			}
+		case OpCAD:
+			if out.Swapped {
+				cl.recent[key] = ""
+			}
 		}
 	}
+}
+
+// incrDeltas are what Incrs add: both signs, several sizes, so that a sum
+// tells which Incrs came before it more often than +1 alone would.
+var incrDeltas = []int64{1, 2, 5, -1, -3}
+
+// decimalValue is a unique value that Incr can count on: client id's
+// write seq as (id+1)·10¹⁰ + seq·10⁴ ("30000120000": client 2, write 12).
+// Incrs move a counter by a few units, far from the next write's value.
+func decimalValue(id, seq int) string {
+	return strconv.FormatInt(int64(id+1)*1e10+int64(seq)*1e4, 10)
 }
 
 // execute performs in on db and records it.
@@ -353,6 +439,23 @@ func execute(db *gridkv.DB, in Input, w Workload, timeout time.Duration, h *Hist
 			old = []byte(in.Old)
 		}
 		out.Swapped, err = db.CompareAndSwap(ctx, in.Key, old, []byte(in.Value))
+	case OpIncr:
+		if w.incrGetSet {
+			out.Sum, err = incrByGetSet(ctx, db, in.Key, in.Delta)
+		} else {
+			out.Sum, err = db.Incr(ctx, in.Key, in.Delta)
+		}
+		if errors.Is(err, gridkv.ErrInvalid) {
+			// The answer to an Incr on a value that is not a counter: it
+			// applied and changed nothing, which the model checks.
+			out.Invalid, out.Err, err = true, err.Error(), nil
+		}
+	case OpCAD:
+		if w.cadGetDelete {
+			out.Swapped, err = cadByGetDelete(ctx, db, in.Key, in.Old)
+		} else {
+			out.Swapped, err = db.CompareAndDelete(ctx, in.Key, []byte(in.Old))
+		}
 	}
 	failed := false
 	if err != nil {
@@ -365,4 +468,35 @@ func execute(db *gridkv.DB, in Input, w Workload, timeout time.Duration, h *Hist
 	}
 	h.record(client, in, call, out, failed)
 	return out, failed
+}
+
+// incrByGetSet is Incr done wrong, for a negative control: a read of the
+// counter, then a Set of the sum. Two of them at once both read the same
+// value, both store the same sum, and one increment is lost.
+func incrByGetSet(ctx context.Context, db *gridkv.DB, key string, delta int64) (int64, error) {
+	v, err := db.Get(ctx, key)
+	if err != nil && !errors.Is(err, gridkv.ErrNotFound) {
+		return 0, err
+	}
+	var n int64
+	if len(v) > 0 {
+		if n, err = strconv.ParseInt(string(v), 10, 64); err != nil {
+			return 0, fmt.Errorf("%w: %q is not a decimal int64", gridkv.ErrInvalid, v)
+		}
+	}
+	return n + delta, db.Set(ctx, key, []byte(strconv.FormatInt(n+delta, 10)))
+}
+
+// cadByGetDelete is CompareAndDelete done wrong, for a negative control: a
+// read, and a Delete if the value read was old. A write between the two is
+// deleted with it.
+func cadByGetDelete(ctx context.Context, db *gridkv.DB, key, old string) (bool, error) {
+	v, err := db.Get(ctx, key)
+	if errors.Is(err, gridkv.ErrNotFound) || err == nil && string(v) != old {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, db.Delete(ctx, key)
 }

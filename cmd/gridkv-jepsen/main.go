@@ -8,9 +8,9 @@
 //	go run ./cmd/gridkv-jepsen -lease-keep-transfer -seeds 5
 //
 // A negative control flag (-quorum-no-wait, -lease-no-margin,
-// -lease-keep-transfer) breaks one read path on purpose; without
-// -scenario it runs the control's own scenario. Such runs must come out
-// Illegal.
+// -lease-keep-transfer, -incr-get-set, -cad-get-delete) breaks one read
+// path or operation on purpose; without -scenario it runs the control's
+// own scenario. Such runs must come out Illegal.
 //
 // The report (report.txt, and a history visualization per failed run, with
 // the fault windows marked) goes to -out. The exit status is 1 if any run
@@ -102,7 +102,12 @@ func main() {
 	for _, s := range chosen {
 		for i := 0; i < *seeds; i++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-			rep, err := tests.Run(ctx, s, tests.Options{Seed: *seed + uint64(i), Scale: scale, Tune: tune(controls),
+			run := s
+			var tune func(node int, h *testhook.Hooks)
+			for _, c := range controls {
+				run, tune = c.Apply(run, tune)
+			}
+			rep, err := tests.Run(ctx, run, tests.Options{Seed: *seed + uint64(i), Scale: scale, Tune: tune,
 				OutDir: *out, Progress: os.Stderr})
 			cancel()
 			if err != nil {
@@ -128,17 +133,5 @@ func main() {
 	}
 	if failed > 0 {
 		os.Exit(1)
-	}
-}
-
-// tune switches on the negative controls asked for.
-func tune(controls []tests.Control) func(int, *testhook.Hooks) {
-	if len(controls) == 0 {
-		return nil
-	}
-	return func(node int, h *testhook.Hooks) {
-		for _, c := range controls {
-			c.Break(node, h)
-		}
 	}
 }
