@@ -315,7 +315,7 @@ func (f *FSM) readRange(r *bufio.Reader, prev int64) (*rangeState, error) {
 		return nil, restoreErr(err)
 	}
 	rs.hist.from = rs.currentVersion() // the history starts at the snapshot
-	var got Tally // of the entries read
+	var got Tally                      // of the entries read
 	var scratch []byte
 	for {
 		klen, err := readLen(r)
