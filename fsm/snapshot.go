@@ -314,8 +314,9 @@ func (f *FSM) readRange(r *bufio.Reader, prev int64) (*rangeState, error) {
 	if rs.seq, err = binary.ReadUvarint(r); err != nil {
 		return nil, restoreErr(err)
 	}
-	rs.hist.from = rs.currentVersion() // the history starts at the snapshot
-	var got Tally                      // of the entries read
+	// The range's history starts at the snapshot.
+	rs.hist.from = rs.currentVersion()
+	var got Tally // of the entries read
 	var scratch []byte
 	for {
 		klen, err := readLen(r)
