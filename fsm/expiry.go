@@ -97,7 +97,7 @@ func (f *FSM) sweep(now int64) {
 		}
 		x := heap.Pop(&rs.expiries).(expiry)
 		if cur, found := rs.tab.get(x.e.storedKey()); found && cur == x.e {
-			f.removeEntry(rs, cur)
+			f.removeEntry(rs, cur, EventExpire)
 		}
 		f.requeue(rs)
 	}

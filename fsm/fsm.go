@@ -71,6 +71,10 @@ type Options struct {
 	// 0): only there do SetLayout and CreateGroup apply (layout.go).
 	// Default false.
 	Layout bool
+	// History is how many recent changes the group keeps in its ranges'
+	// histories (history.go), over all its ranges: 0 means DefaultHistory,
+	// a negative number none.
+	History int
 }
 
 // Result is what applying one operation produced. Apply returns *Result for
@@ -128,6 +132,7 @@ type FSM struct {
 	ownedUsed int64   // bytes of keys + values in Owned ranges
 	limit     int64   // bytes the Owned ranges may hold: the group's share of MemoryLimit
 	scratch   []op
+	order     histOrder // the ranges' history events, oldest first
 
 	// inState counts the ranges in each state (Absent ranges the group
 	// has heard of included), for CountIn: written by the applier,
@@ -154,6 +159,7 @@ func New(opts Options) *FSM {
 	f := &FSM{opts: opts}
 	f.table.Store(&rangeTable{})
 	f.limit = f.share(0)
+	f.order.limit = historyLimit(opts)
 	return f
 }
 
@@ -318,11 +324,13 @@ func (f *FSM) putAt(rs *rangeState, key, value []byte, expireAt int64) Result {
 	rs.mu.Lock()
 	rs.seq++
 	rs.tab.set(e)
+	rs.record(f.order.limit > 0, EventSet, e, version)
 	rs.used += delta
 	if !found {
 		rs.count++
 	}
 	rs.mu.Unlock()
+	f.noteEvent(rs.num, version)
 	if expireAt > 0 {
 		f.pushExpiry(rs, expiry{at: expireAt, e: e})
 	}
@@ -339,14 +347,15 @@ func (f *FSM) putAt(rs *rangeState, key, value []byte, expireAt int64) Result {
 // remove.
 func (f *FSM) remove(rs *rangeState, key []byte) Result {
 	if old, found := rs.tab.get(string(key)); found {
-		return f.removeEntry(rs, old)
+		return f.removeEntry(rs, old, EventDelete)
 	}
 	return Result{}
 }
 
 // removeEntry deletes the stored entry e from rs, an Owned range, and
-// stamps the deletion with the range's next version.
-func (f *FSM) removeEntry(rs *rangeState, e entry) Result {
+// stamps the deletion with the range's next version; kind is EventDelete
+// or EventExpire, for the history.
+func (f *FSM) removeEntry(rs *rangeState, e entry, kind EventKind) Result {
 	version, ok := rs.nextVersion()
 	if !ok {
 		return Result{Err: errVersionSpace(rs.rec.Epoch)}
@@ -356,12 +365,14 @@ func (f *FSM) removeEntry(rs *rangeState, e entry) Result {
 	rs.mu.Lock()
 	rs.seq++
 	rs.tab.delete(e.key(h))
+	rs.record(f.order.limit > 0, kind, e, version)
 	rs.used -= n
 	rs.count--
 	rs.mu.Unlock()
 	f.ownedUsed -= n
 	f.used.Add(-n)
 	f.count.Add(-1)
+	f.noteEvent(rs.num, version)
 	return Result{Version: version}
 }
 
@@ -390,7 +401,7 @@ func (f *FSM) applyKeyed(rs *rangeState, o *op, now int64) Result {
 		if !present || string(cur.value(h)) != string(o.old) {
 			return Result{Version: h.version}
 		}
-		r := f.removeEntry(rs, cur)
+		r := f.removeEntry(rs, cur, EventDelete)
 		r.Swapped = r.Err == nil
 		return r
 	case opExpire:

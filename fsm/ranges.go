@@ -137,12 +137,14 @@ type rangeState struct {
 	// ownership (version.go); 0 when the range became Owned. Snapshots
 	// carry it.
 	seq uint64
+	// hist is the range's recent changes (history.go).
+	hist history
 
 	// Touched only by the applier.
 	expiries expiryHeap // deadlines of the range's entries with a TTL
 	dueAt    int        // index in FSM.due; -1 when not there
 
-	_ [8]byte // fill 256 bytes (a size class): neighbouring ranges' locks sit on other cache lines
+	_ [24]byte // fill 320 bytes (a size class): neighbouring ranges' locks sit on other cache lines
 }
 
 func newRangeState(num uint32) *rangeState {
@@ -297,6 +299,12 @@ func (f *FSM) setRecord(rs *rangeState, rec RangeRecord) {
 	rs.mu.Lock()
 	if rec.State == Owned && (rs.rec.State != Owned || rs.rec.Epoch != rec.Epoch) {
 		rs.seq = 0 // a new ownership: its versions start over at a greater epoch
+		if rs.rec.State != Frozen {
+			// Genesis or a handoff's Activate: the history starts here
+			// (after Unfreeze it goes on from the freeze).
+			from, _ := MakeVersion(rec.Epoch-1, 0)
+			rs.hist.reset(from)
+		}
 	}
 	rs.rec = rec
 	rs.mu.Unlock()

@@ -266,6 +266,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.table.Store(table)
 	f.layout.Store(&lay)
 	f.due = f.due[:0]
+	f.order = histOrder{limit: f.order.limit}
 	f.owned, f.ownedUsed = 0, 0
 	for s := range f.inState {
 		f.inState[s].Store(0)
@@ -313,6 +314,8 @@ func (f *FSM) readRange(r *bufio.Reader, prev int64) (*rangeState, error) {
 	if rs.seq, err = binary.ReadUvarint(r); err != nil {
 		return nil, restoreErr(err)
 	}
+	// The range's history starts at the snapshot.
+	rs.hist.from = rs.currentVersion()
 	var got Tally // of the entries read
 	var scratch []byte
 	for {

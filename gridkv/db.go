@@ -54,6 +54,15 @@ type DB struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 
+	// feeds are the watch feeds running (watchfeed.go); shared is the one
+	// the node's watchers share.
+	feeds struct {
+		sync.Mutex
+		shared *feed
+		all    map[*feed]struct{}
+		closed bool
+	}
+
 	// handoffKick wakes the handoff loop (handoff.go); handoffTimeout
 	// (nanoseconds) is how long a handoff may take before its source takes
 	// the range back: 30s, 10s with Fast, or the suite's
@@ -186,6 +195,7 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	}
 	db := &DB{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), stop: make(chan struct{}),
 		handoffKick: make(chan struct{}, 1)}
+	db.feeds.all = map[*feed]struct{}{}
 	db.handoffTimeout.Store(int64(30 * time.Second))
 	if cfg.Fast {
 		db.handoffTimeout.Store(int64(10 * time.Second))
@@ -647,6 +657,7 @@ func (db *DB) stopServing() (map[int]*replica, bool) {
 	db.mu.Unlock()
 	close(db.stop)
 	db.wg.Wait()
+	db.stopFeeds()
 	return reps, true
 }
 

@@ -18,6 +18,11 @@ var (
 	ErrInvalid     = errors.New("gridkv: invalid argument")
 	ErrMemoryLimit = errors.New("gridkv: memory limit exceeded")
 	ErrUnavailable = errors.New("gridkv: unavailable")
+	// ErrCompacted ends a watch whose history is gone: the changes it
+	// needed are no longer kept (see DB.Watch). Reload, then watch again.
+	ErrCompacted = errors.New("gridkv: watch history compacted")
+	// ErrLagged ends a watch whose receiver fell WatchBuffer events behind.
+	ErrLagged = errors.New("gridkv: watcher fell behind")
 )
 
 // timedOut wraps cause in ErrTimeout. inFlight marks a write that may have

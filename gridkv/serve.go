@@ -146,6 +146,8 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 		return out
 	case reqLeave:
 		return db.removeLeaving(ctx, rep, raft.ServerID(body))
+	case reqWatch:
+		return db.serveWatch(ctx, rep, body)
 	case reqHandoffPrep, reqActivate, reqMoveRange:
 		return db.serveHandoff(ctx, rep, kind, body)
 	}

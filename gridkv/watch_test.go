@@ -1,0 +1,311 @@
+package gridkv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// nextEvent waits for w's next event that is not EventProgress.
+func nextEvent(t *testing.T, w *Watcher, within time.Duration) Event {
+	t.Helper()
+	timeout := time.After(within)
+	for {
+		select {
+		case e, ok := <-w.Events():
+			if !ok {
+				t.Fatalf("watch ended: %v", w.Err())
+			}
+			if e.Kind == EventProgress {
+				continue
+			}
+			return e
+		case <-timeout:
+			t.Fatalf("no event within %v", within)
+		}
+	}
+}
+
+func describe(e Event) string {
+	return fmt.Sprintf("%v %s=%s", e.Kind, e.Key, e.Value)
+}
+
+// A watch sees every change to its prefix after it started, per key in
+// commit order with growing versions, and nothing else.
+func TestWatch(t *testing.T) {
+	nodes := formCluster(t, 3, Config{Fast: true, BootstrapExpect: 3, GroupsPerNode: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := nodes[0].Set(ctx, "p/before", []byte("0")); err != nil {
+		t.Fatal(err)
+	}
+	w, err := nodes[1].Watch(ctx, "p/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	start := w.Start()
+	if len(start) != nodes[1].cfg.Ranges {
+		t.Fatalf("start cursor names %d ranges", len(start))
+	}
+	steps := []struct {
+		do   func() error
+		want string
+	}{
+		{func() error { return nodes[0].Set(ctx, "q/other", []byte("x")) }, ""},
+		{func() error { return nodes[2].Set(ctx, "p/a", []byte("1")) }, "set p/a=1"},
+		{func() error { _, err := nodes[0].Incr(ctx, "p/n", 5); return err }, "set p/n=5"},
+		{func() error { return nodes[1].Set(ctx, "p/a", []byte("2"), WithTTL(time.Hour)) }, "set p/a=2"},
+		{func() error { _, err := nodes[0].CompareAndDelete(ctx, "p/a", []byte("2")); return err }, "delete p/a="},
+		{func() error { return nodes[0].Delete(ctx, "p/absent") }, ""},
+		{func() error { return nodes[2].Delete(ctx, "p/n") }, "delete p/n="},
+	}
+	var wants []string
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			t.Fatal(err)
+		}
+		if s.want != "" {
+			wants = append(wants, s.want)
+		}
+	}
+	last := map[string]uint64{}
+	for _, want := range wants {
+		e := nextEvent(t, w, 10*time.Second)
+		if describe(e) != want {
+			t.Fatalf("event %q, want %q", describe(e), want)
+		}
+		if e.Version <= last[e.Key] || e.Version <= start[e.Range] {
+			t.Fatalf("%q: version %x after %x (start %x)", want, e.Version, last[e.Key], start[e.Range])
+		}
+		last[e.Key] = e.Version
+		if loc, _ := nodes[0].Locate(e.Key); loc.Range != e.Range {
+			t.Fatalf("%q: range %d, the key's is %d", want, e.Range, loc.Range)
+		}
+	}
+	select {
+	case e := <-w.Events():
+		t.Fatalf("unexpected event %q", describe(e))
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	// A key that expires: its event comes once the group applies another
+	// write (any key of the group will do).
+	if err := nodes[0].Set(ctx, "p/ttl", []byte("x"), WithTTL(100*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if e := nextEvent(t, w, 10*time.Second); describe(e) != "set p/ttl=x" || e.ExpireAt.IsZero() {
+		t.Fatalf("ttl set: %q %v", describe(e), e.ExpireAt)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for i := 0; ; i++ {
+		if err := nodes[0].Set(ctx, fmt.Sprint("q/tick", i), nil); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case e := <-w.Events():
+			if describe(e) != "expire p/ttl=" {
+				t.Fatalf("event %q, want the expiry", describe(e))
+			}
+			w.Close()
+			if _, ok := <-w.Events(); ok || !errors.Is(w.Err(), ErrClosed) {
+				t.Fatalf("after Close: %v", w.Err())
+			}
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no expire event")
+		}
+	}
+}
+
+// A watch follows a range that moves between groups and a group whose
+// leader changes; resumed from a cursor it picks up exactly where it was;
+// one whose history is gone ends with ErrCompacted; a slow one is cut off.
+func TestWatchAcrossMovesAndLeaders(t *testing.T) {
+	nodes := formCluster(t, 3, Config{Fast: true, BootstrapExpect: 3, GroupsPerNode: 1})
+	for _, db := range nodes {
+		db.handoffTimeout.Store(int64(3 * time.Second))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	lay := nodes[0].lay.Load()
+	const r = 5
+	keys := keysIn("m/", r, nodes[0].cfg.Ranges, 2)
+	k := keys[0]
+	w, err := nodes[2].Watch(ctx, "m/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	cur := w.Start()
+	expect := func(want string) Event {
+		t.Helper()
+		e := nextEvent(t, w, 15*time.Second)
+		if describe(e) != want {
+			t.Fatalf("event %q, want %q", describe(e), want)
+		}
+		if e.Version <= cur[e.Range] {
+			t.Fatalf("%q: version %x not above %x", want, e.Version, cur[e.Range])
+		}
+		cur.Advance(e)
+		return e
+	}
+	if err := nodes[0].Set(ctx, k, []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	before := expect("set " + k + "=1")
+
+	from := lay.genesis(r)
+	to := (from + 1) % lay.groups
+	if err := nodes[1].moveRange(ctx, r, to); err != nil {
+		t.Fatal(err)
+	}
+	if err := nodes[1].Set(ctx, k, []byte("2")); err != nil {
+		t.Fatal(err)
+	}
+	// The watch hands on an EventProgress for the range on the way; the
+	// cursor takes it.
+	progressed := false
+	for e := range w.Events() {
+		cur.Advance(e)
+		if e.Kind == EventProgress {
+			progressed = true
+			continue
+		}
+		if describe(e) != "set "+k+"=2" || e.Version <= before.Version {
+			t.Fatalf("after the move: %q at %x (before %x)", describe(e), e.Version, before.Version)
+		}
+		break
+	}
+	if !progressed {
+		t.Fatal("no EventProgress for the moved range")
+	}
+
+	// The group's leader changes.
+	rep := nodes[0].replica(to)
+	for _, db := range nodes {
+		if p := db.replica(to); p != nil && p.group.IsLeader() {
+			rep = p
+		}
+	}
+	if err := rep.group.TransferLeadership(ctx, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := nodes[0].Set(ctx, k, []byte("3")); err != nil {
+		t.Fatal(err)
+	}
+	expect("set " + k + "=3")
+
+	// Resume: a new watch from the cursor gets what came after it, only.
+	resume := Cursor{}
+	for r, v := range cur {
+		resume[r] = v
+	}
+	w.Close()
+	if err := nodes[0].Set(ctx, keys[1], []byte("4")); err != nil {
+		t.Fatal(err)
+	}
+	w2, err := nodes[1].Watch(ctx, "m/", WatchFrom(resume))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w2.Close()
+	if e := nextEvent(t, w2, 15*time.Second); describe(e) != "set "+keys[1]+"=4" {
+		t.Fatalf("resumed: %q", describe(e))
+	}
+
+	// From before the move: the range's history at its group begins at
+	// the move.
+	old := Cursor{}
+	for r, v := range resume {
+		old[r] = v
+	}
+	old[r] = before.Version - 1
+	w3, err := nodes[0].Watch(ctx, "m/", WatchFrom(old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w3.Close()
+	var kinds []EventKind
+	for e := range w3.Events() {
+		kinds = append(kinds, e.Kind)
+	}
+	if !errors.Is(w3.Err(), ErrCompacted) || len(kinds) == 0 || kinds[len(kinds)-1] != EventCompacted {
+		t.Fatalf("from before the move: %v, events %v", w3.Err(), kinds)
+	}
+
+	// A watcher that does not read is cut off; writes go on.
+	w4, err := nodes[0].Watch(ctx, "slow/", WatchBuffer(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		if err := nodes[i%3].Set(ctx, fmt.Sprint("slow/", i), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for w4.Err() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("slow watcher not cut off")
+		}
+		<-time.After(10 * time.Millisecond)
+	}
+	if !errors.Is(w4.Err(), ErrLagged) {
+		t.Fatalf("slow watcher: %v", w4.Err())
+	}
+}
+
+// Ending a watch: by ctx, and by the DB closing; bad options.
+func TestWatchEnds(t *testing.T) {
+	db, err := Open(Config{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := db.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Watch(ctx, "", WatchBuffer(0)); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("WatchBuffer(0): %v", err)
+	}
+	wctx, wcancel := context.WithCancel(ctx)
+	w1, err := db.Watch(wctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w2, err := db.Watch(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Set(ctx, "abc", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []*Watcher{w1, w2} {
+		if e := nextEvent(t, w, 10*time.Second); describe(e) != "set abc=v" {
+			t.Fatalf("event %q", describe(e))
+		}
+	}
+	wcancel()
+	for range w1.Events() {
+	}
+	if !errors.Is(w1.Err(), ErrTimeout) || !errors.Is(w1.Err(), context.Canceled) {
+		t.Fatalf("after ctx: %v", w1.Err())
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range w2.Events() {
+	}
+	if !errors.Is(w2.Err(), ErrClosed) {
+		t.Fatalf("after DB.Close: %v", w2.Err())
+	}
+	if _, err := db.Watch(ctx, ""); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Watch after Close: %v", err)
+	}
+}

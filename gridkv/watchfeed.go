@@ -1,0 +1,371 @@
+package gridkv
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"time"
+)
+
+// A feed follows the changes of every range for its watchers: one poller
+// goroutine per replica group, each long-polling the group's leader
+// (reqWatch) for the changes of the ranges it holds after the feed's
+// position in each, and handing them to the watchers whose prefix matches.
+// A range's position only moves forward, past each change handed on, so no
+// change is handed on twice; a range that moves to another group ends
+// Closed at its source (its last changes there, then a floor every change
+// at the target is above) and is then polled at the target.
+//
+// The node's watchers share one feed (DB.shared), started by the first and
+// stopped when the last ends; a watch resumed from a cursor has its own.
+
+// watchWait is how long a leader holds a poll while nothing is new;
+// watchPage bounds the changes per range in one answer.
+const (
+	watchWait    = time.Second
+	watchPageLen = 256
+)
+
+type feed struct {
+	db     *DB
+	shared bool
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the pollers
+
+	mu      sync.Mutex
+	subs    map[*Watcher]struct{}
+	pending int // watchers on their way in (sharedFeed handed them the feed)
+	ranges  []feedRange
+	pollers map[int]bool // groups with a running poller
+	// unprimed counts the ranges without a position; primed is closed
+	// while it is 0.
+	unprimed int
+	primed   chan struct{}
+	stopped  bool
+}
+
+// feedRange is a feed's position in one range.
+type feedRange struct {
+	pos   uint64 // the version of the last change handed on (or the start)
+	known bool   // false: ask the leader for the range's current position
+	group int    // the group polled for it
+	lost  bool   // the group said it does not hold the range: find it
+}
+
+// sharedFeed returns the node's shared feed, starting one if none runs, with
+// the caller counted as pending; nil once the node closed.
+func (db *DB) sharedFeed() *feed {
+	db.feeds.Lock()
+	defer db.feeds.Unlock()
+	if f := db.feeds.shared; f != nil {
+		f.mu.Lock()
+		if !f.stopped {
+			f.pending++
+			f.mu.Unlock()
+			return f
+		}
+		f.mu.Unlock()
+	}
+	f := db.startFeedLocked(nil)
+	if f != nil {
+		f.shared = true
+		db.feeds.shared = f
+	}
+	return f
+}
+
+// newFeed starts a feed of its own at cursor from, with the caller pending;
+// nil once the node closed.
+func (db *DB) newFeed(from Cursor) *feed {
+	db.feeds.Lock()
+	defer db.feeds.Unlock()
+	return db.startFeedLocked(from)
+}
+
+// startFeedLocked starts a feed at from (nil: from now); the caller holds
+// db.feeds.
+func (db *DB) startFeedLocked(from Cursor) *feed {
+	if db.feeds.closed {
+		return nil
+	}
+	for f := range db.feeds.all { // forget feeds that are over
+		f.mu.Lock()
+		over := f.stopped && len(f.pollers) == 0
+		f.mu.Unlock()
+		if over {
+			delete(db.feeds.all, f)
+		}
+	}
+	f := &feed{db: db, subs: map[*Watcher]struct{}{}, pending: 1, pollers: map[int]bool{}, primed: make(chan struct{})}
+	f.ctx, f.cancel = context.WithCancel(context.Background())
+	routes := db.lay.Load().routes
+	f.ranges = make([]feedRange, db.cfg.Ranges)
+	for r := range f.ranges {
+		g, _ := routes.lookup(r)
+		f.ranges[r] = feedRange{group: g}
+		if from != nil {
+			f.ranges[r].pos, f.ranges[r].known = from[r], true
+		} else {
+			f.unprimed++
+		}
+	}
+	if f.unprimed == 0 {
+		close(f.primed)
+	}
+	f.mu.Lock()
+	for r := range f.ranges {
+		f.ensurePollerLocked(f.ranges[r].group)
+	}
+	f.mu.Unlock()
+	db.feeds.all[f] = struct{}{}
+	return f
+}
+
+// stopFeeds ends every watch and waits for the feeds' pollers (DB.Close).
+func (db *DB) stopFeeds() {
+	db.feeds.Lock()
+	db.feeds.closed = true
+	all := db.feeds.all
+	db.feeds.all = nil
+	db.feeds.Unlock()
+	for f := range all {
+		f.mu.Lock()
+		for w := range f.subs {
+			f.endLocked(w, ErrClosed)
+		}
+		f.stopLocked()
+		f.mu.Unlock()
+		f.wg.Wait()
+	}
+}
+
+// subscribe adds w to f once every range has a position (w starts there),
+// or fails when ctx ends or the feed stops first.
+func (f *feed) subscribe(ctx context.Context, w *Watcher) error {
+	if f == nil {
+		return ErrClosed
+	}
+	w.feed = f
+	for {
+		f.mu.Lock()
+		if f.stopped {
+			f.pending--
+			f.mu.Unlock()
+			return ErrClosed
+		}
+		if f.unprimed == 0 {
+			f.pending--
+			w.start = make(Cursor, len(f.ranges))
+			for r := range f.ranges {
+				w.start[r] = f.ranges[r].pos
+			}
+			f.subs[w] = struct{}{}
+			f.mu.Unlock()
+			return nil
+		}
+		primed := f.primed
+		f.mu.Unlock()
+		select {
+		case <-primed:
+		case <-ctx.Done():
+			f.mu.Lock()
+			f.pending--
+			f.stopIfIdleLocked()
+			f.mu.Unlock()
+			return timedOut(ctx.Err(), false)
+		}
+	}
+}
+
+// endLocked ends watcher w with err, if it has not ended; the caller holds
+// f.mu.
+func (f *feed) endLocked(w *Watcher, err error) {
+	if w.ended {
+		return
+	}
+	w.ended, w.err = true, err
+	close(w.ch)
+	if w.stopCtx != nil {
+		w.stopCtx()
+	}
+	delete(f.subs, w)
+	f.stopIfIdleLocked()
+}
+
+// stopIfIdleLocked stops f when no watcher uses it or is on its way.
+func (f *feed) stopIfIdleLocked() {
+	if len(f.subs) == 0 && f.pending == 0 {
+		f.stopLocked()
+	}
+}
+
+func (f *feed) stopLocked() {
+	f.stopped = true
+	f.cancel()
+}
+
+// ensurePollerLocked starts group g's poller if it does not run.
+func (f *feed) ensurePollerLocked(g int) {
+	if f.stopped || f.pollers[g] {
+		return
+	}
+	f.pollers[g] = true
+	f.wg.Add(1)
+	go f.poll(g)
+}
+
+// poll long-polls group g for the ranges the feed follows there, until none
+// is left or the feed stops.
+func (f *feed) poll(g int) {
+	defer f.wg.Done()
+	backoff := 2 * time.Millisecond
+	for {
+		asks, lost := f.asks(g)
+		if asks == nil {
+			return
+		}
+		if len(lost) > 0 {
+			// The group does not hold them (a move this node has not
+			// heard of): learn where they are, then look again.
+			for _, r := range lost {
+				f.db.findRange(f.ctx, r)
+			}
+			f.rehome(g, lost)
+			if pause(f.ctx, &backoff) != nil {
+				continue // stopped: asks says so
+			}
+			continue
+		}
+		ctx, cancel := context.WithTimeout(f.ctx, watchWait+2*time.Second)
+		ans, err := f.db.route(ctx, g, -1, reqWatch, appendWatchRequest(nil, watchWait, watchPageLen, asks), false)
+		cancel()
+		var pages []watchPage
+		if err == nil {
+			pages, err = decodeWatchAnswer(ans)
+		}
+		if err != nil {
+			_ = pause(f.ctx, &backoff)
+			continue
+		}
+		backoff = 2 * time.Millisecond
+		f.apply(g, asks, pages)
+	}
+}
+
+// asks lists what to ask group g: each range the feed follows there, at
+// its position (or from now). lost lists those to find first. nil asks:
+// the poller is done (the feed stopped, or g holds none of its ranges).
+func (f *feed) asks(g int) (asks []watchAsk, lost []int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.stopped {
+		for r := range f.ranges {
+			fr := &f.ranges[r]
+			switch {
+			case fr.group != g:
+			case fr.lost:
+				lost = append(lost, r)
+			default:
+				asks = append(asks, watchAsk{rng: r, now: !fr.known, after: fr.pos})
+			}
+		}
+	}
+	if len(asks) == 0 && len(lost) == 0 {
+		delete(f.pollers, g)
+		return nil, nil
+	}
+	if asks == nil {
+		asks = []watchAsk{}
+	}
+	return asks, lost
+}
+
+// rehome moves the lost ranges polled at g to the group the routes now
+// name (which may be g again: a range on its way in is asked for again).
+func (f *feed) rehome(g int, lost []int) {
+	routes := f.db.lay.Load().routes
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, r := range lost {
+		fr := &f.ranges[r]
+		if fr.group != g || !fr.lost {
+			continue
+		}
+		fr.lost = false
+		if to, _ := routes.lookup(r); to != g {
+			fr.group = to
+			f.ensurePollerLocked(to)
+		}
+	}
+}
+
+// apply takes group g's answer to asks: it hands the changes on and moves
+// the positions past them.
+func (f *feed) apply(g int, asks []watchAsk, pages []watchPage) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, p := range pages {
+		if i >= len(asks) || p.rng != asks[i].rng || f.stopped {
+			return
+		}
+		a, fr := asks[i], &f.ranges[p.rng]
+		if fr.group != g || fr.known == a.now || (!a.now && fr.pos != a.after) {
+			continue // the range's state changed since the ask
+		}
+		switch p.status {
+		case watchNotHere:
+			fr.lost = true
+			continue
+		case watchCompacted:
+			f.compactedLocked(p.rng)
+			continue
+		}
+		if a.now {
+			fr.pos, fr.known = p.next, true
+			if f.unprimed--; f.unprimed == 0 {
+				close(f.primed)
+			}
+			continue
+		}
+		for _, e := range p.events {
+			if e.Version <= fr.pos {
+				continue
+			}
+			fr.pos = e.Version
+			for w := range f.subs {
+				if strings.HasPrefix(e.Key, w.prefix) {
+					w.deliverLocked(e)
+				}
+			}
+		}
+		if p.flags&pageClosed != 0 && p.next > fr.pos {
+			fr.pos = p.next
+			for w := range f.subs {
+				w.deliverLocked(Event{Kind: EventProgress, Version: p.next, Range: p.rng})
+			}
+		}
+		if p.flags&pageGone != 0 && p.flags&pageMore == 0 {
+			fr.group = p.peer
+			f.ensurePollerLocked(p.peer)
+		}
+	}
+}
+
+// compactedLocked: range r's history no longer reaches back to the feed's
+// position. Every watcher ends with EventCompacted; the shared feed starts
+// the range over from now, for the watchers to come.
+func (f *feed) compactedLocked(r int) {
+	for w := range f.subs {
+		w.deliverLocked(Event{Kind: EventCompacted, Range: r})
+		f.endLocked(w, ErrCompacted)
+	}
+	if f.stopped {
+		return
+	}
+	fr := &f.ranges[r]
+	fr.known = false
+	if f.unprimed++; f.unprimed == 1 {
+		f.primed = make(chan struct{})
+	}
+}

@@ -1,0 +1,289 @@
+package gridkv
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"time"
+
+	"github.com/gridkv/gridkv/fsm"
+)
+
+// A reqWatch request (kind, uvarint group, then this body) asks a group's
+// leader for the changes of some of its ranges (see watchfeed.go):
+//
+//	uvarint wait (milliseconds the leader may hold the request while
+//	nothing is new; 0: answer at once), uvarint max events per range,
+//	uvarint n, then per range: uvarint range, flag byte (watchFromNow:
+//	answer the range's current position instead of events), uvarint after.
+//
+// Its answer is stOK, uvarint n, then per range in the request's order:
+// uvarint range, status byte (watchOK, watchCompacted, watchNotHere), flags
+// byte (pageMore, pageClosed, pageGone), uvarint next, uvarint peer group,
+// uvarint count, then per event: kind byte, uvarint version, varint
+// expireAt, uvarint key length, key, uvarint value length, value.
+const reqWatch byte = 18
+
+// Per-range statuses in a reqWatch answer.
+const (
+	watchOK        byte = 0 // events (maybe none) and the next position
+	watchCompacted byte = 1 // the history no longer reaches back to after
+	watchNotHere   byte = 2 // the group does not hold the range (ask the routes)
+)
+
+// Request and page flags.
+const (
+	watchFromNow byte = 1
+
+	pageMore   byte = 1
+	pageClosed byte = 2
+	pageGone   byte = 4
+)
+
+// watchAsk is one range of a reqWatch request.
+type watchAsk struct {
+	rng   int
+	now   bool
+	after uint64
+}
+
+// watchPage is one range of a reqWatch answer.
+type watchPage struct {
+	rng    int
+	status byte
+	flags  byte
+	next   uint64
+	peer   int
+	events []Event
+}
+
+func appendWatchRequest(b []byte, wait time.Duration, max int, asks []watchAsk) []byte {
+	b = binary.AppendUvarint(b, uint64(wait/time.Millisecond))
+	b = binary.AppendUvarint(b, uint64(max))
+	b = binary.AppendUvarint(b, uint64(len(asks)))
+	for _, a := range asks {
+		b = binary.AppendUvarint(b, uint64(a.rng))
+		var f byte
+		if a.now {
+			f = watchFromNow
+		}
+		b = append(b, f)
+		b = binary.AppendUvarint(b, a.after)
+	}
+	return b
+}
+
+// errBadWatch: a malformed reqWatch request or answer.
+var errBadWatch = errors.New("malformed watch message")
+
+func decodeWatchRequest(b []byte) (wait time.Duration, max int, asks []watchAsk, err error) {
+	d := decoder{b: b}
+	wait = time.Duration(d.uvarint()) * time.Millisecond
+	max = int(d.uvarint())
+	n := d.uvarint()
+	if n > uint64(len(b)) {
+		return 0, 0, nil, errBadWatch
+	}
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		a := watchAsk{rng: int(d.uvarint())}
+		a.now = d.byte()&watchFromNow != 0
+		a.after = d.uvarint()
+		asks = append(asks, a)
+	}
+	if d.err != nil || len(d.b) != 0 || max <= 0 {
+		return 0, 0, nil, errBadWatch
+	}
+	return wait, max, asks, nil
+}
+
+func appendWatchPage(b []byte, p watchPage) []byte {
+	b = binary.AppendUvarint(b, uint64(p.rng))
+	b = append(b, p.status, p.flags)
+	b = binary.AppendUvarint(b, p.next)
+	b = binary.AppendUvarint(b, uint64(p.peer))
+	b = binary.AppendUvarint(b, uint64(len(p.events)))
+	for _, e := range p.events {
+		b = append(b, byte(e.Kind))
+		b = binary.AppendUvarint(b, e.Version)
+		var at int64
+		if !e.ExpireAt.IsZero() {
+			at = e.ExpireAt.UnixNano()
+		}
+		b = binary.AppendVarint(b, at)
+		b = binary.AppendUvarint(b, uint64(len(e.Key)))
+		b = append(b, e.Key...)
+		b = binary.AppendUvarint(b, uint64(len(e.Value)))
+		b = append(b, e.Value...)
+	}
+	return b
+}
+
+// decodeWatchAnswer reads a reqWatch answer's body (after stOK). Keys and
+// values are copies; the values share one allocation per page.
+func decodeWatchAnswer(b []byte) ([]watchPage, error) {
+	d := decoder{b: b}
+	n := d.uvarint()
+	if n > uint64(len(b)) {
+		return nil, errBadWatch
+	}
+	pages := make([]watchPage, 0, n)
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		p := watchPage{rng: int(d.uvarint()), status: d.byte(), flags: d.byte(), next: d.uvarint(), peer: int(d.uvarint())}
+		count := d.uvarint()
+		if count > uint64(len(d.b)) {
+			return nil, errBadWatch
+		}
+		for j := uint64(0); j < count && d.err == nil; j++ {
+			e := Event{Kind: EventKind(d.byte()), Version: d.uvarint(), Range: p.rng}
+			if at := d.varint(); at != 0 {
+				e.ExpireAt = time.Unix(0, at)
+			}
+			e.Key = string(d.bytes())
+			if v := d.bytes(); e.Kind == EventSet {
+				e.Value = append([]byte{}, v...)
+			}
+			p.events = append(p.events, e)
+		}
+		pages = append(pages, p)
+	}
+	if d.err != nil || len(d.b) != 0 {
+		return nil, errBadWatch
+	}
+	return pages, nil
+}
+
+// serveWatch answers a reqWatch request at group rep's leader: each asked
+// range's changes after its position, or its current position. While
+// nothing is new it holds the request, up to the asked wait, until the
+// group applies another entry.
+func (db *DB) serveWatch(ctx context.Context, rep *replica, body []byte) []byte {
+	wait, max, asks, err := decodeWatchRequest(body)
+	if err != nil {
+		return []byte{stInvalid}
+	}
+	var deadline time.Time
+	if wait > 0 {
+		deadline = time.Now().Add(wait)
+	}
+	for {
+		applied := rep.fsm.Applied()
+		pages, news := db.watchPages(rep, asks, max)
+		if news || wait == 0 || !time.Now().Before(deadline) || db.isClosed() {
+			out := binary.AppendUvarint([]byte{stOK}, uint64(len(pages)))
+			for _, p := range pages {
+				out = appendWatchPage(out, p)
+			}
+			return out
+		}
+		wctx, cancel := context.WithDeadline(ctx, deadline)
+		err := rep.fsm.WaitApplied(wctx, applied+1)
+		cancel()
+		if err != nil && ctx.Err() != nil {
+			return []byte{stUnavailable} // the asker gave up
+		}
+	}
+}
+
+// watchPages reads the asked ranges' pages from rep's state; news reports
+// whether any page says something the asker does not know yet.
+func (db *DB) watchPages(rep *replica, asks []watchAsk, max int) (pages []watchPage, news bool) {
+	pages = make([]watchPage, len(asks))
+	for i, a := range asks {
+		p := &pages[i]
+		p.rng = a.rng
+		if a.now {
+			head, err := rep.fsm.HistoryHead(a.rng)
+			if err != nil {
+				p.status = watchNotHere
+			}
+			p.next = head
+			news = true
+			continue
+		}
+		page, err := rep.fsm.Events(a.rng, a.after, max)
+		switch {
+		case errors.Is(err, fsm.ErrCompacted):
+			p.status, news = watchCompacted, true
+			continue
+		case err != nil:
+			p.status, news = watchNotHere, true
+			continue
+		}
+		p.next, p.peer = page.Next, page.Peer
+		if page.More {
+			p.flags |= pageMore
+		}
+		if page.Closed {
+			p.flags |= pageClosed
+		}
+		if page.Gone {
+			p.flags |= pageGone
+		}
+		for _, e := range page.Events {
+			ev := Event{Kind: EventKind(e.Kind), Key: e.Key, Value: e.Value, Version: e.Version, Range: a.rng}
+			if e.ExpireAt != 0 {
+				ev.ExpireAt = time.Unix(0, e.ExpireAt)
+			}
+			p.events = append(p.events, ev)
+		}
+		if len(p.events) > 0 || page.Next != a.after || page.Gone {
+			news = true
+		}
+	}
+	return pages, news
+}
+
+// decoder reads varints and length-prefixed bytes from b; the first
+// failure sticks in err, and later reads return zero values.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.err = errBadWatch
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.err = errBadWatch
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) byte() byte {
+	if d.err != nil || len(d.b) == 0 {
+		d.err = errBadWatch
+		return 0
+	}
+	c := d.b[0]
+	d.b = d.b[1:]
+	return c
+}
+
+// bytes reads a uvarint length and that many bytes (a view of b).
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if d.err != nil || n > uint64(len(d.b)) {
+		d.err = errBadWatch
+		return nil
+	}
+	v := d.b[:n]
+	d.b = d.b[n:]
+	return v
+}
