@@ -2,9 +2,11 @@ package gridkv
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -444,4 +446,123 @@ func BenchmarkIncr(b *testing.B) {
 			})
 		}
 	}
+}
+
+// BenchmarkWatch: the write throughput of 3 nodes (GroupsPerNode 1, 64
+// parallel Set callers spread over the nodes, 16-byte values) with no
+// watcher and with 1,000 watchers (333 or 334 per node, each on its own
+// prefix "w<i>/"; every write matches one of them), and the delay from
+// each Set's invocation to its event's arrival at its watcher. The
+// writes' own latency (invocation to acknowledgement) is reported beside
+// it: the event can arrive before the writer hears its acknowledgement.
+//
+//	go test ./gridkv -run '^$' -bench Watch -benchtime 5s
+func BenchmarkWatch(b *testing.B) {
+	nodes := formCluster(b, 3, Config{BootstrapExpect: 3, GroupsPerNode: 1})
+	const prefixes = 1000
+	for _, watchers := range []int{0, 1000} {
+		b.Run(fmt.Sprintf("watchers-%d", watchers), func(b *testing.B) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var (
+				wg     sync.WaitGroup
+				mu     sync.Mutex
+				delays []time.Duration
+				events int
+			)
+			ws := make([]*Watcher, 0, watchers)
+			for i := 0; i < watchers; i++ {
+				w, err := nodes[i%3].Watch(ctx, fmt.Sprintf("w%d/", i))
+				if err != nil {
+					b.Fatal(err)
+				}
+				ws = append(ws, w)
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					var mine []time.Duration
+					for e := range w.Events() {
+						if e.Kind == EventSet && len(e.Value) == 16 {
+							sent := int64(binary.LittleEndian.Uint64(e.Value))
+							mine = append(mine, time.Duration(time.Now().UnixNano()-sent))
+						}
+					}
+					if err := w.Err(); !errors.Is(err, ErrClosed) {
+						b.Error(err)
+					}
+					mu.Lock()
+					delays = append(delays, mine...)
+					events += len(mine)
+					mu.Unlock()
+				}()
+			}
+			var next atomic.Int64
+			var lat []time.Duration
+			b.SetParallelism(32) // 64 callers on 2 cores
+			b.ResetTimer()
+			start := time.Now()
+			b.RunParallel(func(pb *testing.PB) {
+				i := next.Add(1)
+				db := nodes[i%3]
+				var mine []time.Duration
+				val := make([]byte, 16)
+				for pb.Next() {
+					key := fmt.Sprintf("w%d/%d", (i*7919)%prefixes, i%100)
+					i++
+					t0 := time.Now()
+					binary.LittleEndian.PutUint64(val, uint64(t0.UnixNano()))
+					if err := db.Set(ctx, key, val); err != nil {
+						b.Error(err)
+						return
+					}
+					mine = append(mine, time.Since(t0))
+				}
+				mu.Lock()
+				lat = append(lat, mine...)
+				mu.Unlock()
+			})
+			elapsed := time.Since(start)
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
+			slices.Sort(lat)
+			b.ReportMetric(float64(pct(lat, 0.50))/1e6, "set-p50-ms")
+			if watchers == 0 {
+				return
+			}
+			// Let the last events arrive, then end the watches.
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				if time.Now().After(deadline) {
+					break
+				}
+				all := true
+				for _, w := range ws {
+					if len(w.ch) > 0 {
+						all = false
+					}
+				}
+				if all {
+					break
+				}
+				<-time.After(10 * time.Millisecond)
+			}
+			<-time.After(200 * time.Millisecond) // in flight from the leaders
+			for _, w := range ws {
+				w.Close()
+			}
+			wg.Wait()
+			slices.Sort(delays)
+			b.ReportMetric(float64(events)/float64(b.N), "events/set")
+			b.ReportMetric(float64(pct(delays, 0.50))/1e6, "delay-p50-ms")
+			b.ReportMetric(float64(pct(delays, 0.99))/1e6, "delay-p99-ms")
+		})
+	}
+}
+
+// pct is the q-quantile of sorted durations (0 when empty).
+func pct(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[min(len(sorted)-1, int(q*float64(len(sorted))))]
 }

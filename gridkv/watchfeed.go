@@ -2,7 +2,7 @@ package gridkv
 
 import (
 	"context"
-	"strings"
+	"slices"
 	"sync"
 	"time"
 )
@@ -35,6 +35,11 @@ type feed struct {
 
 	mu      sync.Mutex
 	subs    map[*Watcher]struct{}
+	// byPrefix indexes subs by prefix; lens lists the prefixes' distinct
+	// lengths, ascending (replaced, never changed, so a dispatch can
+	// walk it while a watcher ends).
+	byPrefix map[string]map[*Watcher]struct{}
+	lens     []int
 	pending int // watchers on their way in (sharedFeed handed them the feed)
 	ranges  []feedRange
 	pollers map[int]bool // groups with a running poller
@@ -97,7 +102,7 @@ func (db *DB) startFeedLocked(from Cursor) *feed {
 			delete(db.feeds.all, f)
 		}
 	}
-	f := &feed{db: db, subs: map[*Watcher]struct{}{}, pending: 1, pollers: map[int]bool{}, primed: make(chan struct{})}
+	f := &feed{db: db, subs: map[*Watcher]struct{}{}, byPrefix: map[string]map[*Watcher]struct{}{}, pending: 1, pollers: map[int]bool{}, primed: make(chan struct{})}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	routes := db.lay.Load().routes
 	f.ranges = make([]feedRange, db.cfg.Ranges)
@@ -156,11 +161,11 @@ func (f *feed) subscribe(ctx context.Context, w *Watcher) error {
 		}
 		if f.unprimed == 0 {
 			f.pending--
-			w.start = make(Cursor, len(f.ranges))
+			w.start = make([]uint64, len(f.ranges))
 			for r := range f.ranges {
 				w.start[r] = f.ranges[r].pos
 			}
-			f.subs[w] = struct{}{}
+			f.addLocked(w)
 			f.mu.Unlock()
 			return nil
 		}
@@ -189,8 +194,52 @@ func (f *feed) endLocked(w *Watcher, err error) {
 	if w.stopCtx != nil {
 		w.stopCtx()
 	}
-	delete(f.subs, w)
+	f.removeLocked(w)
 	f.stopIfIdleLocked()
+}
+
+// addLocked and removeLocked keep subs and its index in step.
+func (f *feed) addLocked(w *Watcher) {
+	f.subs[w] = struct{}{}
+	set := f.byPrefix[w.prefix]
+	if set == nil {
+		set = map[*Watcher]struct{}{}
+		f.byPrefix[w.prefix] = set
+		if !slices.Contains(f.lens, len(w.prefix)) {
+			lens := append(slices.Clone(f.lens), len(w.prefix))
+			slices.Sort(lens)
+			f.lens = lens
+		}
+	}
+	set[w] = struct{}{}
+}
+
+func (f *feed) removeLocked(w *Watcher) {
+	delete(f.subs, w)
+	set := f.byPrefix[w.prefix]
+	delete(set, w)
+	if len(set) > 0 {
+		return
+	}
+	delete(f.byPrefix, w.prefix)
+	for p := range f.byPrefix {
+		if len(p) == len(w.prefix) {
+			return
+		}
+	}
+	f.lens = slices.DeleteFunc(slices.Clone(f.lens), func(n int) bool { return n == len(w.prefix) })
+}
+
+// dispatchLocked hands e to the watchers whose prefix it has.
+func (f *feed) dispatchLocked(e Event) {
+	for _, n := range f.lens {
+		if n > len(e.Key) {
+			return
+		}
+		for w := range f.byPrefix[e.Key[:n]] {
+			w.deliverLocked(e)
+		}
+	}
 }
 
 // stopIfIdleLocked stops f when no watcher uses it or is on its way.
@@ -305,8 +354,12 @@ func (f *feed) rehome(g int, lost []int) {
 func (f *feed) apply(g int, asks []watchAsk, pages []watchPage) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for i, p := range pages {
-		if i >= len(asks) || p.rng != asks[i].rng || f.stopped {
+	i := 0 // asks and pages go by range, pages only for ranges with news
+	for _, p := range pages {
+		for i < len(asks) && asks[i].rng < p.rng {
+			i++
+		}
+		if i == len(asks) || asks[i].rng != p.rng || f.stopped {
 			return
 		}
 		a, fr := asks[i], &f.ranges[p.rng]
@@ -333,11 +386,7 @@ func (f *feed) apply(g int, asks []watchAsk, pages []watchPage) {
 				continue
 			}
 			fr.pos = e.Version
-			for w := range f.subs {
-				if strings.HasPrefix(e.Key, w.prefix) {
-					w.deliverLocked(e)
-				}
-			}
+			f.dispatchLocked(e)
 		}
 		if p.flags&pageClosed != 0 && p.next > fr.pos {
 			fr.pos = p.next

@@ -17,7 +17,8 @@ import (
 //	uvarint n, then per range: uvarint range, flag byte (watchFromNow:
 //	answer the range's current position instead of events), uvarint after.
 //
-// Its answer is stOK, uvarint n, then per range in the request's order:
+// Its answer is stOK, uvarint n, then per range with news (events, a new
+// position, or a status other than watchOK), in the request's order:
 // uvarint range, status byte (watchOK, watchCompacted, watchNotHere), flags
 // byte (pageMore, pageClosed, pageGone), uvarint next, uvarint peer group,
 // uvarint count, then per event: kind byte, uvarint version, varint
@@ -177,6 +178,16 @@ func (db *DB) serveWatch(ctx context.Context, rep *replica, body []byte) []byte 
 		}
 		wctx, cancel := context.WithDeadline(ctx, deadline)
 		err := rep.fsm.WaitApplied(wctx, applied+1)
+		if err == nil {
+			// Linger a little, so that one answer carries the changes of
+			// the entries applying right after.
+			t := time.NewTimer(watchLinger)
+			select {
+			case <-t.C:
+			case <-wctx.Done():
+			}
+			t.Stop()
+		}
 		cancel()
 		if err != nil && ctx.Err() != nil {
 			return []byte{stUnavailable} // the asker gave up
@@ -184,13 +195,16 @@ func (db *DB) serveWatch(ctx context.Context, rep *replica, body []byte) []byte 
 	}
 }
 
-// watchPages reads the asked ranges' pages from rep's state; news reports
-// whether any page says something the asker does not know yet.
+// watchLinger is how long a held poll waits, once the group applies an
+// entry, before it answers.
+const watchLinger = time.Millisecond
+
+// watchPages reads the pages of the asked ranges with news (see reqWatch)
+// from rep's state; news reports whether there is any.
 func (db *DB) watchPages(rep *replica, asks []watchAsk, max int) (pages []watchPage, news bool) {
-	pages = make([]watchPage, len(asks))
-	for i, a := range asks {
-		p := &pages[i]
-		p.rng = a.rng
+	for _, a := range asks {
+		pages = append(pages, watchPage{rng: a.rng})
+		p := &pages[len(pages)-1]
 		if a.now {
 			head, err := rep.fsm.HistoryHead(a.rng)
 			if err != nil {
@@ -228,6 +242,8 @@ func (db *DB) watchPages(rep *replica, asks []watchAsk, max int) (pages []watchP
 		}
 		if len(p.events) > 0 || page.Next != a.after || page.Gone {
 			news = true
+		} else {
+			pages = pages[:len(pages)-1] // nothing new
 		}
 	}
 	return pages, news
