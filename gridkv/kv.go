@@ -194,29 +194,58 @@ func (db *DB) write(ctx context.Context, g, rng int, cmd []byte) ([]byte, error)
 // own state under its leader lease (no round trip; see docs/raftgroup.md),
 // or, while it holds no valid lease, after a ReadIndex round.
 func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, error) {
+	v, _, _, err := db.get(ctx, key, opts)
+	return v, err
+}
+
+// GetEntry is Get returning the key's Entry: its value, its version and
+// when it expires (ExpireAt zero: never). It reads as Get does, with the
+// same options, and gives ErrNotFound when the key is absent or expired.
+//
+// The version names the write that gave the key this value (see Entry):
+// every later write of the key has a greater one, even after its range
+// moved to another replica group. So a version is a fencing token: a lock
+// taken with CompareAndSwap has a version that no earlier holder's lock
+// reaches, and CompareVersionAndSwap writes only over the exact version
+// read.
+func (db *DB) GetEntry(ctx context.Context, key string, opts ...ReadOption) (Entry, error) {
+	v, version, expireAt, err := db.get(ctx, key, opts)
+	if err != nil {
+		return Entry{}, err
+	}
+	e := Entry{Key: key, Value: v, Version: version}
+	if expireAt != 0 {
+		e.ExpireAt = time.Unix(0, expireAt)
+	}
+	return e, nil
+}
+
+// get reads key for Get and GetEntry: its value (a copy of its own), its
+// version and its expiry (unix nanoseconds; 0: none).
+func (db *DB) get(ctx context.Context, key string, opts []ReadOption) (value []byte, version uint64, expireAt int64, err error) {
 	if db.isClosed() {
-		return nil, ErrClosed
+		return nil, 0, 0, ErrClosed
 	}
 	if err := db.checkKey(key); err != nil {
-		return nil, err
+		return nil, 0, 0, err
 	}
 	o, err := db.readOpts(opts)
 	if err != nil {
-		return nil, err
+		return nil, 0, 0, err
 	}
 	if err := ctxErr(ctx); err != nil {
-		return nil, err
+		return nil, 0, 0, err
 	}
 	rng, r := db.lay.Load().locate(key)
 	if rep := db.replica(r); rep != nil && !db.isClosed() {
 		if o.mode == readQuorum {
 			ans := db.quorumRead(ctx, rep, r, key, o.quorum)
 			if !db.rerouted(ans) {
-				v, err := answerValue(ans)
+				value, version, expireAt, err = answerEntry(ans)
 				if err != nil && ctx.Err() != nil {
-					return nil, timedOut(ctx.Err(), false) // a read: nothing in flight to worry about
+					return nil, 0, 0, timedOut(ctx.Err(), false) // a read: nothing in flight to worry about
 				}
-				return v, err
+				return value, version, expireAt, err
 			}
 		} else {
 			// Served by this node's replica with no round when it can:
@@ -227,7 +256,7 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 				ans, ok = db.leaseAnswer(ctx, rep, key)
 			}
 			if ok && !db.rerouted(ans) {
-				return answerValue(ans)
+				return answerEntry(ans)
 			}
 		}
 	}
@@ -237,28 +266,38 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 	}
 	ans, err := db.route(ctx, r, rng, reqRead, append(body, key...), false)
 	if err != nil {
-		return nil, err
+		return nil, 0, 0, err
 	}
-	_, n := binary.Uvarint(ans)
-	if n <= 0 {
-		return nil, errBadMessage
+	if value, version, expireAt, err = decodeEntry(ans); err != nil {
+		return nil, 0, 0, err
 	}
-	return append([]byte{}, ans[n:]...), nil // not a slice of a frame that may hold other reads
+	return append([]byte{}, value...), version, expireAt, nil // not a slice of a frame that may hold other reads
 }
 
-// answerValue turns a read answer served on this node into Get's result.
-func answerValue(ans []byte) ([]byte, error) {
+// answerEntry turns a read answer served on this node (status byte first;
+// made for this read alone) into get's result. The value is a slice of ans.
+func answerEntry(ans []byte) (value []byte, version uint64, expireAt int64, err error) {
 	if len(ans) == 0 {
-		return nil, errBadMessage
+		return nil, 0, 0, errBadMessage
 	}
 	if ans[0] != stOK {
-		return nil, statusError(ans[0], ans[1:])
+		return nil, 0, 0, statusError(ans[0], ans[1:])
 	}
-	_, n := binary.Uvarint(ans[1:])
+	return decodeEntry(ans[1:])
+}
+
+// decodeEntry reads the body of a read's stOK answer (see entryAnswer):
+// uvarint version, varint expiry, then the value, a slice of body.
+func decodeEntry(body []byte) (value []byte, version uint64, expireAt int64, err error) {
+	version, n := binary.Uvarint(body)
 	if n <= 0 {
-		return nil, errBadMessage
+		return nil, 0, 0, errBadMessage
 	}
-	return ans[1+n:], nil
+	expireAt, m := binary.Varint(body[n:])
+	if m <= 0 {
+		return nil, 0, 0, errBadMessage
+	}
+	return body[n+m:], version, expireAt, nil
 }
 
 // caughtUp waits until rep's state machine has applied commit index idx,

@@ -1,0 +1,174 @@
+package gridkv
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/gridkv/gridkv/fsm"
+	"github.com/gridkv/gridkv/internal/testutil"
+)
+
+// A read answer carries the version and the expiry before the value, in
+// one allocation; a cut one is refused.
+func TestEntryAnswerWire(t *testing.T) {
+	now := time.Now().UnixNano()
+	for _, e := range []fsm.Entry{
+		{Value: []byte("v"), Version: 1<<50 | 7, ExpireAt: now + int64(time.Hour)},
+		{Value: []byte{}, Version: 1},
+		{Value: bytes.Repeat([]byte("x"), 300), Version: 1<<64 - 1, ExpireAt: 1<<63 - 1},
+	} {
+		ans := entryAnswer(e, true, now)
+		if cap(ans) != len(ans) {
+			t.Errorf("%+v: answer of %d bytes in %d", e, len(ans), cap(ans))
+		}
+		v, version, expireAt, err := answerEntry(ans)
+		if err != nil || !bytes.Equal(v, e.Value) || v == nil || version != e.Version || expireAt != e.ExpireAt {
+			t.Fatalf("answerEntry(entryAnswer(%+v)) = %q %d %d %v", e, v, version, expireAt, err)
+		}
+		if _, _, _, err := answerEntry(ans[:len(ans)-len(e.Value)-1]); len(e.Value) == 0 && err == nil {
+			t.Fatalf("%+v: an answer cut in its expiry decoded", e)
+		}
+		if n := testing.AllocsPerRun(100, func() { entryAnswer(e, true, now) }); n != 1 {
+			t.Fatalf("entryAnswer: %v allocations, want 1", n)
+		}
+	}
+	if ans := entryAnswer(fsm.Entry{Value: []byte("v"), Version: 1, ExpireAt: now}, true, now); !bytes.Equal(ans, []byte{stNotFound}) {
+		t.Fatalf("expired: %q", ans)
+	}
+	if ans := entryAnswer(fsm.Entry{}, false, now); !bytes.Equal(ans, []byte{stNotFound}) {
+		t.Fatalf("absent: %q", ans)
+	}
+	if _, _, _, err := answerEntry([]byte{stNotFound}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("stNotFound: %v", err)
+	}
+}
+
+// readModes are the read options, named; the linearizable ones see a write
+// that returned at once.
+var readModes = []struct {
+	name   string
+	opts   []ReadOption
+	linear bool
+}{
+	{"default", nil, true},
+	{"ReadIndex", []ReadOption{ReadIndex()}, true},
+	{"Quorum(2)", []ReadOption{Quorum(2)}, true},
+	{"Quorum(1)", []ReadOption{Quorum(1)}, false},
+	{"Stale", []ReadOption{Stale()}, false},
+}
+
+// entryEverywhere checks that every node, in every read mode, reads key
+// as check wants (the modes that may lag: once they caught up).
+func entryEverywhere(ctx context.Context, t *testing.T, nodes []*DB, key string, check func(e Entry, err error) error) {
+	t.Helper()
+	for _, db := range nodes {
+		for _, m := range readModes {
+			var last error
+			ok := func() bool {
+				last = check(db.GetEntry(ctx, key, m.opts...))
+				return last == nil
+			}
+			if m.linear {
+				ok()
+			} else {
+				testutil.Eventually(t, 10*time.Second, fmt.Sprintf("%s: %s GetEntry(%q)", db.NodeID(), m.name, key), ok)
+			}
+			if last != nil {
+				t.Fatalf("%s: %s GetEntry(%q): %v", db.NodeID(), m.name, key, last)
+			}
+		}
+	}
+}
+
+// GetEntry on 3 nodes with 2 replicas a group (each node forwards the
+// reads of one group: batched reads, and Quorum and Stale reads from a
+// node without a replica), in every read mode: the value, a version that
+// the next write increases, the expiry of a WithTTL key, ErrNotFound for
+// an absent or expired key.
+func TestGetEntry(t *testing.T) {
+	nodes := openCluster(t, 3, Config{Fast: true, BootstrapExpect: 3, ReplicaCount: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	a, b := nodes[0], nodes[1]
+
+	want := func(value string, version uint64, expireAt time.Time) func(Entry, error) error {
+		return func(e Entry, err error) error {
+			if err != nil || e.Key != "k" || string(e.Value) != value || e.Version != version || !e.ExpireAt.Equal(expireAt) {
+				return fmt.Errorf("%+v, %v; want %q@%d expiring %v", e, err, value, version, expireAt)
+			}
+			return nil
+		}
+	}
+	if err := a.Set(ctx, "k", []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+	e1, err := b.GetEntry(ctx, "k")
+	if err != nil || string(e1.Value) != "v1" || e1.Version == 0 || !e1.ExpireAt.IsZero() {
+		t.Fatalf("GetEntry = %+v, %v", e1, err)
+	}
+	entryEverywhere(ctx, t, nodes, "k", want("v1", e1.Version, time.Time{}))
+	if err := b.Set(ctx, "k", []byte("v2")); err != nil {
+		t.Fatal(err)
+	}
+	e2, err := a.GetEntry(ctx, "k")
+	if err != nil || e2.Version <= e1.Version {
+		t.Fatalf("after a second write: %+v, %v; want a version above %d", e2, err, e1.Version)
+	}
+	entryEverywhere(ctx, t, nodes, "k", want("v2", e2.Version, time.Time{}))
+
+	// A TTL: the entry's expiry is the commit time plus the TTL.
+	before := time.Now()
+	if err := a.Set(ctx, "k", []byte("v3"), WithTTL(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	after := time.Now()
+	e3, err := nodes[2].GetEntry(ctx, "k")
+	const slack = time.Second // AppendedAt is the leader's wall clock: allow for a step
+	if err != nil || e3.Version <= e2.Version || e3.ExpireAt.Before(before.Add(time.Hour-slack)) || e3.ExpireAt.After(after.Add(time.Hour+slack)) {
+		t.Fatalf("with a TTL: %+v, %v; want an expiry in [%v, %v]", e3, err, before.Add(time.Hour), after.Add(time.Hour))
+	}
+	entryEverywhere(ctx, t, nodes, "k", want("v3", e3.Version, e3.ExpireAt))
+
+	// The value is the caller's, and an empty one is not nil.
+	e3.Value[0] = 'X'
+	if e, err := a.GetEntry(ctx, "k"); err != nil || string(e.Value) != "v3" {
+		t.Fatalf("after changing a returned value: %+v, %v", e, err)
+	}
+	if err := b.Set(ctx, "empty", nil); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := a.GetEntry(ctx, "empty"); err != nil || e.Value == nil || len(e.Value) != 0 {
+		t.Fatalf("empty value: %+v, %v", e, err)
+	}
+
+	// Absent, and expired.
+	notFound := func(e Entry, err error) error {
+		if !errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("%+v, %v; want ErrNotFound", e, err)
+		}
+		return nil
+	}
+	entryEverywhere(ctx, t, nodes, "never-written", notFound)
+	if err := a.Set(ctx, "short", []byte("x"), WithTTL(300*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := b.GetEntry(ctx, "short"); err != nil && !errors.Is(err, ErrNotFound) || err == nil && e.ExpireAt.IsZero() {
+		t.Fatalf("short TTL: %+v, %v", e, err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the short TTL to pass", func() bool {
+		_, err := a.GetEntry(ctx, "short")
+		return errors.Is(err, ErrNotFound)
+	})
+	entryEverywhere(ctx, t, nodes, "short", notFound)
+
+	if _, err := a.GetEntry(ctx, "", Stale()); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("empty key: %v", err)
+	}
+	if _, err := a.GetEntry(ctx, "k", Quorum(3)); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Quorum above ReplicaCount: %v", err)
+	}
+}
