@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -170,5 +171,181 @@ func TestGetEntry(t *testing.T) {
 	}
 	if _, err := a.GetEntry(ctx, "k", Quorum(3)); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("Quorum above ReplicaCount: %v", err)
+	}
+}
+
+// CompareVersionAndSwap on 3 nodes, each calling: it swaps only over the
+// exact version, 0 means absent (or expired), WithTTL applies, a stale
+// version loses, and of concurrent swaps over one version exactly one wins.
+func TestCompareVersionAndSwap(t *testing.T) {
+	nodes := openCluster(t, 3, Config{Fast: true, BootstrapExpect: 3})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	cvs := func(db *DB, version uint64, value string, want bool, opts ...WriteOption) {
+		t.Helper()
+		if ok, err := db.CompareVersionAndSwap(ctx, "k", version, []byte(value), opts...); err != nil || ok != want {
+			t.Fatalf("%s: CompareVersionAndSwap(%d, %q) = %v, %v; want %v", db.NodeID(), version, value, ok, err, want)
+		}
+	}
+	entry := func(db *DB, value string) Entry {
+		t.Helper()
+		e, err := db.GetEntry(ctx, "k")
+		if err != nil || string(e.Value) != value {
+			t.Fatalf("%s: GetEntry = %+v, %v; want %q", db.NodeID(), e, err, value)
+		}
+		return e
+	}
+
+	cvs(a, 0, "a", true)
+	cvs(b, 0, "b", false) // present
+	e1 := entry(c, "a")
+	if !e1.ExpireAt.IsZero() {
+		t.Fatalf("swapped without a TTL: %+v", e1)
+	}
+	cvs(b, e1.Version+1, "b", false)
+	cvs(b, e1.Version-1, "b", false)
+	cvs(c, e1.Version, "b", true)
+	e2 := entry(a, "b")
+	if e2.Version <= e1.Version {
+		t.Fatalf("version %d after %d", e2.Version, e1.Version)
+	}
+	cvs(a, e1.Version, "late", false) // a stale version loses
+	entry(b, "b")
+
+	// WithTTL: the new value expires; once it has, its version no longer
+	// matches and 0 does.
+	cvs(b, e2.Version, "c", true, WithTTL(time.Second))
+	e3 := entry(c, "c")
+	if e3.ExpireAt.IsZero() || time.Until(e3.ExpireAt) > time.Second {
+		t.Fatalf("with a TTL of 1s: %+v", e3)
+	}
+	testutil.Eventually(t, 10*time.Second, "the value to expire", func() bool {
+		_, err := a.GetEntry(ctx, "k")
+		return errors.Is(err, ErrNotFound)
+	})
+	cvs(a, e3.Version, "d", false)
+	cvs(c, 0, "d", true)
+	e4 := entry(b, "d")
+	if e4.Version <= e3.Version || !e4.ExpireAt.IsZero() {
+		t.Fatalf("after the expiry: %+v, want a version above %d and no expiry", e4, e3.Version)
+	}
+
+	// Concurrent swaps over one version, from every node: one wins.
+	var wg sync.WaitGroup
+	wins := make(chan string, 9)
+	errs := make(chan error, 9)
+	for i := range 9 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v := fmt.Sprint("w", i)
+			ok, err := nodes[i%3].CompareVersionAndSwap(ctx, "k", e4.Version, []byte(v))
+			if err != nil {
+				errs <- err
+			}
+			if ok {
+				wins <- v
+			}
+		}()
+	}
+	wg.Wait()
+	close(wins)
+	close(errs)
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	if len(wins) != 1 {
+		t.Fatalf("%d concurrent swaps over one version won", len(wins))
+	}
+	entry(a, <-wins)
+
+	for name, err := range map[string]error{
+		"zero TTL":   func() error { _, err := a.CompareVersionAndSwap(ctx, "k", 0, nil, WithTTL(0)); return err }(),
+		"nil option": func() error { _, err := a.CompareVersionAndSwap(ctx, "k", 0, nil, nil); return err }(),
+		"empty key":  func() error { _, err := a.CompareVersionAndSwap(ctx, "", 0, nil); return err }(),
+	} {
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", name, err)
+		}
+	}
+}
+
+// A key's versions keep growing when its range moves to another replica
+// group and back, though each group numbers its log on its own: a moved
+// entry keeps its version, the next write's is greater, and only the
+// newest version swaps.
+func TestVersionsGrowAcrossRangeMove(t *testing.T) {
+	nodes := formCluster(t, 3, Config{Fast: true, BootstrapExpect: 3, GroupsPerNode: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ranges := nodes[0].cfg.Ranges
+	const r = 5
+	from, _ := nodes[0].lay.Load().routes.lookup(r)
+	to := (from + 1) % nodes[0].lay.Load().groups
+	keys := keysIn("fence", r, ranges, 100)
+	k := keys[len(keys)-1]
+	// Writes to the source group, k's last: its log index runs ahead of
+	// what the target's will be after the move.
+	for i, key := range keys {
+		if err := nodes[i%3].Set(ctx, key, []byte("a")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entry := func(db *DB, value string) Entry {
+		t.Helper()
+		e, err := db.GetEntry(ctx, k)
+		if err != nil || string(e.Value) != value {
+			t.Fatalf("%s: GetEntry(%q) = %+v, %v; want %q", db.NodeID(), k, e, err, value)
+		}
+		return e
+	}
+	cvs := func(db *DB, version uint64, value string, want bool) {
+		t.Helper()
+		if ok, err := db.CompareVersionAndSwap(ctx, k, version, []byte(value)); err != nil || ok != want {
+			t.Fatalf("%s: CompareVersionAndSwap(%d, %q) = %v, %v; want %v", db.NodeID(), version, value, ok, err, want)
+		}
+	}
+	e1 := entry(nodes[0], "a")
+
+	move := func(to int) {
+		t.Helper()
+		if err := nodes[1].moveRange(ctx, r, to); err != nil {
+			t.Fatal(err)
+		}
+		if owner := waitSettled(t, nodes, r, 10*time.Second); owner != to {
+			t.Fatalf("range %d at group %d after the move to %d", r, owner, to)
+		}
+	}
+	move(to)
+	for _, db := range nodes {
+		if e := entry(db, "a"); e.Version != e1.Version {
+			t.Fatalf("%s: the moved entry has version %d, was %d", db.NodeID(), e.Version, e1.Version)
+		}
+	}
+	if err := nodes[2].Set(ctx, k, []byte("b")); err != nil {
+		t.Fatal(err)
+	}
+	e2 := entry(nodes[0], "b")
+	t.Logf("version before the move: epoch %d, index %d; after: epoch %d, index %d",
+		fsm.VersionEpoch(e1.Version), fsm.VersionIndex(e1.Version), fsm.VersionEpoch(e2.Version), fsm.VersionIndex(e2.Version))
+	if e2.Version <= e1.Version {
+		t.Fatalf("version %d after the move, %d before", e2.Version, e1.Version)
+	}
+	if fsm.VersionIndex(e2.Version) >= fsm.VersionIndex(e1.Version) {
+		t.Fatalf("the target's log index %d is not below the source's %d: the test shows nothing", fsm.VersionIndex(e2.Version), fsm.VersionIndex(e1.Version))
+	}
+	cvs(nodes[0], e1.Version, "stale", false)
+	cvs(nodes[1], e2.Version, "c", true)
+	e3 := entry(nodes[2], "c")
+	if e3.Version <= e2.Version {
+		t.Fatalf("version %d after %d", e3.Version, e2.Version)
+	}
+
+	move(from) // and back
+	cvs(nodes[2], e2.Version, "stale", false)
+	cvs(nodes[0], e3.Version, "d", true)
+	if e4 := entry(nodes[1], "d"); e4.Version <= e3.Version {
+		t.Fatalf("version %d after the move back, %d before", e4.Version, e3.Version)
 	}
 }

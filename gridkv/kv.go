@@ -107,6 +107,30 @@ func (db *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte, o
 	return swapped, err
 }
 
+// CompareVersionAndSwap sets key to new if its current version equals
+// version (as GetEntry reads it; see Entry for what a version is), and
+// reports whether it swapped. version 0 means "only if key is absent" (or
+// expired): a stored key's version is never 0. With WithTTL the new value
+// expires that long after the swap commits; without it the new value never
+// expires.
+//
+// Every write of a key gives it a greater version, also after its range
+// moved to another replica group, so a version read once is never seen
+// again on that key: a swap succeeds only if no other write came between
+// the read and it, and versions serve as fencing tokens (a lock's version
+// is greater than every earlier holder's).
+func (db *DB) CompareVersionAndSwap(ctx context.Context, key string, version uint64, new []byte, opts ...WriteOption) (bool, error) {
+	if db.isClosed() {
+		return false, ErrClosed
+	}
+	o, err := writeOpts(opts)
+	if err := joinErrors(err, db.checkKey(key), db.checkValue(new)); err != nil {
+		return false, err
+	}
+	swapped, _, err := db.writeKey(ctx, key, func(rng int) []byte { return fsm.AppendCVS(nil, rng, key, version, new, o.ttl) })
+	return swapped, err
+}
+
 // CompareAndDelete deletes key if its current value equals old (and it
 // has not expired): release a lock only if this caller still holds it.
 // It reports whether it deleted. old == nil matches an empty value.
