@@ -115,10 +115,10 @@ func (db *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte, o
 // expires.
 //
 // Every write of a key gives it a greater version, also after its range
-// moved to another replica group, so a version read once is never seen
-// again on that key: a swap succeeds only if no other write came between
-// the read and it, and versions serve as fencing tokens (a lock's version
-// is greater than every earlier holder's).
+// moved to another replica group, so a version is never seen again on
+// that key once replaced: a swap succeeds only if no other write came
+// between the read and it, and versions serve as fencing tokens (see
+// GetEntry).
 func (db *DB) CompareVersionAndSwap(ctx context.Context, key string, version uint64, new []byte, opts ...WriteOption) (bool, error) {
 	if db.isClosed() {
 		return false, ErrClosed
@@ -226,12 +226,14 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 // when it expires (ExpireAt zero: never). It reads as Get does, with the
 // same options, and gives ErrNotFound when the key is absent or expired.
 //
-// The version names the write that gave the key this value (see Entry):
-// every later write of the key has a greater one, even after its range
-// moved to another replica group. So a version is a fencing token: a lock
-// taken with CompareAndSwap has a version that no earlier holder's lock
-// reaches, and CompareVersionAndSwap writes only over the exact version
-// read.
+// The version names the write that gave the key this value (see Entry's
+// godoc): every later write of the key has a greater one, even after its
+// range moved to another replica group. So versions of one key serve as
+// fencing tokens: each time a lock key is taken (CompareAndSwap from
+// absent), its version is greater than every earlier holder's, and a
+// resource that remembers the greatest token it has seen can refuse a
+// stalled holder's late write (examples/locks). CompareVersionAndSwap
+// writes only over the exact version read.
 func (db *DB) GetEntry(ctx context.Context, key string, opts ...ReadOption) (Entry, error) {
 	v, version, expireAt, err := db.get(ctx, key, opts)
 	if err != nil {
