@@ -123,7 +123,7 @@ func run(logger *slog.Logger) error {
 
 	tokenA, ok, err := acquire(ctx, a, "A")
 	if err != nil || !ok {
-		return fmt.Errorf("A could not take the free lock: %v %v", ok, err)
+		return fmt.Errorf("worker A could not take the free lock: %v %v", ok, err)
 	}
 	fmt.Printf("A takes %s (TTL %v), fencing token %d\n", lockKey, ttl, tokenA)
 	if err := store.write(tokenA, "A: report part 1"); err != nil {
@@ -132,7 +132,7 @@ func run(logger *slog.Logger) error {
 	fmt.Printf("A writes with token %d: accepted\n", tokenA)
 
 	if _, ok, err := acquire(ctx, b, "B"); err != nil || ok {
-		return fmt.Errorf("B took a held lock: %v %v", ok, err)
+		return fmt.Errorf("worker B took a held lock: %v %v", ok, err)
 	}
 	fmt.Println("B tries to take the lock: held by A, refused")
 
@@ -166,11 +166,11 @@ func run(logger *slog.Logger) error {
 	}
 	fmt.Printf("A wakes up and writes with token %d: %v\n", tokenA, err)
 	if released, err := a.CompareAndDelete(ctx, lockKey, []byte("A")); err != nil || released {
-		return fmt.Errorf("A released B's lock: %v %v", released, err)
+		return fmt.Errorf("worker A released B's lock: %v %v", released, err)
 	}
 	fmt.Println("A releases the lock: not its own any more, nothing deleted")
 	if released, err := b.CompareAndDelete(ctx, lockKey, []byte("B")); err != nil || !released {
-		return fmt.Errorf("B could not release its lock: %v %v", released, err)
+		return fmt.Errorf("worker B could not release its lock: %v %v", released, err)
 	}
 	if _, err := a.GetEntry(ctx, lockKey); !errors.Is(err, gridkv.ErrNotFound) {
 		return fmt.Errorf("the lock is still there after its release: %v", err)
