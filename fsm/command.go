@@ -113,6 +113,14 @@ func ExpireOp(r int, key string, ttl time.Duration) *fsmpb.Command {
 	return &fsmpb.Command{Op: &fsmpb.Command_Expire{Expire: &fsmpb.Expire{Key: []byte(key), TtlNanos: int64(ttl), Range: uint32(r)}}}
 }
 
+// CVSOp is a CompareVersionAndSwap command for key in range r: store new
+// if the key's current version equals version, where version 0 means
+// "only if absent". ttl <= 0 means no expiry.
+func CVSOp(r int, key string, version uint64, new []byte, ttl time.Duration) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_CompareVersionAndSwap{CompareVersionAndSwap: &fsmpb.CompareVersionAndSwap{
+		Key: []byte(key), Version: version, New: new, TtlNanos: int64(ttl), Range: uint32(r)}}}
+}
+
 // AppendCAD appends an encoded CompareAndDelete command to b (see CADOp).
 func AppendCAD(b []byte, r int, key string, old []byte) []byte {
 	n := sizeBytesField(1, len(key)) + sizeBytesField(2, len(old)) + sizeVarintField(3, int64(uint32(r)))
@@ -130,6 +138,19 @@ func AppendIncr(b []byte, r int, key string, delta int64) []byte {
 // AppendExpire appends an encoded Expire command to b (see ExpireOp).
 func AppendExpire(b []byte, r int, key string, ttl time.Duration) []byte {
 	return appendKeyedVarint(b, 17, r, key, int64(ttl))
+}
+
+// AppendCVS appends an encoded CompareVersionAndSwap command to b (see
+// CVSOp).
+func AppendCVS(b []byte, r int, key string, version uint64, new []byte, ttl time.Duration) []byte {
+	n := sizeBytesField(1, len(key)) + sizeVarintField(2, int64(version)) + sizeBytesField(3, len(new)) +
+		sizeVarintField(4, int64(ttl)) + sizeVarintField(5, int64(uint32(r)))
+	b = appendKeyedHeader(b, 18, n)
+	b = appendStringField(b, 1, key)
+	b = appendVarintField(b, 2, int64(version))
+	b = appendBytesField(b, 3, new)
+	b = appendVarintField(b, 4, int64(ttl))
+	return appendVarintField(b, 5, int64(uint32(r)))
 }
 
 // appendKeyedVarint appends command num (Incr or Expire): key in field 1,

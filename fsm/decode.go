@@ -36,6 +36,7 @@ const (
 	opCAD // CompareAndDelete
 	opIncr
 	opExpire
+	opCVS // CompareVersionAndSwap
 )
 
 func (k opKind) handoff() bool { return k >= opFreeze && k <= opAbort }
@@ -68,11 +69,12 @@ type op struct {
 	kind      opKind
 	rng       uint32 // the range the key belongs to
 	key       []byte
-	value     []byte // Set value, CAS new value
+	value     []byte // Set value, CAS and CompareVersionAndSwap new value
 	old       []byte
 	oldAbsent bool
 	ttl       int64
 	delta     int64    // Incr
+	version   uint64   // CompareVersionAndSwap: the version expected (0: absent)
 	ranges    []uint32 // Genesis
 	hand      *handoffOp
 	layout    *layoutOp
@@ -100,7 +102,7 @@ func decodeCommand(data []byte, ops []op) (_ []op, batch bool, err error) {
 func decodeOne(data []byte) (o op, batchMsg []byte, isBatch bool, err error) {
 	ferr := fields(data,
 		func(num protowire.Number, msg []byte) {
-			if err != nil || num < 1 || num > 17 {
+			if err != nil || num < 1 || num > 18 {
 				return
 			}
 			isBatch = num == 4
@@ -117,6 +119,8 @@ func decodeOne(data []byte) (o op, batchMsg []byte, isBatch bool, err error) {
 				o, err = decodeKeyed(msg, opIncr)
 			case 17:
 				o, err = decodeKeyed(msg, opExpire)
+			case 18:
+				o, err = decodeCVS(msg)
 			case 4:
 				batchMsg = msg
 			case 5:
@@ -258,6 +262,32 @@ func decodeCAS(msg []byte) (op, error) {
 			case 5:
 				o.ttl = int64(v)
 			case 6:
+				o.rng = uint32(v)
+			}
+		})
+	return o, err
+}
+
+// decodeCVS reads a CompareVersionAndSwap: key, version, new, ttl_nanos,
+// range in fields 1 to 5.
+func decodeCVS(msg []byte) (op, error) {
+	o := op{kind: opCVS, value: []byte{}}
+	err := fields(msg,
+		func(num protowire.Number, v []byte) {
+			switch num {
+			case 1:
+				o.key = v
+			case 3:
+				o.value = v
+			}
+		},
+		func(num protowire.Number, v uint64) {
+			switch num {
+			case 2:
+				o.version = v
+			case 4:
+				o.ttl = int64(v)
+			case 5:
 				o.rng = uint32(v)
 			}
 		})

@@ -29,6 +29,9 @@ func toOp(c *fsmpb.Command) op {
 		return op{kind: opIncr, rng: x.Incr.Range, key: x.Incr.Key, delta: x.Incr.Delta}
 	case *fsmpb.Command_Expire:
 		return op{kind: opExpire, rng: x.Expire.Range, key: x.Expire.Key, ttl: x.Expire.TtlNanos}
+	case *fsmpb.Command_CompareVersionAndSwap:
+		c := x.CompareVersionAndSwap
+		return op{kind: opCVS, rng: c.Range, key: c.Key, version: c.Version, value: c.New, ttl: c.TtlNanos}
 	case *fsmpb.Command_Batch:
 		return op{kind: opBatch}
 	case *fsmpb.Command_Genesis:
@@ -77,7 +80,7 @@ func sameHandoff(a, b *handoffOp) bool {
 
 func sameOp(a, b op) bool {
 	return a.kind == b.kind && a.rng == b.rng && bytes.Equal(a.key, b.key) && bytes.Equal(a.value, b.value) &&
-		bytes.Equal(a.old, b.old) && a.oldAbsent == b.oldAbsent && a.ttl == b.ttl && a.delta == b.delta && slices.Equal(a.ranges, b.ranges) &&
+		bytes.Equal(a.old, b.old) && a.oldAbsent == b.oldAbsent && a.ttl == b.ttl && a.delta == b.delta && a.version == b.version && slices.Equal(a.ranges, b.ranges) &&
 		sameHandoff(a.hand, b.hand)
 }
 
@@ -96,7 +99,10 @@ func randomCommand(rng *rand.Rand, depth int) *fsmpb.Command {
 	if rng.IntN(2) == 0 {
 		return randomHandoff(rng, blob)
 	}
-	switch rng.IntN(8) {
+	switch rng.IntN(9) {
+	case 8:
+		return &fsmpb.Command{Op: &fsmpb.Command_CompareVersionAndSwap{CompareVersionAndSwap: &fsmpb.CompareVersionAndSwap{
+			Range: randomRange(rng), Key: blob(), Version: uint64(rng.IntN(2)) * rng.Uint64(), New: blob(), TtlNanos: ttl()}}}
 	case 5:
 		return &fsmpb.Command{Op: &fsmpb.Command_CompareAndDelete{CompareAndDelete: &fsmpb.CompareAndDelete{Range: randomRange(rng), Key: blob(), Old: blob()}}}
 	case 6:
@@ -251,6 +257,7 @@ func TestAppendMatchesEncode(t *testing.T) {
 			{AppendCAD(nil, r, key, old), CADOp(r, key, old)},
 			{AppendIncr(nil, r, key, int64(e)), IncrOp(r, key, int64(e))},
 			{AppendExpire(nil, r, key, ttl), ExpireOp(r, key, ttl)},
+			{AppendCVS(nil, r, key, e, value, ttl), CVSOp(r, key, e, value, ttl)},
 			{AppendGenesis(nil, ranges), GenesisOp(ranges)},
 			{AppendFreeze(nil, r, e, peer), FreezeOp(r, e, peer)},
 			{AppendIncoming(nil, r, e, peer, count, size), IncomingOp(r, e, peer, count, size)},

@@ -82,13 +82,16 @@ type Options struct {
 // operation, in order) for a Batch entry.
 type Result struct {
 	// Version is the key's version (version.go) after a Set, a successful
-	// CAS, CompareAndDelete or Expire, an Incr, or a Delete: the write's own.
-	// After a CAS or CompareAndDelete that did not match, it is the
-	// version of the value found (0: absent). For Genesis and a handoff
-	// command that applied, it is the entry's log index.
+	// CAS, CompareVersionAndSwap, CompareAndDelete or Expire, an Incr, or
+	// a Delete: the write's own. After a CAS or CompareAndDelete that did
+	// not match, it is the version of the value found (0: absent); after a
+	// CompareVersionAndSwap that did not, the key's current version (0:
+	// absent or expired). For Genesis and a handoff command that applied,
+	// it is the entry's log index.
 	Version uint64
-	// Swapped reports whether a CompareAndSwap stored its new value, a
-	// CompareAndDelete deleted, or an Expire found the key.
+	// Swapped reports whether a CompareAndSwap or CompareVersionAndSwap
+	// stored its new value, a CompareAndDelete deleted, or an Expire found
+	// the key.
 	Swapped bool
 	// Int is an Incr's sum, as stored.
 	Int int64
@@ -265,7 +268,7 @@ func (f *FSM) applyOp(o *op, now int64) Result {
 		return f.put(rs, o.key, o.value, o.ttl, now)
 	case opDelete:
 		return f.remove(rs, o.key)
-	case opCAD, opIncr, opExpire:
+	case opCAD, opIncr, opExpire, opCVS:
 		return f.applyKeyed(rs, o, now)
 	default: // opCAS
 		cur, found := rs.tab.get(string(o.key)) // the applier is the only writer: no lock
@@ -387,8 +390,8 @@ func (f *FSM) rangeBound() int64 {
 	return MaxRanges
 }
 
-// applyKeyed applies a CompareAndDelete, Incr or Expire to rs, an Owned
-// range.
+// applyKeyed applies a CompareAndDelete, Incr, Expire or
+// CompareVersionAndSwap to rs, an Owned range.
 func (f *FSM) applyKeyed(rs *rangeState, o *op, now int64) Result {
 	cur, found := rs.tab.get(string(o.key)) // the applier is the only writer: no lock
 	var h header
@@ -412,6 +415,18 @@ func (f *FSM) applyKeyed(rs *rangeState, o *op, now int64) Result {
 			return Result{Err: fmt.Errorf("%w: Expire with TTL %d", ErrBadCommand, o.ttl)}
 		}
 		r := f.putAt(rs, o.key, cur.value(h), now+o.ttl)
+		r.Swapped = r.Err == nil
+		return r
+	case opCVS:
+		// A stored key's version is never 0, so 0 matches only "absent".
+		var current uint64
+		if present {
+			current = h.version
+		}
+		if current != o.version {
+			return Result{Version: current}
+		}
+		r := f.put(rs, o.key, o.value, o.ttl, now)
 		r.Swapped = r.Err == nil
 		return r
 	default: // opIncr

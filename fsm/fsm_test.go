@@ -85,6 +85,14 @@ func TestCommands(t *testing.T) {
 		{"cas empty old on absent", CASOp(r0, "k", empty, []byte("x"), 0), false, nil},
 		{"cas absent", CASOp(r0, "k", nil, empty, 0), true, empty},
 		{"cas empty old on empty", CASOp(r0, "k", empty, []byte("v4"), 0), true, []byte("v4")},
+		// Six writes so far: "k" has version v1(6) here.
+		{"cvs older version", CVSOp(r0, "k", v1(5), []byte("x"), 0), false, []byte("v4")},
+		{"cvs 0 on present", CVSOp(r0, "k", 0, []byte("x"), 0), false, []byte("v4")},
+		{"cvs current version", CVSOp(r0, "k", v1(6), []byte("v5"), 0), true, []byte("v5")},
+		{"cvs the version it replaced", CVSOp(r0, "k", v1(6), []byte("x"), 0), false, []byte("v5")},
+		{"delete again", DeleteOp(r0, "k"), false, nil},
+		{"cvs a deleted version", CVSOp(r0, "k", v1(8), []byte("x"), 0), false, nil},
+		{"cvs 0 on absent", CVSOp(r0, "k", 0, empty, 0), true, empty},
 	}
 	var last uint64 // the version of the last write
 	for i, st := range steps {
@@ -112,6 +120,61 @@ func TestCommands(t *testing.T) {
 		if f.Applied() != idx {
 			t.Fatalf("applied %d, want %d", f.Applied(), idx)
 		}
+	}
+}
+
+// CompareVersionAndSwap: a miss reports the key's current version (0:
+// absent or expired); the new value's TTL counts from the entry's
+// AppendedAt, and without one it never expires; an expired key matches
+// only version 0; a range not owned here is refused; in a batch each
+// operation sees the ones before it.
+func TestCompareVersionAndSwap(t *testing.T) {
+	f := owning(t, Options{Ranges: 2}, r0)
+	step := func(idx uint64, at time.Duration, cmd *fsmpb.Command) Result {
+		t.Helper()
+		return single(t, f.Apply(logAt(t, idx, at, cmd)))
+	}
+	lookup := func() Entry {
+		t.Helper()
+		e, found, err := f.Lookup(r0, "k")
+		if err != nil || !found {
+			t.Fatalf("Lookup: %+v %v %v", e, found, err)
+		}
+		return e
+	}
+	if r := step(2, 0, CVSOp(r0, "k", 0, []byte("a"), time.Second)); r.Err != nil || !r.Swapped || r.Version != v1(1) {
+		t.Fatalf("cvs 0 on absent: %+v", r)
+	}
+	if e := lookup(); string(e.Value) != "a" || e.Version != v1(1) || e.ExpireAt != now(time.Second) {
+		t.Fatalf("after the swap: %+v", e)
+	}
+	if r := step(3, 0, CVSOp(r0, "k", v1(1)+1, []byte("b"), 0)); r.Err != nil || r.Swapped || r.Version != v1(1) {
+		t.Fatalf("cvs wrong version: %+v, want the current version %d", r, v1(1))
+	}
+	// At its deadline the key is gone: its version matches no more, 0 does.
+	if r := step(4, time.Second, CVSOp(r0, "k", v1(1), []byte("b"), 0)); r.Err != nil || r.Swapped || r.Version != 0 {
+		t.Fatalf("cvs the version of an expired key: %+v", r)
+	}
+	if r := step(5, time.Second, CVSOp(r0, "k", 0, []byte("b"), 0)); r.Err != nil || !r.Swapped || r.Version != v1(3) {
+		t.Fatalf("cvs 0 on expired: %+v", r)
+	}
+	if e := lookup(); string(e.Value) != "b" || e.Version != v1(3) || e.ExpireAt != 0 {
+		t.Fatalf("swapped without a TTL: %+v", e)
+	}
+	if r := step(6, time.Second, CVSOp(1, "k", 0, []byte("x"), 0)); !errors.Is(r.Err, ErrNotOwned) {
+		t.Fatalf("cvs on a range not owned: %+v", r)
+	}
+	if r := step(7, time.Second, CVSOp(r0, "", 0, []byte("x"), 0)); !errors.Is(r.Err, ErrBadCommand) {
+		t.Fatalf("cvs of an empty key: %+v", r)
+	}
+	rs, ok := f.Apply(logAt(t, 8, time.Second, BatchOp(
+		CVSOp(r0, "k", v1(3), []byte("c"), 0),
+		CVSOp(r0, "k", v1(3), []byte("d"), 0)))).([]Result)
+	if !ok || len(rs) != 2 || !rs[0].Swapped || rs[0].Version != v1(4) || rs[1].Swapped || rs[1].Version != v1(4) {
+		t.Fatalf("batch: %+v", rs)
+	}
+	if e := lookup(); string(e.Value) != "c" {
+		t.Fatalf("after the batch: %+v", e)
 	}
 }
 

@@ -4,7 +4,8 @@
 // them), and each range belongs to a replica group: a Raft group of
 // ReplicaCount replicas on different nodes that carries many ranges.
 //
-// Guarantees: writes (Set, Delete, CompareAndSwap) are linearizable. Get is
+// Guarantees: writes (Set, Delete, CompareAndSwap, CompareVersionAndSwap,
+// CompareAndDelete, Incr, Expire) are linearizable. Get (and GetEntry) is
 // linearizable by default (served by the group leader from its own state
 // under its leader lease, with no round trip; a ReadIndex round when it
 // holds no valid lease), with ReadIndex (a leadership round sent after the

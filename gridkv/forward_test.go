@@ -78,8 +78,8 @@ func TestReadsWire(t *testing.T) {
 		answers, want [][]byte
 	}{
 		{nil, nil},
-		{[][]byte{{stOK, 1, 'v'}, {stNotFound}, redirect(peer{"n1-1", "a:1"}), {stUnknown, 'x'}},
-			[][]byte{{stOK, 1, 'v'}, {stNotFound}, redirect(peer{"n1-1", "a:1"}), {stUnknown, 'x'}}},
+		{[][]byte{{stOK, 1, 0, 'v'}, {stNotFound}, redirect(peer{"n1-1", "a:1"}), {stUnknown, 'x'}},
+			[][]byte{{stOK, 1, 0, 'v'}, {stNotFound}, redirect(peer{"n1-1", "a:1"}), {stUnknown, 'x'}}},
 		// Past readsFrameBytes, answers are left for another frame; the
 		// first always goes, however large.
 		{[][]byte{huge, {stNotFound}},
@@ -131,8 +131,8 @@ func FuzzDecodeReads(f *testing.F) {
 }
 
 // echoHost is a node whose handler answers each read of a reqReads
-// request with stOK, version i (its place in the frame), and the key;
-// answer, if set, decides instead.
+// request with stOK, version i (its place in the frame), expiry i, and
+// the key; answer, if set, decides instead.
 type echoHost struct {
 	*raftgroup.Host
 	frames chan []readReq // each frame's reads, as it arrives
@@ -162,8 +162,8 @@ func newEchoHost(t *testing.T, answer func(ctx context.Context, reads []readReq)
 	return e
 }
 
-// echo answers reads[i] with version i and its key, or stResend where
-// resend says so.
+// echo answers reads[i] with version i, expiry i and its key, or stResend
+// where resend says so.
 func echo(reads []readReq, resend func(i int) bool) []byte {
 	answers := make([][]byte, len(reads))
 	for i, rd := range reads {
@@ -171,7 +171,8 @@ func echo(reads []readReq, resend func(i int) bool) []byte {
 			answers[i] = []byte{stResend}
 			continue
 		}
-		answers[i] = append(binary.AppendUvarint([]byte{stOK}, uint64(i)), rd.key...)
+		ans := binary.AppendUvarint([]byte{stOK}, uint64(i))
+		answers[i] = append(binary.AppendVarint(ans, int64(i)), rd.key...)
 	}
 	return encodeReadAnswers(answers)
 }
@@ -211,8 +212,8 @@ func checkEchoed(t *testing.T, answers [][]byte, errs []error) {
 		if len(ans) < 2 || ans[0] != stOK {
 			t.Fatalf("read %d: answer %q", i, ans)
 		}
-		if _, n := binary.Uvarint(ans[1:]); string(ans[1+n:]) != fmt.Sprint("k", i) {
-			t.Fatalf("read %d got the answer to %q", i, ans[1+n:])
+		if v, _, _, err := answerEntry(ans); err != nil || string(v) != fmt.Sprint("k", i) {
+			t.Fatalf("read %d got the answer to %q (%v)", i, v, err)
 		}
 	}
 }
@@ -273,7 +274,8 @@ func TestForwarderResends(t *testing.T) {
 	defer cancel()
 	answers, errs := readAll(ctx, f, server.peer(), 50)
 	for i, ans := range answers {
-		if errs[i] != nil || len(ans) != 2+len(fmt.Sprint("k", i)) || ans[1] != 0 {
+		v, version, expireAt, err := answerEntry(ans)
+		if errs[i] != nil || err != nil || string(v) != fmt.Sprint("k", i) || version != 0 || expireAt != 0 {
 			t.Fatalf("read %d: %q %v: want the first of its frame", i, ans, errs[i])
 		}
 	}
@@ -555,7 +557,7 @@ func TestForwardedReadsCoalesce(t *testing.T) {
 		rep := db.replica(r)
 		switch leads := rep != nil && rep.group.IsLeader(); {
 		case leads && ans[0] == stOK:
-			if _, n := binary.Uvarint(ans[1:]); string(ans[1+n:]) != "v1" {
+			if v, _, _, err := answerEntry(ans); err != nil || string(v) != "v1" {
 				t.Fatalf("%s: %q", db.NodeID(), ans)
 			}
 		case !leads && ans[0] == stRedirect:

@@ -107,6 +107,30 @@ func (db *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte, o
 	return swapped, err
 }
 
+// CompareVersionAndSwap sets key to new if its current version equals
+// version (as GetEntry reads it; see Entry for what a version is), and
+// reports whether it swapped. version 0 means "only if key is absent" (or
+// expired): a stored key's version is never 0. With WithTTL the new value
+// expires that long after the swap commits; without it the new value never
+// expires.
+//
+// Every write of a key gives it a greater version, also after its range
+// moved to another replica group, so a version is never seen again on
+// that key once replaced: a swap succeeds only if no other write came
+// between the read and it, and versions serve as fencing tokens (see
+// GetEntry).
+func (db *DB) CompareVersionAndSwap(ctx context.Context, key string, version uint64, new []byte, opts ...WriteOption) (bool, error) {
+	if db.isClosed() {
+		return false, ErrClosed
+	}
+	o, err := writeOpts(opts)
+	if err := joinErrors(err, db.checkKey(key), db.checkValue(new)); err != nil {
+		return false, err
+	}
+	swapped, _, err := db.writeKey(ctx, key, func(rng int) []byte { return fsm.AppendCVS(nil, rng, key, version, new, o.ttl) })
+	return swapped, err
+}
+
 // CompareAndDelete deletes key if its current value equals old (and it
 // has not expired): release a lock only if this caller still holds it.
 // It reports whether it deleted. old == nil matches an empty value.
@@ -194,29 +218,60 @@ func (db *DB) write(ctx context.Context, g, rng int, cmd []byte) ([]byte, error)
 // own state under its leader lease (no round trip; see docs/raftgroup.md),
 // or, while it holds no valid lease, after a ReadIndex round.
 func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, error) {
+	v, _, _, err := db.get(ctx, key, opts)
+	return v, err
+}
+
+// GetEntry is Get returning the key's Entry: its value, its version and
+// when it expires (ExpireAt zero: never). It reads as Get does, with the
+// same options, and gives ErrNotFound when the key is absent or expired.
+//
+// The version names the write that gave the key this value (see Entry's
+// godoc): every later write of the key has a greater one, even after its
+// range moved to another replica group. So versions of one key serve as
+// fencing tokens: each time a lock key is taken (CompareAndSwap from
+// absent), its version is greater than every earlier holder's, and a
+// resource that remembers the greatest token it has seen can refuse a
+// stalled holder's late write (examples/locks). CompareVersionAndSwap
+// writes only over the exact version read.
+func (db *DB) GetEntry(ctx context.Context, key string, opts ...ReadOption) (Entry, error) {
+	v, version, expireAt, err := db.get(ctx, key, opts)
+	if err != nil {
+		return Entry{}, err
+	}
+	e := Entry{Key: key, Value: v, Version: version}
+	if expireAt != 0 {
+		e.ExpireAt = time.Unix(0, expireAt)
+	}
+	return e, nil
+}
+
+// get reads key for Get and GetEntry: its value (a copy of its own), its
+// version and its expiry (unix nanoseconds; 0: none).
+func (db *DB) get(ctx context.Context, key string, opts []ReadOption) (value []byte, version uint64, expireAt int64, err error) {
 	if db.isClosed() {
-		return nil, ErrClosed
+		return nil, 0, 0, ErrClosed
 	}
 	if err := db.checkKey(key); err != nil {
-		return nil, err
+		return nil, 0, 0, err
 	}
 	o, err := db.readOpts(opts)
 	if err != nil {
-		return nil, err
+		return nil, 0, 0, err
 	}
 	if err := ctxErr(ctx); err != nil {
-		return nil, err
+		return nil, 0, 0, err
 	}
 	rng, r := db.lay.Load().locate(key)
 	if rep := db.replica(r); rep != nil && !db.isClosed() {
 		if o.mode == readQuorum {
 			ans := db.quorumRead(ctx, rep, r, key, o.quorum)
 			if !db.rerouted(ans) {
-				v, err := answerValue(ans)
+				value, version, expireAt, err = answerEntry(ans)
 				if err != nil && ctx.Err() != nil {
-					return nil, timedOut(ctx.Err(), false) // a read: nothing in flight to worry about
+					return nil, 0, 0, timedOut(ctx.Err(), false) // a read: nothing in flight to worry about
 				}
-				return v, err
+				return value, version, expireAt, err
 			}
 		} else {
 			// Served by this node's replica with no round when it can:
@@ -227,7 +282,7 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 				ans, ok = db.leaseAnswer(ctx, rep, key)
 			}
 			if ok && !db.rerouted(ans) {
-				return answerValue(ans)
+				return answerEntry(ans)
 			}
 		}
 	}
@@ -237,28 +292,38 @@ func (db *DB) Get(ctx context.Context, key string, opts ...ReadOption) ([]byte, 
 	}
 	ans, err := db.route(ctx, r, rng, reqRead, append(body, key...), false)
 	if err != nil {
-		return nil, err
+		return nil, 0, 0, err
 	}
-	_, n := binary.Uvarint(ans)
-	if n <= 0 {
-		return nil, errBadMessage
+	if value, version, expireAt, err = decodeEntry(ans); err != nil {
+		return nil, 0, 0, err
 	}
-	return append([]byte{}, ans[n:]...), nil // not a slice of a frame that may hold other reads
+	return append([]byte{}, value...), version, expireAt, nil // not a slice of a frame that may hold other reads
 }
 
-// answerValue turns a read answer served on this node into Get's result.
-func answerValue(ans []byte) ([]byte, error) {
+// answerEntry turns a read answer served on this node (status byte first;
+// made for this read alone) into get's result. The value is a slice of ans.
+func answerEntry(ans []byte) (value []byte, version uint64, expireAt int64, err error) {
 	if len(ans) == 0 {
-		return nil, errBadMessage
+		return nil, 0, 0, errBadMessage
 	}
 	if ans[0] != stOK {
-		return nil, statusError(ans[0], ans[1:])
+		return nil, 0, 0, statusError(ans[0], ans[1:])
 	}
-	_, n := binary.Uvarint(ans[1:])
+	return decodeEntry(ans[1:])
+}
+
+// decodeEntry reads the body of a read's stOK answer (see entryAnswer):
+// uvarint version, varint expiry, then the value, a slice of body.
+func decodeEntry(body []byte) (value []byte, version uint64, expireAt int64, err error) {
+	version, n := binary.Uvarint(body)
 	if n <= 0 {
-		return nil, errBadMessage
+		return nil, 0, 0, errBadMessage
 	}
-	return ans[1+n:], nil
+	expireAt, m := binary.Varint(body[n:])
+	if m <= 0 {
+		return nil, 0, 0, errBadMessage
+	}
+	return body[n+m:], version, expireAt, nil
 }
 
 // caughtUp waits until rep's state machine has applied commit index idx,

@@ -140,7 +140,7 @@ func routeHint(rec fsm.RangeRecord, g int) (to int, epoch uint64, ok bool) {
 }
 
 // commandRange reads the range of an encoded single-operation command (a
-// Set, Delete or CompareAndSwap, as fsm's Append functions write them).
+// client command, as fsm's Append functions write them).
 func commandRange(cmd []byte) (int, bool) {
 	num, typ, n := protowire.ConsumeTag(cmd)
 	if n < 0 || typ != protowire.BytesType {
@@ -156,6 +156,8 @@ func commandRange(cmd []byte) (int, bool) {
 		field = 6
 	case 15, 16, 17: // CompareAndDelete, Incr, Expire
 		field = 3
+	case 18: // CompareVersionAndSwap
+		field = 5
 	default:
 		return 0, false
 	}

@@ -81,6 +81,10 @@ func TestCommandRange(t *testing.T) {
 			fsm.AppendSet(nil, r, "k", []byte("v"), time.Second),
 			fsm.AppendDelete(nil, r, "k"),
 			fsm.AppendCAS(nil, r, "k", nil, []byte("v"), 0),
+			fsm.AppendCAD(nil, r, "k", []byte("v")),
+			fsm.AppendIncr(nil, r, "k", 5),
+			fsm.AppendExpire(nil, r, "k", time.Second),
+			fsm.AppendCVS(nil, r, "k", 1<<50, []byte("v"), time.Second),
 		} {
 			if got, ok := commandRange(cmd); !ok || got != r {
 				t.Fatalf("commandRange = %d, %v; want %d", got, ok, r)

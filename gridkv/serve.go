@@ -405,14 +405,18 @@ func (db *DB) lookup(rep *replica, key string, indexed bool) (e fsm.Entry, found
 }
 
 // entryAnswer is a read's answer for e (found: whether the key is there)
-// at wall time now: the value copied, in one allocation.
+// at wall time now: stOK, uvarint version, varint expiry (unix
+// nanoseconds; 0: none), then the value, copied; one allocation of the
+// exact size.
 func entryAnswer(e fsm.Entry, found bool, now int64) []byte {
 	if !found || e.Expired(now) {
 		return []byte{stNotFound}
 	}
-	out := make([]byte, 1, 1+binary.MaxVarintLen64+len(e.Value))
+	size := 1 + protowire.SizeVarint(e.Version) + protowire.SizeVarint(protowire.EncodeZigZag(e.ExpireAt)) + len(e.Value)
+	out := make([]byte, 1, size) // binary.AppendVarint zigzags as protowire does
 	out[0] = stOK
 	out = binary.AppendUvarint(out, e.Version)
+	out = binary.AppendVarint(out, e.ExpireAt)
 	return append(out, e.Value...)
 }
 

@@ -36,7 +36,12 @@ const (
 )
 
 const (
-	stOK          byte = 0 // write: uvarint version, swapped byte; read: uvarint version, value; status: uvarint voters; leave: removed
+	// stOK: a write's body is uvarint version, swapped byte[, varint Incr
+	// sum] (writeAnswer); a read's is uvarint version, varint expireAt
+	// (unix nanoseconds; 0: none), value (entryAnswer), in single, batched
+	// (reqReads) and Quorum (reqQuorumState, reqQuorumWait) answers alike;
+	// status: the servers (see DB.ready); leave: removed.
+	stOK          byte = 0
 	stNotFound    byte = 1
 	stRedirect    byte = 2 // body: the leader's server id and RPC address (see appendRedirect)
 	stMemoryLimit byte = 3

@@ -48,6 +48,7 @@ type Command struct {
 	//	*Command_CompareAndDelete
 	//	*Command_Incr
 	//	*Command_Expire
+	//	*Command_CompareVersionAndSwap
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -243,6 +244,15 @@ func (x *Command) GetExpire() *Expire {
 	return nil
 }
 
+func (x *Command) GetCompareVersionAndSwap() *CompareVersionAndSwap {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CompareVersionAndSwap); ok {
+			return x.CompareVersionAndSwap
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -320,6 +330,10 @@ type Command_Expire struct {
 	Expire *Expire `protobuf:"bytes,17,opt,name=expire,proto3,oneof"`
 }
 
+type Command_CompareVersionAndSwap struct {
+	CompareVersionAndSwap *CompareVersionAndSwap `protobuf:"bytes,18,opt,name=compare_version_and_swap,json=compareVersionAndSwap,proto3,oneof"`
+}
+
 func (*Command_Set) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -353,6 +367,8 @@ func (*Command_CompareAndDelete) isCommand_Op() {}
 func (*Command_Incr) isCommand_Op() {}
 
 func (*Command_Expire) isCommand_Op() {}
+
+func (*Command_CompareVersionAndSwap) isCommand_Op() {}
 
 // CompareAndDelete deletes key from range `range` if it is present (and
 // not expired) with a value equal to old.
@@ -542,6 +558,87 @@ func (x *Expire) GetRange() uint32 {
 	return 0
 }
 
+// CompareVersionAndSwap stores new under key in range `range` if the key's
+// current version (the write that gave it its value: fsm/version.go) equals
+// version, or, with version 0, if the key is absent (or expired).
+// ttl_nanos > 0 makes the new value expire that long after the log entry's
+// AppendedAt time; otherwise it never expires.
+type CompareVersionAndSwap struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	New           []byte                 `protobuf:"bytes,3,opt,name=new,proto3" json:"new,omitempty"`
+	TtlNanos      int64                  `protobuf:"varint,4,opt,name=ttl_nanos,json=ttlNanos,proto3" json:"ttl_nanos,omitempty"`
+	Range         uint32                 `protobuf:"varint,5,opt,name=range,proto3" json:"range,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompareVersionAndSwap) Reset() {
+	*x = CompareVersionAndSwap{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompareVersionAndSwap) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompareVersionAndSwap) ProtoMessage() {}
+
+func (x *CompareVersionAndSwap) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompareVersionAndSwap.ProtoReflect.Descriptor instead.
+func (*CompareVersionAndSwap) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *CompareVersionAndSwap) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *CompareVersionAndSwap) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *CompareVersionAndSwap) GetNew() []byte {
+	if x != nil {
+		return x.New
+	}
+	return nil
+}
+
+func (x *CompareVersionAndSwap) GetTtlNanos() int64 {
+	if x != nil {
+		return x.TtlNanos
+	}
+	return 0
+}
+
+func (x *CompareVersionAndSwap) GetRange() uint32 {
+	if x != nil {
+		return x.Range
+	}
+	return 0
+}
+
 // Set stores value under key in range `range`. ttl_nanos > 0 makes the key
 // expire that long after the log entry's AppendedAt time.
 type Set struct {
@@ -556,7 +653,7 @@ type Set struct {
 
 func (x *Set) Reset() {
 	*x = Set{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -568,7 +665,7 @@ func (x *Set) String() string {
 func (*Set) ProtoMessage() {}
 
 func (x *Set) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -581,7 +678,7 @@ func (x *Set) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Set.ProtoReflect.Descriptor instead.
 func (*Set) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{4}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Set) GetKey() []byte {
@@ -623,7 +720,7 @@ type Delete struct {
 
 func (x *Delete) Reset() {
 	*x = Delete{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +732,7 @@ func (x *Delete) String() string {
 func (*Delete) ProtoMessage() {}
 
 func (x *Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +745,7 @@ func (x *Delete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delete.ProtoReflect.Descriptor instead.
 func (*Delete) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{5}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Delete) GetKey() []byte {
@@ -681,7 +778,7 @@ type CompareAndSwap struct {
 
 func (x *CompareAndSwap) Reset() {
 	*x = CompareAndSwap{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -693,7 +790,7 @@ func (x *CompareAndSwap) String() string {
 func (*CompareAndSwap) ProtoMessage() {}
 
 func (x *CompareAndSwap) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -706,7 +803,7 @@ func (x *CompareAndSwap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSwap.ProtoReflect.Descriptor instead.
 func (*CompareAndSwap) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{6}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CompareAndSwap) GetKey() []byte {
@@ -762,7 +859,7 @@ type Batch struct {
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[7]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -774,7 +871,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[7]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -787,7 +884,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{7}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Batch) GetOps() []*Command {
@@ -810,7 +907,7 @@ type Genesis struct {
 
 func (x *Genesis) Reset() {
 	*x = Genesis{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[8]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -822,7 +919,7 @@ func (x *Genesis) String() string {
 func (*Genesis) ProtoMessage() {}
 
 func (x *Genesis) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[8]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -835,7 +932,7 @@ func (x *Genesis) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Genesis.ProtoReflect.Descriptor instead.
 func (*Genesis) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{8}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Genesis) GetRanges() []uint32 {
@@ -859,7 +956,7 @@ type Freeze struct {
 
 func (x *Freeze) Reset() {
 	*x = Freeze{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[9]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +968,7 @@ func (x *Freeze) String() string {
 func (*Freeze) ProtoMessage() {}
 
 func (x *Freeze) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[9]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +981,7 @@ func (x *Freeze) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Freeze.ProtoReflect.Descriptor instead.
 func (*Freeze) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{9}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Freeze) GetRange() uint32 {
@@ -924,7 +1021,7 @@ type Incoming struct {
 
 func (x *Incoming) Reset() {
 	*x = Incoming{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[10]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1033,7 @@ func (x *Incoming) String() string {
 func (*Incoming) ProtoMessage() {}
 
 func (x *Incoming) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[10]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1046,7 @@ func (x *Incoming) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Incoming.ProtoReflect.Descriptor instead.
 func (*Incoming) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{10}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Incoming) GetRange() uint32 {
@@ -1005,7 +1102,7 @@ type Chunk struct {
 
 func (x *Chunk) Reset() {
 	*x = Chunk{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[11]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1114,7 @@ func (x *Chunk) String() string {
 func (*Chunk) ProtoMessage() {}
 
 func (x *Chunk) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[11]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1127,7 @@ func (x *Chunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
 func (*Chunk) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{11}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Chunk) GetRange() uint32 {
@@ -1089,7 +1186,7 @@ type ChunkEntry struct {
 
 func (x *ChunkEntry) Reset() {
 	*x = ChunkEntry{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[12]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1101,7 +1198,7 @@ func (x *ChunkEntry) String() string {
 func (*ChunkEntry) ProtoMessage() {}
 
 func (x *ChunkEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[12]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1114,7 +1211,7 @@ func (x *ChunkEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChunkEntry.ProtoReflect.Descriptor instead.
 func (*ChunkEntry) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{12}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ChunkEntry) GetKey() []byte {
@@ -1158,7 +1255,7 @@ type Tally struct {
 
 func (x *Tally) Reset() {
 	*x = Tally{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[13]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1267,7 @@ func (x *Tally) String() string {
 func (*Tally) ProtoMessage() {}
 
 func (x *Tally) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[13]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1280,7 @@ func (x *Tally) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tally.ProtoReflect.Descriptor instead.
 func (*Tally) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{13}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Tally) GetCount() int64 {
@@ -1219,7 +1316,7 @@ type RangeEpoch struct {
 
 func (x *RangeEpoch) Reset() {
 	*x = RangeEpoch{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[14]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1328,7 @@ func (x *RangeEpoch) String() string {
 func (*RangeEpoch) ProtoMessage() {}
 
 func (x *RangeEpoch) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[14]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1341,7 @@ func (x *RangeEpoch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeEpoch.ProtoReflect.Descriptor instead.
 func (*RangeEpoch) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{14}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RangeEpoch) GetRange() uint32 {
@@ -1276,7 +1373,7 @@ type SetLayout struct {
 
 func (x *SetLayout) Reset() {
 	*x = SetLayout{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[15]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1288,7 +1385,7 @@ func (x *SetLayout) String() string {
 func (*SetLayout) ProtoMessage() {}
 
 func (x *SetLayout) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[15]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1301,7 +1398,7 @@ func (x *SetLayout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLayout.ProtoReflect.Descriptor instead.
 func (*SetLayout) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{15}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SetLayout) GetEpoch() uint64 {
@@ -1340,7 +1437,7 @@ type CreateGroup struct {
 
 func (x *CreateGroup) Reset() {
 	*x = CreateGroup{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[16]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1449,7 @@ func (x *CreateGroup) String() string {
 func (*CreateGroup) ProtoMessage() {}
 
 func (x *CreateGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[16]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1462,7 @@ func (x *CreateGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroup.ProtoReflect.Descriptor instead.
 func (*CreateGroup) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{16}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CreateGroup) GetEpoch() uint64 {
@@ -1400,7 +1497,7 @@ type Server struct {
 
 func (x *Server) Reset() {
 	*x = Server{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[17]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1412,7 +1509,7 @@ func (x *Server) String() string {
 func (*Server) ProtoMessage() {}
 
 func (x *Server) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[17]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1425,7 +1522,7 @@ func (x *Server) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Server.ProtoReflect.Descriptor instead.
 func (*Server) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{17}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Server) GetId() string {
@@ -1447,7 +1544,7 @@ var File_fsm_fsmpb_command_proto protoreflect.FileDescriptor
 const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\n" +
 	"\x17fsm/fsmpb/command.proto\x12\n" +
-	"gridkv.fsm\"\xe5\x06\n" +
+	"gridkv.fsm\"\xc3\a\n" +
 	"\aCommand\x12#\n" +
 	"\x03set\x18\x01 \x01(\v2\x0f.gridkv.fsm.SetH\x00R\x03set\x12,\n" +
 	"\x06delete\x18\x02 \x01(\v2\x12.gridkv.fsm.DeleteH\x00R\x06delete\x12.\n" +
@@ -1467,7 +1564,8 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\fcreate_group\x18\x0e \x01(\v2\x17.gridkv.fsm.CreateGroupH\x00R\vcreateGroup\x12L\n" +
 	"\x12compare_and_delete\x18\x0f \x01(\v2\x1c.gridkv.fsm.CompareAndDeleteH\x00R\x10compareAndDelete\x12&\n" +
 	"\x04incr\x18\x10 \x01(\v2\x10.gridkv.fsm.IncrH\x00R\x04incr\x12,\n" +
-	"\x06expire\x18\x11 \x01(\v2\x12.gridkv.fsm.ExpireH\x00R\x06expireB\x04\n" +
+	"\x06expire\x18\x11 \x01(\v2\x12.gridkv.fsm.ExpireH\x00R\x06expire\x12\\\n" +
+	"\x18compare_version_and_swap\x18\x12 \x01(\v2!.gridkv.fsm.CompareVersionAndSwapH\x00R\x15compareVersionAndSwapB\x04\n" +
 	"\x02op\"L\n" +
 	"\x10CompareAndDelete\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
@@ -1480,7 +1578,13 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\x06Expire\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1b\n" +
 	"\tttl_nanos\x18\x02 \x01(\x03R\bttlNanos\x12\x14\n" +
-	"\x05range\x18\x03 \x01(\rR\x05range\"`\n" +
+	"\x05range\x18\x03 \x01(\rR\x05range\"\x88\x01\n" +
+	"\x15CompareVersionAndSwap\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x10\n" +
+	"\x03new\x18\x03 \x01(\fR\x03new\x12\x1b\n" +
+	"\tttl_nanos\x18\x04 \x01(\x03R\bttlNanos\x12\x14\n" +
+	"\x05range\x18\x05 \x01(\rR\x05range\"`\n" +
 	"\x03Set\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x1b\n" +
@@ -1556,54 +1660,56 @@ func file_fsm_fsmpb_command_proto_rawDescGZIP() []byte {
 	return file_fsm_fsmpb_command_proto_rawDescData
 }
 
-var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_fsm_fsmpb_command_proto_goTypes = []any{
-	(*Command)(nil),          // 0: gridkv.fsm.Command
-	(*CompareAndDelete)(nil), // 1: gridkv.fsm.CompareAndDelete
-	(*Incr)(nil),             // 2: gridkv.fsm.Incr
-	(*Expire)(nil),           // 3: gridkv.fsm.Expire
-	(*Set)(nil),              // 4: gridkv.fsm.Set
-	(*Delete)(nil),           // 5: gridkv.fsm.Delete
-	(*CompareAndSwap)(nil),   // 6: gridkv.fsm.CompareAndSwap
-	(*Batch)(nil),            // 7: gridkv.fsm.Batch
-	(*Genesis)(nil),          // 8: gridkv.fsm.Genesis
-	(*Freeze)(nil),           // 9: gridkv.fsm.Freeze
-	(*Incoming)(nil),         // 10: gridkv.fsm.Incoming
-	(*Chunk)(nil),            // 11: gridkv.fsm.Chunk
-	(*ChunkEntry)(nil),       // 12: gridkv.fsm.ChunkEntry
-	(*Tally)(nil),            // 13: gridkv.fsm.Tally
-	(*RangeEpoch)(nil),       // 14: gridkv.fsm.RangeEpoch
-	(*SetLayout)(nil),        // 15: gridkv.fsm.SetLayout
-	(*CreateGroup)(nil),      // 16: gridkv.fsm.CreateGroup
-	(*Server)(nil),           // 17: gridkv.fsm.Server
+	(*Command)(nil),               // 0: gridkv.fsm.Command
+	(*CompareAndDelete)(nil),      // 1: gridkv.fsm.CompareAndDelete
+	(*Incr)(nil),                  // 2: gridkv.fsm.Incr
+	(*Expire)(nil),                // 3: gridkv.fsm.Expire
+	(*CompareVersionAndSwap)(nil), // 4: gridkv.fsm.CompareVersionAndSwap
+	(*Set)(nil),                   // 5: gridkv.fsm.Set
+	(*Delete)(nil),                // 6: gridkv.fsm.Delete
+	(*CompareAndSwap)(nil),        // 7: gridkv.fsm.CompareAndSwap
+	(*Batch)(nil),                 // 8: gridkv.fsm.Batch
+	(*Genesis)(nil),               // 9: gridkv.fsm.Genesis
+	(*Freeze)(nil),                // 10: gridkv.fsm.Freeze
+	(*Incoming)(nil),              // 11: gridkv.fsm.Incoming
+	(*Chunk)(nil),                 // 12: gridkv.fsm.Chunk
+	(*ChunkEntry)(nil),            // 13: gridkv.fsm.ChunkEntry
+	(*Tally)(nil),                 // 14: gridkv.fsm.Tally
+	(*RangeEpoch)(nil),            // 15: gridkv.fsm.RangeEpoch
+	(*SetLayout)(nil),             // 16: gridkv.fsm.SetLayout
+	(*CreateGroup)(nil),           // 17: gridkv.fsm.CreateGroup
+	(*Server)(nil),                // 18: gridkv.fsm.Server
 }
 var file_fsm_fsmpb_command_proto_depIdxs = []int32{
-	4,  // 0: gridkv.fsm.Command.set:type_name -> gridkv.fsm.Set
-	5,  // 1: gridkv.fsm.Command.delete:type_name -> gridkv.fsm.Delete
-	6,  // 2: gridkv.fsm.Command.cas:type_name -> gridkv.fsm.CompareAndSwap
-	7,  // 3: gridkv.fsm.Command.batch:type_name -> gridkv.fsm.Batch
-	8,  // 4: gridkv.fsm.Command.genesis:type_name -> gridkv.fsm.Genesis
-	9,  // 5: gridkv.fsm.Command.freeze:type_name -> gridkv.fsm.Freeze
-	10, // 6: gridkv.fsm.Command.incoming:type_name -> gridkv.fsm.Incoming
-	11, // 7: gridkv.fsm.Command.chunk:type_name -> gridkv.fsm.Chunk
-	14, // 8: gridkv.fsm.Command.release:type_name -> gridkv.fsm.RangeEpoch
-	14, // 9: gridkv.fsm.Command.unfreeze:type_name -> gridkv.fsm.RangeEpoch
-	14, // 10: gridkv.fsm.Command.activate:type_name -> gridkv.fsm.RangeEpoch
-	14, // 11: gridkv.fsm.Command.abort:type_name -> gridkv.fsm.RangeEpoch
-	15, // 12: gridkv.fsm.Command.set_layout:type_name -> gridkv.fsm.SetLayout
-	16, // 13: gridkv.fsm.Command.create_group:type_name -> gridkv.fsm.CreateGroup
+	5,  // 0: gridkv.fsm.Command.set:type_name -> gridkv.fsm.Set
+	6,  // 1: gridkv.fsm.Command.delete:type_name -> gridkv.fsm.Delete
+	7,  // 2: gridkv.fsm.Command.cas:type_name -> gridkv.fsm.CompareAndSwap
+	8,  // 3: gridkv.fsm.Command.batch:type_name -> gridkv.fsm.Batch
+	9,  // 4: gridkv.fsm.Command.genesis:type_name -> gridkv.fsm.Genesis
+	10, // 5: gridkv.fsm.Command.freeze:type_name -> gridkv.fsm.Freeze
+	11, // 6: gridkv.fsm.Command.incoming:type_name -> gridkv.fsm.Incoming
+	12, // 7: gridkv.fsm.Command.chunk:type_name -> gridkv.fsm.Chunk
+	15, // 8: gridkv.fsm.Command.release:type_name -> gridkv.fsm.RangeEpoch
+	15, // 9: gridkv.fsm.Command.unfreeze:type_name -> gridkv.fsm.RangeEpoch
+	15, // 10: gridkv.fsm.Command.activate:type_name -> gridkv.fsm.RangeEpoch
+	15, // 11: gridkv.fsm.Command.abort:type_name -> gridkv.fsm.RangeEpoch
+	16, // 12: gridkv.fsm.Command.set_layout:type_name -> gridkv.fsm.SetLayout
+	17, // 13: gridkv.fsm.Command.create_group:type_name -> gridkv.fsm.CreateGroup
 	1,  // 14: gridkv.fsm.Command.compare_and_delete:type_name -> gridkv.fsm.CompareAndDelete
 	2,  // 15: gridkv.fsm.Command.incr:type_name -> gridkv.fsm.Incr
 	3,  // 16: gridkv.fsm.Command.expire:type_name -> gridkv.fsm.Expire
-	0,  // 17: gridkv.fsm.Batch.ops:type_name -> gridkv.fsm.Command
-	12, // 18: gridkv.fsm.Chunk.entries:type_name -> gridkv.fsm.ChunkEntry
-	13, // 19: gridkv.fsm.Chunk.trailer:type_name -> gridkv.fsm.Tally
-	17, // 20: gridkv.fsm.CreateGroup.servers:type_name -> gridkv.fsm.Server
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	4,  // 17: gridkv.fsm.Command.compare_version_and_swap:type_name -> gridkv.fsm.CompareVersionAndSwap
+	0,  // 18: gridkv.fsm.Batch.ops:type_name -> gridkv.fsm.Command
+	13, // 19: gridkv.fsm.Chunk.entries:type_name -> gridkv.fsm.ChunkEntry
+	14, // 20: gridkv.fsm.Chunk.trailer:type_name -> gridkv.fsm.Tally
+	18, // 21: gridkv.fsm.CreateGroup.servers:type_name -> gridkv.fsm.Server
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_command_proto_init() }
@@ -1629,6 +1735,7 @@ func file_fsm_fsmpb_command_proto_init() {
 		(*Command_CompareAndDelete)(nil),
 		(*Command_Incr)(nil),
 		(*Command_Expire)(nil),
+		(*Command_CompareVersionAndSwap)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1636,7 +1743,7 @@ func file_fsm_fsmpb_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_fsmpb_command_proto_rawDesc), len(file_fsm_fsmpb_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
