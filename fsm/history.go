@@ -238,7 +238,10 @@ func (f *FSM) Events(r int, after uint64, max int) (EventPage, error) {
 		return EventPage{}, ErrCompacted
 	}
 	page := EventPage{Next: after}
-	first := sort.Search(h.n, func(i int) bool { return h.at(i).version > after })
+	first := h.n // nothing new: the usual case for a poll, in O(1)
+	if h.n > 0 && h.at(h.n-1).version > after {
+		first = sort.Search(h.n, func(i int) bool { return h.at(i).version > after })
+	}
 	for i := first; i < h.n; i++ {
 		if len(page.Events) == max {
 			page.More = true

@@ -269,8 +269,10 @@ func (f *feed) ensurePollerLocked(g int) {
 func (f *feed) poll(g int) {
 	defer f.wg.Done()
 	backoff := 2 * time.Millisecond
+	var asks []watchAsk
+	var req []byte
 	for {
-		asks, lost := f.asks(g)
+		asks, lost := f.asks(g, asks[:0])
 		if asks == nil {
 			return
 		}
@@ -287,7 +289,8 @@ func (f *feed) poll(g int) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(f.ctx, watchWait+2*time.Second)
-		ans, err := f.db.route(ctx, g, -1, reqWatch, appendWatchRequest(nil, watchWait, watchPageLen, asks), false)
+		req = appendWatchRequest(req[:0], watchWait, watchPageLen, asks)
+		ans, err := f.db.route(ctx, g, -1, reqWatch, req, false)
 		cancel()
 		var pages []watchPage
 		if err == nil {
@@ -302,10 +305,11 @@ func (f *feed) poll(g int) {
 	}
 }
 
-// asks lists what to ask group g: each range the feed follows there, at
-// its position (or from now). lost lists those to find first. nil asks:
-// the poller is done (the feed stopped, or g holds none of its ranges).
-func (f *feed) asks(g int) (asks []watchAsk, lost []int) {
+// asks lists what to ask group g, appended to asks: each range the feed
+// follows there, at its position (or from now). lost lists those to find
+// first. nil asks: the poller is done (the feed stopped, or g holds none
+// of its ranges).
+func (f *feed) asks(g int, asks []watchAsk) (_ []watchAsk, lost []int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.stopped {

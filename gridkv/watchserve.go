@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/gridkv/gridkv/fsm"
@@ -59,6 +60,7 @@ type watchPage struct {
 }
 
 func appendWatchRequest(b []byte, wait time.Duration, max int, asks []watchAsk) []byte {
+	b = slices.Grow(b, 3*binary.MaxVarintLen64+len(asks)*(1+2*binary.MaxVarintLen32))
 	b = binary.AppendUvarint(b, uint64(wait/time.Millisecond))
 	b = binary.AppendUvarint(b, uint64(max))
 	b = binary.AppendUvarint(b, uint64(len(asks)))
@@ -85,6 +87,7 @@ func decodeWatchRequest(b []byte) (wait time.Duration, max int, asks []watchAsk,
 	if n > uint64(len(b)) {
 		return 0, 0, nil, errBadWatch
 	}
+	asks = make([]watchAsk, 0, n)
 	for i := uint64(0); i < n && d.err == nil; i++ {
 		a := watchAsk{rng: int(d.uvarint())}
 		a.now = d.byte()&watchFromNow != 0
