@@ -33,16 +33,16 @@ type feed struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the pollers
 
-	mu      sync.Mutex
-	subs    map[*Watcher]struct{}
+	mu   sync.Mutex
+	subs map[*Watcher]struct{}
 	// byPrefix indexes subs by prefix; lens lists the prefixes' distinct
 	// lengths, ascending (replaced, never changed, so a dispatch can
 	// walk it while a watcher ends).
 	byPrefix map[string]map[*Watcher]struct{}
 	lens     []int
-	pending int // watchers on their way in (sharedFeed handed them the feed)
-	ranges  []feedRange
-	pollers map[int]bool // groups with a running poller
+	pending  int // watchers on their way in (sharedFeed handed them the feed)
+	ranges   []feedRange
+	pollers  map[int]bool // groups with a running poller
 	// unprimed counts the ranges without a position; primed is closed
 	// while it is 0.
 	unprimed int
