@@ -40,6 +40,13 @@ func GenesisOp(ranges []int) *fsmpb.Command {
 	return &fsmpb.Command{Op: &fsmpb.Command_Genesis{Genesis: g}}
 }
 
+// AppendSweep appends a command that does nothing but remove what has
+// expired by its entry's AppendedAt (as every command does first): an
+// empty Batch.
+func AppendSweep(b []byte) []byte {
+	return protowire.AppendVarint(protowire.AppendTag(b, 4, protowire.BytesType), 0)
+}
+
 // BatchOp groups operations into one log entry; each gets its own Result.
 func BatchOp(ops ...*fsmpb.Command) *fsmpb.Command {
 	return &fsmpb.Command{Op: &fsmpb.Command_Batch{Batch: &fsmpb.Batch{Ops: ops}}}

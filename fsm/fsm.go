@@ -145,6 +145,7 @@ type FSM struct {
 	used    atomic.Int64  // bytes of keys + values held, all ranges
 	count   atomic.Int64  // entries held (expired but not yet swept count too)
 	applied atomic.Uint64 // index of the last log entry applied
+	nextDue atomic.Int64  // the earliest expiry of an Owned range's entry (unix ns); 0: none
 
 	waitMu  sync.Mutex
 	waiters []waiter
@@ -172,6 +173,13 @@ func (f *FSM) Len() int { return int(f.count.Load()) }
 
 // Used is the bytes of keys plus values held, in all ranges.
 func (f *FSM) Used() int64 { return f.used.Load() }
+
+// NextExpiry is the earliest expiry of an entry in an Owned range as of the
+// last entry applied (unix nanoseconds), 0 when no entry has a TTL. Expired
+// entries are removed as the next log entry applies (its AppendedAt past
+// their expiry): a leader that sees it passed on an idle group can log a
+// Sweep to have them removed, and their EventExpire recorded.
+func (f *FSM) NextExpiry() int64 { return f.nextDue.Load() }
 
 // Applied is the index of the last log entry the state machine has applied.
 func (f *FSM) Applied() uint64 { return f.applied.Load() }

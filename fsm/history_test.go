@@ -159,3 +159,27 @@ func TestHistoryAfterRestore(t *testing.T) {
 		t.Fatalf("after the snapshot: %v", kinds(p))
 	}
 }
+
+// A Sweep removes what expired, recording EventExpire, and nothing else;
+// NextExpiry tracks the earliest deadline.
+func TestSweepAndNextExpiry(t *testing.T) {
+	f := owning(t, Options{}, r0)
+	if f.NextExpiry() != 0 {
+		t.Fatalf("next expiry %d with no TTL", f.NextExpiry())
+	}
+	mustStep(t, f, SetOp(r0, "t", []byte("x"), time.Second))
+	if f.NextExpiry() != now(time.Second) {
+		t.Fatalf("next expiry %d, want %d", f.NextExpiry(), now(time.Second))
+	}
+	l := logAt(t, f.Applied()+1, 2*time.Second, nil)
+	l.Data = AppendSweep(nil)
+	if rs, ok := f.Apply(l).([]Result); !ok || len(rs) != 0 {
+		t.Fatalf("sweep answered %#v", rs)
+	}
+	if f.NextExpiry() != 0 || f.Len() != 0 {
+		t.Fatalf("after the sweep: next expiry %d, %d entries", f.NextExpiry(), f.Len())
+	}
+	if p := mustEvents(t, f, r0, 0, 10); fmt.Sprint(kinds(p)) != "[1 t=x@1 3 t=@2]" {
+		t.Fatalf("events %v", kinds(p))
+	}
+}

@@ -49,6 +49,11 @@ func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
 
 // advance records index as applied and releases the waiters it satisfies.
 func (f *FSM) advance(index uint64) {
+	var due int64
+	if len(f.due) > 0 {
+		due = f.due[0].expiries[0].at
+	}
+	f.nextDue.Store(due)
 	f.applied.Store(index)
 	if f.nwait.Load() == 0 {
 		return

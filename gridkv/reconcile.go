@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/gridkv/gridkv/fsm"
 	"github.com/gridkv/gridkv/gossip"
 	"github.com/gridkv/gridkv/placement"
 )
@@ -31,6 +32,25 @@ func (db *DB) reconcileLoop() {
 		case <-t.C:
 		}
 		lastLeads = db.reconcile(db.stableMembers(view, time.Now()), lastLeads)
+		db.sweepIdle()
+	}
+}
+
+// sweepIdle has each group this node leads whose earliest expiry has
+// passed log a Sweep: a group removes expired keys as it applies an
+// entry, so without one an idle group would keep them (unreadable, but
+// held, and their EventExpire not sent) until its next write.
+func (db *DB) sweepIdle() {
+	now := fsm.NowNanos()
+	for _, rep := range db.replicaList() {
+		if due := rep.fsm.NextExpiry(); due == 0 || due > now || !rep.group.IsLeader() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), db.cfg.ReconcileInterval)
+		if _, err := rep.group.Apply(ctx, fsm.AppendSweep(nil)); err != nil {
+			db.log.Debug("sweep of expired keys not logged", "group", rep.id, "err", err)
+		}
+		cancel()
 	}
 }
 

@@ -17,10 +17,10 @@ const (
 	EventSet EventKind = iota + 1
 	// EventDelete: Delete or CompareAndDelete removed Key.
 	EventDelete
-	// EventExpire: Key's TTL ran out and its replica group removed it. The
-	// group removes expired keys as it applies its next write, so the
-	// event can come later than the expiry itself (reads stop returning
-	// the key at its expiry).
+	// EventExpire: Key's TTL ran out and its replica group removed it:
+	// as the group applies its next entry, which its leader logs within
+	// about ReconcileInterval of the expiry when the group is idle (reads
+	// stop returning the key at its expiry).
 	EventExpire
 	// EventProgress: no change; Range's changes are all above Version from
 	// now on (the range moved between replica groups). It matters only to
