@@ -12,10 +12,13 @@ import (
 // keys plus values the ranges' buffered pages add up to (two pages per
 // range: the one being merged and the next one, fetched ahead).
 const (
-	scanWorkers     = 8
-	scanBufferBytes = 12 << 20
+	scanWorkers = 8
+	// scanBufferBytes is the keys and values of every range's two pages:
+	// 14 MiB, about 16 MiB with the answers' framing (lengths, versions,
+	// expiries: ~12% for 16-byte keys and 100-byte values).
+	scanBufferBytes = 14 << 20
 	// minScanPageBytes keeps pages useful when there are very many ranges
-	// (above 12,288 the buffer grows past scanBufferBytes).
+	// (above 14,336 the buffer grows past scanBufferBytes).
 	minScanPageBytes = 512
 	// scanPageEntries bounds a page's entries, whatever their size.
 	scanPageEntries = 4096
@@ -62,10 +65,10 @@ func scanPageBytes(ranges int) int {
 //
 // Cost and memory: up to 8 page requests are in flight, and the ranges'
 // pages are merged in key order. Each range holds at most two pages, the
-// one being merged and the next (fetched ahead), of about 12 MiB /
+// one being merged and the next (fetched ahead), of about 14 MiB /
 // (2 x Ranges) of keys and values each and at least one entry: with the
-// pages' framing, about 16 MiB for the default 1024 ranges, whatever the
-// scan's size. The first page of every range is read before the first
+// pages' framing, about 16 MiB (up to 14,336 ranges; the default is 1024),
+// whatever the scan's size. The first page of every range is read before the first
 // entry is yielded, Limit or not. A page costs its serving node a walk of
 // the range's entries (the store keeps no key order). Breaking out of
 // the loop, or ctx ending, stops every goroutine the scan started, and

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gridkv/gridkv/fsm"
 	"github.com/gridkv/gridkv/internal/testutil"
 )
 
@@ -400,4 +401,56 @@ func TestScanWhileRangesMove(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkScan(t, "after the moves", entries, want, "m")
+}
+
+// A page request and a page answer round-trip; the answer leaves expired
+// entries out but resumes after them; malformed answers are refused.
+func TestScanPageWire(t *testing.T) {
+	q := scanReq{rng: 700, mode: readIndex, prefix: "p/", after: "p/b", maxEntries: 9, maxBytes: 1000}
+	if got, ok := parseScan(appendScan(nil, q)); !ok || got != q {
+		t.Fatalf("request round trip: %+v %v", got, ok)
+	}
+	for _, bad := range [][]byte{nil, {byte(readQuorum), 1, 1, 1, 0}, {byte(readStale), 1, 1, 1, 5, 'p'}} {
+		if _, ok := parseScan(bad); ok {
+			t.Fatalf("parsed %v", bad)
+		}
+	}
+	now := time.Now().UnixNano()
+	page := []fsm.RangeEntry{
+		{Key: "p/c", Entry: fsm.Entry{Value: []byte("1"), Version: 5}},
+		{Key: "p/d", Entry: fsm.Entry{Value: []byte{}, Version: 6, ExpireAt: now + int64(time.Hour)}},
+		{Key: "p/e", Entry: fsm.Entry{Value: []byte("gone"), Version: 7, ExpireAt: now}},
+	}
+	ans := appendScanPage(nil, page, true, now)
+	p, err := decodeScanPage(ans, q)
+	if err != nil || !p.more || p.last != "p/e" {
+		t.Fatalf("decoded %+v %v", p, err)
+	}
+	var got []Entry
+	for ; p.ok; p.advance() {
+		got = append(got, p.head)
+	}
+	if len(got) != 2 || got[0].Key != "p/c" || string(got[0].Value) != "1" || got[0].Version != 5 || !got[0].ExpireAt.IsZero() ||
+		got[1].Key != "p/d" || got[1].Value == nil || len(got[1].Value) != 0 || got[1].ExpireAt.UnixNano() != now+int64(time.Hour) {
+		t.Fatalf("entries %+v", got)
+	}
+	if cap(got[0].Value) != 1 {
+		t.Fatalf("a value's capacity runs into the next one's: %d", cap(got[0].Value))
+	}
+	// Only expired entries: none to yield, the cursor moves on.
+	if p, err := decodeScanPage(appendScanPage(nil, page[2:], true, now), q); err != nil || p.ok || p.last != "p/e" {
+		t.Fatalf("expired page: %+v %v", p, err)
+	}
+	for name, ans := range map[string][]byte{
+		"truncated":     ans[:len(ans)-1],
+		"out of order":  appendScanPage(nil, []fsm.RangeEntry{page[1], page[0]}, false, now),
+		"at the cursor": appendScanPage(nil, []fsm.RangeEntry{{Key: "p/b"}}, false, now),
+		"other prefix":  appendScanPage(nil, []fsm.RangeEntry{{Key: "q/z"}}, false, now),
+		"stuck cursor":  appendScanPage(nil, nil, true, now),
+		"empty":         nil,
+	} {
+		if _, err := decodeScanPage(ans, q); err == nil {
+			t.Fatalf("%s: decoded", name)
+		}
+	}
 }

@@ -3,6 +3,7 @@ package gridkv
 import (
 	"context"
 	"encoding/binary"
+	"math/bits"
 	"slices"
 	"strings"
 	"time"
@@ -80,17 +81,20 @@ func parseScan(body []byte) (scanReq, bool) {
 // out. Keys and values go in blocks of their own so that the asker takes
 // the keys as one string and the values as slices of the answer.
 func appendScanPage(b []byte, page []fsm.RangeEntry, more bool, now int64) []byte {
-	count, keyBytes, valBytes := 0, 0, 0
+	count, keyBytes, valBytes, metaBytes := 0, 0, 0, 0
 	for _, e := range page {
 		if !e.Expired(now) {
 			count, keyBytes, valBytes = count+1, keyBytes+len(e.Key), valBytes+len(e.Value)
+			metaBytes += uvarintLen(uint64(len(e.Key))) + uvarintLen(uint64(len(e.Value))) + uvarintLen(e.Version) +
+				uvarintLen(uint64(e.ExpireAt<<1^e.ExpireAt>>63))
 		}
 	}
 	last := ""
 	if len(page) > 0 {
 		last = page[len(page)-1].Key
 	}
-	b = slices.Grow(b, 1+3*binary.MaxVarintLen64+len(last)+keyBytes+valBytes+count*(2*binary.MaxVarintLen32+2*binary.MaxVarintLen64))
+	b = slices.Grow(b, 1+uvarintLen(uint64(len(last)))+len(last)+uvarintLen(uint64(count))+uvarintLen(uint64(keyBytes))+
+		uvarintLen(uint64(valBytes))+keyBytes+valBytes+metaBytes)
 	b = appendBool(b, more)
 	b = binary.AppendUvarint(b, uint64(len(last)))
 	b = append(b, last...)
@@ -118,10 +122,14 @@ func appendScanPage(b []byte, page []fsm.RangeEntry, more bool, now int64) []byt
 	return b
 }
 
-// scanPage is one decoded page, taken entry by entry (head, advance): the
-// keys share one string, the values are slices of the answer.
+// uvarintLen is the length of v as a uvarint.
+func uvarintLen(v uint64) int { return (bits.Len64(v|1) + 6) / 7 }
+
+// scanPage is one decoded page, taken entry by entry (head, advance): keys
+// and values stay in the answer's bytes, and only the head's key is made a
+// string, so a page buffered costs little more than its answer.
 type scanPage struct {
-	keys string
+	keys []byte
 	vals []byte
 	meta []byte // the entries' lengths, versions and expiries not yet taken
 	koff int    // where the next key starts in keys
@@ -161,32 +169,47 @@ func decodeScanPage(ans []byte, q scanReq) (scanPage, error) {
 	if !ok1 || !ok2 || !ok3 || keyBytes > uint64(len(b)) || valBytes > uint64(len(b))-keyBytes {
 		return scanPage{}, errBadMessage
 	}
-	p.keys = string(b[:keyBytes])
+	p.keys = b[:keyBytes:keyBytes]
 	p.vals = b[keyBytes : keyBytes+valBytes : keyBytes+valBytes]
 	p.meta = b[keyBytes+valBytes:]
 	if p.more && p.last <= q.after {
 		return scanPage{}, errBadMessage // a cursor that does not move on
 	}
 	// Check every entry now, so that advance cannot fail.
-	check := p
-	prev, seen := q.after, uint64(0)
-	for check.advance() {
-		k := check.head.Key
-		if k <= prev || !strings.HasPrefix(k, q.prefix) || k > p.last {
+	var prev []byte
+	seen, koff, voff := uint64(0), 0, 0
+	meta := p.meta
+	for len(meta) > 0 {
+		var vals [3]uint64
+		for i := range vals {
+			v, n := binary.Uvarint(meta)
+			if n <= 0 {
+				return scanPage{}, errBadMessage
+			}
+			vals[i], meta = v, meta[n:]
+		}
+		_, n := binary.Varint(meta)
+		if n <= 0 || vals[0] == 0 || vals[0] > uint64(len(p.keys)-koff) || vals[1] > uint64(len(p.vals)-voff) {
 			return scanPage{}, errBadMessage
 		}
-		prev, seen = k, seen+1
+		meta = meta[n:]
+		k := p.keys[koff : koff+int(vals[0])]
+		switch {
+		case seen == 0 && string(k) <= q.after, seen > 0 && string(k) <= string(prev),
+			!strings.HasPrefix(string(k), q.prefix), string(k) > p.last:
+			return scanPage{}, errBadMessage
+		}
+		prev, koff, voff, seen = k, koff+int(vals[0]), voff+int(vals[1]), seen+1
 	}
-	if check.koff < 0 || seen != count || check.koff != len(p.keys) || check.voff != len(p.vals) || len(check.meta) != 0 {
+	if seen != count || koff != len(p.keys) || voff != len(p.vals) {
 		return scanPage{}, errBadMessage
 	}
 	p.advance()
 	return p, nil
 }
 
-// advance moves the page to its next entry: false when none is left, or
-// (for decodeScanPage's check, which then sets koff to -1) when the rest
-// of the page is malformed.
+// advance moves the page to its next entry: false when none is left.
+// decodeScanPage checked the page, so it never fails.
 func (p *scanPage) advance() bool {
 	p.ok, p.head = false, Entry{}
 	if len(p.meta) == 0 {
@@ -195,20 +218,12 @@ func (p *scanPage) advance() bool {
 	var vals [3]uint64
 	for i := range vals {
 		v, n := binary.Uvarint(p.meta)
-		if n <= 0 {
-			p.koff, p.meta = -1, nil
-			return false
-		}
 		vals[i], p.meta = v, p.meta[n:]
 	}
 	expireAt, n := binary.Varint(p.meta)
-	if n <= 0 || vals[0] == 0 || vals[0] > uint64(len(p.keys)-p.koff) || vals[1] > uint64(len(p.vals)-p.voff) {
-		p.koff, p.meta = -1, nil
-		return false
-	}
 	p.meta = p.meta[n:]
 	kend, vend := p.koff+int(vals[0]), p.voff+int(vals[1])
-	p.head = Entry{Key: p.keys[p.koff:kend], Value: p.vals[p.voff:vend:vend], Version: vals[2]}
+	p.head = Entry{Key: string(p.keys[p.koff:kend]), Value: p.vals[p.voff:vend:vend], Version: vals[2]}
 	if expireAt != 0 {
 		p.head.ExpireAt = time.Unix(0, expireAt)
 	}
