@@ -101,12 +101,13 @@ func (db *DB) Scan(ctx context.Context, prefix string, opts ...ReadOption) iter.
 // (scanResult). A range has at most one page request outstanding, so
 // neither channel, each with room for one item per range, ever blocks.
 type scan struct {
-	db     *DB
-	parent context.Context
-	ctx    context.Context // ended by stop
-	cancel context.CancelFunc
-	req    scanReq // the page request, without range and cursor
-	limit  int     // entries to yield; 0: all
+	db      *DB
+	parent  context.Context
+	ctx     context.Context // ended by stop
+	cancel  context.CancelFunc
+	req     scanReq // the page request, without range and cursor
+	limit   int     // entries to yield; 0: all
+	yielded int
 
 	ranges  []scanRange
 	heads   scanHeap // ranges with an entry to merge, by that entry's key
@@ -173,7 +174,6 @@ func (s *scan) stop() {
 // run merges the ranges' pages and yields their entries in key order.
 func (s *scan) run(yield func(Entry, error) bool) {
 	done := s.ctx.Done()
-	yielded := 0
 	for {
 		for s.waiting > 0 {
 			select {
@@ -201,7 +201,7 @@ func (s *scan) run(yield func(Entry, error) bool) {
 		if !yield(rs.cur.head, nil) {
 			return
 		}
-		if yielded++; yielded == s.limit {
+		if s.yielded++; s.yielded == s.limit {
 			return
 		}
 		if rs.cur.advance() {
@@ -227,10 +227,11 @@ func (s *scan) arrived(res scanResult) {
 	s.install(rs, res.page)
 }
 
-// install makes p the page rs merges, and fetches the page after it.
+// install makes p the page rs merges, and fetches the page after it
+// unless p holds all the entries the Limit lets the scan still yield.
 func (s *scan) install(rs *scanRange, p scanPage) {
 	rs.cur = p
-	if p.more {
+	if p.more && (s.limit == 0 || p.count < s.limit-s.yielded) {
 		s.fetch(rs, p.last)
 	}
 	if rs.cur.ok {
@@ -241,8 +242,8 @@ func (s *scan) install(rs *scanRange, p scanPage) {
 }
 
 // refill follows rs's used-up page with the next one: the one fetched
-// ahead, else the one on its way (the merge waits for it); a range with
-// neither is done.
+// ahead, else the one on its way (the merge waits for it). A range with
+// neither is done, or has yielded all the Limit lets the scan yield.
 func (s *scan) refill(rs *scanRange) {
 	switch {
 	case rs.next != nil:

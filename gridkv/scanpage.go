@@ -129,15 +129,16 @@ func uvarintLen(v uint64) int { return (bits.Len64(v|1) + 6) / 7 }
 // and values stay in the answer's bytes, and only the head's key is made a
 // string, so a page buffered costs little more than its answer.
 type scanPage struct {
-	keys []byte
-	vals []byte
-	meta []byte // the entries' lengths, versions and expiries not yet taken
-	koff int    // where the next key starts in keys
-	voff int    // and its value in vals
-	head Entry  // the entry to take, while ok
-	ok   bool
-	more bool   // keys of the range follow the page
-	last string // the cursor to resume after
+	keys  []byte
+	vals  []byte
+	meta  []byte // the entries' lengths, versions and expiries not yet taken
+	koff  int    // where the next key starts in keys
+	voff  int    // and its value in vals
+	head  Entry  // the entry to take, while ok
+	ok    bool
+	count int    // the page's entries
+	more  bool   // keys of the range follow the page
+	last  string // the cursor to resume after
 }
 
 // decodeScanPage reads a page's answer (after the status byte) and checks
@@ -204,6 +205,7 @@ func decodeScanPage(ans []byte, q scanReq) (scanPage, error) {
 	if seen != count || koff != len(p.keys) || voff != len(p.vals) {
 		return scanPage{}, errBadMessage
 	}
+	p.count = int(count)
 	p.advance()
 	return p, nil
 }
