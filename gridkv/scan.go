@@ -67,12 +67,12 @@ func scanPageBytes(ranges int) int {
 // pages are merged in key order. Each range holds at most two pages, the
 // one being merged and the next (fetched ahead), of about 14 MiB /
 // (2 x Ranges) of keys and values each and at least one entry: with the
-// pages' framing, about 16 MiB (up to 14,336 ranges; the default is 1024),
-// whatever the scan's size. The first page of every range is read before the first
-// entry is yielded, Limit or not. A page costs its serving node a walk of
-// the range's entries (the store keeps no key order). Breaking out of
-// the loop, or ctx ending, stops every goroutine the scan started, and
-// the iterator waits for them before it returns.
+// pages' framing, about 16 MiB (up to 14,336 ranges; the default is
+// 1024), whatever the scan's size. The first page of every range is read
+// before the first entry is yielded, Limit or not. A page costs its
+// serving node a walk of the range's entries (the store keeps no key
+// order). Breaking out of the loop, or ctx ending, stops every goroutine
+// the scan started, and the iterator waits for them before it returns.
 func (db *DB) Scan(ctx context.Context, prefix string, opts ...ReadOption) iter.Seq2[Entry, error] {
 	o, err := db.scanOpts(opts)
 	if err == nil && len(prefix) > maxKeyBytes {
@@ -134,7 +134,7 @@ type scanJob struct {
 
 type scanResult struct {
 	rs   *scanRange
-	page scanPage
+	page *scanPage // a pointer: the channel's buffer holds one result per range
 	err  error
 }
 
@@ -219,7 +219,7 @@ func (s *scan) arrived(res scanResult) {
 	rs := res.rs
 	rs.fetching = false
 	if !rs.hungry {
-		rs.next = &res.page
+		rs.next = res.page
 		return
 	}
 	rs.hungry = false
@@ -229,8 +229,8 @@ func (s *scan) arrived(res scanResult) {
 
 // install makes p the page rs merges, and fetches the page after it
 // unless p holds all the entries the Limit lets the scan still yield.
-func (s *scan) install(rs *scanRange, p scanPage) {
-	rs.cur = p
+func (s *scan) install(rs *scanRange, p *scanPage) {
+	rs.cur = *p
 	if p.more && (s.limit == 0 || p.count < s.limit-s.yielded) {
 		s.fetch(rs, p.last)
 	}
@@ -247,7 +247,7 @@ func (s *scan) install(rs *scanRange, p scanPage) {
 func (s *scan) refill(rs *scanRange) {
 	switch {
 	case rs.next != nil:
-		p := *rs.next
+		p := rs.next
 		rs.next = nil
 		s.install(rs, p)
 	case rs.fetching:
@@ -268,7 +268,7 @@ func (s *scan) work() {
 			continue // stopping: drain
 		}
 		p, err := s.page(j.rng, j.after)
-		s.results <- scanResult{rs: j.rs, page: p, err: err}
+		s.results <- scanResult{rs: j.rs, page: &p, err: err}
 	}
 }
 
