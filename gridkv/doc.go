@@ -11,7 +11,10 @@
 // holds no valid lease), with ReadIndex (a leadership round sent after the
 // call began, no clock assumption) and with Quorum(r) for r >
 // ReplicaCount/2 (served by the group's replicas, not its leader). Stale
-// reads this node's replica without waiting.
+// reads this node's replica without waiting. Scan yields the live keys with
+// a prefix in key order, reading each range page by page as Get reads a
+// key: not one snapshot, but every key committed before it started and
+// not deleted before it ended appears.
 // An error matching ErrTimeout leaves a write's outcome unknown; every
 // other error means it was not applied.
 //

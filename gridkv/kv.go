@@ -471,7 +471,7 @@ func (db *DB) route(ctx context.Context, r, rng int, kind byte, body []byte, wri
 // servesLocally reports whether this node's replica answers the request
 // itself rather than asking the leader.
 func (db *DB) servesLocally(rep *replica, kind byte, body []byte) bool {
-	if kind == reqRead && len(body) > 0 && readMode(body[0]) == readStale || kind == reqRangeRecord {
+	if (kind == reqRead || kind == reqScan) && len(body) > 0 && readMode(body[0]) == readStale || kind == reqRangeRecord {
 		return true
 	}
 	return rep.group.IsLeader()

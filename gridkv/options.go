@@ -19,7 +19,8 @@ func WithTTL(d time.Duration) WriteOption {
 	return func(o *writeOptions) { o.ttl, o.ttlSet = d, true }
 }
 
-// ReadOption selects how a Get is served.
+// ReadOption selects how a read (Get, Scan) is served; Limit and After
+// bound a Scan and apply to it alone.
 type ReadOption func(*readOptions)
 
 type readMode uint8
@@ -34,6 +35,11 @@ const (
 type readOptions struct {
 	mode   readMode
 	quorum int
+	// Scan only (Limit, After).
+	limit    int // at most this many entries; 0: no limit
+	limitSet bool
+	after    string // start after this key
+	afterSet bool
 }
 
 // ReadIndex reads linearizably, always confirming leadership with a quorum
@@ -79,7 +85,47 @@ func Quorum(r int) ReadOption {
 // had, for as long as the cut lasts or until it is removed from the range.
 func Stale() ReadOption { return func(o *readOptions) { o.mode = readStale } }
 
+// Limit makes a Scan yield at most n entries; n must be > 0. Scan only:
+// Get answers ErrInvalid when given it.
+func Limit(n int) ReadOption {
+	return func(o *readOptions) { o.limit, o.limitSet = n, true }
+}
+
+// After makes a Scan start after key, which need not exist: the cursor for
+// paging, to which a caller passes the last key of the page it has. Scan
+// only: Get answers ErrInvalid when given it.
+func After(key string) ReadOption {
+	return func(o *readOptions) { o.after, o.afterSet = key, true }
+}
+
+// readOpts gathers a Get's options: ErrInvalid for a nil option, a Quorum
+// outside 1..ReplicaCount, or Limit or After (Scan only).
 func (db *DB) readOpts(opts []ReadOption) (readOptions, error) {
+	o, err := db.gatherReadOpts(opts)
+	if err == nil && (o.limitSet || o.afterSet) {
+		err = fmt.Errorf("%w: Limit and After apply to Scan only", ErrInvalid)
+	}
+	return o, err
+}
+
+// scanOpts gathers a Scan's options: ErrInvalid for a nil option, Quorum
+// (a Scan reads through the ranges' leaders or, Stale, any replica),
+// Limit(n) with n <= 0, or an After key longer than a key may be.
+func (db *DB) scanOpts(opts []ReadOption) (readOptions, error) {
+	o, err := db.gatherReadOpts(opts)
+	switch {
+	case err != nil:
+	case o.mode == readQuorum:
+		err = fmt.Errorf("%w: Quorum does not apply to Scan", ErrInvalid)
+	case o.limitSet && o.limit <= 0:
+		err = fmt.Errorf("%w: Limit(%d) must be > 0", ErrInvalid, o.limit)
+	case len(o.after) > maxKeyBytes:
+		err = fmt.Errorf("%w: After key of %d bytes (at most %d)", ErrInvalid, len(o.after), maxKeyBytes)
+	}
+	return o, err
+}
+
+func (db *DB) gatherReadOpts(opts []ReadOption) (readOptions, error) {
 	var o readOptions
 	for _, f := range opts {
 		if f == nil {

@@ -49,6 +49,9 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 		}
 		return db.serveRead(ctx, r, db.replica(r), []*readReq{&rd})[0]
 	}
+	if kind == reqScan {
+		return db.serveScan(ctx, r, db.replica(r), body)
+	}
 	if kind == reqWrite {
 		rep, ans := db.writeReplica(ctx, r)
 		if ans != nil {
@@ -392,16 +395,24 @@ func (db *DB) lookup(rep *replica, key string, indexed bool) (e fsm.Entry, found
 	if err == nil {
 		return e, found, refusal{}
 	}
-	ref = refuse(rep.fsm.Range(rng), rng, rep.id, db.lay.Load().genesis(rng), false, indexed)
+	return fsm.Entry{}, false, db.readRefusal(rep, rng, indexed)
+}
+
+// readRefusal is what a read of range rng (indexed: see readAnswer) that
+// rep's state refused is answered, from the group's record (see refuse):
+// the zero refusal when the range holds nothing yet (its Genesis not
+// applied here), so the read finds nothing.
+func (db *DB) readRefusal(rep *replica, rng int, indexed bool) refusal {
+	ref := refuse(rep.fsm.Range(rng), rng, rep.id, db.lay.Load().genesis(rng), false, indexed)
 	switch {
 	case ref.zero:
-		return fsm.Entry{}, false, refusal{}
+		return refusal{}
 	case ref.ans == nil && !ref.slow:
 		// The record changed between the two reads (a handoff step
 		// applied): the asker tries again.
 		ref.ans = []byte{stMoving}
 	}
-	return fsm.Entry{}, false, ref
+	return ref
 }
 
 // entryAnswer is a read's answer for e (found: whether the key is there)

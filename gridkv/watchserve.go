@@ -24,7 +24,7 @@ import (
 // byte (pageMore, pageClosed, pageGone), uvarint next, uvarint peer group,
 // uvarint count, then per event: kind byte, uvarint version, varint
 // expireAt, uvarint key length, key, uvarint value length, value.
-const reqWatch byte = 18
+const reqWatch byte = 19
 
 // Per-range statuses in a reqWatch answer.
 const (

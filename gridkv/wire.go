@@ -33,6 +33,8 @@ const (
 	// The cluster's layout (grow.go).
 	reqLayout      byte = 16 // group 0; a replica answers the layout it applied (fsm.AppendLayout)
 	reqCreateGroup byte = 17 // group 0; body: uvarint group; bootstrap it here with the server set group 0 logged
+	// Scan (scanpage.go).
+	reqScan byte = 18 // body: appendScan; answer: stOK then appendScanPage, read in the request's mode
 )
 
 const (
