@@ -35,6 +35,7 @@ const (
 	reqCreateGroup byte = 17 // group 0; body: uvarint group; bootstrap it here with the server set group 0 logged
 	// Scan (scanpage.go).
 	reqScan byte = 18 // body: appendScan; answer: stOK then appendScanPage, read in the request's mode
+	// reqWatch (19): a group's changes since given positions (watchserve.go).
 )
 
 const (
