@@ -9,7 +9,7 @@ import (
 // Entry is a key's value with its version and expiry.
 type Entry struct {
 	Value    []byte
-	Version  uint64 // the write that last wrote it: its range's epoch and log index (version.go)
+	Version  uint64 // the write that last wrote it: its range's ownership epoch and write sequence (version.go)
 	ExpireAt int64  // unix nanoseconds; 0 = never
 }
 

@@ -72,9 +72,11 @@ type Options struct {
 	// Default false.
 	Layout bool
 	// History is how many recent changes the group keeps in its ranges'
-	// histories (history.go), over all its ranges: 0 means DefaultHistory,
-	// a negative number none.
-	History int
+	// histories (history.go), over all its ranges, and HistoryBytes how
+	// many bytes of keys and values they may hold: 0 means DefaultHistory
+	// and DefaultHistoryBytes; a negative number, no history.
+	History      int
+	HistoryBytes int64
 }
 
 // Result is what applying one operation produced. Apply returns *Result for
@@ -163,7 +165,7 @@ func New(opts Options) *FSM {
 	f := &FSM{opts: opts}
 	f.table.Store(&rangeTable{})
 	f.limit = f.share(0)
-	f.order.limit = historyLimit(opts)
+	f.order.limit, f.order.byteLimit = historyLimits(opts)
 	return f
 }
 
@@ -335,13 +337,13 @@ func (f *FSM) putAt(rs *rangeState, key, value []byte, expireAt int64) Result {
 	rs.mu.Lock()
 	rs.seq++
 	rs.tab.set(e)
-	rs.record(f.order.limit > 0, EventSet, e, version)
+	hsize := rs.record(f.order.limit > 0, EventSet, e, version)
 	rs.used += delta
 	if !found {
 		rs.count++
 	}
 	rs.mu.Unlock()
-	f.noteEvent(rs.num, version)
+	f.noteEvent(rs.num, version, hsize)
 	if expireAt > 0 {
 		f.pushExpiry(rs, expiry{at: expireAt, e: e})
 	}
@@ -376,14 +378,14 @@ func (f *FSM) removeEntry(rs *rangeState, e entry, kind EventKind) Result {
 	rs.mu.Lock()
 	rs.seq++
 	rs.tab.delete(e.key(h))
-	rs.record(f.order.limit > 0, kind, e, version)
+	hsize := rs.record(f.order.limit > 0, kind, e, version)
 	rs.used -= n
 	rs.count--
 	rs.mu.Unlock()
 	f.ownedUsed -= n
 	f.used.Add(-n)
 	f.count.Add(-1)
-	f.noteEvent(rs.num, version)
+	f.noteEvent(rs.num, version, hsize)
 	return Result{Version: version}
 }
 

@@ -12,8 +12,12 @@ import (
 var ErrCompacted = errors.New("fsm: the range's history no longer reaches back to that version")
 
 // DefaultHistory is the events a group keeps in its ranges' histories
-// when Options.History is 0.
-const DefaultHistory = 1 << 16
+// when Options.History is 0, and DefaultHistoryBytes the bytes of keys and
+// values they may hold when Options.HistoryBytes is 0.
+const (
+	DefaultHistory      = 1 << 16
+	DefaultHistoryBytes = 64 << 20
+)
 
 // EventKind says how a key changed.
 type EventKind uint8
@@ -49,11 +53,15 @@ type Event struct {
 // old). The source keeps its history through Frozen and Gone, so a reader
 // can drain the last writes there.
 //
-// The group keeps at most Options.History events over all its ranges,
-// evicting the oldest; a range's `from` rises as its events go.
+// The group keeps at most Options.History events over all its ranges, and
+// at most Options.HistoryBytes of keys and values in them, evicting the
+// oldest; a range's `from` rises as its events go. A set event shares the
+// stored entry (its value is held twice only once overwritten); a delete
+// or expire event holds a copy of the key alone. None of it counts in
+// Used or against MemoryLimit.
 
 // histEvent is one event: for EventSet e is the stored entry (key, value,
-// expiry); otherwise the removed one, for its key.
+// expiry); otherwise a copy of the key (an entry with no value).
 type histEvent struct {
 	e       entry
 	version uint64
@@ -84,11 +92,13 @@ func (h *history) push(x histEvent) {
 	h.n++
 }
 
-// dropOldest drops the oldest event if its version is v.
-func (h *history) dropOldest(v uint64) bool {
+// dropOldest drops the oldest event if its version is v, and returns the
+// bytes of keys and values it held.
+func (h *history) dropOldest(v uint64) (dropped bool, size int64) {
 	if h.n == 0 || h.ev[h.head].version != v {
-		return false
+		return false, 0
 	}
+	size = h.ev[h.head].e.header().size()
 	h.from = v
 	h.ev[h.head] = histEvent{}
 	h.head = (h.head + 1) % len(h.ev)
@@ -100,11 +110,18 @@ func (h *history) dropOldest(v uint64) bool {
 		}
 		h.ev, h.head = shrunk, 0
 	}
-	return true
+	return true, size
 }
 
-// reset empties the history: it holds every event above from.
-func (h *history) reset(from uint64) { *h = history{from: from} }
+// reset empties the history, which then holds every event above from, and
+// returns the bytes of keys and values it held.
+func (h *history) reset(from uint64) (size int64) {
+	for i := 0; i < h.n; i++ {
+		size += h.at(i).e.header().size()
+	}
+	*h = history{from: from}
+	return size
+}
 
 // histRef names an event in the group's eviction order.
 type histRef struct {
@@ -117,26 +134,36 @@ type histRef struct {
 // whose event is gone already (its range's history was reset) is skipped.
 // Only the applier touches it.
 type histOrder struct {
-	refs    []histRef
-	head, n int
-	limit   int
+	refs      []histRef
+	head, n   int
+	limit     int
+	bytes     int64 // keys and values the events hold
+	byteLimit int64
 }
 
 // record adds an event to rs's history, or with keep false (the group
-// keeps none) moves the history's start past it; the applier calls it
-// holding rs.mu for writing, and then f.noteEvent outside the lock.
-func (rs *rangeState) record(keep bool, kind EventKind, e entry, version uint64) {
+// keeps none) moves the history's start past it, and returns the bytes of
+// keys and values the event holds. e is the stored entry for EventSet,
+// the removed one otherwise (the event keeps a copy of its key). The
+// applier calls it holding rs.mu for writing, and then f.noteEvent
+// outside the lock.
+func (rs *rangeState) record(keep bool, kind EventKind, e entry, version uint64) int64 {
 	if !keep {
 		rs.hist.from = version
-		return
+		return 0
+	}
+	if kind != EventSet {
+		e = newEntry([]byte(e.storedKey()), nil, version, 0)
 	}
 	rs.hist.push(histEvent{e: e, version: version, kind: kind})
+	return e.header().size()
 }
 
-// noteEvent puts range rng's event at version into the eviction order,
-// evicting the group's oldest event when the order is full. Only the
-// applier calls it, holding no range's lock.
-func (f *FSM) noteEvent(rng uint32, version uint64) {
+// noteEvent puts range rng's event at version, holding size bytes, into
+// the eviction order, evicting the group's oldest events while it holds
+// more than its limits (never the event just added). Only the applier
+// calls it, holding no range's lock.
+func (f *FSM) noteEvent(rng uint32, version uint64, size int64) {
 	o := &f.order
 	if o.limit <= 0 {
 		return
@@ -145,28 +172,52 @@ func (f *FSM) noteEvent(rng uint32, version uint64) {
 		o.refs = append(o.refs, histRef{})
 	}
 	if o.n == len(o.refs) {
-		old := o.refs[o.head]
-		o.head = (o.head + 1) % len(o.refs)
-		o.n--
-		if rs := f.table.Load().at(int(old.rng)); rs != nil {
-			rs.mu.Lock()
-			rs.hist.dropOldest(old.version)
-			rs.mu.Unlock()
-		}
+		f.evictOldest()
 	}
 	o.refs[(o.head+o.n)%len(o.refs)] = histRef{rng: rng, version: version}
 	o.n++
+	o.bytes += size
+	for o.bytes > o.byteLimit && o.n > 1 {
+		f.evictOldest()
+	}
 }
 
-// historyLimit is the group's event budget under opts.
-func historyLimit(opts Options) int {
-	switch {
-	case opts.History < 0:
-		return 0
-	case opts.History == 0:
-		return DefaultHistory
+// evictOldest drops the oldest event of the eviction order, if its range
+// still holds it.
+func (f *FSM) evictOldest() {
+	o := &f.order
+	old := o.refs[o.head]
+	o.head = (o.head + 1) % len(o.refs)
+	o.n--
+	if rs := f.table.Load().at(int(old.rng)); rs != nil {
+		rs.mu.Lock()
+		dropped, size := rs.hist.dropOldest(old.version)
+		rs.mu.Unlock()
+		if dropped {
+			o.bytes -= size
+		}
 	}
-	return opts.History
+}
+
+// resetHistory empties rs's history, which then holds every event above
+// from; the applier calls it holding rs.mu for writing.
+func (f *FSM) resetHistory(rs *rangeState, from uint64) {
+	f.order.bytes -= rs.hist.reset(from)
+}
+
+// historyLimits are the group's event and byte budgets under opts.
+func historyLimits(opts Options) (events int, bytes int64) {
+	events, bytes = opts.History, opts.HistoryBytes
+	if events == 0 {
+		events = DefaultHistory
+	}
+	if bytes == 0 {
+		bytes = DefaultHistoryBytes
+	}
+	if events < 0 || bytes < 0 {
+		return 0, 0
+	}
+	return events, bytes
 }
 
 // currentVersion is the version of rs's last write in its current or last
@@ -174,6 +225,12 @@ func historyLimit(opts Options) int {
 func (rs *rangeState) currentVersion() uint64 {
 	switch rs.rec.State {
 	case Owned:
+		if rs.seq == 0 {
+			// No write in this ownership yet: the floor it began at, the
+			// closing version of the one before (see closedAt).
+			v, _ := MakeVersion(rs.rec.Epoch-1, 0)
+			return v
+		}
 		v, _ := MakeVersion(rs.rec.Epoch, rs.seq)
 		return v
 	case Frozen:
@@ -219,10 +276,11 @@ type EventPage struct {
 }
 
 // Events reads range r's history here: up to max of the changes with a
-// version above after. The range must be Owned, Frozen or Gone here
+// version above after, and no more than about maxBytes of keys and values
+// (at least one change). The range must be Owned, Frozen or Gone here
 // (ErrNotOwned otherwise); ErrCompacted when the history no longer holds
 // every change after after.
-func (f *FSM) Events(r int, after uint64, max int) (EventPage, error) {
+func (f *FSM) Events(r int, after uint64, max, maxBytes int) (EventPage, error) {
 	rs := f.table.Load().at(r)
 	if rs == nil {
 		return EventPage{}, ErrNotOwned
@@ -242,14 +300,16 @@ func (f *FSM) Events(r int, after uint64, max int) (EventPage, error) {
 	if h.n > 0 && h.at(h.n-1).version > after {
 		first = sort.Search(h.n, func(i int) bool { return h.at(i).version > after })
 	}
+	bytes := 0
 	for i := first; i < h.n; i++ {
-		if len(page.Events) == max {
+		x := h.at(i)
+		hd := x.e.header()
+		if len(page.Events) == max || len(page.Events) > 0 && bytes+hd.klen+hd.vlen > maxBytes {
 			page.More = true
 			break
 		}
-		x := h.at(i)
+		bytes += hd.klen + hd.vlen
 		ev := Event{Kind: x.kind, Version: x.version}
-		hd := x.e.header()
 		ev.Key = x.e.key(hd)
 		if x.kind == EventSet {
 			ev.Value, ev.ExpireAt = x.e.value(hd), hd.expireAt

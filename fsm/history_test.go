@@ -18,7 +18,7 @@ func kinds(p EventPage) []string {
 
 func mustEvents(t *testing.T, f *FSM, r int, after uint64, max int) EventPage {
 	t.Helper()
-	p, err := f.Events(r, after, max)
+	p, err := f.Events(r, after, max, 1<<20)
 	if err != nil {
 		t.Fatalf("Events(%d, %x): %v", r, after, err)
 	}
@@ -30,7 +30,7 @@ func mustEvents(t *testing.T, f *FSM, r int, after uint64, max int) EventPage {
 func TestHistoryRecordsChanges(t *testing.T) {
 	f := owning(t, Options{}, r0)
 	head, err := f.HistoryHead(r0)
-	if err != nil || head != v1(0) {
+	if err != nil || head != 0 { // no write in the ownership yet: the floor it began at
 		t.Fatalf("head %x %v", head, err)
 	}
 	mustStep(t, f, SetOp(r0, "a", []byte("1"), 0))
@@ -57,7 +57,7 @@ func TestHistoryRecordsChanges(t *testing.T) {
 	if head, _ := f.HistoryHead(r0); head != v1(7) {
 		t.Fatalf("head %x, want the last write's", head)
 	}
-	if _, err := f.Events(5, 0, 10); !errors.Is(err, ErrNotOwned) {
+	if _, err := f.Events(5, 0, 10, 1<<20); !errors.Is(err, ErrNotOwned) {
 		t.Fatalf("a range not here: %v", err)
 	}
 }
@@ -71,7 +71,7 @@ func TestHistoryEviction(t *testing.T) {
 		mustStep(t, f, SetOp(1, "b", []byte{byte('0' + i)}, 0))
 	}
 	// Six events, four kept: range 0 lost a@1, range 1 lost b@1.
-	if _, err := f.Events(0, 0, 10); !errors.Is(err, ErrCompacted) {
+	if _, err := f.Events(0, 0, 10, 1<<20); !errors.Is(err, ErrCompacted) {
 		t.Fatalf("evicted: %v", err)
 	}
 	if p := mustEvents(t, f, 0, v1(1), 10); len(p.Events) != 2 {
@@ -80,9 +80,25 @@ func TestHistoryEviction(t *testing.T) {
 	if p := mustEvents(t, f, 1, v1(1), 10); len(p.Events) != 2 {
 		t.Fatalf("range 1: %v", kinds(p))
 	}
+	// A byte budget: 10 bytes of keys and values hold the last two of
+	// these 4-byte events (key "a" or "b", 3-byte values).
+	small := owning(t, Options{HistoryBytes: 10}, 0)
+	for i := 0; i < 4; i++ {
+		mustStep(t, small, SetOp(0, "a", []byte{'v', '0', byte('0' + i)}, 0))
+	}
+	if _, err := small.Events(0, v1(1), 10, 1<<20); !errors.Is(err, ErrCompacted) {
+		t.Fatalf("evicted by bytes: %v", err)
+	}
+	if p := mustEvents(t, small, 0, v1(2), 10); fmt.Sprint(kinds(p)) != "[1 a=v02@3 1 a=v03@4]" {
+		t.Fatalf("kept by bytes: %v", kinds(p))
+	}
+	// A page stops at its byte budget, after at least one event.
+	if p, err := small.Events(0, v1(2), 10, 1); err != nil || len(p.Events) != 1 || !p.More {
+		t.Fatalf("page of 1 byte: %v %+v %v", kinds(p), p, err)
+	}
 	none := owning(t, Options{History: -1}, 0)
 	mustStep(t, none, SetOp(0, "a", []byte("1"), 0))
-	if _, err := none.Events(0, 0, 10); !errors.Is(err, ErrCompacted) {
+	if _, err := none.Events(0, 0, 10, 1<<20); !errors.Is(err, ErrCompacted) {
 		t.Fatalf("no history kept: %v", err)
 	}
 }
@@ -109,7 +125,7 @@ func TestHistoryAcrossHandoff(t *testing.T) {
 	for _, c := range g.copyCmds {
 		mustStep(t, tg, c)
 	}
-	if _, err := tg.Events(hr, closed, 10); !errors.Is(err, ErrNotOwned) {
+	if _, err := tg.Events(hr, closed, 10, 1<<20); !errors.Is(err, ErrNotOwned) {
 		t.Fatalf("sealed target: %v", err)
 	}
 	mustStep(t, s, ReleaseOp(hr, 2))
@@ -117,7 +133,7 @@ func TestHistoryAcrossHandoff(t *testing.T) {
 		t.Fatalf("gone: %+v", p)
 	}
 	mustStep(t, tg, ActivateOp(hr, 2))
-	if _, err := tg.Events(hr, before, 10); !errors.Is(err, ErrCompacted) {
+	if _, err := tg.Events(hr, before, 10, 1<<20); !errors.Is(err, ErrCompacted) {
 		t.Fatalf("target asked for the source's writes: %v", err)
 	}
 	w := mustStep(t, tg, SetOp(hr, "key0", []byte("new"), 0))
@@ -141,13 +157,33 @@ func TestHistoryAfterUnfreeze(t *testing.T) {
 	}
 }
 
+// A replica restored from a snapshot taken before the first write of a
+// moved-in range serves the range's history from the handoff's floor.
+func TestHistoryRestoredBeforeFirstWrite(t *testing.T) {
+	g := newHandoffGroups(t, Options{Ranges: 4}, 5, 1<<10, 0)
+	tg := g.target
+	for _, c := range g.copyCmds {
+		mustStep(t, tg, c)
+	}
+	mustStep(t, tg, ActivateOp(hr, 2))
+	r := roundTrip(t, tg, Options{Ranges: 4})
+	floor, _ := MakeVersion(2, 0)
+	if head, _ := r.HistoryHead(hr); head != floor {
+		t.Fatalf("restored head %x, want the floor %x", head, floor)
+	}
+	w := mustStep(t, r, SetOp(hr, "key0", []byte("x"), 0))
+	if p := mustEvents(t, r, hr, floor, 10); len(p.Events) != 1 || p.Events[0].Version != w.Version {
+		t.Fatalf("from the floor: %v", kinds(p))
+	}
+}
+
 // A restored replica's history starts at the snapshot.
 func TestHistoryAfterRestore(t *testing.T) {
 	f := owning(t, Options{}, r0)
 	mustStep(t, f, SetOp(r0, "a", []byte("1"), 0))
 	mustStep(t, f, SetOp(r0, "a", []byte("2"), 0))
 	r := roundTrip(t, f, Options{})
-	if _, err := r.Events(r0, v1(1), 10); !errors.Is(err, ErrCompacted) {
+	if _, err := r.Events(r0, v1(1), 10, 1<<20); !errors.Is(err, ErrCompacted) {
 		t.Fatalf("before the snapshot: %v", err)
 	}
 	head, _ := r.HistoryHead(r0)

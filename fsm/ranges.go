@@ -303,7 +303,7 @@ func (f *FSM) setRecord(rs *rangeState, rec RangeRecord) {
 			// Genesis or a handoff's Activate: the history starts here
 			// (after Unfreeze it goes on from the freeze).
 			from, _ := MakeVersion(rec.Epoch-1, 0)
-			rs.hist.reset(from)
+			f.resetHistory(rs, from)
 		}
 	}
 	rs.rec = rec

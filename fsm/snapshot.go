@@ -14,7 +14,7 @@ import (
 
 // Snapshot stream format, version 5 (the magic's last byte):
 //
-//	magic "GKV4", uvarint applied index, the cluster's layout (writeLayout;
+//	magic "GKV5", uvarint applied index, the cluster's layout (writeLayout;
 //	all zero in a group that does not hold it), uvarint number of ranges, then
 //	per range, in increasing range number:
 //	  uvarint range number, the record:
@@ -266,7 +266,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.table.Store(table)
 	f.layout.Store(&lay)
 	f.due = f.due[:0]
-	f.order = histOrder{limit: f.order.limit}
+	f.order = histOrder{limit: f.order.limit, byteLimit: f.order.byteLimit}
 	f.owned, f.ownedUsed = 0, 0
 	for s := range f.inState {
 		f.inState[s].Store(0)

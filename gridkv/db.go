@@ -53,6 +53,9 @@ type DB struct {
 
 	stop chan struct{}
 	wg   sync.WaitGroup
+	// stopCtx ends when stop is closed, for calls that take a context.
+	stopCtx    context.Context
+	stopCancel context.CancelFunc
 
 	// feeds are the watch feeds running (watchfeed.go); shared is the one
 	// the node's watchers share.
@@ -196,6 +199,7 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	db := &DB{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), stop: make(chan struct{}),
 		handoffKick: make(chan struct{}, 1)}
 	db.feeds.all = map[*feed]struct{}{}
+	db.stopCtx, db.stopCancel = context.WithCancel(context.Background())
 	db.handoffTimeout.Store(int64(30 * time.Second))
 	if cfg.Fast {
 		db.handoffTimeout.Store(int64(10 * time.Second))
@@ -656,6 +660,7 @@ func (db *DB) stopServing() (map[int]*replica, bool) {
 	reps := db.replicaList()
 	db.mu.Unlock()
 	close(db.stop)
+	db.stopCancel()
 	db.wg.Wait()
 	db.stopFeeds()
 	return reps, true

@@ -13,8 +13,9 @@
 // ReplicaCount/2 (served by the group's replicas, not its leader). Stale
 // reads this node's replica without waiting. Scan yields the live keys with
 // a prefix in key order, reading each range page by page as Get reads a
-// key: not one snapshot, but every key committed before it started and
-// not deleted before it ended appears.
+// key: not one snapshot, but in the linearizable modes every key committed
+// before it started and not deleted before it ended appears. Watch
+// delivers the changes to keys with a prefix, per key in commit order.
 // An error matching ErrTimeout leaves a write's outcome unknown; every
 // other error means it was not applied.
 //

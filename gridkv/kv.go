@@ -396,6 +396,8 @@ func (db *DB) route(ctx context.Context, r, rng int, kind byte, body []byte, wri
 			switch {
 			case err == nil && len(resp) > 0:
 				ans = resp
+			case err == nil && write:
+				return nil, timedOut(fmt.Errorf("empty answer from %s", to.addr), true)
 			case err == nil:
 				return nil, errBadMessage
 			case err != nil && (raftgroup.NotSent(err) || !write):

@@ -39,19 +39,26 @@ func (db *DB) reconcileLoop() {
 // sweepIdle has each group this node leads whose earliest expiry has
 // passed log a Sweep: a group removes expired keys as it applies an
 // entry, so without one an idle group would keep them (unreadable, but
-// held, and their EventExpire not sent) until its next write.
+// held, and their EventExpire not sent) until its next write. The groups
+// log theirs at once, within one ReconcileInterval.
 func (db *DB) sweepIdle() {
 	now := fsm.NowNanos()
+	var wg sync.WaitGroup
 	for _, rep := range db.replicaList() {
 		if due := rep.fsm.NextExpiry(); due == 0 || due > now || !rep.group.IsLeader() {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), db.cfg.ReconcileInterval)
-		if _, err := rep.group.Apply(ctx, fsm.AppendSweep(nil)); err != nil {
-			db.log.Debug("sweep of expired keys not logged", "group", rep.id, "err", err)
-		}
-		cancel()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(db.stopCtx, db.cfg.ReconcileInterval)
+			defer cancel()
+			if _, err := rep.group.Apply(ctx, fsm.AppendSweep(nil)); err != nil {
+				db.log.Debug("sweep of expired keys not logged", "group", rep.id, "err", err)
+			}
+		}()
 	}
+	wg.Wait()
 }
 
 // settledView is a view for stableMembers in which the members present

@@ -64,11 +64,13 @@ func scanPageBytes(ranges int) int {
 // (under the lease, at the time it was confirmed).
 //
 // Cost and memory: up to 8 page requests are in flight, and the ranges'
-// pages are merged in key order. Each range holds at most two pages, the
-// one being merged and the next (fetched ahead), of about 14 MiB /
-// (2 x Ranges) of keys and values each and at least one entry: with the
-// pages' framing, about 16 MiB (up to 14,336 ranges; the default is
-// 1024), whatever the scan's size. The first page of every range is read
+// pages are merged in key order. Each range holds the page being merged
+// and, while the pages held stay under 14 MiB of keys and values, the next
+// one, fetched ahead; a page asks for about 14 MiB / (2 x Ranges) and holds
+// at least one entry. With the pages' framing that is about 16 MiB (up to
+// 14,336 ranges; the default is 1024), whatever the scan's size, as long
+// as entries are smaller than a page; with larger values it is up to
+// Ranges entries, one per range, plus 14 MiB. The first page of every range is read
 // before the first entry is yielded, Limit or not. A page costs its
 // serving node a walk of the range's entries (the store keeps no key
 // order). Breaking out of the loop, or ctx ending, stops every goroutine
@@ -109,12 +111,13 @@ type scan struct {
 	limit   int     // entries to yield; 0: all
 	yielded int
 
-	ranges  []scanRange
-	heads   scanHeap // ranges with an entry to merge, by that entry's key
-	waiting int      // ranges with nothing to merge until their page comes
-	jobs    chan scanJob
-	results chan scanResult
-	wg      sync.WaitGroup
+	ranges   []scanRange
+	buffered int      // bytes of keys and values in the pages held
+	heads    scanHeap // ranges with an entry to merge, by that entry's key
+	waiting  int      // ranges with nothing to merge until their page comes
+	jobs     chan scanJob
+	results  chan scanResult
+	wg       sync.WaitGroup
 }
 
 // scanRange is a range's part in the merge.
@@ -124,6 +127,11 @@ type scanRange struct {
 	next     *scanPage // the next page, fetched ahead
 	fetching bool      // a page request is outstanding
 	hungry   bool      // cur is used up and the merge waits for the next page
+	// deferred: the next page was not fetched ahead (the pages held were
+	// over the buffer's budget); it is fetched, after deferredAfter, once
+	// cur is used up.
+	deferred      bool
+	deferredAfter string
 }
 
 type scanJob struct {
@@ -218,6 +226,7 @@ func (s *scan) run(yield func(Entry, error) bool) {
 func (s *scan) arrived(res scanResult) {
 	rs := res.rs
 	rs.fetching = false
+	s.buffered += res.page.size()
 	if !rs.hungry {
 		rs.next = res.page
 		return
@@ -228,11 +237,17 @@ func (s *scan) arrived(res scanResult) {
 }
 
 // install makes p the page rs merges, and fetches the page after it
-// unless p holds all the entries the Limit lets the scan still yield.
+// unless p holds all the entries the Limit lets the scan still yield; while
+// the pages held are over the buffer's budget, that fetch waits until p is
+// used up.
 func (s *scan) install(rs *scanRange, p *scanPage) {
 	rs.cur = *p
 	if p.more && (s.limit == 0 || p.count < s.limit-s.yielded) {
-		s.fetch(rs, p.last)
+		if s.buffered < scanBufferBytes {
+			s.fetch(rs, p.last)
+		} else {
+			rs.deferred, rs.deferredAfter = true, p.last
+		}
 	}
 	if rs.cur.ok {
 		heap.Push(&s.heads, rs)
@@ -245,7 +260,14 @@ func (s *scan) install(rs *scanRange, p *scanPage) {
 // ahead, else the one on its way (the merge waits for it). A range with
 // neither is done, or has yielded all the Limit lets the scan yield.
 func (s *scan) refill(rs *scanRange) {
+	s.buffered -= rs.cur.size()
+	rs.cur = scanPage{}
 	switch {
+	case rs.deferred:
+		rs.deferred = false
+		s.fetch(rs, rs.deferredAfter)
+		rs.hungry = true
+		s.waiting++
 	case rs.next != nil:
 		p := rs.next
 		rs.next = nil

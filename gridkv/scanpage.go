@@ -141,6 +141,9 @@ type scanPage struct {
 	last  string // the cursor to resume after
 }
 
+// size is the bytes of keys and values the page holds.
+func (p *scanPage) size() int { return len(p.keys) + len(p.vals) }
+
 // decodeScanPage reads a page's answer (after the status byte) and checks
 // it against q: keys in increasing order after q's cursor, with its
 // prefix, blocks that match their lengths, a cursor that moves on when

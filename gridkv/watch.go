@@ -23,8 +23,9 @@ const (
 	// stop returning the key at its expiry).
 	EventExpire
 	// EventProgress: no change; Range's changes are all above Version from
-	// now on (the range moved between replica groups). It matters only to
-	// a Cursor: pass every event to Cursor.Advance.
+	// now on (the range moved between replica groups, or began a move that
+	// was called off). It matters only to a Cursor: pass every event to
+	// Cursor.Advance.
 	EventProgress
 	// EventCompacted: the history the watch needed is gone (see
 	// ErrCompacted); the last event of a watch that ends with it.
@@ -120,10 +121,14 @@ type Watcher struct {
 // receiver falls WatchBuffer events behind (ErrLagged): Events() is then
 // closed and Err says why. A slow watcher never slows writes.
 //
-// Every replica group keeps its recent changes in memory (by default the
-// last 65,536 of its ranges', together): enough to ride out a leader
-// change or a lost connection. A watch resumed from further back
-// (WatchFrom) ends with ErrCompacted; reload with Scan and watch again.
+// Every replica group keeps its ranges' recent changes in memory, on every
+// replica: the last 65,536 of them, holding at most 64 MiB of keys and
+// values (not counted against MemoryLimit). That is enough to ride out a
+// lost connection, and a leader change unless the new leader was caught
+// up from a snapshot moments before (its history starts at the
+// snapshot). A watch that needs older changes (a WatchFrom far back, or a
+// feed that fell that far behind) ends with ErrCompacted; reload with Scan
+// and watch again.
 //
 // Watches of one node share one stream per replica group; a watch started
 // with WatchFrom has its own.

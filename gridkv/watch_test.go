@@ -2,6 +2,7 @@ package gridkv
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -300,5 +301,48 @@ func TestWatchEnds(t *testing.T) {
 	}
 	if _, err := db.Watch(ctx, ""); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Watch after Close: %v", err)
+	}
+}
+
+// The reqWatch request and answer round-trip, the smallest ones included;
+// cut or bad ones are refused.
+func TestWatchWire(t *testing.T) {
+	asks := []watchAsk{{rng: 0, now: true}, {rng: 1023, after: 1 << 60}}
+	req := appendWatchRequest(nil, 1500*time.Millisecond, 256, asks)
+	wait, max, got, err := decodeWatchRequest(req)
+	if err != nil || wait != 1500*time.Millisecond || max != 256 || fmt.Sprint(got) != fmt.Sprint(asks) {
+		t.Fatalf("request: %v %d %v %v", wait, max, got, err)
+	}
+	pages := []watchPage{
+		{rng: 0}, // the smallest page: 6 bytes
+		{rng: 7, flags: pageClosed | pageGone, next: 1 << 50, peer: 3, events: []Event{
+			{Kind: EventSet, Key: "k", Value: []byte("v"), Version: 9, ExpireAt: time.Unix(0, 12345), Range: 7},
+			{Kind: EventDelete, Key: "k", Version: 10, Range: 7}}},
+	}
+	var ans []byte
+	ans = binary.AppendUvarint(ans, uint64(len(pages)))
+	for _, p := range pages {
+		ans = appendWatchPage(ans, p)
+	}
+	back, err := decodeWatchAnswer(ans)
+	if err != nil || len(back) != 2 || back[0].rng != 0 || len(back[0].events) != 0 ||
+		back[1].next != 1<<50 || back[1].peer != 3 || back[1].flags != pageClosed|pageGone ||
+		describe(back[1].events[0]) != "set k=v" || !back[1].events[0].ExpireAt.Equal(time.Unix(0, 12345)) ||
+		describe(back[1].events[1]) != "delete k=" || back[1].events[1].Version != 10 {
+		t.Fatalf("answer: %+v %v", back, err)
+	}
+	for i := range ans {
+		if _, err := decodeWatchAnswer(ans[:i]); err == nil {
+			t.Fatalf("an answer cut at %d of %d bytes decoded", i, len(ans))
+		}
+	}
+	for i := range req {
+		if _, _, _, err := decodeWatchRequest(req[:i]); err == nil {
+			t.Fatalf("a request cut at %d of %d bytes decoded", i, len(req))
+		}
+	}
+	bad := appendWatchPage(binary.AppendUvarint(nil, 1), watchPage{events: []Event{{Kind: EventProgress, Key: "k"}}})
+	if _, err := decodeWatchAnswer(bad); err == nil {
+		t.Fatal("an event of kind progress off the wire decoded")
 	}
 }

@@ -99,6 +99,7 @@ func (db *DB) startFeedLocked(from Cursor) *feed {
 		over := f.stopped && len(f.pollers) == 0
 		f.mu.Unlock()
 		if over {
+			f.wg.Wait() // its pollers are past their last step
 			delete(db.feeds.all, f)
 		}
 	}
@@ -173,6 +174,7 @@ func (f *feed) subscribe(ctx context.Context, w *Watcher) error {
 		f.mu.Unlock()
 		select {
 		case <-primed:
+		case <-f.ctx.Done(): // stopped (the DB closed): the loop's top says so
 		case <-ctx.Done():
 			f.mu.Lock()
 			f.pending--
@@ -270,10 +272,10 @@ func (f *feed) poll(g int) {
 	defer f.wg.Done()
 	backoff := 2 * time.Millisecond
 	var asks []watchAsk
+	var lost []int
 	var req []byte
 	for {
-		asks, lost := f.asks(g, asks[:0])
-		if asks == nil {
+		if asks, lost = f.asks(g, asks[:0]); asks == nil {
 			return
 		}
 		if len(lost) > 0 {
@@ -283,9 +285,7 @@ func (f *feed) poll(g int) {
 				f.db.findRange(f.ctx, r)
 			}
 			f.rehome(g, lost)
-			if pause(f.ctx, &backoff) != nil {
-				continue // stopped: asks says so
-			}
+			_ = pause(f.ctx, &backoff) // growing while ranges stay lost; stopped: asks says so
 			continue
 		}
 		ctx, cancel := context.WithTimeout(f.ctx, watchWait+2*time.Second)
@@ -300,8 +300,9 @@ func (f *feed) poll(g int) {
 			_ = pause(f.ctx, &backoff)
 			continue
 		}
-		backoff = 2 * time.Millisecond
-		f.apply(g, asks, pages)
+		if !f.apply(g, asks, pages) {
+			backoff = 2 * time.Millisecond
+		}
 	}
 }
 
@@ -354,8 +355,8 @@ func (f *feed) rehome(g int, lost []int) {
 }
 
 // apply takes group g's answer to asks: it hands the changes on and moves
-// the positions past them.
-func (f *feed) apply(g int, asks []watchAsk, pages []watchPage) {
+// the positions past them. lost reports a range g said it does not hold.
+func (f *feed) apply(g int, asks []watchAsk, pages []watchPage) (lost bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	i := 0 // asks and pages go by range, pages only for ranges with news
@@ -364,7 +365,7 @@ func (f *feed) apply(g int, asks []watchAsk, pages []watchPage) {
 			i++
 		}
 		if i == len(asks) || asks[i].rng != p.rng || f.stopped {
-			return
+			return lost
 		}
 		a, fr := asks[i], &f.ranges[p.rng]
 		if fr.group != g || fr.known == a.now || (!a.now && fr.pos != a.after) {
@@ -372,7 +373,7 @@ func (f *feed) apply(g int, asks []watchAsk, pages []watchPage) {
 		}
 		switch p.status {
 		case watchNotHere:
-			fr.lost = true
+			fr.lost, lost = true, true
 			continue
 		case watchCompacted:
 			f.compactedLocked(p.rng)
@@ -403,6 +404,7 @@ func (f *feed) apply(g int, asks []watchAsk, pages []watchPage) {
 			f.ensurePollerLocked(p.peer)
 		}
 	}
+	return lost
 }
 
 // compactedLocked: range r's history no longer reaches back to the feed's

@@ -84,7 +84,7 @@ func decodeWatchRequest(b []byte) (wait time.Duration, max int, asks []watchAsk,
 	wait = time.Duration(d.uvarint()) * time.Millisecond
 	max = int(d.uvarint())
 	n := d.uvarint()
-	if n > uint64(len(b)) {
+	if n > uint64(len(d.b))/3 { // an ask takes 3 bytes at least
 		return 0, 0, nil, errBadWatch
 	}
 	asks = make([]watchAsk, 0, n)
@@ -123,22 +123,26 @@ func appendWatchPage(b []byte, p watchPage) []byte {
 }
 
 // decodeWatchAnswer reads a reqWatch answer's body (after stOK). Keys and
-// values are copies; the values share one allocation per page.
+// values are copies.
 func decodeWatchAnswer(b []byte) ([]watchPage, error) {
 	d := decoder{b: b}
 	n := d.uvarint()
-	if n > uint64(len(b)) {
+	if n > uint64(len(d.b))/6 { // a page takes 6 bytes at least
 		return nil, errBadWatch
 	}
 	pages := make([]watchPage, 0, n)
 	for i := uint64(0); i < n && d.err == nil; i++ {
 		p := watchPage{rng: int(d.uvarint()), status: d.byte(), flags: d.byte(), next: d.uvarint(), peer: int(d.uvarint())}
 		count := d.uvarint()
-		if count > uint64(len(d.b)) {
+		if count > uint64(len(d.b))/5 { // an event takes 5 bytes at least
 			return nil, errBadWatch
 		}
+		p.events = make([]Event, 0, count)
 		for j := uint64(0); j < count && d.err == nil; j++ {
 			e := Event{Kind: EventKind(d.byte()), Version: d.uvarint(), Range: p.rng}
+			if e.Kind < EventSet || e.Kind > EventExpire {
+				return nil, errBadWatch
+			}
 			if at := d.varint(); at != 0 {
 				e.ExpireAt = time.Unix(0, at)
 			}
@@ -199,13 +203,23 @@ func (db *DB) serveWatch(ctx context.Context, rep *replica, body []byte) []byte 
 }
 
 // watchLinger is how long a held poll waits, once the group applies an
-// entry, before it answers.
-const watchLinger = time.Millisecond
+// entry, before it answers; an answer holds at most watchAnswerBytes of
+// keys and values (at least one change), of which one range's at most
+// watchRangeBytes. What does not fit comes with the next poll.
+const (
+	watchLinger      = time.Millisecond
+	watchAnswerBytes = 4 << 20
+	watchRangeBytes  = 1 << 20
+)
 
 // watchPages reads the pages of the asked ranges with news (see reqWatch)
 // from rep's state; news reports whether there is any.
-func (db *DB) watchPages(rep *replica, asks []watchAsk, max int) (pages []watchPage, news bool) {
+func (db *DB) watchPages(rep *replica, asks []watchAsk, maxEvents int) (pages []watchPage, news bool) {
+	budget := watchAnswerBytes
 	for _, a := range asks {
+		if budget <= 0 {
+			break // the ranges left wait for the next poll
+		}
 		pages = append(pages, watchPage{rng: a.rng})
 		p := &pages[len(pages)-1]
 		if a.now {
@@ -217,7 +231,7 @@ func (db *DB) watchPages(rep *replica, asks []watchAsk, max int) (pages []watchP
 			news = true
 			continue
 		}
-		page, err := rep.fsm.Events(a.rng, a.after, max)
+		page, err := rep.fsm.Events(a.rng, a.after, maxEvents, min(budget, watchRangeBytes))
 		switch {
 		case errors.Is(err, fsm.ErrCompacted):
 			p.status, news = watchCompacted, true
@@ -237,6 +251,7 @@ func (db *DB) watchPages(rep *replica, asks []watchAsk, max int) (pages []watchP
 			p.flags |= pageGone
 		}
 		for _, e := range page.Events {
+			budget -= len(e.Key) + len(e.Value)
 			ev := Event{Kind: EventKind(e.Kind), Key: e.Key, Value: e.Value, Version: e.Version, Range: a.rng}
 			if e.ExpireAt != 0 {
 				ev.ExpireAt = time.Unix(0, e.ExpireAt)

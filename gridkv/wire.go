@@ -93,7 +93,10 @@ func decodeRedirect(body []byte) peer {
 	return peer{id: raft.ServerID(body[k : k+int(n)]), addr: string(body[k+int(n):])}
 }
 
-var errBadMessage = errors.New("gridkv: malformed node-to-node message")
+// errBadMessage: an answer from another node could not be read. It
+// matches ErrUnavailable (route reports an empty answer to a write as an
+// unknown outcome instead).
+var errBadMessage = fmt.Errorf("%w: malformed node-to-node message", ErrUnavailable)
 
 func encodeRequest(kind byte, rangeID int, body []byte) []byte {
 	b := make([]byte, 0, 1+binary.MaxVarintLen64+len(body))

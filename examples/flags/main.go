@@ -75,20 +75,25 @@ func startFlags(ctx context.Context, db *gridkv.DB) (*flags, error) {
 	return f, nil
 }
 
-// load starts a watch, then reads every flag; the watch's changes are
-// applied after.
+// load starts a watch, then reads every flag into a new map, which
+// replaces the old one (a flag deleted while no watch ran is gone); the
+// watch's changes are applied after.
 func (f *flags) load(ctx context.Context) (*gridkv.Watcher, error) {
 	w, err := f.db.Watch(ctx, prefix)
 	if err != nil {
 		return nil, err
 	}
+	vals := map[string]flagValue{}
 	for e, err := range f.db.Scan(ctx, prefix) {
 		if err != nil {
 			w.Close()
 			return nil, err
 		}
-		f.apply(e.Key, string(e.Value) == "on", true, e.Version)
+		vals[e.Key] = flagValue{on: string(e.Value) == "on", present: true, version: e.Version}
 	}
+	f.mu.Lock()
+	f.vals = vals
+	f.mu.Unlock()
 	return w, nil
 }
 
