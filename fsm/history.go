@@ -65,7 +65,31 @@ type Event struct {
 type histEvent struct {
 	e       entry
 	version uint64
-	kind    EventKind
+	kind    EventKind // or one of the marks
+	peer    int       // markClosed: the group the range went to
+}
+
+// A range's history is the sequence of its stays in this group: a range
+// can leave and come back. Two marks, which are not events, join them:
+//
+//	markClosed, at the handoff's closing version (epoch h, sequence 0),
+//	logged when the range leaves (Release): the stay's last change came
+//	before it, and the range went to group peer.
+//	markOpened, at the floor of a new stay (the closing version of the
+//	handoff that brought the range back), logged by Activate when the
+//	history holds earlier stays: the changes between the previous
+//	markClosed and it were made elsewhere.
+const (
+	markClosed EventKind = 100 + iota
+	markOpened
+)
+
+// size is the bytes of keys and values x holds.
+func (x histEvent) size() int64 {
+	if x.e.p == nil { // a mark
+		return 0
+	}
+	return x.e.header().size()
 }
 
 // history is a range's events, a ring growing by doubling. Guarded by the
@@ -98,7 +122,7 @@ func (h *history) dropOldest(v uint64) (dropped bool, size int64) {
 	if h.n == 0 || h.ev[h.head].version != v {
 		return false, 0
 	}
-	size = h.ev[h.head].e.header().size()
+	size = h.ev[h.head].size()
 	h.from = v
 	h.ev[h.head] = histEvent{}
 	h.head = (h.head + 1) % len(h.ev)
@@ -113,14 +137,16 @@ func (h *history) dropOldest(v uint64) (dropped bool, size int64) {
 	return true, size
 }
 
-// reset empties the history, which then holds every event above from, and
-// returns the bytes of keys and values it held.
-func (h *history) reset(from uint64) (size int64) {
-	for i := 0; i < h.n; i++ {
-		size += h.at(i).e.header().size()
+
+// mark adds a mark to rs's history (or, keeping none, moves its start
+// past it); the applier calls it holding rs.mu for writing, then
+// f.noteEvent outside the lock.
+func (rs *rangeState) mark(keep bool, kind EventKind, version uint64, peer int) {
+	if !keep {
+		rs.hist.from = max(rs.hist.from, version)
+		return
 	}
-	*h = history{from: from}
-	return size
+	rs.hist.push(histEvent{version: version, kind: kind, peer: peer})
 }
 
 // histRef names an event in the group's eviction order.
@@ -199,11 +225,6 @@ func (f *FSM) evictOldest() {
 	}
 }
 
-// resetHistory empties rs's history, which then holds every event above
-// from; the applier calls it holding rs.mu for writing.
-func (f *FSM) resetHistory(rs *rangeState, from uint64) {
-	f.order.bytes -= rs.hist.reset(from)
-}
 
 // historyLimits are the group's event and byte budgets under opts.
 func historyLimits(opts Options) (events int, bytes int64) {
@@ -300,9 +321,23 @@ func (f *FSM) Events(r int, after uint64, max, maxBytes int) (EventPage, error) 
 	if h.n > 0 && h.at(h.n-1).version > after {
 		first = sort.Search(h.n, func(i int) bool { return h.at(i).version > after })
 	}
+	if first < h.n && h.at(first).kind == markOpened {
+		// after lies between an earlier stay here and this one: the
+		// changes in between were made where that stay's range went.
+		if first > 0 && h.at(first-1).kind == markClosed {
+			m := h.at(first - 1)
+			return EventPage{Next: after, Closed: true, Gone: true, Peer: m.peer}, nil
+		}
+		return EventPage{}, ErrCompacted // that stay's mark was evicted
+	}
 	bytes := 0
 	for i := first; i < h.n; i++ {
 		x := h.at(i)
+		if x.kind == markClosed { // an earlier stay's end
+			page.Closed, page.Gone, page.Peer = true, true, x.peer
+			page.Next = maxU64(page.Next, x.version)
+			return page, nil
+		}
 		hd := x.e.header()
 		if len(page.Events) == max || len(page.Events) > 0 && bytes+hd.klen+hd.vlen > maxBytes {
 			page.More = true

@@ -219,3 +219,55 @@ func TestSweepAndNextExpiry(t *testing.T) {
 		t.Fatalf("events %v", kinds(p))
 	}
 }
+
+// A range that leaves and comes back: the group's history keeps both
+// stays, and a reader positioned in the first, or between the two, is
+// sent where the range went in between, never given the second stay's
+// changes early.
+func TestHistoryRangeComesBack(t *testing.T) {
+	g := newHandoffGroups(t, Options{Ranges: 4}, 5, 1<<10, 0)
+	s, tg := g.source, g.target
+	mustStep(t, s, SetOp(hr, "key0", []byte("first"), 0))
+	inFirst, _ := s.HistoryHead(hr)
+	mustStep(t, s, SetOp(hr, "key0", []byte("last"), 0))
+	// Away to tg: S Frozen(2), Gone(3); tg Owned(3).
+	mustStep(t, s, g.sourceCmds[0])
+	for _, c := range g.copyCmds {
+		mustStep(t, tg, c)
+	}
+	mustStep(t, s, ReleaseOp(hr, 2))
+	mustStep(t, tg, ActivateOp(hr, 2))
+	mustStep(t, tg, SetOp(hr, "key0", []byte("away"), 0))
+	// And back: tg Frozen(4), S Incoming(4), Owned(5).
+	rec := mustStep(t, tg, FreezeOp(hr, 3, src)).Record
+	mustStep(t, s, IncomingOp(hr, 4, dst, rec.Count, rec.Bytes))
+	for _, c := range exportAll(t, tg, hr, 4, 1<<10) {
+		mustStep(t, s, c)
+	}
+	mustStep(t, tg, ReleaseOp(hr, 4))
+	mustStep(t, s, ActivateOp(hr, 4))
+	back := mustStep(t, s, SetOp(hr, "key0", []byte("back"), 0))
+
+	closed1, _ := MakeVersion(2, 0)
+	floor2, _ := MakeVersion(4, 0)
+	// In the first stay: its last change, then the way out.
+	p := mustEvents(t, s, hr, inFirst, 10)
+	if fmt.Sprint(kinds(p)) != "[1 key0=last@7]" || !p.Closed || !p.Gone || p.Peer != dst || p.Next != closed1 {
+		t.Fatalf("from the first stay: %v %+v", kinds(p), p)
+	}
+	// At the first stay's end, and between the stays: the way out again.
+	for _, at := range []uint64{closed1, floor2 - 1} {
+		if p := mustEvents(t, s, hr, at, 10); len(p.Events) != 0 || !p.Gone || p.Peer != dst || p.Next != at {
+			t.Fatalf("from %x: %v %+v", at, kinds(p), p)
+		}
+	}
+	// There, the changes made away, then back here.
+	p = mustEvents(t, tg, hr, closed1, 10)
+	if fmt.Sprint(kinds(p)) != "[1 key0=away@1]" || !p.Gone || p.Peer != src || p.Next != floor2 {
+		t.Fatalf("away: %v %+v", kinds(p), p)
+	}
+	p = mustEvents(t, s, hr, floor2, 10)
+	if len(p.Events) != 1 || p.Events[0].Version != back.Version || p.Closed {
+		t.Fatalf("the second stay: %v %+v", kinds(p), p)
+	}
+}

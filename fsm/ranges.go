@@ -296,18 +296,33 @@ func (f *FSM) setRecord(rs *rangeState, rec RangeRecord) {
 	was := rs.rec.State == Owned
 	f.inState[rs.rec.State].Add(-1)
 	f.inState[rec.State].Add(1)
+	var marked uint64 // the version of a mark added to the history
 	rs.mu.Lock()
 	if rec.State == Owned && (rs.rec.State != Owned || rs.rec.Epoch != rec.Epoch) {
 		rs.seq = 0 // a new ownership: its versions start over at a greater epoch
 		if rs.rec.State != Frozen {
-			// Genesis or a handoff's Activate: the history starts here
-			// (after Unfreeze it goes on from the freeze).
-			from, _ := MakeVersion(rec.Epoch-1, 0)
-			f.resetHistory(rs, from)
+			// Genesis or a handoff's Activate: a stay begins (after
+			// Unfreeze the stay goes on from the freeze).
+			floor, _ := MakeVersion(rec.Epoch-1, 0)
+			if rs.hist.n == 0 {
+				rs.hist.from = max(rs.hist.from, floor)
+			} else {
+				rs.mark(f.order.limit > 0, markOpened, floor, 0)
+				marked = floor
+			}
 		}
+	}
+	if rec.State == Gone && rs.rec.State == Frozen {
+		// Release: the stay ends.
+		closed, _ := MakeVersion(rec.Epoch-1, 0)
+		rs.mark(f.order.limit > 0, markClosed, closed, rec.Peer)
+		marked = closed
 	}
 	rs.rec = rec
 	rs.mu.Unlock()
+	if marked != 0 && f.order.limit > 0 {
+		f.noteEvent(rs.num, marked, 0)
+	}
 	if is := rec.State == Owned; is != was {
 		if is {
 			f.owned++
