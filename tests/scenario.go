@@ -181,6 +181,18 @@ type Control struct {
 	// BreakWorkload, if set, switches it on in the scenario's clients
 	// instead, for faults gridkv has no seam for (see Controls).
 	BreakWorkload func(w *Workload)
+	// WatchCheck: the watch check must find problems (Report.Watch), where
+	// the others need the history Illegal.
+	WatchCheck bool
+}
+
+// Caught reports whether the run found what c broke: the history Illegal,
+// or, for a WatchCheck control, problems in what the watchers saw.
+func (c Control) Caught(r *Report) bool {
+	if c.WatchCheck {
+		return r.Watch != nil && len(r.Watch.Problems) > 0
+	}
+	return r.Result == porcupine.Illegal
 }
 
 // Apply returns s with c's fault switched on in its workload, and
@@ -225,6 +237,16 @@ func Controls() []Control {
 		{Name: "cad-get-delete", Scenario: "crash-minority",
 			Doc:           "CompareAndDelete done as a Get, then a Delete if the value matched (a write between the two is deleted)",
 			BreakWorkload: func(w *Workload) { w.DataModel, w.cadGetDelete = true, true }},
+		// The watchers' records broken in the suite (watchFault), not in
+		// gridkv, for the same reason: what they show is that the watch
+		// check catches a watch that loses an event, or hands two on in
+		// the wrong order under the right versions.
+		{Name: "watch-drop", Scenario: "crash-minority", WatchCheck: true,
+			Doc:           "a watcher loses one event",
+			BreakWorkload: func(w *Workload) { w.Watch, w.watchFault = true, watchDropOne }},
+		{Name: "watch-swap", Scenario: "random-halves", WatchCheck: true,
+			Doc:           "a watcher gets two events of one key in the wrong order, each under the other's version",
+			BreakWorkload: func(w *Workload) { w.Watch, w.watchFault = true, watchSwapOne }},
 	}
 }
 
