@@ -98,7 +98,11 @@ func (w *WatchSummary) String() string {
 func (s *watchStream) describe() string {
 	var segs []string
 	for _, seg := range s.Segments {
-		segs = append(segs, fmt.Sprintf("%s from %s", seg.Node, fmtAt(seg.Begin)))
+		tries := ""
+		if seg.Attempts > 0 {
+			tries = fmt.Sprintf(" (after %d rounds of failed Watch calls)", seg.Attempts)
+		}
+		segs = append(segs, fmt.Sprintf("%s from %s%s", seg.Node, fmtAt(seg.Begin), tries))
 	}
 	end := "to the end"
 	if !s.Complete {
@@ -356,7 +360,7 @@ func checkWatches(in watchInput) WatchSummary {
 		}
 		if strings.Contains(s.EndErr, gridkv.ErrCompacted.Error()) {
 			sum.Compacted++
-			p.add("compacted", "%s ended early: %s (%d events; the history it needed was gone)", s.Name, s.EndErr, len(s.Events))
+			p.add("compacted", "%s ended early: %s, after %d events", s.Name, s.EndErr, len(s.Events))
 		} else if !s.Complete {
 			p.add("ended", "%s ended early: %s", s.Name, s.EndErr)
 		}

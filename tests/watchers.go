@@ -176,7 +176,16 @@ func (wt *watcher) run(w *gridkv.Watcher) {
 		stopping := wt.mu.stopping
 		resume := errors.Is(err, gridkv.ErrClosed) || errors.Is(err, gridkv.ErrLagged)
 		switch {
-		case errors.Is(err, gridkv.ErrCompacted) || !stopping && !resume:
+		case errors.Is(err, gridkv.ErrCompacted):
+			why := err.Error()
+			if evs := wt.mu.stream.Events; len(evs) > 0 && evs[len(evs)-1].Kind == gridkv.EventCompacted {
+				r := evs[len(evs)-1].Range
+				why += fmt.Sprintf(" (range %d, after v%s, on %s)", r, fmtVersion(wt.mu.cur[r]), seg.Node)
+			}
+			wt.endLocked(why)
+			wt.mu.Unlock()
+			return
+		case !stopping && !resume:
 			wt.endLocked(err.Error())
 			wt.mu.Unlock()
 			return
@@ -209,8 +218,13 @@ func (wt *watcher) resume() *gridkv.Watcher {
 	backoff := 10 * time.Millisecond
 	for attempts := 0; ; attempts++ {
 		wt.mu.Lock()
-		if wt.mu.stopping {
+		switch {
+		case wt.mu.stopping:
 			wt.endLocked("")
+			wt.mu.Unlock()
+			return nil
+		case ws.ctx.Err() != nil: // the run is over without a stop
+			wt.endLocked(ws.ctx.Err().Error())
 			wt.mu.Unlock()
 			return nil
 		}

@@ -6,6 +6,7 @@
 //	go run ./cmd/gridkv-jepsen -scenario all
 //	go run ./cmd/gridkv-jepsen -long -seeds 20
 //	go run ./cmd/gridkv-jepsen -lease-keep-transfer -seeds 5
+//	go run ./cmd/gridkv-jepsen -scenario transfer-storm -watch
 //
 // A negative control flag (-quorum-no-wait, -lease-no-margin,
 // -lease-keep-transfer, -incr-get-set, -cad-get-delete, -watch-drop,
@@ -47,6 +48,7 @@ func main() {
 		}
 		on[c.Name] = flag.Bool(c.Name, false, fmt.Sprintf("negative control: %s (%s); without -scenario, runs %s", c.Doc, must, c.Scenario))
 	}
+	watch := flag.Bool("watch", false, "run the watchers and the watch check in every scenario (some run them anyway)")
 	list := flag.Bool("list", false, "list the scenarios and controls and exit")
 	flag.Parse()
 
@@ -107,6 +109,7 @@ func main() {
 		for i := 0; i < *seeds; i++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 			run := s
+			run.Workload.Watch = run.Workload.Watch || *watch
 			var tune func(node int, h *testhook.Hooks)
 			for _, c := range controls {
 				run, tune = c.Apply(run, tune)
