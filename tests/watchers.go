@@ -17,9 +17,11 @@ import (
 // records every event it receives, with the receive time; checkWatches
 // holds what they saw to the history.
 
-// watchBuffer is the watchers' WatchBuffer: far more than a run's events,
-// so that the receiver, which only appends, never lags.
-const watchBuffer = 1 << 17
+// watchBuffer is the watchers' WatchBuffer: about three times the events
+// one watcher gets in a whole run, at about 90 bytes each (1.4 MiB), so
+// that the receiver, which only appends, never lags (and if it did, the
+// watch would resume from its cursor).
+const watchBuffer = 1 << 14
 
 // watchFault breaks the suite's own watchers on purpose, for a negative
 // control (Controls): what gridkv delivered is intact, what the watcher
