@@ -47,9 +47,11 @@ func Scenarios() []Scenario {
 	defaultOnly := w
 	defaultOnly.Modes = []ReadMode{ReadDefault}
 	// Incr and CompareAndDelete beside the other writes, under a partition
-	// and a crash.
+	// and a crash, with a watcher on every node. (The move scenarios do
+	// not watch yet: their watches end with ErrCompacted, see
+	// docs/jepsen.md, "The watch check".)
 	dataModel := w
-	dataModel.DataModel = true
+	dataModel.DataModel, dataModel.Watch = true, true
 	s := func(name string, nodes int, w Workload, n func() Nemesis) Scenario {
 		return Scenario{Name: name, Nodes: nodes, Workload: w, Nemesis: n,
 			Duration: 8 * time.Second, FaultFor: 2 * time.Second, HealFor: time.Second}
@@ -181,6 +183,18 @@ type Control struct {
 	// BreakWorkload, if set, switches it on in the scenario's clients
 	// instead, for faults gridkv has no seam for (see Controls).
 	BreakWorkload func(w *Workload)
+	// WatchCheck: the watch check must find problems (Report.Watch), where
+	// the others need the history Illegal.
+	WatchCheck bool
+}
+
+// Caught reports whether the run found what c broke: the history Illegal,
+// or, for a WatchCheck control, problems in what the watchers saw.
+func (c Control) Caught(r *Report) bool {
+	if c.WatchCheck {
+		return r.Watch != nil && len(r.Watch.Problems) > 0
+	}
+	return r.Result == porcupine.Illegal
 }
 
 // Apply returns s with c's fault switched on in its workload, and
@@ -225,6 +239,16 @@ func Controls() []Control {
 		{Name: "cad-get-delete", Scenario: "crash-minority",
 			Doc:           "CompareAndDelete done as a Get, then a Delete if the value matched (a write between the two is deleted)",
 			BreakWorkload: func(w *Workload) { w.DataModel, w.cadGetDelete = true, true }},
+		// The watchers' records broken in the suite (watchFault), not in
+		// gridkv, for the same reason: what they show is that the watch
+		// check catches a watch that loses an event, or hands two on in
+		// the wrong order under the right versions.
+		{Name: "watch-drop", Scenario: "crash-minority", WatchCheck: true,
+			Doc:           "a watcher loses one event",
+			BreakWorkload: func(w *Workload) { w.Watch, w.watchFault = true, watchDropOne }},
+		{Name: "watch-swap", Scenario: "random-halves", WatchCheck: true,
+			Doc:           "a watcher gets two events of one key in the wrong order, each under the other's version",
+			BreakWorkload: func(w *Workload) { w.Watch, w.watchFault = true, watchSwapOne }},
 	}
 }
 
@@ -302,11 +326,16 @@ type Report struct {
 	Errors                 map[string]int // errors the clients saw, by kind
 	Outcomes               map[string]int // Incrs and CompareAndDeletes by what they did (see outcome)
 	Viz                    string         // path of the visualization, when written
-	Elapsed                time.Duration
+	// Watch is the watch check's outcome; nil when the workload runs no
+	// watchers (Workload.Watch).
+	Watch   *WatchSummary
+	Elapsed time.Duration
 }
 
 // Passed reports whether the run found nothing wrong.
-func (r *Report) Passed() bool { return r.Result == porcupine.Ok && len(r.Problems) == 0 }
+func (r *Report) Passed() bool {
+	return r.Result == porcupine.Ok && len(r.Problems) == 0 && (r.Watch == nil || len(r.Watch.Problems) == 0)
+}
 
 // String is a summary fit for a log, with the availability per window.
 func (r *Report) String() string {
@@ -356,6 +385,12 @@ func (r *Report) String() string {
 	for _, p := range r.Problems {
 		fmt.Fprintf(&b, "  problem: %s\n", p)
 	}
+	if r.Watch != nil {
+		fmt.Fprintf(&b, "  %s\n", r.Watch)
+		for _, p := range r.Watch.Problems {
+			fmt.Fprintf(&b, "  problem: %s\n", p)
+		}
+	}
 	if r.Viz != "" {
 		fmt.Fprintf(&b, "  visualization: %s\n", r.Viz)
 	}
@@ -381,6 +416,10 @@ const (
 	RecoveryBound = 30 * time.Second
 	ConvergeBound = 60 * time.Second
 )
+
+// WatchDrainBound is how soon after the final reads every watcher must
+// have seen each key's final value.
+const WatchDrainBound = 10 * time.Second
 
 // Run runs one scenario and checks its history.
 func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
@@ -417,6 +456,16 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 	defer c.Close()
 
 	h := newHistory()
+	keys := s.Workload.keys(c)
+	var ws *watchers
+	if s.Workload.Watch {
+		// Before the clients: the watchers see every key's whole history.
+		if ws, err = startWatchers(ctx, c, h, keys, s.Workload.watchFault); err != nil {
+			return nil, err
+		}
+		defer ws.stop() // on the early returns; a second stop is harmless
+		progress("%d watchers on prefix %q", len(ws.watching()), ws.prefix)
+	}
 	stop := make(chan struct{})
 	clientsDone := make(chan struct{})
 	go func() { defer close(clientsDone); runClients(c, s.Workload, o.Seed, h, stop) }()
@@ -465,7 +514,6 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 	// these writes join the history.
 	healed := time.Now()
 	progress("healed; writing every key")
-	keys := s.Workload.keys(c)
 	for k, key := range keys {
 		for try := 0; ; try++ {
 			in := Input{Kind: OpPut, Key: key, Value: fmt.Sprintf("heal-%d-%d", k, try), Node: try % len(c.Nodes)}
@@ -487,6 +535,7 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 
 	// Final reads through every live node: every acknowledged write must
 	// be there, as the linearizability check of these reads proves.
+	final := map[string]string{} // for the watch check
 	for ni, n := range c.Nodes {
 		if n.Crashed() {
 			continue
@@ -502,8 +551,23 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 			}
 			if failed {
 				rep.Problems = append(rep.Problems, fmt.Sprintf("final read of %s through %s kept failing: %s", in.Key, n.Name, out.Err))
+			} else {
+				final[key] = out.Value
 			}
 		}
+	}
+
+	if ws != nil {
+		progress("waiting for the watchers to see the final values")
+		drained := ws.drain(final, WatchDrainBound)
+		streams, fault := ws.stop()
+		h.mu.Lock()
+		in := watchInput{Streams: streams, Ops: h.ops, Refused: h.failedOps, Keys: keys, Final: final}
+		h.mu.Unlock()
+		began := time.Now()
+		sum := checkWatches(in)
+		sum.Drain, sum.Check, sum.Fault = drained, time.Since(began), fault
+		rep.Watch = &sum
 	}
 
 	progress("waiting for replicas to converge")

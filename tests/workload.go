@@ -235,10 +235,18 @@ type Workload struct {
 	// writes meet: an Incr finds a counter or an absent key, or else a
 	// value that is not a decimal int64 (ErrInvalid; about 4 Incrs in 10).
 	DataModel bool
+	// Watch runs a watcher on every node over the keys, from before the
+	// clients begin until after the final reads, and checks what each saw
+	// against the history and the others (checkWatches; docs/jepsen.md,
+	// "The watch check").
+	Watch bool
 	// incrGetSet and cadGetDelete are negative controls (Controls): the
 	// clients do Incr as a Get then a Set of the sum, CompareAndDelete as a
 	// Get then a Delete, each two calls instead of one atomic command.
 	incrGetSet, cadGetDelete bool
+	// watchFault is a negative control too: the watchers record one event
+	// wrong.
+	watchFault watchFault
 }
 
 // keys are the workload's keys on c.
