@@ -137,7 +137,6 @@ func (h *history) dropOldest(v uint64) (dropped bool, size int64) {
 	return true, size
 }
 
-
 // mark adds a mark to rs's history (or, keeping none, moves its start
 // past it); the applier calls it holding rs.mu for writing, then
 // f.noteEvent outside the lock.
@@ -224,7 +223,6 @@ func (f *FSM) evictOldest() {
 		}
 	}
 }
-
 
 // historyLimits are the group's event and byte budgets under opts.
 func historyLimits(opts Options) (events int, bytes int64) {

@@ -116,6 +116,8 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 			return append([]byte{stInvalid}, "not a voter of the group"...)
 		}
 		return appendQuorumState([]byte{stOK}, st, ans)
+	case kind == reqWatch:
+		return db.serveWatch(ctx, rep, body) // leaders only, unless asked of any replica
 	case kind == reqQuorumWait:
 		m, n := binary.Uvarint(body)
 		if n <= 0 {
@@ -149,8 +151,6 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 		return out
 	case reqLeave:
 		return db.removeLeaving(ctx, rep, raft.ServerID(body))
-	case reqWatch:
-		return db.serveWatch(ctx, rep, body)
 	case reqHandoffPrep, reqActivate, reqMoveRange:
 		return db.serveHandoff(ctx, rep, kind, body)
 	}

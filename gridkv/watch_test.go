@@ -308,9 +308,9 @@ func TestWatchEnds(t *testing.T) {
 // cut or bad ones are refused.
 func TestWatchWire(t *testing.T) {
 	asks := []watchAsk{{rng: 0, now: true}, {rng: 1023, after: 1 << 60}}
-	req := appendWatchRequest(nil, 1500*time.Millisecond, 256, asks)
-	wait, max, got, err := decodeWatchRequest(req)
-	if err != nil || wait != 1500*time.Millisecond || max != 256 || fmt.Sprint(got) != fmt.Sprint(asks) {
+	req := appendWatchRequest(nil, 1500*time.Millisecond, 256, true, asks)
+	wait, max, any, got, err := decodeWatchRequest(req)
+	if err != nil || wait != 1500*time.Millisecond || max != 256 || !any || fmt.Sprint(got) != fmt.Sprint(asks) {
 		t.Fatalf("request: %v %d %v %v", wait, max, got, err)
 	}
 	pages := []watchPage{
@@ -337,7 +337,7 @@ func TestWatchWire(t *testing.T) {
 		}
 	}
 	for i := range req {
-		if _, _, _, err := decodeWatchRequest(req[:i]); err == nil {
+		if _, _, _, _, err := decodeWatchRequest(req[:i]); err == nil {
 			t.Fatalf("a request cut at %d of %d bytes decoded", i, len(req))
 		}
 	}

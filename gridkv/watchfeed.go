@@ -5,6 +5,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
 // A feed follows the changes of every range for its watchers: one poller
@@ -56,6 +58,10 @@ type feedRange struct {
 	known bool   // false: ask the leader for the range's current position
 	group int    // the group polled for it
 	lost  bool   // the group said it does not hold the range: find it
+	// compacted: the group's leader no longer holds the changes after pos
+	// (it may have been caught up from a snapshot since): ask the group's
+	// other replicas before giving up.
+	compacted bool
 }
 
 // sharedFeed returns the node's shared feed, starting one if none runs, with
@@ -272,11 +278,14 @@ func (f *feed) poll(g int) {
 	defer f.wg.Done()
 	backoff := 2 * time.Millisecond
 	var asks []watchAsk
-	var lost []int
+	var lost, compacted []int
 	var req []byte
 	for {
-		if asks, lost = f.asks(g, asks[:0]); asks == nil {
+		if asks, lost, compacted = f.asks(g, asks[:0]); asks == nil {
 			return
+		}
+		for _, r := range compacted {
+			f.askReplicas(g, r)
 		}
 		if len(lost) > 0 {
 			// The group does not hold them (a move this node has not
@@ -289,7 +298,7 @@ func (f *feed) poll(g int) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(f.ctx, watchWait+2*time.Second)
-		req = appendWatchRequest(req[:0], watchWait, watchPageLen, asks)
+		req = appendWatchRequest(req[:0], watchWait, watchPageLen, false, asks)
 		ans, err := f.db.route(ctx, g, -1, reqWatch, req, false)
 		cancel()
 		var pages []watchPage
@@ -308,9 +317,9 @@ func (f *feed) poll(g int) {
 
 // asks lists what to ask group g, appended to asks: each range the feed
 // follows there, at its position (or from now). lost lists those to find
-// first. nil asks: the poller is done (the feed stopped, or g holds none
-// of its ranges).
-func (f *feed) asks(g int, asks []watchAsk) (_ []watchAsk, lost []int) {
+// first, compacted those to ask the group's other replicas for. nil asks:
+// the poller is done (the feed stopped, or g holds none of its ranges).
+func (f *feed) asks(g int, asks []watchAsk) (_ []watchAsk, lost, compacted []int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.stopped {
@@ -320,19 +329,69 @@ func (f *feed) asks(g int, asks []watchAsk) (_ []watchAsk, lost []int) {
 			case fr.group != g:
 			case fr.lost:
 				lost = append(lost, r)
+			case fr.compacted:
+				compacted = append(compacted, r)
 			default:
 				asks = append(asks, watchAsk{rng: r, now: !fr.known, after: fr.pos})
 			}
 		}
 	}
-	if len(asks) == 0 && len(lost) == 0 {
+	if len(asks) == 0 && len(lost) == 0 && len(compacted) == 0 {
 		delete(f.pollers, g)
-		return nil, nil
+		return nil, nil, nil
 	}
 	if asks == nil {
 		asks = []watchAsk{}
 	}
-	return asks, lost
+	return asks, lost, compacted
+}
+
+// askReplicas asks every replica of group g, not only its leader, for
+// range r's changes after the feed's position: every replica keeps the
+// same history, from where it began (a replica caught up from a snapshot
+// begins there). One that still has them answers, and the feed goes on;
+// when none does, the history is gone and every watch of the feed ends
+// with EventCompacted.
+func (f *feed) askReplicas(g, r int) {
+	f.mu.Lock()
+	fr := f.ranges[r]
+	f.mu.Unlock()
+	if fr.group != g || !fr.compacted {
+		return
+	}
+	asks := []watchAsk{{rng: r, after: fr.pos}}
+	body := appendWatchRequest(nil, 0, watchPageLen, true, asks)
+	for _, to := range f.db.replicaPeers(f.ctx, g) {
+		ctx, cancel := context.WithTimeout(f.ctx, 2*time.Second)
+		var ans []byte
+		var err error
+		if to.id == f.db.host.ID() {
+			if rep := f.db.replica(g); rep != nil {
+				ans = f.db.serveWatch(ctx, rep, body)
+			}
+		} else {
+			ans, err = f.db.host.Call(ctx, to.id, to.addr, encodeRequest(reqWatch, g, body))
+		}
+		cancel()
+		if err != nil || len(ans) == 0 || ans[0] != stOK {
+			continue
+		}
+		pages, err := decodeWatchAnswer(ans[1:])
+		if err != nil || len(pages) != 1 || pages[0].rng != r || pages[0].status != watchOK {
+			continue
+		}
+		f.mu.Lock()
+		f.ranges[r].compacted = false
+		f.mu.Unlock()
+		f.apply(g, asks, pages)
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if cur := &f.ranges[r]; cur.compacted && cur.group == g && cur.pos == fr.pos && !f.stopped {
+		cur.compacted = false
+		f.compactedLocked(r)
+	}
 }
 
 // rehome moves the lost ranges polled at g to the group the routes now
@@ -376,7 +435,7 @@ func (f *feed) apply(g int, asks []watchAsk, pages []watchPage) (lost bool) {
 			fr.lost, lost = true, true
 			continue
 		case watchCompacted:
-			f.compactedLocked(p.rng)
+			fr.compacted = true // askReplicas decides
 			continue
 		}
 		if a.now {
@@ -423,4 +482,42 @@ func (f *feed) compactedLocked(r int) {
 	if f.unprimed++; f.unprimed == 1 {
 		f.primed = make(chan struct{})
 	}
+}
+
+// replicaPeers lists group g's servers that are live members, as its
+// leader names them (or, without an answer from it, as this node's replica
+// of g knows them).
+func (db *DB) replicaPeers(ctx context.Context, g int) []peer {
+	var ids []raft.ServerID
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	ans, err := db.route(sctx, g, -1, reqStatus, nil, false)
+	cancel()
+	if err == nil {
+		d := decoder{b: ans}
+		for len(d.b) > 0 && d.err == nil {
+			id := raft.ServerID(d.bytes())
+			d.byte() // voter or not: either keeps the history
+			if d.err == nil {
+				ids = append(ids, id)
+			}
+		}
+	} else if rep := db.replica(g); rep != nil {
+		if servers, err := rep.group.Configuration(); err == nil {
+			for _, s := range servers {
+				ids = append(ids, s.ID)
+			}
+		}
+	}
+	byID := map[raft.ServerID]peer{}
+	for _, m := range db.gsp.Members() {
+		p := memberPeer(m)
+		byID[p.id] = p
+	}
+	var out []peer
+	for _, id := range ids {
+		if p, ok := byID[id]; ok {
+			out = append(out, p)
+		}
+	}
+	return out
 }

@@ -14,7 +14,8 @@ import (
 // leader for the changes of some of its ranges (see watchfeed.go):
 //
 //	uvarint wait (milliseconds the leader may hold the request while
-//	nothing is new; 0: answer at once), uvarint max events per range,
+//	nothing is new; 0: answer at once), uvarint max events per range, flag
+//	byte (watchAnyReplica: any replica answers, not only the leader),
 //	uvarint n, then per range: uvarint range, flag byte (watchFromNow:
 //	answer the range's current position instead of events), uvarint after.
 //
@@ -35,7 +36,8 @@ const (
 
 // Request and page flags.
 const (
-	watchFromNow byte = 1
+	watchAnyReplica byte = 1
+	watchFromNow    byte = 1
 
 	pageMore   byte = 1
 	pageClosed byte = 2
@@ -59,10 +61,15 @@ type watchPage struct {
 	events []Event
 }
 
-func appendWatchRequest(b []byte, wait time.Duration, max int, asks []watchAsk) []byte {
-	b = slices.Grow(b, 3*binary.MaxVarintLen64+len(asks)*(1+2*binary.MaxVarintLen32))
+func appendWatchRequest(b []byte, wait time.Duration, max int, any bool, asks []watchAsk) []byte {
+	b = slices.Grow(b, 4*binary.MaxVarintLen64+len(asks)*(1+2*binary.MaxVarintLen32))
 	b = binary.AppendUvarint(b, uint64(wait/time.Millisecond))
 	b = binary.AppendUvarint(b, uint64(max))
+	var flags byte
+	if any {
+		flags = watchAnyReplica
+	}
+	b = append(b, flags)
 	b = binary.AppendUvarint(b, uint64(len(asks)))
 	for _, a := range asks {
 		b = binary.AppendUvarint(b, uint64(a.rng))
@@ -79,13 +86,14 @@ func appendWatchRequest(b []byte, wait time.Duration, max int, asks []watchAsk) 
 // errBadWatch: a malformed reqWatch request or answer.
 var errBadWatch = errors.New("malformed watch message")
 
-func decodeWatchRequest(b []byte) (wait time.Duration, max int, asks []watchAsk, err error) {
+func decodeWatchRequest(b []byte) (wait time.Duration, max int, any bool, asks []watchAsk, err error) {
 	d := decoder{b: b}
 	wait = time.Duration(d.uvarint()) * time.Millisecond
 	max = int(d.uvarint())
+	any = d.byte()&watchAnyReplica != 0
 	n := d.uvarint()
 	if n > uint64(len(d.b))/3 { // an ask takes 3 bytes at least
-		return 0, 0, nil, errBadWatch
+		return 0, 0, false, nil, errBadWatch
 	}
 	asks = make([]watchAsk, 0, n)
 	for i := uint64(0); i < n && d.err == nil; i++ {
@@ -95,9 +103,9 @@ func decodeWatchRequest(b []byte) (wait time.Duration, max int, asks []watchAsk,
 		asks = append(asks, a)
 	}
 	if d.err != nil || len(d.b) != 0 || max <= 0 {
-		return 0, 0, nil, errBadWatch
+		return 0, 0, false, nil, errBadWatch
 	}
-	return wait, max, asks, nil
+	return wait, max, any, asks, nil
 }
 
 func appendWatchPage(b []byte, p watchPage) []byte {
@@ -160,14 +168,17 @@ func decodeWatchAnswer(b []byte) ([]watchPage, error) {
 	return pages, nil
 }
 
-// serveWatch answers a reqWatch request at group rep's leader: each asked
-// range's changes after its position, or its current position. While
-// nothing is new it holds the request, up to the asked wait, until the
-// group applies another entry.
+// serveWatch answers a reqWatch request at group rep's leader (or any
+// replica, when it says so): each asked range's changes after its
+// position, or its current position. While nothing is new it holds the
+// request, up to the asked wait, until the group applies another entry.
 func (db *DB) serveWatch(ctx context.Context, rep *replica, body []byte) []byte {
-	wait, max, asks, err := decodeWatchRequest(body)
-	if err != nil {
+	wait, max, any, asks, err := decodeWatchRequest(body)
+	switch {
+	case err != nil:
 		return []byte{stInvalid}
+	case !any && !rep.group.IsLeader():
+		return redirect(leaderOf(rep))
 	}
 	var deadline time.Time
 	if wait > 0 {

@@ -47,11 +47,12 @@ func Scenarios() []Scenario {
 	defaultOnly := w
 	defaultOnly.Modes = []ReadMode{ReadDefault}
 	// Incr and CompareAndDelete beside the other writes, under a partition
-	// and a crash, with a watcher on every node. (The move scenarios do
-	// not watch yet: their watches end with ErrCompacted, see
-	// docs/jepsen.md, "The watch check".)
+	// and a crash, with a watcher on every node; the move scenarios watch
+	// too.
 	dataModel := w
 	dataModel.DataModel, dataModel.Watch = true, true
+	watched := w
+	watched.Watch = true
 	s := func(name string, nodes int, w Workload, n func() Nemesis) Scenario {
 		return Scenario{Name: name, Nodes: nodes, Workload: w, Nemesis: n,
 			Duration: 8 * time.Second, FaultFor: 2 * time.Second, HealFor: time.Second}
@@ -72,7 +73,7 @@ func Scenarios() []Scenario {
 		return &RangeMoveStorm{Every: 100 * time.Millisecond, Keys: w.Keys, MoveTimeout: 3 * time.Second}
 	}
 	moves := func(name string, n func() Nemesis) Scenario {
-		sc := s(name, 3, w, n)
+		sc := s(name, 3, watched, n)
 		sc.HandoffTimeout = 2 * time.Second
 		return sc
 	}
