@@ -58,6 +58,12 @@ type feedRange struct {
 	known bool   // false: ask the leader for the range's current position
 	group int    // the group polled for it
 	lost  bool   // the group said it does not hold the range: find it
+	// followed: the range came to group by a Gone page of its last group,
+	// which released it there: that group will hold it (it may not have
+	// activated it yet), so a "not here" from it means "wait", not "look
+	// elsewhere" (a range can move on again before the feed asks, and the
+	// routes would send the feed past the stay in between).
+	followed bool
 	// compacted: the group's leader no longer holds the changes after pos
 	// (it may have been caught up from a snapshot since): ask the group's
 	// other replicas before giving up.
@@ -291,7 +297,9 @@ func (f *feed) poll(g int) {
 			// The group does not hold them (a move this node has not
 			// heard of): learn where they are, then look again.
 			for _, r := range lost {
-				f.db.findRange(f.ctx, r)
+				if !f.isFollowed(r) {
+					f.db.findRange(f.ctx, r)
+				}
 			}
 			f.rehome(g, lost)
 			_ = pause(f.ctx, &backoff) // growing while ranges stay lost; stopped: asks says so
@@ -394,8 +402,16 @@ func (f *feed) askReplicas(g, r int) {
 	}
 }
 
+// isFollowed reports whether range r came to its group by a Gone page.
+func (f *feed) isFollowed(r int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ranges[r].followed
+}
+
 // rehome moves the lost ranges polled at g to the group the routes now
-// name (which may be g again: a range on its way in is asked for again).
+// name (which may be g again: a range on its way in is asked for again);
+// a followed range stays at g.
 func (f *feed) rehome(g int, lost []int) {
 	routes := f.db.lay.Load().routes
 	f.mu.Lock()
@@ -406,6 +422,9 @@ func (f *feed) rehome(g int, lost []int) {
 			continue
 		}
 		fr.lost = false
+		if fr.followed {
+			continue // ask it again, after the pause
+		}
 		if to, _ := routes.lookup(r); to != g {
 			fr.group = to
 			f.ensurePollerLocked(to)
@@ -438,6 +457,7 @@ func (f *feed) apply(g int, asks []watchAsk, pages []watchPage) (lost bool) {
 			fr.compacted = true // askReplicas decides
 			continue
 		}
+		fr.followed = false
 		if a.now {
 			fr.pos, fr.known = p.next, true
 			if f.unprimed--; f.unprimed == 0 {
@@ -459,7 +479,7 @@ func (f *feed) apply(g int, asks []watchAsk, pages []watchPage) (lost bool) {
 			}
 		}
 		if p.flags&pageGone != 0 && p.flags&pageMore == 0 {
-			fr.group = p.peer
+			fr.group, fr.followed = p.peer, true
 			f.ensurePollerLocked(p.peer)
 		}
 	}
