@@ -53,7 +53,8 @@ type scanInput struct {
 	// for certain (not applied).
 	Ops     []porcupine.Operation
 	Refused []failedOp
-	Prefix  string // what every scan asked for
+	Prefix  string   // what every scan asked for
+	Steady  []string // the steady keys, for the counts
 }
 
 // ScanSummary is the scan check's outcome, for the report.
@@ -67,16 +68,17 @@ type ScanSummary struct {
 	Entries  int // entries the checked scans returned
 	Keys     int // distinct keys among them
 	// Required counts the (scan, key) pairs that completeness required:
-	// keys certainly present over the scan's whole window; Judged, the
+	// keys certainly present over the scan's whole window (RequiredSteady
+	// of them steady keys); Judged, the
 	// entries of checked scans whose key had a value certainly
 	// overwritten before the scan began: where rule (d) could find one.
-	Required, Judged int
-	Errors           map[string]int // of the failed scans, by kind
-	Problems         []string
-	Check            time.Duration
+	Required, RequiredSteady, Judged int
+	Errors                           map[string]int // of the failed scans, by kind
+	Problems                         []string
+	Check                            time.Duration
 	// Fault says what a negative control's scanFault did ("" without one).
 	Fault string
-	// Steady is how many steady keys the scanners seeded (see scanners.go).
+	// Steady is how many steady keys the scanners kept (see scanners.go).
 	Steady int
 }
 
@@ -86,8 +88,8 @@ func (s *ScanSummary) String() string {
 	if len(s.Problems) > 0 {
 		verdict = fmt.Sprintf("%d problems", len(s.Problems))
 	}
-	out := fmt.Sprintf("scan: %d scanners, %d scans (%d pages of paged scans, %d stale), %d failed, %d checked: %d entries of %d keys (%d steady), %d keys required present, %d values judged for staleness, check %v: %s",
-		s.Scanners, s.Scans, s.Pages, s.Stale, s.Failed, s.Checked, s.Entries, s.Keys, s.Steady, s.Required, s.Judged,
+	out := fmt.Sprintf("scan: %d scanners, %d scans (%d pages of paged scans, %d stale), %d failed, %d checked: %d entries of %d keys (%d steady), %d keys required present (%d steady), %d values judged for staleness, check %v: %s",
+		s.Scanners, s.Scans, s.Pages, s.Stale, s.Failed, s.Checked, s.Entries, s.Keys, s.Steady, s.Required, s.RequiredSteady, s.Judged,
 		s.Check.Round(time.Millisecond), verdict)
 	if len(s.Errors) > 0 {
 		kinds := make([]string, 0, len(s.Errors))
@@ -341,7 +343,7 @@ func (e scanEntry) String() string {
 func checkScans(in scanInput) ScanSummary {
 	start := time.Now()
 	p := problemList{subject: "scan"}
-	sum := ScanSummary{Scans: len(in.Scans), Errors: map[string]int{}}
+	sum := ScanSummary{Scans: len(in.Scans), Steady: len(in.Steady), Errors: map[string]int{}}
 	keys := indexScanKeys(in.Ops, in.Refused)
 	// The keys completeness may require, in order.
 	var known []string
@@ -351,6 +353,10 @@ func checkScans(in scanInput) ScanSummary {
 		}
 	}
 	sort.Strings(known)
+	steady := map[string]bool{}
+	for _, k := range in.Steady {
+		steady[k] = true
+	}
 	scanners := map[string]bool{}
 	seenKeys := map[string]bool{}
 	type versioned struct {
@@ -431,6 +437,9 @@ func checkScans(in scanInput) ScanSummary {
 				continue
 			}
 			sum.Required++
+			if steady[k] {
+				sum.RequiredSteady++
+			}
 			if returned[k] {
 				continue
 			}

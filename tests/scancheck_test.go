@@ -54,7 +54,7 @@ func newScanFixture() *scanFixture {
 }
 
 func (f *scanFixture) check() ScanSummary {
-	return checkScans(scanInput{Scans: f.scans, Ops: f.ops, Refused: f.refused, Prefix: "k"})
+	return checkScans(scanInput{Scans: f.scans, Ops: f.ops, Refused: f.refused, Prefix: "k", Steady: []string{"ka"}})
 }
 
 // Hand-made scans, each broken in one way (or borderline and sound), and
@@ -273,7 +273,7 @@ func TestScanCheckCounts(t *testing.T) {
 	)
 	sum := f.check()
 	if sum.Scanners != 2 || sum.Scans != 4 || sum.Pages != 1 || sum.Stale != 1 || sum.Failed != 1 || sum.Checked != 2 ||
-		sum.Entries != 3 || sum.Keys != 2 || sum.Required != 3 || sum.Judged != 1 || len(sum.Problems) != 0 || len(sum.Errors) != 1 {
+		sum.Entries != 3 || sum.Keys != 2 || sum.Required != 3 || sum.RequiredSteady != 2 || sum.Steady != 1 || sum.Judged != 1 || len(sum.Problems) != 0 || len(sum.Errors) != 1 {
 		t.Fatalf("%+v", sum)
 	}
 	t.Log(sum.String())

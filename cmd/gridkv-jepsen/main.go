@@ -7,6 +7,7 @@
 //	go run ./cmd/gridkv-jepsen -long -seeds 20
 //	go run ./cmd/gridkv-jepsen -lease-keep-transfer -seeds 5
 //	go run ./cmd/gridkv-jepsen -scenario transfer-storm -watch
+//	go run ./cmd/gridkv-jepsen -scenario range-moves-crash -scan
 //
 // A negative control flag (-quorum-no-wait, -lease-no-margin,
 // -lease-keep-transfer, -incr-get-set, -cad-get-delete, -watch-drop,
@@ -49,6 +50,7 @@ func main() {
 		on[c.Name] = flag.Bool(c.Name, false, fmt.Sprintf("negative control: %s (%s); without -scenario, runs %s", c.Doc, must, c.Scenario))
 	}
 	watch := flag.Bool("watch", false, "run the watchers and the watch check in every scenario (some run them anyway)")
+	scan := flag.Bool("scan", false, "run the scanners and the scan check in every scenario (some run them anyway)")
 	list := flag.Bool("list", false, "list the scenarios and controls and exit")
 	flag.Parse()
 
@@ -110,6 +112,7 @@ func main() {
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 			run := s
 			run.Workload.Watch = run.Workload.Watch || *watch
+			run.Workload.Scan = run.Workload.Scan || *scan
 			var tune func(node int, h *testhook.Hooks)
 			for _, c := range controls {
 				run, tune = c.Apply(run, tune)
