@@ -42,6 +42,27 @@ func steadyKeys(workload []string) []string {
 	return out
 }
 
+// scanFault breaks the suite's own scanners on purpose, for a negative
+// control (Controls): what gridkv returned is intact, what the scanner
+// records is not, and the scan check must catch it.
+type scanFault int
+
+const (
+	scanIntact scanFault = iota
+	// scanDropOne: the scanFaultAt-th whole linearizable scan holding at
+	// least 3 entries (counted over both scanners) is recorded without
+	// its middle entry: a steady key, which every such scan must return.
+	scanDropOne
+	// scanSwapOne: that scan is recorded with its middle entry and the
+	// one before it swapped.
+	scanSwapOne
+)
+
+// scanFaultAt is which scan a scanFault breaks: a few seconds in, even
+// where partitions fail most scans (random-halves: about 20 such scans in
+// a run, the 15th 6.5 s in).
+const scanFaultAt = 8
+
 // scanners runs the suite's scanners and the steady keys' writer over one
 // run.
 type scanners struct {
@@ -50,10 +71,13 @@ type scanners struct {
 	w      Workload
 	prefix string
 	steady []string
+	fault  scanFault
 	wg     sync.WaitGroup
 	mu     struct {
 		sync.Mutex
-		scans []*scanRecord
+		scans    []*scanRecord
+		eligible int    // scans the fault could break, so far
+		fault    string // what it did
 	}
 }
 
@@ -61,7 +85,7 @@ type scanners struct {
 // RecoveryBound), then starts the scanners and the steady keys' writer,
 // which run until stop closes; wait waits for them.
 func startScanners(ctx context.Context, c *Cluster, h *History, w Workload, workload, steady []string, seed uint64, stop <-chan struct{}) (*scanners, error) {
-	ss := &scanners{c: c, h: h, w: w, prefix: commonPrefix(workload), steady: steady}
+	ss := &scanners{c: c, h: h, w: w, prefix: commonPrefix(workload), steady: steady, fault: w.scanFault}
 	writer := &steadyWriter{ss: ss, client: w.Clients + len(c.Nodes) + 1, rng: rand.New(rand.NewPCG(seed, 0x57ead))}
 	began := time.Now()
 	for _, k := range steady {
@@ -104,12 +128,13 @@ func paced(stop <-chan struct{}, rate int, f func()) {
 	}
 }
 
-// wait waits for the scanners and the writer, and returns the scans.
-func (ss *scanners) wait() []*scanRecord {
+// wait waits for the scanners and the writer, and returns the scans and
+// what the fault (if any) did.
+func (ss *scanners) wait() ([]*scanRecord, string) {
 	ss.wg.Wait()
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	return ss.mu.scans
+	return ss.mu.scans, ss.mu.fault
 }
 
 // liveNode is node i if it is live, else the next live one.
@@ -203,9 +228,23 @@ func (sc *scanner) scan(mode ReadMode, limit int, after string, page int) *scanR
 	return rec
 }
 
-// record keeps rec.
+// record keeps rec, through the fault if one is on.
 func (ss *scanners) record(rec *scanRecord) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
+	if ss.fault != scanIntact && rec.Err == "" && rec.Mode.linearizable() && rec.Limit == 0 && len(rec.Entries) >= 3 {
+		if ss.mu.eligible++; ss.mu.eligible == scanFaultAt {
+			i := len(rec.Entries) / 2
+			e := rec.Entries
+			switch ss.fault {
+			case scanDropOne:
+				ss.mu.fault = fmt.Sprintf("%s recorded without %s", rec, e[i])
+				rec.Entries = slices.Delete(slices.Clone(e), i, i+1)
+			case scanSwapOne:
+				ss.mu.fault = fmt.Sprintf("%s recorded with %s and %s swapped", rec, e[i-1], e[i])
+				e[i-1], e[i] = e[i], e[i-1]
+			}
+		}
+	}
 	ss.mu.scans = append(ss.mu.scans, rec)
 }

@@ -198,15 +198,20 @@ type Control struct {
 	// instead, for faults gridkv has no seam for (see Controls).
 	BreakWorkload func(w *Workload)
 	// WatchCheck: the watch check must find problems (Report.Watch), where
-	// the others need the history Illegal.
-	WatchCheck bool
+	// the others need the history Illegal; ScanCheck: the scan check must
+	// (Report.Scan).
+	WatchCheck, ScanCheck bool
 }
 
 // Caught reports whether the run found what c broke: the history Illegal,
-// or, for a WatchCheck control, problems in what the watchers saw.
+// or, for a WatchCheck or ScanCheck control, problems in what the watchers
+// or the scanners saw.
 func (c Control) Caught(r *Report) bool {
-	if c.WatchCheck {
+	switch {
+	case c.WatchCheck:
 		return r.Watch != nil && len(r.Watch.Problems) > 0
+	case c.ScanCheck:
+		return r.Scan != nil && len(r.Scan.Problems) > 0
 	}
 	return r.Result == porcupine.Illegal
 }
@@ -263,6 +268,13 @@ func Controls() []Control {
 		{Name: "watch-swap", Scenario: "random-halves", WatchCheck: true,
 			Doc:           "a watcher gets two events of one key in the wrong order, each under the other's version",
 			BreakWorkload: func(w *Workload) { w.Watch, w.watchFault = true, watchSwapOne }},
+		// The scanners' records broken in the suite (scanFault), likewise.
+		{Name: "scan-drop", Scenario: "range-move-storm", ScanCheck: true,
+			Doc:           "a scan loses one key (a steady key, which every scan must return)",
+			BreakWorkload: func(w *Workload) { w.Scan, w.scanFault = true, scanDropOne }},
+		{Name: "scan-swap", Scenario: "random-halves", ScanCheck: true,
+			Doc:           "a scan returns two keys out of order",
+			BreakWorkload: func(w *Workload) { w.Scan, w.scanFault = true, scanSwapOne }},
 	}
 }
 
@@ -542,8 +554,9 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 	close(stop)
 	<-clientsDone
 	var scans []*scanRecord
+	scanFault := ""
 	if sc != nil {
-		scans = sc.wait()
+		scans, scanFault = sc.wait()
 	}
 	rep.LeaseHits, rep.LeaseMisses = c.LeaseStats()
 	c.Heal()
@@ -615,6 +628,7 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 		in := scanInput{Scans: scans, Ops: h.ops, Refused: h.failedOps, Prefix: sc.prefix, Steady: steady}
 		h.mu.Unlock()
 		sum := checkScans(in)
+		sum.Fault = scanFault
 		rep.Scan = &sum
 	}
 

@@ -250,8 +250,9 @@ type Workload struct {
 	// Get then a Delete, each two calls instead of one atomic command.
 	incrGetSet, cadGetDelete bool
 	// watchFault is a negative control too: the watchers record one event
-	// wrong.
+	// wrong; and scanFault: the scanners record one scan wrong.
 	watchFault watchFault
+	scanFault  scanFault
 }
 
 // keys are the workload's keys on c.

@@ -11,10 +11,10 @@
 //
 // A negative control flag (-quorum-no-wait, -lease-no-margin,
 // -lease-keep-transfer, -incr-get-set, -cad-get-delete, -watch-drop,
-// -watch-swap) breaks one read path, operation or watcher on purpose;
-// without -scenario it runs the control's own scenario. Such runs must be
-// caught: the history Illegal, or, for the watch controls, the watch check
-// failed.
+// -watch-swap, -scan-drop, -scan-swap) breaks one read path, operation,
+// watcher or scanner on purpose; without -scenario it runs the control's
+// own scenario. Such runs must be caught: the history Illegal, or, for the
+// watch and scan controls, the watch or scan check failed.
 //
 // The report (report.txt, and a history visualization per failed run, with
 // the fault windows marked) goes to -out. The exit status is 1 if any run
@@ -44,8 +44,11 @@ func main() {
 	on := map[string]*bool{}
 	for _, c := range tests.Controls() {
 		must := "must come out Illegal"
-		if c.WatchCheck {
+		switch {
+		case c.WatchCheck:
 			must = "the watch check must fail"
+		case c.ScanCheck:
+			must = "the scan check must fail"
 		}
 		on[c.Name] = flag.Bool(c.Name, false, fmt.Sprintf("negative control: %s (%s); without -scenario, runs %s", c.Doc, must, c.Scenario))
 	}
