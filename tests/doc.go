@@ -9,7 +9,8 @@
 // one fault seam; the nemeses (IsolateLeader, RandomHalves, MajoritiesRing,
 // Bridge, BadLinks, CrashMinority, Pause, TransferStorm, Mixed) inject
 // faults; the workload records a history on one monotonic clock; porcupine
-// checks it per key, and with Workload.Watch the watchers' streams are
-// checked against it; Scenarios lists the named scenarios. docs/jepsen.md
+// checks it per key, with Workload.Watch the watchers' streams and with
+// Workload.Scan the scanners' scans are checked against it; Scenarios
+// lists the named scenarios. docs/jepsen.md
 // describes it all, and cmd/gridkv-jepsen runs it.
 package tests

@@ -100,6 +100,13 @@ func TestNegativeControlWatchDropIsCaught(t *testing.T) { runControl(t, "watch-d
 // watchers disagree, and real time orders the writes the other way.
 func TestNegativeControlWatchSwapIsCaught(t *testing.T) { runControl(t, "watch-swap") }
 
+// A scan that loses one key every scan must return: the scan check's
+// completeness rule.
+func TestNegativeControlScanDropIsCaught(t *testing.T) { runControl(t, "scan-drop") }
+
+// A scan that returns two keys out of order.
+func TestNegativeControlScanSwapIsCaught(t *testing.T) { runControl(t, "scan-swap") }
+
 func runControl(t *testing.T, name string) {
 	if testing.Short() {
 		t.Skip("the scenario suite takes minutes")
@@ -127,8 +134,11 @@ func runControl(t *testing.T, name string) {
 	t.Log("\n" + rep.String())
 	if !ctl.Caught(rep) {
 		what := fmt.Sprintf("came out %s, not Illegal", rep.Result)
-		if ctl.WatchCheck {
+		switch {
+		case ctl.WatchCheck:
 			what = "passed the watch check"
+		case ctl.ScanCheck:
+			what = "passed the scan check"
 		}
 		t.Fatalf("negative control %s (%s) %s with seed %d (rerun: go run ./cmd/gridkv-jepsen -%s -seed %d)",
 			name, ctl.Doc, what, seed, name, seed)

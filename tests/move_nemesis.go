@@ -16,9 +16,12 @@ import (
 // as Workload names them), or now and then any range, to a random other
 // group, asked of a random live node (testhook.Node.MoveRange: the range's
 // source group decides). One move at a time, each bounded by MoveTimeout.
+// With Also, half the keyed moves move the range of one of those keys
+// instead (the scanners' steady keys).
 type RangeMoveStorm struct {
 	Every       time.Duration
 	Keys        int
+	Also        []string
 	MoveTimeout time.Duration
 
 	stop chan struct{}
@@ -66,7 +69,11 @@ func (s *RangeMoveStorm) Start(c *Cluster, rng *rand.Rand) string {
 			}
 			rg := r.IntN(c.ranges())
 			if s.Keys > 0 && r.IntN(4) > 0 {
-				rg = placement.RangeOf(fmt.Sprint("k", r.IntN(s.Keys)), c.ranges())
+				key := fmt.Sprint("k", r.IntN(s.Keys))
+				if len(s.Also) > 0 && r.IntN(2) == 0 {
+					key = s.Also[r.IntN(len(s.Also))]
+				}
+				rg = placement.RangeOf(key, c.ranges())
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), s.MoveTimeout)
 			err := hook.MoveRange(ctx, rg, r.IntN(hook.Groups()))

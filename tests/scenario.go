@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -53,6 +54,12 @@ func Scenarios() []Scenario {
 	dataModel.DataModel, dataModel.Watch = true, true
 	watched := w
 	watched.Watch = true
+	// Scanners under a partition and under range moves, where a scan is
+	// most at risk (a range read at a group it has left).
+	scanned := dataModel
+	scanned.Scan = true
+	watchedScanned := watched
+	watchedScanned.Scan = true
 	s := func(name string, nodes int, w Workload, n func() Nemesis) Scenario {
 		return Scenario{Name: name, Nodes: nodes, Workload: w, Nemesis: n,
 			Duration: 8 * time.Second, FaultFor: 2 * time.Second, HealFor: time.Second}
@@ -72,15 +79,21 @@ func Scenarios() []Scenario {
 	storm := func() *RangeMoveStorm {
 		return &RangeMoveStorm{Every: 100 * time.Millisecond, Keys: w.Keys, MoveTimeout: 3 * time.Second}
 	}
-	moves := func(name string, n func() Nemesis) Scenario {
-		sc := s(name, 3, watched, n)
+	// With the scanners on, half the keyed moves move a steady key's range.
+	scanStorm := func() *RangeMoveStorm {
+		st := storm()
+		st.Also = steadyKeys(w.keys(nil))
+		return st
+	}
+	moves := func(name string, w Workload, n func() Nemesis) Scenario {
+		sc := s(name, 3, w, n)
 		sc.HandoffTimeout = 2 * time.Second
 		return sc
 	}
 	return []Scenario{
 		s("baseline", 3, w, func() Nemesis { return NoFaults{} }),
 		s("leader-isolated", 3, w, func() Nemesis { return IsolateLeader{} }),
-		s("random-halves", 5, dataModel, func() Nemesis { return RandomHalves{} }),
+		s("random-halves", 5, scanned, func() Nemesis { return RandomHalves{} }),
 		s("majorities-ring", 5, w, func() Nemesis { return MajoritiesRing{} }),
 		s("bridge", 5, w, func() Nemesis { return Bridge{} }),
 		s("lossy-reorder", 3, w, func() Nemesis {
@@ -104,11 +117,11 @@ func Scenarios() []Scenario {
 		quorum,
 		// Ranges moving between replica groups under the workload, alone
 		// and with partitions, pauses and a crash.
-		moves("range-move-storm", func() Nemesis { return storm() }),
-		moves("range-moves-partitions", func() Nemesis {
-			return &Both{storm(), &Mixed{Of: []Nemesis{RandomHalves{}, IsolateLeader{}, Pause{For: 1500 * time.Millisecond}}, InTurn: true}}
+		moves("range-move-storm", watchedScanned, func() Nemesis { return scanStorm() }),
+		moves("range-moves-partitions", watchedScanned, func() Nemesis {
+			return &Both{scanStorm(), &Mixed{Of: []Nemesis{RandomHalves{}, IsolateLeader{}, Pause{For: 1500 * time.Millisecond}}, InTurn: true}}
 		}),
-		moves("range-moves-crash", func() Nemesis { return &Both{storm(), &CrashMinority{Max: 1}} }),
+		moves("range-moves-crash", watched, func() Nemesis { return &Both{storm(), &CrashMinority{Max: 1}} }),
 	}
 }
 
@@ -185,15 +198,20 @@ type Control struct {
 	// instead, for faults gridkv has no seam for (see Controls).
 	BreakWorkload func(w *Workload)
 	// WatchCheck: the watch check must find problems (Report.Watch), where
-	// the others need the history Illegal.
-	WatchCheck bool
+	// the others need the history Illegal; ScanCheck: the scan check must
+	// (Report.Scan).
+	WatchCheck, ScanCheck bool
 }
 
 // Caught reports whether the run found what c broke: the history Illegal,
-// or, for a WatchCheck control, problems in what the watchers saw.
+// or, for a WatchCheck or ScanCheck control, problems in what the watchers
+// or the scanners saw.
 func (c Control) Caught(r *Report) bool {
-	if c.WatchCheck {
+	switch {
+	case c.WatchCheck:
 		return r.Watch != nil && len(r.Watch.Problems) > 0
+	case c.ScanCheck:
+		return r.Scan != nil && len(r.Scan.Problems) > 0
 	}
 	return r.Result == porcupine.Illegal
 }
@@ -250,6 +268,13 @@ func Controls() []Control {
 		{Name: "watch-swap", Scenario: "random-halves", WatchCheck: true,
 			Doc:           "a watcher gets two events of one key in the wrong order, each under the other's version",
 			BreakWorkload: func(w *Workload) { w.Watch, w.watchFault = true, watchSwapOne }},
+		// The scanners' records broken in the suite (scanFault), likewise.
+		{Name: "scan-drop", Scenario: "range-move-storm", ScanCheck: true,
+			Doc:           "a scan loses one key (a steady key, which every scan must return)",
+			BreakWorkload: func(w *Workload) { w.Scan, w.scanFault = true, scanDropOne }},
+		{Name: "scan-swap", Scenario: "random-halves", ScanCheck: true,
+			Doc:           "a scan returns two keys out of order",
+			BreakWorkload: func(w *Workload) { w.Scan, w.scanFault = true, scanSwapOne }},
 	}
 }
 
@@ -328,14 +353,17 @@ type Report struct {
 	Outcomes               map[string]int // Incrs and CompareAndDeletes by what they did (see outcome)
 	Viz                    string         // path of the visualization, when written
 	// Watch is the watch check's outcome; nil when the workload runs no
-	// watchers (Workload.Watch).
+	// watchers (Workload.Watch). Scan, the scan check's; nil without
+	// scanners (Workload.Scan).
 	Watch   *WatchSummary
+	Scan    *ScanSummary
 	Elapsed time.Duration
 }
 
 // Passed reports whether the run found nothing wrong.
 func (r *Report) Passed() bool {
-	return r.Result == porcupine.Ok && len(r.Problems) == 0 && (r.Watch == nil || len(r.Watch.Problems) == 0)
+	return r.Result == porcupine.Ok && len(r.Problems) == 0 && (r.Watch == nil || len(r.Watch.Problems) == 0) &&
+		(r.Scan == nil || len(r.Scan.Problems) == 0)
 }
 
 // String is a summary fit for a log, with the availability per window.
@@ -389,6 +417,12 @@ func (r *Report) String() string {
 	if r.Watch != nil {
 		fmt.Fprintf(&b, "  %s\n", r.Watch)
 		for _, p := range r.Watch.Problems {
+			fmt.Fprintf(&b, "  problem: %s\n", p)
+		}
+	}
+	if r.Scan != nil {
+		fmt.Fprintf(&b, "  %s\n", r.Scan)
+		for _, p := range r.Scan.Problems {
 			fmt.Fprintf(&b, "  problem: %s\n", p)
 		}
 	}
@@ -457,7 +491,13 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 	defer c.Close()
 
 	h := newHistory()
-	keys := s.Workload.keys(c)
+	workloadKeys := s.Workload.keys(c)
+	keys := workloadKeys // the workload's, and the steady keys: healed, read at the end, watched
+	var steady []string
+	if s.Workload.Scan {
+		steady = steadyKeys(workloadKeys)
+		keys = append(slices.Clone(workloadKeys), steady...)
+	}
 	var ws *watchers
 	if s.Workload.Watch {
 		// Before the clients: the watchers see every key's whole history.
@@ -468,6 +508,14 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 		progress("%d watchers on prefix %q", len(ws.watching()), ws.prefix)
 	}
 	stop := make(chan struct{})
+	var sc *scanners
+	if s.Workload.Scan {
+		// The steady keys written, before the clients.
+		if sc, err = startScanners(ctx, c, h, s.Workload, workloadKeys, steady, o.Seed, stop); err != nil {
+			return nil, err
+		}
+		progress("%d scanners on prefix %q, %d steady keys", scannerCount, sc.prefix, len(steady))
+	}
 	clientsDone := make(chan struct{})
 	go func() { defer close(clientsDone); runClients(c, s.Workload, o.Seed, h, stop) }()
 
@@ -505,6 +553,11 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 	}
 	close(stop)
 	<-clientsDone
+	var scans []*scanRecord
+	scanFault := ""
+	if sc != nil {
+		scans, scanFault = sc.wait()
+	}
 	rep.LeaseHits, rep.LeaseMisses = c.LeaseStats()
 	c.Heal()
 	if err := ctx.Err(); err != nil {
@@ -569,6 +622,14 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 		sum := checkWatches(in)
 		sum.Drain, sum.Check, sum.Fault = drained, time.Since(began), fault
 		rep.Watch = &sum
+	}
+	if sc != nil {
+		h.mu.Lock()
+		in := scanInput{Scans: scans, Ops: h.ops, Refused: h.failedOps, Prefix: sc.prefix, Steady: steady}
+		h.mu.Unlock()
+		sum := checkScans(in)
+		sum.Fault = scanFault
+		rep.Scan = &sum
 	}
 
 	progress("waiting for replicas to converge")

@@ -163,10 +163,12 @@ func (e watchEvent) state() string {
 }
 
 // problemList collects problems by kind, keeping the first few of each so
-// that a broken run stays readable.
+// that a broken run stays readable. Each line begins with the subject
+// ("watch", "scan") and the kind.
 type problemList struct {
-	n   map[string]int
-	out []string
+	subject string
+	n       map[string]int
+	out     []string
 }
 
 const problemsPerKind = 5
@@ -177,7 +179,7 @@ func (p *problemList) add(kind, format string, args ...any) {
 	}
 	p.n[kind]++
 	if p.n[kind] <= problemsPerKind {
-		p.out = append(p.out, "watch "+kind+": "+fmt.Sprintf(format, args...))
+		p.out = append(p.out, p.subject+" "+kind+": "+fmt.Sprintf(format, args...))
 	}
 }
 
@@ -190,7 +192,7 @@ func (p *problemList) list() []string {
 	out := p.out
 	for _, k := range kinds {
 		if n := p.n[k]; n > problemsPerKind {
-			out = append(out, fmt.Sprintf("watch %s: ... and %d more", k, n-problemsPerKind))
+			out = append(out, fmt.Sprintf("%s %s: ... and %d more", p.subject, k, n-problemsPerKind))
 		}
 	}
 	return out
@@ -335,7 +337,7 @@ func neighbours(evs []watchEvent, v uint64) string {
 //	(d) final state: each stream that ran to the end leaves every key at
 //	    the value the final reads returned.
 func checkWatches(in watchInput) WatchSummary {
-	var p problemList
+	p := problemList{subject: "watch"}
 	sum := WatchSummary{Watchers: len(in.Streams), Keys: len(in.Keys)}
 	writes := indexWrites(in)
 	keyRange := map[string]int{}

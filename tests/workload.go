@@ -240,13 +240,19 @@ type Workload struct {
 	// against the history and the others (checkWatches; docs/jepsen.md,
 	// "The watch check").
 	Watch bool
+	// Scan runs two scanners over the keys' common prefix while the
+	// clients run, and checks each scan against the history (checkScans;
+	// docs/jepsen.md, "The scan check"). It adds steady keys under that
+	// prefix, written before the clients begin and only overwritten after.
+	Scan bool
 	// incrGetSet and cadGetDelete are negative controls (Controls): the
 	// clients do Incr as a Get then a Set of the sum, CompareAndDelete as a
 	// Get then a Delete, each two calls instead of one atomic command.
 	incrGetSet, cadGetDelete bool
 	// watchFault is a negative control too: the watchers record one event
-	// wrong.
+	// wrong; and scanFault: the scanners record one scan wrong.
 	watchFault watchFault
+	scanFault  scanFault
 }
 
 // keys are the workload's keys on c.

@@ -7,13 +7,14 @@
 //	go run ./cmd/gridkv-jepsen -long -seeds 20
 //	go run ./cmd/gridkv-jepsen -lease-keep-transfer -seeds 5
 //	go run ./cmd/gridkv-jepsen -scenario transfer-storm -watch
+//	go run ./cmd/gridkv-jepsen -scenario range-moves-crash -scan
 //
 // A negative control flag (-quorum-no-wait, -lease-no-margin,
 // -lease-keep-transfer, -incr-get-set, -cad-get-delete, -watch-drop,
-// -watch-swap) breaks one read path, operation or watcher on purpose;
-// without -scenario it runs the control's own scenario. Such runs must be
-// caught: the history Illegal, or, for the watch controls, the watch check
-// failed.
+// -watch-swap, -scan-drop, -scan-swap) breaks one read path, operation,
+// watcher or scanner on purpose; without -scenario it runs the control's
+// own scenario. Such runs must be caught: the history Illegal, or, for the
+// watch and scan controls, the watch or scan check failed.
 //
 // The report (report.txt, and a history visualization per failed run, with
 // the fault windows marked) goes to -out. The exit status is 1 if any run
@@ -43,12 +44,16 @@ func main() {
 	on := map[string]*bool{}
 	for _, c := range tests.Controls() {
 		must := "must come out Illegal"
-		if c.WatchCheck {
+		switch {
+		case c.WatchCheck:
 			must = "the watch check must fail"
+		case c.ScanCheck:
+			must = "the scan check must fail"
 		}
 		on[c.Name] = flag.Bool(c.Name, false, fmt.Sprintf("negative control: %s (%s); without -scenario, runs %s", c.Doc, must, c.Scenario))
 	}
 	watch := flag.Bool("watch", false, "run the watchers and the watch check in every scenario (some run them anyway)")
+	scan := flag.Bool("scan", false, "run the scanners and the scan check in every scenario (some run them anyway)")
 	list := flag.Bool("list", false, "list the scenarios and controls and exit")
 	flag.Parse()
 
@@ -110,6 +115,7 @@ func main() {
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 			run := s
 			run.Workload.Watch = run.Workload.Watch || *watch
+			run.Workload.Scan = run.Workload.Scan || *scan
 			var tune func(node int, h *testhook.Hooks)
 			for _, c := range controls {
 				run, tune = c.Apply(run, tune)
