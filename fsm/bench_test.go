@@ -46,9 +46,15 @@ func BenchmarkApply(b *testing.B) {
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "ops/s")
 }
 
-// BenchmarkApplyBatch64: Batch entries of 64 Sets each; ops/s counts operations.
+// BenchmarkApplyBatch64: Batch entries of 64 Sets each; ops/s counts
+// operations. With the ranges' histories kept (the default) and without.
 func BenchmarkApplyBatch64(b *testing.B) {
-	f := owning(b, Options{Ranges: benchRanges}, allRanges(benchRanges)...)
+	b.Run("history", func(b *testing.B) { benchmarkApplyBatch64(b, Options{Ranges: benchRanges}) })
+	b.Run("no-history", func(b *testing.B) { benchmarkApplyBatch64(b, Options{Ranges: benchRanges, History: -1}) })
+}
+
+func benchmarkApplyBatch64(b *testing.B, opts Options) {
+	f := owning(b, opts, allRanges(benchRanges)...)
 	logs := make([]*raft.Log, 64)
 	for i := range logs {
 		ops := make([]*fsmpb.Command, 64)
