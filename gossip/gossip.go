@@ -8,6 +8,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/gridkv/gridkv/internal/faultnet"
+	"github.com/gridkv/gridkv/internal/netaddr"
 )
 
 // Preset picks memberlist's timings.
@@ -38,6 +40,18 @@ type Config struct {
 	// BindAddr is the TCP and UDP address gossip listens on. Default
 	// "127.0.0.1:0" (an ephemeral port; see Node.Addr).
 	BindAddr string
+	// AdvertiseAddr is the address the other members dial (ip:port, port 0
+	// meaning the bound port): memberlist carries addresses as IPs, so no
+	// host name. Default: the bound address, or, when bound to every
+	// interface ("", 0.0.0.0 or ::), the host's private IP with the bound
+	// port (Start fails when there is none; see internal/netaddr).
+	AdvertiseAddr string
+	// SecretKey, if set, encrypts and authenticates all gossip (memberlist's
+	// keyring, AES-GCM): 16, 24 or 32 bytes for AES-128, -192 or -256.
+	// Members must share it; a node with another key or none cannot join
+	// (its pushes and pulls are refused, its packets dropped). Default nil:
+	// plaintext.
+	SecretKey []byte
 	// Meta is the metadata this node starts with.
 	Meta Meta
 	// Settings must be equal on every member: a node whose settings differ
@@ -54,7 +68,7 @@ type Config struct {
 	// any Node method.
 	OnEvent func(Event)
 	// Transport replaces memberlist's network transport (fault injection);
-	// BindAddr is then ignored. Default: memberlist's TCP+UDP transport.
+	// BindAddr and AdvertiseAddr are then ignored. Default: memberlist's TCP+UDP transport.
 	Transport memberlist.Transport
 	// Faults, if set (and Transport is not), puts every packet and stream
 	// through the fault seam, keyed by gossip addresses (see faults.go).
@@ -144,6 +158,10 @@ type Node struct {
 	// piggybacked on the answer.
 	nameTaken atomic.Bool
 
+	// bound is the bound address (host:port, the real port); "" with a
+	// custom Transport.
+	bound string
+
 	closeOnce sync.Once
 	stop      chan struct{}
 	wg        sync.WaitGroup
@@ -188,17 +206,21 @@ func Start(cfg Config) (*Node, error) {
 		}
 		mc.Transport = ft
 		mc.BindPort, mc.AdvertisePort = port, port
+		n.bound = net.JoinHostPort(bindHost(cfg.BindAddr), strconv.Itoa(port))
 	default:
-		host, port, err := net.SplitHostPort(cfg.BindAddr)
+		nt, adv, err := listen(cfg.BindAddr, cfg.AdvertiseAddr, mc.Logger)
 		if err != nil {
-			return nil, fmt.Errorf("gossip: BindAddr %q: %w", cfg.BindAddr, err)
+			return nil, err
 		}
-		p, err := strconv.Atoi(port)
-		if err != nil {
-			return nil, fmt.Errorf("gossip: BindAddr %q: %w", cfg.BindAddr, err)
-		}
-		mc.BindAddr, mc.BindPort = host, p
-		mc.AdvertiseAddr, mc.AdvertisePort = "", 0
+		mc.Transport = nt
+		mc.BindPort = nt.GetAutoBindPort()
+		n.bound = net.JoinHostPort(bindHost(cfg.BindAddr), strconv.Itoa(mc.BindPort))
+		mc.AdvertiseAddr, mc.AdvertisePort = adv.Addr().String(), int(adv.Port())
+	}
+	if len(cfg.SecretKey) > 0 {
+		// memberlist builds the keyring from it; GossipVerifyIncoming and
+		// Outgoing (true by default) make every message need the key.
+		mc.SecretKey = append([]byte(nil), cfg.SecretKey...)
 	}
 	mc.Delegate = (*delegate)(n)
 	mc.Events = (*events)(n)
@@ -216,8 +238,8 @@ func Start(cfg Config) (*Node, error) {
 	go func() { defer n.wg.Done(); n.deliver() }()
 	ml, err := memberlist.Create(mc)
 	if err != nil {
-		if ft, ok := mc.Transport.(*faultyTransport); ok {
-			_ = ft.Shutdown()
+		if mc.Transport != cfg.Transport {
+			_ = mc.Transport.Shutdown() // one of ours
 		}
 		close(n.stop)
 		n.wg.Wait()
@@ -227,7 +249,61 @@ func Start(cfg Config) (*Node, error) {
 	return n, nil
 }
 
-// Addr is the address other nodes use to join through this one.
+// listen binds memberlist's TCP+UDP transport at bind and works out the
+// address to advertise (see Config.AdvertiseAddr).
+func listen(bind, advertise string, logger *log.Logger) (*memberlist.NetTransport, netip.AddrPort, error) {
+	host, port, err := net.SplitHostPort(bind)
+	if err != nil {
+		return nil, netip.AddrPort{}, fmt.Errorf("gossip: BindAddr %q: %w", bind, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return nil, netip.AddrPort{}, fmt.Errorf("gossip: BindAddr %q: %w", bind, err)
+	}
+	// Port 0 picks a free TCP port, then binds UDP to the same number,
+	// which can be taken: memberlist retries then, and so does this.
+	var nt *memberlist.NetTransport
+	for try := 0; ; try++ {
+		nt, err = memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{host}, BindPort: p, Logger: logger})
+		if err == nil || p != 0 || try == 9 || !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+	}
+	if err != nil {
+		return nil, netip.AddrPort{}, fmt.Errorf("gossip: %w", err)
+	}
+	bound := net.JoinHostPort(bindHost(bind), strconv.Itoa(nt.GetAutoBindPort()))
+	s, err := netaddr.Advertised(bound, advertise, netaddr.PrivateIP)
+	var adv netip.AddrPort
+	if err == nil {
+		adv, err = netip.ParseAddrPort(s)
+		if err != nil {
+			err = fmt.Errorf("advertise address %q: want ip:port (memberlist carries no host names)", s)
+		}
+	}
+	if err != nil {
+		_ = nt.Shutdown()
+		return nil, netip.AddrPort{}, fmt.Errorf("gossip: %w", err)
+	}
+	return nt, netip.AddrPortFrom(adv.Addr().Unmap(), adv.Port()), nil
+}
+
+// bindHost is the host of bind, with every interface spelled "::" as
+// net.Listen's address says it.
+func bindHost(bind string) string {
+	host, _, _ := net.SplitHostPort(bind)
+	if host == "" {
+		return "::"
+	}
+	return host
+}
+
+// BoundAddr is the address gossip is bound to (the real port when 0 was
+// asked); "" with a custom Transport. Other hosts dial Addr.
+func (n *Node) BoundAddr() string { return n.bound }
+
+// Addr is the address other nodes use to join through this one: the
+// advertised one (see Config.AdvertiseAddr).
 func (n *Node) Addr() string {
 	ln := n.ml.LocalNode()
 	return net.JoinHostPort(ln.Addr.String(), strconv.Itoa(int(ln.Port)))

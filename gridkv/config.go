@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gridkv/gridkv/gossip"
+	"github.com/gridkv/gridkv/internal/netaddr"
 )
 
 // Config configures a node. The zero Config is a single-node cluster on
@@ -29,6 +30,31 @@ type Config struct {
 	// GossipAddr is the memberlist address (host:port, TCP and UDP).
 	// Default "127.0.0.1:0".
 	GossipAddr string
+	// AdvertiseAddr is the address (host:port) the other nodes dial for
+	// BindAddr, when that is not the bound one: behind NAT, in a
+	// container, or bound to every interface. It is the RPC address this
+	// node announces in gossip (Member.Addr) and its Raft server address.
+	// Port 0 means the bound port. A host name is allowed; it must resolve
+	// on every node. Default: the bound address; when BindAddr binds every
+	// interface ("", 0.0.0.0 or ::), which no other host can dial, the
+	// host's private IP (RFC 6890, the default route's interface first, as
+	// memberlist picks it) with the bound port, and Open fails with
+	// ErrInvalid when the host has none. DB.Addr stays the bound address.
+	AdvertiseAddr string
+	// GossipAdvertiseAddr is the same for GossipAddr: the address the
+	// other members gossip with and join through (Member.GossipAddr), an
+	// ip:port (memberlist carries IPs, not host names); port 0 means the
+	// bound port. Default as for AdvertiseAddr. DB.GossipAddr stays the
+	// bound address.
+	GossipAdvertiseAddr string
+	// GossipKey, if set, encrypts and authenticates gossip with AES-GCM
+	// (memberlist's keyring): 16, 24 or 32 bytes (AES-128, -192, -256),
+	// other lengths are ErrInvalid. Every node must have the same key: a
+	// node with another key, or none, cannot join (its Open ends with
+	// ErrUnavailable after JoinTimeout, or ErrTimeout), and the members
+	// never count it. It does not cover the Raft/RPC traffic on BindAddr.
+	// Default nil: plaintext gossip.
+	GossipKey []byte
 	// Seeds are gossip addresses (host:port) of existing members. Empty:
 	// this node starts a new cluster (see BootstrapExpect).
 	Seeds []string
@@ -89,6 +115,9 @@ type Config struct {
 const (
 	maxKeyBytes    = 64 << 10
 	maxNodeIDBytes = 128 // leaves room in gossip's 512 bytes of metadata
+	// maxAdvertiseBytes bounds AdvertiseAddr, which gossip's metadata
+	// carries too.
+	maxAdvertiseBytes = 128
 
 	maxRanges        = 1 << 16 // a range number fits in 16 bits
 	maxGroupsPerNode = 64
@@ -139,6 +168,9 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 	c.Seeds = append([]string(nil), c.Seeds...)
+	if c.GossipKey != nil {
+		c.GossipKey = append([]byte(nil), c.GossipKey...)
+	}
 	var errs []string
 	add := func(format string, args ...any) { errs = append(errs, fmt.Sprintf(format, args...)) }
 	if strings.Contains(c.NodeID, "/") {
@@ -152,6 +184,15 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if err := checkAddr(c.GossipAddr, true); err != nil {
 		add("field GossipAddr %q: %v", c.GossipAddr, err)
+	}
+	if err := checkAdvertise(c.AdvertiseAddr, false); c.AdvertiseAddr != "" && err != nil {
+		add("field AdvertiseAddr %q: %v", c.AdvertiseAddr, err)
+	}
+	if err := checkAdvertise(c.GossipAdvertiseAddr, true); c.GossipAdvertiseAddr != "" && err != nil {
+		add("field GossipAdvertiseAddr %q: %v", c.GossipAdvertiseAddr, err)
+	}
+	if n := len(c.GossipKey); n != 0 && n != 16 && n != 24 && n != 32 {
+		add("field GossipKey of %d bytes: want 16, 24 or 32", n)
 	}
 	for i, seed := range c.Seeds {
 		if err := checkAddr(seed, false); err != nil {
@@ -204,6 +245,29 @@ func checkAddr(addr string, listen bool) error {
 		return errors.New("want host:port, the host is empty")
 	case !listen && p == 0:
 		return errors.New("port 0 cannot be dialed")
+	}
+	return nil
+}
+
+// checkAdvertise checks an advertise address: host:port with a host
+// another node can dial (an IP when ipOnly), and a numeric port (0: the
+// bound one).
+func checkAdvertise(addr string, ipOnly bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("want host:port")
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("port %q is not a number in 0..65535", port)
+	}
+	ip := net.ParseIP(host)
+	switch {
+	case netaddr.Unspecified(host):
+		return errors.New("the host must be one other nodes can dial, not every interface")
+	case ipOnly && ip == nil:
+		return errors.New("the host must be an IP address (memberlist carries no host names)")
+	case len(addr) > maxAdvertiseBytes:
+		return fmt.Errorf("longer than %d bytes", maxAdvertiseBytes)
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gridkv/gridkv/fsm"
 	"github.com/gridkv/gridkv/gossip"
+	"github.com/gridkv/gridkv/internal/netaddr"
 	"github.com/gridkv/gridkv/internal/testhook"
 	"github.com/gridkv/gridkv/placement"
 	"github.com/gridkv/gridkv/raftgroup"
@@ -117,9 +118,13 @@ type replica struct {
 
 // Member is a live member of the cluster.
 type Member struct {
-	ID          string
-	Addr        string // its BindAddr
-	Leads       int    // how many replica groups it leads, as last known
+	ID string
+	// Addr is where the others dial it for Raft and RPC: its
+	// AdvertiseAddr, by default its bound BindAddr.
+	Addr  string
+	Leads int // how many replica groups it leads, as last known
+	// GossipAddr is where the others gossip with it, a seed for nodes on
+	// any host: its GossipAdvertiseAddr, by default its bound GossipAddr.
 	GossipAddr  string
 	Incarnation uint64
 }
@@ -153,7 +158,9 @@ func Open(cfg Config) (*DB, error) {
 //   - ErrTimeout, wrapping ctx.Err(): ctx ended first.
 //   - ErrUnavailable: JoinTimeout passed before a seed let this node in
 //     (it says how many seeds were tried, and the first one's error), or
-//     before the BootstrapExpect nodes saw each other.
+//     before the BootstrapExpect nodes saw each other. A GossipKey other
+//     than the members' (or none) ends this way too: the members drop
+//     what they cannot decrypt, so the node cannot tell it from silence.
 //
 // A failed OpenContext has stopped every goroutine it started.
 func OpenContext(ctx context.Context, cfg Config) (*DB, error) {
@@ -211,7 +218,7 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 		db.lay.Store(newLayout(cfg.Ranges, cfg.formationGroups(cfg.BootstrapExpect)))
 	}
 
-	hc := raftgroup.Config{NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, Logger: cfg.Logger,
+	hc := raftgroup.Config{NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, AdvertiseAddr: cfg.AdvertiseAddr, Logger: cfg.Logger,
 		// A node holds about ReplicaCount x GroupsPerNode replicas.
 		MaxLogBytes: logBytesPerGroup(cfg.ReplicaCount * cfg.GroupsPerNode)}
 	if hooks != nil {
@@ -245,6 +252,9 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 		}
 	}
 	if db.host, err = raftgroup.NewHost(hc); err != nil {
+		if errors.Is(err, netaddr.ErrNoPrivateIP) {
+			return nil, fmt.Errorf("%w: config: field BindAddr %q binds every interface and this host has no private IP to advertise: set AdvertiseAddr", ErrInvalid, cfg.BindAddr)
+		}
 		return nil, fmt.Errorf("%w: config: field BindAddr %q cannot be used: %v", ErrInvalid, cfg.BindAddr, err)
 	}
 	db.host.SetRPCHandler(db.serve)
@@ -256,13 +266,17 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 		preset = gossip.Local
 	}
 	db.gsp, err = gossip.Start(gossip.Config{
-		Name: cfg.NodeID, BindAddr: cfg.GossipAddr, Preset: preset, Logger: cfg.Logger,
+		Name: cfg.NodeID, BindAddr: cfg.GossipAddr, AdvertiseAddr: cfg.GossipAdvertiseAddr, SecretKey: cfg.GossipKey,
+		Preset: preset, Logger: cfg.Logger,
 		Meta:     db.selfMeta(inc),
 		Settings: cfg.clusterSettings(),
 		Faults:   hc.Faults,
 	})
 	if err != nil {
 		db.host.Close()
+		if errors.Is(err, netaddr.ErrNoPrivateIP) {
+			return nil, fmt.Errorf("%w: config: field GossipAddr %q binds every interface and this host has no private IP to advertise: set GossipAdvertiseAddr", ErrInvalid, cfg.GossipAddr)
+		}
 		return nil, fmt.Errorf("%w: config: field GossipAddr %q cannot be used: %v", ErrInvalid, cfg.GossipAddr, err)
 	}
 	if err := db.form(ctx); err != nil {
@@ -514,11 +528,16 @@ func (db *DB) replicaList() map[int]*replica {
 // NodeID is this node's id.
 func (db *DB) NodeID() string { return db.cfg.NodeID }
 
-// Addr is the bound BindAddr (the real port when 0 was asked).
-func (db *DB) Addr() string { return db.host.Addr() }
+// Addr is the bound BindAddr (the real port when 0 was asked). The others
+// dial this node at its advertised address (Config.AdvertiseAddr), which
+// is its Member.Addr.
+func (db *DB) Addr() string { return db.host.BoundAddr() }
 
 // GossipAddr is the bound GossipAddr, to pass to other nodes as a seed.
-func (db *DB) GossipAddr() string { return db.gsp.Addr() }
+// Nodes on other hosts should be given the advertised address instead
+// (Config.GossipAdvertiseAddr, this node's Member.GossipAddr): bound to
+// every interface, GossipAddr is 0.0.0.0 or [::] with the port.
+func (db *DB) GossipAddr() string { return db.gsp.BoundAddr() }
 
 // Members returns the live members; a member that left or died is dropped.
 func (db *DB) Members() []Member {

@@ -43,6 +43,13 @@ type Config struct {
 	// BindAddr is the TCP address every group's Raft RPCs share.
 	// Default "127.0.0.1:0" (an ephemeral port; see Host.Addr).
 	BindAddr string
+	// AdvertiseAddr is the address the other nodes dial (host:port; port 0
+	// means the bound port): the Raft server address of every group
+	// replica on this node, and its identity on the wire. Default: the
+	// bound address, or, when bound to every interface, the host's private
+	// IP with the bound port (an error when there is none; see
+	// internal/netaddr).
+	AdvertiseAddr string
 	// RPCTimeout bounds one Raft RPC (snapshots get more, scaled by size).
 	// Default 5s.
 	RPCTimeout time.Duration
@@ -188,7 +195,7 @@ func NewHost(cfg Config) (*Host, error) {
 		hb = raft.DefaultConfig().HeartbeatTimeout
 	}
 	log := cfg.Logger.With("node", cfg.NodeID)
-	m, err := newMux(muxConfig{bind: cfg.BindAddr, self: cfg.Incarnation, log: log, faults: cfg.Faults,
+	m, err := newMux(muxConfig{bind: cfg.BindAddr, advertise: cfg.AdvertiseAddr, self: cfg.Incarnation, log: log, faults: cfg.Faults,
 		timeout: cfg.RPCTimeout, beatTimeout: min(cfg.RPCTimeout, hb/2), linger: lingerFor(hb)})
 	if err != nil {
 		return nil, err
@@ -206,9 +213,12 @@ func NewHost(cfg Config) (*Host, error) {
 	return h, nil
 }
 
-// Addr is the bound listen address, the Raft server address of every group
-// replica on this node.
+// Addr is the advertised address (Config.AdvertiseAddr), the Raft server
+// address of every group replica on this node.
 func (h *Host) Addr() string { return h.mux.addr }
+
+// BoundAddr is the bound listen address (the real port when 0 was asked).
+func (h *Host) BoundAddr() string { return h.mux.ln.Addr().String() }
 
 // ID is this node incarnation's Raft server id.
 func (h *Host) ID() raft.ServerID { return h.id }

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/gridkv/gridkv/internal/faultnet"
+	"github.com/gridkv/gridkv/internal/netaddr"
 )
 
 var (
@@ -30,6 +31,9 @@ var (
 // short-lived connection per snapshot install so a large stream never holds
 // up heartbeats.
 type mux struct {
+	// addr is the advertised address, the one the others dial: this
+	// node's name in hello frames and Raft headers (ln.Addr is the bound
+	// one).
 	addr string
 	// self is this node's incarnation: requests addressed to any other
 	// are refused (see the wire format).
@@ -69,7 +73,7 @@ type mux struct {
 
 // muxConfig is what a mux needs from its host.
 type muxConfig struct {
-	bind                         string
+	bind, advertise              string
 	self                         uint64 // the host's incarnation
 	log                          *slog.Logger
 	faults                       *faultnet.Net
@@ -81,7 +85,12 @@ func newMux(c muxConfig) (*mux, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raftgroup: listen %s: %w", c.bind, err)
 	}
-	m := &mux{addr: ln.Addr().String(), self: c.self, log: c.log, ln: ln, faults: c.faults,
+	addr, err := netaddr.Advertised(ln.Addr().String(), c.advertise, netaddr.PrivateIP)
+	if err != nil {
+		_ = ln.Close()
+		return nil, fmt.Errorf("raftgroup: %w", err)
+	}
+	m := &mux{addr: addr, self: c.self, log: c.log, ln: ln, faults: c.faults,
 		timeout: c.timeout, beatTimeout: c.beatTimeout, linger: c.linger, closed: make(chan struct{})}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.mu.groups = make(map[uint64]*groupTransport)
