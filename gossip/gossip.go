@@ -415,7 +415,11 @@ func (n *Node) Close(timeout time.Duration) error {
 	}
 	n.closeOnce.Do(func() {
 		_ = n.AnnounceLeave(timeout) // tell the others this is a leave, not a failure
-		if lerr := n.ml.Leave(timeout); lerr != nil {
+		// memberlist waits for the leave to be gossiped only while it
+		// counts another member alive; one that crashed or is closing too
+		// is counted so until detected, and cannot take the broadcast. If
+		// none answers a ping, nobody was there to tell: not a failure.
+		if lerr := n.ml.Leave(timeout); lerr != nil && n.anyOtherAnswers() {
 			err = fmt.Errorf("gossip: leave: %w", lerr)
 		}
 		if serr := n.ml.Shutdown(); serr != nil && err == nil {
@@ -425,6 +429,36 @@ func (n *Node) Close(timeout time.Duration) error {
 		n.wg.Wait()
 	})
 	return err
+}
+
+// anyOtherAnswers reports whether a live member other than this node
+// answers a ping (each within memberlist's probe timeout, all at once).
+func (n *Node) anyOtherAnswers() bool {
+	var addrs []*net.UDPAddr
+	var names []string
+	for _, m := range n.Members() {
+		if m.Name == n.cfg.Name {
+			continue
+		}
+		addr, err := net.ResolveUDPAddr("udp", m.Addr)
+		if err != nil {
+			return true // cannot tell: report the leave's failure
+		}
+		addrs, names = append(addrs, addr), append(names, m.Name)
+	}
+	var answered atomic.Bool
+	var wg sync.WaitGroup
+	for i := range addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := n.ml.Ping(names[i], addrs[i]); err == nil {
+				answered.Store(true)
+			}
+		}()
+	}
+	wg.Wait()
+	return answered.Load()
 }
 
 // Crash stops the node without telling anyone, as a crash would: the
