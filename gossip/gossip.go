@@ -143,6 +143,10 @@ type Node struct {
 	// its). The ping that found it can have taught this node of members,
 	// piggybacked on the answer.
 	nameTaken atomic.Bool
+	// closing is set when Close or Crash begins: memberlist's complaints
+	// from then on (sends on its closed sockets, to members that left) are
+	// the shutdown's, logged at Info.
+	closing atomic.Bool
 
 	closeOnce sync.Once
 	stop      chan struct{}
@@ -177,7 +181,7 @@ func Start(cfg Config) (*Node, error) {
 		mc = memberlist.DefaultLocalConfig()
 	}
 	mc.Name = cfg.Name
-	mc.Logger = log.New(&logWriter{n.log}, "", 0)
+	mc.Logger = log.New(&logWriter{l: n.log, closing: &n.closing}, "", 0)
 	switch {
 	case cfg.Transport != nil:
 		mc.Transport = cfg.Transport
@@ -414,6 +418,7 @@ func (n *Node) Close(timeout time.Duration) error {
 		return nil
 	}
 	n.closeOnce.Do(func() {
+		n.closing.Store(true)
 		_ = n.AnnounceLeave(timeout) // tell the others this is a leave, not a failure
 		// memberlist waits for the leave to be gossiped only while it
 		// counts another member alive; one that crashed or is closing too
@@ -466,6 +471,7 @@ func (n *Node) anyOtherAnswers() bool {
 // fault injection; Close is the way to stop a node.
 func (n *Node) Crash() {
 	n.closeOnce.Do(func() {
+		n.closing.Store(true)
 		_ = n.ml.Shutdown()
 		close(n.stop)
 		n.wg.Wait()
@@ -602,18 +608,29 @@ func (e *events) NotifyLeave(nd *memberlist.Node) {
 }
 
 // logWriter turns memberlist's "[LEVEL] memberlist: msg" lines into slog
-// records; debug lines are dropped.
-type logWriter struct{ l *slog.Logger }
+// records; debug lines are dropped, and warnings and errors logged once the
+// node is closing are lowered to Info.
+type logWriter struct {
+	l       *slog.Logger
+	closing *atomic.Bool
+}
 
 func (w *logWriter) Write(p []byte) (int, error) {
 	line := string(bytes.TrimSpace(p))
+	var lv slog.Level
 	switch {
 	case bytes.HasPrefix(p, []byte("[ERR]")):
-		w.l.Error(line)
+		lv = slog.LevelError
 	case bytes.HasPrefix(p, []byte("[WARN]")):
-		w.l.Warn(line)
+		lv = slog.LevelWarn
 	case bytes.HasPrefix(p, []byte("[INFO]")):
-		w.l.Info(line)
+		lv = slog.LevelInfo
+	default:
+		return len(p), nil
 	}
+	if lv > slog.LevelInfo && w.closing != nil && w.closing.Load() {
+		lv = slog.LevelInfo
+	}
+	w.l.Log(context.Background(), lv, line)
 	return len(p), nil
 }
