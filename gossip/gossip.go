@@ -157,6 +157,10 @@ type Node struct {
 	// its). The ping that found it can have taught this node of members,
 	// piggybacked on the answer.
 	nameTaken atomic.Bool
+	// closing is set when Close or Crash begins: memberlist's complaints
+	// from then on (sends on its closed sockets, to members that left) are
+	// the shutdown's, logged at Info.
+	closing atomic.Bool
 
 	// bound is the bound address (host:port, the real port); "" with a
 	// custom Transport.
@@ -195,7 +199,7 @@ func Start(cfg Config) (*Node, error) {
 		mc = memberlist.DefaultLocalConfig()
 	}
 	mc.Name = cfg.Name
-	mc.Logger = log.New(&logWriter{n.log}, "", 0)
+	mc.Logger = log.New(&logWriter{l: n.log, closing: &n.closing}, "", 0)
 	switch {
 	case cfg.Transport != nil:
 		mc.Transport = cfg.Transport
@@ -490,8 +494,13 @@ func (n *Node) Close(timeout time.Duration) error {
 		return nil
 	}
 	n.closeOnce.Do(func() {
+		n.closing.Store(true)
 		_ = n.AnnounceLeave(timeout) // tell the others this is a leave, not a failure
-		if lerr := n.ml.Leave(timeout); lerr != nil {
+		// memberlist waits for the leave to be gossiped only while it
+		// counts another member alive; one that crashed or is closing too
+		// is counted so until detected, and cannot take the broadcast. If
+		// none answers a ping, nobody was there to tell: not a failure.
+		if lerr := n.ml.Leave(timeout); lerr != nil && n.anyOtherAnswers() {
 			err = fmt.Errorf("gossip: leave: %w", lerr)
 		}
 		if serr := n.ml.Shutdown(); serr != nil && err == nil {
@@ -503,11 +512,42 @@ func (n *Node) Close(timeout time.Duration) error {
 	return err
 }
 
+// anyOtherAnswers reports whether a live member other than this node
+// answers a ping (each within memberlist's probe timeout, all at once).
+func (n *Node) anyOtherAnswers() bool {
+	var addrs []*net.UDPAddr
+	var names []string
+	for _, m := range n.Members() {
+		if m.Name == n.cfg.Name {
+			continue
+		}
+		addr, err := net.ResolveUDPAddr("udp", m.Addr)
+		if err != nil {
+			return true // cannot tell: report the leave's failure
+		}
+		addrs, names = append(addrs, addr), append(names, m.Name)
+	}
+	var answered atomic.Bool
+	var wg sync.WaitGroup
+	for i := range addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := n.ml.Ping(names[i], addrs[i]); err == nil {
+				answered.Store(true)
+			}
+		}()
+	}
+	wg.Wait()
+	return answered.Load()
+}
+
 // Crash stops the node without telling anyone, as a crash would: the
 // others declare it dead after their failure detection. For tests and
 // fault injection; Close is the way to stop a node.
 func (n *Node) Crash() {
 	n.closeOnce.Do(func() {
+		n.closing.Store(true)
 		_ = n.ml.Shutdown()
 		close(n.stop)
 		n.wg.Wait()
@@ -644,18 +684,29 @@ func (e *events) NotifyLeave(nd *memberlist.Node) {
 }
 
 // logWriter turns memberlist's "[LEVEL] memberlist: msg" lines into slog
-// records; debug lines are dropped.
-type logWriter struct{ l *slog.Logger }
+// records; debug lines are dropped, and warnings and errors logged once the
+// node is closing are lowered to Info.
+type logWriter struct {
+	l       *slog.Logger
+	closing *atomic.Bool
+}
 
 func (w *logWriter) Write(p []byte) (int, error) {
 	line := string(bytes.TrimSpace(p))
+	var lv slog.Level
 	switch {
 	case bytes.HasPrefix(p, []byte("[ERR]")):
-		w.l.Error(line)
+		lv = slog.LevelError
 	case bytes.HasPrefix(p, []byte("[WARN]")):
-		w.l.Warn(line)
+		lv = slog.LevelWarn
 	case bytes.HasPrefix(p, []byte("[INFO]")):
-		w.l.Info(line)
+		lv = slog.LevelInfo
+	default:
+		return len(p), nil
 	}
+	if lv > slog.LevelInfo && w.closing != nil && w.closing.Load() {
+		lv = slog.LevelInfo
+	}
+	w.l.Log(context.Background(), lv, line)
 	return len(p), nil
 }

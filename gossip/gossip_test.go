@@ -414,3 +414,45 @@ func TestFaultSeamPartitionsGossip(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "both to see 2 members again", func() bool { return len(a.Members()) == 2 && len(b.Members()) == 2 })
 }
+
+// Close of the last member returns nil, even while it still counts a member
+// alive that crashed (nobody is there to take the leave); with a live
+// member that the leave could not reach in time, it reports the failure.
+func TestCloseLastMember(t *testing.T) {
+	alone := start(t, "alone", &recorder{})
+	if err := alone.Close(time.Second); err != nil {
+		t.Fatalf("Close of the only member: %v", err)
+	}
+
+	join := func(n, seed *Node) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := n.Join(ctx, []string{seed.Addr()}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "both to count each other", func() bool {
+			return len(n.Members()) == 2 && len(seed.Members()) == 2
+		})
+	}
+
+	// b crashes; a still counts it alive when it closes, and cannot gossip
+	// its leave within the time given: nobody was there to take it.
+	a, b := start(t, "a", &recorder{}), start(t, "b", &recorder{})
+	join(b, a)
+	b.Crash()
+	if len(a.Members()) != 2 {
+		t.Fatal("a already dropped b: the case is not tested")
+	}
+	if err := a.Close(time.Nanosecond); err != nil {
+		t.Fatalf("Close with only a crashed member left: %v", err)
+	}
+
+	// d is alive but the leave cannot be gossiped within a nanosecond.
+	c, d := start(t, "c", &recorder{}), start(t, "d", &recorder{})
+	defer d.Close(time.Second)
+	join(d, c)
+	if err := c.Close(time.Nanosecond); err == nil {
+		t.Fatal("Close reported no failure although a live member was not told in time")
+	}
+}

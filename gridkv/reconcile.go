@@ -186,7 +186,7 @@ func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]
 			db.stepLog.ok(r, st)
 			return
 		}
-		db.stepLog.failed(db.log, r, st, err)
+		db.stepLog.failed(db.log, db.isClosed(), r, st, err)
 	}
 }
 
@@ -248,7 +248,7 @@ type stepFailures struct {
 
 const stepLogEvery = 10 * time.Second
 
-func (l *stepLog) failed(log *slog.Logger, r int, st confStep, err error) {
+func (l *stepLog) failed(log *slog.Logger, closing bool, r int, st confStep, err error) {
 	l.mu.Lock()
 	if l.mu.failing == nil {
 		l.mu.failing = map[stepLogKey]*stepFailures{}
@@ -268,7 +268,11 @@ func (l *stepLog) failed(log *slog.Logger, r int, st confStep, err error) {
 	suppressed := f.suppressed
 	f.logged, f.suppressed = now, 0
 	l.mu.Unlock()
-	log.Warn("reconcile step failed", "group", r, "step", st.kind.String(), "server", string(st.to.id),
+	lv := slog.LevelWarn
+	if closing {
+		lv = slog.LevelDebug // the node is closing: its steps fail by design
+	}
+	log.Log(context.Background(), lv, "reconcile step failed", "group", r, "step", st.kind.String(), "server", string(st.to.id),
 		"err", oneLine(err.Error()), "failures_not_logged", suppressed)
 }
 

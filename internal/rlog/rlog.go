@@ -4,6 +4,7 @@ package rlog
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -41,8 +42,51 @@ func toSlog(level hclog.Level) slog.Level {
 	}
 }
 
+// expected lowers the level of raft's warnings that, in their context,
+// report the protocol working as designed, not a fault:
+//   - "failed to get previous log" when the follower's log ends before the
+//     entry (previous-index > last-index): a follower behind its leader,
+//     which then sends older entries (a new or restarted follower, and the
+//     commit notices raftgroup sends ahead of slower followers). Missing an
+//     entry its log should hold stays a warning.
+//   - "appendEntries rejected, sending older logs": the leader's side of
+//     the same catch-up.
+//   - "heartbeat timeout reached, starting election" when no leader was
+//     ever known (last-leader-id empty): a group forming. Losing a known
+//     leader stays a warning.
+func expected(lv slog.Level, msg string, args []interface{}) slog.Level {
+	if lv != slog.LevelWarn {
+		return lv
+	}
+	switch msg {
+	case "failed to get previous log":
+		prev, okPrev := arg(args, "previous-index").(uint64)
+		last, okLast := arg(args, "last-index").(uint64)
+		if okPrev && okLast && prev > last {
+			return slog.LevelDebug
+		}
+	case "appendEntries rejected, sending older logs":
+		return slog.LevelInfo
+	case "heartbeat timeout reached, starting election":
+		if id := arg(args, "last-leader-id"); id != nil && fmt.Sprint(id) == "" {
+			return slog.LevelInfo
+		}
+	}
+	return lv
+}
+
+// arg is the value of key in hclog's key-value list, or nil.
+func arg(args []interface{}, key string) interface{} {
+	for i := 0; i+1 < len(args); i += 2 {
+		if k, ok := args[i].(string); ok && k == key {
+			return args[i+1]
+		}
+	}
+	return nil
+}
+
 func (g *logger) Log(level hclog.Level, msg string, args ...interface{}) {
-	lv := toSlog(level)
+	lv := expected(toSlog(level), msg, args)
 	if lv < g.min || !g.l.Enabled(context.Background(), lv) {
 		return
 	}
