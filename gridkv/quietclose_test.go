@@ -139,13 +139,15 @@ func formAndClose(t *testing.T, log *levelCounter, fast bool) {
 // all in formation, before raft's expected warnings were lowered; 0 to 20
 // after, in the graceful Close and shutdown (a survivor's reconcile steps
 // toward a leaving node, heartbeats to a closed one, vote refusals), none
-// in formation. The bounds leave room for a loaded machine.
+// in formation. The bounds leave wide room for a loaded machine (the race
+// detector, other packages' tests beside it): they catch a flood, such as
+// formation's 57, not a few lines more.
 func TestQuietFormAndClose(t *testing.T) {
 	log := newLevelCounter()
 	formAndClose(t, log, true)
 	t.Log("\n" + log.report())
 	all, formation := log.loud()
-	if formation > 10 || all > 60 {
+	if formation > 30 || all > 200 {
 		t.Errorf("%d WARN/ERROR records, %d in formation:\n%s", all, formation, log.report())
 	}
 }
