@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/gridkv/gridkv/internal/wire"
 )
 
 // A feed follows the changes of every range for its watchers: one poller
@@ -513,11 +515,11 @@ func (db *DB) replicaPeers(ctx context.Context, g int) []peer {
 	ans, err := db.route(sctx, g, -1, reqStatus, nil, false)
 	cancel()
 	if err == nil {
-		d := decoder{b: ans}
-		for len(d.b) > 0 && d.err == nil {
-			id := raft.ServerID(d.bytes())
-			d.byte() // voter or not: either keeps the history
-			if d.err == nil {
+		d := wire.Reader{B: ans}
+		for len(d.B) > 0 && d.Err == nil {
+			id := raft.ServerID(d.Bytes())
+			d.Byte() // voter or not: either keeps the history
+			if d.Err == nil {
 				ids = append(ids, id)
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/gridkv/gridkv/fsm"
+	"github.com/gridkv/gridkv/internal/wire"
 )
 
 // A reqWatch request (kind, uvarint group, then this body) asks a group's
@@ -87,22 +88,22 @@ func appendWatchRequest(b []byte, wait time.Duration, max int, any bool, asks []
 var errBadWatch = errors.New("malformed watch message")
 
 func decodeWatchRequest(b []byte) (wait time.Duration, max int, any bool, asks []watchAsk, err error) {
-	d := decoder{b: b}
-	wait = time.Duration(d.uvarint()) * time.Millisecond
-	max = int(d.uvarint())
-	any = d.byte()&watchAnyReplica != 0
-	n := d.uvarint()
-	if n > uint64(len(d.b))/3 { // an ask takes 3 bytes at least
+	d := wire.Reader{B: b}
+	wait = time.Duration(d.Uvarint()) * time.Millisecond
+	max = int(d.Uvarint())
+	any = d.Byte()&watchAnyReplica != 0
+	n := d.Uvarint()
+	if n > uint64(len(d.B))/3 { // an ask takes 3 bytes at least
 		return 0, 0, false, nil, errBadWatch
 	}
 	asks = make([]watchAsk, 0, n)
-	for i := uint64(0); i < n && d.err == nil; i++ {
-		a := watchAsk{rng: int(d.uvarint())}
-		a.now = d.byte()&watchFromNow != 0
-		a.after = d.uvarint()
+	for i := uint64(0); i < n && d.Err == nil; i++ {
+		a := watchAsk{rng: int(d.Uvarint())}
+		a.now = d.Byte()&watchFromNow != 0
+		a.after = d.Uvarint()
 		asks = append(asks, a)
 	}
-	if d.err != nil || len(d.b) != 0 || max <= 0 {
+	if d.Err != nil || len(d.B) != 0 || max <= 0 {
 		return 0, 0, false, nil, errBadWatch
 	}
 	return wait, max, any, asks, nil
@@ -133,36 +134,36 @@ func appendWatchPage(b []byte, p watchPage) []byte {
 // decodeWatchAnswer reads a reqWatch answer's body (after stOK). Keys and
 // values are copies.
 func decodeWatchAnswer(b []byte) ([]watchPage, error) {
-	d := decoder{b: b}
-	n := d.uvarint()
-	if n > uint64(len(d.b))/6 { // a page takes 6 bytes at least
+	d := wire.Reader{B: b}
+	n := d.Uvarint()
+	if n > uint64(len(d.B))/6 { // a page takes 6 bytes at least
 		return nil, errBadWatch
 	}
 	pages := make([]watchPage, 0, n)
-	for i := uint64(0); i < n && d.err == nil; i++ {
-		p := watchPage{rng: int(d.uvarint()), status: d.byte(), flags: d.byte(), next: d.uvarint(), peer: int(d.uvarint())}
-		count := d.uvarint()
-		if count > uint64(len(d.b))/5 { // an event takes 5 bytes at least
+	for i := uint64(0); i < n && d.Err == nil; i++ {
+		p := watchPage{rng: int(d.Uvarint()), status: d.Byte(), flags: d.Byte(), next: d.Uvarint(), peer: int(d.Uvarint())}
+		count := d.Uvarint()
+		if count > uint64(len(d.B))/5 { // an event takes 5 bytes at least
 			return nil, errBadWatch
 		}
 		p.events = make([]Event, 0, count)
-		for j := uint64(0); j < count && d.err == nil; j++ {
-			e := Event{Kind: EventKind(d.byte()), Version: d.uvarint(), Range: p.rng}
+		for j := uint64(0); j < count && d.Err == nil; j++ {
+			e := Event{Kind: EventKind(d.Byte()), Version: d.Uvarint(), Range: p.rng}
 			if e.Kind < EventSet || e.Kind > EventExpire {
 				return nil, errBadWatch
 			}
-			if at := d.varint(); at != 0 {
+			if at := d.Varint(); at != 0 {
 				e.ExpireAt = time.Unix(0, at)
 			}
-			e.Key = string(d.bytes())
-			if v := d.bytes(); e.Kind == EventSet {
+			e.Key = string(d.Bytes())
+			if v := d.Bytes(); e.Kind == EventSet {
 				e.Value = append([]byte{}, v...)
 			}
 			p.events = append(p.events, e)
 		}
 		pages = append(pages, p)
 	}
-	if d.err != nil || len(d.b) != 0 {
+	if d.Err != nil || len(d.B) != 0 {
 		return nil, errBadWatch
 	}
 	return pages, nil
@@ -276,59 +277,4 @@ func (db *DB) watchPages(rep *replica, asks []watchAsk, maxEvents int) (pages []
 		}
 	}
 	return pages, news
-}
-
-// decoder reads varints and length-prefixed bytes from b; the first
-// failure sticks in err, and later reads return zero values.
-type decoder struct {
-	b   []byte
-	err error
-}
-
-func (d *decoder) uvarint() uint64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.err = errBadWatch
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) varint() int64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.err = errBadWatch
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) byte() byte {
-	if d.err != nil || len(d.b) == 0 {
-		d.err = errBadWatch
-		return 0
-	}
-	c := d.b[0]
-	d.b = d.b[1:]
-	return c
-}
-
-// bytes reads a uvarint length and that many bytes (a view of b).
-func (d *decoder) bytes() []byte {
-	n := d.uvarint()
-	if d.err != nil || n > uint64(len(d.b)) {
-		d.err = errBadWatch
-		return nil
-	}
-	v := d.b[:n]
-	d.b = d.b[n:]
-	return v
 }

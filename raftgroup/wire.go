@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/gridkv/gridkv/internal/wire"
 )
 
 // Wire format. Every frame on a connection is
@@ -85,72 +87,15 @@ func parseHeader(b []byte) (frameHeader, []byte, error) {
 	}, b[25:], nil
 }
 
-// decoder reads body fields; the first error sticks and later reads return
-// zero values, so decode functions check err once at the end.
-type decoder struct {
-	b   []byte
-	err error
-}
+// decoder reads body fields (wire.Reader); the first error sticks and
+// later reads return zero values, so decode functions check it once at
+// the end.
+type decoder struct{ wire.Reader }
 
-func (d *decoder) uvarint() uint64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.err = errShortFrame
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) varint() int64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.err = errShortFrame
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) byte1() byte {
-	if d.err != nil || len(d.b) == 0 {
-		d.err = errShortFrame
-		return 0
-	}
-	v := d.b[0]
-	d.b = d.b[1:]
-	return v
-}
-
-func (d *decoder) bool() bool { return d.byte1() != 0 }
-
-// bytes returns a slice of the frame itself (frames are never reused), or
-// nil for an empty field.
-func (d *decoder) bytes() []byte {
-	n := d.uvarint()
-	if d.err != nil {
-		return nil
-	}
-	if n > uint64(len(d.b)) {
-		d.err = errShortFrame
-		return nil
-	}
-	if n == 0 {
-		return nil
-	}
-	v := d.b[:n:n]
-	d.b = d.b[n:]
-	return v
-}
+func (d *decoder) bool() bool { return d.Byte() != 0 }
 
 func (d *decoder) time() time.Time {
-	ns := d.varint()
+	ns := d.Varint()
 	if ns == 0 {
 		return time.Time{}
 	}
@@ -158,10 +103,10 @@ func (d *decoder) time() time.Time {
 }
 
 func (d *decoder) done() error {
-	if d.err == nil && len(d.b) != 0 {
-		d.err = fmt.Errorf("%w: %d trailing bytes", errShortFrame, len(d.b))
+	if d.Err == nil && len(d.B) != 0 {
+		d.Err = fmt.Errorf("%w: %d trailing bytes", errShortFrame, len(d.B))
 	}
-	return d.err
+	return d.Err
 }
 
 func appendBytes(b, v []byte) []byte {
@@ -190,7 +135,7 @@ func appendRPCHeader(b []byte, h raft.RPCHeader) []byte {
 }
 
 func (d *decoder) rpcHeader() raft.RPCHeader {
-	return raft.RPCHeader{ProtocolVersion: raft.ProtocolVersion(d.uvarint()), ID: d.bytes(), Addr: d.bytes()}
+	return raft.RPCHeader{ProtocolVersion: raft.ProtocolVersion(d.Uvarint()), ID: d.Bytes(), Addr: d.Bytes()}
 }
 
 func appendLog(b []byte, l *raft.Log) []byte {
@@ -203,11 +148,11 @@ func appendLog(b []byte, l *raft.Log) []byte {
 }
 
 func (d *decoder) log(l *raft.Log) {
-	l.Index = d.uvarint()
-	l.Term = d.uvarint()
-	l.Type = raft.LogType(d.byte1())
-	l.Data = d.bytes()
-	l.Extensions = d.bytes()
+	l.Index = d.Uvarint()
+	l.Term = d.Uvarint()
+	l.Type = raft.LogType(d.Byte())
+	l.Data = d.Bytes()
+	l.Extensions = d.Bytes()
 	l.AppendedAt = d.time()
 }
 
@@ -227,19 +172,19 @@ func appendAppendEntriesRequest(b []byte, r *raft.AppendEntriesRequest) []byte {
 }
 
 func decodeAppendEntriesRequest(body []byte, r *raft.AppendEntriesRequest) error {
-	d := decoder{b: body}
+	d := decoder{wire.Reader{B: body}}
 	r.RPCHeader = d.rpcHeader()
-	r.Term = d.uvarint()
+	r.Term = d.Uvarint()
 	//lint:ignore SA1019 deprecated field still read by raft
-	r.Leader = d.bytes()
-	r.PrevLogEntry = d.uvarint()
-	r.PrevLogTerm = d.uvarint()
-	r.LeaderCommitIndex = d.uvarint()
-	n := d.uvarint()
-	if d.err == nil && n > uint64(len(d.b)/minLogLen) {
+	r.Leader = d.Bytes()
+	r.PrevLogEntry = d.Uvarint()
+	r.PrevLogTerm = d.Uvarint()
+	r.LeaderCommitIndex = d.Uvarint()
+	n := d.Uvarint()
+	if d.Err == nil && n > uint64(len(d.B)/minLogLen) {
 		return errShortFrame // claims more entries than the bytes could hold
 	}
-	if n > 0 && d.err == nil {
+	if n > 0 && d.Err == nil {
 		// One allocation for all entries, bounded by the frame's size.
 		logs := make([]raft.Log, n)
 		r.Entries = make([]*raft.Log, n)
@@ -260,10 +205,10 @@ func appendAppendEntriesResponse(b []byte, r *raft.AppendEntriesResponse) []byte
 }
 
 func decodeAppendEntriesResponse(body []byte, r *raft.AppendEntriesResponse) error {
-	d := decoder{b: body}
+	d := decoder{wire.Reader{B: body}}
 	r.RPCHeader = d.rpcHeader()
-	r.Term = d.uvarint()
-	r.LastLog = d.uvarint()
+	r.Term = d.Uvarint()
+	r.LastLog = d.Uvarint()
 	r.Success = d.bool()
 	r.NoRetryBackoff = d.bool()
 	return d.done()
@@ -280,13 +225,13 @@ func appendRequestVoteRequest(b []byte, r *raft.RequestVoteRequest) []byte {
 }
 
 func decodeRequestVoteRequest(body []byte, r *raft.RequestVoteRequest) error {
-	d := decoder{b: body}
+	d := decoder{wire.Reader{B: body}}
 	r.RPCHeader = d.rpcHeader()
-	r.Term = d.uvarint()
+	r.Term = d.Uvarint()
 	//lint:ignore SA1019 deprecated field still read by raft
-	r.Candidate = d.bytes()
-	r.LastLogIndex = d.uvarint()
-	r.LastLogTerm = d.uvarint()
+	r.Candidate = d.Bytes()
+	r.LastLogIndex = d.Uvarint()
+	r.LastLogTerm = d.Uvarint()
 	r.LeadershipTransfer = d.bool()
 	return d.done()
 }
@@ -299,10 +244,10 @@ func appendRequestVoteResponse(b []byte, r *raft.RequestVoteResponse) []byte {
 }
 
 func decodeRequestVoteResponse(body []byte, r *raft.RequestVoteResponse) error {
-	d := decoder{b: body}
+	d := decoder{wire.Reader{B: body}}
 	r.RPCHeader = d.rpcHeader()
-	r.Term = d.uvarint()
-	r.Peers = d.bytes()
+	r.Term = d.Uvarint()
+	r.Peers = d.Bytes()
 	r.Granted = d.bool()
 	return d.done()
 }
@@ -315,11 +260,11 @@ func appendRequestPreVoteRequest(b []byte, r *raft.RequestPreVoteRequest) []byte
 }
 
 func decodeRequestPreVoteRequest(body []byte, r *raft.RequestPreVoteRequest) error {
-	d := decoder{b: body}
+	d := decoder{wire.Reader{B: body}}
 	r.RPCHeader = d.rpcHeader()
-	r.Term = d.uvarint()
-	r.LastLogIndex = d.uvarint()
-	r.LastLogTerm = d.uvarint()
+	r.Term = d.Uvarint()
+	r.LastLogIndex = d.Uvarint()
+	r.LastLogTerm = d.Uvarint()
 	return d.done()
 }
 
@@ -330,9 +275,9 @@ func appendRequestPreVoteResponse(b []byte, r *raft.RequestPreVoteResponse) []by
 }
 
 func decodeRequestPreVoteResponse(body []byte, r *raft.RequestPreVoteResponse) error {
-	d := decoder{b: body}
+	d := decoder{wire.Reader{B: body}}
 	r.RPCHeader = d.rpcHeader()
-	r.Term = d.uvarint()
+	r.Term = d.Uvarint()
 	r.Granted = d.bool()
 	return d.done()
 }
@@ -356,9 +301,9 @@ func timeoutNowTerm(body []byte) uint64 {
 }
 
 func decodeTimeoutNow(body []byte, h *raft.RPCHeader, term *uint64) error {
-	d := decoder{b: body}
+	d := decoder{wire.Reader{B: body}}
 	*h = d.rpcHeader()
-	*term = d.uvarint()
+	*term = d.Uvarint()
 	return d.done()
 }
 
@@ -376,18 +321,18 @@ func appendInstallSnapshotRequest(b []byte, r *raft.InstallSnapshotRequest) []by
 }
 
 func decodeInstallSnapshotRequest(body []byte, r *raft.InstallSnapshotRequest) error {
-	d := decoder{b: body}
+	d := decoder{wire.Reader{B: body}}
 	r.RPCHeader = d.rpcHeader()
-	r.SnapshotVersion = raft.SnapshotVersion(d.uvarint())
-	r.Term = d.uvarint()
-	r.Leader = d.bytes()
-	r.LastLogIndex = d.uvarint()
-	r.LastLogTerm = d.uvarint()
-	r.Peers = d.bytes()
-	r.Configuration = d.bytes()
-	r.ConfigurationIndex = d.uvarint()
-	r.Size = d.varint()
-	if d.err == nil && r.Size < 0 {
+	r.SnapshotVersion = raft.SnapshotVersion(d.Uvarint())
+	r.Term = d.Uvarint()
+	r.Leader = d.Bytes()
+	r.LastLogIndex = d.Uvarint()
+	r.LastLogTerm = d.Uvarint()
+	r.Peers = d.Bytes()
+	r.Configuration = d.Bytes()
+	r.ConfigurationIndex = d.Uvarint()
+	r.Size = d.Varint()
+	if d.Err == nil && r.Size < 0 {
 		return errShortFrame
 	}
 	return d.done()
@@ -400,9 +345,9 @@ func appendInstallSnapshotResponse(b []byte, r *raft.InstallSnapshotResponse) []
 }
 
 func decodeInstallSnapshotResponse(body []byte, r *raft.InstallSnapshotResponse) error {
-	d := decoder{b: body}
+	d := decoder{wire.Reader{B: body}}
 	r.RPCHeader = d.rpcHeader()
-	r.Term = d.uvarint()
+	r.Term = d.Uvarint()
 	r.Success = d.bool()
 	return d.done()
 }
@@ -472,7 +417,7 @@ func decodeResponse(body []byte, resp interface{}) error {
 	case *raft.RequestPreVoteResponse:
 		return decodeRequestPreVoteResponse(body, r)
 	case *raft.TimeoutNowResponse:
-		d := decoder{b: body}
+		d := decoder{wire.Reader{B: body}}
 		r.RPCHeader = d.rpcHeader()
 		return d.done()
 	case *raft.InstallSnapshotResponse:
