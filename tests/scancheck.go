@@ -535,25 +535,13 @@ func checkScanVersionOrder(p *problemList, scans []*scanRecord) {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		reads := byKey[k]
-		sort.Slice(reads, func(i, j int) bool { return reads[i].s.Return < reads[j].s.Return })
-		best := make([]int, len(reads)) // index of the highest version among reads[:i+1]
-		for i := range reads {
-			best[i] = i
-			if i > 0 && reads[best[i-1]].version > reads[i].version {
-				best[i] = best[i-1]
-			}
-		}
-		for _, r := range reads {
-			j := sort.Search(len(reads), func(i int) bool { return reads[i].s.Return >= r.s.Call })
-			if j == 0 {
-				continue
-			}
-			if b := reads[best[j-1]]; b.version > r.version {
+		realTimeInversions(byKey[k],
+			func(r read) int64 { return r.s.Call }, func(r read) int64 { return r.s.Return },
+			func(r read) uint64 { return r.version },
+			func(b, r read) {
 				p.add("version order", "%s returned %s at v%s, but %s, which returned before it was invoked, had v%s",
 					r.s, k, fmtVersion(r.version), b.s, fmtVersion(b.version))
-			}
-		}
+			})
 	}
 }
 

@@ -589,24 +589,13 @@ func checkAcknowledged(p *problemList, s *watchStream, k string, kw *keyWrites, 
 			s.Name, fmtAt(s.StartAt), have[w], what, k, len(ops), strings.Join(descs, "; "), neighboursAt(evs, ops[0].Call))
 	}
 	// Real time: w1 acknowledged before w2 was invoked comes first.
-	sort.Slice(ordered, func(i, j int) bool { return ordered[i].op.Return < ordered[j].op.Return })
-	latest := make([]int, len(ordered)) // index in ordered of the greatest pos among ordered[:i+1]
-	for i := range ordered {
-		latest[i] = i
-		if i > 0 && ordered[latest[i-1]].pos > ordered[i].pos {
-			latest[i] = latest[i-1]
-		}
-	}
-	for _, w2 := range ordered {
-		j := sort.Search(len(ordered), func(i int) bool { return ordered[i].op.Return >= w2.op.Call })
-		if j == 0 {
-			continue
-		}
-		if w1 := ordered[latest[j-1]]; w1.pos > w2.pos {
+	realTimeInversions(ordered,
+		func(w placed) int64 { return w.op.Call }, func(w placed) int64 { return w.op.Return },
+		func(w placed) int { return w.pos },
+		func(w1, w2 placed) {
 			p.add("order", "%s has %s's %s before %s, but %s was acknowledged before %s was invoked",
 				s.Name, k, evs[w2.pos], evs[w1.pos], describeOp(w1.op), describeOp(w2.op))
-		}
-	}
+		})
 }
 
 // neighboursAt shows a stream's events of one key received around time t.
