@@ -19,7 +19,7 @@ import (
 func TestMain(m *testing.M) { testutil.VerifyNoLeaks(m) }
 
 func TestMetaRoundTrip(t *testing.T) {
-	settings := []Setting{{"Fast", "true"}, {"Groups", "64"}}
+	settings := []Setting{{"Heartbeat", "300ms"}, {"Groups", "64"}}
 	for _, m := range []Meta{
 		{NodeID: "n1", Incarnation: 7, RPCAddr: "127.0.0.1:9000"},
 		{NodeID: "n2", Incarnation: 1 << 60, RPCAddr: "[::1]:1", Groups: 6, GenesisGroups: 4, LayoutEpoch: 1 << 40, Leads: []int{0, 3, 63, 255}},
@@ -63,16 +63,16 @@ func TestMetaRoundTrip(t *testing.T) {
 }
 
 func TestDiffSettings(t *testing.T) {
-	mine := []Setting{{"Fast", "false"}, {"Groups", "64"}, {"ReplicaCount", "3"}}
+	mine := []Setting{{"Heartbeat", "1s"}, {"Groups", "64"}, {"ReplicaCount", "3"}}
 	for _, c := range []struct {
 		theirs []Setting
 		want   string
 	}{
 		{mine, ""},
-		{[]Setting{{"Fast", "false"}, {"Groups", "16"}, {"ReplicaCount", "1"}}, "Groups 16 (64 here), ReplicaCount 1 (3 here)"},
-		{[]Setting{{"Fast", "false"}, {"ReplicaCount", "3"}}, "Groups unset (64 here)"},
-		{[]Setting{{"Extra", "x"}, {"Fast", "false"}, {"Groups", "64"}, {"ReplicaCount", "3"}}, "Extra x (unset here)"},
-		{nil, "Fast unset (false here), Groups unset (64 here), ReplicaCount unset (3 here)"},
+		{[]Setting{{"Heartbeat", "1s"}, {"Groups", "16"}, {"ReplicaCount", "1"}}, "Groups 16 (64 here), ReplicaCount 1 (3 here)"},
+		{[]Setting{{"Heartbeat", "1s"}, {"ReplicaCount", "3"}}, "Groups unset (64 here)"},
+		{[]Setting{{"Extra", "x"}, {"Heartbeat", "1s"}, {"Groups", "64"}, {"ReplicaCount", "3"}}, "Extra x (unset here)"},
+		{nil, "Heartbeat unset (1s here), Groups unset (64 here), ReplicaCount unset (3 here)"},
 	} {
 		if got := diffSettings(mine, c.theirs); got != c.want {
 			t.Errorf("diff with %v = %q, want %q", c.theirs, got, c.want)

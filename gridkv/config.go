@@ -97,17 +97,12 @@ type Config struct {
 	// BootstrapExpect, to see the expected nodes); OpenContext's ctx may
 	// end it sooner. Default 30s.
 	JoinTimeout time.Duration
-	// ReconcileInterval is how often range leaders move replicas toward
-	// the placement target. Default 250ms.
-	ReconcileInterval time.Duration
-	// MemberDelay: a member counts in placement once it has been up this
-	// long, and still counts until it has been gone this long, so a brief
-	// gossip flap moves no replica. Default 1s (Fast: 250ms).
-	MemberDelay time.Duration
-	// Fast selects faster Raft and gossip timings, for nodes on one
-	// machine (tests, the example cluster). Default false: LAN timings.
-	// The same on every node (see Open).
-	Fast bool
+	// Timing holds every timing: Raft's, gossip's, and the node's own
+	// (MemberDelay, ReconcileInterval, handoff and request time-outs). The
+	// zero Timing is LANTiming; LocalTiming is faster, for nodes on one
+	// machine; a zero field takes LANTiming's value. Its HeartbeatTimeout
+	// must be the same on every node (see Open).
+	Timing Timing
 	// Logger receives warnings and errors. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -155,18 +150,10 @@ func (c Config) withDefaults() (Config, error) {
 	if c.JoinTimeout == 0 {
 		c.JoinTimeout = 30 * time.Second
 	}
-	if c.ReconcileInterval == 0 {
-		c.ReconcileInterval = 250 * time.Millisecond
-	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	if c.MemberDelay == 0 {
-		c.MemberDelay = time.Second
-		if c.Fast {
-			c.MemberDelay = 250 * time.Millisecond
-		}
-	}
+	c.Timing = c.Timing.withDefaults()
 	c.Seeds = append([]string(nil), c.Seeds...)
 	if c.GossipKey != nil {
 		c.GossipKey = append([]byte(nil), c.GossipKey...)
@@ -220,9 +207,10 @@ func (c Config) withDefaults() (Config, error) {
 	if c.BootstrapExpect > 1 && len(c.Seeds) == 0 {
 		add("field BootstrapExpect %d needs Seeds to find the others", c.BootstrapExpect)
 	}
-	if c.JoinTimeout < 0 || c.ReconcileInterval < 0 || c.MemberDelay < 0 {
-		add("negative JoinTimeout, ReconcileInterval or MemberDelay")
+	if c.JoinTimeout < 0 {
+		add("field JoinTimeout %v < 0", c.JoinTimeout)
 	}
+	errs = append(errs, c.Timing.problems()...)
 	if len(errs) > 0 {
 		return c, fmt.Errorf("%w: config: %s", ErrInvalid, strings.Join(errs, "; "))
 	}
@@ -287,22 +275,25 @@ func checkAdvertise(addr string, ipOnly bool) error {
 //   - MemoryLimit: the limit is applied inside each replica's state machine
 //     when it applies a write; replicas with different limits would decide
 //     the same write differently and diverge.
-//   - Fast: the Raft timing preset. A follower's HeartbeatTimeout must not
-//     be shorter than what its leader's lease and heartbeat interval assume,
-//     or it starts elections against a healthy leader (and leases, which
-//     rest on followers refusing votes within HeartbeatTimeout, would be
-//     unsafe); gossip's failure detection timings differ with it too.
+//   - Timing.HeartbeatTimeout: a follower's must not be shorter than what
+//     its leader's lease and heartbeat interval assume, or it starts
+//     elections against a healthy leader, and leases, which rest on
+//     followers refusing votes within HeartbeatTimeout, would be unsafe.
 //
 // Deliberately not here: MaxValueBytes (checked by the node a write enters
 // through, never in replicated state: nodes may differ, and a limit can be
 // raised one node at a time), BootstrapExpect (a formation-time count: the
-// nodes joining later leave it 0), and the per-node timings and addresses.
+// nodes joining later leave it 0), the addresses, and the other timings:
+// each times what one node does (an election it starts, when it steps
+// down, its own requests and loops; memberlist's probes are each node's
+// own too), so nodes may differ, say while a cluster moves to new timings
+// one node at a time (HeartbeatTimeout excepted).
 func (c Config) clusterSettings() []gossip.Setting {
 	return []gossip.Setting{
 		{Name: "Ranges", Value: strconv.Itoa(c.Ranges)},
 		{Name: "GroupsPerNode", Value: strconv.Itoa(c.GroupsPerNode)},
 		{Name: "ReplicaCount", Value: strconv.Itoa(c.ReplicaCount)},
 		{Name: "MemoryLimit", Value: strconv.FormatInt(c.MemoryLimit, 10)},
-		{Name: "Fast", Value: strconv.FormatBool(c.Fast)},
+		{Name: "Timing.HeartbeatTimeout", Value: c.Timing.HeartbeatTimeout.String()},
 	}
 }

@@ -14,7 +14,7 @@ import (
 func TestLostMajorityIsUnavailable(t *testing.T) {
 	var nodes []*DB
 	for i := 0; i < 3; i++ {
-		cfg := Config{NodeID: fmt.Sprint("n", i), Fast: true, Logger: quiet, GroupsPerNode: 8}
+		cfg := Config{NodeID: fmt.Sprint("n", i), Timing: LocalTiming(), Logger: quiet, GroupsPerNode: 8}
 		if i > 0 {
 			cfg.Seeds = []string{nodes[0].GossipAddr()}
 		}

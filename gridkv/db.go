@@ -69,7 +69,7 @@ type DB struct {
 
 	// handoffKick wakes the handoff loop (handoff.go); handoffTimeout
 	// (nanoseconds) is how long a handoff may take before its source takes
-	// the range back: 30s, 10s with Fast, or the suite's
+	// the range back: Timing.HandoffTimeout, or the suite's
 	// (testhook.Hooks.HandoffTimeout).
 	handoffKick    chan struct{}
 	handoffTimeout atomic.Int64
@@ -153,7 +153,8 @@ func Open(cfg Config) (*DB, error) {
 //     with why): malformed, an address that cannot be bound (a port in
 //     use), a NodeID that a live member answers to, or a setting that must
 //     be the same on every node and differs from the cluster's (Ranges, GroupsPerNode,
-//     ReplicaCount, MemoryLimit, Fast: both values are named). The
+//     ReplicaCount, MemoryLimit, Timing.HeartbeatTimeout: both values are
+//     named). The
 //     members refuse such a node too and never count it.
 //   - ErrTimeout, wrapping ctx.Err(): ctx ended first.
 //   - ErrUnavailable: JoinTimeout passed before a seed let this node in
@@ -194,6 +195,13 @@ func logBytesPerGroup(replicas int) int64 {
 	return min(max(nodeLogBytes/int64(max(replicas, 1)), 64<<10), 4<<20)
 }
 
+// gossipLeaveWait bounds how long Close waits for gossip to send that this
+// node leaves, and then that it left. memberlist sends those on its next
+// gossip rounds, 100-200ms apart with either preset; a second is several
+// rounds, and a node that cannot reach anyone does not wait longer. It
+// follows the gossip preset, so it is not a Timing of its own.
+const gossipLeaveWait = time.Second
+
 // open is OpenContext with the suite's hooks (nil: none).
 func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	cfg, err := cfg.withDefaults()
@@ -207,10 +215,7 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 		handoffKick: make(chan struct{}, 1)}
 	db.feeds.all = map[*feed]struct{}{}
 	db.stopCtx, db.stopCancel = context.WithCancel(context.Background())
-	db.handoffTimeout.Store(int64(30 * time.Second))
-	if cfg.Fast {
-		db.handoffTimeout.Store(int64(10 * time.Second))
-	}
+	db.handoffTimeout.Store(int64(cfg.Timing.HandoffTimeout))
 	switch {
 	case len(cfg.Seeds) == 0:
 		db.lay.Store(newLayout(cfg.Ranges, cfg.formationGroups(1)))
@@ -218,9 +223,12 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 		db.lay.Store(newLayout(cfg.Ranges, cfg.formationGroups(cfg.BootstrapExpect)))
 	}
 
+	tm := cfg.Timing
 	hc := raftgroup.Config{NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, AdvertiseAddr: cfg.AdvertiseAddr, Logger: cfg.Logger,
 		// A node holds about ReplicaCount x GroupsPerNode replicas.
-		MaxLogBytes: logBytesPerGroup(cfg.ReplicaCount * cfg.GroupsPerNode)}
+		MaxLogBytes:      logBytesPerGroup(cfg.ReplicaCount * cfg.GroupsPerNode),
+		HeartbeatTimeout: tm.HeartbeatTimeout, ElectionTimeout: tm.ElectionTimeout,
+		LeaderLeaseTimeout: tm.LeaderLeaseTimeout, CommitTimeout: tm.CommitTimeout, RPCTimeout: tm.RPCTimeout}
 	if hooks != nil {
 		hc.Faults = hooks.Faults
 		hc.Lease = hooks.Lease
@@ -229,22 +237,6 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 		if hooks.HandoffTimeout > 0 {
 			db.handoffTimeout.Store(int64(hooks.HandoffTimeout))
 		}
-	}
-	// raft's LeaderLeaseTimeout only times when a leader that lost touch
-	// with a quorum steps down (GridKV's read lease is raftgroup's own and
-	// does not depend on it). At half the followers' heartbeat time-out,
-	// a CPU stall of that length on a loaded machine made leaders step
-	// down while their followers still had them (and refused to elect
-	// anyone else): elections for nothing. raft allows it up to
-	// HeartbeatTimeout, so it is that: 1s (raft's default heartbeat time-
-	// out), Fast 300ms.
-	hc.LeaderLeaseTimeout = time.Second
-	if cfg.Fast {
-		hc.HeartbeatTimeout = 300 * time.Millisecond
-		hc.ElectionTimeout = 300 * time.Millisecond
-		hc.LeaderLeaseTimeout = 300 * time.Millisecond
-		hc.CommitTimeout = 20 * time.Millisecond
-		hc.RPCTimeout = time.Second
 	}
 	if hooks != nil && hooks.ClockRate > 0 && hooks.ClockRate != 1 {
 		if err := emulateClockRate(&hc, hooks.ClockRate); err != nil {
@@ -261,13 +253,9 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	db.fwd = newForwarder(db.host)
 	_, inc, _ := raftgroup.ParseServerID(db.host.ID())
 
-	preset := gossip.LAN
-	if cfg.Fast {
-		preset = gossip.Local
-	}
 	db.gsp, err = gossip.Start(gossip.Config{
 		Name: cfg.NodeID, BindAddr: cfg.GossipAddr, AdvertiseAddr: cfg.GossipAdvertiseAddr, SecretKey: cfg.GossipKey,
-		Preset: preset, Logger: cfg.Logger,
+		Preset: tm.Gossip.gossipPreset(), Logger: cfg.Logger,
 		Meta:     db.selfMeta(inc),
 		Settings: cfg.clusterSettings(),
 		Faults:   hc.Faults,
@@ -280,7 +268,7 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 		return nil, fmt.Errorf("%w: config: field GossipAddr %q cannot be used: %v", ErrInvalid, cfg.GossipAddr, err)
 	}
 	if err := db.form(ctx); err != nil {
-		db.gsp.Close(time.Second)
+		db.gsp.Close(gossipLeaveWait)
 		db.host.Close()
 		return nil, err
 	}
@@ -708,11 +696,11 @@ func (db *DB) Close() error {
 	if !ok {
 		return nil
 	}
-	if err := db.gsp.AnnounceLeave(time.Second); err != nil {
+	if err := db.gsp.AnnounceLeave(gossipLeaveWait); err != nil {
 		db.log.Debug("closing: leave announcement not confirmed", "err", err)
 	}
 	db.leaveRanges(reps)
-	err := db.gsp.Close(time.Second)
+	err := db.gsp.Close(gossipLeaveWait)
 	if herr := db.host.Close(); herr != nil && err == nil { // answers entries in flight
 		err = herr
 	}

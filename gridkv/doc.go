@@ -29,6 +29,9 @@
 //
 // A second node joins with Config{Seeds: []string{db.GossipAddr()}}
 // (OpenContext bounds the join with a ctx). Its Ranges, GroupsPerNode,
-// ReplicaCount, MemoryLimit and Fast must equal the cluster's, and its NodeID must not be
-// a live member's: otherwise Open fails with ErrInvalid saying which.
+// ReplicaCount, MemoryLimit and Timing.HeartbeatTimeout must equal the cluster's, and its
+// NodeID must not be a live member's: otherwise Open fails with ErrInvalid saying which.
+//
+// Timings are in Config.Timing: the zero value is LANTiming, and nodes on one machine
+// (tests, examples) go faster with Config{Timing: gridkv.LocalTiming()}.
 package gridkv

@@ -91,7 +91,7 @@ func entryEverywhere(ctx context.Context, t *testing.T, nodes []*DB, key string,
 // the next write increases, the expiry of a WithTTL key, ErrNotFound for
 // an absent or expired key.
 func TestGetEntry(t *testing.T) {
-	nodes := openCluster(t, 3, Config{Fast: true, BootstrapExpect: 3, ReplicaCount: 2})
+	nodes := openCluster(t, 3, Config{Timing: LocalTiming(), BootstrapExpect: 3, ReplicaCount: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	a, b := nodes[0], nodes[1]
@@ -178,7 +178,7 @@ func TestGetEntry(t *testing.T) {
 // exact version, 0 means absent (or expired), WithTTL applies, a stale
 // version loses, and of concurrent swaps over one version exactly one wins.
 func TestCompareVersionAndSwap(t *testing.T) {
-	nodes := openCluster(t, 3, Config{Fast: true, BootstrapExpect: 3})
+	nodes := openCluster(t, 3, Config{Timing: LocalTiming(), BootstrapExpect: 3})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	a, b, c := nodes[0], nodes[1], nodes[2]
@@ -276,7 +276,7 @@ func TestCompareVersionAndSwap(t *testing.T) {
 // entry keeps its version, the next write's is greater, and only the
 // newest version swaps.
 func TestVersionsGrowAcrossRangeMove(t *testing.T) {
-	nodes := formCluster(t, 3, Config{Fast: true, BootstrapExpect: 3, GroupsPerNode: 1})
+	nodes := formCluster(t, 3, Config{Timing: LocalTiming(), BootstrapExpect: 3, GroupsPerNode: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	ranges := nodes[0].cfg.Ranges

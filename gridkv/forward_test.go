@@ -453,7 +453,7 @@ func waitClusterReady(tb testing.TB, nodes []*DB) {
 // their range's leader (or, Stale, to a replica): every one gets its
 // key's value, and they travel in fewer frames than reads.
 func TestForwardedReadsCoalesce(t *testing.T) {
-	nodes := openCluster(t, 3, Config{Fast: true, GroupsPerNode: 8, ReplicaCount: 2}) // 2: some nodes lack some groups (Stale forwards)
+	nodes := openCluster(t, 3, Config{Timing: LocalTiming(), GroupsPerNode: 8, ReplicaCount: 2}) // 2: some nodes lack some groups (Stale forwards)
 	defer func() {
 		for _, db := range nodes {
 			db.Close()
@@ -570,7 +570,7 @@ func TestForwardedReadsCoalesce(t *testing.T) {
 // A batch whose destination crashes fails its reads, which route sends
 // again, to the range's new leader: every read still returns its value.
 func TestForwardedReadsLeaderCrash(t *testing.T) {
-	nodes := openCluster(t, 3, Config{Fast: true, GroupsPerNode: 8})
+	nodes := openCluster(t, 3, Config{Timing: LocalTiming(), GroupsPerNode: 8})
 	defer func() {
 		for _, db := range nodes {
 			db.Close()
@@ -653,7 +653,7 @@ func groupOf(db *DB, key string) int {
 // coalesced into reqWrites frames; each is applied once and answered with
 // its own result.
 func TestForwardedWritesCoalesce(t *testing.T) {
-	nodes := openCluster(t, 3, Config{Fast: true, GroupsPerNode: 2})
+	nodes := openCluster(t, 3, Config{Timing: LocalTiming(), GroupsPerNode: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for _, db := range nodes {

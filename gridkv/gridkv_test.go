@@ -138,7 +138,7 @@ func TestBadInput(t *testing.T) {
 // key is gone after the TTL, and can then be taken again; a swap without
 // a TTL stores a value that never expires.
 func TestCompareAndSwapWithTTL(t *testing.T) {
-	db := openCluster(t, 1, Config{Fast: true})[0]
+	db := openCluster(t, 1, Config{Timing: LocalTiming()})[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if ok, err := db.CompareAndSwap(ctx, "lock", nil, []byte("a"), WithTTL(time.Second)); err != nil || !ok {
@@ -169,7 +169,7 @@ func TestCompareAndSwapWithTTL(t *testing.T) {
 
 // CompareAndDelete, Incr and Expire, on 3 nodes, each node calling.
 func TestCompareAndDeleteIncrExpire(t *testing.T) {
-	nodes := openCluster(t, 3, Config{Fast: true, BootstrapExpect: 3})
+	nodes := openCluster(t, 3, Config{Timing: LocalTiming(), BootstrapExpect: 3})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	a, b, c := nodes[0], nodes[1], nodes[2]

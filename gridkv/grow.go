@@ -72,7 +72,7 @@ func nextLayoutStep(cur fsm.Layout, formation, want int) layoutStep {
 // layoutLoop runs, on every node, the layout's follower (learn newer
 // layouts) and, on the leader of group 0, its coordinator.
 func (db *DB) layoutLoop() {
-	t := time.NewTicker(db.cfg.ReconcileInterval)
+	t := time.NewTicker(db.cfg.Timing.ReconcileInterval)
 	defer t.Stop()
 	view := db.settledView()
 	// Since when each created group (by Raft group id) has had no leader,
@@ -94,7 +94,7 @@ func (db *DB) layoutLoop() {
 // one of its servers is not a member before the coordinator creates it
 // again.
 func (c *Config) recreateAfter() time.Duration {
-	return 2*c.MemberDelay + 10*c.ReconcileInterval
+	return 2*c.Timing.MemberDelay + 10*c.Timing.ReconcileInterval
 }
 
 // coordinateLayout takes the coordinator's steps while this node leads
@@ -119,7 +119,7 @@ func (db *DB) coordinateLayout(members []gossip.Member, leaderless map[raftgroup
 		db.adoptLayout(cur)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.StepTimeout)
 	defer cancel()
 	// Decide on a layout that holds everything earlier leaders logged.
 	if err := db.ensureGenesis(ctx, rep); err != nil {
@@ -276,7 +276,7 @@ const maxParallelStarts = 16
 func (db *DB) startGroup(ctx context.Context, g int, c fsm.Created) bool {
 	body := binary.AppendUvarint(binary.AppendUvarint(nil, uint64(g)), c.Gen)
 	for _, s := range c.Servers {
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		cctx, cancel := context.WithTimeout(ctx, db.cfg.Timing.RequestTimeout/2)
 		ans, err := db.host.Call(cctx, raft.ServerID(s.ID), s.Address, encodeRequest(reqCreateGroup, 0, body))
 		cancel()
 		if err == nil {
@@ -288,7 +288,7 @@ func (db *DB) startGroup(ctx context.Context, g int, c fsm.Created) bool {
 	}
 	// Asked with the creation it must be: a replica of an earlier
 	// creation of g refuses (see handle).
-	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	cctx, cancel := context.WithTimeout(ctx, db.cfg.Timing.RequestTimeout/2)
 	defer cancel()
 	_, err := db.route(cctx, g, -1, reqStatus, binary.AppendUvarint(nil, c.Gen), false)
 	return err == nil
@@ -375,7 +375,7 @@ func (db *DB) followLayout() {
 	l := db.lay.Load()
 	for _, m := range db.gsp.Members() {
 		if m.Meta.LayoutEpoch > l.epoch && m.Meta.GenesisGroups == l.genesisGroups {
-			ctx, cancel := context.WithTimeout(context.Background(), handoffStepTimeout)
+			ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.RequestTimeout)
 			fl, err := db.fetchLayout(ctx, 0, m.Meta.LayoutEpoch)
 			cancel()
 			if err == nil {
@@ -441,7 +441,7 @@ func (db *DB) rebalance(led []*replica) {
 			if to == rep.id || to < l.genesisGroups || !rep.group.IsLeader() {
 				continue
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), handoffStepTimeout)
+			ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.RequestTimeout)
 			ans := db.startMove(ctx, rep, r, to)
 			cancel()
 			if len(ans) > 0 && ans[0] == stOK {

@@ -43,7 +43,7 @@ func TestNextLayoutStep(t *testing.T) {
 // all to the new groups) and only those move, each range is Owned by
 // exactly one group, and every key reads back from every node.
 func TestJoinGrowsGroups(t *testing.T) {
-	cfg := Config{Fast: true, BootstrapExpect: 3, GroupsPerNode: 2}
+	cfg := Config{Timing: LocalTiming(), BootstrapExpect: 3, GroupsPerNode: 2}
 	nodes := formCluster(t, 3, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
@@ -208,7 +208,7 @@ func waitLayoutSettled(t testing.TB, nodes []*DB, groups int, within time.Durati
 // places ranges over it. Here group 1 is logged by hand with a second
 // server that never existed.
 func TestCreatedGroupWithAGoneServerIsCreatedAgain(t *testing.T) {
-	a := openCluster(t, 1, Config{Fast: true, GroupsPerNode: 1})[0]
+	a := openCluster(t, 1, Config{Timing: LocalTiming(), GroupsPerNode: 1})[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	want := map[string]string{}

@@ -37,12 +37,9 @@ import (
 // the group count grew (grow.go): each starts the same way, a Freeze
 // logged by the source's leader (startMove).
 
-const (
-	// chunkBytes is the keys plus values of one Chunk (an Export page).
-	chunkBytes = 1 << 20
-	// handoffStepTimeout bounds one request or Apply of a driver.
-	handoffStepTimeout = 2 * time.Second
-)
+// chunkBytes is the keys plus values of one Chunk (an Export page). Each
+// request or Apply of a driver is bounded by Timing.RequestTimeout.
+const chunkBytes = 1 << 20
 
 // handoffState is a replica's driver state, touched only by the node's
 // handoff loop.
@@ -50,15 +47,6 @@ type handoffState struct {
 	// activated[r] is the Gone epoch of range r whose target was seen
 	// Owned (or past it): nothing left to push.
 	activated map[int]uint64
-}
-
-// handoffPoll is how often the handoff loop looks for work when nothing
-// wakes it.
-func (db *DB) handoffPoll() time.Duration {
-	if db.cfg.Fast {
-		return 25 * time.Millisecond
-	}
-	return 100 * time.Millisecond
 }
 
 // kickHandoffs wakes the handoff loop.
@@ -71,7 +59,7 @@ func (db *DB) kickHandoffs() {
 
 // handoffLoop drives, on this node, the handoffs of the groups it leads.
 func (db *DB) handoffLoop() {
-	t := time.NewTicker(db.handoffPoll())
+	t := time.NewTicker(db.cfg.Timing.HandoffPoll)
 	defer t.Stop()
 	for {
 		select {
@@ -108,7 +96,7 @@ func (db *DB) driveGroup(rep *replica) {
 	}
 	// The term barrier: act on records that include everything earlier
 	// leaders committed.
-	ctx, cancel := context.WithTimeout(context.Background(), handoffStepTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.RequestTimeout)
 	idx, err := rep.group.ReadIndex(ctx)
 	if err == nil {
 		err = rep.fsm.WaitApplied(ctx, rep.group.FSMIndex(idx))
@@ -141,7 +129,7 @@ func (db *DB) expired(since int64) bool {
 // range's record after it (read again from the state when the result was
 // lost: the command may or may not have applied).
 func (db *DB) applyHandoff(rep *replica, r int, cmd []byte) (fsm.RangeRecord, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), handoffStepTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.RequestTimeout)
 	defer cancel()
 	resp, err := rep.group.Apply(ctx, cmd)
 	if err != nil {
@@ -195,7 +183,7 @@ func (db *DB) driveSource(rep *replica, r int) {
 		body = binary.AppendUvarint(body, uint64(rep.id))
 		body = binary.AppendVarint(body, rec.Count)
 		body = binary.AppendVarint(body, rec.Bytes)
-		ctx, cancel := context.WithTimeout(context.Background(), handoffStepTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.RequestTimeout)
 		ans, err := db.route(ctx, target, -1, reqHandoffPrep, body, false)
 		cancel()
 		if err == nil {
@@ -229,7 +217,7 @@ func (db *DB) pushActivate(rep *replica, r int) {
 	}
 	body := binary.AppendUvarint(nil, uint64(r))
 	body = binary.AppendUvarint(body, rec.Epoch-1)
-	ctx, cancel := context.WithTimeout(context.Background(), handoffStepTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.RequestTimeout)
 	defer cancel()
 	if ans, err := db.route(ctx, rec.Peer, -1, reqActivate, body, false); err == nil {
 		if tr, ok := decodeRecord(ans); ok && tr.Epoch >= rec.Epoch {
@@ -303,7 +291,7 @@ func (db *DB) groupRecord(g, r int) (fsm.RangeRecord, error) {
 	if rep := db.replica(g); rep != nil {
 		return rep.fsm.Range(r), nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), handoffStepTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.RequestTimeout)
 	defer cancel()
 	ans, err := db.route(ctx, g, -1, reqRangeRecord, binary.AppendUvarint(nil, uint64(r)), false)
 	if err != nil {
@@ -328,7 +316,7 @@ func (db *DB) exportPage(source, r int, h uint64, after string) ([]byte, error) 
 	body := binary.AppendUvarint(nil, uint64(r))
 	body = binary.AppendUvarint(body, h)
 	body = append(body, after...)
-	ctx, cancel := context.WithTimeout(context.Background(), handoffStepTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.RequestTimeout)
 	defer cancel()
 	// To the source's leader: a follower may not have applied the Freeze.
 	return db.route(ctx, source, -1, reqExport, body, false)
@@ -534,7 +522,7 @@ func decodeRecord(b []byte) (fsm.RangeRecord, bool) {
 func (db *DB) findRange(ctx context.Context, rng int) bool {
 	changed := false
 	for g := range db.groupCount() {
-		cctx, cancel := context.WithTimeout(ctx, handoffStepTimeout/2)
+		cctx, cancel := context.WithTimeout(ctx, db.cfg.Timing.RequestTimeout/2)
 		ans, err := db.route(cctx, g, -1, reqRangeRecord, binary.AppendUvarint(nil, uint64(rng)), false)
 		cancel()
 		if err != nil {

@@ -106,7 +106,7 @@ func checkKeys(ctx context.Context, t *testing.T, nodes []*DB, want map[string]s
 // still expires after the copy. Then a move whose target leader dies
 // mid-copy completes or rolls back, and a ~1 MB range's move is timed.
 func TestMoveRange(t *testing.T) {
-	nodes := formCluster(t, 3, Config{Fast: true, BootstrapExpect: 3, GroupsPerNode: 1})
+	nodes := formCluster(t, 3, Config{Timing: LocalTiming(), BootstrapExpect: 3, GroupsPerNode: 1})
 	for _, db := range nodes {
 		db.handoffTimeout.Store(int64(3 * time.Second))
 	}

@@ -11,11 +11,8 @@ import (
 )
 
 // How Close takes this node's replicas out of their ranges: at most
-// leaveTimeout in all, leaveParallel ranges at a time.
-const (
-	leaveTimeout  = 5 * time.Second
-	leaveParallel = 16
-)
+// Timing.LeaveTimeout in all, leaveParallel ranges at a time.
+const leaveParallel = 16
 
 // errStays: removing this node's replica could not commit (or would leave
 // the range with no voter), so it stays in the configuration.
@@ -46,7 +43,7 @@ func leaveSafe(servers []raft.Server, self raft.ServerID, live func(raft.ServerI
 
 // leaveRanges takes this node's replicas out of their ranges' Raft
 // configurations where the rest can carry on without them (see leaveSafe),
-// ranges it leads first, within leaveTimeout. Called by Close once the node
+// ranges it leads first, within Timing.LeaveTimeout. Called by Close once the node
 // stopped serving, before it leaves gossip.
 func (db *DB) leaveRanges(reps map[int]*replica) {
 	start := time.Now()
@@ -65,7 +62,7 @@ func (db *DB) leaveRanges(reps map[int]*replica) {
 		return order[i] < order[j]
 	})
 
-	ctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.LeaveTimeout)
 	defer cancel()
 	var mu sync.Mutex
 	var left, stayed, failed int

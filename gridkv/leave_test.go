@@ -51,7 +51,7 @@ func TestLeaveSafe(t *testing.T) {
 // first.
 func TestCloseLeavesSoleVoterThenRegrows(t *testing.T) {
 	open := func(id string, seeds ...string) *DB {
-		db, err := Open(Config{NodeID: id, Fast: true, Logger: quiet, GroupsPerNode: 8, Seeds: seeds})
+		db, err := Open(Config{NodeID: id, Timing: LocalTiming(), Logger: quiet, GroupsPerNode: 8, Seeds: seeds})
 		if err != nil {
 			t.Fatal(err)
 		}

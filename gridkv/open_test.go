@@ -19,6 +19,15 @@ func requireOneLine(t *testing.T, err error) {
 	}
 }
 
+// slowPlacement is LocalTiming with a MemberDelay of a minute: a node
+// opened with it keeps its replicas where they are while others come and
+// go (only membership is tested).
+func slowPlacement() Timing {
+	t := LocalTiming()
+	t.MemberDelay = time.Minute
+	return t
+}
+
 func openT(t *testing.T, cfg Config) *DB {
 	t.Helper()
 	cfg.Logger = quiet
@@ -33,9 +42,9 @@ func openT(t *testing.T, cfg Config) *DB {
 // by Open (ErrInvalid naming each setting with both values), at once, and
 // the members never count it. MaxValueBytes may differ.
 func TestOpenRefusesOtherSettings(t *testing.T) {
-	base := Config{Fast: true, GroupsPerNode: 8}
+	base := Config{Timing: LocalTiming(), GroupsPerNode: 8}
 	aCfg := base
-	aCfg.MemberDelay = time.Minute // keeps a's replicas where they are: only membership is tested
+	aCfg.Timing.MemberDelay = time.Minute // keeps a's replicas where they are: only membership is tested
 	a := openT(t, aCfg)
 	defer a.Close()
 	for _, c := range []struct {
@@ -46,8 +55,18 @@ func TestOpenRefusesOtherSettings(t *testing.T) {
 		{"groups and replicas", func(c *Config) { c.GroupsPerNode, c.ReplicaCount = 16, 1 },
 			[]string{"GroupsPerNode 8 (16 here)", "ReplicaCount 3 (1 here)"}},
 		{"memory limit", func(c *Config) { c.MemoryLimit = 1 << 20 }, []string{"MemoryLimit 0 (1048576 here)"}},
-		{"timing preset", func(c *Config) { c.Fast = false }, []string{"Fast true (false here)"}},
+		{"timing preset", func(c *Config) { c.Timing = Timing{} },
+			[]string{"Timing.HeartbeatTimeout 300ms (1s here)"}},
+		{"heartbeat", func(c *Config) {
+			c.Timing.HeartbeatTimeout = 400 * time.Millisecond
+			c.Timing.ElectionTimeout = time.Second
+		},
+			[]string{"Timing.HeartbeatTimeout 300ms (400ms here)"}},
 		{"value limit is per node", func(c *Config) { c.MaxValueBytes = 10 }, nil},
+		{"other timings are per node", func(c *Config) {
+			c.Timing.ElectionTimeout, c.Timing.CommitTimeout, c.Timing.Gossip = time.Second, 50*time.Millisecond, GossipLAN
+			c.Timing.MemberDelay, c.Timing.HandoffTimeout = 2*time.Second, time.Minute
+		}, nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := base
@@ -88,12 +107,12 @@ func TestOpenRefusesOtherSettings(t *testing.T) {
 // restarts under the NodeID of one that crashed gets in once the cluster
 // has declared its predecessor dead, even at another address.
 func TestOpenNodeIDTakenThenRestart(t *testing.T) {
-	a := openT(t, Config{NodeID: "a", Fast: true, GroupsPerNode: 4, MemberDelay: time.Minute}) // replicas stay on a
+	a := openT(t, Config{NodeID: "a", Timing: slowPlacement(), GroupsPerNode: 4}) // replicas stay on a
 	defer a.Close()
-	b := openT(t, Config{NodeID: "b", Fast: true, GroupsPerNode: 4, Seeds: []string{a.GossipAddr()}})
+	b := openT(t, Config{NodeID: "b", Timing: LocalTiming(), GroupsPerNode: 4, Seeds: []string{a.GossipAddr()}})
 	testutil.Eventually(t, 10*time.Second, "a to count b", func() bool { return len(a.Members()) == 2 })
 
-	_, err := Open(Config{NodeID: "b", Fast: true, GroupsPerNode: 4, Seeds: []string{a.GossipAddr()}, Logger: quiet})
+	_, err := Open(Config{NodeID: "b", Timing: LocalTiming(), GroupsPerNode: 4, Seeds: []string{a.GossipAddr()}, Logger: quiet})
 	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `NodeID "b"`) || !strings.Contains(err.Error(), b.GossipAddr()) {
 		t.Fatalf("duplicate Open: %v, want ErrInvalid naming NodeID \"b\" and %s", err, b.GossipAddr())
 	}
@@ -104,7 +123,7 @@ func TestOpenNodeIDTakenThenRestart(t *testing.T) {
 
 	old := b.Members()[1]
 	b.crash()
-	restarted := openT(t, Config{NodeID: "b", Fast: true, GroupsPerNode: 4, Seeds: []string{a.GossipAddr()}})
+	restarted := openT(t, Config{NodeID: "b", Timing: LocalTiming(), GroupsPerNode: 4, Seeds: []string{a.GossipAddr()}})
 	defer restarted.Close()
 	testutil.Eventually(t, 20*time.Second, "a to count the restarted b", func() bool {
 		ms := a.Members()
@@ -204,11 +223,11 @@ func TestOpenContext(t *testing.T) {
 
 	// Ended while waiting for the BootstrapExpect nodes, after joining.
 	// (a's long MemberDelay keeps its replicas off the passing node.)
-	a := openT(t, Config{Fast: true, GroupsPerNode: 4, MemberDelay: time.Minute})
+	a := openT(t, Config{Timing: slowPlacement(), GroupsPerNode: 4})
 	defer a.Close()
 	ctx2, cancel2 := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel2()
-	_, err = OpenContext(ctx2, Config{Fast: true, GroupsPerNode: 4, Seeds: []string{a.GossipAddr()}, BootstrapExpect: 3, Logger: quiet})
+	_, err = OpenContext(ctx2, Config{Timing: LocalTiming(), GroupsPerNode: 4, Seeds: []string{a.GossipAddr()}, BootstrapExpect: 3, Logger: quiet})
 	if !errors.Is(err, ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "2 of the 3") {
 		t.Fatalf("waiting for BootstrapExpect: %v", err)
 	}

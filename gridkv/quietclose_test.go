@@ -89,7 +89,7 @@ func (c *levelCounter) report() string {
 
 // formAndClose forms three nodes, closes one gracefully, then the rest,
 // requiring every Close to return nil.
-func formAndClose(t *testing.T, log *levelCounter, fast bool) {
+func formAndClose(t *testing.T, log *levelCounter, timing Timing) {
 	t.Helper()
 	logger := slog.New(log)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -97,7 +97,7 @@ func formAndClose(t *testing.T, log *levelCounter, fast bool) {
 	log.setPhase("formation")
 	var dbs []*DB
 	for _, id := range []string{"a", "b", "c"} {
-		cfg := Config{NodeID: id, Fast: fast, Logger: logger, GroupsPerNode: 8}
+		cfg := Config{NodeID: id, Timing: timing, Logger: logger, GroupsPerNode: 8}
 		if len(dbs) > 0 {
 			cfg.Seeds = []string{dbs[0].GossipAddr()}
 		}
@@ -135,7 +135,7 @@ func formAndClose(t *testing.T, log *levelCounter, fast bool) {
 }
 
 // Formation, a graceful Close and shutdown are expected: they log a few
-// WARN or ERROR lines at most, not a flood. Measured on Fast timings: 57,
+// WARN or ERROR lines at most, not a flood. Measured on LocalTiming: 57,
 // all in formation, before raft's expected warnings were lowered; 0 to 20
 // after, in the graceful Close and shutdown (a survivor's reconcile steps
 // toward a leaving node, heartbeats to a closed one, vote refusals), none
@@ -144,7 +144,7 @@ func formAndClose(t *testing.T, log *levelCounter, fast bool) {
 // formation's 57, not a few lines more.
 func TestQuietFormAndClose(t *testing.T) {
 	log := newLevelCounter()
-	formAndClose(t, log, true)
+	formAndClose(t, log, LocalTiming())
 	t.Log("\n" + log.report())
 	all, formation := log.loud()
 	if formation > 30 || all > 200 {
@@ -159,15 +159,15 @@ func TestQuietFormAndCloseLAN(t *testing.T) {
 		t.Skip("set GRIDKV_LOGCOUNT=1 to measure with LAN timings")
 	}
 	log := newLevelCounter()
-	formAndClose(t, log, false)
+	formAndClose(t, log, Timing{})
 	t.Log("\n" + log.report())
 }
 
 // Close of a cluster's only node has nobody to tell it leaves: it returns
 // nil.
 func TestCloseSingleNodeNil(t *testing.T) {
-	for _, fast := range []bool{true, false} {
-		db, err := Open(Config{Fast: fast, Logger: quiet})
+	for _, timing := range []Timing{LocalTiming(), LANTiming()} {
+		db, err := Open(Config{Timing: timing, Logger: quiet})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -178,7 +178,7 @@ func TestCloseSingleNodeNil(t *testing.T) {
 			t.Fatal(err)
 		}
 		if err := db.Close(); err != nil {
-			t.Errorf("Fast %v: Close: %v", fast, err)
+			t.Errorf("Timing %+v: Close: %v", timing, err)
 		}
 	}
 }

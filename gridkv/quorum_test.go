@@ -11,7 +11,7 @@ import (
 // Every node, leader of the key's range or not, reads a write made through
 // another node with Quorum(2) and Quorum(3), at once.
 func TestQuorumReadSeesLatestWrite(t *testing.T) {
-	nodes := openCluster(t, 3, Config{Fast: true, GroupsPerNode: 4})
+	nodes := openCluster(t, 3, Config{Timing: LocalTiming(), GroupsPerNode: 4})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for i := 0; i < 20; i++ {
@@ -38,7 +38,7 @@ func TestQuorumReadSeesLatestWrite(t *testing.T) {
 // see the last acknowledged write; with two replicas gone, it is
 // ErrUnavailable.
 func TestQuorumReadWithoutLeader(t *testing.T) {
-	nodes := openCluster(t, 3, Config{Fast: true, GroupsPerNode: 1})
+	nodes := openCluster(t, 3, Config{Timing: LocalTiming(), GroupsPerNode: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := nodes[0].Set(ctx, "k", []byte("v1")); err != nil {

@@ -21,7 +21,7 @@ import (
 // target, one configuration change per range per pass, and drops replicas
 // that were removed from their group.
 func (db *DB) reconcileLoop() {
-	t := time.NewTicker(db.cfg.ReconcileInterval)
+	t := time.NewTicker(db.cfg.Timing.ReconcileInterval)
 	defer t.Stop()
 	var lastLeads []int
 	view := db.settledView()
@@ -51,7 +51,7 @@ func (db *DB) sweepIdle() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithTimeout(db.stopCtx, db.cfg.ReconcileInterval)
+			ctx, cancel := context.WithTimeout(db.stopCtx, db.cfg.Timing.ReconcileInterval)
 			defer cancel()
 			if _, err := rep.group.Apply(ctx, fsm.AppendSweep(nil)); err != nil {
 				db.log.Debug("sweep of expired keys not logged", "group", rep.id, "err", err)
@@ -67,7 +67,7 @@ func (db *DB) sweepIdle() {
 // that are fine.
 func (db *DB) settledView() map[string]*memberView {
 	view := map[string]*memberView{}
-	settled := time.Now().Add(-db.cfg.MemberDelay)
+	settled := time.Now().Add(-db.cfg.Timing.MemberDelay)
 	for _, m := range db.gsp.Members() {
 		view[m.Meta.NodeID] = &memberView{m: m, firstSeen: settled, lastSeen: settled}
 	}
@@ -106,9 +106,9 @@ func (db *DB) stableMembers(view map[string]*memberView, now time.Time) []gossip
 		switch {
 		case id == db.cfg.NodeID:
 			out = append(out, v.m)
-		case present && now.Sub(v.firstSeen) >= db.cfg.MemberDelay:
+		case present && now.Sub(v.firstSeen) >= db.cfg.Timing.MemberDelay:
 			out = append(out, v.m)
-		case !present && now.Sub(v.lastSeen) < db.cfg.MemberDelay:
+		case !present && now.Sub(v.lastSeen) < db.cfg.Timing.MemberDelay:
 			out = append(out, v.m)
 		case !present:
 			delete(view, id)
@@ -165,7 +165,7 @@ func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]
 	}
 	steps := nextSteps(in)
 	if len(steps) == 0 && len(servers) == 1 && servers[0].ID == db.host.ID() && !rep.sole.Load() {
-		ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.StepTimeout)
 		db.becomeSole(ctx, rep)
 		cancel()
 		return
@@ -179,7 +179,7 @@ func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]
 		if st.kind != stepBalance {
 			rep.sole.Store(false) // before any change: reads take the leader path from now on
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.StepTimeout)
 		err := db.makeStep(ctx, r, rep, st)
 		cancel()
 		if err == nil {
@@ -190,10 +190,9 @@ func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]
 	}
 }
 
-const (
-	maxStepTries = 3
-	stepTimeout  = 5 * time.Second
-)
+// maxStepTries bounds the tries of one configuration change, each within
+// Timing.StepTimeout.
+const maxStepTries = 3
 
 // makeStep makes one configuration change of range r, led by rep.
 func (db *DB) makeStep(ctx context.Context, r int, rep *replica, st confStep) error {
@@ -246,6 +245,7 @@ type stepFailures struct {
 	suppressed int
 }
 
+// stepLogEvery is a log rate, not a timing of the cluster's: not in Timing.
 const stepLogEvery = 10 * time.Second
 
 func (l *stepLog) failed(log *slog.Logger, closing bool, r int, st confStep, err error) {

@@ -89,7 +89,7 @@ func scanWorkersRunning() int {
 // many ranges, from every node and in each mode; values, versions and
 // expiries; Limit and After paging; expired keys left out.
 func TestScan(t *testing.T) {
-	nodes := formCluster(t, 3, Config{Fast: true, BootstrapExpect: 3, GroupsPerNode: 2})
+	nodes := formCluster(t, 3, Config{Timing: LocalTiming(), BootstrapExpect: 3, GroupsPerNode: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	want := map[string]string{}
@@ -217,7 +217,7 @@ func TestScan(t *testing.T) {
 // Bad options and prefixes are ErrInvalid, for Scan and for Get; an ended
 // ctx is ErrTimeout; a closed DB is ErrClosed. Each error comes once.
 func TestScanErrors(t *testing.T) {
-	db := openCluster(t, 1, Config{Fast: true})[0]
+	db := openCluster(t, 1, Config{Timing: LocalTiming()})[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := db.Set(ctx, "k", []byte("v")); err != nil {
@@ -265,7 +265,7 @@ func TestScanErrors(t *testing.T) {
 // Breaking out of a scan, or its ctx ending mid-scan, leaves none of its
 // goroutines; the ctx's end is ErrTimeout.
 func TestScanStops(t *testing.T) {
-	nodes := openCluster(t, 3, Config{Fast: true, BootstrapExpect: 3})
+	nodes := openCluster(t, 3, Config{Timing: LocalTiming(), BootstrapExpect: 3})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for i := range 300 {
@@ -311,7 +311,7 @@ func TestScanStops(t *testing.T) {
 // ranges hold 1 KB values, so each is read in several pages, resumed at
 // their cursor across the moves.
 func TestScanWhileRangesMove(t *testing.T) {
-	nodes := formCluster(t, 3, Config{Fast: true, BootstrapExpect: 3, GroupsPerNode: 1})
+	nodes := formCluster(t, 3, Config{Timing: LocalTiming(), BootstrapExpect: 3, GroupsPerNode: 1})
 	for _, db := range nodes {
 		db.handoffTimeout.Store(int64(5 * time.Second))
 	}

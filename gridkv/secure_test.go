@@ -65,12 +65,12 @@ func TestOpenGossipKey(t *testing.T) {
 	key := bytes.Repeat([]byte{0x5a}, 32)
 	members := &logCount{}
 	mlog := slog.New(countingHandler{members})
-	a, err := Open(Config{NodeID: "a", Fast: true, GossipKey: key, Logger: mlog})
+	a, err := Open(Config{NodeID: "a", Timing: LocalTiming(), GossipKey: key, Logger: mlog})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	b, err := Open(Config{NodeID: "b", Fast: true, GossipKey: key, Seeds: []string{a.GossipAddr()}, Logger: mlog})
+	b, err := Open(Config{NodeID: "b", Timing: LocalTiming(), GossipKey: key, Seeds: []string{a.GossipAddr()}, Logger: mlog})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestOpenGossipKey(t *testing.T) {
 	}{{"other-key", bytes.Repeat([]byte{0xa5}, 32)}, {"no-key", nil}} {
 		rejected := &logCount{}
 		start := time.Now()
-		_, err := Open(Config{NodeID: c.name, Fast: true, GossipKey: c.key, Seeds: []string{a.GossipAddr(), b.GossipAddr()},
+		_, err := Open(Config{NodeID: c.name, Timing: LocalTiming(), GossipKey: c.key, Seeds: []string{a.GossipAddr(), b.GossipAddr()},
 			JoinTimeout: 2 * time.Second, Logger: slog.New(countingHandler{rejected})})
 		if !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("%s: Open: %v, want ErrUnavailable", c.name, err)
@@ -126,7 +126,7 @@ func TestOpenGossipKey(t *testing.T) {
 // form a cluster whose Raft traffic and forwarded writes use them. Addr and
 // GossipAddr stay the bound addresses.
 func TestOpenAdvertiseAddr(t *testing.T) {
-	a := openT(t, Config{NodeID: "a", Fast: true, ReplicaCount: 2,
+	a := openT(t, Config{NodeID: "a", Timing: LocalTiming(), ReplicaCount: 2,
 		BindAddr: "0.0.0.0:0", AdvertiseAddr: "127.0.0.2:0",
 		GossipAddr: "0.0.0.0:0", GossipAdvertiseAddr: "127.0.0.3:0"})
 	defer a.Close()
@@ -137,7 +137,7 @@ func TestOpenAdvertiseAddr(t *testing.T) {
 	}
 	aRPC, aGossip := "127.0.0.2:"+port, "127.0.0.3:"+gport
 
-	b := openT(t, Config{NodeID: "b", Fast: true, ReplicaCount: 2, AdvertiseAddr: "localhost:0", Seeds: []string{aGossip}})
+	b := openT(t, Config{NodeID: "b", Timing: LocalTiming(), ReplicaCount: 2, AdvertiseAddr: "localhost:0", Seeds: []string{aGossip}})
 	defer b.Close()
 	_, bport, _ := net.SplitHostPort(b.Addr())
 	bRPC := "localhost:" + bport
@@ -195,7 +195,7 @@ func TestOpenAdvertiseAddr(t *testing.T) {
 // the host's private IP with the bound ports, never 0.0.0.0 or [::].
 func TestOpenAdvertiseDefaultUnspecified(t *testing.T) {
 	ip, _ := netaddr.PrivateIP()
-	db, err := Open(Config{Fast: true, BindAddr: "0.0.0.0:0", GossipAddr: "[::]:0", Logger: quiet})
+	db, err := Open(Config{Timing: LocalTiming(), BindAddr: "0.0.0.0:0", GossipAddr: "[::]:0", Logger: quiet})
 	if ip == "" {
 		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "set AdvertiseAddr") {
 			t.Fatalf("Open with no private IP: %v, want ErrInvalid saying to set AdvertiseAddr", err)

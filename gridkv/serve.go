@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -590,7 +589,7 @@ func (b *batcher) apply(batch []*pendingWrite) {
 	// Waiting through Group.Apply's helper goroutine costs a hop that lets
 	// more writes queue for the next entry: measured, larger batches and
 	// 274k vs 139k Sets/s on one node than blocking on the future here.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), b.db.cfg.Timing.ApplyTimeout)
 	resp, err := b.rep.group.Apply(ctx, data)
 	cancel()
 	b.db.batchEntries.Add(1)

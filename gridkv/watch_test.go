@@ -37,7 +37,7 @@ func describe(e Event) string {
 // A watch sees every change to its prefix after it started, per key in
 // commit order with growing versions, and nothing else.
 func TestWatch(t *testing.T) {
-	nodes := formCluster(t, 3, Config{Fast: true, BootstrapExpect: 3, GroupsPerNode: 1})
+	nodes := formCluster(t, 3, Config{Timing: LocalTiming(), BootstrapExpect: 3, GroupsPerNode: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := nodes[0].Set(ctx, "p/before", []byte("0")); err != nil {
@@ -120,7 +120,7 @@ func TestWatch(t *testing.T) {
 // leader changes; resumed from a cursor it picks up exactly where it was;
 // one whose history is gone ends with ErrCompacted; a slow one is cut off.
 func TestWatchAcrossMovesAndLeaders(t *testing.T) {
-	nodes := formCluster(t, 3, Config{Fast: true, BootstrapExpect: 3, GroupsPerNode: 1})
+	nodes := formCluster(t, 3, Config{Timing: LocalTiming(), BootstrapExpect: 3, GroupsPerNode: 1})
 	for _, db := range nodes {
 		db.handoffTimeout.Store(int64(3 * time.Second))
 	}

@@ -23,8 +23,10 @@ import (
 // The node's watchers share one feed (DB.shared), started by the first and
 // stopped when the last ends; a watch resumed from a cursor has its own.
 
-// watchWait is how long a leader holds a poll while nothing is new;
-// watchPage bounds the changes per range in one answer.
+// watchWait is how long a leader holds a poll while nothing is new (the
+// asker sends it in the request: part of the watch protocol, not a Timing;
+// a change is answered at once whatever it is); watchPage bounds the
+// changes per range in one answer.
 const (
 	watchWait    = time.Second
 	watchPageLen = 256
@@ -307,7 +309,7 @@ func (f *feed) poll(g int) {
 			_ = pause(f.ctx, &backoff) // growing while ranges stay lost; stopped: asks says so
 			continue
 		}
-		ctx, cancel := context.WithTimeout(f.ctx, watchWait+2*time.Second)
+		ctx, cancel := context.WithTimeout(f.ctx, watchWait+f.db.cfg.Timing.RequestTimeout)
 		req = appendWatchRequest(req[:0], watchWait, watchPageLen, false, asks)
 		ans, err := f.db.route(ctx, g, -1, reqWatch, req, false)
 		cancel()
@@ -372,7 +374,7 @@ func (f *feed) askReplicas(g, r int) {
 	asks := []watchAsk{{rng: r, after: fr.pos}}
 	body := appendWatchRequest(nil, 0, watchPageLen, true, asks)
 	for _, to := range f.db.replicaPeers(f.ctx, g) {
-		ctx, cancel := context.WithTimeout(f.ctx, 2*time.Second)
+		ctx, cancel := context.WithTimeout(f.ctx, f.db.cfg.Timing.RequestTimeout)
 		var ans []byte
 		var err error
 		if to.id == f.db.host.ID() {
@@ -511,7 +513,7 @@ func (f *feed) compactedLocked(r int) {
 // of g knows them).
 func (db *DB) replicaPeers(ctx context.Context, g int) []peer {
 	var ids []raft.ServerID
-	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	sctx, cancel := context.WithTimeout(ctx, db.cfg.Timing.RequestTimeout)
 	ans, err := db.route(sctx, g, -1, reqStatus, nil, false)
 	cancel()
 	if err == nil {

@@ -77,7 +77,7 @@ type ClusterOptions struct {
 	Nodes int
 	Seed  uint64 // of the fault seam's random draws
 	// Base is the configuration every node starts from; NodeID, Seeds,
-	// BindAddr and GossipAddr are set by the harness. Zero: Fast timings,
+	// BindAddr and GossipAddr are set by the harness. Zero: gridkv.LocalTiming,
 	// 16 ranges, logs discarded.
 	Base *gridkv.Config
 	// Tune, if set, adjusts node i's hooks before it opens (restarts
@@ -88,7 +88,7 @@ type ClusterOptions struct {
 // StartCluster opens the nodes, the first bootstrapping and the others
 // joining it, and waits until every range has its replicas.
 func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
-	base := gridkv.Config{Fast: true, GroupsPerNode: 16, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	base := gridkv.Config{Timing: gridkv.LocalTiming(), GroupsPerNode: 16, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if o.Base != nil {
 		base = *o.Base
 	}

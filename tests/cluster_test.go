@@ -26,7 +26,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // while the test runs.
 func startCluster(t *testing.T, n int) []*gridkv.DB {
 	t.Helper()
-	cfg := gridkv.Config{Fast: true, Logger: quiet, GroupsPerNode: 2, NodeID: "n0"}
+	cfg := gridkv.Config{Timing: gridkv.LocalTiming(), Logger: quiet, GroupsPerNode: 2, NodeID: "n0"}
 	first, err := gridkv.Open(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -249,7 +249,7 @@ func TestSimultaneousStartFormsOneCluster(t *testing.T) {
 				}
 			}
 			nodes[i], errs[i] = gridkv.Open(gridkv.Config{NodeID: fmt.Sprint("s", i), GossipAddr: addrs[i],
-				Seeds: seeds, BootstrapExpect: 3, Fast: true, Logger: quiet, GroupsPerNode: 6})
+				Seeds: seeds, BootstrapExpect: 3, Timing: gridkv.LocalTiming(), Logger: quiet, GroupsPerNode: 6})
 		}()
 	}
 	wg.Wait()

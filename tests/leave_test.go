@@ -40,7 +40,7 @@ func testCloseShrinks(t *testing.T, size int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	// The examples/sessions layout: 64 ranges, ReplicaCount 3.
-	cfg := gridkv.Config{Fast: true, Logger: quiet, GroupsPerNode: 64}
+	cfg := gridkv.Config{Timing: gridkv.LocalTiming(), Logger: quiet, GroupsPerNode: 64}
 	c, err := StartCluster(ctx, ClusterOptions{Nodes: size, Base: &cfg})
 	if err != nil {
 		t.Fatal(err)

@@ -34,7 +34,7 @@ type Scenario struct {
 	Tune func(seed uint64, node int, h *testhook.Hooks)
 	// HandoffTimeout, if set, is the nodes' range handoff timeout
 	// (testhook.Hooks.HandoffTimeout); the ownership check (I6) waits up
-	// to twice it after the heal. Zero: gridkv's (10s with Fast).
+	// to twice it after the heal. Zero: the nodes' Timing.HandoffTimeout.
 	HandoffTimeout time.Duration
 }
 
@@ -153,8 +153,8 @@ func driftingClocks(seed uint64, node int, h *testhook.Hooks) {
 	h.Lease.Clock = testhook.NewClock(rate)
 }
 
-// fastHeartbeat is the HeartbeatTimeout of gridkv's Fast preset.
-const fastHeartbeat = 300 * time.Millisecond
+// localHeartbeat is the HeartbeatTimeout of gridkv's LocalTiming.
+var localHeartbeat = gridkv.LocalTiming().HeartbeatTimeout
 
 // controlScenarios are scenarios only negative controls run: beyond what
 // the system promises, so not in Scenarios().
@@ -241,7 +241,7 @@ func Controls() []Control {
 			Break: func(_ int, h *testhook.Hooks) { h.QuorumSlack = 1 << 40 }},
 		{Name: "lease-no-margin", Scenario: "slow-leader-isolated",
 			Doc:   "leases last a whole HeartbeatTimeout on the leader's own clock (no drift, no margin), and node 0's clock runs at 1/1.5",
-			Break: func(_ int, h *testhook.Hooks) { h.Lease.Duration = fastHeartbeat }},
+			Break: func(_ int, h *testhook.Hooks) { h.Lease.Duration = localHeartbeat }},
 		{Name: "lease-keep-transfer", Scenario: "transfer-isolate",
 			Doc:   "a leader keeps its lease after it starts a leadership transfer",
 			Break: func(_ int, h *testhook.Hooks) { h.Lease.UnsafeKeepThroughTransfer = true }},
@@ -642,9 +642,12 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 	// handoff and each is owned by exactly one group.
 	handoff := s.HandoffTimeout
 	if handoff <= 0 {
-		handoff = 10 * time.Second // gridkv's, with Fast
-		if o.Base != nil && !o.Base.Fast {
-			handoff = 30 * time.Second
+		handoff = gridkv.LocalTiming().HandoffTimeout // the harness's default Base
+		if o.Base != nil {
+			// A zero field takes LANTiming's value.
+			if handoff = o.Base.Timing.HandoffTimeout; handoff == 0 {
+				handoff = gridkv.LANTiming().HandoffTimeout
+			}
 		}
 	}
 	if err := c.WaitOwnershipSettled(2*handoff - time.Since(healed) + 5*time.Second); err != nil {

@@ -81,7 +81,7 @@ func runCluster(n, clients int, seconds time.Duration) error {
 		}
 	}()
 	for i := 1; i <= n; i++ {
-		cfg := gridkv.Config{NodeID: fmt.Sprint("node-", i), Fast: true, Logger: logger}
+		cfg := gridkv.Config{NodeID: fmt.Sprint("node-", i), Timing: gridkv.LocalTiming(), Logger: logger}
 		if i > 1 {
 			cfg.Seeds = []string{nodes[0].GossipAddr()}
 		}
@@ -228,7 +228,7 @@ func printMembers(db *gridkv.DB) {
 }
 
 func runSingle(join, gossipAddr, bind string) error {
-	cfg := gridkv.Config{GossipAddr: gossipAddr, BindAddr: bind, Fast: true, Logger: logger}
+	cfg := gridkv.Config{GossipAddr: gossipAddr, BindAddr: bind, Timing: gridkv.LocalTiming(), Logger: logger}
 	if join != "" {
 		cfg.Seeds = []string{join}
 	}

@@ -102,7 +102,7 @@ func run(logger *slog.Logger) error {
 		}
 	}()
 	for i := 1; i <= 3; i++ {
-		cfg := gridkv.Config{NodeID: fmt.Sprint("node-", i), Fast: true, Logger: logger}
+		cfg := gridkv.Config{NodeID: fmt.Sprint("node-", i), Timing: gridkv.LocalTiming(), Logger: logger}
 		if i > 1 {
 			cfg.Seeds = []string{nodes[0].GossipAddr()}
 		}

@@ -173,7 +173,7 @@ func main() {
 		}
 		return
 	}
-	cfg := gridkv.Config{Logger: logger, Fast: true}
+	cfg := gridkv.Config{Logger: logger, Timing: gridkv.LocalTiming()}
 	if *join != "" {
 		cfg.Seeds = []string{*join}
 	}
@@ -197,12 +197,12 @@ func main() {
 }
 
 func runDemo(logger *slog.Logger) error {
-	a, err := gridkv.Open(gridkv.Config{NodeID: "web-1", Logger: logger, Fast: true})
+	a, err := gridkv.Open(gridkv.Config{NodeID: "web-1", Logger: logger, Timing: gridkv.LocalTiming()})
 	if err != nil {
 		return err
 	}
 	defer a.Close()
-	b, err := gridkv.Open(gridkv.Config{NodeID: "web-2", Logger: logger, Fast: true, Seeds: []string{a.GossipAddr()}})
+	b, err := gridkv.Open(gridkv.Config{NodeID: "web-2", Logger: logger, Timing: gridkv.LocalTiming(), Seeds: []string{a.GossipAddr()}})
 	if err != nil {
 		return err
 	}

@@ -38,15 +38,16 @@ type Hooks struct {
 	// CommitTimeout) by 1/ClockRate, keeps its lease and vote guard in its
 	// own clock's units (Lease.Heartbeat), and times them on a Clock of
 	// this rate unless Lease.Clock is set. Only the suite can do this:
-	// these timings are not gridkv.Config fields, and Open refuses a node
-	// whose Fast setting differs from the cluster's.
+	// Open refuses a node whose Timing.HeartbeatTimeout differs from the
+	// cluster's, and Config has no lease heartbeat apart from it.
 	ClockRate float64
 	// QuorumSlack lets Quorum reads answer from a replica that has not
 	// applied the largest stored index seen, by up to this many entries:
 	// a negative control (a quorum read that does not wait for apply).
 	QuorumSlack uint64
 	// HandoffTimeout, when > 0, replaces how long a range handoff may take
-	// before its source takes the range back (30s; 10s with Fast).
+	// before its source takes the range back (gridkv.Config's
+	// Timing.HandoffTimeout, which it overrides).
 	HandoffTimeout time.Duration
 	// FixedGroups keeps the cluster at the group count it was created
 	// with (gridkv grows it with membership otherwise): for suite clusters
