@@ -20,6 +20,7 @@ import (
 
 	"github.com/gridkv/gridkv/internal/faultnet"
 	"github.com/gridkv/gridkv/internal/netaddr"
+	"github.com/gridkv/gridkv/internal/rlog"
 )
 
 // Preset picks memberlist's timings.
@@ -199,7 +200,7 @@ func Start(cfg Config) (*Node, error) {
 		mc = memberlist.DefaultLocalConfig()
 	}
 	mc.Name = cfg.Name
-	mc.Logger = log.New(&logWriter{l: n.log, closing: &n.closing}, "", 0)
+	mc.Logger = log.New(&logWriter{l: n.log, closing: &n.closing, collapse: rlog.NewCollapser(rlog.CollapseOptions{})}, "", 0)
 	switch {
 	case cfg.Transport != nil:
 		mc.Transport = cfg.Transport
@@ -685,10 +686,13 @@ func (e *events) NotifyLeave(nd *memberlist.Node) {
 
 // logWriter turns memberlist's "[LEVEL] memberlist: msg" lines into slog
 // records; debug lines are dropped, and warnings and errors logged once the
-// node is closing are lowered to Info.
+// node is closing are lowered to Info. A warning or error line that
+// repeats word for word (memberlist's lines name the peer inside the text)
+// is written once per interval, with its count (see rlog.Collapser).
 type logWriter struct {
-	l       *slog.Logger
-	closing *atomic.Bool
+	l        *slog.Logger
+	closing  *atomic.Bool
+	collapse *rlog.Collapser
 }
 
 func (w *logWriter) Write(p []byte) (int, error) {
@@ -707,6 +711,10 @@ func (w *logWriter) Write(p []byte) (int, error) {
 	if lv > slog.LevelInfo && w.closing != nil && w.closing.Load() {
 		lv = slog.LevelInfo
 	}
-	w.l.Log(context.Background(), lv, line)
+	if lv < slog.LevelWarn {
+		w.l.Log(context.Background(), lv, line)
+		return len(p), nil
+	}
+	w.collapse.Log(w.l, lv, line, "")
 	return len(p), nil
 }

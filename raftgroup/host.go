@@ -168,6 +168,10 @@ type Host struct {
 	id  raft.ServerID
 	mux *mux
 	log *slog.Logger
+	// collapse is shared by every group's raft logger and the mux, which
+	// reports the peers that answer: a peer down is one line per interval
+	// per message, and one when it is back, not one per heartbeat.
+	collapse *rlog.Collapser
 
 	observations  chan raft.Observation
 	leaderChanges atomic.Int64
@@ -195,7 +199,8 @@ func NewHost(cfg Config) (*Host, error) {
 		hb = raft.DefaultConfig().HeartbeatTimeout
 	}
 	log := cfg.Logger.With("node", cfg.NodeID)
-	m, err := newMux(muxConfig{bind: cfg.BindAddr, advertise: cfg.AdvertiseAddr, self: cfg.Incarnation, log: log, faults: cfg.Faults,
+	collapse := rlog.NewCollapser(rlog.CollapseOptions{})
+	m, err := newMux(muxConfig{bind: cfg.BindAddr, advertise: cfg.AdvertiseAddr, self: cfg.Incarnation, log: log, collapse: collapse, faults: cfg.Faults,
 		timeout: cfg.RPCTimeout, beatTimeout: min(cfg.RPCTimeout, hb/2), linger: lingerFor(hb)})
 	if err != nil {
 		return nil, err
@@ -203,6 +208,7 @@ func NewHost(cfg Config) (*Host, error) {
 	h := &Host{
 		cfg: cfg, id: ServerID(cfg.NodeID, cfg.Incarnation), mux: m,
 		log:          log,
+		collapse:     collapse,
 		observations: make(chan raft.Observation, 1024),
 		stop:         make(chan struct{}),
 	}
@@ -303,7 +309,7 @@ func (h *Host) Groups() []*Group {
 	return out
 }
 
-func (h *Host) raftConfig() *raft.Config { return h.cfg.raftConfig(h.id, h.log) }
+func (h *Host) raftConfig() *raft.Config { return h.cfg.raftConfig(h.id, h.log, h.collapse) }
 
 // RaftConfig is the raft.Config a Host with this Config gives each group
 // replica (exported so benchmarks can run other transports with the very
@@ -312,10 +318,10 @@ func (c Config) RaftConfig(id raft.ServerID) (*raft.Config, error) {
 	if err := c.fill(); err != nil {
 		return nil, err
 	}
-	return c.raftConfig(id, c.Logger.With("node", c.NodeID)), nil
+	return c.raftConfig(id, c.Logger.With("node", c.NodeID), rlog.NewCollapser(rlog.CollapseOptions{})), nil
 }
 
-func (c *Config) raftConfig(id raft.ServerID, log *slog.Logger) *raft.Config {
+func (c *Config) raftConfig(id raft.ServerID, log *slog.Logger, collapse *rlog.Collapser) *raft.Config {
 	rc := raft.DefaultConfig()
 	rc.LocalID = id
 	if c.HeartbeatTimeout > 0 {
@@ -339,7 +345,7 @@ func (c *Config) raftConfig(id raft.ServerID, log *slog.Logger) *raft.Config {
 	// takes every sender that is ready, up to MaxAppendEntries, per round.
 	rc.BatchApplyCh = false
 	rc.NoSnapshotRestoreOnStart = true
-	rc.Logger = rlog.New(log, "raft", slog.LevelWarn)
+	rc.Logger = rlog.New(log, "raft", slog.LevelWarn, collapse)
 	return rc
 }
 

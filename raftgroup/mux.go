@@ -16,6 +16,7 @@ import (
 
 	"github.com/gridkv/gridkv/internal/faultnet"
 	"github.com/gridkv/gridkv/internal/netaddr"
+	"github.com/gridkv/gridkv/internal/rlog"
 )
 
 var (
@@ -37,11 +38,14 @@ type mux struct {
 	addr string
 	// self is this node's incarnation: requests addressed to any other
 	// are refused (see the wire format).
-	self    uint64
-	log     *slog.Logger
-	ln      net.Listener
-	faults  *faultnet.Net
-	timeout time.Duration
+	self uint64
+	log  *slog.Logger
+	// collapse hears of every answer from a peer (Reachable), so raft's
+	// collapsed failures about it end with one line.
+	collapse *rlog.Collapser
+	ln       net.Listener
+	faults   *faultnet.Net
+	timeout  time.Duration
 	// beatTimeout bounds heartbeats and leadership-confirming rounds:
 	// an answer later than that is useless (the follower's election timer
 	// has nearly run out), and waiting for it would hold raft's heartbeat
@@ -76,6 +80,7 @@ type muxConfig struct {
 	bind, advertise              string
 	self                         uint64 // the host's incarnation
 	log                          *slog.Logger
+	collapse                     *rlog.Collapser
 	faults                       *faultnet.Net
 	timeout, beatTimeout, linger time.Duration
 }
@@ -90,7 +95,7 @@ func newMux(c muxConfig) (*mux, error) {
 		_ = ln.Close()
 		return nil, fmt.Errorf("raftgroup: %w", err)
 	}
-	m := &mux{addr: addr, self: c.self, log: c.log, ln: ln, faults: c.faults,
+	m := &mux{addr: addr, self: c.self, log: c.log, collapse: c.collapse, ln: ln, faults: c.faults,
 		timeout: c.timeout, beatTimeout: c.beatTimeout, linger: c.linger, closed: make(chan struct{})}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.mu.groups = make(map[uint64]*groupTransport)

@@ -239,6 +239,7 @@ func (pc *peerConn) readLoop(r *bufio.Reader) error {
 			p.closeIfRetiredLocked(pc)
 			p.mu.Unlock()
 		case h.kind&respFlag != 0:
+			m.collapse.Reachable(m.log, p.addr)
 			p.finish(h.id, body, nil)
 		case seen.first(h.id):
 			m.handleRequest(p, h, body)

@@ -8,6 +8,10 @@
 //	go run ./cmd/gridkv-jepsen -lease-keep-transfer -seeds 5
 //	go run ./cmd/gridkv-jepsen -scenario transfer-storm -watch
 //	go run ./cmd/gridkv-jepsen -scenario range-moves-crash -scan
+//	go run ./cmd/gridkv-jepsen -logcount 60s
+//
+// -logcount runs no scenario: it counts the log lines of 3 nodes through a
+// sequence of faults (see logCount) and prints them per node.
 //
 // A negative control flag (-quorum-no-wait, -lease-no-margin,
 // -lease-keep-transfer, -incr-get-set, -cad-get-delete, -watch-drop,
@@ -55,7 +59,16 @@ func main() {
 	watch := flag.Bool("watch", false, "run the watchers and the watch check in every scenario (some run them anyway)")
 	scan := flag.Bool("scan", false, "run the scanners and the scan check in every scenario (some run them anyway)")
 	list := flag.Bool("list", false, "list the scenarios and controls and exit")
+	logcount := flag.Duration("logcount", 0, "if set, count 3 nodes' log lines over this long a run of faults (isolate, crash and restart, pause) and exit")
 	flag.Parse()
+
+	if *logcount > 0 {
+		if err := logCount(*logcount, *seed); err != nil {
+			fmt.Fprintln(os.Stderr, "gridkv-jepsen:", err)
+			os.Exit(1)
+		}
+		return
+	}
 
 	var controls []tests.Control
 	for _, c := range tests.Controls() {

@@ -1,5 +1,14 @@
 // Package rlog adapts a *slog.Logger to the hclog.Logger that hashicorp/raft
-// and memberlist log through, so GridKV logs through one slog handler.
+// and memberlist log through, so GridKV logs through one slog handler, and
+// collapses what repeats: raft writes a failure per heartbeat to a peer
+// that is down, every few milliseconds in every group; a Collapser makes
+// that one line per message and peer per interval, and one line when the
+// peer answers again.
+//
+//	c := rlog.NewCollapser(rlog.CollapseOptions{}) // one per node
+//	rc.Logger = rlog.New(log, "raft", slog.LevelWarn, c)
+//	...
+//	c.Reachable(log, addr) // on every answer from addr: cheap
 package rlog
 
 import (
@@ -8,20 +17,26 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"strings"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 )
 
 // New returns an hclog.Logger that writes to l. Raft is chatty at Info, so
-// records below minLevel are dropped before any formatting.
-func New(l *slog.Logger, name string, minLevel slog.Level) hclog.Logger {
-	return &logger{l: l, name: name, min: minLevel}
+// records below minLevel are dropped before any formatting. Warnings and
+// errors pass through c, keyed by the peer they name (see peerOf), so a
+// repeated one is one line per interval; c may be shared by every raft of
+// a node, and may be nil (every record written).
+func New(l *slog.Logger, name string, minLevel slog.Level, c *Collapser) hclog.Logger {
+	return &logger{l: l, name: name, min: minLevel, c: c}
 }
 
 type logger struct {
 	l       *slog.Logger
 	name    string
 	min     slog.Level
+	c       *Collapser
 	implied []interface{}
 }
 
@@ -95,7 +110,44 @@ func (g *logger) Log(level hclog.Level, msg string, args ...interface{}) {
 		all = append(all, "component", g.name)
 	}
 	all = append(append(all, g.implied...), args...)
-	g.l.Log(context.Background(), lv, msg, all...)
+	if lv < slog.LevelWarn {
+		g.l.Log(context.Background(), lv, msg, all...)
+		return
+	}
+	peer, unreachable := peerOf(msg, args)
+	if unreachable {
+		g.c.Failure(g.l, lv, msg, peer, all...)
+	} else {
+		g.c.Log(g.l, lv, msg, peer, all...)
+	}
+}
+
+// peerOf is the peer a raft record names, by the attribute raft gives it
+// ("peer", "target", "from", "candidate", "server-id"), and whether the
+// record says the peer could not be reached: a "failed to ..." naming it
+// by address ("failed to heartbeat to", "failed to appendEntries to",
+// "failed to make requestVote RPC", ...), the address raftgroup's
+// transport reports answers from (Collapser.Reachable).
+func peerOf(msg string, args []interface{}) (peer string, unreachable bool) {
+	for _, key := range [...]string{"peer", "target", "from", "candidate", "server-id"} {
+		var byAddr bool
+		switch v := arg(args, key).(type) {
+		case nil:
+			continue
+		case raft.Server:
+			peer, byAddr = string(v.Address), true
+		case raft.ServerAddress:
+			peer, byAddr = string(v), true
+		case raft.ServerID:
+			peer = string(v)
+		case string:
+			peer = v
+		default:
+			peer = fmt.Sprint(v)
+		}
+		return peer, byAddr && (key == "peer" || key == "target") && strings.HasPrefix(msg, "failed to ")
+	}
+	return "", false
 }
 
 func (g *logger) Trace(msg string, args ...interface{}) { g.Log(hclog.Trace, msg, args...) }
