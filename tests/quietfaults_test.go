@@ -73,7 +73,7 @@ func (h nodeLines) count(node, sub string) int {
 // A node cut off for a few seconds is a handful of lines on each node, not
 // one per heartbeat: raft's failures about a peer collapse into one line
 // per message per interval (10s), and the peer coming back is one Info
-// line, "peer reachable again". Measured with Fast timings, 16 groups per
+// line, "peer reachable again". Measured with Local timings, 16 groups per
 // node: before collapsing, a 60s fault run wrote 659 to 1,912 ERROR lines
 // per node (go run ./cmd/gridkv-jepsen -logcount 60s), and a 3s cut here
 // some 300 per node; after, 6 to 14 WARN and ERROR lines per node, 6 of
@@ -82,7 +82,7 @@ func (h nodeLines) count(node, sub string) int {
 // reconcile step more), not for a flood.
 func TestIsolatedNodeIsFewLines(t *testing.T) {
 	logs := nodeLines{mu: &sync.Mutex{}, lines: map[string][]string{}}
-	base := gridkv.Config{Fast: true, GroupsPerNode: 16, Logger: slog.New(logs)}
+	base := gridkv.Config{Timing: gridkv.LocalTiming(), GroupsPerNode: 16, Logger: slog.New(logs)}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c, err := StartCluster(ctx, ClusterOptions{Nodes: 3, Seed: 1, Base: &base})

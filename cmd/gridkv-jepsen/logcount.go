@@ -19,7 +19,7 @@ import (
 
 // logCount is -logcount: it measures how many WARN and ERROR lines each
 // node of a 3-node cluster writes while a write load runs and faults
-// follow one another over d (Fast timings, 16 groups per node, the
+// follow one another over d (Local timings, 16 groups per node, the
 // suite's fault seam). The run is cut into six equal phases:
 //
 //	isolate  node 2 cut off from the others, both ways
@@ -34,7 +34,7 @@ import (
 // apart. It prints per-node and per-phase counts and the top messages.
 func logCount(d time.Duration, seed uint64) error {
 	counts := &logStats{byNode: map[string]*[3]int{}, byPhase: map[string]*[3]int{}, msgs: map[string]int{}}
-	base := gridkv.Config{Fast: true, GroupsPerNode: 16, Logger: slog.New(&nodeCounter{s: counts, node: "?"})}
+	base := gridkv.Config{Timing: gridkv.LocalTiming(), GroupsPerNode: 16, Logger: slog.New(&nodeCounter{s: counts, node: "?"})}
 	ctx, cancel := context.WithTimeout(context.Background(), d+5*time.Minute)
 	defer cancel()
 	counts.setPhase("formation")
@@ -116,7 +116,7 @@ func logCount(d time.Duration, seed uint64) error {
 	c.Close()
 	closed = true
 
-	fmt.Printf("logcount: 3 nodes, Fast timings, %v of faults, seed %d; writes ok %d, failed %d\n", d, seed, ok.Load(), failed.Load())
+	fmt.Printf("logcount: 3 nodes, Local timings, %v of faults, seed %d; writes ok %d, failed %d\n", d, seed, ok.Load(), failed.Load())
 	fmt.Print(counts.report(n))
 	return nil
 }
