@@ -156,7 +156,8 @@ func Open(cfg Config) (*DB, error) {
 //     with why): malformed, an address that cannot be bound (a port in
 //     use), a NodeID that a live member answers to, or a setting that must
 //     be the same on every node and differs from the cluster's (Ranges, GroupsPerNode,
-//     ReplicaCount, MemoryLimit, Fast: both values are named). The
+//     ReplicaCount, MemoryLimit, Fast, TLS on or off: both values are
+//     named). The
 //     members refuse such a node too and never count it.
 //   - ErrTimeout, wrapping ctx.Err(): ctx ended first.
 //   - ErrUnavailable: JoinTimeout passed before a seed let this node in
@@ -164,6 +165,9 @@ func Open(cfg Config) (*DB, error) {
 //     before the BootstrapExpect nodes saw each other. A GossipKey other
 //     than the members' (or none) ends this way too: the members drop
 //     what they cannot decrypt, so the node cannot tell it from silence.
+//     With Config.TLS, a node that joined gossip but completed no round
+//     trip over mutual TLS with any member (its certificate, or theirs,
+//     refused) ends this way too, naming TLS; it leaves gossip.
 //
 // A failed OpenContext has stopped every goroutine it started.
 func OpenContext(ctx context.Context, cfg Config) (*DB, error) {
@@ -557,6 +561,8 @@ func (db *DB) Addr() string { return db.host.BoundAddr() }
 func (db *DB) GossipAddr() string { return db.gsp.BoundAddr() }
 
 // Members returns the live members; a member that left or died is dropped.
+// With Config.TLS, a gossip member is listed only once this node has
+// completed a round trip with it over mutual TLS.
 func (db *DB) Members() []Member {
 	var out []Member
 	for _, m := range db.members() {

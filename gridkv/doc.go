@@ -31,4 +31,23 @@
 // (OpenContext bounds the join with a ctx). Its Ranges, GroupsPerNode,
 // ReplicaCount, MemoryLimit and Fast must equal the cluster's, and its NodeID must not be
 // a live member's: otherwise Open fails with ErrInvalid saying which.
+//
+// Security: Config.GossipKey encrypts and authenticates gossip;
+// Config.TLS puts the Raft and RPC traffic between nodes under mutual TLS.
+// With TLS, every node presents a certificate and verifies the others'
+// (for the host of the address it dials, or Config.TLS.ServerName), a node
+// counts as a member only once this node has completed a round trip with
+// it over TLS, and a node whose certificate is refused fails to Open
+// (ErrUnavailable naming TLS). TLS must be on for every node or none:
+//
+//	cert, _ := tls.LoadX509KeyPair("node.crt", "node.key") // SANs: the node's IP
+//	pool := x509.NewCertPool()
+//	pool.AppendCertsFromPEM(caPEM)
+//	db, err := gridkv.Open(gridkv.Config{
+//		GossipKey: key, // 32 bytes, the same on every node
+//		TLS:       &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool},
+//	})
+//
+// See docs/security.md for what each protects, what neither does, and how
+// to make certificates.
 package gridkv
