@@ -2,6 +2,7 @@ package gridkv
 
 import (
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -55,6 +56,34 @@ type Config struct {
 	// never count it. It does not cover the Raft/RPC traffic on BindAddr.
 	// Default nil: plaintext gossip.
 	GossipKey []byte
+	// TLS, if set, puts all node-to-node traffic on BindAddr (Raft, and
+	// the RPCs that forward reads and writes) under mutual TLS: every node
+	// both serves and dials with it. Open does not modify it (it is
+	// cloned), but derives:
+	//   - the listener requires and verifies a client certificate:
+	//     ClientAuth is raised to tls.RequireAndVerifyClientCert if lower;
+	//     clients are verified against ClientCAs, or RootCAs when
+	//     ClientCAs is nil (so one private CA in RootCAs does for both);
+	//   - dials present the same certificate (Certificates, or
+	//     GetClientCertificate) and verify the server against RootCAs (or
+	//     ClientCAs when RootCAs is nil) for the host of the address they
+	//     dial, the member's AdvertiseAddr: an IP address must be among
+	//     the certificate's IP SANs, a host name among its DNS SANs. Or
+	//     set ServerName: then every node's certificate must be valid for
+	//     that one name (say "gridkv.internal"), whatever its address.
+	//     VerifyPeerCertificate or VerifyConnection, if set, run too (to
+	//     pin a certificate, say).
+	// Certificates (or both GetCertificate and GetClientCertificate) must
+	// be set: ErrInvalid otherwise. Every node must use TLS or none
+	// does: a node with the other setting cannot join (ErrInvalid naming
+	// TLS). A gossip member counts (placement, routing, Members, Locate)
+	// only once this node has completed a round trip with it over mutual
+	// TLS; a joining node's Open must complete one with a member, or
+	// fails with ErrUnavailable when JoinTimeout passes. Handshakes take at
+	// most the RPC time-out (5s, Fast 1s); failed ones are logged at Warn
+	// at most once a minute per remote host. TLS does not cover gossip
+	// (see GossipKey). See docs/security.md. Default nil: plaintext.
+	TLS *tls.Config
 	// Seeds are gossip addresses (host:port) of existing members. Empty:
 	// this node starts a new cluster (see BootstrapExpect).
 	Seeds []string
@@ -181,6 +210,9 @@ func (c Config) withDefaults() (Config, error) {
 	if n := len(c.GossipKey); n != 0 && n != 16 && n != 24 && n != 32 {
 		add("field GossipKey of %d bytes: want 16, 24 or 32", n)
 	}
+	if t := c.TLS; t != nil && len(t.Certificates) == 0 && (t.GetCertificate == nil || t.GetClientCertificate == nil) {
+		add("field TLS has no certificate: set Certificates (or both GetCertificate and GetClientCertificate), since every node both serves and dials with mutual TLS")
+	}
 	for i, seed := range c.Seeds {
 		if err := checkAddr(seed, false); err != nil {
 			add("field Seeds[%d] %q: %v", i, seed, err)
@@ -275,6 +307,8 @@ func checkAdvertise(addr string, ipOnly bool) error {
 //   - MemoryLimit: the limit is applied inside each replica's state machine
 //     when it applies a write; replicas with different limits would decide
 //     the same write differently and diverge.
+//   - TLS (on or off): a node with TLS cannot talk to one without; the
+//     listener of either refuses the other's connections.
 //   - Timing.HeartbeatTimeout: a follower's must not be shorter than what
 //     its leader's lease and heartbeat interval assume, or it starts
 //     elections against a healthy leader, and leases, which rest on
@@ -295,5 +329,6 @@ func (c Config) clusterSettings() []gossip.Setting {
 		{Name: "ReplicaCount", Value: strconv.Itoa(c.ReplicaCount)},
 		{Name: "MemoryLimit", Value: strconv.FormatInt(c.MemoryLimit, 10)},
 		{Name: "Timing.HeartbeatTimeout", Value: c.Timing.HeartbeatTimeout.String()},
+		{Name: "TLS", Value: strconv.FormatBool(c.TLS != nil)},
 	}
 }

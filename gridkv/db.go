@@ -42,7 +42,10 @@ type DB struct {
 	reps       [maxGroups]atomic.Pointer[replica]
 	leaderHint sync.Map // group -> peer (its leader), learned from redirects
 	fwd        *forwarder
-	stepLog    stepLog // the reconciler's rate-limited warnings
+	// tls decides which gossip members count, with Config.TLS (see
+	// tlscheck.go); nil without.
+	tls     *tlsCheck
+	stepLog stepLog // the reconciler's rate-limited warnings
 	// meta serializes gossip metadata updates (announce); leads is the
 	// groups this node leads, as the reconciler last saw them.
 	meta struct {
@@ -153,7 +156,7 @@ func Open(cfg Config) (*DB, error) {
 //     with why): malformed, an address that cannot be bound (a port in
 //     use), a NodeID that a live member answers to, or a setting that must
 //     be the same on every node and differs from the cluster's (Ranges, GroupsPerNode,
-//     ReplicaCount, MemoryLimit, Timing.HeartbeatTimeout: both values are
+//     ReplicaCount, MemoryLimit, Timing.HeartbeatTimeout, TLS on or off: both values are
 //     named). The
 //     members refuse such a node too and never count it.
 //   - ErrTimeout, wrapping ctx.Err(): ctx ended first.
@@ -162,6 +165,9 @@ func Open(cfg Config) (*DB, error) {
 //     before the BootstrapExpect nodes saw each other. A GossipKey other
 //     than the members' (or none) ends this way too: the members drop
 //     what they cannot decrypt, so the node cannot tell it from silence.
+//     With Config.TLS, a node that joined gossip but completed no round
+//     trip over mutual TLS with any member (its certificate, or theirs,
+//     refused) ends this way too, naming TLS; it leaves gossip.
 //
 // A failed OpenContext has stopped every goroutine it started.
 func OpenContext(ctx context.Context, cfg Config) (*DB, error) {
@@ -224,7 +230,7 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	}
 
 	tm := cfg.Timing
-	hc := raftgroup.Config{NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, AdvertiseAddr: cfg.AdvertiseAddr, Logger: cfg.Logger,
+	hc := raftgroup.Config{NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, AdvertiseAddr: cfg.AdvertiseAddr, Logger: cfg.Logger, TLS: cfg.TLS,
 		// A node holds about ReplicaCount x GroupsPerNode replicas.
 		MaxLogBytes:      logBytesPerGroup(cfg.ReplicaCount * cfg.GroupsPerNode),
 		HeartbeatTimeout: tm.HeartbeatTimeout, ElectionTimeout: tm.ElectionTimeout,
@@ -251,6 +257,9 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	}
 	db.host.SetRPCHandler(db.serve)
 	db.fwd = newForwarder(db.host)
+	if cfg.TLS != nil {
+		db.tls = newTLSCheck(db.host)
+	}
 	_, inc, _ := raftgroup.ParseServerID(db.host.ID())
 
 	db.gsp, err = gossip.Start(gossip.Config{
@@ -294,7 +303,10 @@ func (db *DB) form(ctx context.Context) error {
 		}
 	}
 	if db.lay.Load() == nil {
-		return db.learnLayout(ctx, joinCtx)
+		if err := db.learnLayout(ctx, joinCtx); err != nil {
+			return err
+		}
+		return db.joinTLS(ctx, joinCtx)
 	}
 	switch {
 	case len(db.cfg.Seeds) == 0:
@@ -303,12 +315,20 @@ func (db *DB) form(ctx context.Context) error {
 		tick := time.NewTicker(20 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			if ms := db.gsp.Members(); len(ms) >= db.cfg.BootstrapExpect {
+			if db.tls != nil {
+				// Only nodes that completed a round trip over mutual TLS
+				// count (tlscheck.go).
+				_, _ = db.tls.tryAll(joinCtx, db.gsp.Members())
+			}
+			if ms := db.members(); len(ms) >= db.cfg.BootstrapExpect {
 				return db.bootstrap(ms[:db.cfg.BootstrapExpect])
 			}
 			select {
 			case <-joinCtx.Done():
-				err := fmt.Errorf("saw %d of the %d expected nodes (BootstrapExpect)", len(db.gsp.Members()), db.cfg.BootstrapExpect)
+				err := fmt.Errorf("saw %d of the %d expected nodes (BootstrapExpect)", len(db.members()), db.cfg.BootstrapExpect)
+				if n := len(db.gsp.Members()) - len(db.members()); n > 0 {
+					err = fmt.Errorf("%v, and %d more in gossip that completed no round trip over mutual TLS (Config.TLS)", err, n)
+				}
 				if ctx.Err() != nil {
 					return fmt.Errorf("%w: %w: %v", ErrTimeout, ctx.Err(), err)
 				}
@@ -528,9 +548,11 @@ func (db *DB) Addr() string { return db.host.BoundAddr() }
 func (db *DB) GossipAddr() string { return db.gsp.BoundAddr() }
 
 // Members returns the live members; a member that left or died is dropped.
+// With Config.TLS, a gossip member is listed only once this node has
+// completed a round trip with it over mutual TLS.
 func (db *DB) Members() []Member {
 	var out []Member
-	for _, m := range db.gsp.Members() {
+	for _, m := range db.members() {
 		out = append(out, Member{ID: m.Meta.NodeID, Addr: m.Meta.RPCAddr, Leads: len(m.Meta.Leads),
 			GossipAddr: m.Addr, Incarnation: m.Meta.Incarnation})
 	}
@@ -563,7 +585,7 @@ func (db *DB) Locate(key string) (Location, error) {
 	} else {
 		loc.Replicas = placement.Replicas(r, db.memberIDs(), db.cfg.ReplicaCount)
 		hint, _ := db.leaderHint.Load(r)
-		for _, m := range db.gsp.Members() {
+		for _, m := range db.members() {
 			if hint != nil && raftgroup.ServerID(m.Meta.NodeID, m.Meta.Incarnation) == hint.(peer).id {
 				loc.Leader = m.Meta.NodeID
 				break
@@ -579,7 +601,7 @@ func (db *DB) Locate(key string) (Location, error) {
 
 func (db *DB) memberIDs() []string {
 	var ids []string
-	for _, m := range db.gsp.Members() {
+	for _, m := range db.members() {
 		ids = append(ids, m.Meta.NodeID)
 	}
 	return ids
@@ -611,7 +633,7 @@ func (db *DB) WaitReady(ctx context.Context) error {
 }
 
 func (db *DB) ready(ctx context.Context) error {
-	want := min(db.cfg.ReplicaCount, len(db.gsp.Members()))
+	want := min(db.cfg.ReplicaCount, len(db.members()))
 	live := db.liveServers(false)
 	for r := range db.groupCount() {
 		ans, err := db.route(ctx, r, -1, reqStatus, nil, false)

@@ -29,9 +29,28 @@
 //
 // A second node joins with Config{Seeds: []string{db.GossipAddr()}}
 // (OpenContext bounds the join with a ctx). Its Ranges, GroupsPerNode,
-// ReplicaCount, MemoryLimit and Timing.HeartbeatTimeout must equal the cluster's, and its
+// ReplicaCount, MemoryLimit, Timing.HeartbeatTimeout and TLS (on or off) must equal the cluster's, and its
 // NodeID must not be a live member's: otherwise Open fails with ErrInvalid saying which.
 //
 // Timings are in Config.Timing: the zero value is LANTiming, and nodes on one machine
 // (tests, examples) go faster with Config{Timing: gridkv.LocalTiming()}.
+//
+// Security: Config.GossipKey encrypts and authenticates gossip;
+// Config.TLS puts the Raft and RPC traffic between nodes under mutual TLS.
+// With TLS, every node presents a certificate and verifies the others'
+// (for the host of the address it dials, or Config.TLS.ServerName), a node
+// counts as a member only once this node has completed a round trip with
+// it over TLS, and a node whose certificate is refused fails to Open
+// (ErrUnavailable naming TLS). TLS must be on for every node or none:
+//
+//	cert, _ := tls.LoadX509KeyPair("node.crt", "node.key") // SANs: the node's IP
+//	pool := x509.NewCertPool()
+//	pool.AppendCertsFromPEM(caPEM)
+//	db, err := gridkv.Open(gridkv.Config{
+//		GossipKey: key, // 32 bytes, the same on every node
+//		TLS:       &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool},
+//	})
+//
+// See docs/security.md for what each protects, what neither does, and how
+// to make certificates.
 package gridkv

@@ -373,7 +373,7 @@ func (db *DB) followLayout() {
 	// learned the newer one, or after (asked by a leader of that creation).
 	db.dropStaleCreations(db.lay.Load().logged)
 	l := db.lay.Load()
-	for _, m := range db.gsp.Members() {
+	for _, m := range db.members() {
 		if m.Meta.LayoutEpoch > l.epoch && m.Meta.GenesisGroups == l.genesisGroups {
 			ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.RequestTimeout)
 			fl, err := db.fetchLayout(ctx, 0, m.Meta.LayoutEpoch)

@@ -491,7 +491,7 @@ func (db *DB) leaderPeer(r int, local *replica, avoid string) peer {
 		return v.(peer)
 	}
 	var members []gossip.Member
-	for _, m := range db.gsp.Members() {
+	for _, m := range db.members() {
 		if !m.Meta.Leaving { // handing its leaderships away (DB.Close)
 			members = append(members, m)
 		}
@@ -572,7 +572,7 @@ func (db *DB) quorumGone(r int, local *replica) error {
 // not announced they are leaving.
 func (db *DB) liveServers(staying bool) map[raft.ServerID]bool {
 	live := map[raft.ServerID]bool{}
-	for _, m := range db.gsp.Members() {
+	for _, m := range db.members() {
 		if !staying || !m.Meta.Leaving {
 			live[raftgroup.ServerID(m.Meta.NodeID, m.Meta.Incarnation)] = true
 		}

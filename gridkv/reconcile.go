@@ -31,6 +31,7 @@ func (db *DB) reconcileLoop() {
 			return
 		case <-t.C:
 		}
+		db.checkTLS()
 		lastLeads = db.reconcile(db.stableMembers(view, time.Now()), lastLeads)
 		db.sweepIdle()
 	}
@@ -68,7 +69,7 @@ func (db *DB) sweepIdle() {
 func (db *DB) settledView() map[string]*memberView {
 	view := map[string]*memberView{}
 	settled := time.Now().Add(-db.cfg.Timing.MemberDelay)
-	for _, m := range db.gsp.Members() {
+	for _, m := range db.members() {
 		view[m.Meta.NodeID] = &memberView{m: m, firstSeen: settled, lastSeen: settled}
 	}
 	return view
@@ -85,7 +86,7 @@ type memberView struct {
 // member that announced it is leaving (DB.Close) is dropped at once: it is
 // taking its replicas out, and must not be given them back.
 func (db *DB) stableMembers(view map[string]*memberView, now time.Time) []gossip.Member {
-	for _, m := range db.gsp.Members() {
+	for _, m := range db.members() {
 		if m.Meta.Leaving {
 			delete(view, m.Meta.NodeID)
 			continue

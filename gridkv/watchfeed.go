@@ -533,7 +533,7 @@ func (db *DB) replicaPeers(ctx context.Context, g int) []peer {
 		}
 	}
 	byID := map[raft.ServerID]peer{}
-	for _, m := range db.gsp.Members() {
+	for _, m := range db.members() {
 		p := memberPeer(m)
 		byID[p.id] = p
 	}

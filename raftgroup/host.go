@@ -1,6 +1,7 @@
 package raftgroup
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,9 +51,23 @@ type Config struct {
 	// IP with the bound port (an error when there is none; see
 	// internal/netaddr).
 	AdvertiseAddr string
-	// RPCTimeout bounds one Raft RPC (snapshots get more, scaled by size).
-	// Default 5s.
+	// RPCTimeout bounds one Raft RPC (snapshots get more, scaled by size),
+	// and each TLS handshake. Default 5s.
 	RPCTimeout time.Duration
+	// TLS, if set, puts every connection of the listener under mutual TLS:
+	// peer connections both ways, snapshot installs and Host.Call. The
+	// host clones it, never modifies it, and derives two sides from it:
+	// the listener requires and verifies a client certificate (ClientAuth
+	// is raised to tls.RequireAndVerifyClientCert if lower; with ClientCAs
+	// nil it verifies clients against RootCAs); dials present the same
+	// certificate (Certificates or GetClientCertificate) and verify the
+	// server (against RootCAs, or ClientCAs when RootCAs is nil) for the
+	// host of the address dialed, an IP address or a name, unless
+	// ServerName is set: then every node's certificate must be valid for
+	// that one name. Each handshake is bounded by RPCTimeout and runs on
+	// its connection's goroutine. A failed handshake is logged at Warn,
+	// at most once a minute per remote host. Default nil: plaintext.
+	TLS *tls.Config
 	// Raft timings; zero takes hashicorp/raft's defaults (1s heartbeat and
 	// election timeouts, 500ms leader lease).
 	HeartbeatTimeout   time.Duration
@@ -201,7 +216,7 @@ func NewHost(cfg Config) (*Host, error) {
 	log := cfg.Logger.With("node", cfg.NodeID)
 	collapse := rlog.NewCollapser(rlog.CollapseOptions{})
 	m, err := newMux(muxConfig{bind: cfg.BindAddr, advertise: cfg.AdvertiseAddr, self: cfg.Incarnation, log: log, collapse: collapse, faults: cfg.Faults,
-		timeout: cfg.RPCTimeout, beatTimeout: min(cfg.RPCTimeout, hb/2), linger: lingerFor(hb)})
+		timeout: cfg.RPCTimeout, beatTimeout: min(cfg.RPCTimeout, hb/2), linger: lingerFor(hb), tls: cfg.TLS})
 	if err != nil {
 		return nil, err
 	}

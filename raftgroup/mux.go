@@ -3,6 +3,7 @@ package raftgroup
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -30,7 +31,9 @@ var (
 // RPCs of every group on the node, and Host.Call's: one connection per peer
 // for everything between the two nodes, both directions (see peer), and a
 // short-lived connection per snapshot install so a large stream never holds
-// up heartbeats.
+// up heartbeats. With Config.TLS, each of these connections is mutual TLS
+// (tls.go): the listener's handshake runs on the connection's goroutine,
+// a dial's in the dialer, both bounded by timeout.
 type mux struct {
 	// addr is the advertised address, the one the others dial: this
 	// node's name in hello frames and Raft headers (ln.Addr is the bound
@@ -52,7 +55,11 @@ type mux struct {
 	// loop, which sends the next only after the last one is answered.
 	beatTimeout time.Duration
 	linger      time.Duration
-	rpc         atomic.Pointer[RPCHandler]
+	// tls is the listener's and the dialer's TLS (Config.TLS); nil
+	// configs: plaintext.
+	tls        tlsConfigs
+	handshakes handshakeLog
+	rpc        atomic.Pointer[RPCHandler]
 	// ctx ends when the mux closes; RPC handlers run under it.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -83,6 +90,7 @@ type muxConfig struct {
 	collapse                     *rlog.Collapser
 	faults                       *faultnet.Net
 	timeout, beatTimeout, linger time.Duration
+	tls                          *tls.Config // Config.TLS
 }
 
 func newMux(c muxConfig) (*mux, error) {
@@ -96,7 +104,7 @@ func newMux(c muxConfig) (*mux, error) {
 		return nil, fmt.Errorf("raftgroup: %w", err)
 	}
 	m := &mux{addr: addr, self: c.self, log: c.log, collapse: c.collapse, ln: ln, faults: c.faults,
-		timeout: c.timeout, beatTimeout: c.beatTimeout, linger: c.linger, closed: make(chan struct{})}
+		timeout: c.timeout, beatTimeout: c.beatTimeout, linger: c.linger, tls: newTLSConfigs(c.tls), closed: make(chan struct{})}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.mu.groups = make(map[uint64]*groupTransport)
 	m.mu.peers = make(map[string]*peer)
@@ -239,7 +247,11 @@ func (m *mux) acceptLoop() {
 		setNoDelay(conn)
 		go func() {
 			defer m.wg.Done()
-			m.serve(conn)
+			// The TLS handshake runs here, not on the accept loop: a slow
+			// client must not hold up the others.
+			if c := m.accept(conn); c != nil {
+				m.serve(c)
+			}
 			m.mu.Lock()
 			delete(m.mu.inbound, conn)
 			m.mu.Unlock()
@@ -403,9 +415,9 @@ func (m *mux) installSnapshot(target string, to uint64, group uint64, args *raft
 	if m.faults.Cut(m.addr, target) {
 		return errUnreachable
 	}
-	conn, err := net.DialTimeout("tcp", target, m.timeout)
+	conn, err := m.dial(target)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errUnreachable, err)
+		return err
 	}
 	defer conn.Close()
 	// Scale the deadline with the size, as hashicorp's NetworkTransport does.

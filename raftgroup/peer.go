@@ -102,11 +102,10 @@ func (p *peer) conn() (*peerConn, error) {
 
 // dial opens a connection to the peer and adds it.
 func (p *peer) dial() error {
-	conn, err := net.DialTimeout("tcp", p.addr, p.m.timeout)
+	conn, err := p.m.dial(p.addr)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errUnreachable, err)
+		return err
 	}
-	setNoDelay(conn)
 	// The hello goes out before the writer starts, and without the fault
 	// seam: it is connection set-up.
 	if _, err := conn.Write(helloFrame(kindPeerHello, p.m.addr)); err != nil {

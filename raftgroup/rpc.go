@@ -34,7 +34,7 @@ func (h *Host) SetRPCHandler(fn RPCHandler) { h.mux.rpc.Store(&fn) }
 // Call sends req to the node incarnation to, listening at addr, and returns
 // its handler's answer. Many calls may be in flight on one connection. The
 // caller's deadline travels with the request; without one, RPCTimeout
-// applies. An error wrapping ErrTimeout means the request may have been
+// applies. An empty req is a ping (see Ping): the handler never sees it. An error wrapping ErrTimeout means the request may have been
 // served; one for which NotSent holds means it was not (among them: the
 // host at addr runs another incarnation than to).
 func (h *Host) Call(ctx context.Context, to raft.ServerID, addr string, req []byte) ([]byte, error) {
@@ -69,6 +69,16 @@ func (h *Host) Call(ctx context.Context, to raft.ServerID, addr string, req []by
 	case <-ctx.Done():
 		return nil, fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
 	}
+}
+
+// Ping makes a round trip to the node incarnation to at addr on the
+// connection Call uses, without reaching its RPC handler. With TLS
+// (Config.TLS), nil means both nodes accepted each other's certificates:
+// in TLS 1.3 a client learns that the server refused its certificate only
+// from the server's next message, so a handshake alone proves less.
+func (h *Host) Ping(ctx context.Context, to raft.ServerID, addr string) error {
+	_, err := h.Call(ctx, to, addr, nil)
+	return err
 }
 
 // CallAsync is Call without a waiting caller: done is called once, from
@@ -107,6 +117,8 @@ func (m *mux) serveRPC(p *peer, h frameHeader, body []byte) {
 	switch p := m.rpc.Load(); {
 	case n <= 0:
 		err = errShortFrame
+	case len(body) == n:
+		// An empty request is a ping (Host.Ping), answered here.
 	case p == nil:
 		err = ErrNoHandler
 	default:

@@ -1,0 +1,98 @@
+// Package testcerts makes certificate authorities and node certificates
+// for the tests of mutual TLS between nodes (ECDSA P-256, valid for a day).
+package testcerts
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"net"
+	"testing"
+	"time"
+)
+
+// CA is a certificate authority: a self-signed certificate and its key.
+type CA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	// Pool holds the CA's certificate, to verify what it signed.
+	Pool *x509.CertPool
+}
+
+// NewCA makes a certificate authority named name.
+func NewCA(t testing.TB, name string) *CA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(t),
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &CA{cert: cert, key: key, Pool: pool}
+}
+
+// Cert issues a node certificate named name, for both server and client
+// authentication, valid for the IP addresses ips (default 127.0.0.1) and
+// the DNS names dns.
+func (ca *CA) Cert(t testing.TB, name string, ips []net.IP, dns ...string) tls.Certificate {
+	t.Helper()
+	if len(ips) == 0 {
+		ips = []net.IP{net.IPv4(127, 0, 0, 1)}
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(t),
+		Subject:      pkix.Name{CommonName: name},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IPAddresses:  ips,
+		DNSNames:     dns,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// Config is a node's TLS configuration: a certificate of this CA for
+// 127.0.0.1, and the CA as the one trusted (RootCAs; the node's listener
+// uses it for clients too).
+func (ca *CA) Config(t testing.TB, name string) *tls.Config {
+	t.Helper()
+	return &tls.Config{Certificates: []tls.Certificate{ca.Cert(t, name, nil)}, RootCAs: ca.Pool, MinVersion: tls.VersionTLS13}
+}
+
+func serial(t testing.TB) *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
