@@ -67,6 +67,8 @@ type mux struct {
 	groups atomic.Pointer[map[uint64]*groupTransport] // copy-on-write for the read path
 	nextID atomic.Uint64
 	stats  counters
+	// detail is counted only with Config.DetailedStats; nil without.
+	detail *detailCounters
 	wg     sync.WaitGroup
 	closed chan struct{}
 }
@@ -78,6 +80,7 @@ type muxConfig struct {
 	log                          *slog.Logger
 	faults                       *faultnet.Net
 	timeout, beatTimeout, linger time.Duration
+	detailed                     bool // Config.DetailedStats
 }
 
 func newMux(c muxConfig) (*mux, error) {
@@ -92,6 +95,9 @@ func newMux(c muxConfig) (*mux, error) {
 	}
 	m := &mux{addr: addr, self: c.self, log: c.log, ln: ln, faults: c.faults,
 		timeout: c.timeout, beatTimeout: c.beatTimeout, linger: c.linger, closed: make(chan struct{})}
+	if c.detailed {
+		m.detail = &detailCounters{}
+	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.mu.groups = make(map[uint64]*groupTransport)
 	m.mu.peers = make(map[string]*peer)
@@ -265,6 +271,7 @@ func (m *mux) serve(conn net.Conn) {
 		if err != nil {
 			return
 		}
+		counted.peer = p.stats
 		if pc, err := p.adopt(conn, r); err == nil {
 			pc.serve(r)
 		}
