@@ -92,6 +92,10 @@ type DB struct {
 	// Log entries the batchers applied and the writes they carried
 	// (benchmarks read them).
 	batchEntries, batchWrites atomic.Int64
+
+	// met is the node's Prometheus metrics (metrics.go); nil without
+	// Config.Metrics, which the hot paths check once.
+	met *nodeMetrics
 }
 
 // replica is this node's copy of one replica group.
@@ -195,8 +199,8 @@ func logBytesPerGroup(replicas int) int64 {
 }
 
 // open is OpenContext with the suite's hooks (nil: none).
-func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
-	cfg, err := cfg.withDefaults()
+func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (_ *DB, err error) {
+	cfg, err = cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
@@ -205,6 +209,16 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	}
 	db := &DB{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), stop: make(chan struct{}),
 		handoffKick: make(chan struct{}, 1)}
+	// Registered first, so that a registry that refuses them fails Open
+	// before anything starts; scrapes see the node's state once it runs.
+	if db.met, err = newMetrics(db, cfg); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			db.met.unregister()
+		}
+	}()
 	db.feeds.all = map[*feed]struct{}{}
 	db.stopCtx, db.stopCancel = context.WithCancel(context.Background())
 	db.handoffTimeout.Store(int64(30 * time.Second))
@@ -220,7 +234,10 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 
 	hc := raftgroup.Config{NodeID: cfg.NodeID, BindAddr: cfg.BindAddr, AdvertiseAddr: cfg.AdvertiseAddr, Logger: cfg.Logger,
 		// A node holds about ReplicaCount x GroupsPerNode replicas.
-		MaxLogBytes: logBytesPerGroup(cfg.ReplicaCount * cfg.GroupsPerNode)}
+		MaxLogBytes: logBytesPerGroup(cfg.ReplicaCount * cfg.GroupsPerNode),
+		// Per-peer and histogram counters cost a few atomic adds per
+		// write: only for metrics.
+		DetailedStats: db.met != nil}
 	if hooks != nil {
 		hc.Faults = hooks.Faults
 		hc.Lease = hooks.Lease
@@ -265,12 +282,17 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	if cfg.Fast {
 		preset = gossip.Local
 	}
+	var onEvent func(gossip.Event)
+	if db.met != nil {
+		onEvent = db.met.noteMember
+	}
 	db.gsp, err = gossip.Start(gossip.Config{
 		Name: cfg.NodeID, BindAddr: cfg.GossipAddr, AdvertiseAddr: cfg.GossipAdvertiseAddr, SecretKey: cfg.GossipKey,
 		Preset: preset, Logger: cfg.Logger,
 		Meta:     db.selfMeta(inc),
 		Settings: cfg.clusterSettings(),
 		Faults:   hc.Faults,
+		OnEvent:  onEvent,
 	})
 	if err != nil {
 		db.host.Close()
@@ -292,6 +314,9 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	go func() { defer db.wg.Done(); db.layoutLoop() }()
 	if hooks != nil {
 		hooks.SetNode(hookNode{db})
+	}
+	if db.met != nil {
+		db.met.ready.Store(true)
 	}
 	return db, nil
 }
@@ -720,5 +745,6 @@ func (db *DB) Close() error {
 	for _, rep := range reps {
 		rep.batch.close()
 	}
+	db.met.unregister() // a node of this NodeID may register again
 	return err
 }
