@@ -176,6 +176,11 @@ func (f *FSM) Len() int { return int(f.count.Load()) }
 // Used is the bytes of keys plus values held, in all ranges.
 func (f *FSM) Used() int64 { return f.used.Load() }
 
+// Limit is the bytes of keys plus values this group's Owned ranges may
+// hold: its share of MemoryLimit, in proportion to the ranges it owns;
+// math.MaxInt64 without a limit. Safe to call concurrently with Apply.
+func (f *FSM) Limit() int64 { return f.share(f.CountIn(Owned)) }
+
 // NextExpiry is the earliest expiry of an entry in an Owned range as of the
 // last entry applied (unix nanoseconds), 0 when no entry has a TTL. Expired
 // entries are removed as the next log entry applies (its AppendedAt past

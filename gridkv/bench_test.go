@@ -17,6 +17,7 @@ import (
 
 	"github.com/gridkv/gridkv/internal/testcerts"
 	"github.com/gridkv/gridkv/raftgroup"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func openBench(b *testing.B) *DB {
@@ -311,6 +312,74 @@ func BenchmarkThreeNodeSet(b *testing.B) {
 			ratio(int64(s1.FramesWritten-s0.FramesWritten), int64(s1.Writes-s0.Writes), "frames/syscall")
 			ratio(int64(s1.Entries-s0.Entries), int64(s1.AppendEntries-s0.AppendEntries), "entries/AE")
 		})
+	}
+}
+
+// BenchmarkMetricsCost: what Config.Metrics costs, on and off in one run.
+// Two 3-node clusters formed together (default timings, GroupsPerNode 1),
+// one registering its metrics (one registry for its three nodes), take in
+// turn parallel Sets (16-byte values, 10k keys, 64 clients spread over the
+// nodes, as BenchmarkThreeNodeSet) and parallel default Gets that every
+// node serves under its lease (each client reads keys whose group its node
+// leads). Reports ops/s and the process's CPU time per op; the other
+// cluster idles meanwhile, with its heartbeats, in both modes alike.
+func BenchmarkMetricsCost(b *testing.B) {
+	clusters := map[string][]*DB{
+		"off": openCluster(b, 3, Config{BootstrapExpect: 3}),
+		"on":  openCluster(b, 3, Config{BootstrapExpect: 3, Metrics: prometheus.NewRegistry()}),
+	}
+	ctx := context.Background()
+	led := map[string][][]string{} // per cluster, per node: keys whose group it leads
+	for mode, dbs := range clusters {
+		if (dbs[0].met != nil) != (mode == "on") {
+			b.Fatalf("cluster %q: metrics %v", mode, dbs[0].met != nil)
+		}
+		led[mode] = make([][]string, len(dbs))
+		for i := range 10000 {
+			k := fmt.Sprint("key", i)
+			if err := dbs[i%3].Set(ctx, k, make([]byte, 16)); err != nil {
+				b.Fatal(err)
+			}
+			for n, db := range dbs {
+				if rep := db.replica(groupOf(db, k)); rep != nil && rep.group.IsLeader() {
+					led[mode][n] = append(led[mode][n], k)
+				}
+			}
+		}
+	}
+	for _, op := range []string{"set", "get"} {
+		for _, mode := range []string{"off", "on"} {
+			b.Run(op+"/metrics="+mode, func(b *testing.B) {
+				dbs := clusters[mode]
+				value := make([]byte, 16)
+				cpu0 := cpuTime()
+				b.ReportAllocs()
+				b.SetParallelism(64 / runtime.GOMAXPROCS(0))
+				b.ResetTimer()
+				start := time.Now()
+				var next atomic.Int64
+				b.RunParallel(func(pb *testing.PB) {
+					c := int(next.Add(1))
+					n, i := c%len(dbs), c*1000
+					db, keys := dbs[n], led[mode][n]
+					for pb.Next() {
+						var err error
+						if op == "set" {
+							err = db.Set(ctx, fmt.Sprint("key", i%10000), value)
+						} else if len(keys) > 0 {
+							_, err = db.Get(ctx, keys[i%len(keys)])
+						}
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						i++
+					}
+				})
+				b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "ops/s")
+				b.ReportMetric(float64(cpuTime()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/op")
+			})
+		}
 	}
 }
 
@@ -757,6 +826,26 @@ func benchmarkTLS(b *testing.B, get bool) {
 			b.ReportMetric(float64(cpuTime()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/op")
 			if h1, m1 := leaseStats(dbs); get && h1+m1 > h0+m0 {
 				b.ReportMetric(100*float64(h1-h0)/float64(h1-h0+m1-m0), "lease-hit-%")
+			}
+		})
+	}
+}
+
+// BenchmarkMetricsObserve: the bookkeeping one operation costs its caller,
+// with no node behind it: db.met.start and done around nothing, with
+// metrics off (a nil check each) and on (two clock readings, a series
+// lookup, a counter and a histogram).
+func BenchmarkMetricsObserve(b *testing.B) {
+	on, err := newMetrics(&DB{}, Config{NodeID: "bench", Metrics: prometheus.NewRegistry()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, m := range []*nodeMetrics{nil, on} {
+		b.Run(fmt.Sprint("metrics=", map[bool]string{true: "on", false: "off"}[m != nil]), func(b *testing.B) {
+			b.ReportAllocs()
+			for range b.N {
+				start := m.start()
+				m.done(opGet, pathLease, start, nil)
 			}
 		})
 	}

@@ -95,6 +95,10 @@ type DB struct {
 	// Log entries the batchers applied and the writes they carried
 	// (benchmarks read them).
 	batchEntries, batchWrites atomic.Int64
+
+	// met is the node's Prometheus metrics (metrics.go); nil without
+	// Config.Metrics, which the hot paths check once.
+	met *nodeMetrics
 }
 
 // replica is this node's copy of one replica group.
@@ -209,8 +213,8 @@ func logBytesPerGroup(replicas int) int64 {
 const gossipLeaveWait = time.Second
 
 // open is OpenContext with the suite's hooks (nil: none).
-func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
-	cfg, err := cfg.withDefaults()
+func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (_ *DB, err error) {
+	cfg, err = cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
@@ -219,6 +223,16 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	}
 	db := &DB{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), stop: make(chan struct{}),
 		handoffKick: make(chan struct{}, 1)}
+	// Registered first, so that a registry that refuses them fails Open
+	// before anything starts; scrapes see the node's state once it runs.
+	if db.met, err = newMetrics(db, cfg); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			db.met.unregister()
+		}
+	}()
 	db.feeds.all = map[*feed]struct{}{}
 	db.stopCtx, db.stopCancel = context.WithCancel(context.Background())
 	db.handoffTimeout.Store(int64(cfg.Timing.HandoffTimeout))
@@ -234,7 +248,10 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 		// A node holds about ReplicaCount x GroupsPerNode replicas.
 		MaxLogBytes:      logBytesPerGroup(cfg.ReplicaCount * cfg.GroupsPerNode),
 		HeartbeatTimeout: tm.HeartbeatTimeout, ElectionTimeout: tm.ElectionTimeout,
-		LeaderLeaseTimeout: tm.LeaderLeaseTimeout, CommitTimeout: tm.CommitTimeout, RPCTimeout: tm.RPCTimeout}
+		LeaderLeaseTimeout: tm.LeaderLeaseTimeout, CommitTimeout: tm.CommitTimeout, RPCTimeout: tm.RPCTimeout,
+		// Per-peer and histogram counters cost a few atomic adds per
+		// write: only for metrics.
+		DetailedStats: db.met != nil}
 	if hooks != nil {
 		hc.Faults = hooks.Faults
 		hc.Lease = hooks.Lease
@@ -262,12 +279,17 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	}
 	_, inc, _ := raftgroup.ParseServerID(db.host.ID())
 
+	var onEvent func(gossip.Event)
+	if db.met != nil {
+		onEvent = db.met.noteMember
+	}
 	db.gsp, err = gossip.Start(gossip.Config{
 		Name: cfg.NodeID, BindAddr: cfg.GossipAddr, AdvertiseAddr: cfg.GossipAdvertiseAddr, SecretKey: cfg.GossipKey,
 		Preset: tm.Gossip.gossipPreset(), Logger: cfg.Logger,
 		Meta:     db.selfMeta(inc),
 		Settings: cfg.clusterSettings(),
 		Faults:   hc.Faults,
+		OnEvent:  onEvent,
 	})
 	if err != nil {
 		db.host.Close()
@@ -289,6 +311,9 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (*DB, error) {
 	go func() { defer db.wg.Done(); db.layoutLoop() }()
 	if hooks != nil {
 		hooks.SetNode(hookNode{db})
+	}
+	if db.met != nil {
+		db.met.ready.Store(true)
 	}
 	return db, nil
 }
@@ -730,5 +755,6 @@ func (db *DB) Close() error {
 	for _, rep := range reps {
 		rep.batch.close()
 	}
+	db.met.unregister() // a node of this NodeID may register again
 	return err
 }

@@ -53,4 +53,19 @@
 //
 // See docs/security.md for what each protects, what neither does, and how
 // to make certificates.
+//
+// Metrics: with Config.Metrics set to a prometheus.Registerer, Open
+// registers the node's Prometheus metrics there, each labelled node=NodeID:
+// operations by kind, result and read path with their latencies
+// (gridkv_operations_total, gridkv_operation_duration_seconds), forwarded
+// operations, Raft commits, applies, leader changes and batching, frames
+// and bytes per peer, membership events, the groups and ranges held and
+// led, and the memory used against MemoryLimit. Most are read from the
+// node's own counters when scraped; Close unregisters them. Without it
+// (the default) nothing is counted for them. docs/metrics.md lists every
+// metric.
+//
+//	reg := prometheus.NewRegistry()
+//	db, err := gridkv.Open(gridkv.Config{Metrics: reg})
+//	http.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 package gridkv

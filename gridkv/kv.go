@@ -42,6 +42,13 @@ func ctxErr(ctx context.Context) error {
 // Set stores value under key. With WithTTL the key expires that long after
 // the write commits.
 func (db *DB) Set(ctx context.Context, key string, value []byte, opts ...WriteOption) error {
+	start := db.met.start()
+	err := db.set(ctx, key, value, opts)
+	db.met.done(opSet, pathNone, start, err)
+	return err
+}
+
+func (db *DB) set(ctx context.Context, key string, value []byte, opts []WriteOption) error {
 	if db.isClosed() {
 		return ErrClosed
 	}
@@ -74,6 +81,13 @@ func writeOpts(opts []WriteOption) (writeOptions, error) {
 
 // Delete removes key; deleting an absent key succeeds.
 func (db *DB) Delete(ctx context.Context, key string) error {
+	start := db.met.start()
+	err := db.deleteKey(ctx, key)
+	db.met.done(opDelete, pathNone, start, err)
+	return err
+}
+
+func (db *DB) deleteKey(ctx context.Context, key string) error {
 	if db.isClosed() {
 		return ErrClosed
 	}
@@ -93,6 +107,13 @@ func (db *DB) Delete(ctx context.Context, key string) error {
 // right after. Without it the new value never expires (a TTL the old
 // value had is gone too).
 func (db *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte, opts ...WriteOption) (bool, error) {
+	start := db.met.start()
+	swapped, err := db.compareAndSwap(ctx, key, old, new, opts)
+	db.met.done(opCAS, pathNone, start, err)
+	return swapped, err
+}
+
+func (db *DB) compareAndSwap(ctx context.Context, key string, old, new []byte, opts []WriteOption) (bool, error) {
 	if db.isClosed() {
 		return false, ErrClosed
 	}
@@ -120,6 +141,13 @@ func (db *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte, o
 // between the read and it, and versions serve as fencing tokens (see
 // GetEntry).
 func (db *DB) CompareVersionAndSwap(ctx context.Context, key string, version uint64, new []byte, opts ...WriteOption) (bool, error) {
+	start := db.met.start()
+	swapped, err := db.compareVersionAndSwap(ctx, key, version, new, opts)
+	db.met.done(opCVS, pathNone, start, err)
+	return swapped, err
+}
+
+func (db *DB) compareVersionAndSwap(ctx context.Context, key string, version uint64, new []byte, opts []WriteOption) (bool, error) {
 	if db.isClosed() {
 		return false, ErrClosed
 	}
@@ -135,6 +163,13 @@ func (db *DB) CompareVersionAndSwap(ctx context.Context, key string, version uin
 // has not expired): release a lock only if this caller still holds it.
 // It reports whether it deleted. old == nil matches an empty value.
 func (db *DB) CompareAndDelete(ctx context.Context, key string, old []byte) (bool, error) {
+	start := db.met.start()
+	deleted, err := db.compareAndDelete(ctx, key, old)
+	db.met.done(opCAD, pathNone, start, err)
+	return deleted, err
+}
+
+func (db *DB) compareAndDelete(ctx context.Context, key string, old []byte) (bool, error) {
 	if db.isClosed() {
 		return false, ErrClosed
 	}
@@ -151,6 +186,13 @@ func (db *DB) CompareAndDelete(ctx context.Context, key string, old []byte) (boo
 // sum that would overflow int64, gives ErrInvalid and changes nothing. It
 // is one command: concurrent Incrs never lose an update.
 func (db *DB) Incr(ctx context.Context, key string, delta int64) (int64, error) {
+	start := db.met.start()
+	sum, err := db.incr(ctx, key, delta)
+	db.met.done(opIncr, pathNone, start, err)
+	return sum, err
+}
+
+func (db *DB) incr(ctx context.Context, key string, delta int64) (int64, error) {
 	if db.isClosed() {
 		return 0, ErrClosed
 	}
@@ -165,6 +207,13 @@ func (db *DB) Incr(ctx context.Context, key string, delta int64) (int64, error) 
 // replacing any TTL it had; the value stays. It reports false, changing
 // nothing, if the key is absent or expired.
 func (db *DB) Expire(ctx context.Context, key string, ttl time.Duration) (bool, error) {
+	start := db.met.start()
+	found, err := db.expire(ctx, key, ttl)
+	db.met.done(opExpire, pathNone, start, err)
+	return found, err
+}
+
+func (db *DB) expire(ctx context.Context, key string, ttl time.Duration) (bool, error) {
 	if db.isClosed() {
 		return false, ErrClosed
 	}
@@ -249,6 +298,15 @@ func (db *DB) GetEntry(ctx context.Context, key string, opts ...ReadOption) (Ent
 // get reads key for Get and GetEntry: its value (a copy of its own), its
 // version and its expiry (unix nanoseconds; 0: none).
 func (db *DB) get(ctx context.Context, key string, opts []ReadOption) (value []byte, version uint64, expireAt int64, err error) {
+	start := db.met.start()
+	var mode readMode
+	value, version, expireAt, err = db.getKey(ctx, key, opts, &mode)
+	db.met.done(opGet, pathOf(mode), start, err)
+	return value, version, expireAt, err
+}
+
+// getKey is get; it sets *mode to the read mode asked for, for metrics.
+func (db *DB) getKey(ctx context.Context, key string, opts []ReadOption, mode *readMode) (value []byte, version uint64, expireAt int64, err error) {
 	if db.isClosed() {
 		return nil, 0, 0, ErrClosed
 	}
@@ -256,6 +314,7 @@ func (db *DB) get(ctx context.Context, key string, opts []ReadOption) (value []b
 		return nil, 0, 0, err
 	}
 	o, err := db.readOpts(opts)
+	*mode = o.mode
 	if err != nil {
 		return nil, 0, 0, err
 	}

@@ -81,6 +81,19 @@ func (db *DB) Scan(ctx context.Context, prefix string, opts ...ReadOption) iter.
 		err = fmt.Errorf("%w: prefix of %d bytes (at most %d)", ErrInvalid, len(prefix), maxKeyBytes)
 	}
 	return func(yield func(Entry, error) bool) {
+		if db.met != nil {
+			// One operation per iteration, timed to its end (the caller's
+			// loop body included), with the error it yielded if any.
+			start, inner := db.met.start(), yield
+			var failed error
+			yield = func(e Entry, err error) bool {
+				if err != nil {
+					failed = err
+				}
+				return inner(e, err)
+			}
+			defer func() { db.met.observe(opScan, pathOf(o.mode), start, failed) }()
+		}
 		if db.isClosed() {
 			yield(Entry{}, ErrClosed)
 			return

@@ -607,6 +607,7 @@ func (b *batcher) apply(batch []*pendingWrite) {
 		}
 		return
 	}
+	b.db.met.noteEntry(len(batch))
 	switch rs := resp.(type) {
 	case *fsm.Result:
 		batch[0].done <- b.db.writeAnswer(b.rep, batch[0].cmd, *rs)

@@ -26,6 +26,7 @@ func (db *DB) crash() {
 	for _, rep := range reps {
 		rep.batch.close()
 	}
+	db.met.unregister()
 }
 
 // hookNode gives the Jepsen-style suite the powers of testhook.Node.

@@ -37,8 +37,12 @@ type frameWriter struct {
 	// onError is called once, from the writer goroutine, after the first
 	// write that fails. It may call close.
 	onError func(error)
-	// stats, if set, counts frames and writes.
-	stats *counters
+	// stats, if set, counts frames and writes; peer and perWrite, if set
+	// (Config.DetailedStats), count them for the peer and the frames per
+	// write.
+	stats    *counters
+	peer     *peerCounters
+	perWrite *sizeCounts
 
 	mu        sync.Mutex
 	buf       []byte
@@ -194,6 +198,12 @@ func (w *frameWriter) run() {
 		if w.stats != nil {
 			w.stats.framesWritten.Add(uint64(frames))
 			w.stats.writes.Add(1)
+		}
+		if w.peer != nil {
+			w.peer.framesWritten.Add(uint64(frames))
+			w.peer.bytesWritten.Add(uint64(len(out)))
+			w.peer.writes.Add(1)
+			w.perWrite.observe(frames)
 		}
 		if _, err := w.conn.Write(out); err != nil {
 			if w.onError != nil {

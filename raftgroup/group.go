@@ -409,6 +409,9 @@ func (g *Group) Shutdown() error {
 		g.shutdownErr = g.raft.Shutdown().Error()
 		g.applies.close()
 		g.h.mu.Lock()
+		if g.h.mu.groups[g.ID] == g {
+			g.h.retireLocked(g)
+		}
 		delete(g.h.mu.groups, g.ID)
 		delete(g.h.mu.byRaft, g.raft)
 		g.h.mu.Unlock()

@@ -116,6 +116,12 @@ type Config struct {
 	// OnLeaderChange, if set, is called (from one goroutine, in order) each
 	// time a group on this node observes a new leader ("" while none).
 	OnLeaderChange func(group GroupID, leader raft.ServerID)
+	// DetailedStats has the host count, besides Stats' counters, frames
+	// and bytes per peer (Host.PeerStats) and the histograms of frames per
+	// write and entries per AppendEntries (Stats.FramesPerWrite,
+	// Stats.EntriesPerAppend): a few atomic adds per write and read call
+	// and per AppendEntries. Default false: none, a nil check each.
+	DetailedStats bool
 }
 
 func (c *Config) fill() error {
@@ -199,6 +205,8 @@ type Host struct {
 		closed bool
 		groups map[GroupID]*Group
 		byRaft map[*raft.Raft]GroupID
+		// retired: the counters of the replicas shut down (see Stats).
+		retired retiredStats
 	}
 	wg   sync.WaitGroup
 	stop chan struct{}
@@ -216,7 +224,7 @@ func NewHost(cfg Config) (*Host, error) {
 	log := cfg.Logger.With("node", cfg.NodeID)
 	collapse := rlog.NewCollapser(rlog.CollapseOptions{})
 	m, err := newMux(muxConfig{bind: cfg.BindAddr, advertise: cfg.AdvertiseAddr, self: cfg.Incarnation, log: log, collapse: collapse, faults: cfg.Faults,
-		timeout: cfg.RPCTimeout, beatTimeout: min(cfg.RPCTimeout, hb/2), linger: lingerFor(hb), tls: cfg.TLS})
+		timeout: cfg.RPCTimeout, beatTimeout: min(cfg.RPCTimeout, hb/2), linger: lingerFor(hb), tls: cfg.TLS, detailed: cfg.DetailedStats})
 	if err != nil {
 		return nil, err
 	}

@@ -78,6 +78,8 @@ type mux struct {
 	groups atomic.Pointer[map[uint64]*groupTransport] // copy-on-write for the read path
 	nextID atomic.Uint64
 	stats  counters
+	// detail is counted only with Config.DetailedStats; nil without.
+	detail *detailCounters
 	wg     sync.WaitGroup
 	closed chan struct{}
 }
@@ -91,6 +93,7 @@ type muxConfig struct {
 	faults                       *faultnet.Net
 	timeout, beatTimeout, linger time.Duration
 	tls                          *tls.Config // Config.TLS
+	detailed                     bool        // Config.DetailedStats
 }
 
 func newMux(c muxConfig) (*mux, error) {
@@ -105,6 +108,9 @@ func newMux(c muxConfig) (*mux, error) {
 	}
 	m := &mux{addr: addr, self: c.self, log: c.log, collapse: c.collapse, ln: ln, faults: c.faults,
 		timeout: c.timeout, beatTimeout: c.beatTimeout, linger: c.linger, tls: newTLSConfigs(c.tls), closed: make(chan struct{})}
+	if c.detailed {
+		m.detail = &detailCounters{}
+	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	m.mu.groups = make(map[uint64]*groupTransport)
 	m.mu.peers = make(map[string]*peer)
@@ -282,6 +288,7 @@ func (m *mux) serve(conn net.Conn) {
 		if err != nil {
 			return
 		}
+		counted.peer = p.stats
 		if pc, err := p.adopt(conn, r); err == nil {
 			pc.serve(r)
 		}

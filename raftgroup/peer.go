@@ -29,6 +29,9 @@ import (
 type peer struct {
 	m    *mux
 	addr string
+	// stats counts the peer's frames and bytes (Config.DetailedStats);
+	// nil without.
+	stats *peerCounters
 
 	dialMu sync.Mutex               // one dial at a time
 	active atomic.Pointer[peerConn] // where frames go; nil: dial
@@ -75,6 +78,9 @@ func (m *mux) peerFor(addr string) (*peer, error) {
 	p := m.mu.peers[addr]
 	if p == nil {
 		p = &peer{m: m, addr: addr}
+		if m.detail != nil {
+			p.stats = &peerCounters{}
+		}
 		p.mu.pending = make(map[uint64]*call)
 		m.mu.peers[addr] = p
 	}
@@ -125,6 +131,9 @@ func (p *peer) adopt(conn net.Conn, r *bufio.Reader) (*peerConn, error) {
 	pc := &peerConn{p: p, conn: conn, dialed: r == nil}
 	pc.w = newFrameWriter(conn, m.faults, m.addr, p.addr, m.linger, pc.fail)
 	pc.w.stats = &m.stats
+	if p.stats != nil {
+		pc.w.peer, pc.w.perWrite = p.stats, &m.detail.framesPerWrite
+	}
 	m.mu.Lock()
 	if m.mu.closed {
 		m.mu.Unlock()
@@ -138,7 +147,7 @@ func (p *peer) adopt(conn net.Conn, r *bufio.Reader) (*peerConn, error) {
 	m.mu.Unlock()
 	go func() { defer m.wg.Done(); pc.w.run() }()
 	if pc.dialed {
-		r := bufio.NewReaderSize(&countingReader{r: conn, reads: &m.stats.reads}, 64<<10)
+		r := bufio.NewReaderSize(&countingReader{r: conn, reads: &m.stats.reads, peer: p.stats}, 64<<10)
 		go func() { defer m.wg.Done(); pc.serve(r) }()
 	}
 
@@ -230,6 +239,9 @@ func (pc *peerConn) readLoop(r *bufio.Reader) error {
 			return err
 		}
 		m.stats.framesRead.Add(1)
+		if p.stats != nil {
+			p.stats.framesRead.Add(1)
+		}
 		switch {
 		case h.kind == kindRetire:
 			p.mu.Lock()

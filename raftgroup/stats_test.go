@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -99,5 +100,84 @@ func TestApplyHonoursContextWhileQueued(t *testing.T) {
 	}
 	if err := <-first; err == nil {
 		t.Fatal("an Apply on a cut-off leader committed")
+	}
+}
+
+// TestDetailedStats: with DetailedStats, the per-peer counters add up to
+// the host's, the histograms count every write and every append, and
+// Commits and the lease counters keep what a replica shut down had.
+// Without it, none of that is counted.
+func TestDetailedStats(t *testing.T) {
+	c := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.DetailedStats = true })
+	c.waitLeaders(1, 10*time.Second)
+	li := c.leader(0)
+	leader := c.hosts[li]
+	for i := 0; i < 20; i++ {
+		data, _ := fsm.Encode(fsm.SetOp(0, fmt.Sprint("k", i), []byte("v"), 0))
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := leader.Group(0).Apply(ctx, data)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Heartbeats keep flowing, and a write is counted for the host before
+	// its peer: the per-peer sums cannot pass a host snapshot taken after.
+	peers, st := leader.PeerStats(), leader.Stats()
+	if len(peers) != 2 {
+		t.Fatalf("PeerStats of %d peers, want 2: %+v", len(peers), peers)
+	}
+	var frames, writes uint64
+	for _, p := range peers {
+		if p.FramesWritten == 0 || p.BytesWritten < p.FramesWritten || p.FramesRead == 0 || p.BytesRead == 0 || p.Reads == 0 {
+			t.Fatalf("peer %s: %+v", p.Addr, p)
+		}
+		frames += p.FramesWritten
+		writes += p.Writes
+	}
+	if frames > st.FramesWritten || writes > st.Writes {
+		t.Fatalf("per-peer frames %d and writes %d above the host's %+v", frames, writes, st)
+	}
+	if n := st.FramesPerWrite.Count(); n == 0 || n > st.Writes+8 || st.FramesPerWrite.Sum != st.FramesWritten {
+		t.Fatalf("frames per write: %+v against %d writes", st.FramesPerWrite, st.Writes)
+	}
+	if n := st.EntriesPerAppend.Count(); n == 0 || n > st.AppendEntries+8 {
+		t.Fatalf("entries per append: %+v against %d appends", st.EntriesPerAppend, st.AppendEntries)
+	}
+	if st.Commits < 20 {
+		t.Fatalf("Commits %d after 20 applies", st.Commits)
+	}
+	// A replica shut down keeps its counts in the host's.
+	follower := c.hosts[(li+1)%3]
+	before := follower.Stats()
+	if before.Commits == 0 {
+		t.Fatal("a follower counted no commits")
+	}
+	if err := follower.Group(0).Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if got := follower.Stats().Commits; got < before.Commits {
+		t.Fatalf("Commits fell from %d to %d when the replica shut down", before.Commits, got)
+	}
+
+	plain := newTestCluster(t, 1, 1)
+	plain.waitLeaders(1, 10*time.Second)
+	if ps, st := plain.hosts[0].PeerStats(), plain.hosts[0].Stats(); ps != nil || st.FramesPerWrite.Count() != 0 {
+		t.Fatalf("without DetailedStats: %+v, %+v", ps, st)
+	}
+}
+
+func TestSizesBuckets(t *testing.T) {
+	var c sizeCounts
+	for _, n := range []int{0, 1, 2, 3, 4, 5, 256, 257, 1 << 20} {
+		c.observe(n)
+	}
+	s := c.sizes(0)
+	want := [SizeBuckets]uint64{0: 2, 1: 1, 2: 2, 3: 1, 8: 1, 9: 2}
+	if s.Buckets != want {
+		t.Fatalf("buckets %v, want %v", s.Buckets, want)
+	}
+	if SizeBound(0) != 1 || SizeBound(3) != 8 || SizeBound(SizeBuckets-2) != 256 || !math.IsInf(SizeBound(SizeBuckets-1), 1) {
+		t.Fatal("bounds")
 	}
 }

@@ -287,6 +287,9 @@ func (gt *groupTransport) countAppend(args *raft.AppendEntriesRequest) {
 	if n := len(args.Entries); n > 0 {
 		gt.m.stats.appendEntries.Add(1)
 		gt.m.stats.entries.Add(uint64(n))
+		if d := gt.m.detail; d != nil {
+			d.entriesPerAppend.observe(n)
+		}
 	}
 }
 
