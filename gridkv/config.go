@@ -82,7 +82,7 @@ type Config struct {
 	// only once this node has completed a round trip with it over mutual
 	// TLS; a joining node's Open must complete one with a member, or
 	// fails with ErrUnavailable when JoinTimeout passes. Handshakes take at
-	// most the RPC time-out (5s, Fast 1s); failed ones are logged at Warn
+	// most the RPC time-out (Timing.RPCTimeout: 5s, Local 1s); failed ones are logged at Warn
 	// at most once a minute per remote host. TLS does not cover gossip
 	// (see GossipKey). See docs/security.md. Default nil: plaintext.
 	TLS *tls.Config

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -596,31 +594,7 @@ func (db *DB) Locate(key string) (Location, error) {
 	l := db.lay.Load()
 	rng, r := l.locate(key) // where this node believes the range is now
 	loc := Location{Range: rng, Group: r}
-	if rep := db.replica(r); rep != nil {
-		if servers, err := rep.group.Configuration(); err == nil {
-			for _, s := range servers {
-				if node, _, err := raftgroup.ParseServerID(s.ID); err == nil {
-					loc.Replicas = append(loc.Replicas, node)
-				}
-			}
-		}
-		if id, _ := rep.group.Leader(); id != "" {
-			loc.Leader, _, _ = raftgroup.ParseServerID(id)
-		}
-	} else {
-		loc.Replicas = placement.Replicas(r, db.memberIDs(), db.cfg.ReplicaCount)
-		hint, _ := db.leaderHint.Load(r)
-		for _, m := range db.members() {
-			if hint != nil && raftgroup.ServerID(m.Meta.NodeID, m.Meta.Incarnation) == hint.(peer).id {
-				loc.Leader = m.Meta.NodeID
-				break
-			}
-			if hint == nil && slices.Contains(m.Meta.Leads, r) {
-				loc.Leader = m.Meta.NodeID
-			}
-		}
-	}
-	sort.Strings(loc.Replicas)
+	loc.Leader, loc.Replicas, _ = db.groupView(r)
 	return loc, nil
 }
 

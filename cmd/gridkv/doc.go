@@ -1,0 +1,21 @@
+// Command gridkv runs one GridKV node as a program: it joins (or forms) a
+// cluster and serves the Redis protocol (RESP2) on -resp-addr, with an
+// admin HTTP endpoint on -admin-addr (/metrics, /status, /healthz,
+// /readyz, /debug/pprof/).
+//
+//	go install github.com/gridkv/gridkv/cmd/gridkv@latest
+//	gridkv -node-id n1 -resp-addr 127.0.0.1:7001 -gossip-addr 127.0.0.1:7101 \
+//	    -seeds 127.0.0.1:7102,127.0.0.1:7103 -bootstrap-expect 3
+//	redis-cli -p 7001 SET greeting hello
+//
+// Every gridkv.Config field has a flag, and every flag an environment
+// variable: GRIDKV_ and the flag in upper snake case (-bind-addr:
+// GRIDKV_BIND_ADDR); a flag wins over its variable. gridkv -h lists them
+// with their defaults. The commands served, and their semantics, are
+// internal/respserver's (see its package doc).
+//
+// SIGINT or SIGTERM stops the node gracefully: the listeners close, the
+// commands already read finish and are answered, the node leaves the
+// cluster (gridkv.DB.Close), and the program exits 0. It exits 1 when the
+// node fails (it cannot join, a port is taken) and 2 for bad flags.
+package main

@@ -1,0 +1,140 @@
+package adminhttp
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/gridkv/gridkv/gridkv"
+)
+
+// Options configure the Handler. Zero means the default.
+type Options struct {
+	// ReadyTimeout bounds the readiness check of /readyz and /status.
+	// Default 1s.
+	ReadyTimeout time.Duration
+}
+
+// NewRegistry returns a registry with the Go runtime's and the process's
+// collectors, for a program's /metrics.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// Handler serves the admin endpoints (see the package doc) for db, with
+// metrics from gatherer. Safe for concurrent use.
+func Handler(db *gridkv.DB, gatherer prometheus.Gatherer, opts Options) http.Handler {
+	if opts.ReadyTimeout <= 0 {
+		opts.ReadyTimeout = time.Second
+	}
+	h := &handler{db: db, readyTimeout: opts.ReadyTimeout}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/status", h.status)
+	mux.HandleFunc("/healthz", h.healthz)
+	mux.HandleFunc("/readyz", h.readyz)
+	return mux
+}
+
+type handler struct {
+	db           *gridkv.DB
+	readyTimeout time.Duration
+}
+
+// ready is nil when WaitReady returns within the ready timeout.
+func (h *handler) ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, h.readyTimeout)
+	defer cancel()
+	return h.db.WaitReady(ctx)
+}
+
+func (h *handler) healthz(w http.ResponseWriter, r *http.Request) {
+	// Locate answers ErrClosed once the DB is closed, without a round trip.
+	if _, err := h.db.Locate("healthz"); errors.Is(err, gridkv.ErrClosed) {
+		http.Error(w, "closed", http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
+	if err := h.ready(r.Context()); err != nil {
+		http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ready")
+}
+
+// Status is /status's JSON document.
+type Status struct {
+	NodeID              string   `json:"node_id"`
+	Addr                string   `json:"addr"`
+	GossipAddr          string   `json:"gossip_addr"`
+	AdvertiseAddr       string   `json:"advertise_addr"`
+	GossipAdvertiseAddr string   `json:"gossip_advertise_addr"`
+	Ready               bool     `json:"ready"`
+	NotReady            string   `json:"not_ready,omitempty"` // why not, when not
+	Ranges              int      `json:"ranges"`
+	Members             []Member `json:"members"`
+	Groups              []Group  `json:"groups"`
+}
+
+// Member is one live member in /status.
+type Member struct {
+	ID          string `json:"id"`
+	Addr        string `json:"addr"`
+	GossipAddr  string `json:"gossip_addr"`
+	Incarnation uint64 `json:"incarnation"`
+	Leads       int    `json:"leads"`
+	State       string `json:"state"` // alive or leaving
+}
+
+// Group is one replica group in /status.
+type Group struct {
+	Group    int      `json:"group"`
+	Leader   string   `json:"leader"`
+	Replicas []string `json:"replicas"`
+	Ranges   int      `json:"ranges"`
+	Role     string   `json:"role"` // this node's: leader, follower, learner or none
+}
+
+func (h *handler) status(w http.ResponseWriter, r *http.Request) {
+	st := h.db.Status()
+	out := Status{NodeID: st.NodeID, Addr: st.Addr, GossipAddr: st.GossipAddr, AdvertiseAddr: st.AdvertiseAddr,
+		GossipAdvertiseAddr: st.GossipAdvertiseAddr, Ranges: st.Ranges, Members: []Member{}, Groups: []Group{}}
+	if err := h.ready(r.Context()); err != nil {
+		out.NotReady = err.Error()
+	} else {
+		out.Ready = true
+	}
+	for _, m := range st.Members {
+		out.Members = append(out.Members, Member{ID: m.ID, Addr: m.Addr, GossipAddr: m.GossipAddr,
+			Incarnation: m.Incarnation, Leads: m.Leads, State: string(m.State)})
+	}
+	for _, g := range st.Groups {
+		role := string(g.Role)
+		if g.Role == gridkv.RoleNone {
+			role = "none"
+		}
+		out.Groups = append(out.Groups, Group{Group: g.Group, Leader: g.Leader, Replicas: g.Replicas, Ranges: g.Ranges, Role: role})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(out)
+}

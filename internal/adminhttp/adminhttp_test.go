@@ -1,0 +1,123 @@
+package adminhttp
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gridkv/gridkv/gridkv"
+	"github.com/gridkv/gridkv/internal/testutil"
+)
+
+func TestMain(m *testing.M) { testutil.VerifyNoLeaks(m) }
+
+func get(t *testing.T, srv *httptest.Server, path string) (int, string) {
+	t.Helper()
+	resp, err := srv.Client().Get(srv.URL + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+// Every endpoint on a single-node DB: before it is ready where that can be
+// seen, while it serves, and after Close.
+func TestEndpoints(t *testing.T) {
+	db, err := gridkv.Open(gridkv.Config{Timing: gridkv.LocalTiming(), NodeID: "n1", Ranges: 16,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	srv := httptest.NewServer(Handler(db, NewRegistry(), Options{ReadyTimeout: 200 * time.Millisecond}))
+	defer srv.Close()
+	defer srv.Client().CloseIdleConnections()
+
+	testutil.Eventually(t, 30*time.Second, "/readyz 200", func() bool {
+		code, _ := get(t, srv, "/readyz")
+		return code == http.StatusOK
+	})
+	if code, body := get(t, srv, "/healthz"); code != http.StatusOK || body != "ok\n" {
+		t.Errorf("/healthz = %d %q", code, body)
+	}
+	code, body := get(t, srv, "/metrics")
+	if code != http.StatusOK || !strings.Contains(body, "go_goroutines") || !strings.Contains(body, "process_cpu_seconds_total") {
+		t.Errorf("/metrics = %d, %.200q", code, body)
+	}
+	if code, body := get(t, srv, "/debug/pprof/"); code != http.StatusOK || !strings.Contains(body, "goroutine") {
+		t.Errorf("/debug/pprof/ = %d %.200q", code, body)
+	}
+	if code, body := get(t, srv, "/debug/pprof/goroutine?debug=1"); code != http.StatusOK || !strings.Contains(body, "goroutine profile") {
+		t.Errorf("/debug/pprof/goroutine = %d %.200q", code, body)
+	}
+	if code, _ := get(t, srv, "/debug/pprof/cmdline"); code != http.StatusOK {
+		t.Errorf("/debug/pprof/cmdline = %d", code)
+	}
+
+	code, body = get(t, srv, "/status")
+	var st Status
+	if err := json.Unmarshal([]byte(body), &st); code != http.StatusOK || err != nil {
+		t.Fatalf("/status = %d %q: %v", code, body, err)
+	}
+	if st.NodeID != "n1" || st.Addr != db.Addr() || st.GossipAddr != db.GossipAddr() || !st.Ready || st.NotReady != "" || st.Ranges != 16 {
+		t.Errorf("/status header: %s", body)
+	}
+	if len(st.Members) != 1 || st.Members[0].ID != "n1" || st.Members[0].State != "alive" || st.Members[0].Addr != db.Addr() {
+		t.Errorf("/status members: %s", body)
+	}
+	if len(st.Groups) != 1 || st.Groups[0].Leader != "n1" || st.Groups[0].Role != "leader" || st.Groups[0].Ranges != 16 ||
+		len(st.Groups[0].Replicas) != 1 {
+		t.Errorf("/status groups: %s", body)
+	}
+	// The keys as JSON has them.
+	for _, key := range []string{`"node_id"`, `"advertise_addr"`, `"members"`, `"groups"`, `"replicas"`, `"role"`, `"ready": true`} {
+		if !strings.Contains(body, key) {
+			t.Errorf("/status lacks %s: %s", key, body)
+		}
+	}
+
+	db.Close()
+	if code, _ := get(t, srv, "/healthz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/healthz after Close = %d", code)
+	}
+	if code, body := get(t, srv, "/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "closed") {
+		t.Errorf("/readyz after Close = %d %q", code, body)
+	}
+	code, body = get(t, srv, "/status")
+	if err := json.Unmarshal([]byte(body), &st); code != http.StatusOK || err != nil || st.Ready || st.NodeID != "n1" {
+		t.Errorf("/status after Close = %d %s", code, body)
+	}
+	if code, _ := get(t, srv, "/nothing"); code != http.StatusNotFound {
+		t.Errorf("/nothing = %d", code)
+	}
+}
+
+// /readyz says 503, with the reason, when WaitReady does not return nil
+// in time: here the request's context has already ended. (A node whose
+// ranges lost their leaders would need a cluster to show it.)
+func TestReadyzNotReady(t *testing.T) {
+	db, err := gridkv.Open(gridkv.Config{Timing: gridkv.LocalTiming(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	h := Handler(db, NewRegistry(), Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil).WithContext(ctx))
+	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "not ready") {
+		t.Errorf("/readyz with an ended request = %d %q", rec.Code, rec.Body.String())
+	}
+}

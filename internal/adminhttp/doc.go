@@ -1,0 +1,20 @@
+// Package adminhttp is a node's admin HTTP endpoint: Prometheus metrics,
+// pprof, a JSON status page and health checks, on a mux of its own (never
+// http.DefaultServeMux). cmd/gridkv serves it on -admin-addr.
+//
+//	reg := adminhttp.NewRegistry() // Go and process collectors
+//	srv := &http.Server{Handler: adminhttp.Handler(db, reg, adminhttp.Options{})}
+//	go srv.Serve(ln)
+//
+// Endpoints:
+//
+//	/metrics       the registry, in Prometheus' text format
+//	/debug/pprof/  net/http/pprof's index and profiles
+//	/status        JSON: the node's id and addresses, the members with
+//	               their state, the replica groups (leader, replicas,
+//	               ranges, this node's role), and ready (as /readyz)
+//	/healthz       200 while the DB is open, 503 once it is closed
+//	/readyz        200 when DB.WaitReady returns at once (every range has a
+//	               reachable leader and its replicas), else 503 with the
+//	               reason; the check waits at most Options.ReadyTimeout
+package adminhttp
