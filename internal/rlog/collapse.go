@@ -20,10 +20,14 @@ import (
 //   - the first one after the interval is written with repeated=N and
 //     over=D: the N records counted over the D since the last line;
 //   - Reachable(peer), once no failure to reach that peer (a record given
-//     to Failure, not Log) came for Interval/10, writes the counts still pending about it (one line per
-//     key with repeated and over), then one Info line "peer reachable
-//     again" with after=N (the failures recorded) and for=D, and forgets
-//     the peer: its next failure is written at once.
+//     to Failure, not Log) came for Interval/10, writes the counts still
+//     pending about it (one line per key with repeated and over), then
+//     one Info line "peer reachable again" with after=N (the failures
+//     recorded) and for=D, and forgets the peer: its next failure is
+//     written at once.
+//   - a peer with no failure for 3*Interval, and no answer either (it is
+//     gone, or came back at another address), is forgotten: it writes no
+//     "reachable again" line, and its next failure is written at once.
 //
 // The settling pause in Reachable keeps a peer that answers some requests
 // and fails others (a restarted node refusing its old incarnation's
@@ -35,19 +39,26 @@ import (
 // written again).
 //
 // Threading: safe for concurrent use. It starts no goroutine: a pending
-// count is written by the call that finds it due. Reachable costs one
-// atomic load while no peer is failing.
+// count is written by the call that finds it due. Reachable takes no lock
+// for a peer that is not failing (one atomic load and, while some peer
+// fails, a map lookup).
 type Collapser struct {
 	interval time.Duration
-	settle   time.Duration
+	settle   time.Duration // Reachable's settling pause
+	expire   time.Duration // a failing peer silent this long is forgotten
 	maxKeys  int
 	now      func() time.Time
-	failing  atomic.Int64 // len(mu.peers): Reachable's fast path
+	// failing holds the peers of mu.peers, nil when there are none. It is
+	// replaced, never changed, under mu, so Reachable reads it without
+	// the lock.
+	failing atomic.Pointer[map[string]struct{}]
 
 	mu struct {
 		sync.Mutex
 		keys  map[repeatKey]*repeats
 		peers map[string]*failures
+		// nextSweep is when forgetLocked next looks for peers to forget.
+		nextSweep time.Time
 	}
 }
 
@@ -89,7 +100,7 @@ func NewCollapser(o CollapseOptions) *Collapser {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	c := &Collapser{interval: o.Interval, settle: o.Interval / 10, maxKeys: o.MaxKeys, now: o.Now}
+	c := &Collapser{interval: o.Interval, settle: o.Interval / 10, expire: 3 * o.Interval, maxKeys: o.MaxKeys, now: o.Now}
 	c.mu.keys = make(map[repeatKey]*repeats)
 	c.mu.peers = make(map[string]*failures)
 	return c
@@ -132,6 +143,7 @@ func (c *Collapser) admit(lv slog.Level, msg, peer string, failure bool) (write 
 	k := repeatKey{msg, peer}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.forgetLocked(now)
 	if failure {
 		c.failedLocked(peer, msg, now)
 	}
@@ -162,12 +174,43 @@ func (c *Collapser) failedLocked(peer, msg string, now time.Time) {
 		}
 		f = &failures{first: now}
 		c.mu.peers[peer] = f
-		c.failing.Store(int64(len(c.mu.peers)))
+		c.publishLocked()
 	}
 	f.n++
 	f.last = now
 	if !slices.Contains(f.msgs, msg) {
 		f.msgs = append(f.msgs, msg)
+	}
+}
+
+// publishLocked replaces failing with a copy of mu.peers' names.
+func (c *Collapser) publishLocked() {
+	if len(c.mu.peers) == 0 {
+		c.failing.Store(nil)
+		return
+	}
+	m := make(map[string]struct{}, len(c.mu.peers))
+	for p := range c.mu.peers {
+		m[p] = struct{}{}
+	}
+	c.failing.Store(&m)
+}
+
+// forgetLocked, once an interval, forgets the peers with no failure for
+// c.expire.
+func (c *Collapser) forgetLocked(now time.Time) {
+	if now.Before(c.mu.nextSweep) {
+		return
+	}
+	c.mu.nextSweep = now.Add(c.interval)
+	n := len(c.mu.peers)
+	for p, f := range c.mu.peers {
+		if now.Sub(f.last) >= c.expire {
+			delete(c.mu.peers, p)
+		}
+	}
+	if len(c.mu.peers) != n {
+		c.publishLocked()
 	}
 }
 
@@ -187,7 +230,7 @@ func (c *Collapser) evictLocked(now time.Time) {
 func (c *Collapser) resetLocked() {
 	clear(c.mu.keys)
 	clear(c.mu.peers)
-	c.failing.Store(0)
+	c.failing.Store(nil)
 }
 
 // summary is a count pending about a peer, written when it comes back.
@@ -202,21 +245,21 @@ type summary struct {
 // for the settling pause; if so it forgets the peer and returns its
 // failures and its pending counts.
 func (c *Collapser) recovered(peer string) (f *failures, pending []summary) {
-	if c.failing.Load() == 0 {
+	if m := c.failing.Load(); m == nil {
 		return nil, nil
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	f = c.mu.peers[peer]
-	if f == nil {
+	} else if _, ok := (*m)[peer]; !ok {
 		return nil, nil
 	}
 	now := c.now()
-	if now.Sub(f.last) < c.settle {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.forgetLocked(now)
+	f = c.mu.peers[peer]
+	if f == nil || now.Sub(f.last) < c.settle {
 		return nil, nil
 	}
 	delete(c.mu.peers, peer)
-	c.failing.Store(int64(len(c.mu.peers)))
+	c.publishLocked()
 	for _, msg := range f.msgs {
 		k := repeatKey{msg, peer}
 		if r := c.mu.keys[k]; r != nil {
@@ -231,7 +274,8 @@ func (c *Collapser) recovered(peer string) (f *failures, pending []summary) {
 
 // Reachable tells the Collapser that peer answered. If the peer was
 // failing and has settled, the counts pending about it and one Info line
-// "peer reachable again" are written to l. Cheap while no peer fails.
+// "peer reachable again" are written to l. It takes no lock unless peer
+// is failing.
 func (c *Collapser) Reachable(l *slog.Logger, peer string) {
 	if c == nil {
 		return

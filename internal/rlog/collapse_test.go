@@ -179,8 +179,8 @@ func TestCollapseBounded(t *testing.T) {
 		c.mu.Lock()
 		keys, peers := len(c.mu.keys), len(c.mu.peers)
 		c.mu.Unlock()
-		if keys > 8 || peers > 8 || c.failing.Load() != int64(peers) {
-			t.Fatalf("after %d peers: %d keys, %d peers, failing %d; want at most 8", i+1, keys, peers, c.failing.Load())
+		if keys > 8 || peers > 8 || failing(c) != peers {
+			t.Fatalf("after %d peers: %d keys, %d peers, failing %d; want at most 8", i+1, keys, peers, failing(c))
 		}
 	}
 	if n := len(rec.take()); n != 2000 {
@@ -279,15 +279,56 @@ func TestRaftLoggerCollapses(t *testing.T) {
 		"INFO peer reachable again peer=10.0.0.1:7000 after=1600 for=495ms")
 }
 
+// failing is the number of peers Reachable sees failing without the lock.
+func failing(c *Collapser) int {
+	if m := c.failing.Load(); m != nil {
+		return len(*m)
+	}
+	return 0
+}
+
+// A peer whose failures stopped 3 intervals ago, without an answer (gone,
+// or back at another address), is forgotten at the next record, and
+// Reachable is back to one atomic load; a peer still failing now and then
+// (raft retrying with backoff) is not forgotten.
+func TestCollapseForgetsGonePeer(t *testing.T) {
+	c, clk, rec, l := newTestCollapser(0)
+	c.Failure(l, slog.LevelError, "failed to heartbeat to", "gone:1", "peer", "gone:1")
+	c.Failure(l, slog.LevelError, "failed to heartbeat to", "retried:2", "peer", "retried:2")
+	for i := 0; i < 6; i++ { // 30s
+		clk.Advance(5 * time.Second)
+		c.Failure(l, slog.LevelError, "failed to heartbeat to", "retried:2", "peer", "retried:2")
+	}
+	if n := failing(c); n != 1 {
+		t.Errorf("%d peers failing after 30s, want 1 (retried:2)", n)
+	}
+	clk.Advance(5 * time.Second)
+	c.Reachable(l, "retried:2")
+	if n := failing(c); n != 0 {
+		t.Errorf("%d peers failing after the last answered, want 0", n)
+	}
+	rec.take()
+	c.Reachable(l, "gone:1")
+	wantLines(t, "an answer from a forgotten peer", rec.take())
+	c.Failure(l, slog.LevelError, "failed to heartbeat to", "gone:1", "peer", "gone:1")
+	wantLines(t, "a failure of a forgotten peer", rec.take(), "ERROR failed to heartbeat to peer=gone:1")
+}
+
 // Reachable runs on every answer a node reads: it must cost next to
-// nothing while no peer fails, and little while another one does.
+// nothing while no peer fails, and for a peer that is not failing while
+// another one does, or did long ago and never answered again.
 func BenchmarkReachable(b *testing.B) {
 	l := slog.New(newRecorder())
-	for _, failing := range []bool{false, true} {
-		b.Run(fmt.Sprint("other-peer-failing=", failing), func(b *testing.B) {
-			c := NewCollapser(CollapseOptions{})
-			if failing {
+	for _, other := range []string{"none", "failing", "long-dead"} {
+		b.Run("other-peer="+other, func(b *testing.B) {
+			clk := newFakeClock()
+			c := NewCollapser(CollapseOptions{Now: clk.Now})
+			if other != "none" {
 				c.Failure(l, slog.LevelError, "failed to heartbeat to", "down:1")
+			}
+			if other == "long-dead" {
+				clk.Advance(time.Hour)
+				c.Log(l, slog.LevelWarn, "some other record", "")
 			}
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
