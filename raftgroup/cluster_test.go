@@ -1,6 +1,7 @@
 package raftgroup
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/gridkv/gridkv/fsm"
 	"github.com/gridkv/gridkv/internal/faultnet"
+	"github.com/gridkv/gridkv/internal/rlog"
 	"github.com/gridkv/gridkv/internal/testutil"
 )
 
@@ -646,4 +648,47 @@ func TestCreateGroupRacingClose(t *testing.T) {
 			t.Fatalf("CreateGroup after Close: %v", err)
 		}
 	}
+}
+
+// Close writes the failures the node's log collapser still holds counted:
+// a peer failing when the node stopped is not left at its first line.
+func TestCloseWritesCollapsedCounts(t *testing.T) {
+	var out syncBuffer
+	cfg := fastConfig("n0", nil)
+	cfg.Logger = slog.New(slog.NewTextHandler(&out, nil))
+	h, err := NewHost(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lg := rlog.New(h.log, "raft", slog.LevelWarn, h.collapse) // as each group's raft logs
+	for range 3 {
+		lg.Error("failed to heartbeat to", "peer", raft.ServerAddress("192.0.2.1:7000"), "error", "dial timeout")
+	}
+	if n := strings.Count(out.String(), "failed to heartbeat to"); n != 1 {
+		t.Fatalf("%d lines before Close, want 1:\n%s", n, out.String())
+	}
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "repeated=2") {
+		t.Errorf("no count of the 2 failures collapsed after Close:\n%s", out.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

@@ -177,10 +177,10 @@ func TestCollapseBounded(t *testing.T) {
 		c.Log(l, slog.LevelWarn, fmt.Sprint("message ", i), "")
 		clk.Advance(time.Millisecond)
 		c.mu.Lock()
-		keys, peers := len(c.mu.keys), len(c.mu.peers)
+		keys, peers, due := len(c.mu.keys), len(c.mu.peers), c.mu.due.len()
 		c.mu.Unlock()
-		if keys > 8 || peers > 8 || failing(c) != peers {
-			t.Fatalf("after %d peers: %d keys, %d peers, failing %d; want at most 8", i+1, keys, peers, failing(c))
+		if keys > 8 || peers > 8 || due > 8 || failing(c) != peers {
+			t.Fatalf("after %d peers: %d keys, %d peers, %d due, failing %d; want at most 8", i+1, keys, peers, due, failing(c))
 		}
 	}
 	if n := len(rec.take()); n != 2000 {
@@ -312,6 +312,70 @@ func TestCollapseForgetsGonePeer(t *testing.T) {
 	wantLines(t, "an answer from a forgotten peer", rec.take())
 	c.Failure(l, slog.LevelError, "failed to heartbeat to", "gone:1", "peer", "gone:1")
 	wantLines(t, "a failure of a forgotten peer", rec.take(), "ERROR failed to heartbeat to peer=gone:1")
+}
+
+// A count pending for a key no later record carries (a burst that
+// stopped) is written once its interval has passed, by the next record of
+// another key or answer of a failing peer; by Flush at the latest.
+func TestCollapseLateCount(t *testing.T) {
+	c, clk, rec, l := newTestCollapser(0)
+	for i := 0; i < 3; i++ {
+		c.Log(l, slog.LevelWarn, "rejecting vote request since we have a leader", "a:1", "peer", "a:1")
+		c.Log(l, slog.LevelWarn, "Election timeout reached, restarting election", "")
+		clk.Advance(time.Second)
+	}
+	rec.take()
+	clk.Advance(6 * time.Second) // 9s since the first lines
+	c.Log(l, slog.LevelError, "other", "")
+	wantLines(t, "within the interval", rec.take(), "ERROR other")
+
+	clk.Advance(2 * time.Second)
+	c.Log(l, slog.LevelError, "other", "")
+	wantLines(t, "another key's record once due", rec.take(),
+		"WARN rejecting vote request since we have a leader peer=a:1 repeated=2 over=11s",
+		"WARN Election timeout reached, restarting election repeated=2 over=11s")
+
+	c.Log(l, slog.LevelWarn, "Election timeout reached, restarting election", "")
+	wantLines(t, "a record right after its count went out", rec.take())
+
+	c.Failure(l, slog.LevelError, "failed to heartbeat to", "b:2", "peer", "b:2")
+	rec.take()
+	clk.Advance(10 * time.Second)
+	c.Reachable(l, "b:2")
+	wantLines(t, "a failing peer's answer", rec.take(),
+		"ERROR other repeated=1 over=12s",
+		"WARN Election timeout reached, restarting election repeated=1 over=10s",
+		"INFO peer reachable again peer=b:2 after=1 for=0s")
+
+	c.Log(l, slog.LevelWarn, "Election timeout reached, restarting election", "")
+	c.Reachable(l, "a:1") // no peer failing: nothing looked at
+	wantLines(t, "an answer with no peer failing", rec.take())
+	clk.Advance(time.Second)
+	c.Flush()
+	wantLines(t, "Flush", rec.take(), "WARN Election timeout reached, restarting election repeated=1 over=1s")
+	c.Flush()
+	wantLines(t, "a second Flush", rec.take())
+}
+
+// One call writes at most lateMax late counts; the rest come with the
+// next calls, first due first.
+func TestCollapseLateCountBounded(t *testing.T) {
+	c, clk, rec, l := newTestCollapser(0)
+	for i := 0; i < 2*lateMax; i++ {
+		c.Log(l, slog.LevelWarn, fmt.Sprint("message ", i), "")
+		c.Log(l, slog.LevelWarn, fmt.Sprint("message ", i), "")
+		clk.Advance(time.Millisecond)
+	}
+	rec.take()
+	clk.Advance(time.Minute)
+	c.Log(l, slog.LevelWarn, "other", "")
+	if got := rec.take(); len(got) != lateMax+1 || !strings.HasPrefix(got[0], "WARN message 0 repeated=1") {
+		t.Errorf("first call wrote %q; want %d counts from message 0, and its record", got, lateMax)
+	}
+	c.Log(l, slog.LevelWarn, "other", "")
+	if got := rec.take(); len(got) != lateMax || !strings.HasPrefix(got[0], fmt.Sprintf("WARN message %d repeated=1", lateMax)) {
+		t.Errorf("second call wrote %q; want the other %d counts", got, lateMax)
+	}
 }
 
 // Reachable runs on every answer a node reads: it must cost next to

@@ -9,6 +9,8 @@
 //	rc.Logger = rlog.New(log, "raft", slog.LevelWarn, c)
 //	...
 //	c.Reachable(log, addr) // on every answer from addr: cheap
+//	...
+//	c.Flush() // when the node stops: the counts still pending
 package rlog
 
 import (
