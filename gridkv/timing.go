@@ -14,8 +14,13 @@ import (
 //
 // A zero field takes LANTiming's value, in a Timing that sets other fields
 // too: the zero Timing is LANTiming, and Timing{MemberDelay: time.Minute}
-// is LANTiming with a one-minute MemberDelay. To change a field of
-// LocalTiming, set it in LocalTiming's value, not in a zero Timing.
+// is LANTiming with a one-minute MemberDelay. Except that a zero
+// ElectionTimeout or LeaderLeaseTimeout takes HeartbeatTimeout's value, as
+// in both presets, so that Timing{HeartbeatTimeout: 3 * time.Second} is
+// valid (Raft wants the election timeout at least it, the lease at most
+// it). To change a field of LocalTiming, set it in LocalTiming's value,
+// not in a zero Timing; changing HeartbeatTimeout there keeps the preset's
+// other two, so set them too, or zero them to follow it.
 // Negative durations are ErrInvalid, and so are Raft timings Raft refuses
 // (see each field).
 //
@@ -34,15 +39,16 @@ type Timing struct {
 	// node. At least 5ms. LAN 1s (hashicorp/raft's), Local 300ms.
 	HeartbeatTimeout time.Duration
 	// ElectionTimeout is how long a Raft candidate waits for votes before
-	// it tries again. At least HeartbeatTimeout (Raft's rule). LAN 1s,
-	// Local 300ms.
+	// it tries again. At least HeartbeatTimeout (Raft's rule). Zero:
+	// HeartbeatTimeout. LAN 1s, Local 300ms.
 	ElectionTimeout time.Duration
 	// LeaderLeaseTimeout is how long a Raft leader goes without hearing
 	// from a quorum before it steps down. GridKV's read lease is its own
 	// and does not rest on it. At least 5ms, at most HeartbeatTimeout
 	// (Raft's rule): a CPU stall of half HeartbeatTimeout on a loaded
 	// machine made leaders step down while their followers still had them,
-	// so the presets take HeartbeatTimeout. LAN 1s, Local 300ms.
+	// so the presets take HeartbeatTimeout. Zero: HeartbeatTimeout. LAN
+	// 1s, Local 300ms.
 	LeaderLeaseTimeout time.Duration
 	// CommitTimeout is how long a Raft leader with nothing new to send
 	// waits before sending followers the commit index again (they learn it
@@ -178,14 +184,37 @@ func (t *Timing) durations() []struct {
 	}
 }
 
-// withDefaults fills t's zero fields from LANTiming.
+// withDefaults fills t's zero fields: ElectionTimeout and
+// LeaderLeaseTimeout from HeartbeatTimeout, the others from LANTiming.
 func (t Timing) withDefaults() Timing {
+	t = t.followHeartbeat()
 	lan := LANTiming()
 	def := lan.durations()
 	for i, f := range t.durations() {
 		if *f.d == 0 {
 			*f.d = *def[i].d
 		}
+	}
+	return t
+}
+
+// followHeartbeat sets a zero ElectionTimeout or LeaderLeaseTimeout to
+// HeartbeatTimeout, or to LANTiming's HeartbeatTimeout when that is zero
+// too, as the presets do. A negative HeartbeatTimeout is left for
+// problems to report; they take LANTiming's value.
+func (t Timing) followHeartbeat() Timing {
+	hb := t.HeartbeatTimeout
+	if hb == 0 {
+		hb = LANTiming().HeartbeatTimeout
+	}
+	if hb < 0 {
+		return t
+	}
+	if t.ElectionTimeout == 0 {
+		t.ElectionTimeout = hb
+	}
+	if t.LeaderLeaseTimeout == 0 {
+		t.LeaderLeaseTimeout = hb
 	}
 	return t
 }

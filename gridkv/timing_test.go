@@ -90,6 +90,41 @@ func TestConfigTimingPartial(t *testing.T) {
 	}
 }
 
+// A zero ElectionTimeout or LeaderLeaseTimeout follows HeartbeatTimeout
+// (as in both presets), not LANTiming's 1s, so changing HeartbeatTimeout
+// alone is valid; one set stays.
+func TestConfigTimingFollowsHeartbeat(t *testing.T) {
+	s := time.Second
+	ms := time.Millisecond
+	for _, c := range []struct {
+		name            string
+		timing          Timing
+		election, lease time.Duration
+	}{
+		{"longer heartbeat", Timing{HeartbeatTimeout: 3 * s}, 3 * s, 3 * s},
+		{"shorter heartbeat", Timing{HeartbeatTimeout: 500 * ms}, 500 * ms, 500 * ms},
+		{"election set", Timing{HeartbeatTimeout: 3 * s, ElectionTimeout: 5 * s}, 5 * s, 3 * s},
+		{"lease set", Timing{HeartbeatTimeout: 500 * ms, LeaderLeaseTimeout: 250 * ms}, 500 * ms, 250 * ms},
+		{"heartbeat zero", Timing{ElectionTimeout: 2 * s}, 2 * s, s},
+		{"preset with both zeroed", func() Timing {
+			t := LocalTiming()
+			t.HeartbeatTimeout, t.ElectionTimeout, t.LeaderLeaseTimeout = s, 0, 0
+			return t
+		}(), s, s},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := Config{Timing: c.timing}.withDefaults()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Timing.ElectionTimeout != c.election || cfg.Timing.LeaderLeaseTimeout != c.lease {
+				t.Errorf("ElectionTimeout %v, LeaderLeaseTimeout %v; want %v, %v",
+					cfg.Timing.ElectionTimeout, cfg.Timing.LeaderLeaseTimeout, c.election, c.lease)
+			}
+		})
+	}
+}
+
 // Bad timings are ErrInvalid naming each field, with every other problem
 // of the config, on one line.
 func TestConfigTimingInvalid(t *testing.T) {
@@ -100,8 +135,10 @@ func TestConfigTimingInvalid(t *testing.T) {
 	}{
 		{"negative", Timing{MemberDelay: -1, HandoffPoll: -time.Second, ApplyTimeout: -time.Millisecond},
 			[]string{"Timing.MemberDelay -1ns < 0", "Timing.HandoffPoll -1s < 0", "Timing.ApplyTimeout -1ms < 0"}},
-		{"election below heartbeat", Timing{HeartbeatTimeout: 2 * time.Second},
-			[]string{"Timing.ElectionTimeout 1s < Timing.HeartbeatTimeout 2s"}},
+		{"election below heartbeat", Timing{HeartbeatTimeout: 2 * time.Second, ElectionTimeout: 1500 * time.Millisecond},
+			[]string{"Timing.ElectionTimeout 1.5s < Timing.HeartbeatTimeout 2s"}},
+		{"election below a preset's heartbeat", func() Timing { t := LocalTiming(); t.HeartbeatTimeout = time.Second; return t }(),
+			[]string{"Timing.ElectionTimeout 300ms < Timing.HeartbeatTimeout 1s"}},
 		{"lease above heartbeat", Timing{HeartbeatTimeout: 500 * time.Millisecond, LeaderLeaseTimeout: 600 * time.Millisecond},
 			[]string{"Timing.LeaderLeaseTimeout 600ms > Timing.HeartbeatTimeout 500ms"}},
 		{"below Raft's least", Timing{HeartbeatTimeout: time.Millisecond, ElectionTimeout: time.Millisecond,

@@ -202,6 +202,18 @@ func (o *options) finish() error {
 			timing.FieldByName(f).Set(d)
 		}
 	}
+	// As in both presets (and gridkv's rule for a zero field), Raft's
+	// election and leader lease timeouts follow the heartbeat timeout
+	// unless given too: -timing local -timing-heartbeat-timeout 1s would
+	// otherwise keep local's 300ms election timeout, which Raft refuses.
+	if hb := o.timings.HeartbeatTimeout; hb != 0 {
+		if o.timings.ElectionTimeout == 0 {
+			o.cfg.Timing.ElectionTimeout = hb
+		}
+		if o.timings.LeaderLeaseTimeout == 0 {
+			o.cfg.Timing.LeaderLeaseTimeout = hb
+		}
+	}
 	if o.tlsCert == "" && o.tlsKey == "" && o.tlsCA == "" {
 		return nil
 	}

@@ -246,3 +246,37 @@ func TestEveryTimingHasAFlag(t *testing.T) {
 		t.Errorf("kebab(RPCTimeout) = %q", got)
 	}
 }
+
+// -timing-heartbeat-timeout alone moves Raft's election and leader lease
+// timeouts with it, from either preset, so Raft accepts the result; one
+// given too stays.
+func TestTimingHeartbeatAlone(t *testing.T) {
+	s, ms := time.Second, time.Millisecond
+	for _, c := range []struct {
+		args            []string
+		env             map[string]string
+		election, lease time.Duration
+	}{
+		{args: []string{"-timing", "local", "-timing-heartbeat-timeout", "1s"}, election: s, lease: s},
+		{args: []string{"-timing-heartbeat-timeout", "3s"}, election: 3 * s, lease: 3 * s},
+		{args: []string{"-timing-heartbeat-timeout", "500ms"}, election: 500 * ms, lease: 500 * ms},
+		{args: []string{"-timing", "local", "-timing-heartbeat-timeout", "1s", "-timing-election-timeout", "2s"}, election: 2 * s, lease: s},
+		{args: []string{"-timing-heartbeat-timeout", "500ms", "-timing-leader-lease-timeout", "200ms"}, election: 500 * ms, lease: 200 * ms},
+		{args: []string{"-timing", "local"}, env: map[string]string{"GRIDKV_TIMING_HEARTBEAT_TIMEOUT": "1s"}, election: s, lease: s},
+		{args: []string{"-timing", "local"}, election: 300 * ms, lease: 300 * ms},
+	} {
+		getenv := func(k string) (string, bool) { v, ok := c.env[k]; return v, ok }
+		o, err := parseOptions(c.args, getenv, new(bytes.Buffer))
+		if err != nil {
+			t.Errorf("%q: %v", c.args, err)
+			continue
+		}
+		tm := o.cfg.Timing
+		if tm.ElectionTimeout != c.election || tm.LeaderLeaseTimeout != c.lease {
+			t.Errorf("%q %v: election %v, leader lease %v; want %v, %v", c.args, c.env, tm.ElectionTimeout, tm.LeaderLeaseTimeout, c.election, c.lease)
+		}
+		if tm.ElectionTimeout < tm.HeartbeatTimeout || tm.LeaderLeaseTimeout > tm.HeartbeatTimeout {
+			t.Errorf("%q %v: %+v breaks Raft's rules", c.args, c.env, tm)
+		}
+	}
+}

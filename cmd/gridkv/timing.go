@@ -14,8 +14,8 @@ import (
 // TestEveryTimingHasAFlag.
 var timingUsage = map[string]string{
 	"HeartbeatTimeout":   "how long a Raft follower hears nothing before it starts an election; the same on every node",
-	"ElectionTimeout":    "how long a Raft candidate waits for votes; at least the heartbeat timeout",
-	"LeaderLeaseTimeout": "how long a Raft leader goes without a quorum before it steps down; at most the heartbeat timeout",
+	"ElectionTimeout":    "how long a Raft candidate waits for votes; at least the heartbeat timeout, which it follows when only that is given",
+	"LeaderLeaseTimeout": "how long a Raft leader goes without a quorum before it steps down; at most the heartbeat timeout, which it follows when only that is given",
 	"CommitTimeout":      "how long an idle Raft leader waits before resending the commit index",
 	"RPCTimeout":         "bound on one Raft RPC, a connection attempt, and a node-to-node request",
 	"MemberDelay":        "a member counts in placement once up this long, and until gone this long",
