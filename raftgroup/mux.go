@@ -9,9 +9,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/raft"
 
@@ -276,6 +278,11 @@ func (m *mux) serve(conn net.Conn) {
 		return
 	}
 	from := string(body)
+	if err := checkHelloAddr(from); err != nil {
+		m.log.Debug("refusing a node-to-node connection: its hello names no usable address",
+			"remote", hostOf(conn.RemoteAddr().String()), "err", err)
+		return
+	}
 	switch h.kind {
 	case kindHello:
 		h, body, err = readFrame(r)
@@ -293,6 +300,35 @@ func (m *mux) serve(conn net.Conn) {
 			pc.serve(r)
 		}
 	}
+}
+
+// maxHelloAddr bounds the address a hello may carry: a host name is at
+// most 253 bytes, a port 5 digits.
+const maxHelloAddr = 256
+
+// checkHelloAddr checks the address an inbound hello claims, before it
+// becomes the key of a peer, a label value of the per-peer metrics
+// (gridkv_transport_*{peer}) and a log attribute: it comes from whoever
+// connected, so it must be valid UTF-8, at most maxHelloAddr bytes, and a
+// host:port with a non-empty host and a numeric port.
+func checkHelloAddr(addr string) error {
+	if len(addr) > maxHelloAddr {
+		return fmt.Errorf("address of %d bytes, more than %d", len(addr), maxHelloAddr)
+	}
+	if !utf8.ValidString(addr) {
+		return errors.New("address is not valid UTF-8")
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("address %q: %v", addr, err)
+	}
+	if host == "" {
+		return fmt.Errorf("address %q has no host", addr)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("address %q has no numeric port", addr)
+	}
+	return nil
 }
 
 func (m *mux) handleRequest(p *peer, h frameHeader, body []byte) {
