@@ -76,7 +76,13 @@ type Config struct {
 	//     VerifyPeerCertificate or VerifyConnection, if set, run too (to
 	//     pin a certificate, say).
 	// Certificates (or both GetCertificate and GetClientCertificate) must
-	// be set: ErrInvalid otherwise. Every node must use TLS or none
+	// be set, and settings that would weaken verification are refused:
+	// RootCAs and ClientCAs both nil (the system roots would accept any
+	// publicly issued certificate), or InsecureSkipVerify, unless
+	// VerifyPeerCertificate or VerifyConnection is set to verify instead;
+	// GetConfigForClient at all (its configuration would replace the
+	// listener's, and the required client certificate with it). Each is
+	// ErrInvalid naming the field. Every node must use TLS or none
 	// does: a node with the other setting cannot join (ErrInvalid naming
 	// TLS). A gossip member counts (placement, routing, Members, Locate)
 	// only once this node has completed a round trip with it over mutual
@@ -224,6 +230,18 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if t := c.TLS; t != nil && len(t.Certificates) == 0 && (t.GetCertificate == nil || t.GetClientCertificate == nil) {
 		add("field TLS has no certificate: set Certificates (or both GetCertificate and GetClientCertificate), since every node both serves and dials with mutual TLS")
+	}
+	if t := c.TLS; t != nil {
+		ownCheck := t.VerifyPeerCertificate != nil || t.VerifyConnection != nil
+		if t.RootCAs == nil && t.ClientCAs == nil && !ownCheck {
+			add("field TLS has neither RootCAs nor ClientCAs: the system roots would accept any publicly issued certificate as a node; set RootCAs to the nodes' CA (or verify in VerifyPeerCertificate or VerifyConnection)")
+		}
+		if t.InsecureSkipVerify && !ownCheck {
+			add("field TLS.InsecureSkipVerify is set without VerifyPeerCertificate or VerifyConnection: dials would accept any server")
+		}
+		if t.GetConfigForClient != nil {
+			add("field TLS.GetConfigForClient is set: the configuration it returns would replace the listener's, and with it the required client certificate; it is not supported")
+		}
 	}
 	for i, seed := range c.Seeds {
 		if err := checkAddr(seed, false); err != nil {

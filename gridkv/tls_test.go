@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -274,6 +275,42 @@ func TestTLSConfigWithoutCertificate(t *testing.T) {
 		_, err := Open(Config{TLS: c, Logger: quiet})
 		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "field TLS has no certificate") {
 			t.Fatalf("Open: %v, want ErrInvalid naming TLS", err)
+		}
+	}
+}
+
+// TLS settings that would weaken verification are ErrInvalid, naming the
+// field, unless a verification callback of the user's takes over.
+func TestTLSConfigWeakVerification(t *testing.T) {
+	ca := testcerts.NewCA(t, "ca")
+	good := ca.Config(t, "n1")
+	verify := func([][]byte, [][]*x509.Certificate) error { return nil }
+	for _, tc := range []struct {
+		name string
+		edit func(*tls.Config)
+		want string // "" for valid
+	}{
+		{"good", func(*tls.Config) {}, ""},
+		{"only ClientCAs", func(c *tls.Config) { c.RootCAs, c.ClientCAs = nil, ca.Pool }, ""},
+		{"no CA", func(c *tls.Config) { c.RootCAs = nil }, "field TLS has neither RootCAs nor ClientCAs"},
+		{"no CA, own check", func(c *tls.Config) { c.RootCAs, c.VerifyPeerCertificate = nil, verify }, ""},
+		{"no CA, own connection check", func(c *tls.Config) {
+			c.RootCAs, c.VerifyConnection = nil, func(tls.ConnectionState) error { return nil }
+		}, ""},
+		{"skip verify", func(c *tls.Config) { c.InsecureSkipVerify = true }, "field TLS.InsecureSkipVerify"},
+		{"skip verify, own check", func(c *tls.Config) { c.InsecureSkipVerify, c.VerifyPeerCertificate = true, verify }, ""},
+		{"config for client", func(c *tls.Config) {
+			c.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) { return nil, nil }
+		}, "field TLS.GetConfigForClient"},
+	} {
+		c := good.Clone()
+		tc.edit(c)
+		_, err := Config{TLS: c, Logger: quiet}.withDefaults()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v, want valid", tc.name, err)
+		case tc.want != "" && (!errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: %v, want ErrInvalid naming %q", tc.name, err, tc.want)
 		}
 	}
 }
