@@ -73,6 +73,11 @@ type Config struct {
 	//     the certificate's IP SANs, a host name among its DNS SANs. Or
 	//     set ServerName: then every node's certificate must be valid for
 	//     that one name (say "gridkv.internal"), whatever its address.
+	//   - the listener takes a connection as coming from the node whose
+	//     address it claims only if the client certificate is valid for
+	//     that address's host in the same way (or, with ServerName set,
+	//     for ServerName: then any holder of a certificate for that name
+	//     can pass for any node).
 	//     VerifyPeerCertificate or VerifyConnection, if set, run too (to
 	//     pin a certificate, say).
 	// Certificates (or both GetCertificate and GetClientCertificate) must

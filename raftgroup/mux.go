@@ -283,6 +283,10 @@ func (m *mux) serve(conn net.Conn) {
 			"remote", hostOf(conn.RemoteAddr().String()), "err", err)
 		return
 	}
+	if err := m.checkClaim(conn, from); err != nil {
+		m.handshakes.failed(m.log, hostOf(conn.RemoteAddr().String()), "accept", err)
+		return
+	}
 	switch h.kind {
 	case kindHello:
 		h, body, err = readFrame(r)

@@ -32,7 +32,10 @@ type tlsConfigs struct {
 //     pool (a private CA) configures both sides;
 //   - dials present the same certificate and verify the server against
 //     the host of the address dialed (an IP or a name), unless ServerName
-//     is set: then every node's certificate must be valid for that name.
+//     is set: then every node's certificate must be valid for that name;
+//   - the listener checks, after the handshake, that the client's
+//     certificate is valid in the same way for the address its hello
+//     claims (checkClaim).
 func newTLSConfigs(c *tls.Config) tlsConfigs {
 	if c == nil {
 		return tlsConfigs{}
@@ -101,6 +104,36 @@ func (m *mux) accept(conn net.Conn) net.Conn {
 		return nil
 	}
 	return tc
+}
+
+// checkClaim checks, with TLS, that the certificate the client presented
+// on conn is valid for the address its hello claims, addr: for addr's
+// host (an IP among its IP SANs, a name among its DNS SANs), as a dial to
+// addr would check the server's; or, with Config.TLS.ServerName set, for
+// that name, which every node's certificate carries (so then any holder
+// of such a certificate can claim to be any node). Without the check, a
+// node with any certificate of the CA could claim another's address and
+// have its connection taken as the path to that node.
+func (m *mux) checkClaim(conn net.Conn, addr string) error {
+	if m.tls.server == nil {
+		return nil
+	}
+	tc, ok := conn.(*tls.Conn)
+	if !ok {
+		return errors.New("not a TLS connection")
+	}
+	certs := tc.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return errors.New("no client certificate")
+	}
+	name := m.tls.client.ServerName
+	if name == "" {
+		name = hostOf(addr)
+	}
+	if err := certs[0].VerifyHostname(name); err != nil {
+		return fmt.Errorf("the client certificate is not valid for the address its hello claims, %s: %w", addr, err)
+	}
+	return nil
 }
 
 // handshake runs tc's handshake until deadline, or until the mux closes.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -174,4 +175,61 @@ func TestTLSMuxRefusesWrongCertificate(t *testing.T) {
 	eventually(t, 5*time.Second, "the control vote request to move the term", func() bool {
 		return g.Raft().CurrentTerm() > term
 	})
+}
+
+// TestTLSHelloClaimMustMatchCertificate: with TLS, a connection's hello
+// may claim only an address its client certificate is valid for (the
+// host's IP or name, as dials check servers), or, with ServerName set,
+// the certificate must carry that name. A holder of a good certificate
+// for 127.0.0.2 claiming an address on 127.0.0.1 is cut off; the same
+// claim with a certificate for 127.0.0.1 is taken.
+func TestTLSHelloClaimMustMatchCertificate(t *testing.T) {
+	ca := testcerts.NewCA(t, "ca")
+	const shared = "gridkv.internal"
+	for _, tc := range []struct {
+		name       string
+		serverName string
+		certIPs    []net.IP
+		certDNS    []string
+		claim      string
+		kept       bool
+	}{
+		{"other IP", "", []net.IP{net.IPv4(127, 0, 0, 2)}, nil, "127.0.0.1:7001", false},
+		{"other name", "", nil, []string{"other.example"}, "localhost:7001", false},
+		{"own IP", "", nil, nil, "127.0.0.1:7001", true},
+		{"own name", "", nil, []string{"localhost"}, "localhost:7001", true},
+		{"server name missing", shared, nil, nil, "127.0.0.1:7001", false},
+		{"server name", shared, nil, []string{shared}, "127.0.0.1:7001", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newTestCluster(t, 1, 0, func(cfg *Config) {
+				cfg.TLS = &tls.Config{Certificates: []tls.Certificate{ca.Cert(t, cfg.NodeID, nil, shared)}, RootCAs: ca.Pool, ServerName: tc.serverName}
+			})
+			target := c.hosts[0]
+			conn, err := net.DialTimeout("tcp", target.BoundAddr(), time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			ips := tc.certIPs
+			if ips == nil && tc.certDNS != nil {
+				ips = []net.IP{net.IPv4(192, 0, 2, 1)} // not 127.0.0.1
+			}
+			serverName := tc.serverName
+			if serverName == "" {
+				serverName = "127.0.0.1"
+			}
+			tlsConn := tls.Client(conn, &tls.Config{Certificates: []tls.Certificate{ca.Cert(t, "claimer", ips, tc.certDNS...)},
+				RootCAs: ca.Pool, ServerName: serverName})
+			_ = tlsConn.SetDeadline(time.Now().Add(time.Second))
+			if _, err := tlsConn.Write(helloFrame(kindPeerHello, tc.claim)); err != nil {
+				t.Fatal(err)
+			}
+			_, _, err = readFrame(bufio.NewReader(tlsConn))
+			kept := errors.Is(err, os.ErrDeadlineExceeded)
+			if kept != tc.kept {
+				t.Fatalf("connection kept: %v, want %v (read: %v)", kept, tc.kept, err)
+			}
+		})
+	}
 }
