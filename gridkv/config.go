@@ -91,7 +91,8 @@ type Config struct {
 	// does: a node with the other setting cannot join (ErrInvalid naming
 	// TLS). A gossip member counts (placement, routing, Members, Locate)
 	// only once this node has completed a round trip with it over mutual
-	// TLS; a joining node's Open must complete one with a member, or
+	// TLS; a joining node's Open must complete one with a member (and
+	// takes the cluster's layout only from such members), or
 	// fails with ErrUnavailable when JoinTimeout passes. Handshakes take at
 	// most the RPC time-out (Timing.RPCTimeout: 5s, Local 1s); failed ones are logged at Warn
 	// at most once a minute per remote host. TLS does not cover gossip

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gridkv/gridkv/gossip"
 	"github.com/gridkv/gridkv/internal/testcerts"
 	"github.com/gridkv/gridkv/internal/testutil"
 	"github.com/gridkv/gridkv/raftgroup"
@@ -336,5 +337,48 @@ func TestTLSSingleNode(t *testing.T) {
 	defer h.Close()
 	if err := h.Ping(ctx, db.host.ID(), db.host.Addr()); err == nil {
 		t.Fatal("a plaintext Ping was answered by a TLS node")
+	}
+}
+
+// TestTLSJoinIgnoresGossipOnlyLayout: with TLS, a joining node takes the
+// cluster's layout only from members it verified. Two gossip-only
+// members announce a bogus layout of a later epoch: one under its own
+// name, one under another gossip name with the metadata of the real
+// member (its NodeID, incarnation and RPC address). The joiner adopts
+// the real member's layout.
+func TestTLSJoinIgnoresGossipOnlyLayout(t *testing.T) {
+	ca := testcerts.NewCA(t, "ca")
+	a := openT(t, Config{NodeID: "a", Timing: LocalTiming(), TLS: ca.Config(t, "a"), Logger: quiet})
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := a.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	real := a.lay.Load()
+	_, inc, _ := raftgroup.ParseServerID(a.host.ID())
+	for _, r := range []struct{ name, nodeID, rpc string }{
+		{"rogue", "rogue", "127.0.0.1:1"},
+		{"a-impostor", "a", a.host.Addr()},
+	} {
+		n, err := gossip.Start(gossip.Config{Name: r.name, Preset: a.cfg.Timing.Gossip.gossipPreset(), Logger: quiet,
+			Settings: a.cfg.clusterSettings(),
+			Meta: gossip.Meta{NodeID: r.nodeID, Incarnation: inc, RPCAddr: r.rpc,
+				Groups: real.groups + 7, GenesisGroups: real.genesisGroups, LayoutEpoch: real.epoch + 100}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close(0)
+		if _, err := n.Join(ctx, []string{a.GossipAddr()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := openT(t, Config{NodeID: "b", Timing: LocalTiming(), TLS: ca.Config(t, "b"), Seeds: []string{a.GossipAddr()}, Logger: quiet})
+	defer b.Close()
+	if got := b.lay.Load(); got.groups != real.groups || got.epoch != real.epoch {
+		t.Fatalf("joiner took %d groups at epoch %d, want the member's %d at %d", got.groups, got.epoch, real.groups, real.epoch)
+	}
+	if ids := memberIDs(b); ids != "a,b" {
+		t.Fatalf("joiner counts members %s", ids)
 	}
 }
