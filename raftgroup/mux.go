@@ -59,9 +59,12 @@ type mux struct {
 	linger      time.Duration
 	// tls is the listener's and the dialer's TLS (Config.TLS); nil
 	// configs: plaintext.
-	tls        tlsConfigs
-	handshakes handshakeLog
-	rpc        atomic.Pointer[RPCHandler]
+	tls tlsConfigs
+	// handshakeLog collapses the warnings about refused TLS connections
+	// (handshakeFailed): one line per remote host, then a count at most
+	// once per handshakeLogEvery.
+	handshakeLog *rlog.Collapser
+	rpc          atomic.Pointer[RPCHandler]
 	// ctx ends when the mux closes; RPC handlers run under it.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -109,7 +112,8 @@ func newMux(c muxConfig) (*mux, error) {
 		return nil, fmt.Errorf("raftgroup: %w", err)
 	}
 	m := &mux{addr: addr, self: c.self, log: c.log, collapse: c.collapse, ln: ln, faults: c.faults,
-		timeout: c.timeout, beatTimeout: c.beatTimeout, linger: c.linger, tls: newTLSConfigs(c.tls), closed: make(chan struct{})}
+		timeout: c.timeout, beatTimeout: c.beatTimeout, linger: c.linger, tls: newTLSConfigs(c.tls), closed: make(chan struct{}),
+		handshakeLog: rlog.NewCollapser(rlog.CollapseOptions{Interval: handshakeLogEvery})}
 	if c.detailed {
 		m.detail = &detailCounters{}
 	}
@@ -284,7 +288,7 @@ func (m *mux) serve(conn net.Conn) {
 		return
 	}
 	if err := m.checkClaim(conn, from); err != nil {
-		m.handshakes.failed(m.log, hostOf(conn.RemoteAddr().String()), "accept", err)
+		m.handshakeFailed(msgClaimRefused, hostOf(conn.RemoteAddr().String()), "accept", err)
 		return
 	}
 	switch h.kind {

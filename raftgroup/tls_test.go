@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/gridkv/gridkv/internal/rlog"
 	"github.com/gridkv/gridkv/internal/testcerts"
 )
 
@@ -231,5 +233,54 @@ func TestTLSHelloClaimMustMatchCertificate(t *testing.T) {
 				t.Fatalf("connection kept: %v, want %v (read: %v)", kept, tc.kept, err)
 			}
 		})
+	}
+}
+
+// recordLog keeps the Warn records it is given, with their attributes.
+type recordLog struct {
+	mu   sync.Mutex
+	recs []map[string]string
+}
+
+func (l *recordLog) Enabled(context.Context, slog.Level) bool { return true }
+func (l *recordLog) Handle(_ context.Context, r slog.Record) error {
+	if r.Level < slog.LevelWarn {
+		return nil
+	}
+	attrs := map[string]string{"msg": r.Message}
+	r.Attrs(func(a slog.Attr) bool { attrs[a.Key] = a.Value.String(); return true })
+	l.mu.Lock()
+	l.recs = append(l.recs, attrs)
+	l.mu.Unlock()
+	return nil
+}
+func (l *recordLog) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *recordLog) WithGroup(string) slog.Handler      { return l }
+
+// Refused TLS connections log one Warn per remote host, then at most one
+// line per handshakeLogEvery with the count not logged; a remote that
+// closed the connection before a byte is logged at Debug only.
+func TestTLSHandshakeFailuresCollapsed(t *testing.T) {
+	now := time.Unix(1000, 0)
+	logs := &recordLog{}
+	m := &mux{log: slog.New(logs), handshakeLog: rlog.NewCollapser(rlog.CollapseOptions{
+		Interval: handshakeLogEvery, Now: func() time.Time { return now }})}
+	bad := errors.New("tls: bad certificate")
+	for range 5 {
+		m.handshakeFailed(msgHandshakeFailed, "10.0.0.1", "accept", bad)
+		m.handshakeFailed(msgHandshakeFailed, "10.0.0.1", "accept", io.EOF)
+		now = now.Add(time.Second)
+	}
+	m.handshakeFailed(msgHandshakeFailed, "10.0.0.2", "dial", bad)
+	if n := len(logs.recs); n != 2 {
+		t.Fatalf("%d lines for failures with two hosts, want 2: %v", n, logs.recs)
+	}
+	now = now.Add(handshakeLogEvery)
+	m.handshakeFailed(msgHandshakeFailed, "10.0.0.1", "accept", bad)
+	if n := len(logs.recs); n != 3 {
+		t.Fatalf("%d lines after the interval, want 3: %v", n, logs.recs)
+	}
+	if last := logs.recs[2]; last["remote"] != "10.0.0.1" || last["repeated"] != "4" {
+		t.Fatalf("line after the interval: %v, want remote 10.0.0.1 and repeated 4", last)
 	}
 }
