@@ -133,7 +133,10 @@ type Config struct {
 	// BootstrapExpect: when > 1, nodes started together wait until this
 	// many of them see each other through gossip (Seeds must name at least
 	// one other), then all bootstrap the same ranges with the same replica
-	// sets; they can never form two clusters. Default 0: a node without
+	// sets; they can never form two clusters, provided no other node is in
+	// gossip while they wait (each takes the first BootstrapExpect members
+	// by NodeID it sees: with TLS, of those it verified; start other nodes
+	// once the cluster has formed). Default 0: a node without
 	// Seeds bootstraps alone at once, a node with Seeds only joins.
 	BootstrapExpect int
 	// JoinTimeout bounds how long Open tries to reach a seed (and, with
