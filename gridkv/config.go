@@ -73,14 +73,26 @@ type Config struct {
 	//     the certificate's IP SANs, a host name among its DNS SANs. Or
 	//     set ServerName: then every node's certificate must be valid for
 	//     that one name (say "gridkv.internal"), whatever its address.
+	//   - the listener takes a connection as coming from the node whose
+	//     address it claims only if the client certificate is valid for
+	//     that address's host in the same way (or, with ServerName set,
+	//     for ServerName: then any holder of a certificate for that name
+	//     can pass for any node).
 	//     VerifyPeerCertificate or VerifyConnection, if set, run too (to
 	//     pin a certificate, say).
 	// Certificates (or both GetCertificate and GetClientCertificate) must
-	// be set: ErrInvalid otherwise. Every node must use TLS or none
+	// be set, and settings that would weaken verification are refused:
+	// RootCAs and ClientCAs both nil (the system roots would accept any
+	// publicly issued certificate), or InsecureSkipVerify, unless
+	// VerifyPeerCertificate or VerifyConnection is set to verify instead;
+	// GetConfigForClient at all (its configuration would replace the
+	// listener's, and the required client certificate with it). Each is
+	// ErrInvalid naming the field. Every node must use TLS or none
 	// does: a node with the other setting cannot join (ErrInvalid naming
 	// TLS). A gossip member counts (placement, routing, Members, Locate)
 	// only once this node has completed a round trip with it over mutual
-	// TLS; a joining node's Open must complete one with a member, or
+	// TLS; a joining node's Open must complete one with a member (and
+	// takes the cluster's layout only from such members), or
 	// fails with ErrUnavailable when JoinTimeout passes. Handshakes take at
 	// most the RPC time-out (Timing.RPCTimeout: 5s, Local 1s); failed ones are logged at Warn
 	// at most once a minute per remote host. TLS does not cover gossip
@@ -121,7 +133,10 @@ type Config struct {
 	// BootstrapExpect: when > 1, nodes started together wait until this
 	// many of them see each other through gossip (Seeds must name at least
 	// one other), then all bootstrap the same ranges with the same replica
-	// sets; they can never form two clusters. Default 0: a node without
+	// sets; they can never form two clusters, provided no other node is in
+	// gossip while they wait (each takes the first BootstrapExpect members
+	// by NodeID it sees: with TLS, of those it verified; start other nodes
+	// once the cluster has formed). Default 0: a node without
 	// Seeds bootstraps alone at once, a node with Seeds only joins.
 	BootstrapExpect int
 	// JoinTimeout bounds how long Open tries to reach a seed (and, with
@@ -224,6 +239,18 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if t := c.TLS; t != nil && len(t.Certificates) == 0 && (t.GetCertificate == nil || t.GetClientCertificate == nil) {
 		add("field TLS has no certificate: set Certificates (or both GetCertificate and GetClientCertificate), since every node both serves and dials with mutual TLS")
+	}
+	if t := c.TLS; t != nil {
+		ownCheck := t.VerifyPeerCertificate != nil || t.VerifyConnection != nil
+		if t.RootCAs == nil && t.ClientCAs == nil && !ownCheck {
+			add("field TLS has neither RootCAs nor ClientCAs: the system roots would accept any publicly issued certificate as a node; set RootCAs to the nodes' CA (or verify in VerifyPeerCertificate or VerifyConnection)")
+		}
+		if t.InsecureSkipVerify && !ownCheck {
+			add("field TLS.InsecureSkipVerify is set without VerifyPeerCertificate or VerifyConnection: dials would accept any server")
+		}
+		if t.GetConfigForClient != nil {
+			add("field TLS.GetConfigForClient is set: the configuration it returns would replace the listener's, and with it the required client certificate; it is not supported")
+		}
 	}
 	for i, seed := range c.Seeds {
 		if err := checkAddr(seed, false); err != nil {

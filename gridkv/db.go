@@ -326,10 +326,12 @@ func (db *DB) form(ctx context.Context) error {
 		}
 	}
 	if db.lay.Load() == nil {
-		if err := db.learnLayout(ctx, joinCtx); err != nil {
+		// With TLS, the layout is read only from members verified first:
+		// a gossip-only member must not set it.
+		if err := db.joinTLS(ctx, joinCtx); err != nil {
 			return err
 		}
-		return db.joinTLS(ctx, joinCtx)
+		return db.learnLayout(ctx, joinCtx)
 	}
 	switch {
 	case len(db.cfg.Seeds) == 0:
@@ -365,12 +367,16 @@ func (db *DB) form(ctx context.Context) error {
 
 // learnLayout waits, within joinCtx, until a member announces the
 // cluster's group count, and takes it; the groups' leaders then add
-// replicas on this node.
+// replicas on this node. With TLS only members that passed the round
+// trip are heard (db.members), and the others are tried meanwhile.
 func (db *DB) learnLayout(ctx, joinCtx context.Context) error {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		meta, ok, err := clusterLayout(db.gsp.Members())
+		if db.tls != nil {
+			_, _ = db.tls.tryAll(joinCtx, db.gsp.Members())
+		}
+		meta, ok, err := clusterLayout(db.members())
 		if err != nil {
 			return fmt.Errorf("%w: joining: %v", ErrUnavailable, err)
 		}

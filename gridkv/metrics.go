@@ -276,9 +276,7 @@ func (m *nodeMetrics) Collect(ch chan<- prometheus.Metric) {
 		return // Open has not started the parts yet
 	}
 	db := m.db
-	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) { constCounter(ch, d, v, labels...) }
 	gauge := func(d *prometheus.Desc, v float64) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
 	}
@@ -296,12 +294,7 @@ func (m *nodeMetrics) Collect(ch chan<- prometheus.Metric) {
 	counter(m.leaseReads, st.LeaseMisses, "miss")
 	ch <- sizesHistogram(m.entriesPerAppend, st.EntriesPerAppend)
 	ch <- sizesHistogram(m.framesPerWrite, st.FramesPerWrite)
-	for _, p := range db.host.PeerStats() {
-		counter(m.sentFrames, p.FramesWritten, p.Addr)
-		counter(m.receivedFrames, p.FramesRead, p.Addr)
-		counter(m.sentBytes, p.BytesWritten, p.Addr)
-		counter(m.receivedBytes, p.BytesRead, p.Addr)
-	}
+	m.collectPeers(ch, db.host.PeerStats())
 
 	var held, led, rangesHeld, rangesLed int
 	var used, limit int64
@@ -329,6 +322,26 @@ func (m *nodeMetrics) Collect(ch chan<- prometheus.Metric) {
 	gauge(m.memoryUsed, float64(used))
 	if db.cfg.MemoryLimit > 0 {
 		gauge(m.memoryLimit, float64(limit))
+	}
+}
+
+// collectPeers sends the per-peer transport counters of peers.
+func (m *nodeMetrics) collectPeers(ch chan<- prometheus.Metric, peers []raftgroup.PeerStats) {
+	for _, p := range peers {
+		constCounter(ch, m.sentFrames, p.FramesWritten, p.Addr)
+		constCounter(ch, m.receivedFrames, p.FramesRead, p.Addr)
+		constCounter(ch, m.sentBytes, p.BytesWritten, p.Addr)
+		constCounter(ch, m.receivedBytes, p.BytesRead, p.Addr)
+	}
+}
+
+// constCounter sends a counter of d, unless the series cannot be made: a
+// label value that is not valid UTF-8 (the peer label is an address a
+// remote node sent) would otherwise panic (MustNewConstMetric), or fail
+// the whole scrape; it loses that one series instead.
+func constCounter(ch chan<- prometheus.Metric, d *prometheus.Desc, v uint64, labels ...string) {
+	if c, err := prometheus.NewConstMetric(d, prometheus.CounterValue, float64(v), labels...); err == nil {
+		ch <- c
 	}
 }
 

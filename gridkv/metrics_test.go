@@ -13,6 +13,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/gridkv/gridkv/internal/testutil"
+	"github.com/gridkv/gridkv/raftgroup"
 )
 
 // sample sums, over the series of metric name in families that carry every
@@ -303,5 +304,35 @@ func TestMetricsRegistration(t *testing.T) {
 	}
 	if _, found := sample(gather(t, reg), "gridkv_groups_held", map[string]string{"node": "a"}); !found {
 		t.Fatal("the reopened node's metrics are not registered")
+	}
+}
+
+// TestMetricsPeerLabelNotUTF8: a peer address that is not valid UTF-8
+// loses its own series only; the scrape neither panics nor fails.
+func TestMetricsPeerLabelNotUTF8(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := newMetrics(nil, Config{NodeID: "n1", Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan prometheus.Metric, 16)
+	m.collectPeers(ch, []raftgroup.PeerStats{
+		{Addr: "\xff\xfe:1", FramesWritten: 1, FramesRead: 1, BytesWritten: 1, BytesRead: 1},
+		{Addr: "127.0.0.1:7000", FramesWritten: 2, FramesRead: 2, BytesWritten: 2, BytesRead: 2},
+	})
+	close(ch)
+	n := 0
+	for c := range ch {
+		var d dto.Metric
+		if err := c.Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		if v := d.GetLabel()[0].GetValue(); v != "127.0.0.1:7000" {
+			t.Fatalf("series with peer %q", v)
+		}
+		n++
+	}
+	if n != 4 {
+		t.Fatalf("%d series, want the good peer's 4", n)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gridkv/gridkv/gossip"
 	"github.com/gridkv/gridkv/internal/testcerts"
 	"github.com/gridkv/gridkv/internal/testutil"
 	"github.com/gridkv/gridkv/raftgroup"
@@ -278,6 +280,42 @@ func TestTLSConfigWithoutCertificate(t *testing.T) {
 	}
 }
 
+// TLS settings that would weaken verification are ErrInvalid, naming the
+// field, unless a verification callback of the user's takes over.
+func TestTLSConfigWeakVerification(t *testing.T) {
+	ca := testcerts.NewCA(t, "ca")
+	good := ca.Config(t, "n1")
+	verify := func([][]byte, [][]*x509.Certificate) error { return nil }
+	for _, tc := range []struct {
+		name string
+		edit func(*tls.Config)
+		want string // "" for valid
+	}{
+		{"good", func(*tls.Config) {}, ""},
+		{"only ClientCAs", func(c *tls.Config) { c.RootCAs, c.ClientCAs = nil, ca.Pool }, ""},
+		{"no CA", func(c *tls.Config) { c.RootCAs = nil }, "field TLS has neither RootCAs nor ClientCAs"},
+		{"no CA, own check", func(c *tls.Config) { c.RootCAs, c.VerifyPeerCertificate = nil, verify }, ""},
+		{"no CA, own connection check", func(c *tls.Config) {
+			c.RootCAs, c.VerifyConnection = nil, func(tls.ConnectionState) error { return nil }
+		}, ""},
+		{"skip verify", func(c *tls.Config) { c.InsecureSkipVerify = true }, "field TLS.InsecureSkipVerify"},
+		{"skip verify, own check", func(c *tls.Config) { c.InsecureSkipVerify, c.VerifyPeerCertificate = true, verify }, ""},
+		{"config for client", func(c *tls.Config) {
+			c.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) { return nil, nil }
+		}, "field TLS.GetConfigForClient"},
+	} {
+		c := good.Clone()
+		tc.edit(c)
+		_, err := Config{TLS: c, Logger: quiet}.withDefaults()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v, want valid", tc.name, err)
+		case tc.want != "" && (!errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: %v, want ErrInvalid naming %q", tc.name, err, tc.want)
+		}
+	}
+}
+
 // A single node with TLS serves (nothing to check against), and its
 // listener, given to raftgroup, refuses a plaintext Ping.
 func TestTLSSingleNode(t *testing.T) {
@@ -299,5 +337,48 @@ func TestTLSSingleNode(t *testing.T) {
 	defer h.Close()
 	if err := h.Ping(ctx, db.host.ID(), db.host.Addr()); err == nil {
 		t.Fatal("a plaintext Ping was answered by a TLS node")
+	}
+}
+
+// TestTLSJoinIgnoresGossipOnlyLayout: with TLS, a joining node takes the
+// cluster's layout only from members it verified. Two gossip-only
+// members announce a bogus layout of a later epoch: one under its own
+// name, one under another gossip name with the metadata of the real
+// member (its NodeID, incarnation and RPC address). The joiner adopts
+// the real member's layout.
+func TestTLSJoinIgnoresGossipOnlyLayout(t *testing.T) {
+	ca := testcerts.NewCA(t, "ca")
+	a := openT(t, Config{NodeID: "a", Timing: LocalTiming(), TLS: ca.Config(t, "a"), Logger: quiet})
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := a.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	real := a.lay.Load()
+	_, inc, _ := raftgroup.ParseServerID(a.host.ID())
+	for _, r := range []struct{ name, nodeID, rpc string }{
+		{"rogue", "rogue", "127.0.0.1:1"},
+		{"a-impostor", "a", a.host.Addr()},
+	} {
+		n, err := gossip.Start(gossip.Config{Name: r.name, Preset: a.cfg.Timing.Gossip.gossipPreset(), Logger: quiet,
+			Settings: a.cfg.clusterSettings(),
+			Meta: gossip.Meta{NodeID: r.nodeID, Incarnation: inc, RPCAddr: r.rpc,
+				Groups: real.groups + 7, GenesisGroups: real.genesisGroups, LayoutEpoch: real.epoch + 100}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close(0)
+		if _, err := n.Join(ctx, []string{a.GossipAddr()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := openT(t, Config{NodeID: "b", Timing: LocalTiming(), TLS: ca.Config(t, "b"), Seeds: []string{a.GossipAddr()}, Logger: quiet})
+	defer b.Close()
+	if got := b.lay.Load(); got.groups != real.groups || got.epoch != real.epoch {
+		t.Fatalf("joiner took %d groups at epoch %d, want the member's %d at %d", got.groups, got.epoch, real.groups, real.epoch)
+	}
+	if ids := memberIDs(b); ids != "a,b" {
+		t.Fatalf("joiner counts members %s", ids)
 	}
 }

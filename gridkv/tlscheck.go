@@ -53,12 +53,18 @@ func newTLSCheck(host *raftgroup.Host) *tlsCheck {
 }
 
 // filter returns the members of ms that count: this node, and those that
-// passed the round trip at the address they announce.
+// passed the round trip at the address they announce. A member whose
+// gossip name is not the NodeID it announces never counts: gossip names
+// are unique among live members, NodeIDs in metadata are not, so another
+// member could otherwise announce the metadata of one that passed.
 func (c *tlsCheck) filter(ms []gossip.Member) []gossip.Member {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := ms[:0:0]
 	for _, m := range ms {
+		if m.Name != m.Meta.NodeID {
+			continue
+		}
 		id := memberServerID(m)
 		if st := c.mu.byID[id]; id == c.self || st != nil && st.ok && st.addr == m.Meta.RPCAddr {
 			out = append(out, m)
@@ -76,6 +82,9 @@ func (c *tlsCheck) due(ms []gossip.Member) []gossip.Member {
 	present := make(map[raft.ServerID]bool, len(ms))
 	var out []gossip.Member
 	for _, m := range ms {
+		if m.Name != m.Meta.NodeID {
+			continue // never counts (see filter), and must not reset the state of the member it names
+		}
 		id := memberServerID(m)
 		present[id] = true
 		if id == c.self {

@@ -64,7 +64,11 @@ type Config struct {
 	// server (against RootCAs, or ClientCAs when RootCAs is nil) for the
 	// host of the address dialed, an IP address or a name, unless
 	// ServerName is set: then every node's certificate must be valid for
-	// that one name. Each handshake is bounded by RPCTimeout and runs on
+	// that one name. The listener takes a connection's hello, which names
+	// the address of the node it comes from, only if the client
+	// certificate is valid for that address's host (or, with ServerName
+	// set, for ServerName: then any holder of such a certificate can claim
+	// to be any node). Each handshake is bounded by RPCTimeout and runs on
 	// its connection's goroutine. A failed handshake is logged at Warn,
 	// at most once a minute per remote host. Default nil: plaintext.
 	TLS *tls.Config

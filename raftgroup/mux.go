@@ -9,9 +9,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/raft"
 
@@ -57,9 +59,12 @@ type mux struct {
 	linger      time.Duration
 	// tls is the listener's and the dialer's TLS (Config.TLS); nil
 	// configs: plaintext.
-	tls        tlsConfigs
-	handshakes handshakeLog
-	rpc        atomic.Pointer[RPCHandler]
+	tls tlsConfigs
+	// handshakeLog collapses the warnings about refused TLS connections
+	// (handshakeFailed): one line per remote host, then a count at most
+	// once per handshakeLogEvery.
+	handshakeLog *rlog.Collapser
+	rpc          atomic.Pointer[RPCHandler]
 	// ctx ends when the mux closes; RPC handlers run under it.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -107,7 +112,8 @@ func newMux(c muxConfig) (*mux, error) {
 		return nil, fmt.Errorf("raftgroup: %w", err)
 	}
 	m := &mux{addr: addr, self: c.self, log: c.log, collapse: c.collapse, ln: ln, faults: c.faults,
-		timeout: c.timeout, beatTimeout: c.beatTimeout, linger: c.linger, tls: newTLSConfigs(c.tls), closed: make(chan struct{})}
+		timeout: c.timeout, beatTimeout: c.beatTimeout, linger: c.linger, tls: newTLSConfigs(c.tls), closed: make(chan struct{}),
+		handshakeLog: rlog.NewCollapser(rlog.CollapseOptions{Interval: handshakeLogEvery})}
 	if c.detailed {
 		m.detail = &detailCounters{}
 	}
@@ -276,6 +282,15 @@ func (m *mux) serve(conn net.Conn) {
 		return
 	}
 	from := string(body)
+	if err := checkHelloAddr(from); err != nil {
+		m.log.Debug("refusing a node-to-node connection: its hello names no usable address",
+			"remote", hostOf(conn.RemoteAddr().String()), "err", err)
+		return
+	}
+	if err := m.checkClaim(conn, from); err != nil {
+		m.handshakeFailed(msgClaimRefused, hostOf(conn.RemoteAddr().String()), "accept", err)
+		return
+	}
 	switch h.kind {
 	case kindHello:
 		h, body, err = readFrame(r)
@@ -293,6 +308,35 @@ func (m *mux) serve(conn net.Conn) {
 			pc.serve(r)
 		}
 	}
+}
+
+// maxHelloAddr bounds the address a hello may carry: a host name is at
+// most 253 bytes, a port 5 digits.
+const maxHelloAddr = 256
+
+// checkHelloAddr checks the address an inbound hello claims, before it
+// becomes the key of a peer, a label value of the per-peer metrics
+// (gridkv_transport_*{peer}) and a log attribute: it comes from whoever
+// connected, so it must be valid UTF-8, at most maxHelloAddr bytes, and a
+// host:port with a non-empty host and a numeric port.
+func checkHelloAddr(addr string) error {
+	if len(addr) > maxHelloAddr {
+		return fmt.Errorf("address of %d bytes, more than %d", len(addr), maxHelloAddr)
+	}
+	if !utf8.ValidString(addr) {
+		return errors.New("address is not valid UTF-8")
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("address %q: %v", addr, err)
+	}
+	if host == "" {
+		return fmt.Errorf("address %q has no host", addr)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("address %q has no numeric port", addr)
+	}
+	return nil
 }
 
 func (m *mux) handleRequest(p *peer, h frameHeader, body []byte) {

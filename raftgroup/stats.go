@@ -175,20 +175,33 @@ type peerCounters struct {
 	framesRead, bytesRead, reads        atomic.Uint64
 }
 
-// PeerStats returns the counters of every peer this host has exchanged
-// frames with since NewHost (one entry per peer address, kept after the
-// peer leaves), in no particular order; nil without Config.DetailedStats.
+// PeerStats returns the counters of the peers this host has a live
+// connection with, in no particular order; nil without
+// Config.DetailedStats. A peer's counters run from the first frame
+// exchanged with it since NewHost: a peer that reconnects carries on
+// from where it was, one that has no connection is left out (so the
+// list, and the metric series made from it, are bounded by the live
+// connections, not by every address a connection ever claimed).
 func (h *Host) PeerStats() []PeerStats {
 	m := h.mux
 	if m.detail == nil {
 		return nil
 	}
 	m.mu.Lock()
-	peers := make([]*peer, 0, len(m.mu.peers))
+	all := make([]*peer, 0, len(m.mu.peers))
 	for _, p := range m.mu.peers {
-		peers = append(peers, p)
+		all = append(all, p)
 	}
 	m.mu.Unlock()
+	peers := all[:0]
+	for _, p := range all {
+		p.mu.Lock()
+		live := len(p.mu.conns) > 0
+		p.mu.Unlock()
+		if live {
+			peers = append(peers, p)
+		}
+	}
 	out := make([]PeerStats, 0, len(peers))
 	for _, p := range peers {
 		c := p.stats

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
 )
 
@@ -32,7 +31,10 @@ type tlsConfigs struct {
 //     pool (a private CA) configures both sides;
 //   - dials present the same certificate and verify the server against
 //     the host of the address dialed (an IP or a name), unless ServerName
-//     is set: then every node's certificate must be valid for that name.
+//     is set: then every node's certificate must be valid for that name;
+//   - the listener checks, after the handshake, that the client's
+//     certificate is valid in the same way for the address its hello
+//     claims (checkClaim).
 func newTLSConfigs(c *tls.Config) tlsConfigs {
 	if c == nil {
 		return tlsConfigs{}
@@ -78,7 +80,7 @@ func (m *mux) dial(target string) (net.Conn, error) {
 	if err := m.handshake(tc, deadline); err != nil {
 		_ = conn.Close()
 		if m.ctx.Err() == nil {
-			m.handshakes.failed(m.log, hostOf(target), "dial", err)
+			m.handshakeFailed(msgHandshakeFailed, hostOf(target), "dial", err)
 		}
 		return nil, fmt.Errorf("%w: %w with %s: %v", errUnreachable, ErrHandshake, target, err)
 	}
@@ -96,11 +98,41 @@ func (m *mux) accept(conn net.Conn) net.Conn {
 	tc := tls.Server(conn, m.tls.server)
 	if err := m.handshake(tc, time.Now().Add(m.timeout)); err != nil {
 		if m.ctx.Err() == nil {
-			m.handshakes.failed(m.log, hostOf(conn.RemoteAddr().String()), "accept", err)
+			m.handshakeFailed(msgHandshakeFailed, hostOf(conn.RemoteAddr().String()), "accept", err)
 		}
 		return nil
 	}
 	return tc
+}
+
+// checkClaim checks, with TLS, that the certificate the client presented
+// on conn is valid for the address its hello claims, addr: for addr's
+// host (an IP among its IP SANs, a name among its DNS SANs), as a dial to
+// addr would check the server's; or, with Config.TLS.ServerName set, for
+// that name, which every node's certificate carries (so then any holder
+// of such a certificate can claim to be any node). Without the check, a
+// node with any certificate of the CA could claim another's address and
+// have its connection taken as the path to that node.
+func (m *mux) checkClaim(conn net.Conn, addr string) error {
+	if m.tls.server == nil {
+		return nil
+	}
+	tc, ok := conn.(*tls.Conn)
+	if !ok {
+		return errors.New("not a TLS connection")
+	}
+	certs := tc.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return errors.New("no client certificate")
+	}
+	name := m.tls.client.ServerName
+	if name == "" {
+		name = hostOf(addr)
+	}
+	if err := certs[0].VerifyHostname(name); err != nil {
+		return fmt.Errorf("the client certificate is not valid for the address its hello claims, %s: %w", addr, err)
+	}
+	return nil
 }
 
 // handshake runs tc's handshake until deadline, or until the mux closes.
@@ -125,46 +157,23 @@ func hostOf(addr string) string {
 // remote host are logged.
 const handshakeLogEvery = time.Minute
 
-// handshakeLog rate-limits the warnings about failed TLS handshakes: the
-// first failure with a remote host is logged at once, later ones at most
-// once per handshakeLogEvery, saying how many were not logged. A node
-// without the right certificate retrying every few milliseconds costs
-// one line a minute per node it tries, not a flood. Connections closed
-// before saying anything (port scans, TCP health checks) are logged at
-// Debug only.
-type handshakeLog struct {
-	mu     sync.Mutex
-	byHost map[string]*handshakeFailures
-}
+// Messages of the failures handshakeFailed logs.
+const (
+	msgHandshakeFailed = "TLS handshake of a node-to-node connection failed; the connection is refused (failures with this host are logged at most once a minute)"
+	msgClaimRefused    = "node-to-node connection refused: its certificate is not valid for the address it claims (refusals of this host are logged at most once a minute)"
+)
 
-type handshakeFailures struct {
-	logged     time.Time
-	suppressed int
-}
-
-func (l *handshakeLog) failed(log *slog.Logger, host, side string, err error) {
+// handshakeFailed logs a refused TLS connection with host, collapsed by
+// m.handshakeLog: the first failure with a remote host is logged at
+// once, later ones at most once per handshakeLogEvery, with the count
+// not logged (repeated, over). A node without the right certificate
+// retrying every few milliseconds costs one line a minute per node it
+// tries, not a flood. Connections closed before saying anything (port
+// scans, TCP health checks) are logged at Debug only.
+func (m *mux) handshakeFailed(msg, host, side string, err error) {
 	if errors.Is(err, io.EOF) {
-		log.Debug("TLS handshake failed: the remote closed the connection", "remote", host, "side", side)
+		m.log.Debug("TLS handshake failed: the remote closed the connection", "remote", host, "side", side)
 		return
 	}
-	now := time.Now()
-	l.mu.Lock()
-	if l.byHost == nil || len(l.byHost) >= 1024 {
-		l.byHost = map[string]*handshakeFailures{} // bound the memory; at worst a line again
-	}
-	f := l.byHost[host]
-	if f == nil {
-		f = &handshakeFailures{}
-		l.byHost[host] = f
-	}
-	if !f.logged.IsZero() && now.Sub(f.logged) < handshakeLogEvery {
-		f.suppressed++
-		l.mu.Unlock()
-		return
-	}
-	suppressed := f.suppressed
-	f.logged, f.suppressed = now, 0
-	l.mu.Unlock()
-	log.Warn("TLS handshake of a node-to-node connection failed; the connection is refused (failures with this host are logged at most once a minute)",
-		"remote", host, "side", side, "err", oneLine(err.Error()), "failures_not_logged", suppressed)
+	m.handshakeLog.Log(m.log, slog.LevelWarn, msg, host, "remote", host, "side", side, "err", oneLine(err.Error()))
 }

@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/gridkv/gridkv/internal/rlog"
 	"github.com/gridkv/gridkv/internal/testcerts"
 )
 
@@ -174,4 +177,110 @@ func TestTLSMuxRefusesWrongCertificate(t *testing.T) {
 	eventually(t, 5*time.Second, "the control vote request to move the term", func() bool {
 		return g.Raft().CurrentTerm() > term
 	})
+}
+
+// TestTLSHelloClaimMustMatchCertificate: with TLS, a connection's hello
+// may claim only an address its client certificate is valid for (the
+// host's IP or name, as dials check servers), or, with ServerName set,
+// the certificate must carry that name. A holder of a good certificate
+// for 127.0.0.2 claiming an address on 127.0.0.1 is cut off; the same
+// claim with a certificate for 127.0.0.1 is taken.
+func TestTLSHelloClaimMustMatchCertificate(t *testing.T) {
+	ca := testcerts.NewCA(t, "ca")
+	const shared = "gridkv.internal"
+	for _, tc := range []struct {
+		name       string
+		serverName string
+		certIPs    []net.IP
+		certDNS    []string
+		claim      string
+		kept       bool
+	}{
+		{"other IP", "", []net.IP{net.IPv4(127, 0, 0, 2)}, nil, "127.0.0.1:7001", false},
+		{"other name", "", nil, []string{"other.example"}, "localhost:7001", false},
+		{"own IP", "", nil, nil, "127.0.0.1:7001", true},
+		{"own name", "", nil, []string{"localhost"}, "localhost:7001", true},
+		{"server name missing", shared, nil, nil, "127.0.0.1:7001", false},
+		{"server name", shared, nil, []string{shared}, "127.0.0.1:7001", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newTestCluster(t, 1, 0, func(cfg *Config) {
+				cfg.TLS = &tls.Config{Certificates: []tls.Certificate{ca.Cert(t, cfg.NodeID, nil, shared)}, RootCAs: ca.Pool, ServerName: tc.serverName}
+			})
+			target := c.hosts[0]
+			conn, err := net.DialTimeout("tcp", target.BoundAddr(), time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			ips := tc.certIPs
+			if ips == nil && tc.certDNS != nil {
+				ips = []net.IP{net.IPv4(192, 0, 2, 1)} // not 127.0.0.1
+			}
+			serverName := tc.serverName
+			if serverName == "" {
+				serverName = "127.0.0.1"
+			}
+			tlsConn := tls.Client(conn, &tls.Config{Certificates: []tls.Certificate{ca.Cert(t, "claimer", ips, tc.certDNS...)},
+				RootCAs: ca.Pool, ServerName: serverName})
+			_ = tlsConn.SetDeadline(time.Now().Add(time.Second))
+			if _, err := tlsConn.Write(helloFrame(kindPeerHello, tc.claim)); err != nil {
+				t.Fatal(err)
+			}
+			_, _, err = readFrame(bufio.NewReader(tlsConn))
+			kept := errors.Is(err, os.ErrDeadlineExceeded)
+			if kept != tc.kept {
+				t.Fatalf("connection kept: %v, want %v (read: %v)", kept, tc.kept, err)
+			}
+		})
+	}
+}
+
+// recordLog keeps the Warn records it is given, with their attributes.
+type recordLog struct {
+	mu   sync.Mutex
+	recs []map[string]string
+}
+
+func (l *recordLog) Enabled(context.Context, slog.Level) bool { return true }
+func (l *recordLog) Handle(_ context.Context, r slog.Record) error {
+	if r.Level < slog.LevelWarn {
+		return nil
+	}
+	attrs := map[string]string{"msg": r.Message}
+	r.Attrs(func(a slog.Attr) bool { attrs[a.Key] = a.Value.String(); return true })
+	l.mu.Lock()
+	l.recs = append(l.recs, attrs)
+	l.mu.Unlock()
+	return nil
+}
+func (l *recordLog) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *recordLog) WithGroup(string) slog.Handler      { return l }
+
+// Refused TLS connections log one Warn per remote host, then at most one
+// line per handshakeLogEvery with the count not logged; a remote that
+// closed the connection before a byte is logged at Debug only.
+func TestTLSHandshakeFailuresCollapsed(t *testing.T) {
+	now := time.Unix(1000, 0)
+	logs := &recordLog{}
+	m := &mux{log: slog.New(logs), handshakeLog: rlog.NewCollapser(rlog.CollapseOptions{
+		Interval: handshakeLogEvery, Now: func() time.Time { return now }})}
+	bad := errors.New("tls: bad certificate")
+	for range 5 {
+		m.handshakeFailed(msgHandshakeFailed, "10.0.0.1", "accept", bad)
+		m.handshakeFailed(msgHandshakeFailed, "10.0.0.1", "accept", io.EOF)
+		now = now.Add(time.Second)
+	}
+	m.handshakeFailed(msgHandshakeFailed, "10.0.0.2", "dial", bad)
+	if n := len(logs.recs); n != 2 {
+		t.Fatalf("%d lines for failures with two hosts, want 2: %v", n, logs.recs)
+	}
+	now = now.Add(handshakeLogEvery)
+	m.handshakeFailed(msgHandshakeFailed, "10.0.0.1", "accept", bad)
+	if n := len(logs.recs); n != 3 {
+		t.Fatalf("%d lines after the interval, want 3: %v", n, logs.recs)
+	}
+	if last := logs.recs[2]; last["remote"] != "10.0.0.1" || last["repeated"] != "4" {
+		t.Fatalf("line after the interval: %v, want remote 10.0.0.1 and repeated 4", last)
+	}
 }
