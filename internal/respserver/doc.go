@@ -14,6 +14,9 @@
 // Writer; the accept loop is this package's own, because redcon.Server
 // closes every connection the moment its listener closes (the replies of
 // commands in flight are lost) and does not wait for its goroutines.
+// A temporary accept error (EMFILE: out of file descriptors) does not end
+// Serve: it retries after a back-off of 5ms doubling to 1s, as net/http
+// does, until Shutdown.
 // Each connection has one goroutine: it reads a pipeline (every command
 // already received), runs the commands in order, and sends their replies
 // in one write. Connections run in parallel. Each command gets a context

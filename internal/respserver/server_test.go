@@ -9,10 +9,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -578,4 +580,94 @@ func TestShutdown(t *testing.T) {
 	if err := srv.Serve(ln); !errors.Is(err, ErrServerClosed) {
 		t.Errorf("Serve after Shutdown: %v", err)
 	}
+}
+
+// failingListener's Accept fails with err, fails times, then accepts from
+// the Listener; with fails < 0 it fails for ever (until closed).
+type failingListener struct {
+	net.Listener
+	err   error
+	mu    sync.Mutex
+	fails int
+}
+
+func (l *failingListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	fail := l.fails != 0
+	if l.fails > 0 {
+		l.fails--
+	}
+	l.mu.Unlock()
+	if fail {
+		return nil, l.err
+	}
+	return l.Listener.Accept()
+}
+
+var errEMFILE = &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept", syscall.EMFILE)}
+
+// A temporary accept error (EMFILE) is retried: the server goes on
+// serving, and Shutdown still ends Serve with ErrServerClosed, also while
+// it backs off. Any other accept error ends Serve with that error.
+func TestAcceptErrors(t *testing.T) {
+	db := openDB(t, gridkv.Config{})
+	listen := func(err error, fails int) *failingListener {
+		ln, lerr := net.Listen("tcp", "127.0.0.1:0")
+		if lerr != nil {
+			t.Fatal(lerr)
+		}
+		return &failingListener{Listener: ln, err: err, fails: fails}
+	}
+
+	t.Run("temporary then fine", func(t *testing.T) {
+		srv := New(db, Options{Logger: quiet})
+		ln := listen(errEMFILE, 5)
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve(ln) }()
+		rdb := client(t, ln.Addr().String())
+		if v, err := rdb.Ping(ctxT(t)).Result(); err != nil || v != "PONG" {
+			t.Errorf("PING after 5 EMFILE: %q, %v", v, err)
+		}
+		rdb.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-served; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v", err)
+		}
+	})
+
+	t.Run("temporary for ever", func(t *testing.T) {
+		srv := New(db, Options{Logger: quiet})
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve(listen(errEMFILE, -1)) }()
+		select {
+		case err := <-served:
+			t.Fatalf("Serve returned %v on a temporary error", err)
+		case <-time.After(1500 * time.Millisecond): // past the 1s back-off cap
+		}
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-served; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v", err)
+		}
+		if d := time.Since(start); d > 500*time.Millisecond {
+			t.Errorf("Shutdown took %v: the back-off was not cut short", d)
+		}
+	})
+
+	t.Run("permanent", func(t *testing.T) {
+		srv := New(db, Options{Logger: quiet})
+		defer srv.Shutdown(context.Background())
+		bad := errors.New("listener broken")
+		if err := srv.Serve(listen(bad, -1)); err != bad {
+			t.Errorf("Serve returned %v, want %v", err, bad)
+		}
+	})
 }
