@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"errors"
 	"flag"
@@ -18,10 +19,16 @@ import (
 	"github.com/gridkv/gridkv/internal/testcerts"
 )
 
-func noEnv(string) (string, bool) { return "", false }
+var noEnv []string
 
-func envOf(m map[string]string) func(string) (string, bool) {
-	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+// envOf is m as os.Environ would list it.
+func envOf(m map[string]string) []string {
+	var env []string
+	for k, v := range m {
+		env = append(env, k+"="+v)
+	}
+	slices.Sort(env)
+	return env
 }
 
 // Every gridkv.Config field is set by a setting or listed in
@@ -186,6 +193,10 @@ func TestBadValues(t *testing.T) {
 		{args: []string{"extra"}, want: "unexpected arguments"},
 		{env: map[string]string{"GRIDKV_RANGES": "x", "GRIDKV_TIMING": "wan"},
 			want: `env GRIDKV_RANGES="x": not an integer` + "\n" + `env GRIDKV_TIMING="wan"`},
+		// A variable that names no setting (a typo, or one removed) is
+		// refused, not ignored; variables without the prefix are not ours.
+		{env: map[string]string{"GRIDKV_TIMEING": "local", "GRIDKV_FAST": "true", "GRIDKV_RANGES": "8", "HOME": "/root"},
+			want: "env GRIDKV_FAST: no such setting (gridkv -h lists them)\nenv GRIDKV_TIMEING: no such setting"},
 	} {
 		_, err := parseOptions(tc.args, envOf(tc.env), new(bytes.Buffer))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -244,5 +255,15 @@ func TestEveryTimingHasAFlag(t *testing.T) {
 	}
 	if got := kebab("RPCTimeout"); got != "rpc-timeout" {
 		t.Errorf("kebab(RPCTimeout) = %q", got)
+	}
+}
+
+// run refuses an unknown GRIDKV_ variable as it does a bad flag: exit
+// status 2, the variable named, and nothing started.
+func TestRunRefusesUnknownEnv(t *testing.T) {
+	var out bytes.Buffer
+	code := run(context.Background(), []string{"-resp-addr", "127.0.0.1:0"}, []string{"PATH=/bin", "GRIDKV_FAST=true"}, &out)
+	if code != 2 || !strings.Contains(out.String(), "gridkv: env GRIDKV_FAST: no such setting") {
+		t.Errorf("run with GRIDKV_FAST set: exit %d, %q", code, out.String())
 	}
 }

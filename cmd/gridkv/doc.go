@@ -10,8 +10,10 @@
 //
 // Every gridkv.Config field has a flag, and every flag an environment
 // variable: GRIDKV_ and the flag in upper snake case (-bind-addr:
-// GRIDKV_BIND_ADDR); a flag wins over its variable. gridkv -h lists them
-// with their defaults. The commands served, and their semantics, are
+// GRIDKV_BIND_ADDR); a flag wins over its variable. gridkv -h lists the
+// flags with their defaults. Any other GRIDKV_ variable is refused like a
+// bad flag (exit status 2), so that a misspelt one is not silently
+// ignored. The commands served, and their semantics, are
 // internal/respserver's (see its package doc).
 //
 // SIGINT or SIGTERM stops the node gracefully: the listeners close, the

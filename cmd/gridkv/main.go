@@ -24,14 +24,15 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.LookupEnv, os.Stderr))
+	os.Exit(run(ctx, os.Args[1:], os.Environ(), os.Stderr))
 }
 
 // run runs a node until ctx ends (a signal), then stops it gracefully. It
 // returns the exit status: 0 after a graceful stop, 1 when the node
 // failed, 2 for bad flags.
-func run(ctx context.Context, args []string, getenv func(string) (string, bool), stderr io.Writer) int {
-	o, err := parseOptions(args, getenv, stderr)
+// environ is the environment, as os.Environ gives it.
+func run(ctx context.Context, args, environ []string, stderr io.Writer) int {
+	o, err := parseOptions(args, environ, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
