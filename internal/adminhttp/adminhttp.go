@@ -21,6 +21,11 @@ type Options struct {
 	// ReadyTimeout bounds the readiness check of /readyz and /status.
 	// Default 1s.
 	ReadyTimeout time.Duration
+	// Stopping, when closed, says the node is stopping: from then on
+	// /readyz answers 503 and /status says not ready, while the other
+	// endpoints go on serving (a program keeps the endpoint up while
+	// DB.Close hands the node's ranges away). Default nil: never.
+	Stopping <-chan struct{}
 }
 
 // NewRegistry returns a registry with the Go runtime's and the process's
@@ -37,7 +42,7 @@ func Handler(db *gridkv.DB, gatherer prometheus.Gatherer, opts Options) http.Han
 	if opts.ReadyTimeout <= 0 {
 		opts.ReadyTimeout = time.Second
 	}
-	h := &handler{db: db, readyTimeout: opts.ReadyTimeout}
+	h := &handler{db: db, readyTimeout: opts.ReadyTimeout, stopping: opts.Stopping}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -54,10 +59,20 @@ func Handler(db *gridkv.DB, gatherer prometheus.Gatherer, opts Options) http.Han
 type handler struct {
 	db           *gridkv.DB
 	readyTimeout time.Duration
+	stopping     <-chan struct{}
 }
 
-// ready is nil when WaitReady returns within the ready timeout.
+// errStopping is why a stopping node is not ready.
+var errStopping = errors.New("stopping")
+
+// ready is nil when the node is not stopping and WaitReady returns within
+// the ready timeout.
 func (h *handler) ready(ctx context.Context) error {
+	select {
+	case <-h.stopping:
+		return errStopping
+	default:
+	}
 	ctx, cancel := context.WithTimeout(ctx, h.readyTimeout)
 	defer cancel()
 	return h.db.WaitReady(ctx)

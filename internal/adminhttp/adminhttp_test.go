@@ -121,3 +121,40 @@ func TestReadyzNotReady(t *testing.T) {
 		t.Errorf("/readyz with an ended request = %d %q", rec.Code, rec.Body.String())
 	}
 }
+
+// Once Options.Stopping is closed, /readyz answers 503 and /status says
+// not ready, while /healthz, /metrics and /status still serve.
+func TestStopping(t *testing.T) {
+	db, err := gridkv.Open(gridkv.Config{Timing: gridkv.LocalTiming(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	stopping := make(chan struct{})
+	srv := httptest.NewServer(Handler(db, NewRegistry(), Options{Stopping: stopping}))
+	defer srv.Close()
+	defer srv.Client().CloseIdleConnections()
+	testutil.Eventually(t, 30*time.Second, "/readyz 200", func() bool {
+		code, _ := get(t, srv, "/readyz")
+		return code == http.StatusOK
+	})
+	close(stopping)
+	if code, body := get(t, srv, "/readyz"); code != http.StatusServiceUnavailable || body != "not ready: stopping\n" {
+		t.Errorf("/readyz while stopping = %d %q", code, body)
+	}
+	code, body := get(t, srv, "/status")
+	var st struct {
+		Ready    bool   `json:"ready"`
+		NotReady string `json:"not_ready"`
+		NodeID   string `json:"node_id"`
+	}
+	if err := json.Unmarshal([]byte(body), &st); code != http.StatusOK || err != nil || st.Ready || st.NotReady != "stopping" || st.NodeID != db.NodeID() {
+		t.Errorf("/status while stopping = %d %s", code, body)
+	}
+	if code, _ := get(t, srv, "/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz while stopping = %d", code)
+	}
+	if code, body := get(t, srv, "/metrics"); code != http.StatusOK || !strings.Contains(body, "go_goroutines") {
+		t.Errorf("/metrics while stopping = %d", code)
+	}
+}
