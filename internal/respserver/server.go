@@ -25,6 +25,10 @@ type Options struct {
 	// MaxCursors bounds the SCAN cursors kept (see the package doc); the
 	// oldest is dropped first. Default 10000.
 	MaxCursors int
+	// MaxCursorBytes bounds the bytes of the keys the SCAN cursors hold
+	// (a key may be up to 64 KiB); the oldest cursor is dropped first, the
+	// newest kept whatever its size. Default 16 MiB.
+	MaxCursorBytes int
 }
 
 // Server serves the RESP protocol for one gridkv.DB.
@@ -67,8 +71,11 @@ func New(db *gridkv.DB, opts Options) *Server {
 	if opts.MaxCursors <= 0 {
 		opts.MaxCursors = 10000
 	}
+	if opts.MaxCursorBytes <= 0 {
+		opts.MaxCursorBytes = 16 << 20
+	}
 	s := &Server{db: db, timeout: opts.RequestTimeout, log: opts.Logger,
-		cursors: newCursorTable(opts.MaxCursors), started: time.Now()}
+		cursors: newCursorTable(opts.MaxCursors, opts.MaxCursorBytes), started: time.Now()}
 	s.base, s.cancel = context.WithCancel(context.Background())
 	s.closing = make(chan struct{})
 	s.mu.lns = map[net.Listener]struct{}{}

@@ -671,3 +671,67 @@ func TestAcceptErrors(t *testing.T) {
 		}
 	})
 }
+
+// The cursor table keeps the newest cursors within both bounds: count
+// and bytes of keys; the newest stays whatever its size.
+func TestCursorTableBounds(t *testing.T) {
+	tab := newCursorTable(4, 1000)
+	var ids []uint64
+	for i := range 6 {
+		ids = append(ids, tab.put(strings.Repeat(string(rune('a'+i)), 300)))
+	}
+	// 300 bytes each: three would be 900, four 1200: three remain.
+	for i, id := range ids {
+		after, ok := tab.get(id)
+		if want := i >= 3; ok != want || ok && after != strings.Repeat(string(rune('a'+i)), 300) {
+			t.Errorf("cursor %d: %v %.5q, want kept %v", i, ok, after, want)
+		}
+	}
+	// Small keys: the count bound.
+	for i := range 6 {
+		ids = append(ids, tab.put(fmt.Sprint(i)))
+	}
+	kept := 0
+	for _, id := range ids {
+		if _, ok := tab.get(id); ok {
+			kept++
+		}
+	}
+	if kept != 4 {
+		t.Errorf("%d cursors kept, want 4", kept)
+	}
+	// A key over the byte bound on its own is kept, alone.
+	big := tab.put(strings.Repeat("z", 2000))
+	if _, ok := tab.get(big); !ok {
+		t.Error("the newest cursor was dropped")
+	}
+	if _, ok := tab.get(ids[len(ids)-1]); ok {
+		t.Error("an older cursor was kept beside one over the byte bound")
+	}
+}
+
+// COUNT over 10,000 is taken as 10,000.
+func TestScanCountClamped(t *testing.T) {
+	db := openDB(t, gridkv.Config{Ranges: 16})
+	_, addr := serve(t, db, Options{})
+	rdb := client(t, addr)
+	ctx := ctxT(t)
+	const n = maxScanCount + 5
+	for start := 0; start < n; start += 1000 {
+		pipe := rdb.Pipeline()
+		for i := start; i < min(start+1000, n); i++ {
+			pipe.Set(ctx, fmt.Sprintf("k%05d", i), "x", 0)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys, next, err := rdb.Scan(ctx, 0, "", 1_000_000).Result()
+	if err != nil || len(keys) != maxScanCount || next == 0 {
+		t.Fatalf("SCAN 0 COUNT 1000000: %d keys, next %d, %v; want %d and a cursor", len(keys), next, err, maxScanCount)
+	}
+	keys, next, err = rdb.Scan(ctx, next, "", 1_000_000).Result()
+	if err != nil || len(keys) != 5 || next != 0 {
+		t.Errorf("second page: %d keys, next %d, %v", len(keys), next, err)
+	}
+}
