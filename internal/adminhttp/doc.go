@@ -10,9 +10,12 @@
 //
 //	/metrics       the registry, in Prometheus' text format
 //	/debug/pprof/  net/http/pprof's index and profiles
-//	/status        JSON: the node's id and addresses, the members with
-//	               their state, the replica groups (leader, replicas,
-//	               ranges, this node's role), and ready (as /readyz)
+//	/status       JSON: gridkv.Status's JSON form (the node's id and
+//	               addresses, the members with their state, the replica
+//	               groups with leader, replicas, ranges and this node's
+//	               role), the groups and ranges it holds and leads and its
+//	               role (gridkv.Status.Held, Led, Role), and ready (as
+//	               /readyz) with not_ready, why not
 //	/healthz       200 while the DB is open, 503 once it is closed
 //	/readyz        200 when DB.WaitReady returns nil within
 //	               Options.ReadyTimeout (default 1s): every range has a

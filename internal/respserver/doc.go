@@ -58,9 +58,10 @@
 //	SCAN cursor [MATCH p*] [COUNT n]
 //	                             see below
 //	INFO [server|clients]        "# Server\r\nkey:value\r\n...": node id,
-//	                             members, groups held and led, role
-//	                             (leader: leads a group; follower: holds
-//	                             replicas and leads none; none)
+//	                             members, groups and ranges held and
+//	                             led, role (gridkv.Status.Held, Led and
+//	                             Role: leader: leads a group; follower:
+//	                             holds replicas and leads none; none)
 //	CLIENT READMODE [lease|readindex|quorum N|stale]
 //	                             this connection's reads (GET, EXISTS,
 //	                             TTL, PTTL, SCAN): lease is the default

@@ -224,7 +224,8 @@ func TestCommands(t *testing.T) {
 	// Introspection and what clients send at start.
 	info, err := rdb.Info(ctx, "server").Result()
 	if err != nil || !strings.HasPrefix(info, "# Server\r\n") || !strings.Contains(info, "gridkv_node_id:"+db.NodeID()+"\r\n") ||
-		!strings.Contains(info, "members:1\r\n") || !strings.Contains(info, "role:leader\r\n") {
+		!strings.Contains(info, "members:1\r\n") || !strings.Contains(info, "role:leader\r\n") ||
+		!strings.Contains(info, "groups_held:1\r\ngroups_led:1\r\nranges_held:1024\r\nranges_led:1024\r\n") {
 		t.Errorf("INFO server = %q, %v", info, err)
 	}
 	if info, err := rdb.Info(ctx).Result(); err != nil || !strings.Contains(info, "# Clients\r\nconnected_clients:") {
