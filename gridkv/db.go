@@ -123,15 +123,15 @@ type replica struct {
 
 // Member is a live member of the cluster.
 type Member struct {
-	ID string
+	ID string `json:"id"`
 	// Addr is where the others dial it for Raft and RPC: its
 	// AdvertiseAddr, by default its bound BindAddr.
-	Addr  string
-	Leads int // how many replica groups it leads, as last known
+	Addr  string `json:"addr"`
+	Leads int    `json:"leads"` // how many replica groups it leads, as last known
 	// GossipAddr is where the others gossip with it, a seed for nodes on
 	// any host: its GossipAdvertiseAddr, by default its bound GossipAddr.
-	GossipAddr  string
-	Incarnation uint64
+	GossipAddr  string `json:"gossip_addr"`
+	Incarnation uint64 `json:"incarnation"`
 }
 
 // Location says where a key lives.

@@ -14,30 +14,68 @@ import (
 // operators (a status page, INFO): its own addresses, the live members,
 // and the replica groups with their replicas and leaders. It is a copy:
 // nothing in it changes after Status returns, and it may already be
-// stale then.
+// stale then. Its JSON form (encoding/json) has lower_snake_case keys,
+// and a RoleNone role is "none".
 type Status struct {
-	NodeID string
+	NodeID string `json:"node_id"`
 	// Addr and GossipAddr are the bound addresses (DB.Addr,
 	// DB.GossipAddr); AdvertiseAddr and GossipAdvertiseAddr are the ones
 	// this node announces to the others (its Member.Addr and
 	// Member.GossipAddr).
-	Addr                string
-	GossipAddr          string
-	AdvertiseAddr       string
-	GossipAdvertiseAddr string
+	Addr                string `json:"addr"`
+	GossipAddr          string `json:"gossip_addr"`
+	AdvertiseAddr       string `json:"advertise_addr"`
+	GossipAdvertiseAddr string `json:"gossip_advertise_addr"`
 	// Ranges is the number of hash ranges of the key space.
-	Ranges int
+	Ranges int `json:"ranges"`
 	// Members are the live members, this node included, sorted by ID.
-	Members []MemberStatus
+	Members []MemberStatus `json:"members"`
 	// Groups are the replica groups this node knows to exist, by number;
 	// empty while it does not know the cluster yet.
-	Groups []GroupStatus
+	Groups []GroupStatus `json:"groups"`
+}
+
+// Held is how many of the groups this node holds a replica of (leading,
+// following or learning), and how many ranges those groups serve.
+func (s Status) Held() (groups, ranges int) {
+	for _, g := range s.Groups {
+		if g.Role != RoleNone {
+			groups++
+			ranges += g.Ranges
+		}
+	}
+	return groups, ranges
+}
+
+// Led is how many of the groups this node leads, and how many ranges
+// those groups serve.
+func (s Status) Led() (groups, ranges int) {
+	for _, g := range s.Groups {
+		if g.Role == RoleLeader {
+			groups++
+			ranges += g.Ranges
+		}
+	}
+	return groups, ranges
+}
+
+// Role sums up this node's part in the cluster: RoleLeader when it leads
+// a group, else RoleFollower when it holds a replica of one (a learner's
+// included), else RoleNone.
+func (s Status) Role() Role {
+	if led, _ := s.Led(); led > 0 {
+		return RoleLeader
+	}
+	if held, _ := s.Held(); held > 0 {
+		return RoleFollower
+	}
+	return RoleNone
 }
 
 // MemberStatus is a live member and its state.
 type MemberStatus struct {
 	Member
-	State MemberState
+	State MemberState `json:"state"`
 }
 
 // MemberState is a live member's state as gossip tells it.
@@ -56,13 +94,13 @@ const (
 // state; for the others, from gossip (the leader the members announce)
 // and placement (the replicas the group should have), like Locate.
 type GroupStatus struct {
-	Group    int
-	Leader   string   // node id; "" while no leader is known
-	Replicas []string // node ids, sorted
+	Group    int      `json:"group"`
+	Leader   string   `json:"leader"`   // node id; "" while no leader is known
+	Replicas []string `json:"replicas"` // node ids, sorted
 	// Ranges is how many ranges this node routes to the group now.
-	Ranges int
+	Ranges int `json:"ranges"`
 	// Role is this node's role in the group.
-	Role Role
+	Role Role `json:"role"`
 }
 
 // Role is a node's part in one replica group.
@@ -74,6 +112,25 @@ const (
 	RoleLearner  Role = "learner"  // it holds a replica being added (not yet voting)
 	RoleNone     Role = ""         // it holds no replica of the group
 )
+
+// String is the role's name; RoleNone's is "none".
+func (r Role) String() string {
+	if r == RoleNone {
+		return "none"
+	}
+	return string(r)
+}
+
+// MarshalText is String: RoleNone is "none" in JSON.
+func (r Role) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// UnmarshalText reads what MarshalText writes.
+func (r *Role) UnmarshalText(b []byte) error {
+	if *r = Role(b); *r == "none" {
+		*r = RoleNone
+	}
+	return nil
+}
 
 // Status returns a snapshot of this node's view of the cluster (see
 // Status). It does not block on the network: it reads what the node

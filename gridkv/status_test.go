@@ -1,6 +1,9 @@
 package gridkv
 
 import (
+	"encoding/json"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -68,5 +71,46 @@ func TestStatus(t *testing.T) {
 	nodes[2].Close()
 	if st := nodes[2].Status(); st.NodeID != "n2" || len(st.Members) != 0 || len(st.Groups) != 0 {
 		t.Errorf("closed node's status %+v", st)
+	}
+}
+
+// Held, Led and Role sum up the groups; the JSON form has lower_snake
+// keys and names RoleNone "none", and reads back the same.
+func TestStatusSummaryAndJSON(t *testing.T) {
+	st := Status{NodeID: "n1", Ranges: 10, Members: []MemberStatus{{Member: Member{ID: "n1", Addr: "a:1", Leads: 1, GossipAddr: "a:2", Incarnation: 7}, State: MemberLeaving}},
+		Groups: []GroupStatus{
+			{Group: 0, Leader: "n1", Replicas: []string{"n1", "n2"}, Ranges: 4, Role: RoleLeader},
+			{Group: 1, Leader: "n2", Replicas: []string{"n1", "n2"}, Ranges: 3, Role: RoleFollower},
+			{Group: 2, Leader: "n2", Replicas: []string{"n1", "n2"}, Ranges: 2, Role: RoleLearner},
+			{Group: 3, Leader: "n3", Replicas: []string{"n3"}, Ranges: 1, Role: RoleNone},
+		}}
+	if g, r := st.Held(); g != 3 || r != 9 {
+		t.Errorf("Held = %d, %d; want 3, 9", g, r)
+	}
+	if g, r := st.Led(); g != 1 || r != 4 {
+		t.Errorf("Led = %d, %d; want 1, 4", g, r)
+	}
+	for _, tc := range []struct {
+		groups []GroupStatus
+		want   Role
+	}{{st.Groups, RoleLeader}, {st.Groups[1:], RoleFollower}, {st.Groups[2:], RoleFollower}, {st.Groups[3:], RoleNone}, {nil, RoleNone}} {
+		if got := (Status{Groups: tc.groups}).Role(); got != tc.want {
+			t.Errorf("Role of %d groups = %q, want %q", len(tc.groups), got, tc.want)
+		}
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{`"node_id":"n1"`, `"addr":""`, `"gossip_addr":""`, `"advertise_addr":""`, `"gossip_advertise_addr":""`, `"ranges":10`,
+		`"members":[{"id":"n1","addr":"a:1","leads":1,"gossip_addr":"a:2","incarnation":7,"state":"leaving"}]`,
+		`{"group":0,"leader":"n1","replicas":["n1","n2"],"ranges":4,"role":"leader"}`, `"role":"learner"`, `"role":"none"`} {
+		if !strings.Contains(string(b), key) {
+			t.Errorf("JSON lacks %s: %s", key, b)
+		}
+	}
+	var back Status
+	if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back, st) {
+		t.Errorf("JSON read back: %+v, %v; want %+v", back, err, st)
 	}
 }

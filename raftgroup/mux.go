@@ -182,6 +182,7 @@ func (m *mux) close() {
 		p.close()
 	}
 	m.wg.Wait()
+	m.handshakeLog.Flush() // counts of refused handshakes not yet written
 }
 
 // ---- requests ----

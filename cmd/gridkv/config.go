@@ -152,15 +152,46 @@ func envName(flag string) string {
 	return "GRIDKV_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
-// parseOptions reads the environment (through getenv), then args: a flag
-// wins over its environment variable. Errors name the flag or variable.
-// With -h it returns flag.ErrHelp, having written the usage to out.
-func parseOptions(args []string, getenv func(string) (string, bool), out io.Writer) (options, error) {
+// parseOptions reads the environment (environ, in os.Environ's form:
+// "NAME=value"), then args: a flag wins over its environment variable. A
+// GRIDKV_ variable that names no setting is an error, so that a misspelt
+// one is not silently ignored. Errors name the flag or variable. With -h
+// it returns flag.ErrHelp, having written the usage to out.
+// testKnob reports whether name is one of the variables this repository's
+// tests and suite read (CI exports GRIDKV_REQUIRE_REDIS_TOOLS, for one): a
+// node started in that environment must not refuse them as typos.
+func testKnob(name string) bool {
+	switch name {
+	case "GRIDKV_REQUIRE_REDIS_TOOLS", "GRIDKV_RESTARTS", "GRIDKV_LOGCOUNT":
+		return true
+	}
+	return strings.HasPrefix(name, "GRIDKV_JEPSEN_")
+}
+
+func parseOptions(args, environ []string, out io.Writer) (options, error) {
 	o := defaultOptions()
 	all := settings()
-	var errs []error
+	known := map[string]bool{}
 	for _, s := range all {
-		if v, ok := getenv(envName(s.flag)); ok {
+		known[envName(s.flag)] = true
+	}
+	env := map[string]string{}
+	var errs []error
+	for _, kv := range environ {
+		name, v, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, "GRIDKV_") {
+			continue
+		}
+		if !known[name] && !testKnob(name) {
+			errs = append(errs, fmt.Errorf("env %s: no such setting (gridkv -h lists them)", name))
+			continue
+		}
+		if _, dup := env[name]; !dup { // the first wins, as with os.Getenv
+			env[name] = v
+		}
+	}
+	for _, s := range all {
+		if v, ok := env[envName(s.flag)]; ok {
 			if err := s.set(&o, v); err != nil {
 				errs = append(errs, fmt.Errorf("env %s=%q: %v", envName(s.flag), v, err))
 			}
@@ -242,7 +273,7 @@ func usage(out io.Writer, all []setting) {
 Runs one GridKV node: it joins (or forms) a cluster and serves the Redis
 protocol on -resp-addr. Each flag can be given as an environment variable
 instead, named GRIDKV_ and the flag in upper snake case; a flag wins over
-its variable.
+its variable. Any other GRIDKV_ variable is an error.
 
 Flags:
 `)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"errors"
 	"flag"
@@ -18,10 +19,16 @@ import (
 	"github.com/gridkv/gridkv/internal/testcerts"
 )
 
-func noEnv(string) (string, bool) { return "", false }
+var noEnv []string
 
-func envOf(m map[string]string) func(string) (string, bool) {
-	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+// envOf is m as os.Environ would list it.
+func envOf(m map[string]string) []string {
+	var env []string
+	for k, v := range m {
+		env = append(env, k+"="+v)
+	}
+	slices.Sort(env)
+	return env
 }
 
 // Every gridkv.Config field is set by a setting or listed in
@@ -186,6 +193,10 @@ func TestBadValues(t *testing.T) {
 		{args: []string{"extra"}, want: "unexpected arguments"},
 		{env: map[string]string{"GRIDKV_RANGES": "x", "GRIDKV_TIMING": "wan"},
 			want: `env GRIDKV_RANGES="x": not an integer` + "\n" + `env GRIDKV_TIMING="wan"`},
+		// A variable that names no setting (a typo, or one removed) is
+		// refused, not ignored; variables without the prefix are not ours.
+		{env: map[string]string{"GRIDKV_TIMEING": "local", "GRIDKV_FAST": "true", "GRIDKV_RANGES": "8", "HOME": "/root"},
+			want: "env GRIDKV_FAST: no such setting (gridkv -h lists them)\nenv GRIDKV_TIMEING: no such setting"},
 	} {
 		_, err := parseOptions(tc.args, envOf(tc.env), new(bytes.Buffer))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -265,8 +276,11 @@ func TestTimingHeartbeatAlone(t *testing.T) {
 		{args: []string{"-timing", "local"}, env: map[string]string{"GRIDKV_TIMING_HEARTBEAT_TIMEOUT": "1s"}, election: s, lease: s},
 		{args: []string{"-timing", "local"}, election: 300 * ms, lease: 300 * ms},
 	} {
-		getenv := func(k string) (string, bool) { v, ok := c.env[k]; return v, ok }
-		o, err := parseOptions(c.args, getenv, new(bytes.Buffer))
+		var env []string
+		for k, v := range c.env {
+			env = append(env, k+"="+v)
+		}
+		o, err := parseOptions(c.args, env, new(bytes.Buffer))
 		if err != nil {
 			t.Errorf("%q: %v", c.args, err)
 			continue
@@ -278,5 +292,18 @@ func TestTimingHeartbeatAlone(t *testing.T) {
 		if tm.ElectionTimeout < tm.HeartbeatTimeout || tm.LeaderLeaseTimeout > tm.HeartbeatTimeout {
 			t.Errorf("%q %v: %+v breaks Raft's rules", c.args, c.env, tm)
 		}
+	}
+}
+
+// run refuses an unknown GRIDKV_ variable as it does a bad flag: exit
+// status 2, the variable named, and nothing started.
+func TestRunRefusesUnknownEnv(t *testing.T) {
+	if _, err := parseOptions(nil, []string{"GRIDKV_REQUIRE_REDIS_TOOLS=1", "GRIDKV_JEPSEN_SEED=7"}, new(bytes.Buffer)); err != nil {
+		t.Errorf("the tests' own variables: %v", err)
+	}
+	var out bytes.Buffer
+	code := run(context.Background(), []string{"-resp-addr", "127.0.0.1:0"}, []string{"PATH=/bin", "GRIDKV_FAST=true"}, &out)
+	if code != 2 || !strings.Contains(out.String(), "gridkv: env GRIDKV_FAST: no such setting") {
+		t.Errorf("run with GRIDKV_FAST set: exit %d, %q", code, out.String())
 	}
 }

@@ -10,12 +10,19 @@
 //
 // Every gridkv.Config field has a flag, and every flag an environment
 // variable: GRIDKV_ and the flag in upper snake case (-bind-addr:
-// GRIDKV_BIND_ADDR); a flag wins over its variable. gridkv -h lists them
-// with their defaults. The commands served, and their semantics, are
+// GRIDKV_BIND_ADDR); a flag wins over its variable. gridkv -h lists the
+// flags with their defaults. Any other GRIDKV_ variable is refused like a
+// bad flag (exit status 2), so that a misspelt one is not silently
+// ignored. The commands served, and their semantics, are
 // internal/respserver's (see its package doc).
 //
-// SIGINT or SIGTERM stops the node gracefully: the listeners close, the
-// commands already read finish and are answered, the node leaves the
-// cluster (gridkv.DB.Close), and the program exits 0. It exits 1 when the
-// node fails (it cannot join, a port is taken) and 2 for bad flags.
+// SIGINT or SIGTERM stops the node gracefully: /readyz answers 503 from
+// then on, the RESP listener closes, the commands already read finish and
+// are answered, the node leaves the cluster (gridkv.DB.Close) while the
+// admin endpoint still serves /metrics and /status, the admin endpoint
+// closes, and the program exits 0. A second SIGINT or SIGTERM during that
+// kills the program at once. A signal while the node is still joining
+// ends the join: it logs "gridkv stopped before joining" and exits 0. It
+// exits 1 when the node fails (it cannot join, a port is taken) and 2 for
+// bad flags or an unknown GRIDKV_ variable.
 package main

@@ -23,15 +23,19 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.LookupEnv, os.Stderr))
+	// Once the first signal has ended ctx, stop catching them: a second
+	// SIGINT or SIGTERM kills the program (the default), for when a
+	// graceful stop takes too long.
+	context.AfterFunc(ctx, stop)
+	os.Exit(run(ctx, os.Args[1:], os.Environ(), os.Stderr))
 }
 
 // run runs a node until ctx ends (a signal), then stops it gracefully. It
-// returns the exit status: 0 after a graceful stop, 1 when the node
-// failed, 2 for bad flags.
-func run(ctx context.Context, args []string, getenv func(string) (string, bool), stderr io.Writer) int {
-	o, err := parseOptions(args, getenv, stderr)
+// returns the exit status: 0 after a graceful stop (or when ctx ends
+// before the node has joined), 1 when the node failed, 2 for bad flags.
+// environ is the environment, as os.Environ gives it.
+func run(ctx context.Context, args, environ []string, stderr io.Writer) int {
+	o, err := parseOptions(args, environ, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -56,7 +60,9 @@ func run(ctx context.Context, args []string, getenv func(string) (string, bool),
 
 // serve listens, opens the node, serves until ctx ends, then stops: the
 // listeners close, commands in flight finish, the node leaves the cluster
-// (DB.Close).
+// (DB.Close) while the admin endpoint still serves (/readyz says 503), and
+// the admin endpoint closes last. ctx ending while the node joins stops
+// the join, which is no failure.
 func serve(ctx context.Context, o options, log *slog.Logger) error {
 	// Listen first: a port in use fails before joining the cluster.
 	respLn, err := net.Listen("tcp", o.respAddr)
@@ -82,21 +88,29 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		if adminLn != nil {
 			adminLn.Close()
 		}
+		// OpenContext's error wraps ctx.Err() when ctx ended it.
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			log.Info("gridkv stopped before joining", "node_id", o.cfg.NodeID)
+			return nil
+		}
 		return err
 	}
 
 	var wg sync.WaitGroup
 	failed := make(chan error, 2)
 	resp := respserver.New(db, respserver.Options{RequestTimeout: o.requestTimeout, Logger: log})
+	respDone := make(chan struct{})
 	wg.Go(func() {
+		defer close(respDone)
 		if err := resp.Serve(respLn); !errors.Is(err, respserver.ErrServerClosed) {
 			failed <- fmt.Errorf("resp server: %w", err)
 		}
 	})
 	adminAddr := ""
 	var admin *http.Server
+	stopping := make(chan struct{}) // closed when the stop begins: /readyz says 503
 	if adminLn != nil {
-		admin = &http.Server{Handler: adminhttp.Handler(db, reg, adminhttp.Options{}), ReadHeaderTimeout: 10 * time.Second}
+		admin = &http.Server{Handler: adminhttp.Handler(db, reg, adminhttp.Options{Stopping: stopping}), ReadHeaderTimeout: 10 * time.Second}
 		adminAddr = adminLn.Addr().String()
 		wg.Go(func() {
 			if err := admin.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
@@ -119,6 +133,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		log.Info("gridkv stopping", "node_id", db.NodeID())
 	case serveErr = <-failed:
 	}
+	close(stopping)
 	readyDone()
 	// Commands in flight finish within the request timeout; give them
 	// that and a little more.
@@ -127,13 +142,18 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	if err := resp.Shutdown(sctx); err != nil {
 		log.Warn("resp server: commands cut off", "err", err)
 	}
+	<-respDone
+	// The admin endpoint stays up while the node leaves (/metrics and
+	// /status show the handoff), and closes after.
+	closeErr := db.Close()
 	if admin != nil {
-		if err := admin.Shutdown(sctx); err != nil {
+		actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := admin.Shutdown(actx); err != nil {
 			admin.Close()
 		}
 	}
 	wg.Wait()
-	closeErr := db.Close()
 	if serveErr == nil && closeErr == nil {
 		log.Info("gridkv stopped", "node_id", db.NodeID())
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +19,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
+
+	"github.com/gridkv/gridkv/internal/testutil"
 )
 
 var bin struct {
@@ -74,8 +77,26 @@ type node struct {
 // when the test ends if it still runs.
 func startNode(t *testing.T, env []string, args ...string) *node {
 	t.Helper()
+	n := startProcess(t, env, args...)
+	started := n.waitLog(t, "gridkv started", 60*time.Second)
+	n.respAddr, _ = started["resp_addr"].(string)
+	n.adminAddr, _ = started["admin_addr"].(string)
+	return n
+}
+
+// startProcess runs the binary with args (and -log-format json), killed
+// when the test ends if it still runs.
+func startProcess(t *testing.T, env []string, args ...string) *node {
+	t.Helper()
 	cmd := exec.Command(binary(t), append([]string{"-log-format", "json"}, args...)...)
-	cmd.Env = append(os.Environ(), env...)
+	// The program refuses GRIDKV_ variables it does not know, such as the
+	// test knobs (GRIDKV_REQUIRE_REDIS_TOOLS): pass none of ours on.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GRIDKV_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -105,9 +126,6 @@ func startNode(t *testing.T, env []string, args ...string) *node {
 			}
 		}
 	}()
-	started := n.waitLog(t, "gridkv started", 60*time.Second)
-	n.respAddr, _ = started["resp_addr"].(string)
-	n.adminAddr, _ = started["admin_addr"].(string)
 	return n
 }
 
@@ -134,26 +152,38 @@ func (n *node) waitLog(t *testing.T, msg string, within time.Duration) map[strin
 // stop sends SIGTERM and returns the exit code.
 func (n *node) stop(t *testing.T) int {
 	t.Helper()
-	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	n.signal(t, syscall.SIGTERM)
+	return n.wait(t, 60*time.Second).ExitCode()
+}
+
+func (n *node) signal(t *testing.T, sig os.Signal) {
+	t.Helper()
+	if err := n.cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// wait waits for the process to end, killing it and failing the test if
+// it has not within the given time.
+func (n *node) wait(t *testing.T, within time.Duration) *os.ProcessState {
+	t.Helper()
 	done := make(chan error, 1)
 	go func() { <-n.logDone; done <- n.cmd.Wait() }()
 	select {
 	case <-done:
-	case <-time.After(60 * time.Second):
+	case <-time.After(within):
 		n.cmd.Process.Kill()
 		<-done
-		t.Fatal("the process did not stop within 60s of SIGTERM")
+		t.Fatalf("the process did not end within %v", within)
 	}
-	return n.cmd.ProcessState.ExitCode()
+	return n.cmd.ProcessState
 }
 
 // The built program: one node configured through flags and the
 // environment serves RESP and the admin endpoint, and SIGTERM stops it
 // with exit status 0.
 func TestBinary(t *testing.T) {
-	n := startNode(t, []string{"GRIDKV_FAST=true", "GRIDKV_RANGES=64", "GRIDKV_NODE_ID=env-node"},
+	n := startNode(t, []string{"GRIDKV_TIMING=local", "GRIDKV_RANGES=64", "GRIDKV_NODE_ID=env-node"},
 		"-resp-addr", "127.0.0.1:0", "-node-id", "b1", "-request-timeout", "3s")
 	n.waitLog(t, "gridkv ready", 60*time.Second)
 
@@ -245,5 +275,88 @@ func redisTools(t *testing.T, addr string) {
 	}
 	if strings.Contains(out, "ERR") || strings.Contains(out, "WARNING") {
 		t.Errorf("redis-benchmark complained:\n%s", out)
+	}
+}
+
+// freePort is a loopback address nothing listens on (as far as one can
+// tell: the port was free a moment ago).
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// A signal while the node is still joining ends the join: exit status 0
+// and an info line, not a failure.
+func TestSignalWhileJoining(t *testing.T) {
+	respAddr := freePort(t)
+	n := startProcess(t, nil, "-resp-addr", respAddr, "-seeds", freePort(t), "-join-timeout", "2m", "-timing", "local")
+	// The listeners open before the join starts (and after the signal
+	// handler is set): once the RESP port takes connections, the node is
+	// joining.
+	testutil.Eventually(t, 30*time.Second, "the RESP port listens", func() bool {
+		c, err := net.Dial("tcp", respAddr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	n.signal(t, syscall.SIGTERM)
+	n.waitLog(t, "gridkv stopped before joining", 30*time.Second)
+	if code := n.wait(t, 30*time.Second).ExitCode(); code != 0 {
+		t.Errorf("exit status %d after SIGTERM while joining, want 0", code)
+	}
+}
+
+// While the node stops, /readyz says 503 and /metrics and /status still
+// serve; a second SIGTERM kills a stop that takes too long. Here the stop
+// waits on a client that does not read its replies (up to the request
+// timeout and 5s).
+func TestSecondSignal(t *testing.T) {
+	n := startNode(t, []string{"GRIDKV_TIMING=local"}, "-resp-addr", "127.0.0.1:0", "-request-timeout", "60s")
+	n.waitLog(t, "gridkv ready", 60*time.Second)
+	c, err := net.Dial("tcp", n.respAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	value := strings.Repeat("v", 256<<10)
+	fmt.Fprintf(c, "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$%d\r\n%s\r\n", len(value), value)
+	rd := bufio.NewReader(c)
+	if line, err := rd.ReadString('\n'); err != nil || line != "+OK\r\n" {
+		t.Fatalf("SET: %q, %v", line, err)
+	}
+	// 64 GETs of 256 KiB: 16 MiB of replies, more than the sockets
+	// buffer. Read the start, so that the commands have run and the
+	// server is writing; then read no more: its write blocks.
+	c.Write([]byte(strings.Repeat("*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n", 64)))
+	if _, err := io.ReadFull(rd, make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+
+	n.signal(t, syscall.SIGTERM)
+	n.waitLog(t, "gridkv stopping", 30*time.Second)
+	hc := &http.Client{Timeout: 10 * time.Second}
+	defer hc.CloseIdleConnections()
+	for path, want := range map[string]int{"/readyz": http.StatusServiceUnavailable, "/status": http.StatusOK, "/metrics": http.StatusOK} {
+		resp, err := hc.Get("http://" + n.adminAddr + path)
+		if err != nil {
+			t.Fatalf("%s while stopping: %v", path, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s while stopping: %s, want %d", path, resp.Status, want)
+		}
+	}
+
+	n.signal(t, syscall.SIGTERM)
+	st := n.wait(t, 15*time.Second)
+	if ws, ok := st.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Errorf("after a second SIGTERM: %v, want killed by it", st)
 	}
 }

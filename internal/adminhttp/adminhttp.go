@@ -21,6 +21,11 @@ type Options struct {
 	// ReadyTimeout bounds the readiness check of /readyz and /status.
 	// Default 1s.
 	ReadyTimeout time.Duration
+	// Stopping, when closed, says the node is stopping: from then on
+	// /readyz answers 503 and /status says not ready, while the other
+	// endpoints go on serving (a program keeps the endpoint up while
+	// DB.Close hands the node's ranges away). Default nil: never.
+	Stopping <-chan struct{}
 }
 
 // NewRegistry returns a registry with the Go runtime's and the process's
@@ -37,7 +42,7 @@ func Handler(db *gridkv.DB, gatherer prometheus.Gatherer, opts Options) http.Han
 	if opts.ReadyTimeout <= 0 {
 		opts.ReadyTimeout = time.Second
 	}
-	h := &handler{db: db, readyTimeout: opts.ReadyTimeout}
+	h := &handler{db: db, readyTimeout: opts.ReadyTimeout, stopping: opts.Stopping}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -54,10 +59,20 @@ func Handler(db *gridkv.DB, gatherer prometheus.Gatherer, opts Options) http.Han
 type handler struct {
 	db           *gridkv.DB
 	readyTimeout time.Duration
+	stopping     <-chan struct{}
 }
 
-// ready is nil when WaitReady returns within the ready timeout.
+// errStopping is why a stopping node is not ready.
+var errStopping = errors.New("stopping")
+
+// ready is nil when the node is not stopping and WaitReady returns within
+// the ready timeout.
 func (h *handler) ready(ctx context.Context) error {
+	select {
+	case <-h.stopping:
+		return errStopping
+	default:
+	}
 	ctx, cancel := context.WithTimeout(ctx, h.readyTimeout)
 	defer cancel()
 	return h.db.WaitReady(ctx)
@@ -80,58 +95,35 @@ func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintln(w, "ready")
 }
 
-// Status is /status's JSON document.
-type Status struct {
-	NodeID              string   `json:"node_id"`
-	Addr                string   `json:"addr"`
-	GossipAddr          string   `json:"gossip_addr"`
-	AdvertiseAddr       string   `json:"advertise_addr"`
-	GossipAdvertiseAddr string   `json:"gossip_advertise_addr"`
-	Ready               bool     `json:"ready"`
-	NotReady            string   `json:"not_ready,omitempty"` // why not, when not
-	Ranges              int      `json:"ranges"`
-	Members             []Member `json:"members"`
-	Groups              []Group  `json:"groups"`
-}
-
-// Member is one live member in /status.
-type Member struct {
-	ID          string `json:"id"`
-	Addr        string `json:"addr"`
-	GossipAddr  string `json:"gossip_addr"`
-	Incarnation uint64 `json:"incarnation"`
-	Leads       int    `json:"leads"`
-	State       string `json:"state"` // alive or leaving
-}
-
-// Group is one replica group in /status.
-type Group struct {
-	Group    int      `json:"group"`
-	Leader   string   `json:"leader"`
-	Replicas []string `json:"replicas"`
-	Ranges   int      `json:"ranges"`
-	Role     string   `json:"role"` // this node's: leader, follower, learner or none
+// statusPage is /status's JSON document: gridkv.Status's JSON form, with
+// what this node holds and leads, its role (gridkv.Status.Role), and
+// readiness as /readyz judges it.
+type statusPage struct {
+	gridkv.Status
+	GroupsHeld int         `json:"groups_held"`
+	GroupsLed  int         `json:"groups_led"`
+	RangesHeld int         `json:"ranges_held"`
+	RangesLed  int         `json:"ranges_led"`
+	Role       gridkv.Role `json:"role"` // leader, follower or none
+	Ready      bool        `json:"ready"`
+	NotReady   string      `json:"not_ready,omitempty"` // why not, when not
 }
 
 func (h *handler) status(w http.ResponseWriter, r *http.Request) {
-	st := h.db.Status()
-	out := Status{NodeID: st.NodeID, Addr: st.Addr, GossipAddr: st.GossipAddr, AdvertiseAddr: st.AdvertiseAddr,
-		GossipAdvertiseAddr: st.GossipAdvertiseAddr, Ranges: st.Ranges, Members: []Member{}, Groups: []Group{}}
+	out := statusPage{Status: h.db.Status()}
+	out.GroupsHeld, out.RangesHeld = out.Held()
+	out.GroupsLed, out.RangesLed = out.Led()
+	out.Role = out.Status.Role()
+	if out.Members == nil { // [], not null, in JSON
+		out.Members = []gridkv.MemberStatus{}
+	}
+	if out.Groups == nil {
+		out.Groups = []gridkv.GroupStatus{}
+	}
 	if err := h.ready(r.Context()); err != nil {
 		out.NotReady = err.Error()
 	} else {
 		out.Ready = true
-	}
-	for _, m := range st.Members {
-		out.Members = append(out.Members, Member{ID: m.ID, Addr: m.Addr, GossipAddr: m.GossipAddr,
-			Incarnation: m.Incarnation, Leads: m.Leads, State: string(m.State)})
-	}
-	for _, g := range st.Groups {
-		role := string(g.Role)
-		if g.Role == gridkv.RoleNone {
-			role = "none"
-		}
-		out.Groups = append(out.Groups, Group{Group: g.Group, Leader: g.Leader, Replicas: g.Replicas, Ranges: g.Ranges, Role: role})
 	}
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)

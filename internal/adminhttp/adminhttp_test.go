@@ -66,22 +66,28 @@ func TestEndpoints(t *testing.T) {
 	}
 
 	code, body = get(t, srv, "/status")
-	var st Status
+	var st statusPage
 	if err := json.Unmarshal([]byte(body), &st); code != http.StatusOK || err != nil {
 		t.Fatalf("/status = %d %q: %v", code, body, err)
 	}
 	if st.NodeID != "n1" || st.Addr != db.Addr() || st.GossipAddr != db.GossipAddr() || !st.Ready || st.NotReady != "" || st.Ranges != 16 {
 		t.Errorf("/status header: %s", body)
 	}
-	if len(st.Members) != 1 || st.Members[0].ID != "n1" || st.Members[0].State != "alive" || st.Members[0].Addr != db.Addr() {
+	if len(st.Members) != 1 || st.Members[0].ID != "n1" || st.Members[0].State != gridkv.MemberAlive || st.Members[0].Addr != db.Addr() {
 		t.Errorf("/status members: %s", body)
 	}
-	if len(st.Groups) != 1 || st.Groups[0].Leader != "n1" || st.Groups[0].Role != "leader" || st.Groups[0].Ranges != 16 ||
+	if len(st.Groups) != 1 || st.Groups[0].Leader != "n1" || st.Groups[0].Role != gridkv.RoleLeader || st.Groups[0].Ranges != 16 ||
 		len(st.Groups[0].Replicas) != 1 {
 		t.Errorf("/status groups: %s", body)
 	}
+	if st.GroupsHeld != 1 || st.GroupsLed != 1 || st.RangesHeld != 16 || st.RangesLed != 16 || st.Role != gridkv.RoleLeader {
+		t.Errorf("/status counts: %s", body)
+	}
 	// The keys as JSON has them.
-	for _, key := range []string{`"node_id"`, `"advertise_addr"`, `"members"`, `"groups"`, `"replicas"`, `"role"`, `"ready": true`} {
+	for _, key := range []string{`"node_id": "n1"`, `"addr"`, `"gossip_addr"`, `"advertise_addr"`, `"gossip_advertise_addr"`, `"ranges": 16`,
+		`"members"`, `"id": "n1"`, `"incarnation"`, `"leads"`, `"state": "alive"`,
+		`"groups"`, `"group": 0`, `"leader": "n1"`, `"replicas"`, `"role": "leader"`,
+		`"groups_held": 1`, `"groups_led": 1`, `"ranges_held": 16`, `"ranges_led": 16`, `"ready": true`} {
 		if !strings.Contains(body, key) {
 			t.Errorf("/status lacks %s: %s", key, body)
 		}
@@ -97,6 +103,11 @@ func TestEndpoints(t *testing.T) {
 	code, body = get(t, srv, "/status")
 	if err := json.Unmarshal([]byte(body), &st); code != http.StatusOK || err != nil || st.Ready || st.NodeID != "n1" {
 		t.Errorf("/status after Close = %d %s", code, body)
+	}
+	for _, key := range []string{`"members": []`, `"groups": []`, `"role": "none"`, `"groups_held": 0`} {
+		if !strings.Contains(body, key) {
+			t.Errorf("/status after Close lacks %s: %s", key, body)
+		}
 	}
 	if code, _ := get(t, srv, "/nothing"); code != http.StatusNotFound {
 		t.Errorf("/nothing = %d", code)
@@ -119,5 +130,42 @@ func TestReadyzNotReady(t *testing.T) {
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil).WithContext(ctx))
 	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "not ready") {
 		t.Errorf("/readyz with an ended request = %d %q", rec.Code, rec.Body.String())
+	}
+}
+
+// Once Options.Stopping is closed, /readyz answers 503 and /status says
+// not ready, while /healthz, /metrics and /status still serve.
+func TestStopping(t *testing.T) {
+	db, err := gridkv.Open(gridkv.Config{Timing: gridkv.LocalTiming(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	stopping := make(chan struct{})
+	srv := httptest.NewServer(Handler(db, NewRegistry(), Options{Stopping: stopping}))
+	defer srv.Close()
+	defer srv.Client().CloseIdleConnections()
+	testutil.Eventually(t, 30*time.Second, "/readyz 200", func() bool {
+		code, _ := get(t, srv, "/readyz")
+		return code == http.StatusOK
+	})
+	close(stopping)
+	if code, body := get(t, srv, "/readyz"); code != http.StatusServiceUnavailable || body != "not ready: stopping\n" {
+		t.Errorf("/readyz while stopping = %d %q", code, body)
+	}
+	code, body := get(t, srv, "/status")
+	var st struct {
+		Ready    bool   `json:"ready"`
+		NotReady string `json:"not_ready"`
+		NodeID   string `json:"node_id"`
+	}
+	if err := json.Unmarshal([]byte(body), &st); code != http.StatusOK || err != nil || st.Ready || st.NotReady != "stopping" || st.NodeID != db.NodeID() {
+		t.Errorf("/status while stopping = %d %s", code, body)
+	}
+	if code, _ := get(t, srv, "/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz while stopping = %d", code)
+	}
+	if code, body := get(t, srv, "/metrics"); code != http.StatusOK || !strings.Contains(body, "go_goroutines") {
+		t.Errorf("/metrics while stopping = %d", code)
 	}
 }

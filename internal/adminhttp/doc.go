@@ -10,11 +10,21 @@
 //
 //	/metrics       the registry, in Prometheus' text format
 //	/debug/pprof/  net/http/pprof's index and profiles
-//	/status        JSON: the node's id and addresses, the members with
-//	               their state, the replica groups (leader, replicas,
-//	               ranges, this node's role), and ready (as /readyz)
+//	/status       JSON: gridkv.Status's JSON form (the node's id and
+//	               addresses, the members with their state, the replica
+//	               groups with leader, replicas, ranges and this node's
+//	               role), the groups and ranges it holds and leads and its
+//	               role (gridkv.Status.Held, Led, Role), and ready (as
+//	               /readyz) with not_ready, why not
 //	/healthz       200 while the DB is open, 503 once it is closed
-//	/readyz        200 when DB.WaitReady returns at once (every range has a
-//	               reachable leader and its replicas), else 503 with the
-//	               reason; the check waits at most Options.ReadyTimeout
+//	/readyz        200 when DB.WaitReady returns nil within
+//	               Options.ReadyTimeout (default 1s): every range has a
+//	               reachable leader and its replicas; the check waits up
+//	               to that long for it. Else 503 with the reason, and 503
+//	               "stopping" once Options.Stopping is closed
+//
+// A program stopping its node closes Options.Stopping first, so that load
+// balancers stop sending it clients, and keeps the endpoint up while
+// DB.Close hands the node's ranges away: /metrics and /status show the
+// handoff. /healthz says 200 until the DB is closed.
 package adminhttp

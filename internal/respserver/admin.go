@@ -131,23 +131,8 @@ func cmdInfo(s *Server, ctx context.Context, c *conn, args [][]byte) {
 		for i, m := range st.Members {
 			ids[i] = m.ID
 		}
-		led, held := 0, 0
-		for _, g := range st.Groups {
-			switch g.Role {
-			case gridkv.RoleLeader:
-				led++
-				held++
-			case gridkv.RoleFollower, gridkv.RoleLearner:
-				held++
-			}
-		}
-		role := "none" // holds no replica
-		switch {
-		case led > 0:
-			role = "leader"
-		case held > 0:
-			role = "follower"
-		}
+		held, rangesHeld := st.Held()
+		led, rangesLed := st.Led()
 		fmt.Fprintf(&b, "# Server\r\n")
 		fmt.Fprintf(&b, "gridkv_node_id:%s\r\n", st.NodeID)
 		fmt.Fprintf(&b, "redis_mode:standalone\r\n")
@@ -160,7 +145,9 @@ func cmdInfo(s *Server, ctx context.Context, c *conn, args [][]byte) {
 		fmt.Fprintf(&b, "groups:%d\r\n", len(st.Groups))
 		fmt.Fprintf(&b, "groups_held:%d\r\n", held)
 		fmt.Fprintf(&b, "groups_led:%d\r\n", led)
-		fmt.Fprintf(&b, "role:%s\r\n", role)
+		fmt.Fprintf(&b, "ranges_held:%d\r\n", rangesHeld)
+		fmt.Fprintf(&b, "ranges_led:%d\r\n", rangesLed)
+		fmt.Fprintf(&b, "role:%s\r\n", st.Role())
 	}
 	if section == "all" || section == "default" || section == "everything" || section == "clients" {
 		if b.Len() > 0 {

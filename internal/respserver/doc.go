@@ -14,6 +14,9 @@
 // Writer; the accept loop is this package's own, because redcon.Server
 // closes every connection the moment its listener closes (the replies of
 // commands in flight are lost) and does not wait for its goroutines.
+// A temporary accept error (EMFILE: out of file descriptors) does not end
+// Serve: it retries after a back-off of 5ms doubling to 1s, as net/http
+// does, until Shutdown.
 // Each connection has one goroutine: it reads a pipeline (every command
 // already received), runs the commands in order, and sends their replies
 // in one write. Connections run in parallel. Each command gets a context
@@ -55,9 +58,10 @@
 //	SCAN cursor [MATCH p*] [COUNT n]
 //	                             see below
 //	INFO [server|clients]        "# Server\r\nkey:value\r\n...": node id,
-//	                             members, groups held and led, role
-//	                             (leader: leads a group; follower: holds
-//	                             replicas and leads none; none)
+//	                             members, groups and ranges held and
+//	                             led, role (gridkv.Status.Held, Led and
+//	                             Role: leader: leads a group; follower:
+//	                             holds replicas and leads none; none)
 //	CLIENT READMODE [lease|readindex|quorum N|stale]
 //	                             this connection's reads (GET, EXISTS,
 //	                             TTL, PTTL, SCAN): lease is the default
@@ -80,14 +84,27 @@
 // and redis-cli --scan parse it so), and "0" starts and ends a scan; a
 // gridkv scan resumes after a key, of up to 64 KiB. So a cursor names the
 // last key of the page it ended, kept in a table on this server: the
-// newest Options.MaxCursors cursors are kept, a cursor may be used more
-// than once, and a cursor unknown to this node (handed out by another
+// newest cursors are kept, up to Options.MaxCursors (10,000) of them
+// holding up to Options.MaxCursorBytes (16 MiB) of keys, a cursor may be
+// used more than once, and a cursor unknown to this node (handed out by another
 // node or before a restart, or dropped for newer ones) is the error "ERR
 // invalid cursor". Pages are in key order; each page is read at its own
 // point in time (see gridkv.DB.Scan), so a key written during a scan may
 // or may not appear, and a key present throughout appears exactly once.
 // MATCH takes a prefix pattern only (abc*, or *); any other pattern is an
-// error. A page may end with a cursor after which nothing follows.
+// error. A page may end with a cursor after which nothing follows. COUNT
+// is at most 10,000: a larger one is taken as 10,000.
+//
+// A SCAN page is expensive. Each SCAN command is one gridkv.DB.Scan from
+// the cursor's key, with COUNT as its Limit, and that reads a page of
+// every range before it yields its first key; as the store keeps no key
+// order, each range's page costs the node serving it (the range's group
+// leader, or a replica under READMODE stale) a walk of all of the range's
+// entries. So every SCAN command walks every key of the cluster, whatever
+// its COUNT, and a scan to the end of N keys walks them about N/COUNT
+// times: redis-cli --scan (COUNT 10 unless told otherwise) over a million
+// keys walks the store 100,000 times. Use a large COUNT, or keep SCAN
+// for small key spaces.
 //
 // # Errors
 //

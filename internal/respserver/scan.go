@@ -11,22 +11,29 @@ import (
 	"github.com/gridkv/gridkv/gridkv"
 )
 
+// maxScanCount is the largest SCAN COUNT honoured; a larger one is
+// clamped to it, so that a page (and the scan's Limit) stays bounded.
+const maxScanCount = 10000
+
 // cursorTable maps the SCAN cursors this server handed out to the last
 // key each page returned. Redis clients (go-redis, redis-cli --scan)
 // parse a cursor as an unsigned 64-bit decimal, which cannot carry a key
 // of up to 64 KiB, so the key stays here and the client holds a random
-// number naming it. The table keeps the newest max cursors, older ones
-// are dropped; a cursor may be used again (a client retrying a page gets
-// the same page, give or take the writes since).
+// number naming it. The table keeps the newest cursors, at most max of
+// them and at most maxBytes of keys (the newest is kept whatever its
+// size); older ones are dropped. A cursor may be used again (a client
+// retrying a page gets the same page, give or take the writes since).
 //
 // Threading: safe for concurrent use (a client may page on one connection
 // and go on on another).
 type cursorTable struct {
-	max int
-	mu  struct {
+	max      int
+	maxBytes int
+	mu       struct {
 		sync.Mutex
 		byID  map[uint64]*list.Element // of cursorEntry
 		order *list.List               // oldest first
+		bytes int                      // of the keys held
 	}
 }
 
@@ -35,8 +42,8 @@ type cursorEntry struct {
 	after string
 }
 
-func newCursorTable(max int) *cursorTable {
-	t := &cursorTable{max: max}
+func newCursorTable(max, maxBytes int) *cursorTable {
+	t := &cursorTable{max: max, maxBytes: maxBytes}
 	t.mu.byID = map[uint64]*list.Element{}
 	t.mu.order = list.New()
 	return t
@@ -51,10 +58,13 @@ func (t *cursorTable) put(after string) uint64 {
 		id = rand.Uint64()
 	}
 	t.mu.byID[id] = t.mu.order.PushBack(cursorEntry{id: id, after: after})
-	for t.mu.order.Len() > t.max {
+	t.mu.bytes += len(after)
+	for t.mu.order.Len() > t.max || t.mu.bytes > t.maxBytes && t.mu.order.Len() > 1 {
 		oldest := t.mu.order.Front()
 		t.mu.order.Remove(oldest)
-		delete(t.mu.byID, oldest.Value.(cursorEntry).id)
+		e := oldest.Value.(cursorEntry)
+		delete(t.mu.byID, e.id)
+		t.mu.bytes -= len(e.after)
 	}
 	return id
 }
@@ -71,7 +81,7 @@ func (t *cursorTable) get(id uint64) (after string, ok bool) {
 }
 
 // cmdScan is SCAN cursor [MATCH prefix*] [COUNT n]: up to n keys (default
-// 10) in key order after the cursor's, with a prefix pattern only (abc*,
+// 10, at most maxScanCount) in key order after the cursor's, with a prefix pattern only (abc*,
 // or *); the next cursor, 0 at the end. It reads in the connection's read
 // mode, but quorum, which a scan does not have, reads as lease does.
 func cmdScan(s *Server, ctx context.Context, c *conn, args [][]byte) {
@@ -108,7 +118,7 @@ func cmdScan(s *Server, ctx context.Context, c *conn, args [][]byte) {
 				c.wr.WriteError(errNotInt)
 				return
 			}
-			count = n
+			count = min(n, maxScanCount)
 		default:
 			c.wr.WriteError(errSyntax)
 			return

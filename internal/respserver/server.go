@@ -19,11 +19,16 @@ type Options struct {
 	// RequestTimeout bounds each command: its context ends this long after
 	// the command starts. Default 5s.
 	RequestTimeout time.Duration
-	// Logger receives connection errors, at Debug. Default slog.Default().
+	// Logger receives connection errors, at Debug, and the temporary
+	// accept errors Serve retries, at Warn. Default slog.Default().
 	Logger *slog.Logger
 	// MaxCursors bounds the SCAN cursors kept (see the package doc); the
 	// oldest is dropped first. Default 10000.
 	MaxCursors int
+	// MaxCursorBytes bounds the bytes of the keys the SCAN cursors hold
+	// (a key may be up to 64 KiB); the oldest cursor is dropped first, the
+	// newest kept whatever its size. Default 16 MiB.
+	MaxCursorBytes int
 }
 
 // Server serves the RESP protocol for one gridkv.DB.
@@ -42,6 +47,9 @@ type Server struct {
 	// Shutdown gives up waiting.
 	base   context.Context
 	cancel context.CancelFunc
+	// closing is closed when Shutdown begins: it cuts short an accept
+	// loop's back-off.
+	closing chan struct{}
 
 	mu struct {
 		sync.Mutex
@@ -63,9 +71,13 @@ func New(db *gridkv.DB, opts Options) *Server {
 	if opts.MaxCursors <= 0 {
 		opts.MaxCursors = 10000
 	}
+	if opts.MaxCursorBytes <= 0 {
+		opts.MaxCursorBytes = 16 << 20
+	}
 	s := &Server{db: db, timeout: opts.RequestTimeout, log: opts.Logger,
-		cursors: newCursorTable(opts.MaxCursors), started: time.Now()}
+		cursors: newCursorTable(opts.MaxCursors, opts.MaxCursorBytes), started: time.Now()}
 	s.base, s.cancel = context.WithCancel(context.Background())
+	s.closing = make(chan struct{})
 	s.mu.lns = map[net.Listener]struct{}{}
 	s.mu.conns = map[*conn]struct{}{}
 	return s
@@ -75,8 +87,11 @@ func New(db *gridkv.DB, opts Options) *Server {
 var ErrServerClosed = errors.New("respserver: server closed")
 
 // Serve accepts connections on ln and serves each in a goroutine of its
-// own, until Shutdown; then it returns ErrServerClosed. Serve takes
-// ownership of ln: it is closed when Serve returns.
+// own, until Shutdown; then it returns ErrServerClosed. A temporary accept
+// error (too many open files, say) is logged at Warn and retried after a
+// back-off, 5ms doubling to 1s, as net/http.Server.Serve does; any other
+// accept error ends Serve and is returned. Serve takes ownership of ln: it
+// is closed when Serve returns.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	if s.mu.stopping {
@@ -94,14 +109,28 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 		ln.Close()
 	}()
+	var backoff time.Duration
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
 			if s.stopping() {
 				return ErrServerClosed
 			}
-			return err
+			if !temporary(err) {
+				return err
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("resp: accept failed; retrying", "err", err, "in", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-s.closing:
+				t.Stop()
+				return ErrServerClosed
+			}
+			continue
 		}
+		backoff = 0
 		c := &conn{nc: nc, wr: redcon.NewWriter(nc), mode: readMode{name: "lease"}}
 		s.mu.Lock()
 		if s.mu.stopping {
@@ -125,6 +154,9 @@ func (s *Server) Serve(ln net.Listener) error {
 // returns ctx's error. Shutdown does not close the DB.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
+	if !s.mu.stopping {
+		close(s.closing)
+	}
 	s.mu.stopping = true
 	for ln := range s.mu.lns {
 		ln.Close()
@@ -151,6 +183,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 		return ctx.Err()
 	}
+}
+
+// temporary reports whether an accept error may pass (EMFILE, ENFILE,
+// ECONNABORTED...): the test net/http.Server.Serve makes. net.Error's
+// Temporary is deprecated as ill-defined in general, but for accept errors
+// it is what the standard library still relies on.
+func temporary(err error) bool {
+	var te interface{ Temporary() bool }
+	return errors.As(err, &te) && te.Temporary()
 }
 
 func (s *Server) stopping() bool {

@@ -9,10 +9,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -222,7 +224,8 @@ func TestCommands(t *testing.T) {
 	// Introspection and what clients send at start.
 	info, err := rdb.Info(ctx, "server").Result()
 	if err != nil || !strings.HasPrefix(info, "# Server\r\n") || !strings.Contains(info, "gridkv_node_id:"+db.NodeID()+"\r\n") ||
-		!strings.Contains(info, "members:1\r\n") || !strings.Contains(info, "role:leader\r\n") {
+		!strings.Contains(info, "members:1\r\n") || !strings.Contains(info, "role:leader\r\n") ||
+		!strings.Contains(info, "groups_held:1\r\ngroups_led:1\r\nranges_held:1024\r\nranges_led:1024\r\n") {
 		t.Errorf("INFO server = %q, %v", info, err)
 	}
 	if info, err := rdb.Info(ctx).Result(); err != nil || !strings.Contains(info, "# Clients\r\nconnected_clients:") {
@@ -577,5 +580,159 @@ func TestShutdown(t *testing.T) {
 	}
 	if err := srv.Serve(ln); !errors.Is(err, ErrServerClosed) {
 		t.Errorf("Serve after Shutdown: %v", err)
+	}
+}
+
+// failingListener's Accept fails with err, fails times, then accepts from
+// the Listener; with fails < 0 it fails for ever (until closed).
+type failingListener struct {
+	net.Listener
+	err   error
+	mu    sync.Mutex
+	fails int
+}
+
+func (l *failingListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	fail := l.fails != 0
+	if l.fails > 0 {
+		l.fails--
+	}
+	l.mu.Unlock()
+	if fail {
+		return nil, l.err
+	}
+	return l.Listener.Accept()
+}
+
+var errEMFILE = &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept", syscall.EMFILE)}
+
+// A temporary accept error (EMFILE) is retried: the server goes on
+// serving, and Shutdown still ends Serve with ErrServerClosed, also while
+// it backs off. Any other accept error ends Serve with that error.
+func TestAcceptErrors(t *testing.T) {
+	db := openDB(t, gridkv.Config{})
+	listen := func(err error, fails int) *failingListener {
+		ln, lerr := net.Listen("tcp", "127.0.0.1:0")
+		if lerr != nil {
+			t.Fatal(lerr)
+		}
+		return &failingListener{Listener: ln, err: err, fails: fails}
+	}
+
+	t.Run("temporary then fine", func(t *testing.T) {
+		srv := New(db, Options{Logger: quiet})
+		ln := listen(errEMFILE, 5)
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve(ln) }()
+		rdb := client(t, ln.Addr().String())
+		if v, err := rdb.Ping(ctxT(t)).Result(); err != nil || v != "PONG" {
+			t.Errorf("PING after 5 EMFILE: %q, %v", v, err)
+		}
+		rdb.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-served; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v", err)
+		}
+	})
+
+	t.Run("temporary for ever", func(t *testing.T) {
+		srv := New(db, Options{Logger: quiet})
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve(listen(errEMFILE, -1)) }()
+		select {
+		case err := <-served:
+			t.Fatalf("Serve returned %v on a temporary error", err)
+		case <-time.After(1500 * time.Millisecond): // past the 1s back-off cap
+		}
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-served; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v", err)
+		}
+		if d := time.Since(start); d > 500*time.Millisecond {
+			t.Errorf("Shutdown took %v: the back-off was not cut short", d)
+		}
+	})
+
+	t.Run("permanent", func(t *testing.T) {
+		srv := New(db, Options{Logger: quiet})
+		defer srv.Shutdown(context.Background())
+		bad := errors.New("listener broken")
+		if err := srv.Serve(listen(bad, -1)); err != bad {
+			t.Errorf("Serve returned %v, want %v", err, bad)
+		}
+	})
+}
+
+// The cursor table keeps the newest cursors within both bounds: count
+// and bytes of keys; the newest stays whatever its size.
+func TestCursorTableBounds(t *testing.T) {
+	tab := newCursorTable(4, 1000)
+	var ids []uint64
+	for i := range 6 {
+		ids = append(ids, tab.put(strings.Repeat(string(rune('a'+i)), 300)))
+	}
+	// 300 bytes each: three would be 900, four 1200: three remain.
+	for i, id := range ids {
+		after, ok := tab.get(id)
+		if want := i >= 3; ok != want || ok && after != strings.Repeat(string(rune('a'+i)), 300) {
+			t.Errorf("cursor %d: %v %.5q, want kept %v", i, ok, after, want)
+		}
+	}
+	// Small keys: the count bound.
+	for i := range 6 {
+		ids = append(ids, tab.put(fmt.Sprint(i)))
+	}
+	kept := 0
+	for _, id := range ids {
+		if _, ok := tab.get(id); ok {
+			kept++
+		}
+	}
+	if kept != 4 {
+		t.Errorf("%d cursors kept, want 4", kept)
+	}
+	// A key over the byte bound on its own is kept, alone.
+	big := tab.put(strings.Repeat("z", 2000))
+	if _, ok := tab.get(big); !ok {
+		t.Error("the newest cursor was dropped")
+	}
+	if _, ok := tab.get(ids[len(ids)-1]); ok {
+		t.Error("an older cursor was kept beside one over the byte bound")
+	}
+}
+
+// COUNT over 10,000 is taken as 10,000.
+func TestScanCountClamped(t *testing.T) {
+	db := openDB(t, gridkv.Config{Ranges: 16})
+	_, addr := serve(t, db, Options{})
+	rdb := client(t, addr)
+	ctx := ctxT(t)
+	const n = maxScanCount + 5
+	for start := 0; start < n; start += 1000 {
+		pipe := rdb.Pipeline()
+		for i := start; i < min(start+1000, n); i++ {
+			pipe.Set(ctx, fmt.Sprintf("k%05d", i), "x", 0)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys, next, err := rdb.Scan(ctx, 0, "", 1_000_000).Result()
+	if err != nil || len(keys) != maxScanCount || next == 0 {
+		t.Fatalf("SCAN 0 COUNT 1000000: %d keys, next %d, %v; want %d and a cursor", len(keys), next, err, maxScanCount)
+	}
+	keys, next, err = rdb.Scan(ctx, next, "", 1_000_000).Result()
+	if err != nil || len(keys) != 5 || next != 0 {
+		t.Errorf("second page: %d keys, next %d, %v", len(keys), next, err)
 	}
 }
