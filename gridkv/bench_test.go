@@ -259,6 +259,31 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// runClients is the closed loop the 3-node benchmarks share: 64 clients
+// (b.SetParallelism over GOMAXPROCS), client c calling node c mod
+// len(dbs), each calling op with its node's index and a counter starting
+// at c*1000; it reports ops/s and the process's CPU time per op.
+func runClients(b *testing.B, dbs []*DB, op func(n, i int) error) {
+	cpu0 := cpuTime()
+	b.SetParallelism(64 / runtime.GOMAXPROCS(0))
+	b.ResetTimer()
+	start := time.Now()
+	var next atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		c := int(next.Add(1))
+		n, i := c%len(dbs), c*1000
+		for pb.Next() {
+			if err := op(n, i); err != nil {
+				b.Error(err)
+				return
+			}
+			i++
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "ops/s")
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/op")
+}
+
 // BenchmarkThreeNodeSet: parallel Sets (16-byte values, 10k keys) from 64
 // clients spread over a 3-node cluster formed together, by GroupsPerNode.
 // Reports ops/s, the cluster's CPU time per Set, writes per log entry,
@@ -277,24 +302,9 @@ func BenchmarkThreeNodeSet(b *testing.B) {
 				fw0, ff0 = fw0+db.fwd.writes.Load(), ff0+db.fwd.writeFrames.Load()
 				s0 = addStats(s0, db.host.Stats())
 			}
-			cpu0 := cpuTime()
-			b.SetParallelism(64 / runtime.GOMAXPROCS(0))
-			b.ResetTimer()
-			start := time.Now()
-			var next atomic.Int64
-			b.RunParallel(func(pb *testing.PB) {
-				c := int(next.Add(1))
-				db, i := dbs[c%len(dbs)], c*1000
-				for pb.Next() {
-					if err := db.Set(ctx, fmt.Sprint("key", i%10000), value); err != nil {
-						b.Error(err)
-						return
-					}
-					i++
-				}
+			runClients(b, dbs, func(n, i int) error {
+				return dbs[n].Set(ctx, fmt.Sprint("key", i%10000), value)
 			})
-			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "ops/s")
-			b.ReportMetric(float64(cpuTime()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/op")
 			var e1, w1, fw1, ff1 int64
 			var s1 raftgroup.Stats
 			for _, db := range dbs {
@@ -352,32 +362,18 @@ func BenchmarkMetricsCost(b *testing.B) {
 			b.Run(op+"/metrics="+mode, func(b *testing.B) {
 				dbs := clusters[mode]
 				value := make([]byte, 16)
-				cpu0 := cpuTime()
 				b.ReportAllocs()
-				b.SetParallelism(64 / runtime.GOMAXPROCS(0))
-				b.ResetTimer()
-				start := time.Now()
-				var next atomic.Int64
-				b.RunParallel(func(pb *testing.PB) {
-					c := int(next.Add(1))
-					n, i := c%len(dbs), c*1000
-					db, keys := dbs[n], led[mode][n]
-					for pb.Next() {
-						var err error
-						if op == "set" {
-							err = db.Set(ctx, fmt.Sprint("key", i%10000), value)
-						} else if len(keys) > 0 {
-							_, err = db.Get(ctx, keys[i%len(keys)])
-						}
-						if err != nil {
-							b.Error(err)
-							return
-						}
-						i++
+				keys := led[mode]
+				runClients(b, dbs, func(n, i int) error {
+					if op == "set" {
+						return dbs[n].Set(ctx, fmt.Sprint("key", i%10000), value)
 					}
+					if len(keys[n]) == 0 {
+						return nil
+					}
+					_, err := dbs[n].Get(ctx, keys[n][i%len(keys[n])])
+					return err
 				})
-				b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "ops/s")
-				b.ReportMetric(float64(cpuTime()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/op")
 			})
 		}
 	}
@@ -800,30 +796,13 @@ func benchmarkTLS(b *testing.B, get bool) {
 				}
 			}
 			h0, m0 := leaseStats(dbs)
-			cpu0 := cpuTime()
-			b.SetParallelism(64 / runtime.GOMAXPROCS(0))
-			b.ResetTimer()
-			start := time.Now()
-			var next atomic.Int64
-			b.RunParallel(func(pb *testing.PB) {
-				c := int(next.Add(1))
-				db, i := dbs[c%len(dbs)], c*1000
-				for pb.Next() {
-					var err error
-					if get {
-						_, err = db.Get(ctx, keys[i%len(keys)])
-					} else {
-						err = db.Set(ctx, keys[i%len(keys)], value)
-					}
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					i++
+			runClients(b, dbs, func(n, i int) error {
+				if get {
+					_, err := dbs[n].Get(ctx, keys[i%len(keys)])
+					return err
 				}
+				return dbs[n].Set(ctx, keys[i%len(keys)], value)
 			})
-			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "ops/s")
-			b.ReportMetric(float64(cpuTime()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/op")
 			if h1, m1 := leaseStats(dbs); get && h1+m1 > h0+m0 {
 				b.ReportMetric(100*float64(h1-h0)/float64(h1-h0+m1-m0), "lease-hit-%")
 			}
