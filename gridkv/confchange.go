@@ -12,7 +12,8 @@ import (
 // The reconciler's decision for one range, as a pure function: given the
 // range's Raft configuration and its placement target, which configuration
 // changes move it toward the target, in the order to try them. The owner
-// (DB.reconcileRange) makes the first that succeeds, one per pass.
+// (DB.reconcile, then DB.runGroup on a goroutine of the step runner)
+// makes the first that succeeds, one per pass.
 
 // stepKind is one kind of configuration change.
 type stepKind uint8

@@ -44,6 +44,9 @@ type DB struct {
 	// tlscheck.go); nil without.
 	tls     *tlsCheck
 	stepLog stepLog // the reconciler's rate-limited warnings
+	// steps runs the reconciler's configuration changes, several groups
+	// at once (steprun.go); its goroutines are counted in wg.
+	steps *stepRunner
 	// meta serializes gossip metadata updates (announce); leads is the
 	// groups this node leads, as the reconciler last saw them.
 	meta struct {
@@ -232,6 +235,7 @@ func open(ctx context.Context, cfg Config, hooks *testhook.Hooks) (_ *DB, err er
 		}
 	}()
 	db.feeds.all = map[*feed]struct{}{}
+	db.steps = newStepRunner(&db.wg, maxParallelSteps, slowForSteps*cfg.Timing.StepTimeout)
 	db.stopCtx, db.stopCancel = context.WithCancel(context.Background())
 	db.handoffTimeout.Store(int64(cfg.Timing.HandoffTimeout))
 	switch {

@@ -3,6 +3,7 @@ package gridkv
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -17,9 +18,10 @@ import (
 	"github.com/gridkv/gridkv/placement"
 )
 
-// reconcileLoop moves every range this node leads toward its placement
-// target, one configuration change per range per pass, and drops replicas
-// that were removed from their group.
+// reconcileLoop moves every group this node leads toward its placement
+// target, at most one configuration change per group per pass, and drops
+// replicas that were removed from their group. The changes are made by
+// the step runner, up to maxParallelSteps groups at once (see reconcile).
 func (db *DB) reconcileLoop() {
 	t := time.NewTicker(db.cfg.Timing.ReconcileInterval)
 	defer t.Stop()
@@ -118,6 +120,13 @@ func (db *DB) stableMembers(view map[string]*memberView, now time.Time) []gossip
 	return out
 }
 
+// reconcile is one pass of the reconciler: it drops the replicas raft shut
+// down, notes the groups this node leads (announcing them when they
+// change), and hands the led groups that need a configuration change to
+// the step runner (steprun.go), which makes them on goroutines of its own.
+// The pass never waits for a step, so it keeps its cadence while a step
+// waits on a node that does not answer; a group whose step is still in
+// flight is left to a later pass.
 func (db *DB) reconcile(members []gossip.Member, lastLeads []int) []int {
 	byID := make(map[string]gossip.Member, len(members))
 	ids := make([]string, 0, len(members))
@@ -127,6 +136,7 @@ func (db *DB) reconcile(members []gossip.Member, lastLeads []int) []int {
 	}
 	plan := placement.Plan(db.groupCount(), ids, db.cfg.ReplicaCount)
 	var leads []int
+	var work []groupWork
 	for r, rep := range db.replicaList() {
 		if rep.group.Raft().State() == raft.Shutdown { // removed from the group
 			db.dropReplica(r, rep)
@@ -136,7 +146,9 @@ func (db *DB) reconcile(members []gossip.Member, lastLeads []int) []int {
 			continue
 		}
 		leads = append(leads, r)
-		db.reconcileRange(r, rep, ids, byID, plan[r].Leader)
+		if w, ok := db.groupWork(r, rep, ids, byID, plan[r].Leader); ok {
+			work = append(work, w)
+		}
 	}
 	sort.Ints(leads)
 	if !slices.Equal(leads, lastLeads) {
@@ -145,17 +157,19 @@ func (db *DB) reconcile(members []gossip.Member, lastLeads []int) []int {
 		db.meta.Unlock()
 		db.announce()
 	}
+	sort.Slice(work, func(i, j int) bool { return work[i].r < work[j].r })
+	db.steps.startAll(work, db.runGroup)
 	return leads
 }
 
-// reconcileRange makes at most one configuration change toward the
-// target (see nextSteps). A step that fails is logged and the next one is
-// tried, up to maxStepTries in a pass, so one failing step (an unreachable
-// node, say) never holds up the others.
-func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]gossip.Member, planLeader string) {
+// groupWork decides what group r, led by rep, needs toward its target: the
+// configuration changes to try (see nextSteps), or, with none, whether it
+// should become sole. It reads the group's configuration and does no I/O;
+// ok is false when the group needs nothing.
+func (db *DB) groupWork(r int, rep *replica, ids []string, byID map[string]gossip.Member, planLeader string) (w groupWork, ok bool) {
 	servers, err := rep.group.Configuration()
 	if err != nil {
-		return
+		return groupWork{}, false
 	}
 	in := confInput{self: db.host.ID(), current: servers}
 	for _, id := range placement.Replicas(r, ids, db.cfg.ReplicaCount) {
@@ -164,30 +178,46 @@ func (db *DB) reconcileRange(r int, rep *replica, ids []string, byID map[string]
 	if m, ok := byID[planLeader]; ok && planLeader != db.cfg.NodeID {
 		in.preferred = memberPeer(m)
 	}
-	steps := nextSteps(in)
-	if len(steps) == 0 && len(servers) == 1 && servers[0].ID == db.host.ID() && !rep.sole.Load() {
-		ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.StepTimeout)
-		db.becomeSole(ctx, rep)
+	w = groupWork{r: r, rep: rep, steps: nextSteps(in)}
+	if len(w.steps) == 0 {
+		w.sole = len(servers) == 1 && servers[0].ID == db.host.ID() && !rep.sole.Load()
+		return w, w.sole
+	}
+	return w, true
+}
+
+// runGroup makes at most one configuration change of w's group: the first
+// of its steps that succeeds. A step that fails is logged and the next one
+// is tried, up to maxStepTries, each within Timing.StepTimeout, so one
+// failing step (an unreachable node, say) does not hold up the group's
+// others. It runs on a goroutine of the step runner, never two at once for
+// one group; Close cancels the step in flight.
+func (db *DB) runGroup(w groupWork) {
+	if w.sole {
+		ctx, cancel := context.WithTimeout(db.stopCtx, db.cfg.Timing.StepTimeout)
+		db.becomeSole(ctx, w.rep)
 		cancel()
 		return
 	}
 	tries := 0
-	for _, st := range steps {
-		if tries == maxStepTries {
+	for _, st := range w.steps {
+		if tries == maxStepTries || db.stopCtx.Err() != nil {
 			return
 		}
 		tries++
 		if st.kind != stepBalance {
-			rep.sole.Store(false) // before any change: reads take the leader path from now on
+			w.rep.sole.Store(false) // before any change: reads take the leader path from now on
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.StepTimeout)
-		err := db.makeStep(ctx, r, rep, st)
+		ctx, cancel := context.WithTimeout(db.stopCtx, db.cfg.Timing.StepTimeout)
+		err := db.makeStep(ctx, w.r, w.rep, st)
+		timedOut := errors.Is(ctx.Err(), context.DeadlineExceeded)
 		cancel()
+		db.steps.noteTarget(st.to.id, timedOut)
 		if err == nil {
-			db.stepLog.ok(r, st)
+			db.stepLog.ok(w.r, st)
 			return
 		}
-		db.stepLog.failed(db.log, db.isClosed(), r, st, err)
+		db.stepLog.failed(db.log, db.isClosed(), w.r, st, err)
 	}
 }
 

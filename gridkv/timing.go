@@ -73,7 +73,10 @@ type Timing struct {
 	ReconcileInterval time.Duration
 	// StepTimeout bounds one configuration change the reconciler makes
 	// (add, promote or remove a replica, hand leadership over), and one
-	// step of a layout change. LAN and Local 5s.
+	// step of a layout change. The reconciler makes the changes of up to
+	// 8 groups at once, one at a time per group, so a node that does not
+	// answer delays the other groups' changes by at most one StepTimeout.
+	// LAN and Local 5s.
 	StepTimeout time.Duration
 	// RequestTimeout bounds one request or Apply of a background task: a
 	// step of a range handoff, a watch poll beyond its hold, asking a
