@@ -178,7 +178,7 @@ func (db *DB) groupWork(r int, rep *replica, ids []string, byID map[string]gossi
 	if m, ok := byID[planLeader]; ok && planLeader != db.cfg.NodeID {
 		in.preferred = memberPeer(m)
 	}
-	w = groupWork{r: r, rep: rep, steps: nextSteps(in)}
+	w = groupWork{r: r, rep: rep, servers: servers, steps: nextSteps(in)}
 	if len(w.steps) == 0 {
 		w.sole = len(servers) == 1 && servers[0].ID == db.host.ID() && !rep.sole.Load()
 		return w, w.sole
@@ -193,6 +193,14 @@ func (db *DB) groupWork(r int, rep *replica, ids []string, byID map[string]gossi
 // others. It runs on a goroutine of the step runner, never two at once for
 // one group; Close cancels the step in flight.
 func (db *DB) runGroup(w groupWork) {
+	// The steps were worked out from w.servers, while a step of the group
+	// may still have been in flight: if it has changed the configuration
+	// since, they may be stale (promote a server it has just removed, and
+	// raft would add it back as a voter with no replica). The next pass
+	// works them out again.
+	if w.stale() {
+		return
+	}
 	if w.sole {
 		ctx, cancel := context.WithTimeout(db.stopCtx, db.cfg.Timing.StepTimeout)
 		db.becomeSole(ctx, w.rep)

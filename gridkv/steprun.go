@@ -32,10 +32,21 @@ const slowForSteps = 2
 // groupWork is what one group this node leads needs: the configuration
 // changes to try, in order (nextSteps), or, with none, to become sole.
 type groupWork struct {
-	r     int
-	rep   *replica
-	steps []confStep
-	sole  bool
+	r   int
+	rep *replica
+	// servers is the configuration the steps were worked out from
+	// (runGroup makes none if it has changed).
+	servers []raft.Server
+	steps   []confStep
+	sole    bool
+}
+
+// stale reports whether w's group has a configuration other than the one
+// w's steps were worked out from. (hashicorp/raft's GetConfiguration
+// gives no log index, so the servers are compared.)
+func (w groupWork) stale() bool {
+	servers, err := w.rep.group.Configuration()
+	return err != nil || !slices.Equal(servers, w.servers)
 }
 
 // toSlow reports whether w's first step goes to a slow target. Once

@@ -1,6 +1,7 @@
 package gridkv
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"sync"
@@ -156,5 +157,44 @@ func TestStepRunnerOneStepPerGroup(t *testing.T) {
 	defer s.mu.Unlock()
 	if len(s.mu.busy) != 0 || s.mu.running != 0 || s.mu.slowRunning != 0 {
 		t.Fatalf("after every run ended: busy %v, running %d, slow running %d", s.mu.busy, s.mu.running, s.mu.slowRunning)
+	}
+}
+
+// Steps worked out from one configuration are stale once the group has
+// another: runGroup makes none of them (a step that had just removed a
+// server, then "promote" it, would add it back as a voter).
+func TestGroupWorkStaleAfterConfigurationChange(t *testing.T) {
+	db := openT(t, Config{Timing: LocalTiming()})
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := db.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var w groupWork
+	for r, rep := range db.replicaList() {
+		if rep.group.IsLeader() {
+			w.r, w.rep = r, rep
+			break
+		}
+	}
+	if w.rep == nil {
+		t.Fatal("no group led")
+	}
+	servers, err := w.rep.group.Configuration()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.servers = servers
+	if w.stale() {
+		t.Fatal("stale at the configuration it was worked out from")
+	}
+	// A configuration change: a non-voter that does not exist (the
+	// reconciler removes it again, which is another change).
+	if err := w.rep.group.AddNonvoter(ctx, "ghost#1", "127.0.0.1:1"); err != nil {
+		t.Fatal(err)
+	}
+	if !w.stale() {
+		t.Fatal("not stale after a configuration change")
 	}
 }
