@@ -130,10 +130,12 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	var serveErr error
 	select {
 	case <-ctx.Done():
-		log.Info("gridkv stopping", "node_id", db.NodeID())
 	case serveErr = <-failed:
 	}
-	close(stopping)
+	close(stopping) // /readyz answers 503 from here on
+	if serveErr == nil {
+		log.Info("gridkv stopping", "node_id", db.NodeID())
+	}
 	readyDone()
 	// Commands in flight finish within the request timeout; give them
 	// that and a little more.
