@@ -9,10 +9,10 @@ RACE_PKGS = ./fsm/... ./raftgroup/... ./gossip/... ./gridkv/... ./tests/... ./in
 test: lint unit race
 
 unit:
-	$(GO) test -count=1 ./...
+	$(GO) test -count=1 -timeout 25m ./...
 
 race:
-	$(GO) test -count=1 -race $(RACE_PKGS)
+	$(GO) test -count=1 -timeout 25m -race $(RACE_PKGS)
 
 lint:
 	$(GO) vet ./...

@@ -357,14 +357,14 @@ func TestRestoreRejectsCorruptStreams(t *testing.T) {
 			t.Fatalf("truncated at %d accepted", cut)
 		}
 	}
-	// magic, applied, no layout (four zero varints), 1 range, range 0,
+	// magic, applied, no layout (five zero varints), 1 range, range 0,
 	// Owned, epoch 1, nine zero varints (peer, freeze index, since, count,
 	// bytes, cursor length, got count, bytes, digest), then a key length
 	// over the limit.
-	if !bytes.Equal(good[13:22], make([]byte, 9)) || !bytes.Equal(good[5:9], make([]byte, 4)) {
-		t.Fatalf("unexpected record bytes %x", good[:22])
+	if !bytes.Equal(good[14:23], make([]byte, 9)) || !bytes.Equal(good[5:10], make([]byte, 5)) {
+		t.Fatalf("unexpected record bytes %x", good[:23])
 	}
-	huge := append(append([]byte{}, good[:22]...), 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f)
+	huge := append(append([]byte{}, good[:23]...), 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f)
 	if err := New(Options{}).Restore(io.NopCloser(bytes.NewReader(huge))); err == nil {
 		t.Fatal("huge field accepted")
 	}

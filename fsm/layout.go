@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
 
@@ -34,6 +35,20 @@ type Layout struct {
 	// Created holds each group created later, groups Genesis, Genesis+1,
 	// … in order.
 	Created []Created
+	// Recovered holds the groups created again after they lost their
+	// majority (RecoverGroupOp), in increasing group order, the newest
+	// recovery of each: a group's creation is the newer (larger Gen) of
+	// this and its Created one.
+	Recovered []Recovered
+}
+
+// Recovered is a group created again from the replica of its only server
+// after the group lost its majority: that server starts the new creation
+// with the state of its replica of the group's previous creation, and the
+// replicas of earlier creations are superseded.
+type Recovered struct {
+	Group int
+	Created
 }
 
 // Created is a group created after the cluster's formation: a node
@@ -59,16 +74,40 @@ type Server struct {
 func (l Layout) Exists() int { return l.Genesis + len(l.Created) }
 
 // Group returns how group g was created, for a group created after the
-// cluster's formation.
+// cluster's formation or recovered since (its newest creation).
 func (l Layout) Group(g int) (Created, bool) {
-	if g < l.Genesis || g >= l.Exists() {
-		return Created{}, false
+	c, ok := Created{}, false
+	if g >= l.Genesis && g < l.Exists() {
+		c, ok = l.Created[g-l.Genesis], true
 	}
-	return l.Created[g-l.Genesis], true
+	if rc, found := l.recovered(g); found && rc.Gen > c.Gen {
+		return rc.Created, true
+	}
+	return c, ok
+}
+
+// RecoveredAt reports whether group g's creation at gen is a recovery
+// (RecoverGroupOp) and, if so, the server that starts it.
+func (l Layout) RecoveredAt(g int, gen uint64) (Server, bool) {
+	rc, ok := l.recovered(g)
+	if !ok || rc.Gen != gen || gen == 0 {
+		return Server{}, false
+	}
+	return rc.Servers[0], true
+}
+
+func (l Layout) recovered(g int) (Recovered, bool) {
+	for _, rc := range l.Recovered {
+		if rc.Group == g {
+			return rc, true
+		}
+	}
+	return Recovered{}, false
 }
 
 // Gen is group g's creation epoch (Created.Gen): 0 for a group the
-// cluster was formed with and for one that does not exist.
+// cluster was formed with, never recovered, and for one that does not
+// exist.
 func (l Layout) Gen(g int) uint64 {
 	c, _ := l.Group(g)
 	return c.Gen
@@ -103,12 +142,23 @@ func CreateGroupOp(epoch uint64, g int, servers []Server) *fsmpb.Command {
 	return &fsmpb.Command{Op: &fsmpb.Command_CreateGroup{CreateGroup: c}}
 }
 
+// RecoverGroupOp is the CreateGroup command of a recovery: if the layout
+// is at epoch, existing group g (any, group 0 included) is created again
+// at a new Gen with server alone, which starts it from its replica of the
+// group's previous creation (Layout.Recovered).
+func RecoverGroupOp(epoch uint64, g int, server Server) *fsmpb.Command {
+	cmd := CreateGroupOp(epoch, g, []Server{server})
+	cmd.GetCreateGroup().Recovered = true
+	return cmd
+}
+
 // layoutOp is a decoded SetLayout or CreateGroup (op.layout).
 type layoutOp struct {
 	epoch           uint64
 	genesis, groups int // SetLayout
 	group           int // CreateGroup
 	servers         []Server
+	recovered       bool
 }
 
 // decodeLayoutCmd reads a SetLayout (kind opSetLayout) or CreateGroup
@@ -127,7 +177,7 @@ func decodeLayoutCmd(msg []byte, kind opKind) (op, error) {
 	if err := proto.Unmarshal(msg, &m); err != nil {
 		return op{}, errMalformed
 	}
-	o.layout.epoch, o.layout.group = m.Epoch, int(m.Group)
+	o.layout.epoch, o.layout.group, o.layout.recovered = m.Epoch, int(m.Group), m.Recovered
 	for _, s := range m.Servers {
 		o.layout.servers = append(o.layout.servers, Server{ID: s.Id, Address: s.Address})
 	}
@@ -173,9 +223,11 @@ func (f *FSM) applyLayout(o *op, index uint64) Result {
 		next.Genesis, next.Groups = c.genesis, c.groups
 	default: // opCreateGroup
 		switch {
-		case len(c.servers) == 0 || len(c.servers) > maxGroupServers:
+		case len(c.servers) == 0 || len(c.servers) > maxGroupServers || c.recovered && len(c.servers) != 1:
 			return Result{Err: fmt.Errorf("%w: group created with %d servers", ErrBadCommand, len(c.servers))}
-		case cur.Genesis == 0 || c.group < cur.Genesis || c.group < cur.Groups || c.group > cur.Exists() || c.group >= maxLayoutGroups:
+		case c.recovered && (cur.Genesis == 0 || c.group < 0 || c.group >= cur.Exists()):
+			return Result{Err: ErrPrecondition}
+		case !c.recovered && (cur.Genesis == 0 || c.group < cur.Genesis || c.group < cur.Groups || c.group > cur.Exists() || c.group >= maxLayoutGroups):
 			return Result{Err: ErrPrecondition}
 		}
 		for _, s := range c.servers {
@@ -184,6 +236,10 @@ func (f *FSM) applyLayout(o *op, index uint64) Result {
 			}
 		}
 		created := Created{Gen: cur.Epoch + 1, Servers: c.servers}
+		if c.recovered {
+			next.Recovered = withRecovered(cur.Recovered, Recovered{Group: c.group, Created: created})
+			break
+		}
 		next.Created = append([]Created(nil), cur.Created...)
 		if c.group == cur.Exists() {
 			next.Created = append(next.Created, created)
@@ -196,9 +252,44 @@ func (f *FSM) applyLayout(o *op, index uint64) Result {
 	return Result{Version: index}
 }
 
+// LayoutAfter is the layout l becomes once entries (raft command entries
+// data, in log order) apply after it, as Apply applies them: their
+// SetLayout and CreateGroup commands, each applying if it fits. Other
+// commands, and ones that do not decode, change nothing.
+func LayoutAfter(l Layout, entries [][]byte) Layout {
+	f := &FSM{opts: Options{Layout: true}}
+	f.layout.Store(&l)
+	for i, data := range entries {
+		ops, batch, err := decodeCommand(data, nil)
+		if err != nil || batch || len(ops) != 1 || !ops[0].kind.layout() {
+			continue
+		}
+		f.applyLayout(&ops[0], uint64(i+1))
+	}
+	return f.Layout()
+}
+
+// withRecovered is list (in increasing group order) with rc in place of
+// its group's earlier recovery, if any; list is not changed.
+func withRecovered(list []Recovered, rc Recovered) []Recovered {
+	out := make([]Recovered, 0, len(list)+1)
+	for _, old := range list {
+		if old.Group != rc.Group {
+			out = append(out, old)
+		}
+	}
+	i := len(out)
+	for i > 0 && out[i-1].Group > rc.Group {
+		i--
+	}
+	return slices.Insert(out, i, rc)
+}
+
 // writeLayout writes l in the snapshot format: uvarint epoch, genesis,
 // groups, number of created groups, then per created group its Gen, the
-// number of servers and each server's id and address, length-prefixed.
+// number of servers and each server's id and address, length-prefixed;
+// then the number of recovered groups, and per recovered group its number,
+// Gen and its one server's id and address.
 func writeLayout(w *bufio.Writer, l Layout) {
 	var scratch [5 * binary.MaxVarintLen64]byte
 	b := binary.AppendUvarint(scratch[:0], l.Epoch)
@@ -209,11 +300,23 @@ func writeLayout(w *bufio.Writer, l Layout) {
 		b := binary.AppendUvarint(scratch[:0], c.Gen)
 		w.Write(binary.AppendUvarint(b, uint64(len(c.Servers))))
 		for _, s := range c.Servers {
-			for _, str := range []string{s.ID, s.Address} {
-				w.Write(binary.AppendUvarint(scratch[:0], uint64(len(str))))
-				w.WriteString(str)
-			}
+			writeServer(w, s)
 		}
+	}
+	w.Write(binary.AppendUvarint(scratch[:0], uint64(len(l.Recovered))))
+	for _, rc := range l.Recovered {
+		b := binary.AppendUvarint(scratch[:0], uint64(rc.Group))
+		w.Write(binary.AppendUvarint(b, rc.Gen))
+		writeServer(w, rc.Servers[0])
+	}
+}
+
+// writeServer writes a server's id and address, length-prefixed.
+func writeServer(w *bufio.Writer, s Server) {
+	var scratch [binary.MaxVarintLen64]byte
+	for _, str := range []string{s.ID, s.Address} {
+		w.Write(binary.AppendUvarint(scratch[:0], uint64(len(str))))
+		w.WriteString(str)
 	}
 }
 
@@ -246,6 +349,13 @@ func readLayout(r *bufio.Reader) (Layout, error) {
 		}
 		return string(b), nil
 	}
+	readServer := func() (s Server, err error) {
+		if s.ID, err = readString(); err != nil {
+			return s, err
+		}
+		s.Address, err = readString()
+		return s, err
+	}
 	seen := map[uint64]bool{}
 	for range created {
 		gen, n := v.uvarint(), v.uvarint()
@@ -262,14 +372,34 @@ func readLayout(r *bufio.Reader) (Layout, error) {
 		servers := make([]Server, n)
 		for i := range servers {
 			var err error
-			if servers[i].ID, err = readString(); err != nil {
-				return Layout{}, err
-			}
-			if servers[i].Address, err = readString(); err != nil {
+			if servers[i], err = readServer(); err != nil {
 				return Layout{}, err
 			}
 		}
 		l.Created = append(l.Created, Created{Gen: gen, Servers: servers})
+	}
+	recovered := v.uvarint()
+	if v.err != nil {
+		return Layout{}, v.err
+	}
+	if recovered > genesis+created {
+		return Layout{}, fmt.Errorf("fsm: restore: %d groups recovered of %d", recovered, genesis+created)
+	}
+	for range recovered {
+		g, gen := v.uvarint(), v.uvarint()
+		if v.err != nil {
+			return Layout{}, v.err
+		}
+		if g >= genesis+created || len(l.Recovered) > 0 && g <= uint64(l.Recovered[len(l.Recovered)-1].Group) ||
+			gen == 0 || gen > l.Epoch || seen[gen] {
+			return Layout{}, fmt.Errorf("fsm: restore: group %d recovered at epoch %d of %d (out of order, or an epoch twice)", g, gen, l.Epoch)
+		}
+		seen[gen] = true
+		s, err := readServer()
+		if err != nil {
+			return Layout{}, err
+		}
+		l.Recovered = append(l.Recovered, Recovered{Group: int(g), Created: Created{Gen: gen, Servers: []Server{s}}})
 	}
 	return l, nil
 }

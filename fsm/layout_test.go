@@ -41,6 +41,17 @@ func TestLayoutCommands(t *testing.T) {
 		{"create a genesis group", CreateGroupOp(4, 1, a), ErrPrecondition, Layout{Epoch: 4, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}}}},
 		{"shrink", LayoutOp(4, 2, 2), ErrPrecondition, Layout{Epoch: 4, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}}}},
 		{"create group 3", CreateGroupOp(4, 3, a), nil, Layout{Epoch: 5, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}, {5, a}}}},
+		// Recoveries: any existing group, placed over or genesis, one server.
+		{"recover with two servers", recoverTwo(5, 1, a), ErrBadCommand, Layout{Epoch: 5, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}, {5, a}}}},
+		{"recover a group that does not exist", RecoverGroupOp(5, 4, a[1]), ErrPrecondition, Layout{Epoch: 5, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}, {5, a}}}},
+		{"recover genesis group 1", RecoverGroupOp(5, 1, a[1]), nil, Layout{Epoch: 6, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}, {5, a}},
+			Recovered: []Recovered{{1, Created{6, a[1:]}}}}},
+		{"recover group 0", RecoverGroupOp(6, 0, a[0]), nil, Layout{Epoch: 7, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}, {5, a}},
+			Recovered: []Recovered{{0, Created{7, a[:1]}}, {1, Created{6, a[1:]}}}}},
+		{"recover placed-over group 2", RecoverGroupOp(7, 2, a[1]), nil, Layout{Epoch: 8, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}, {5, a}},
+			Recovered: []Recovered{{0, Created{7, a[:1]}}, {1, Created{6, a[1:]}}, {2, Created{8, a[1:]}}}}},
+		{"recover group 1 again", RecoverGroupOp(8, 1, a[0]), nil, Layout{Epoch: 9, Genesis: 2, Groups: 3, Created: []Created{{3, a[:1]}, {5, a}},
+			Recovered: []Recovered{{0, Created{7, a[:1]}}, {1, Created{9, a[:1]}}, {2, Created{8, a[1:]}}}}},
 	}
 	for _, s := range steps {
 		r := apply(s.cmd)
@@ -54,7 +65,16 @@ func TestLayoutCommands(t *testing.T) {
 	if c, ok := f.Layout().Group(3); !ok || !reflect.DeepEqual(c.Servers, a) || f.Layout().Gen(3) != 5 {
 		t.Fatalf("group 3: %+v %v", c, ok)
 	}
-	if _, ok := f.Layout().Group(1); ok || f.Layout().Gen(1) != 0 {
+	if c, ok := f.Layout().Group(1); !ok || f.Layout().Gen(1) != 9 || !reflect.DeepEqual(c.Servers, a[:1]) {
+		t.Fatalf("recovered genesis group 1: %+v %v", c, ok)
+	}
+	if s, ok := f.Layout().RecoveredAt(2, 8); !ok || s != a[1] || f.Layout().Gen(2) != 8 {
+		t.Fatalf("recovered group 2: %+v %v, gen %d", s, ok, f.Layout().Gen(2))
+	}
+	if _, ok := f.Layout().RecoveredAt(3, 5); ok {
+		t.Fatal("a created group counts as recovered")
+	}
+	if _, ok := New(Options{Layout: true}).Layout().Group(1); ok {
 		t.Fatal("a genesis group has a created server set")
 	}
 
@@ -85,7 +105,8 @@ func TestLayoutCommands(t *testing.T) {
 }
 
 func TestLayoutEncoding(t *testing.T) {
-	l := Layout{Epoch: 7, Genesis: 6, Groups: 7, Created: []Created{{3, []Server{{"a#1", "x:1"}, {"b#2", "y:2"}}}, {7, []Server{{"c#3", ""}}}}}
+	l := Layout{Epoch: 9, Genesis: 6, Groups: 7, Created: []Created{{3, []Server{{"a#1", "x:1"}, {"b#2", "y:2"}}}, {7, []Server{{"c#3", ""}}}},
+		Recovered: []Recovered{{0, Created{9, []Server{{"a#1", "x:1"}}}}, {6, Created{8, []Server{{"b#2", "y:2"}}}}}}
 	b := AppendLayout([]byte{9}, l)
 	got, err := DecodeLayout(b[1:])
 	if err != nil || !reflect.DeepEqual(got, l) {
@@ -100,14 +121,58 @@ func TestLayoutEncoding(t *testing.T) {
 		t.Fatal("trailing byte accepted")
 	}
 	for name, bad := range map[string]Layout{
-		"groups at epoch 0":     {Genesis: 2, Groups: 2},
-		"no genesis":            {Epoch: 1},
-		"fewer than at genesis": {Epoch: 1, Genesis: 2, Groups: 1},
-		"a gen twice":           {Epoch: 3, Genesis: 1, Groups: 1, Created: []Created{{2, []Server{{"a", ""}}}, {2, []Server{{"b", ""}}}}},
-		"a gen past the epoch":  {Epoch: 3, Genesis: 1, Groups: 1, Created: []Created{{4, []Server{{"a", ""}}}}},
+		"groups at epoch 0":      {Genesis: 2, Groups: 2},
+		"no genesis":             {Epoch: 1},
+		"fewer than at genesis":  {Epoch: 1, Genesis: 2, Groups: 1},
+		"a gen twice":            {Epoch: 3, Genesis: 1, Groups: 1, Created: []Created{{2, []Server{{"a", ""}}}, {2, []Server{{"b", ""}}}}},
+		"a gen past the epoch":   {Epoch: 3, Genesis: 1, Groups: 1, Created: []Created{{4, []Server{{"a", ""}}}}},
+		"recovered out of order": {Epoch: 3, Genesis: 2, Groups: 2, Recovered: []Recovered{{1, Created{2, []Server{{"a", ""}}}}, {0, Created{3, []Server{{"a", ""}}}}}},
+		"recovered, no group":    {Epoch: 3, Genesis: 2, Groups: 2, Recovered: []Recovered{{2, Created{2, []Server{{"a", ""}}}}}},
+		"recovered, gen twice":   {Epoch: 3, Genesis: 2, Groups: 3, Created: []Created{{2, []Server{{"a", ""}}}}, Recovered: []Recovered{{0, Created{2, []Server{{"a", ""}}}}}},
 	} {
 		if _, err := DecodeLayout(AppendLayout(nil, bad)); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// recoverTwo is a recovery's CreateGroup naming two servers, which apply
+// refuses.
+func recoverTwo(epoch uint64, g int, servers []Server) *fsmpb.Command {
+	cmd := CreateGroupOp(epoch, g, servers)
+	cmd.GetCreateGroup().Recovered = true
+	return cmd
+}
+
+// LayoutAfter replays the layout commands among log entries as Apply
+// does: those that fit apply, others (a stale epoch, not a layout command,
+// not decodable) change nothing.
+func TestLayoutAfter(t *testing.T) {
+	enc := func(cmd *fsmpb.Command) []byte {
+		b, err := Encode(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	a := []Server{{"a#1", "127.0.0.1:1"}}
+	start := Layout{Epoch: 3, Genesis: 2, Groups: 2}
+	entries := [][]byte{
+		enc(SetOp(0, "k", []byte("v"), 0)),
+		enc(LayoutOp(1, 2, 2)), // stale epoch
+		enc(CreateGroupOp(3, 2, a)),
+		{0xff, 0xff},
+		enc(LayoutOp(4, 2, 3)),
+	}
+	got := LayoutAfter(start, entries)
+	want := Layout{Epoch: 5, Genesis: 2, Groups: 3, Created: []Created{{4, a}}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("LayoutAfter = %+v, want %+v", got, want)
+	}
+	if got := LayoutAfter(start, nil); !reflect.DeepEqual(got, start) {
+		t.Fatalf("LayoutAfter with no entries = %+v, want %+v", got, start)
+	}
+	if start.Epoch != 3 || start.Created != nil {
+		t.Fatal("LayoutAfter changed its input")
 	}
 }

@@ -12,9 +12,9 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// Snapshot stream format, version 5 (the magic's last byte):
+// Snapshot stream format, version 6 (the magic's last byte):
 //
-//	magic "GKV5", uvarint applied index, the cluster's layout (writeLayout;
+//	magic "GKV6", uvarint applied index, the cluster's layout (writeLayout;
 //	all zero in a group that does not hold it), uvarint number of ranges, then
 //	per range, in increasing range number:
 //	  uvarint range number, the record:
@@ -29,8 +29,9 @@ import (
 //
 // Nothing follows the last range. It is written and read entry by entry;
 // no buffer holds the whole state. Version 2 had the state and epoch alone
-// as the record; version 3 had no layout; version 4 no seq.
-var snapMagic = [4]byte{'G', 'K', 'V', '5'}
+// as the record; version 3 had no layout; version 4 no seq; version 5 no
+// recovered groups in the layout.
+var snapMagic = [4]byte{'G', 'K', 'V', '6'}
 
 // retainer is what a snapshot sink implements to keep a snapshot by
 // reference instead of as bytes (raftgroup's snapshot store): Retain

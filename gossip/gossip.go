@@ -500,7 +500,8 @@ func (n *Node) Close(timeout time.Duration) error {
 		// memberlist waits for the leave to be gossiped only while it
 		// counts another member alive; one that crashed or is closing too
 		// is counted so until detected, and cannot take the broadcast. If
-		// none answers a ping, nobody was there to tell: not a failure.
+		// none answers a few pings, nobody was there to tell: not a
+		// failure.
 		if lerr := n.ml.Leave(timeout); lerr != nil && n.anyOtherAnswers() {
 			err = fmt.Errorf("gossip: leave: %w", lerr)
 		}
@@ -513,8 +514,16 @@ func (n *Node) Close(timeout time.Duration) error {
 	return err
 }
 
+// pingRounds is how many times anyOtherAnswers pings the other members
+// before it concludes none is there. One lost or late ack (a busy or
+// lossy moment, the very kind in which a leave times out) must not make a
+// live member count as absent: memberlist itself never declares a member
+// dead on one missed probe.
+const pingRounds = 3
+
 // anyOtherAnswers reports whether a live member other than this node
-// answers a ping (each within memberlist's probe timeout, all at once).
+// answers a ping: each round pings them all at once, each within
+// memberlist's probe timeout, up to pingRounds rounds until one answers.
 func (n *Node) anyOtherAnswers() bool {
 	var addrs []*net.UDPAddr
 	var names []string
@@ -529,17 +538,19 @@ func (n *Node) anyOtherAnswers() bool {
 		addrs, names = append(addrs, addr), append(names, m.Name)
 	}
 	var answered atomic.Bool
-	var wg sync.WaitGroup
-	for i := range addrs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := n.ml.Ping(names[i], addrs[i]); err == nil {
-				answered.Store(true)
-			}
-		}()
+	for round := 0; round < pingRounds && len(addrs) > 0 && !answered.Load(); round++ {
+		var wg sync.WaitGroup
+		for i := range addrs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := n.ml.Ping(names[i], addrs[i]); err == nil {
+					answered.Store(true)
+				}
+			}()
+		}
+		wg.Wait()
 	}
-	wg.Wait()
 	return answered.Load()
 }
 

@@ -22,7 +22,7 @@ func TestMetaRoundTrip(t *testing.T) {
 	settings := []Setting{{"Heartbeat", "300ms"}, {"Groups", "64"}}
 	for _, m := range []Meta{
 		{NodeID: "n1", Incarnation: 7, RPCAddr: "127.0.0.1:9000"},
-		{NodeID: "n2", Incarnation: 1 << 60, RPCAddr: "[::1]:1", Groups: 6, GenesisGroups: 4, LayoutEpoch: 1 << 40, Leads: []int{0, 3, 63, 255}},
+		{NodeID: "n2", Incarnation: 1 << 60, RPCAddr: "[::1]:1", Groups: 6, GenesisGroups: 4, LayoutEpoch: 1 << 40, LayoutCreation: 1 << 33, Leads: []int{0, 3, 63, 255}},
 		{NodeID: "n3", RPCAddr: "x", Leads: []int{4100}}, // bitmap of 513 bytes: too big, omitted
 	} {
 		b, err := encodeMeta(m, settings)
@@ -40,7 +40,7 @@ func TestMetaRoundTrip(t *testing.T) {
 		if got.LeadsOmitted {
 			wantLeads = "[]"
 		}
-		if got.NodeID != m.NodeID || got.Incarnation != m.Incarnation || got.RPCAddr != m.RPCAddr || got.Groups != m.Groups || got.GenesisGroups != m.GenesisGroups || got.LayoutEpoch != m.LayoutEpoch || fmt.Sprint(got.Leads) != wantLeads && !(wantLeads == "[]" && got.Leads == nil) {
+		if got.NodeID != m.NodeID || got.Incarnation != m.Incarnation || got.RPCAddr != m.RPCAddr || got.Groups != m.Groups || got.GenesisGroups != m.GenesisGroups || got.LayoutEpoch != m.LayoutEpoch || got.LayoutCreation != m.LayoutCreation || fmt.Sprint(got.Leads) != wantLeads && !(wantLeads == "[]" && got.Leads == nil) {
 			t.Fatalf("round trip %+v -> %+v", m, got)
 		}
 		if fmt.Sprint(gotSettings) != fmt.Sprint(settings) {
@@ -348,7 +348,9 @@ func TestJoinEventsMetaLeaveAndFail(t *testing.T) {
 
 	// An announced leave reaches the others while b is still a member, and
 	// a later SetMeta does not take it back.
-	if err := b.AnnounceLeave(time.Second); err != nil {
+	// Generous waits: on a loaded machine the broadcast may take more than
+	// a second to go out, and either call then fails.
+	if err := b.AnnounceLeave(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.SetMeta(Meta{NodeID: "b", Incarnation: 1, RPCAddr: "127.0.0.1:2", Leads: []int{6}}); err != nil {
@@ -363,7 +365,7 @@ func TestJoinEventsMetaLeaveAndFail(t *testing.T) {
 		return false
 	})
 
-	if err := b.Close(time.Second); err != nil {
+	if err := b.Close(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 10*time.Second, "a leave event for b", func() bool { return recs[0].has(EventLeave, "b") })

@@ -23,9 +23,14 @@ type Meta struct {
 	// GenesisGroups is how many replica groups the cluster was created
 	// with (0 while this node does not know); LayoutEpoch is the epoch of
 	// the layout it knows (the cluster's layout, replicated in group 0):
-	// a node that sees a higher one fetches the layout.
-	GenesisGroups int
-	LayoutEpoch   uint64
+	// a node that sees a higher one fetches the layout. LayoutCreation is
+	// the creation of group 0 (the group holding the layout) that layout
+	// is of: it counts first, as a layout of a newer creation of group 0
+	// (one recovered after losing its majority) supersedes every layout of
+	// an older one, whatever its epoch.
+	GenesisGroups  int
+	LayoutEpoch    uint64
+	LayoutCreation uint64
 	// Leads lists the replica groups it leads, as last known. Best effort: when the
 	// list does not fit in memberlist's 512-byte limit it is left out and
 	// LeadsOmitted is set.
@@ -44,10 +49,10 @@ type Setting struct {
 }
 
 // metaVersion 2 added the settings, 3 the group count, 4 the genesis group
-// count and layout epoch. A node refuses a
+// count and layout epoch, 5 the layout's group 0 creation. A node refuses a
 // peer whose metadata it cannot read, so nodes of different versions never
 // form one cluster.
-const metaVersion = 4
+const metaVersion = 5
 
 // Flags in the metadata's second byte.
 const (
@@ -62,9 +67,10 @@ const maxMeta = memberlist.MetaMaxSize
 var errMetaTooLarge = errors.New("gossip: node id, address and settings do not fit in 512 bytes of metadata")
 
 // encodeMeta packs m and settings: version, flags, incarnation, node id,
-// rpc address, group count, genesis group count, layout epoch, the settings (a count, then name and value of
-// each), then the led groups as a bitmap (length-prefixed) when it fits. Every string
-// is length-prefixed.
+// rpc address, group count, genesis group count, layout epoch, layout
+// creation, the settings (a count, then name and value of each), then the
+// led groups as a bitmap (length-prefixed) when it fits. Every string is
+// length-prefixed.
 func encodeMeta(m Meta, settings []Setting) ([]byte, error) {
 	b := []byte{metaVersion, 0}
 	if m.Leaving {
@@ -79,6 +85,7 @@ func encodeMeta(m Meta, settings []Setting) ([]byte, error) {
 	b = binary.AppendUvarint(b, uint64(m.Groups))
 	b = binary.AppendUvarint(b, uint64(m.GenesisGroups))
 	b = binary.AppendUvarint(b, m.LayoutEpoch)
+	b = binary.AppendUvarint(b, m.LayoutCreation)
 	b = binary.AppendUvarint(b, uint64(len(settings)))
 	for _, s := range settings {
 		b = appendString(appendString(b, s.Name), s.Value)
@@ -149,6 +156,10 @@ func decodeMeta(b []byte) (Meta, []Setting, error) {
 	}
 	m.GenesisGroups, b = int(genesis), b[n:]
 	if m.LayoutEpoch, n = binary.Uvarint(b); n <= 0 {
+		return m, nil, errBadMeta
+	}
+	b = b[n:]
+	if m.LayoutCreation, n = binary.Uvarint(b); n <= 0 {
 		return m, nil, errBadMeta
 	}
 	b = b[n:]

@@ -16,7 +16,6 @@ import (
 	"github.com/gridkv/gridkv/gossip"
 	"github.com/gridkv/gridkv/internal/netaddr"
 	"github.com/gridkv/gridkv/internal/testhook"
-	"github.com/gridkv/gridkv/placement"
 	"github.com/gridkv/gridkv/raftgroup"
 )
 
@@ -32,6 +31,10 @@ type DB struct {
 
 	mu     sync.Mutex // serializes creating and dropping replicas, and Close
 	closed atomic.Bool
+	// recovering holds the groups startRecovered is building a new
+	// creation of, outside mu, each with a channel closed once it is done
+	// (guarded by mu; nil until the first).
+	recovering map[int]chan struct{}
 	// lay is where ranges live; nil until this node knows the cluster's
 	// group count (a joining node learns it from gossip in Open).
 	lay atomic.Pointer[layout]
@@ -47,6 +50,9 @@ type DB struct {
 	// steps runs the reconciler's configuration changes, several groups
 	// at once (steprun.go); its goroutines are counted in wg.
 	steps *stepRunner
+	// orphans: this node's replicas checking they still belong to their
+	// groups (orphans.go).
+	orphans orphanState
 	// meta serializes gossip metadata updates (announce); leads is the
 	// groups this node leads, as the reconciler last saw them.
 	meta struct {
@@ -209,8 +215,10 @@ func logBytesPerGroup(replicas int) int64 {
 // gossipLeaveWait bounds how long Close waits for gossip to send that this
 // node leaves, and then that it left. memberlist sends those on its next
 // gossip rounds, 100-200ms apart with either preset; a second is several
-// rounds, and a node that cannot reach anyone does not wait longer. It
-// follows the gossip preset, so it is not a Timing of its own.
+// rounds. A node whose leave was not confirmed in time then pings the
+// others (up to three probe timeouts, gossip.Node.Close) to tell a failed
+// leave from nobody being there. It follows the gossip preset, so it is
+// not a Timing of its own.
 const gossipLeaveWait = time.Second
 
 // open is OpenContext with the suite's hooks (nil: none).
@@ -388,7 +396,9 @@ func (db *DB) learnLayout(ctx, joinCtx context.Context) error {
 			// What gossip says of the layout; the nodes this one will hold
 			// replicas on tell it the rest (followLayout, reqCreateGroup).
 			l := newLayout(db.cfg.Ranges, meta.GenesisGroups)
-			db.lay.Store(l.with(meta.Groups, meta.Groups, meta.LayoutEpoch))
+			l = l.with(meta.Groups, meta.Groups, meta.LayoutEpoch)
+			l.creation = meta.LayoutCreation
+			db.lay.Store(l)
 			db.announce()
 			return nil
 		}
@@ -454,7 +464,7 @@ func (db *DB) announce() {
 func (db *DB) selfMeta(inc uint64) gossip.Meta {
 	m := gossip.Meta{NodeID: db.cfg.NodeID, Incarnation: inc, RPCAddr: db.host.Addr()}
 	if l := db.lay.Load(); l != nil {
-		m.Groups, m.GenesisGroups, m.LayoutEpoch = l.groups, l.genesisGroups, l.epoch
+		m.Groups, m.GenesisGroups, m.LayoutEpoch, m.LayoutCreation = l.groups, l.genesisGroups, l.epoch, l.creation
 	}
 	return m
 }
@@ -463,21 +473,13 @@ func (db *DB) selfMeta(inc uint64) gossip.Meta {
 // placement of members, each bootstrapped with its full replica set. Every
 // node of members computes the same sets, so their bootstraps agree.
 func (db *DB) bootstrap(members []gossip.Member) error {
-	byID := map[string]gossip.Member{}
-	ids := make([]string, 0, len(members))
-	for _, m := range members {
-		byID[m.Meta.NodeID] = m
-		ids = append(ids, m.Meta.NodeID)
-	}
+	ids, byID := indexMembers(members)
 	for r := range db.groupCount() {
-		reps := placement.Replicas(r, ids, db.cfg.ReplicaCount)
 		var servers []raft.Server
 		mine := false
-		for _, id := range reps {
-			m := byID[id]
-			mine = mine || id == db.cfg.NodeID
-			servers = append(servers, raft.Server{
-				ID: raftgroup.ServerID(id, m.Meta.Incarnation), Address: raft.ServerAddress(m.Meta.RPCAddr)})
+		for _, p := range placedPeers(r, ids, byID, db.cfg.ReplicaCount) {
+			mine = mine || p.id == db.host.ID()
+			servers = append(servers, raft.Server{ID: p.id, Address: raft.ServerAddress(p.addr)})
 		}
 		if mine {
 			rep, err := db.openReplica(r, 0, servers)
@@ -554,6 +556,18 @@ func (db *DB) replica(r int) *replica {
 		return nil
 	}
 	return db.reps[r].Load()
+}
+
+// currentReplica is this node's replica of group r, or nil also when it is
+// of a creation older than the one the layout this node knows names: a
+// replica of a superseded creation serves none of this node's requests
+// (it is dropped, or a recovery starts from it: dropStaleCreations).
+func (db *DB) currentReplica(r int) *replica {
+	rep := db.replica(r)
+	if rep != nil && rep.gen < db.lay.Load().gen(r) {
+		return nil
+	}
+	return rep
 }
 
 func (db *DB) replicaList() map[int]*replica {
@@ -705,24 +719,42 @@ func (db *DB) stopServing() (map[int]*replica, bool) {
 }
 
 // Close leaves the cluster gracefully, then stops every goroutine the node
-// started. Idempotent; calls after it return ErrClosed, and so do calls
-// made while it runs.
-//
-// Leaving takes a few seconds at most. The node first tells the others,
-// through gossip, that it is leaving: from then on they no longer place
-// replicas on it. Then, for each range it holds, it hands leadership to
-// another live replica if it leads, and has the range's leader remove its
-// replica from the range's Raft configuration — when the replicas that
-// stay, and are not leaving too, are a majority of the range's remaining
-// voters, since otherwise the change could not commit; when no replica
-// takes the leadership it removes itself. So a cluster shrunk one Close at
-// a time keeps every range serving, down to a single node, whose ranges
-// then have it as their only voter. Only then does the node leave gossip.
-// Close nodes one at a time: nodes closing together do not count on each
-// other, and a range whose remaining voters are mostly leaving keeps them
-// all and loses its majority when they are gone (see the README, "When
-// nodes fail").
+// started: Leave, waiting at most Timing.DrainTimeout for this node's
+// replicas to be re-replicated.
 func (db *DB) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.DrainTimeout)
+	defer cancel()
+	return db.Leave(ctx)
+}
+
+// Leave leaves the cluster gracefully, then stops every goroutine the node
+// started, as Close does; ctx bounds only the wait for re-replication
+// (below). Idempotent with Close; calls after it return ErrClosed, and so
+// do calls made while it runs.
+//
+// The node first stops serving and tells the others, through gossip, that
+// it is leaving: from then on they no longer place replicas on it. Where
+// the members that stay can hold more replicas, the groups' leaders then
+// add a replica on one of them, and let it catch up and vote, before they
+// take this node's replica out, so a planned removal never drops a range
+// below ReplicaCount; where they cannot, they take it out at once. The
+// node hands away the leadership of each group it leads so that this can
+// happen, and waits for it until ctx ends.
+//
+// Then, for each range still holding its replica (ctx ended first, or no
+// live majority would be left without it), it hands leadership to another
+// live replica if it leads, and has the range's leader remove its replica
+// from the range's Raft configuration — when the replicas that stay, and
+// are not leaving too, are a majority of the range's remaining voters,
+// since otherwise the change could not commit; when no replica takes the
+// leadership it removes itself. This takes at most Timing.LeaveTimeout.
+// So a cluster shrunk one Close at a time keeps every range serving, down
+// to a single node, whose ranges then have it as their only voter. Only
+// then does the node leave gossip. Close nodes one at a time: nodes
+// closing together do not count on each other, and a range whose
+// remaining voters are mostly leaving keeps them all and loses its
+// majority when they are gone (see the README, "When nodes fail").
+func (db *DB) Leave(ctx context.Context) error {
 	reps, ok := db.stopServing()
 	if !ok {
 		return nil
@@ -730,7 +762,7 @@ func (db *DB) Close() error {
 	if err := db.gsp.AnnounceLeave(gossipLeaveWait); err != nil {
 		db.log.Debug("closing: leave announcement not confirmed", "err", err)
 	}
-	db.leaveRanges(reps)
+	db.leaveRanges(db.drainRanges(ctx, reps))
 	err := db.gsp.Close(gossipLeaveWait)
 	if herr := db.host.Close(); herr != nil && err == nil { // answers entries in flight
 		err = herr

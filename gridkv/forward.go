@@ -93,7 +93,7 @@ func newForwarder(host *raftgroup.Host) *forwarder {
 	return f
 }
 
-// read sends a read of group r (body: mode byte, key) to the node
+// read sends a read of group r (a wireGroup; body: mode byte, key) to the node
 // incarnation to, with others bound there, and returns its answer (status
 // byte, body) or the frame's error, as Host.Call would for the read alone.
 // A nil answer and error: the answer frame was malformed.
@@ -251,8 +251,12 @@ func (db *DB) serveReads(ctx context.Context, body []byte) []byte {
 			answers[i] = db.unknownGroup(rd.r)
 			continue
 		}
+		if ans := db.superseded(rd.r, rd.gen); ans != nil {
+			answers[i] = ans
+			continue
+		}
 		if !closed {
-			if ans, ok := db.readNow(db.replica(rd.r), rd.mode, rd.key); ok {
+			if ans, ok := db.readNow(db.currentReplica(rd.r), rd.mode, rd.key); ok {
 				answers[i] = ans
 				continue
 			}
@@ -267,7 +271,7 @@ func (db *DB) serveReads(ctx context.Context, body []byte) []byte {
 		for j, i := range idx {
 			rr[j] = &reads[i]
 		}
-		for j, ans := range db.serveRead(ctx, r, db.replica(r), rr) {
+		for j, ans := range db.serveRead(ctx, r, db.currentReplica(r), rr) {
 			answers[idx[j]] = ans
 		}
 	}
@@ -326,6 +330,10 @@ func (db *DB) serveWrites(ctx context.Context, body []byte) []byte {
 	for i, w := range writes {
 		if w.r >= db.groupCount() {
 			answers[i] = db.unknownGroup(w.r)
+			continue
+		}
+		if ans := db.superseded(w.r, w.gen); ans != nil {
+			answers[i] = ans
 			continue
 		}
 		rep, ans := db.writeReplica(ctx, w.r)

@@ -27,7 +27,7 @@ func encodeReadsFor(reads []readReq) []byte {
 		if rd.mode == readQuorum {
 			body = append(body, byte(rd.q))
 		}
-		b = appendRead(b, rd.r, append(body, rd.key...))
+		b = appendRead(b, wireGroup(rd.r, rd.gen), append(body, rd.key...))
 	}
 	return b
 }
@@ -36,11 +36,11 @@ func TestReadsWire(t *testing.T) {
 	for _, reads := range [][]readReq{
 		{},
 		{{r: 0, mode: readDefault, key: "k"}},
-		{{r: 3, mode: readStale, key: ""}, {r: 1 << 20, mode: readQuorum, q: 2, key: strings.Repeat("x", 300)},
+		{{r: 3, mode: readStale, key: ""}, {r: 4095, gen: maxWireGen, mode: readQuorum, q: 2, key: strings.Repeat("x", 300)},
 			{r: 63, mode: readIndex, key: "\x00\xff"}},
 	} {
 		req := encodeReadsFor(reads)
-		kind, r, body, err := decodeRequest(req)
+		kind, r, _, body, err := decodeRequest(req)
 		if err != nil || kind != reqReads || r != 0 {
 			t.Fatalf("%v: request header %d %d %v", reads, kind, r, err)
 		}
@@ -61,11 +61,11 @@ func TestReadsWire(t *testing.T) {
 		}
 	}
 	for name, body := range map[string][]byte{
-		"empty":            nil,
-		"count too large":  {200, 1, 0, 1, 0},
-		"empty read body":  {1, 0, 0},
-		"range too large":  binary.AppendUvarint([]byte{1}, 1<<20+1),
-		"length past body": {1, 0, 5, 0},
+		"empty":              nil,
+		"count too large":    {200, 1, 0, 1, 0},
+		"empty read body":    {1, 0, 0},
+		"creation too large": binary.AppendUvarint([]byte{1}, (maxWireGen+1)<<16),
+		"length past body":   {1, 0, 5, 0},
 	} {
 		if _, err := decodeReads(body); err == nil {
 			t.Errorf("%s: decoded", name)
@@ -145,7 +145,7 @@ func newEchoHost(t *testing.T, answer func(ctx context.Context, reads []readReq)
 	}
 	e := &echoHost{Host: h, frames: make(chan []readReq, 1024)}
 	h.SetRPCHandler(func(ctx context.Context, req []byte) ([]byte, error) {
-		kind, _, body, err := decodeRequest(req)
+		kind, _, _, body, err := decodeRequest(req)
 		if err != nil || kind != reqReads {
 			return nil, fmt.Errorf("not a reqReads request: %v", err)
 		}
@@ -547,23 +547,39 @@ func TestForwardedReadsCoalesce(t *testing.T) {
 	}
 
 	// A single reqRead is still answered: by the leader with the value,
-	// by the others with a redirect to it.
+	// by the others with a redirect to it. An answer counts only if the
+	// node's term and leadership were the same before and after it: the
+	// leader may move on a loaded machine.
 	r := groupOf(nodes[0], "k1")
 	for _, db := range nodes {
-		ans, err := db.serve(ctx, encodeRequest(reqRead, r, []byte("\x00k1")))
-		if err != nil || len(ans) == 0 {
-			t.Fatalf("%s: %q %v", db.NodeID(), ans, err)
-		}
 		rep := db.replica(r)
-		switch leads := rep != nil && rep.group.IsLeader(); {
-		case leads && ans[0] == stOK:
-			if v, _, _, err := answerEntry(ans); err != nil || string(v) != "v1" {
-				t.Fatalf("%s: %q", db.NodeID(), ans)
+		// A node without a replica leads in no term.
+		term := func() uint64 {
+			if rep == nil {
+				return 0
 			}
-		case !leads && ans[0] == stRedirect:
-		default:
-			t.Fatalf("%s (leader: %v): answer %q", db.NodeID(), leads, ans)
+			return rep.group.Raft().CurrentTerm()
 		}
+		testutil.Eventually(t, 10*time.Second, fmt.Sprintf("an answer from %s in one term", db.NodeID()), func() bool {
+			before, leads := term(), rep != nil && rep.group.IsLeader()
+			ans, err := db.serve(ctx, encodeRequest(reqRead, r, []byte("\x00k1")))
+			if err != nil || len(ans) == 0 {
+				t.Fatalf("%s: %q %v", db.NodeID(), ans, err)
+			}
+			if term() != before || (rep != nil && rep.group.IsLeader() != leads) {
+				return false
+			}
+			switch {
+			case leads && ans[0] == stOK:
+				if v, _, _, err := answerEntry(ans); err != nil || string(v) != "v1" {
+					t.Fatalf("%s: %q", db.NodeID(), ans)
+				}
+			case !leads && ans[0] == stRedirect:
+			default:
+				t.Fatalf("%s (leader: %v): answer %q", db.NodeID(), leads, ans)
+			}
+			return true
+		})
 	}
 }
 
@@ -647,6 +663,29 @@ func TestForwardedReadsLeaderCrash(t *testing.T) {
 func groupOf(db *DB, key string) int {
 	_, g := db.lay.Load().locate(key)
 	return g
+}
+
+// leaderAmong is the index in nodes of the node whose replica of group g
+// leads now, and that replica; -1 and nil if none does.
+func leaderAmong(nodes []*DB, g int) (int, *replica) {
+	for i, db := range nodes {
+		if rep := db.replica(g); rep != nil && rep.group.IsLeader() {
+			return i, rep
+		}
+	}
+	return -1, nil
+}
+
+// waitLeaderAmong polls leaderAmong until some node of nodes leads group
+// g (an election may be under way), failing the test after within.
+func waitLeaderAmong(t testing.TB, nodes []*DB, g int, within time.Duration) (int, *replica) {
+	t.Helper()
+	i, rep := -1, (*replica)(nil)
+	testutil.Eventually(t, within, fmt.Sprintf("a leader of group %d", g), func() bool {
+		i, rep = leaderAmong(nodes, g)
+		return rep != nil
+	})
+	return i, rep
 }
 
 // Writes through nodes that do not lead the key's group go to its leader

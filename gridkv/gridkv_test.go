@@ -139,26 +139,30 @@ func TestBadInput(t *testing.T) {
 // a TTL stores a value that never expires.
 func TestCompareAndSwapWithTTL(t *testing.T) {
 	db := openCluster(t, 1, Config{Timing: LocalTiming()})[0]
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if ok, err := db.CompareAndSwap(ctx, "lock", nil, []byte("a"), WithTTL(time.Second)); err != nil || !ok {
+	// The TTLs leave the next call time to come first on a loaded machine
+	// (the race detector).
+	const ttl = 5 * time.Second
+	if ok, err := db.CompareAndSwap(ctx, "lock", nil, []byte("a"), WithTTL(ttl)); err != nil || !ok {
 		t.Fatalf("take: %v %v", ok, err)
 	}
 	if ok, err := db.CompareAndSwap(ctx, "lock", nil, []byte("b"), WithTTL(time.Hour)); err != nil || ok {
 		t.Fatalf("taken while held: %v %v", ok, err)
 	}
-	testutil.Eventually(t, 10*time.Second, "the lock expired", func() bool {
+	testutil.Eventually(t, 20*time.Second, "the lock expired", func() bool {
 		_, err := db.Get(ctx, "lock")
 		return errors.Is(err, ErrNotFound)
 	})
-	if ok, err := db.CompareAndSwap(ctx, "lock", nil, []byte("b"), WithTTL(time.Second)); err != nil || !ok {
+	if ok, err := db.CompareAndSwap(ctx, "lock", nil, []byte("b"), WithTTL(ttl)); err != nil || !ok {
 		t.Fatalf("take after expiry: %v %v", ok, err)
 	}
+	taken := time.Now() // "b" expires at the latest ttl later
 	// Swapped without a TTL: the value stays past the old TTL.
 	if ok, err := db.CompareAndSwap(ctx, "lock", []byte("b"), []byte("c")); err != nil || !ok {
 		t.Fatalf("swap: %v %v", ok, err)
 	}
-	deadline := time.Now().Add(1500 * time.Millisecond) // past the TTL "b" had
+	deadline := taken.Add(ttl + 500*time.Millisecond) // past the TTL "b" had
 	for time.Now().Before(deadline) {
 		if v, err := db.Get(ctx, "lock"); err != nil || string(v) != "c" {
 			t.Fatalf("after a swap without TTL: %q %v", v, err)
@@ -170,7 +174,7 @@ func TestCompareAndSwapWithTTL(t *testing.T) {
 // CompareAndDelete, Incr and Expire, on 3 nodes, each node calling.
 func TestCompareAndDeleteIncrExpire(t *testing.T) {
 	nodes := openCluster(t, 3, Config{Timing: LocalTiming(), BootstrapExpect: 3})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	a, b, c := nodes[0], nodes[1], nodes[2]
 
@@ -225,13 +229,14 @@ func TestCompareAndDeleteIncrExpire(t *testing.T) {
 	if _, err := a.Expire(ctx, "n", 0); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("zero TTL: %v", err)
 	}
-	if ok, err := b.Expire(ctx, "n", 2*time.Second); err != nil || !ok {
+	// A TTL that leaves the Incr time to come first on a loaded machine.
+	if ok, err := b.Expire(ctx, "n", 5*time.Second); err != nil || !ok {
 		t.Fatalf("Expire: %v %v", ok, err)
 	}
 	if got, err := c.Incr(ctx, "n", 1); err != nil || got != sum+1 {
 		t.Fatalf("Incr after Expire: %d %v", got, err)
 	}
-	testutil.Eventually(t, 10*time.Second, "the counter expired", func() bool {
+	testutil.Eventually(t, 20*time.Second, "the counter expired", func() bool {
 		_, err := a.Get(ctx, "n")
 		return errors.Is(err, ErrNotFound)
 	})

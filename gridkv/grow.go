@@ -12,7 +12,6 @@ import (
 	"github.com/gridkv/gridkv/fsm"
 	"github.com/gridkv/gridkv/fsm/fsmpb"
 	"github.com/gridkv/gridkv/gossip"
-	"github.com/gridkv/gridkv/placement"
 	"github.com/gridkv/gridkv/raftgroup"
 )
 
@@ -25,8 +24,9 @@ import (
 // set logged in group 0, so two coordinators can never bootstrap one group
 // with two sets), and once every new group has a leader it logs SetLayout,
 // placing ranges over the new count. Nodes learn the layout from their
-// replica of group 0, or, when gossip announces a newer epoch, from group
-// 0's leader (reqLayout). Then each group leader moves the ranges it owns
+// replica of group 0, or, when gossip announces a newer layout (group 0's
+// creation first, then epoch: layoutNewer), from that member or group 0's
+// leader (reqLayout). Then each group leader moves the ranges it owns
 // whose placement names a new group there (rebalance), a few at a time.
 //
 // Not built: shrinking. A cluster whose members leave for good keeps its
@@ -111,6 +111,16 @@ func (db *DB) coordinateLayout(members []gossip.Member, leaderless map[raftgroup
 	if db.fixedGroups {
 		want = formation
 	}
+	if rep.gen > rep.fsm.Layout().Gen(0) {
+		// A new creation of group 0, yet to log itself: RecoverGroup's
+		// caller may have given up (or this node restarted the call).
+		ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.StepTimeout)
+		defer cancel()
+		if err := db.logSelfRecord(ctx, rep); err != nil {
+			db.log.Warn("recovered group 0 could not log itself", "gen", rep.gen, "err", oneLine(err.Error()))
+		}
+		return
+	}
 	// Nothing to do as far as this replica has applied: the usual case,
 	// checked without a leadership round (this runs every
 	// ReconcileInterval). If entries of earlier leaders are still to
@@ -194,16 +204,10 @@ func (db *DB) applyLayoutCommand(ctx context.Context, rep *replica, cmd *fsmpb.C
 // groupServers is the server set of a group created now: its placement
 // over members, each at the incarnation and address gossip announces.
 func groupServers(g int, members []gossip.Member, replicas int) []fsm.Server {
-	byID := make(map[string]gossip.Member, len(members))
-	ids := make([]string, 0, len(members))
-	for _, m := range members {
-		byID[m.Meta.NodeID] = m
-		ids = append(ids, m.Meta.NodeID)
-	}
+	ids, byID := indexMembers(members)
 	var out []fsm.Server
-	for _, id := range placement.Replicas(g, ids, replicas) {
-		m := byID[id]
-		out = append(out, fsm.Server{ID: string(raftgroup.ServerID(id, m.Meta.Incarnation)), Address: m.Meta.RPCAddr})
+	for _, p := range placedPeers(g, ids, byID, replicas) {
+		out = append(out, fsm.Server{ID: string(p.id), Address: p.addr})
 	}
 	return out
 }
@@ -351,7 +355,7 @@ func (db *DB) serveCreateGroup(ctx context.Context, body []byte) []byte {
 // has one in which needGroups groups exist at needEpoch or later, else
 // group 0's leader's.
 func (db *DB) fetchLayout(ctx context.Context, needGroups int, needEpoch uint64) (fsm.Layout, error) {
-	if rep := db.replica(0); rep != nil {
+	if rep := db.currentReplica(0); rep != nil {
 		if fl := rep.fsm.Layout(); fl.Exists() >= needGroups && fl.Epoch >= needEpoch && fl.Epoch > 0 {
 			return fl, nil
 		}
@@ -364,7 +368,9 @@ func (db *DB) fetchLayout(ctx context.Context, needGroups int, needEpoch uint64)
 }
 
 // followLayout adopts a newer layout: its replica of group 0's, or group
-// 0's leader's when a member announces a newer epoch than this node knows.
+// 0's leader's when a member announces a newer one than this node knows
+// (layoutNewer: of a newer creation of group 0, or a higher epoch of the
+// same creation).
 func (db *DB) followLayout() {
 	if rep := db.replica(0); rep != nil {
 		db.adoptLayout(rep.fsm.Layout())
@@ -374,9 +380,15 @@ func (db *DB) followLayout() {
 	db.dropStaleCreations(db.lay.Load().logged)
 	l := db.lay.Load()
 	for _, m := range db.members() {
-		if m.Meta.LayoutEpoch > l.epoch && m.Meta.GenesisGroups == l.genesisGroups {
+		if l.supersededBy(m.Meta.LayoutCreation, m.Meta.LayoutEpoch) && m.Meta.GenesisGroups == l.genesisGroups {
 			ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.RequestTimeout)
-			fl, err := db.fetchLayout(ctx, 0, m.Meta.LayoutEpoch)
+			// Asked of that member first: when this node's replica of group
+			// 0 is of a creation superseded by a recovery (this node was
+			// cut off), the leader it knows is of that creation too.
+			fl, err := db.memberLayout(ctx, m)
+			if err != nil || layoutNewer(m.Meta.LayoutCreation, m.Meta.LayoutEpoch, fl.Gen(0), fl.Epoch) {
+				fl, err = db.fetchLayout(ctx, 0, m.Meta.LayoutEpoch)
+			}
 			cancel()
 			if err == nil {
 				db.adoptLayout(fl)
@@ -387,7 +399,9 @@ func (db *DB) followLayout() {
 }
 
 // adoptLayout makes fl this node's layout if it is newer than the one it
-// has, and announces it.
+// has, and announces it. Replicas here of creations it supersedes are
+// dropped (or recovered from) at once, not at the next layout pass: they
+// serve no request of this node meanwhile either (currentReplica).
 func (db *DB) adoptLayout(fl fsm.Layout) {
 	db.layoutMu.Lock()
 	cur := db.lay.Load()
@@ -404,16 +418,39 @@ func (db *DB) adoptLayout(fl fsm.Layout) {
 	}
 	db.announce()
 	db.kickHandoffs()
+	db.dropStaleCreations(next.logged)
+}
+
+// memberLayout is the newest layout member m knows (serveLayout).
+func (db *DB) memberLayout(ctx context.Context, m gossip.Member) (fsm.Layout, error) {
+	ans, err := db.host.Call(ctx, raftgroup.ServerID(m.Meta.NodeID, m.Meta.Incarnation), m.Meta.RPCAddr, encodeRequest(reqLayout, 0, nil))
+	if err == nil {
+		err = answerErr(ans)
+	}
+	if err != nil {
+		return fsm.Layout{}, err
+	}
+	return fsm.DecodeLayout(ans[1:])
 }
 
 // dropStaleCreations drops this node's replicas of groups that fl says
-// were created again since (their Raft group is not the group any more).
+// were created again since (their Raft group is not the group any more),
+// but one this node is to start a recovered creation from (RecoverGroup):
+// it starts that creation first.
 func (db *DB) dropStaleCreations(fl fsm.Layout) {
-	for g := fl.Genesis; g < fl.Exists(); g++ {
-		if rep := db.replica(g); rep != nil && rep.gen < fl.Gen(g) {
-			db.log.Info("replica of a group created again dropped", "group", g, "gen", rep.gen, "new_gen", fl.Gen(g))
-			db.dropReplica(g, rep)
+	for g := range fl.Exists() {
+		rep := db.replica(g)
+		if rep == nil || rep.gen >= fl.Gen(g) {
+			continue
 		}
+		if s, ok := fl.RecoveredAt(g, fl.Gen(g)); ok && raft.ServerID(s.ID) == db.host.ID() {
+			if _, err := db.startRecovered(g, rep, fl.Gen(g)); err != nil {
+				db.log.Warn("recovered replica group not started; the old replica is kept", "group", g, "gen", fl.Gen(g), "err", oneLine(err.Error()))
+			}
+			continue
+		}
+		db.log.Info("replica of a group created again dropped", "group", g, "gen", rep.gen, "new_gen", fl.Gen(g))
+		db.dropReplica(g, rep)
 	}
 }
 
@@ -459,4 +496,21 @@ func (db *DB) unknownGroup(r int) []byte {
 		return redirect(peer{})
 	}
 	return append([]byte{stInvalid}, fmt.Sprintf("group %d asked of node %s, which knows %d groups", r, db.cfg.NodeID, db.groupCount())...)
+}
+
+// serveLayout answers reqLayout: the newest layout this node knows
+// (layoutNewer), its replica of group 0's or the one it adopted. A
+// replica of a superseded creation of group 0 does not answer for itself:
+// its layout is older than the one that superseded it by that order.
+func (db *DB) serveLayout() []byte {
+	fl := db.lay.Load().logged
+	if rep := db.currentReplica(0); rep != nil {
+		if own := rep.fsm.Layout(); layoutNewer(own.Gen(0), own.Epoch, fl.Gen(0), fl.Epoch) {
+			fl = own
+		}
+	}
+	if fl.Epoch == 0 {
+		return db.hintRedirect(0)
+	}
+	return fsm.AppendLayout([]byte{stOK}, fl)
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/gridkv/gridkv/fsm"
+	"github.com/gridkv/gridkv/gossip"
 	"github.com/gridkv/gridkv/internal/testutil"
 	"github.com/gridkv/gridkv/placement"
 )
@@ -274,5 +275,50 @@ func TestDropNoticeNamesTheCreation(t *testing.T) {
 		if ok != c.wantsOK || (ok && (id != c.id || gen != c.gen)) {
 			t.Errorf("parseDrop(%q) = %q, %d, %v", c.body, id, gen, ok)
 		}
+	}
+}
+
+// Layouts are ordered by group 0's creation first, then epoch: after a
+// partition heals, the side whose group 0 was recovered never adopts the
+// superseded side's layout, whatever its epoch, and the superseded side
+// adopts the recovered one's although its epoch is lower.
+func TestLayoutOrderedByGroup0Creation(t *testing.T) {
+	self := []fsm.Server{{ID: "a"}}
+	recovered := func(epoch, gen0 uint64) fsm.Layout {
+		return fsm.Layout{Epoch: epoch, Genesis: 3, Groups: 3,
+			Recovered: []fsm.Recovered{{Group: 0, Created: fsm.Created{Gen: gen0, Servers: self}}}}
+	}
+	plain := func(epoch uint64) fsm.Layout { return fsm.Layout{Epoch: epoch, Genesis: 3, Groups: 3} }
+	for _, c := range []struct {
+		name       string
+		known, got fsm.Layout
+		adopt      bool
+	}{
+		{"a higher epoch of the same creation", plain(3), plain(4), true},
+		{"a lower epoch of the same creation", plain(4), plain(3), false},
+		{"the superseded creation's, at a higher epoch", recovered(6, 5), plain(9), false},
+		{"a newer creation's, at a lower epoch", plain(9), recovered(6, 5), true},
+		{"a newer recovery of group 0", recovered(6, 5), recovered(8, 8), true},
+		{"an older recovery of group 0, at a higher epoch", recovered(8, 8), recovered(9, 5), false},
+	} {
+		known, ok := newLayout(64, 3).layoutOf(c.known)
+		if !ok {
+			t.Fatalf("%s: the known layout was not adopted", c.name)
+		}
+		next, ok := known.layoutOf(c.got)
+		if ok != c.adopt || ok && (next.epoch != c.got.Epoch || next.creation != c.got.Gen(0)) {
+			t.Errorf("%s: adopted %v (epoch %d, creation %d), want %v", c.name, ok, next.epoch, next.creation, c.adopt)
+		}
+		if got := known.supersededBy(c.got.Gen(0), c.got.Epoch); got != c.adopt {
+			t.Errorf("%s: supersededBy = %v, want %v", c.name, got, c.adopt)
+		}
+	}
+	// What gossip announces is ordered the same way.
+	members := []gossip.Member{
+		{Meta: gossip.Meta{NodeID: "old", Groups: 3, GenesisGroups: 3, LayoutEpoch: 9}},
+		{Meta: gossip.Meta{NodeID: "new", Groups: 3, GenesisGroups: 3, LayoutEpoch: 6, LayoutCreation: 5}},
+	}
+	if best, ok, err := clusterLayout(members); err != nil || !ok || best.NodeID != "new" {
+		t.Fatalf("clusterLayout = %+v, %v, %v; want member new's", best, ok, err)
 	}
 }

@@ -288,7 +288,7 @@ func (db *DB) driveSealed(rep *replica, r int) {
 // groupRecord is group g's record of range r, as a replica of g answers it
 // (this node's own, if it has one): applied there, so committed.
 func (db *DB) groupRecord(g, r int) (fsm.RangeRecord, error) {
-	if rep := db.replica(g); rep != nil {
+	if rep := db.currentReplica(g); rep != nil {
 		return rep.fsm.Range(r), nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.RequestTimeout)
@@ -308,7 +308,7 @@ func (db *DB) groupRecord(g, r int) (fsm.RangeRecord, error) {
 // h in group source, that follows key after: built by this node's replica
 // of source if it shows Frozen(h), else by a replica that does.
 func (db *DB) exportPage(source, r int, h uint64, after string) ([]byte, error) {
-	if rep := db.replica(source); rep != nil {
+	if rep := db.currentReplica(source); rep != nil {
 		if rec := rep.fsm.Range(r); rec.State == fsm.Frozen && rec.Epoch == h {
 			return exportChunk(rep.fsm, r, h, after)
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -182,7 +183,7 @@ func TestMoveRange(t *testing.T) {
 			}
 			<-time.After(20 * time.Millisecond)
 		}
-		if owner := waitSettled(t, nodes, r, time.Second); owner != from {
+		if owner := waitSettled(t, nodes, r, 10*time.Second); owner != from {
 			t.Fatalf("owner %d, want %d", owner, from)
 		}
 	})
@@ -211,63 +212,107 @@ func TestMoveRange(t *testing.T) {
 	})
 
 	t.Run("target leader dies mid-copy", func(t *testing.T) {
-		// The victim leads the target group; node 0, which asks for the
-		// move, survives.
-		victim, to := -1, -1
-		for i := 1; i < 3 && victim < 0; i++ {
-			for g, rep := range nodes[i].replicaList() {
-				if rep.group.IsLeader() {
-					victim, to = i, g
+		// The target group's leader dies between two chunks of the copy;
+		// node 0, which asks for the move, survives. Who leads the target
+		// when the copy reaches its second chunk is known only then (the
+		// leader may move on a loaded machine), so every node carries the
+		// hook (consulted only by the target's leader): on nodes 1 and 2,
+		// the first to reach a chunk after the first becomes the victim
+		// and stops there; node 0 only notes that it copied past the first
+		// chunk. A move that ends uncut is retried with another range only
+		// if it succeeded and node 0 led the target through the copy.
+		defer func() {
+			for _, db := range nodes {
+				db.chunkHook.Store(nil)
+			}
+		}()
+		const attempts = 5
+		val := strings.Repeat("y", 1000)
+		want := map[string]string{}
+		tried := map[int]bool{}
+		for attempt := 1; ; attempt++ {
+			// A target group that node 1 or 2 leads now, if any.
+			to := attempt % lay.groups
+			for i, found := 1, false; i < 3 && !found; i++ {
+				for g, rep := range nodes[i].replicaList() {
+					if rep.group.IsLeader() {
+						to, found = g, true
+						break
+					}
+				}
+			}
+			r := -1
+			for c := range ranges {
+				if g, _ := nodes[0].lay.Load().routes.lookup(c); g != to && !tried[c] {
+					r = c
 					break
 				}
 			}
-		}
-		if victim < 0 {
-			t.Skip("nodes 1 and 2 lead no group")
-		}
-		r := 0
-		for r = range ranges {
-			if g, _ := nodes[0].lay.Load().routes.lookup(r); g != to {
-				break
+			if r < 0 {
+				t.Fatalf("no range left to move to group %d", to)
 			}
-		}
-		val := strings.Repeat("y", 1000)
-		want := map[string]string{}
-		for i, k := range keysIn("mid", r, ranges, 3000) { // ~3 MB: three chunks
-			if err := nodes[0].Set(ctx, k, []byte(val)); err != nil {
-				t.Fatal(err)
+			tried[r] = true
+			for i, k := range keysIn("mid", r, ranges, 3000) { // ~3 MB: three chunks
+				if err := nodes[0].Set(ctx, k, []byte(val)); err != nil {
+					t.Fatal(err)
+				}
+				if i%300 == 0 {
+					want[k] = val
+				}
 			}
-			if i%300 == 0 {
-				want[k] = val
+			stopped := make(chan struct{})
+			var once sync.Once
+			var victim atomic.Int32
+			victim.Store(-1)
+			var driverCopied atomic.Bool
+			for i, db := range nodes {
+				hook := func(rng int, cursor string) bool {
+					switch {
+					case rng != r || cursor == "":
+						return true
+					case i == 0:
+						driverCopied.Store(true)
+						return true
+					case victim.CompareAndSwap(-1, int32(i)) || victim.Load() == int32(i):
+						once.Do(func() { close(stopped) })
+						return false // dead from here on
+					}
+					return true
+				}
+				db.chunkHook.Store(&hook)
 			}
-		}
-		stopped := make(chan struct{})
-		var once sync.Once
-		hook := func(rng int, cursor string) bool {
-			if rng == r && cursor != "" {
-				once.Do(func() { close(stopped) })
-				return false // dead from here on
+			moved := make(chan error, 1)
+			go func() { moved <- nodes[0].moveRange(ctx, r, to) }()
+			var err error
+			ended := false
+			select {
+			case <-stopped:
+			case err = <-moved:
+				ended = true
+			case <-ctx.Done():
+				t.Fatal("the copy never reached its second chunk")
 			}
-			return true
+			if ended && victim.Load() < 0 {
+				if err == nil && driverCopied.Load() && attempt < attempts {
+					t.Logf("attempt %d: node 0 led group %d through the copy of range %d; again with another range", attempt, to, r)
+					continue
+				}
+				t.Fatalf("the move ended before the copy was cut (attempt %d, node 0 copied past the first chunk: %v): %v",
+					attempt, driverCopied.Load(), err)
+			}
+			v := int(victim.Load())
+			nodes[v].crash()
+			if !ended {
+				err = <-moved
+			}
+			t.Logf("move of range %d after the target leader's (node %d's) crash: %v", r, v, err)
+			owner := waitSettled(t, nodes, r, 15*time.Second)
+			if err == nil && owner != to {
+				t.Fatalf("the move succeeded but group %d owns range %d", owner, r)
+			}
+			live := []*DB{nodes[0], nodes[3-v]}
+			checkKeys(ctx, t, live, want)
+			return
 		}
-		nodes[victim].chunkHook.Store(&hook)
-		moved := make(chan error, 1)
-		go func() { moved <- nodes[0].moveRange(ctx, r, to) }()
-		select {
-		case <-stopped:
-		case err := <-moved:
-			t.Fatalf("the move ended before the copy was cut: %v", err)
-		case <-ctx.Done():
-			t.Fatal("the copy never reached its second chunk")
-		}
-		nodes[victim].crash()
-		err := <-moved
-		t.Logf("move after the target leader's crash: %v", err)
-		owner := waitSettled(t, nodes, r, 15*time.Second)
-		if err == nil && owner != to {
-			t.Fatalf("the move succeeded but group %d owns range %d", owner, r)
-		}
-		live := []*DB{nodes[0], nodes[3-victim]}
-		checkKeys(ctx, t, live, want)
 	})
 }

@@ -322,7 +322,7 @@ func (db *DB) getKey(ctx context.Context, key string, opts []ReadOption, mode *r
 		return nil, 0, 0, err
 	}
 	rng, r := db.lay.Load().locate(key)
-	if rep := db.replica(r); rep != nil && !db.isClosed() {
+	if rep := db.currentReplica(r); rep != nil && !db.isClosed() {
 		if o.mode == readQuorum {
 			ans := db.quorumRead(ctx, rep, r, key, o.quorum)
 			if !db.rerouted(ans) {
@@ -418,7 +418,7 @@ func (db *DB) route(ctx context.Context, r, rng int, kind byte, body []byte, wri
 			}
 		}
 		var ans []byte
-		local := db.replica(r)
+		local := db.currentReplica(r)
 		if local != nil && db.servesLocally(local, kind, body) {
 			tried = peer{}
 			ans = db.handle(ctx, kind, r, body)
@@ -441,14 +441,17 @@ func (db *DB) route(ctx context.Context, r, rng int, kind byte, body []byte, wri
 			tried = to
 			var resp []byte
 			var err error
+			// The creation of r this node knows: a replica of an older one
+			// does not serve it.
+			wg := wireGroup(r, db.lay.Load().gen(r))
 			switch kind {
 			case reqRead:
-				resp, err = db.fwd.read(ctx, to, r, body) // with other reads bound there
+				resp, err = db.fwd.read(ctx, to, wg, body) // with other reads bound there
 			case reqWrite:
-				resp, err = db.fwd.write(ctx, to, r, body) // with other writes bound there
+				resp, err = db.fwd.write(ctx, to, wg, body) // with other writes bound there
 			default:
 				if req == nil {
-					req = encodeRequest(kind, r, body)
+					req = encodeRequest(kind, wg, body)
 				}
 				resp, err = db.host.Call(ctx, to.id, to.addr, req)
 			}
@@ -600,7 +603,8 @@ func uvarint(b []byte) (uint64, int) { return binary.Uvarint(b) }
 // has no leader and fewer than a majority of the range's voters are live
 // members: no leader can be elected until they return (with in-memory
 // logs, a majority lost at once means the range's data is lost; see
-// README). Nothing was sent, so nothing was applied.
+// README). Nothing was sent, so nothing was applied. majorityGone says
+// when this replica's configuration is not to be judged by.
 func (db *DB) quorumGone(r int, local *replica) error {
 	if local == nil {
 		return nil
@@ -609,8 +613,39 @@ func (db *DB) quorumGone(r int, local *replica) error {
 	if err != nil {
 		return nil
 	}
-	live := db.liveServers(false)
-	voters, up := 0, 0
+	var leaders []raft.ServerID
+	for _, m := range db.members() {
+		if m.Meta.NodeID != db.cfg.NodeID && !m.Meta.Leaving && slices.Contains(m.Meta.Leads, r) {
+			leaders = append(leaders, memberPeer(m).id)
+		}
+	}
+	if up, voters, gone := majorityGone(db.host.ID(), servers, db.liveServers(false), leaders); gone {
+		return fmt.Errorf("%w: replica group %d has %d of %d replicas alive, no majority", ErrUnavailable, r, up, voters)
+	}
+	return nil
+}
+
+// majorityGone decides quorumGone: whether at most half the voters of a
+// replica's configuration (servers) are live, as gossip sees the members
+// (live, by Raft server id), counting them. The configuration is not
+// judged by, and gone is false, when it is stale or not yet the group's:
+//   - self, the replica's own server, is not in it: the replica was
+//     removed and not dropped yet (orphans.go), or prepared and not added
+//     yet (its configuration is what its snapshot or log brought);
+//   - a live member that is not a voter in it announces it leads the group
+//     (leaders): the group moved on without this replica.
+func majorityGone(self raft.ServerID, servers []raft.Server, live map[raft.ServerID]bool, leaders []raft.ServerID) (up, voters int, gone bool) {
+	isVoter := func(id raft.ServerID) bool {
+		return slices.ContainsFunc(servers, func(s raft.Server) bool { return s.ID == id && s.Suffrage == raft.Voter })
+	}
+	if !slices.ContainsFunc(servers, func(s raft.Server) bool { return s.ID == self }) {
+		return 0, 0, false
+	}
+	for _, l := range leaders {
+		if !isVoter(l) {
+			return 0, 0, false
+		}
+	}
 	for _, s := range servers {
 		if s.Suffrage != raft.Voter {
 			continue
@@ -620,10 +655,7 @@ func (db *DB) quorumGone(r int, local *replica) error {
 			up++
 		}
 	}
-	if voters > 0 && up <= voters/2 {
-		return fmt.Errorf("%w: replica group %d has %d of %d replicas alive, no majority", ErrUnavailable, r, up, voters)
-	}
-	return nil
+	return up, voters, voters > 0 && up <= voters/2
 }
 
 // liveServers is the set of Raft server ids of the live members' current

@@ -20,6 +20,7 @@ type layout struct {
 	groups        int        // ranges are placed over groups 0..groups-1
 	exists        int        // groups that exist (groups, and any created since)
 	epoch         uint64     // the fsm.Layout epoch this is (0: formation, not yet logged)
+	creation      uint64     // the creation of group 0 whose log holds it (fsm.Layout.Gen(0))
 	groupOf       []uint16   // range -> its Genesis group
 	targetOf      []uint16   // range -> its group by placement over groups
 	rangesOf      [][]int    // Genesis group -> its ranges at Genesis, in order
@@ -96,21 +97,42 @@ func clusterLayout(members []gossip.Member) (best gossip.Meta, ok bool, err erro
 		case ok && m.Meta.GenesisGroups != best.GenesisGroups:
 			return best, false, fmt.Errorf("members %s and %s announce %d and %d replica groups at genesis",
 				best.NodeID, m.Meta.NodeID, best.GenesisGroups, m.Meta.GenesisGroups)
-		case !ok || m.Meta.LayoutEpoch > best.LayoutEpoch:
+		case !ok || layoutNewer(m.Meta.LayoutCreation, m.Meta.LayoutEpoch, best.LayoutCreation, best.LayoutEpoch):
 			best, ok = m.Meta, true
 		}
 	}
 	return best, ok, nil
 }
 
-// layoutOf is l at the logged layout fl, if fl is newer than l.
+// layoutNewer reports whether a layout logged by group 0's creation
+// creation at epoch is newer than one logged by creation knownCreation at
+// knownEpoch. Group 0's creation counts first: a creation of group 0
+// recovered after losing its majority (RecoverGroup) supersedes the
+// older one, whose replicas may still have logged layout changes at
+// higher epochs (cut off, or forced); those never win.
+func layoutNewer(creation, epoch, knownCreation, knownEpoch uint64) bool {
+	if creation != knownCreation {
+		return creation > knownCreation
+	}
+	return epoch > knownEpoch
+}
+
+// layoutOf is l at the logged layout fl, if fl is newer than l
+// (layoutNewer).
 func (l *layout) layoutOf(fl fsm.Layout) (*layout, bool) {
-	if fl.Epoch <= l.epoch || fl.Genesis != l.genesisGroups || fl.Groups > maxGroups || fl.Exists() > maxGroups {
+	if !l.supersededBy(fl.Gen(0), fl.Epoch) || fl.Epoch == 0 ||
+		fl.Genesis != l.genesisGroups || fl.Groups > maxGroups || fl.Exists() > maxGroups {
 		return l, false
 	}
 	next := l.with(fl.Groups, fl.Exists(), fl.Epoch)
-	next.logged = fl
+	next.logged, next.creation = fl, fl.Gen(0)
 	return next, true
+}
+
+// supersededBy reports whether a layout logged by group 0's creation
+// creation at epoch is newer than l (layoutNewer).
+func (l *layout) supersededBy(creation, epoch uint64) bool {
+	return layoutNewer(creation, epoch, l.creation, l.epoch)
 }
 
 // gen is group g's creation (fsm.Created.Gen) as far as this layout

@@ -3,6 +3,7 @@ package gridkv
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -117,6 +118,118 @@ func TestCloseLeavesSoleVoterThenRegrows(t *testing.T) {
 			if v, err := db.Get(ctx, fmt.Sprint("k", i)); err != nil || string(v) != fmt.Sprint("w", i) {
 				t.Fatalf("%s: k%d: %q, %v", db.NodeID(), i, v, err)
 			}
+		}
+	}
+}
+
+// Closing one of 4 nodes (3 replicas per group) re-replicates its
+// replicas onto the others before it takes them out: no group's
+// configuration, polled on every node while Close runs, ever has fewer
+// than 3 voters, and once Close returns every group has 3 voters again,
+// none of them the closed node's, without waiting for the reconciler.
+func TestCloseReReplicatesFirst(t *testing.T) {
+	cfg := Config{Timing: LocalTiming(), BootstrapExpect: 4, GroupsPerNode: 1, ReplicaCount: 3}
+	nodes := formCluster(t, 4, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i := range 64 {
+		if err := nodes[0].Set(ctx, fmt.Sprint("k", i), []byte(fmt.Sprint("v", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	leaving, stay := nodes[3], nodes[:3]
+	gone := leaving.host.ID()
+	voters := func(servers []raft.Server) int {
+		n := 0
+		for _, s := range servers {
+			if s.Suffrage == raft.Voter {
+				n++
+			}
+		}
+		return n
+	}
+	done := make(chan struct{})
+	fewest := make(chan string, 1)
+	go func() {
+		defer close(fewest)
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			for _, n := range nodes {
+				for r, rep := range n.replicaList() {
+					// A replica being added has no configuration until the
+					// leader sends it one.
+					if servers, err := rep.group.Configuration(); err == nil && len(servers) > 0 && voters(servers) < 3 {
+						fewest <- fmt.Sprintf("group %d on %s: %d voters: %v", r, n.cfg.NodeID, voters(servers), servers)
+						return
+					}
+				}
+			}
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	start := time.Now()
+	err := leaving.Close()
+	took := time.Since(start)
+	close(done)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bad, ok := <-fewest; ok {
+		t.Fatalf("a group went below ReplicaCount while a node closed: %s", bad)
+	}
+	t.Logf("Close took %v", took.Round(time.Millisecond))
+	for r := range stay[0].groupCount() {
+		// The closed node handed its leaderships away; an election may
+		// still be under way.
+		_, leader := waitLeaderAmong(t, stay, r, 10*time.Second)
+		servers, err := leader.group.Configuration()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if voters(servers) != 3 || slices.ContainsFunc(servers, func(s raft.Server) bool { return s.ID == gone }) {
+			t.Errorf("group %d right after Close: %v, want 3 voters without %s", r, servers, gone)
+		}
+	}
+	for i := range 64 {
+		if v, err := stay[1].Get(ctx, fmt.Sprint("k", i)); err != nil || string(v) != fmt.Sprint("v", i) {
+			t.Fatalf("k%d after the close: %q, %v", i, v, err)
+		}
+	}
+}
+
+// With one replica per group, a closing node's groups have it as their
+// only voter: it adds a replica on the node that stays, hands over, and
+// is removed, so the data it held is still there after Close.
+func TestCloseMovesSoleReplicas(t *testing.T) {
+	cfg := Config{Timing: LocalTiming(), BootstrapExpect: 2, GroupsPerNode: 2, ReplicaCount: 1}
+	nodes := formCluster(t, 2, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	held := 0
+	for _, rep := range nodes[1].replicaList() {
+		if rep != nil {
+			held++
+		}
+	}
+	if held == 0 {
+		t.Fatal("the node to close holds no group")
+	}
+	for i := range 64 {
+		if err := nodes[0].Set(ctx, fmt.Sprint("k", i), []byte(fmt.Sprint("v", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nodes[1].Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 64 {
+		if v, err := nodes[0].Get(ctx, fmt.Sprint("k", i)); err != nil || string(v) != fmt.Sprint("v", i) {
+			t.Fatalf("k%d after the close of the node that held %d groups alone: %q, %v", i, held, v, err)
 		}
 	}
 }

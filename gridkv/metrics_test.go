@@ -94,23 +94,27 @@ func TestMetrics(t *testing.T) {
 		}
 		return -1
 	}
+	// The leader may move between the choice and the Set (a loaded
+	// machine, -race): choose again until a Set made while another node
+	// led was forwarded. A Set that is never forwarded fails the test.
 	var key string
-	testutil.Eventually(t, 30*time.Second, "a key whose group another node than n0 leads", func() bool {
+	testutil.Eventually(t, 30*time.Second, "a forwarded Set on n0 of a key whose group another node leads", func() bool {
+		key = ""
 		for i := range 1000 {
 			if l := leaderOfKey(fmt.Sprint("key", i)); l > 0 {
 				key = fmt.Sprint("key", i)
-				return true
+				break
 			}
 		}
-		return false
+		if key == "" {
+			return false
+		}
+		fwd0 := nodes[0].fwd.writes.Load()
+		if err := nodes[0].Set(ctx, key, []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+		return nodes[0].fwd.writes.Load() > fwd0
 	})
-	fwd0 := nodes[0].fwd.writes.Load()
-	if err := nodes[0].Set(ctx, key, []byte("v")); err != nil {
-		t.Fatal(err)
-	}
-	if nodes[0].fwd.writes.Load() == fwd0 {
-		t.Fatal("the Set on a node that does not lead the key's group was not forwarded")
-	}
 	for i := range 30 {
 		if err := nodes[i%3].Set(ctx, fmt.Sprint("k", i), []byte("value")); err != nil {
 			t.Fatal(err)
@@ -140,16 +144,37 @@ func TestMetrics(t *testing.T) {
 	}
 	// Lease reads: on the key's leader, until one is served under the
 	// lease (a new leader's lease starts with its first committed entry).
-	testutil.Eventually(t, 30*time.Second, "a read served under the lease", func() bool {
-		l := leaderOfKey(key)
-		if l < 0 {
+	// A write there first, so that the leader checked below proposed an
+	// entry itself; the read must add a hit on that node. The round counts
+	// only if that node led the key's group in one term throughout: the
+	// leader may move on a loaded machine. l is that node, the one whose
+	// leader metrics are checked below.
+	l := -1
+	testutil.Eventually(t, 30*time.Second, "a write and a read served under the lease by the key's leader in one term", func() bool {
+		c := leaderOfKey(key)
+		if c < 0 {
 			return false
 		}
-		if _, err := nodes[l].Get(ctx, key); err != nil {
+		rep := nodes[c].replica(groupOf(nodes[c], key))
+		term := rep.group.Raft().CurrentTerm()
+		if !rep.group.IsLeader() {
+			return false
+		}
+		if err := nodes[c].Set(ctx, key, []byte("v")); err != nil {
 			t.Fatal(err)
 		}
-		hits, _ := sample(gather(t, regs[l]), "gridkv_raft_lease_reads_total", map[string]string{"result": "hit"})
-		return hits > 0
+		hit := map[string]string{"result": "hit"}
+		hits0, _ := sample(gather(t, regs[c]), "gridkv_raft_lease_reads_total", hit)
+		if _, err := nodes[c].Get(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+		if !rep.group.IsLeader() || rep.group.Raft().CurrentTerm() != term {
+			return false
+		}
+		if hits, _ := sample(gather(t, regs[c]), "gridkv_raft_lease_reads_total", hit); hits > hits0 {
+			l = c
+		}
+		return l >= 0
 	})
 
 	families := make([][]*dto.MetricFamily, 3)
@@ -175,7 +200,6 @@ func TestMetrics(t *testing.T) {
 		name   string
 		labels map[string]string
 	}
-	l := leaderOfKey(key)
 	checks := []check{
 		{0, "gridkv_operations_total", map[string]string{"kind": "set", "result": "ok", "path": "none"}},
 		{0, "gridkv_operation_duration_seconds", map[string]string{"kind": "set", "result": "ok", "path": "none"}},
@@ -196,8 +220,6 @@ func TestMetrics(t *testing.T) {
 		{l, "gridkv_raft_operations_per_entry", nil},
 		{l, "gridkv_raft_entries_per_append", nil},
 		{l, "gridkv_raft_lease_reads_total", map[string]string{"result": "hit"}},
-		{l, "gridkv_groups_led", nil},
-		{l, "gridkv_ranges_led", nil},
 		{0, "gridkv_membership_events_total", map[string]string{"event": "join"}},
 	}
 	for i := range nodes {
@@ -235,14 +257,19 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("node %d: holds %v groups, want all %d (3 replicas, 3 nodes)", i, n, nodes[i].groupCount())
 		}
 	}
-	// The led ranges add up to every range once leadership is stable.
-	testutil.Eventually(t, 10*time.Second, "the led ranges to add up to Ranges", func() bool {
-		var sum float64
+	// The led groups and ranges add up to every group and range once
+	// leadership is stable (who leads what may move meanwhile: the sums
+	// over the nodes, not one node's gauges).
+	testutil.Eventually(t, 10*time.Second, "the led groups and ranges to add up to the groups and Ranges", func() bool {
+		var groups, ranges float64
 		for _, reg := range regs {
-			v, _ := sample(gather(t, reg), "gridkv_ranges_led", nil)
-			sum += v
+			f := gather(t, reg)
+			v, _ := sample(f, "gridkv_groups_led", nil)
+			groups += v
+			v, _ = sample(f, "gridkv_ranges_led", nil)
+			ranges += v
 		}
-		return sum == float64(nodes[0].cfg.Ranges)
+		return groups == float64(nodes[0].groupCount()) && ranges == float64(nodes[0].cfg.Ranges)
 	})
 }
 

@@ -56,7 +56,7 @@ func (db *DB) quorumRead(ctx context.Context, rep *replica, rg int, key string, 
 		}
 	}
 	replies := make(chan reply, len(voters))
-	req := encodeRequest(reqQuorumState, rg, []byte(key))
+	req := encodeRequest(reqQuorumState, wireGroup(rg, db.lay.Load().gen(rg)), []byte(key))
 	timeout := db.host.RPCTimeout()
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
@@ -158,7 +158,7 @@ func (db *DB) quorumRead(ctx context.Context, rep *replica, rg int, key string, 
 				} else {
 					waited = make(chan []byte, 1)
 					body := binary.AppendUvarint(nil, m)
-					db.host.CallAsync(best.from, best.addr, encodeRequest(reqQuorumWait, rg, append(body, key...)), timeout,
+					db.host.CallAsync(best.from, best.addr, encodeRequest(reqQuorumWait, wireGroup(rg, db.lay.Load().gen(rg)), append(body, key...)), timeout,
 						func(ans []byte, err error) {
 							if err != nil || len(ans) == 0 {
 								ans = append([]byte{stUnavailable}, fmt.Sprint("quorum read: waiting replica: ", err)...)

@@ -45,15 +45,7 @@ func TestQuorumReadWithoutLeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := groupOf(nodes[0], "k")
-	leader := -1
-	for i, db := range nodes {
-		if rep := db.replica(r); rep != nil && rep.group.IsLeader() {
-			leader = i
-		}
-	}
-	if leader < 0 {
-		t.Fatal("no leader")
-	}
+	leader, _ := waitLeaderAmong(t, nodes, r, 10*time.Second)
 	nodes[leader].crash()
 	f := (leader + 1) % 3
 	got, err := nodes[f].Get(ctx, "k", Quorum(2))

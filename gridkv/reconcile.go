@@ -20,8 +20,10 @@ import (
 
 // reconcileLoop moves every group this node leads toward its placement
 // target, at most one configuration change per group per pass, and drops
-// replicas that were removed from their group. The changes are made by
-// the step runner, up to maxParallelSteps groups at once (see reconcile).
+// replicas that were removed from their group: those raft shut down, and
+// those that hear from no leader and are told they no longer belong
+// (orphans.go). The changes are made by the step runner, up to
+// maxParallelSteps groups at once (see reconcile).
 func (db *DB) reconcileLoop() {
 	t := time.NewTicker(db.cfg.Timing.ReconcileInterval)
 	defer t.Stop()
@@ -35,6 +37,7 @@ func (db *DB) reconcileLoop() {
 		}
 		db.checkTLS()
 		lastLeads = db.reconcile(db.stableMembers(view, time.Now()), lastLeads)
+		db.checkOrphans() // replicas removed whose drop notice was lost (orphans.go)
 		db.sweepIdle()
 	}
 }
@@ -128,12 +131,7 @@ func (db *DB) stableMembers(view map[string]*memberView, now time.Time) []gossip
 // waits on a node that does not answer; a group whose step is still in
 // flight is left to a later pass.
 func (db *DB) reconcile(members []gossip.Member, lastLeads []int) []int {
-	byID := make(map[string]gossip.Member, len(members))
-	ids := make([]string, 0, len(members))
-	for _, m := range members {
-		byID[m.Meta.NodeID] = m
-		ids = append(ids, m.Meta.NodeID)
-	}
+	ids, byID := indexMembers(members)
 	plan := placement.Plan(db.groupCount(), ids, db.cfg.ReplicaCount)
 	var leads []int
 	var work []groupWork
@@ -146,6 +144,9 @@ func (db *DB) reconcile(members []gossip.Member, lastLeads []int) []int {
 			continue
 		}
 		leads = append(leads, r)
+		if r == 0 && rep.gen > rep.fsm.Layout().Gen(0) {
+			continue // a recovered creation of group 0 yet to log itself: it stays this replica alone (logSelfRecord)
+		}
 		if w, ok := db.groupWork(r, rep, ids, byID, plan[r].Leader); ok {
 			work = append(work, w)
 		}
@@ -171,10 +172,7 @@ func (db *DB) groupWork(r int, rep *replica, ids []string, byID map[string]gossi
 	if err != nil {
 		return groupWork{}, false
 	}
-	in := confInput{self: db.host.ID(), current: servers}
-	for _, id := range placement.Replicas(r, ids, db.cfg.ReplicaCount) {
-		in.target = append(in.target, memberPeer(byID[id]))
-	}
+	in := confInput{self: db.host.ID(), current: servers, target: placedPeers(r, ids, byID, db.cfg.ReplicaCount)}
 	if m, ok := byID[planLeader]; ok && planLeader != db.cfg.NodeID {
 		in.preferred = memberPeer(m)
 	}
@@ -184,6 +182,30 @@ func (db *DB) groupWork(r int, rep *replica, ids []string, byID map[string]gossi
 		return w, w.sole
 	}
 	return w, true
+}
+
+// indexMembers lists members' node ids, in their order, and maps each to
+// its gossip record: what placedPeers takes.
+func indexMembers(members []gossip.Member) (ids []string, byID map[string]gossip.Member) {
+	ids = make([]string, 0, len(members))
+	byID = make(map[string]gossip.Member, len(members))
+	for _, m := range members {
+		ids = append(ids, m.Meta.NodeID)
+		byID[m.Meta.NodeID] = m
+	}
+	return ids, byID
+}
+
+// placedPeers is the replicas placement gives group g over the members
+// ids (byID: their gossip records, indexMembers), at the incarnations and
+// addresses gossip announces: the servers a group is created with, and
+// the target the reconciler moves it toward.
+func placedPeers(g int, ids []string, byID map[string]gossip.Member, replicas int) []peer {
+	var out []peer
+	for _, id := range placement.Replicas(g, ids, replicas) {
+		out = append(out, memberPeer(byID[id]))
+	}
+	return out
 }
 
 // runGroup makes at most one configuration change of w's group: the first
@@ -254,7 +276,11 @@ func (db *DB) makeStep(ctx context.Context, r int, rep *replica, st confStep) er
 			return err
 		}
 		// Tell the removed replica (best effort; a dead node has nothing
-		// to drop, and a new incarnation at its address refuses it).
+		// to drop, and a new incarnation at its address refuses it). If
+		// the notice is lost, the replica finds out itself (orphans.go).
+		if db.dropLost(r, st.to.id) {
+			return nil
+		}
 		_, _ = db.host.Call(ctx, st.to.id, st.to.addr, encodeRequest(reqDrop, r, appendDrop(nil, st.to.id, rep.gen)))
 		return nil
 	case stepStepDown, stepBalance:

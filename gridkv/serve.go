@@ -19,12 +19,15 @@ import (
 
 // serve is the node-to-node RPC handler.
 func (db *DB) serve(ctx context.Context, req []byte) ([]byte, error) {
-	kind, r, body, err := decodeRequest(req)
+	kind, r, gen, body, err := decodeRequest(req)
 	if err != nil {
 		return nil, err
 	}
 	if r >= db.groupCount() {
 		return db.unknownGroup(r), nil
+	}
+	if ans := db.superseded(r, gen); ans != nil {
+		return ans, nil
 	}
 	switch kind {
 	case reqReads:
@@ -46,10 +49,10 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 		if !ok {
 			return []byte{stInvalid}
 		}
-		return db.serveRead(ctx, r, db.replica(r), []*readReq{&rd})[0]
+		return db.serveRead(ctx, r, db.currentReplica(r), []*readReq{&rd})[0]
 	}
 	if kind == reqScan {
-		return db.serveScan(ctx, r, db.replica(r), body)
+		return db.serveScan(ctx, r, db.currentReplica(r), body)
 	}
 	if kind == reqWrite {
 		rep, ans := db.writeReplica(ctx, r)
@@ -78,18 +81,25 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 				return []byte{stInvalid}
 			}
 		}
+		db.notePrepared(r) // before the replica exists: see dropOrphan
 		if _, err := db.openReplica(r, gen, nil); err != nil {
 			return append([]byte{stUnavailable}, err.Error()...)
 		}
 		return []byte{stOK}
 	}
+	if kind == reqLayout && r == 0 {
+		return db.serveLayout()
+	}
 	rep := db.replica(r)
 	if kind == reqDrop {
 		// A leader removed this replica from its group: raft only learns it
 		// from entries the leader no longer sends, so the leader says so.
-		// Only from a leader of this replica's own creation of the group.
-		if id, gen, ok := parseDrop(body); ok && rep != nil && id == db.host.ID() && gen == rep.gen && !rep.group.IsLeader() {
-			db.dropReplica(r, rep)
+		// Only from a leader of this replica's own creation of the group,
+		// and not a replica prepared since (a notice that arrives late,
+		// after the leader removed this replica and asked for it again):
+		// if the removal stands, the replica finds out (orphans.go).
+		if id, gen, ok := parseDrop(body); ok && rep != nil && id == db.host.ID() && gen == rep.gen {
+			db.dropOrphan(r, rep)
 		}
 		return []byte{stOK}
 	}
@@ -107,8 +117,6 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 	switch {
 	case kind == reqRangeRecord || kind == reqExport:
 		return db.serveHandoff(ctx, rep, kind, body)
-	case kind == reqLayout:
-		return fsm.AppendLayout([]byte{stOK}, rep.fsm.Layout())
 	case kind == reqQuorumState:
 		st, ans, ok := db.quorumState(rep, string(body))
 		if !ok {
@@ -150,10 +158,27 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 		return out
 	case reqLeave:
 		return db.removeLeaving(ctx, rep, raft.ServerID(body))
+	case reqMembership:
+		return db.serveMembership(ctx, rep, body)
+	case reqRecoverGroup:
+		if rep.id != 0 {
+			return []byte{stInvalid}
+		}
+		return db.serveRecoverGroup(ctx, rep, body)
 	case reqHandoffPrep, reqActivate, reqMoveRange:
 		return db.serveHandoff(ctx, rep, kind, body)
 	}
 	return []byte{stInvalid}
+}
+
+// superseded answers a request for creation gen of group r when this
+// node's replica of r is of an older creation (wireGroup): it names no
+// leader, so the asker tries another node. nil: serve it.
+func (db *DB) superseded(r int, gen uint64) []byte {
+	if rep := db.replica(r); rep != nil && rep.gen < gen {
+		return redirect(peer{})
+	}
+	return nil
 }
 
 // writeReplica is this node's replica of group r if it serves writes
@@ -161,7 +186,7 @@ func (db *DB) handle(ctx context.Context, kind byte, r int, body []byte) []byte 
 // the group owns; its first leader logs that it owns them). Otherwise ans
 // says where to go, or why not.
 func (db *DB) writeReplica(ctx context.Context, r int) (rep *replica, ans []byte) {
-	rep = db.replica(r)
+	rep = db.currentReplica(r)
 	switch {
 	case db.isClosed() && (rep == nil || !rep.group.IsLeader()):
 		// Closing (DB.Close): a group this node still leads is served

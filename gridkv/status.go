@@ -101,6 +101,18 @@ type GroupStatus struct {
 	Ranges int `json:"ranges"`
 	// Role is this node's role in the group.
 	Role Role `json:"role"`
+	// LastTerm and LastIndex are the term and index of the last Raft log
+	// entry this node's replica stores (committed or not); 0 without a
+	// replica. After a group lost its majority, run DB.RecoverGroup on the
+	// survivor with the largest (LastTerm, LastIndex), compared term
+	// first: it holds every write any survivor had applied.
+	LastTerm  uint64 `json:"last_term,omitempty"`
+	LastIndex uint64 `json:"last_index,omitempty"`
+	// Creation is the creation of the group this node's replica is of:
+	// the layout epoch that created the group again (after DB.RecoverGroup,
+	// or a group created again before it started), 0 for its first.
+	// Replicas of an older creation than the cluster's are dropped.
+	Creation uint64 `json:"creation,omitempty"`
 }
 
 // Role is a node's part in one replica group.
@@ -168,6 +180,10 @@ func (db *DB) Status() Status {
 	for g := range l.exists {
 		gs := GroupStatus{Group: g, Ranges: ranges[g]}
 		gs.Leader, gs.Replicas, gs.Role = db.groupView(g)
+		if rep := db.replica(g); rep != nil {
+			gs.LastIndex, gs.LastTerm = rep.group.LastLog()
+			gs.Creation = rep.gen
+		}
 		st.Groups = append(st.Groups, gs)
 	}
 	return st

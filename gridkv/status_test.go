@@ -2,6 +2,7 @@ package gridkv
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -17,16 +18,29 @@ func TestStatus(t *testing.T) {
 	nodes := openCluster(t, 3, Config{Timing: LocalTiming(), BootstrapExpect: 3, Ranges: 64})
 	for _, db := range nodes {
 		// Leaders settle a little after WaitReady: poll until each group's
-		// leader is known.
-		testutil.Eventually(t, 10*time.Second, "every group's leader known on "+db.NodeID(), func() bool {
-			for _, g := range db.Status().Groups {
-				if g.Leader == "" {
+		// leader is known and the node's role in it matches who leads.
+		// Status reads a group's leader and this node's leadership one
+		// after the other, so a snapshot taken as leadership moves may
+		// mismatch: the check passes on a snapshot where they agree for
+		// every group, and a timeout reports the last mismatch seen.
+		var st Status
+		mismatch := ""
+		if !testutil.Within(10*time.Second, func() bool {
+			st = db.Status()
+			for _, g := range st.Groups {
+				want := RoleFollower
+				if g.Leader == db.NodeID() {
+					want = RoleLeader
+				}
+				if g.Leader == "" || g.Role != want {
+					mismatch = fmt.Sprintf("group %d led by %q: role %q, want %q", g.Group, g.Leader, g.Role, want)
 					return false
 				}
 			}
 			return true
-		})
-		st := db.Status()
+		}) {
+			t.Fatalf("timed out after 10s waiting for every group's leader known and the roles matching it on %s; last mismatch: %s", db.NodeID(), mismatch)
+		}
 		if st.NodeID != db.NodeID() || st.Addr != db.Addr() || st.GossipAddr != db.GossipAddr() || st.Ranges != 64 {
 			t.Fatalf("%s: status header %+v", db.NodeID(), st)
 		}
@@ -49,13 +63,6 @@ func TestStatus(t *testing.T) {
 			ranges += g.Ranges
 			if g.Group != i || len(g.Replicas) != 3 {
 				t.Errorf("%s: group %+v", db.NodeID(), g)
-			}
-			want := RoleFollower
-			if g.Leader == db.NodeID() {
-				want = RoleLeader
-			}
-			if g.Role != want {
-				t.Errorf("%s: group %d led by %s: role %q, want %q", db.NodeID(), i, g.Leader, g.Role, want)
 			}
 		}
 		if ranges != 64 {

@@ -93,9 +93,13 @@ type Timing struct {
 	// HandoffPoll is how often the handoff loop looks for work when nothing
 	// wakes it. LAN 100ms, Local 25ms.
 	HandoffPoll time.Duration
-	// LeaveTimeout bounds how long Close takes to hand this node's ranges
-	// away (leaderships and replicas) before it leaves anyway. LAN and
-	// Local 5s.
+	// DrainTimeout bounds how long Close waits for this node's replicas
+	// to be re-replicated onto the members that stay before it takes them
+	// out anyway (DB.Leave takes a context instead). LAN 30s, Local 10s.
+	DrainTimeout time.Duration
+	// LeaveTimeout bounds how long Close takes, after that, to take out the
+	// replicas still in their groups (leaderships and replicas) before it
+	// leaves anyway. LAN and Local 5s.
 	LeaveTimeout time.Duration
 }
 
@@ -141,6 +145,7 @@ func LANTiming() Timing {
 		ApplyTimeout:       10 * time.Second,
 		HandoffTimeout:     30 * time.Second,
 		HandoffPoll:        100 * time.Millisecond,
+		DrainTimeout:       30 * time.Second,
 		LeaveTimeout:       5 * time.Second,
 	}
 }
@@ -159,6 +164,7 @@ func LocalTiming() Timing {
 	t.MemberDelay = 250 * time.Millisecond
 	t.HandoffTimeout = 10 * time.Second
 	t.HandoffPoll = 25 * time.Millisecond
+	t.DrainTimeout = 10 * time.Second
 	return t
 }
 
@@ -183,6 +189,7 @@ func (t *Timing) durations() []struct {
 		{"ApplyTimeout", &t.ApplyTimeout},
 		{"HandoffTimeout", &t.HandoffTimeout},
 		{"HandoffPoll", &t.HandoffPoll},
+		{"DrainTimeout", &t.DrainTimeout},
 		{"LeaveTimeout", &t.LeaveTimeout},
 	}
 }

@@ -44,14 +44,14 @@ func TestConfigTimingPresets(t *testing.T) {
 			CommitTimeout: time.Second, RPCTimeout: 5 * time.Second, Gossip: GossipLAN,
 			MemberDelay: time.Second, ReconcileInterval: 250 * ms, StepTimeout: 5 * time.Second,
 			RequestTimeout: 2 * time.Second, ApplyTimeout: 10 * time.Second,
-			HandoffTimeout: 30 * time.Second, HandoffPoll: 100 * ms, LeaveTimeout: 5 * time.Second,
+			HandoffTimeout: 30 * time.Second, HandoffPoll: 100 * ms, DrainTimeout: 30 * time.Second, LeaveTimeout: 5 * time.Second,
 		}},
 		{"Local", LocalTiming(), Timing{
 			HeartbeatTimeout: 300 * ms, ElectionTimeout: 300 * ms, LeaderLeaseTimeout: 300 * ms,
 			CommitTimeout: 20 * ms, RPCTimeout: time.Second, Gossip: GossipLocal,
 			MemberDelay: 250 * ms, ReconcileInterval: 250 * ms, StepTimeout: 5 * time.Second,
 			RequestTimeout: 2 * time.Second, ApplyTimeout: 10 * time.Second,
-			HandoffTimeout: 10 * time.Second, HandoffPoll: 25 * ms, LeaveTimeout: 5 * time.Second,
+			HandoffTimeout: 10 * time.Second, HandoffPoll: 25 * ms, DrainTimeout: 10 * time.Second, LeaveTimeout: 5 * time.Second,
 		}},
 	} {
 		if c.got != c.want {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gridkv/gridkv/internal/testutil"
 )
 
 // nextEvent waits for w's next event that is not EventProgress.
@@ -180,15 +182,12 @@ func TestWatchAcrossMovesAndLeaders(t *testing.T) {
 	}
 
 	// The group's leader changes.
-	rep := nodes[0].replica(to)
-	for _, db := range nodes {
-		if p := db.replica(to); p != nil && p.group.IsLeader() {
-			rep = p
-		}
-	}
-	if err := rep.group.TransferLeadership(ctx, "", ""); err != nil {
-		t.Fatal(err)
-	}
+	// A transfer may be refused (no voter heard from lately, a cooldown)
+	// or find leadership already moved: it is tried again.
+	testutil.Eventually(t, 15*time.Second, "a leadership transfer", func() bool {
+		_, p := leaderAmong(nodes, to)
+		return p != nil && p.group.TransferLeadership(ctx, "", "") == nil
+	})
 	if err := nodes[0].Set(ctx, k, []byte("3")); err != nil {
 		t.Fatal(err)
 	}

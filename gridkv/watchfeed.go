@@ -61,7 +61,13 @@ type feedRange struct {
 	pos   uint64 // the version of the last change handed on (or the start)
 	known bool   // false: ask the leader for the range's current position
 	group int    // the group polled for it
-	lost  bool   // the group said it does not hold the range: find it
+	// genOf and gen: pos was asked of group genOf-1 (0: not yet) at its
+	// creation gen, as this node's layout named it. Across a recovery of
+	// the group (RecoverGroup) positions are not comparable: the new
+	// creation stamps again the versions of writes the old one lost.
+	genOf int
+	gen   uint64
+	lost  bool // the group said it does not hold the range: find it
 	// followed: the range came to group by a Gone page of its last group,
 	// which released it there: that group will hold it (it may not have
 	// activated it yet), so a "not here" from it means "wait", not "look
@@ -335,8 +341,21 @@ func (f *feed) asks(g int, asks []watchAsk) (_ []watchAsk, lost, compacted []int
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.stopped {
+		lay := f.db.lay.Load()
 		for r := range f.ranges {
 			fr := &f.ranges[r]
+			if fr.group == g && fr.genOf == g+1 && fr.gen < lay.gen(g) {
+				if _, ok := lay.logged.RecoveredAt(g, lay.gen(g)); ok && fr.known {
+					// Recovered since pos was taken: pos may be above the
+					// recovery point, where the new creation's versions
+					// name other writes. The watches end; the range
+					// starts over from now.
+					f.compactedLocked(r)
+				}
+			}
+			if fr.group == g && !fr.lost {
+				fr.genOf, fr.gen = g+1, lay.gen(g)
+			}
 			switch {
 			case fr.group != g:
 			case fr.lost:
@@ -378,11 +397,11 @@ func (f *feed) askReplicas(g, r int) {
 		var ans []byte
 		var err error
 		if to.id == f.db.host.ID() {
-			if rep := f.db.replica(g); rep != nil {
+			if rep := f.db.currentReplica(g); rep != nil {
 				ans = f.db.serveWatch(ctx, rep, body)
 			}
 		} else {
-			ans, err = f.db.host.Call(ctx, to.id, to.addr, encodeRequest(reqWatch, g, body))
+			ans, err = f.db.host.Call(ctx, to.id, to.addr, encodeRequest(reqWatch, wireGroup(g, f.db.lay.Load().gen(g)), body))
 		}
 		cancel()
 		if err != nil || len(ans) == 0 || ans[0] != stOK {

@@ -10,7 +10,8 @@ import (
 )
 
 // Node-to-node messages, carried by raftgroup.Host.Call on the Raft
-// listener. A request is: kind byte, uvarint range, then the kind's body.
+// listener. A request is: kind byte, uvarint group (a wireGroup: with the
+// creation asked for above it), then the kind's body.
 // An answer is: status byte, then the status's body.
 const (
 	reqWrite   byte = 1 // body: an encoded single-operation fsmpb.Command
@@ -36,6 +37,12 @@ const (
 	// Scan (scanpage.go).
 	reqScan byte = 18 // body: appendScan; answer: stOK then appendScanPage, read in the request's mode
 	// reqWatch (19): a group's changes since given positions (watchserve.go).
+	// reqMembership: body appendDrop; the group's leader answers whether
+	// that server is in its latest committed configuration (orphans.go).
+	reqMembership byte = 20
+	// reqRecoverGroup: group 0's leader logs a group's new creation, started
+	// from one replica after the group lost its majority (recover.go).
+	reqRecoverGroup byte = 21 // group 0; body: uvarint group, creation, then server id and address, length-prefixed
 )
 
 const (
@@ -98,6 +105,18 @@ func decodeRedirect(body []byte) peer {
 // unknown outcome instead).
 var errBadMessage = fmt.Errorf("%w: malformed node-to-node message", ErrUnavailable)
 
+// A request's group field (the header's, and each item's in reqReads and
+// reqWrites) is a wireGroup: the group number, and above it the creation
+// of the group the asker means (replica.gen, as its layout knows it; 0 for
+// requests about replicas, whose body names the creation). A replica of
+// an older creation does not serve it (superseded): a node cut off while
+// the group was recovered (DB.RecoverGroup), still holding and maybe
+// leading the old creation, serves none of the new creation's askers.
+func wireGroup(r int, gen uint64) int { return int(gen<<16 | uint64(r)) }
+
+// maxWireGen bounds the creation a request names (a layout epoch).
+const maxWireGen = 1 << 40
+
 func encodeRequest(kind byte, rangeID int, body []byte) []byte {
 	b := make([]byte, 0, 1+binary.MaxVarintLen64+len(body))
 	b = append(b, kind)
@@ -105,15 +124,26 @@ func encodeRequest(kind byte, rangeID int, body []byte) []byte {
 	return append(b, body...)
 }
 
-func decodeRequest(b []byte) (kind byte, rangeID int, body []byte, err error) {
+// decodeRequest reads a request's header: its kind and group field
+// (wireGroup: the group and the creation asked for).
+func decodeRequest(b []byte) (kind byte, rangeID int, gen uint64, body []byte, err error) {
 	if len(b) < 2 {
-		return 0, 0, nil, errBadMessage
+		return 0, 0, 0, nil, errBadMessage
 	}
-	r, n := binary.Uvarint(b[1:])
-	if n <= 0 || r > 1<<20 {
-		return 0, 0, nil, errBadMessage
+	r, gen, n, ok := readWireGroup(b[1:])
+	if !ok {
+		return 0, 0, 0, nil, errBadMessage
 	}
-	return b[0], int(r), b[1+n:], nil
+	return b[0], r, gen, b[1+n:], nil
+}
+
+// readWireGroup reads a uvarint wireGroup at the start of b.
+func readWireGroup(b []byte) (r int, gen uint64, n int, ok bool) {
+	v, n := binary.Uvarint(b)
+	if n <= 0 || v>>16 > maxWireGen {
+		return 0, 0, 0, false
+	}
+	return int(v & 0xffff), v >> 16, n, true
 }
 
 // answerErr is nil for an stOK answer, else the answer's error.
@@ -162,6 +192,7 @@ func statusError(st byte, body []byte) error {
 // readReq is one read: of range r, in mode, of key.
 type readReq struct {
 	r    int
+	gen  uint64 // the creation of group r asked for (wireGroup)
 	mode readMode
 	q    int // Quorum(q)
 	key  string
@@ -210,8 +241,9 @@ func appendRead(b []byte, r int, body []byte) []byte {
 // decodeReads reads a reqReads request's body (after the group).
 func decodeReads(b []byte) ([]readReq, error) {
 	var reads []readReq
-	err := eachItem(b, func(n int) { reads = make([]readReq, n) }, func(i, r int, body []byte) bool {
+	err := eachItem(b, func(n int) { reads = make([]readReq, n) }, func(i, r int, gen uint64, body []byte) bool {
 		rd, ok := parseRead(r, body)
+		rd.gen = gen
 		reads[i] = rd
 		return ok
 	})
@@ -224,16 +256,17 @@ func decodeReads(b []byte) ([]readReq, error) {
 // forwardedWrite is one write of a reqWrites request.
 type forwardedWrite struct {
 	r   int    // its group
+	gen uint64 // the creation of it asked for (wireGroup)
 	cmd []byte // an encoded single-operation command (its own copy)
 }
 
 // decodeWrites reads a reqWrites request's body (after the group).
 func decodeWrites(b []byte) ([]forwardedWrite, error) {
 	var writes []forwardedWrite
-	err := eachItem(b, func(n int) { writes = make([]forwardedWrite, n) }, func(i, r int, body []byte) bool {
+	err := eachItem(b, func(n int) { writes = make([]forwardedWrite, n) }, func(i, r int, gen uint64, body []byte) bool {
 		// A copy: the command may stay in the Raft log, which must not
 		// hold the whole frame.
-		writes[i] = forwardedWrite{r: r, cmd: bytes.Clone(body)}
+		writes[i] = forwardedWrite{r: r, gen: gen, cmd: bytes.Clone(body)}
 		return true
 	})
 	if err != nil {
@@ -246,7 +279,7 @@ func decodeWrites(b []byte) ([]forwardedWrite, error) {
 // group): uvarint count, then per item uvarint group, uvarint length and
 // that many bytes. It calls start with the count, then item for each, in
 // order, with body a slice of b; item returns false to reject the request.
-func eachItem(b []byte, start func(n int), item func(i, r int, body []byte) bool) error {
+func eachItem(b []byte, start func(n int), item func(i, r int, gen uint64, body []byte) bool) error {
 	n, k := binary.Uvarint(b)
 	// An item takes at least 3 bytes: no count allocates more than the
 	// bytes that came can hold.
@@ -256,8 +289,8 @@ func eachItem(b []byte, start func(n int), item func(i, r int, body []byte) bool
 	b = b[k:]
 	start(int(n))
 	for i := range int(n) {
-		r, k := binary.Uvarint(b)
-		if k <= 0 || r > 1<<20 {
+		r, gen, k, ok := readWireGroup(b)
+		if !ok {
 			return errBadMessage
 		}
 		b = b[k:]
@@ -265,7 +298,7 @@ func eachItem(b []byte, start func(n int), item func(i, r int, body []byte) bool
 		if k <= 0 || l == 0 || l > uint64(len(b)-k) {
 			return errBadMessage
 		}
-		if !item(i, int(r), b[k:k+int(l)]) {
+		if !item(i, r, gen, b[k:k+int(l)]) {
 			return errBadMessage
 		}
 		b = b[k+int(l):]

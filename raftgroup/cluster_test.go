@@ -31,14 +31,20 @@ type testCluster struct {
 	hosts  []*Host
 	fsms   []map[GroupID]*fsm.FSM
 	faults *faultnet.Net
+	tune   []func(*Config) // what newTestCluster was given
 }
 
+// fastConfig is a test host's Config: 300ms timings. LeaderLeaseTimeout
+// is HeartbeatTimeout, as in gridkv's Timing presets: a leader steps down
+// only after a whole HeartbeatTimeout without a quorum, not after a CPU
+// stall of half of it on a loaded CI machine. raftgroup's read lease and
+// vote guard do not rest on it (they derive from HeartbeatTimeout alone).
 func fastConfig(node string, faults *faultnet.Net) Config {
 	return Config{
 		NodeID:             node,
 		HeartbeatTimeout:   300 * time.Millisecond,
 		ElectionTimeout:    300 * time.Millisecond,
-		LeaderLeaseTimeout: 150 * time.Millisecond,
+		LeaderLeaseTimeout: 300 * time.Millisecond,
 		CommitTimeout:      5 * time.Millisecond,
 		RPCTimeout:         time.Second,
 		Logger:             slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -46,17 +52,22 @@ func fastConfig(node string, faults *faultnet.Net) Config {
 	}
 }
 
+// slowTimings is a tune for newTestCluster (and any host added to such a
+// cluster: HeartbeatTimeout must be the same on every node) giving 1s
+// heartbeat, election and leader lease time-outs, for tests that push a
+// long sequence through one leader and need it to stay leader: under the
+// race detector on a loaded 2-core machine, stalls of 300ms happen.
+func slowTimings(cfg *Config) {
+	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = time.Second, time.Second, time.Second
+}
+
 // newTestCluster starts n hosts (tune adjusts each one's Config) with a
 // replica of every group on each; they are closed when the test ends.
 func newTestCluster(t testing.TB, n, groups int, tune ...func(*Config)) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t, faults: faultnet.New(1)}
+	c := &testCluster{t: t, faults: faultnet.New(1), tune: tune}
 	for i := 0; i < n; i++ {
-		cfg := fastConfig(fmt.Sprintf("n%d", i), c.faults)
-		for _, f := range tune {
-			f(&cfg)
-		}
-		h, err := NewHost(cfg)
+		h, err := NewHost(c.config(fmt.Sprintf("n%d", i)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -78,6 +89,17 @@ func newTestCluster(t testing.TB, n, groups int, tune ...func(*Config)) *testClu
 		}
 	}
 	return c
+}
+
+// config is a host's Config in c: fastConfig on c's network with c's
+// tunes, which a host added later needs too (HeartbeatTimeout must be the
+// same on every node).
+func (c *testCluster) config(node string) Config {
+	cfg := fastConfig(node, c.faults)
+	for _, f := range c.tune {
+		f(&cfg)
+	}
+	return cfg
 }
 
 func (c *testCluster) close() {
@@ -130,26 +152,75 @@ func set(t testing.TB, g *Group, key, value string) *fsm.Result {
 	return resp.(*fsm.Result)
 }
 
-// setViaLeader writes key in range 0 of group g through its leader of the
-// moment, again while a new election makes it lose leadership: 64 groups
-// on 3 hosts under the race detector, on a loaded machine, elect again
-// now and then. Both writes are idempotent, so a write applied before its
-// leader lost leadership may be written again.
-func (c *testCluster) setViaLeader(g GroupID, key, value string) {
+// waitLeader waits until some replica leads group g and returns its
+// host's index: nobody may lead at the instant a test asks (a new
+// election on a loaded machine), and c.hosts[-1] would panic.
+func (c *testCluster) waitLeader(g GroupID) int {
 	c.t.Helper()
-	eventually(c.t, 30*time.Second, fmt.Sprintf("a write to group %d through its leader", g), func() bool {
+	l := -1
+	eventually(c.t, 15*time.Second, fmt.Sprintf("a leader of group %d", g), func() bool {
+		l = c.leader(g)
+		return l >= 0
+	})
+	return l
+}
+
+// errMoved is what an onLeader attempt returns when it sees that
+// leadership moved under it (a follower it picked leads now).
+var errMoved = errors.New("leadership moved during the attempt")
+
+// leadershipMoved reports whether err says the replica asked does not
+// lead (any more): the attempt is tried again through the next leader.
+func leadershipMoved(err error) bool {
+	return errors.Is(err, ErrNotLeader) || errors.Is(err, ErrLeaderLost) || errors.Is(err, errMoved) ||
+		errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost)
+}
+
+// onLeader runs attempt with the host index of group g's leader of the
+// moment until it returns nil, again whenever it fails because
+// leadership moved: 3 hosts under the race detector, on a loaded
+// machine, elect again now and then. Leadership moved only if the
+// attempt says so (errMoved), or it failed with a leadershipMoved error
+// and the replica it ran on no longer leads in the term it led in (within
+// a second): a leader that wrongly refuses in its own term fails the
+// test, as does any other error, and an attempt that never succeeds
+// within 30s. Attempts must be safe to repeat.
+func (c *testCluster) onLeader(g GroupID, what string, attempt func(li int) error) {
+	c.t.Helper()
+	eventually(c.t, 30*time.Second, what, func() bool {
 		l := c.leader(g)
 		if l < 0 {
 			return false
 		}
-		err := applyWrite(c.hosts[l].Group(g), key, value)
-		if err != nil && !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrLeaderLost) {
-			c.t.Fatalf("apply to group %d: %v", g, err)
+		r := c.hosts[l].Group(g).Raft()
+		term := r.CurrentTerm()
+		err := attempt(l)
+		if err == nil {
+			return true
 		}
-		if err != nil {
-			c.t.Logf("group %d: %v; again through the next leader", g, err)
+		if !errors.Is(err, errMoved) && !(leadershipMoved(err) && stepsDown(r, term)) {
+			c.t.Fatalf("%s through host %d, leading in term %d: %v", what, l, term, err)
 		}
-		return err == nil
+		c.t.Logf("%s through host %d: %v; again through the next leader", what, l, err)
+		return false
+	})
+}
+
+// stepsDown reports whether r, which led in term, leads no more in it
+// within a second: raft steps down before it fails a request for lost
+// leadership, but the state is read apart from the error.
+func stepsDown(r *raft.Raft, term uint64) bool {
+	return testutil.Within(time.Second, func() bool { return r.State() != raft.Leader || r.CurrentTerm() != term })
+}
+
+// setViaLeader writes key in range 0 of group g through its leader of the
+// moment, again while a new election makes it lose leadership. Both
+// writes are idempotent, so a write applied before its leader lost
+// leadership may be written again.
+func (c *testCluster) setViaLeader(g GroupID, key, value string) {
+	c.t.Helper()
+	c.onLeader(g, fmt.Sprintf("a write of %s to group %d", key, g), func(l int) error {
+		return applyWrite(c.hosts[l].Group(g), key, value)
 	})
 }
 
@@ -188,8 +259,10 @@ func TestManyGroupsElectAndReplicate(t *testing.T) {
 func TestPartitionedLeaderIsReplacedAndItsWritesFail(t *testing.T) {
 	c := newTestCluster(t, 3, 1)
 	c.waitLeaders(1, 10*time.Second)
-	old := c.leader(0)
-	set(t, c.hosts[old].Group(0), "before", "1")
+	c.setViaLeader(0, "before", "1")
+	// Should old lose leadership before it is cut off, the write to it
+	// fails all the same (ErrNotLeader).
+	old := c.waitLeader(0)
 
 	var others []string
 	for i, h := range c.hosts {
@@ -216,8 +289,9 @@ func TestPartitionedLeaderIsReplacedAndItsWritesFail(t *testing.T) {
 		l := c.leader(0)
 		return l >= 0 && l != old
 	})
-	nl := c.leader(0)
-	set(t, c.hosts[nl].Group(0), "after", "2")
+	// old stepped down before its write failed (or within the 10s it
+	// timed out in): the leader of the moment is in the majority.
+	c.setViaLeader(0, "after", "2")
 
 	c.faults.HealAll()
 	eventually(t, 10*time.Second, "the old leader to catch up", func() bool {
@@ -232,9 +306,11 @@ func TestPartitionedLeaderIsReplacedAndItsWritesFail(t *testing.T) {
 }
 
 func TestAddAndRemoveReplica(t *testing.T) {
-	c := newTestCluster(t, 3, 1)
-	c.waitLeaders(1, 10*time.Second)
-	l := c.hosts[c.leader(0)].Group(0)
+	// One leader takes the writes, the snapshot and both configuration
+	// changes: slow timings keep a stall from electing another.
+	c := newTestCluster(t, 3, 1, slowTimings)
+	c.waitLeaders(1, 15*time.Second)
+	l := c.hosts[c.waitLeader(0)].Group(0)
 	for i := 0; i < 100; i++ {
 		set(t, l, fmt.Sprint("k", i), "v")
 	}
@@ -245,7 +321,7 @@ func TestAddAndRemoveReplica(t *testing.T) {
 	}
 	set(t, l, "after-snapshot", "v")
 
-	extra, err := NewHost(fastConfig("n3", c.faults))
+	extra, err := NewHost(c.config("n3"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +374,7 @@ func TestAddAndRemoveReplica(t *testing.T) {
 func TestTransferLeadership(t *testing.T) {
 	c := newTestCluster(t, 3, 1)
 	c.waitLeaders(1, 10*time.Second)
-	old := c.leader(0)
+	old := c.waitLeader(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	// Refused, not started, while no follower answers (hashicorp/raft#696).
@@ -338,16 +414,25 @@ func TestServerIDCarriesIncarnation(t *testing.T) {
 func TestVerifyLeader(t *testing.T) {
 	c := newTestCluster(t, 3, 1)
 	c.waitLeaders(1, 10*time.Second)
-	l := c.leader(0)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := c.hosts[l].Group(0).VerifyLeader(ctx); err != nil {
-		t.Fatalf("leader: %v", err)
-	}
-	f := (l + 1) % len(c.hosts)
-	if err := c.hosts[f].Group(0).VerifyLeader(ctx); !errors.Is(err, ErrNotLeader) {
-		t.Fatalf("follower: %v, want ErrNotLeader", err)
-	}
+	// The leader verifies and a follower refuses, both in one leadership.
+	l := -1
+	c.onLeader(0, "the leader to verify its leadership and a follower to refuse", func(li int) error {
+		l = li
+		if err := c.hosts[li].Group(0).VerifyLeader(ctx); err != nil {
+			return fmt.Errorf("leader: %w", err)
+		}
+		f := (li + 1) % len(c.hosts)
+		err := c.hosts[f].Group(0).VerifyLeader(ctx)
+		if !errors.Is(err, ErrNotLeader) && c.leader(0) != li {
+			return fmt.Errorf("%w: follower %d: %v", errMoved, f, err)
+		}
+		if !errors.Is(err, ErrNotLeader) {
+			return fmt.Errorf("follower: %v, want ErrNotLeader", err)
+		}
+		return nil
+	})
 	// Isolated, the leader cannot confirm its leadership.
 	var others []string
 	for i, h := range c.hosts {
@@ -435,11 +520,13 @@ func TestWritesSurviveBadLinks(t *testing.T) {
 func TestLogBytesBoundTriggersSnapshot(t *testing.T) {
 	c := newTestCluster(t, 3, 1)
 	c.waitLeaders(1, 10*time.Second)
-	l := c.hosts[c.leader(0)].Group(0)
 	value := string(make([]byte, 64<<10))
 	for i := 0; i < 128; i++ { // 8 MiB of entries: twice the default bound
-		set(t, l, fmt.Sprint("k", i%8), value)
+		c.setViaLeader(0, fmt.Sprint("k", i%8), value)
 	}
+	// The leader now holds every entry in its log, as leader or as the
+	// follower it was before an election.
+	l := c.hosts[c.waitLeader(0)].Group(0)
 	eventually(t, 10*time.Second, "the log to be trimmed below the bound", func() bool {
 		return l.LogBytes() < 4<<20
 	})
@@ -583,34 +670,45 @@ func TestCallServedOnceOverDuplicatingLinks(t *testing.T) {
 func TestReadIndexAndFSMIndex(t *testing.T) {
 	c := newTestCluster(t, 3, 1)
 	c.waitLeaders(1, 10*time.Second)
-	li := c.leader(0)
-	l := c.hosts[li].Group(0)
-	set(t, l, "k", "v")
-	wrote := c.fsms[li][0].Applied() // the write's index: nothing else is written
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	idx, err := l.ReadIndex(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if idx < wrote {
-		t.Fatalf("read index %d below the acknowledged write at %d", idx, wrote)
-	}
-	// Barrier entries are not given to the FSM: FSMIndex maps past them.
-	if err := l.Raft().Barrier(0).Error(); err != nil {
-		t.Fatal(err)
-	}
-	last := l.Raft().LastIndex()
-	if got := l.FSMIndex(last); got != wrote {
-		t.Fatalf("FSMIndex(%d) = %d, want the last command at %d", last, got, wrote)
-	}
-	if err := c.fsms[li][0].WaitApplied(ctx, l.FSMIndex(last)); err != nil {
-		t.Fatal(err)
-	}
-	f := (li + 1) % 3
-	if _, err := c.hosts[f].Group(0).ReadIndex(ctx); !errors.Is(err, ErrNotLeader) {
-		t.Fatalf("ReadIndex on a follower: %v", err)
-	}
+	// Every step through one leader; all again through the next should
+	// leadership move (the write is idempotent, and a retry writes it
+	// last again).
+	c.onLeader(0, "a write, a read index and a barrier through one leader", func(li int) error {
+		l := c.hosts[li].Group(0)
+		if err := applyWrite(l, "k", "v"); err != nil {
+			return err
+		}
+		wrote := c.fsms[li][0].Applied() // the write's index: nothing else is written
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		idx, err := l.ReadIndex(ctx)
+		if err != nil {
+			return err
+		}
+		if idx < wrote {
+			t.Fatalf("read index %d below the acknowledged write at %d", idx, wrote)
+		}
+		// Barrier entries are not given to the FSM: FSMIndex maps past them.
+		if err := l.Raft().Barrier(0).Error(); err != nil {
+			return err
+		}
+		last := l.Raft().LastIndex()
+		if got := l.FSMIndex(last); got != wrote {
+			t.Fatalf("FSMIndex(%d) = %d, want the last command at %d", last, got, wrote)
+		}
+		if err := c.fsms[li][0].WaitApplied(ctx, l.FSMIndex(last)); err != nil {
+			t.Fatal(err)
+		}
+		f := (li + 1) % 3
+		_, err = c.hosts[f].Group(0).ReadIndex(ctx)
+		if !errors.Is(err, ErrNotLeader) && c.leader(0) != li {
+			return fmt.Errorf("%w: ReadIndex on follower %d: %v", errMoved, f, err)
+		}
+		if !errors.Is(err, ErrNotLeader) {
+			t.Fatalf("ReadIndex on a follower: %v", err)
+		}
+		return nil
+	})
 }
 
 // After the log is compacted past the last command, FSMIndex asks for no
@@ -618,13 +716,22 @@ func TestReadIndexAndFSMIndex(t *testing.T) {
 func TestFSMIndexAfterCompaction(t *testing.T) {
 	c := newTestCluster(t, 3, 1)
 	c.waitLeaders(1, 10*time.Second)
-	l := c.hosts[c.leader(0)].Group(0)
-	set(t, l, "k", "v")
-	for i := 0; i < 3; i++ { // barriers only: no command after the write
-		if err := l.Raft().Barrier(0).Error(); err != nil {
-			t.Fatal(err)
+	var l *Group
+	li := -1
+	// The write and the barriers through one leader; all again through the
+	// next should leadership move (the write is idempotent).
+	c.onLeader(0, "a write and 3 barriers through one leader", func(i int) error {
+		li, l = i, c.hosts[i].Group(0)
+		if err := applyWrite(l, "k", "v"); err != nil {
+			return err
 		}
-	}
+		for i := 0; i < 3; i++ { // barriers only: no command after the write
+			if err := l.Raft().Barrier(0).Error(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	rc := l.Raft().ReloadableConfig()
 	rc.TrailingLogs = 0
 	if err := l.Raft().ReloadConfig(rc); err != nil {
@@ -638,7 +745,7 @@ func TestFSMIndexAfterCompaction(t *testing.T) {
 		t.Logf("log still holds %d..%d", first, last)
 	}
 	got := l.FSMIndex(last)
-	f := c.fsms[c.leader(0)][0]
+	f := c.fsms[li][0]
 	if got > f.Applied() {
 		t.Fatalf("FSMIndex(%d) = %d, beyond what the FSM applied (%d): a read would wait forever", last, got, f.Applied())
 	}

@@ -304,7 +304,7 @@ func TestPeerRestartReconnects(t *testing.T) {
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
-	cfg := fastConfig(b.NodeID(), c.faults)
+	cfg := c.config(b.NodeID())
 	cfg.BindAddr = addr
 	b2, err := NewHost(cfg)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,7 @@ type Group struct {
 	raft     *raft.Raft
 	trans    *groupTransport
 	logs     *logStore
+	stable   raft.StableStore
 	snaps    *snapshotStore
 	observer *raft.Observer
 
@@ -31,6 +33,12 @@ type Group struct {
 	fsmIndex  atomic.Pointer[[2]uint64] // FSMIndex's last (index, answer)
 
 	transferFailed atomic.Int64 // unix nanoseconds of the last failed transfer
+	// commitBase is the commit index of the replica this one was recovered
+	// from (GroupOptions.RecoverFrom), whose commits that one counts.
+	commitBase uint64
+	// recoveredFrom is that replica while it serves no lease read because
+	// of this one (recoverFrom); Abandon gives its leases back.
+	recoveredFrom atomic.Pointer[Group]
 
 	// calls counts the callers waiting on a raft future; Shutdown lets
 	// them finish first (see drain).
@@ -60,7 +68,12 @@ func (g *Group) start(fsm raft.FSM, opts GroupOptions) error {
 	trans.logs, trans.selfID = g.logs, g.h.id
 	stable := NewStableStore()
 	snaps := &snapshotStore{}
-	if len(opts.Bootstrap) > 0 {
+	if from := opts.RecoverFrom; from != nil && len(opts.Bootstrap) == 0 {
+		if err := g.recoverFrom(conf, fsm, from, stable, snaps, trans); err != nil {
+			_ = trans.Close()
+			return fmt.Errorf("raftgroup: recover group %d from group %d: %w", g.ID, from.ID, err)
+		}
+	} else if len(opts.Bootstrap) > 0 {
 		if err := raft.BootstrapCluster(conf, g.logs, stable, snaps, trans, raft.Configuration{Servers: opts.Bootstrap}); err != nil {
 			_ = trans.Close()
 			return fmt.Errorf("raftgroup: bootstrap group %d: %w", g.ID, err)
@@ -71,7 +84,7 @@ func (g *Group) start(fsm raft.FSM, opts GroupOptions) error {
 		_ = trans.Close()
 		return fmt.Errorf("raftgroup: start group %d: %w", g.ID, err)
 	}
-	g.raft, g.trans, g.snaps = r, trans, snaps
+	g.raft, g.trans, g.snaps, g.stable = r, trans, snaps, stable
 	trans.raft.Store(r)
 	snaps.mu.Lock()
 	snaps.onInstalled = g.snapshotAfterInstall // now that g.raft is set
@@ -88,6 +101,137 @@ func (g *Group) start(fsm raft.FSM, opts GroupOptions) error {
 	r.RegisterObserver(g.observer)
 	g.applies.start(g.h)
 	return nil
+}
+
+// recoverFrom fills g's fresh stores (g.logs, stable, snaps) with a copy
+// of from's state and forces the configuration down to this host alone:
+// see GroupOptions.RecoverFrom. from's stores are only read. from serves
+// no lease read from now on (unless this fails): the new group may take
+// writes from's state machine never sees, even while from still leads.
+func (g *Group) recoverFrom(conf *raft.Config, fsm raft.FSM, from *Group, stable raft.StableStore, snaps *snapshotStore, trans raft.Transport) (err error) {
+	from.lease.changing.Add(1)
+	defer func() {
+		if err != nil {
+			from.lease.changing.Add(-1)
+		}
+	}()
+	if err := from.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+		return fmt.Errorf("snapshot: %w", mapErr(err))
+	}
+	g.commitBase = from.raft.CommitIndex()
+	var snapIndex uint64
+	if metas, err := from.snaps.List(); err != nil {
+		return err
+	} else if len(metas) > 0 {
+		meta, rc, err := from.snaps.Open(metas[0].ID)
+		if err != nil {
+			return err
+		}
+		sink, err := snaps.Create(meta.Version, meta.Index, meta.Term, meta.Configuration, meta.ConfigurationIndex, trans)
+		if err == nil {
+			_, err = io.Copy(sink, rc)
+			if err == nil {
+				err = sink.Close()
+			} else {
+				_ = sink.Cancel()
+			}
+		}
+		_ = rc.Close()
+		if err != nil {
+			return fmt.Errorf("copy snapshot: %w", err)
+		}
+		snapIndex = meta.Index
+	}
+	from.logs.mu.RLock()
+	var entries []*raft.Log
+	for i := range from.logs.logs {
+		if l := from.logs.logs[i]; l.Index > snapIndex {
+			entries = append(entries, &l)
+		}
+	}
+	from.logs.mu.RUnlock()
+	if err := g.logs.StoreLogs(entries); err != nil {
+		return err
+	}
+	// The term goes on from from's: entries appended from now on must not
+	// have a smaller term than those copied (raft's election rule
+	// compares the last entry's term first).
+	term, err := from.stable.GetUint64(keyCurrentTerm)
+	if err != nil {
+		return err
+	}
+	if err := stable.SetUint64(keyCurrentTerm, term); err != nil {
+		return err
+	}
+	self := raft.Configuration{Servers: []raft.Server{{Suffrage: raft.Voter, ID: g.h.id, Address: raft.ServerAddress(g.h.Addr())}}}
+	if err := raft.RecoverCluster(conf, fsm, g.logs, stable, snaps, trans, self); err != nil {
+		return err
+	}
+	g.recoveredFrom.Store(from)
+	return nil
+}
+
+// Abandon shuts down a group recovered from another replica
+// (GroupOptions.RecoverFrom) that its caller does not keep after all: the
+// replica it was recovered from, kept instead, serves lease reads again.
+// On any other group it is Shutdown.
+func (g *Group) Abandon() error {
+	err := g.Shutdown()
+	if from := g.recoveredFrom.Swap(nil); from != nil {
+		from.lease.changing.Add(-1)
+	}
+	return err
+}
+
+// CommandsAfter is the data of the command entries (raft.LogCommand)
+// this replica stores after index, in log order: what a group recovered
+// from it (GroupOptions.RecoverFrom) applies past a state machine that
+// has applied index, committed or not. The slices must not be changed.
+func (g *Group) CommandsAfter(index uint64) [][]byte {
+	s := g.logs
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out [][]byte
+	for i := range s.logs {
+		if l := &s.logs[i]; l.Index > index && l.Type == raft.LogCommand {
+			out = append(out, l.Data)
+		}
+	}
+	return out
+}
+
+// commits is the entries this replica committed, for Stats.
+func (g *Group) commits() uint64 {
+	return g.raft.CommitIndex() - min(g.commitBase, g.raft.CommitIndex())
+}
+
+// keyCurrentTerm is where raft keeps its current term in the stable store.
+var keyCurrentTerm = []byte("CurrentTerm")
+
+// LastLog is the index and term of the last entry this replica stores
+// (committed or not), or of its newest snapshot when the log holds none
+// after it. Of the replicas of a group that lost its majority, the one
+// with the largest (term, index), term first, holds every entry any of
+// them knew committed (Raft's election rule): the one to recover from.
+func (g *Group) LastLog() (index, term uint64) {
+	g.logs.mu.RLock()
+	if n := len(g.logs.logs); n > 0 {
+		index, term = g.logs.logs[n-1].Index, g.logs.logs[n-1].Term
+	}
+	g.logs.mu.RUnlock()
+	if metas, err := g.snaps.List(); err == nil && len(metas) > 0 && metas[0].Index > index {
+		index, term = metas[0].Index, metas[0].Term
+	}
+	return index, term
+}
+
+// LastContact is when this replica last heard from a leader (zero if
+// never; raft.Raft.LastContact), or now when it leads.
+func (g *Group) LastContact() time.Time {
+	if g.IsLeader() {
+		return time.Now()
+	}
+	return g.raft.LastContact()
 }
 
 // snapshotForLog snapshots the group because its log passed MaxLogBytes;
@@ -394,6 +538,20 @@ func (g *Group) Configuration() ([]raft.Server, error) {
 		return nil, mapErr(err)
 	}
 	return f.Configuration().Servers, nil
+}
+
+// Barrier waits, on the leader, until an entry appended now is committed
+// and every entry before it applied: whatever this replica's log held when
+// it was called is then committed, by a majority in this leader's term.
+func (g *Group) Barrier(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrTimeout, err)
+	}
+	var timeout time.Duration
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	return g.do(ctx, func() raft.Future { return g.raft.Barrier(timeout) })
 }
 
 // Shutdown stops this replica: its transport first, so raft goroutines

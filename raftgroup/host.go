@@ -271,6 +271,24 @@ type GroupOptions struct {
 	// which must include this host. Empty: the replica starts with no
 	// configuration and waits for a leader to add it.
 	Bootstrap []raft.Server
+	// RecoverFrom, when set (Bootstrap empty), starts the group from the
+	// state of another replica on this host, of a group that lost its
+	// majority for good: its latest snapshot (taken first), the log
+	// entries it stores after that, and its term, copied into this
+	// group's fresh stores, with the configuration forced down to this
+	// host alone (raft.RecoverCluster). The new group then elects itself;
+	// the caller adds replicas with AddVoter. RecoverFrom itself is left
+	// running, untouched: the caller shuts it down once the new group has
+	// started, so a failure leaves it as it was.
+	//
+	// RecoverCluster counts every copied entry as committed, so an entry
+	// RecoverFrom stored that never committed applies (a write whose
+	// caller was told its outcome is unknown may take effect), and an
+	// entry committed without RecoverFrom (acknowledged by the lost
+	// majority, never appended to it) is lost. The state machine must
+	// reset on Restore (raft's contract); indexes and terms go on from
+	// RecoverFrom's, so versions stamped with log indexes keep growing.
+	RecoverFrom *Group
 }
 
 // CreateGroup starts this node's replica of group id, applying to fsm.

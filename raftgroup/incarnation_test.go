@@ -2,6 +2,7 @@ package raftgroup
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -20,19 +21,25 @@ import (
 func TestRestartedNodeDoesNotAnswerForItsOldIncarnation(t *testing.T) {
 	c := newTestCluster(t, 3, 1)
 	c.waitLeaders(1, 10*time.Second)
-	li := c.leader(0)
-	bi, ci := (li+1)%3, (li+2)%3
-	L, B, C := c.hosts[li], c.hosts[bi], c.hosts[ci]
-
-	c.faults.Isolate(C.Addr(), L.Addr(), B.Addr())
-	set(t, L.Group(0), "w", "acknowledged")
+	// W through L with C cut off; should leadership move during the
+	// write, all again with the roles of the next leader (the write is
+	// idempotent).
+	var li, bi, ci int
+	var L, B, C *Host
+	c.onLeader(0, "W written with C cut off", func(l int) error {
+		c.faults.HealAll()
+		li, bi, ci = l, (l+1)%3, (l+2)%3
+		L, B, C = c.hosts[li], c.hosts[bi], c.hosts[ci]
+		c.faults.Isolate(C.Addr(), L.Addr(), B.Addr())
+		return applyWrite(L.Group(0), "w", "acknowledged")
+	})
 
 	c.faults.Isolate(L.Addr(), B.Addr(), C.Addr())
 	bAddr := B.Addr()
 	if err := B.Close(); err != nil {
 		t.Fatal(err)
 	}
-	cfg := fastConfig(B.NodeID(), c.faults)
+	cfg := c.config(B.NodeID())
 	cfg.BindAddr = bAddr
 	B2, err := NewHost(cfg)
 	if err != nil {
@@ -54,23 +61,19 @@ func TestRestartedNodeDoesNotAnswerForItsOldIncarnation(t *testing.T) {
 		"C was elected with a vote cast in the old incarnation's name")
 
 	c.faults.HealAll()
-	var leader *Group
-	eventually(t, 15*time.Second, "a leader after the heal", func() bool {
-		for _, h := range []*Host{L, C} {
-			if g := h.Group(0); g.IsLeader() {
-				leader = g
-				return true
-			}
+	// Through the leader of the moment (L or C: B's new replica is empty);
+	// the write is applied after everything that leader's log holds, so
+	// once L and C have applied it, each must hold W.
+	c.setViaLeader(0, "after", "heal")
+	for _, i := range []int{li, ci} {
+		f := c.fsms[i][0]
+		eventually(t, 15*time.Second, fmt.Sprintf("host %d to apply the write after the heal", i), func() bool {
+			_, _, ok, _ := f.Get(0, "after", fsm.NowNanos())
+			return ok
+		})
+		if v, _, ok, _ := f.Get(0, "w", fsm.NowNanos()); !ok || string(v) != "acknowledged" {
+			t.Fatalf("acknowledged write lost on host %d: got %q, %v", i, v, ok)
 		}
-		return false
-	})
-	set(t, leader, "after", "heal") // applied after everything the leader's log holds
-	f := c.fsms[li][0]
-	if leader == C.Group(0) {
-		f = c.fsms[ci][0]
-	}
-	if v, _, ok, _ := f.Get(0, "w", fsm.NowNanos()); !ok || string(v) != "acknowledged" {
-		t.Fatalf("acknowledged write lost: got %q, %v", v, ok)
 	}
 }
 

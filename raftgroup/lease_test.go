@@ -2,6 +2,7 @@ package raftgroup
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/gridkv/gridkv/fsm"
+	"github.com/gridkv/gridkv/internal/testutil"
 )
 
 // fakeClock is a Clock the test moves by hand; wall follows mono unless
@@ -134,18 +136,11 @@ func TestLeaseOffDuringConfigurationChange(t *testing.T) {
 func TestLeaseEndsBeforeAnotherLeaderIsElected(t *testing.T) {
 	c := newTestCluster(t, 3, 1)
 	c.waitLeaders(1, 10*time.Second)
-	old := c.leader(0)
+	old, term := c.leaseHolder(0)
 	g := c.hosts[old].Group(0)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := g.ReadIndex(ctx); err != nil { // the term's barrier
-		t.Fatal(err)
-	}
-	eventually(t, 5*time.Second, "a lease", func() bool { _, term, ok := g.LeaseIndex(); return ok && held(g.ConfirmLease(term)) })
 
 	// The lease's own claim, not LeaseHeld: raft's step-down (at
 	// LeaderLeaseTimeout) must not be what keeps it safe.
-	term := g.Raft().CurrentTerm()
 	var lastHeld atomic.Int64
 	stop := make(chan struct{})
 	done := make(chan struct{})
@@ -157,8 +152,11 @@ func TestLeaseEndsBeforeAnotherLeaderIsElected(t *testing.T) {
 				return
 			default:
 			}
-			if held(g.lease.valid(term)) {
-				lastHeld.Store(time.Now().UnixNano())
+			// The time of the check itself (the lease's wall clock,
+			// time.Now's): not read before it (a held lease dated too
+			// early) nor after it (too late, after a preemption).
+			if wall, ok := g.lease.valid(term); ok {
+				lastHeld.Store(wall)
 			}
 		}
 	}()
@@ -190,17 +188,15 @@ func TestLeaseEndsBeforeAnotherLeaderIsElected(t *testing.T) {
 }
 
 func TestTransferEndsLeaseAndStaleTimeoutNowIsDropped(t *testing.T) {
-	c := newTestCluster(t, 3, 1)
-	c.waitLeaders(1, 10*time.Second)
+	// The follower must stay a follower, and refuse a vote for having
+	// heard from its leader, through windows that a stall of a 300ms
+	// HeartbeatTimeout would break: 1s timings.
+	c := newTestCluster(t, 3, 1, slowTimings)
+	c.waitLeaders(1, 15*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	old := c.leader(0)
+	old, term := c.leaseHolder(0)
 	g := c.hosts[old].Group(0)
-	if _, err := g.ReadIndex(ctx); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 5*time.Second, "a lease", func() bool { _, term, ok := g.LeaseIndex(); return ok && held(g.ConfirmLease(term)) })
-	term := g.Raft().CurrentTerm()
 
 	// A TimeoutNow from an earlier term (a delayed frame) is dropped.
 	f := (old + 1) % 3
@@ -211,11 +207,15 @@ func TestTransferEndsLeaseAndStaleTimeoutNowIsDropped(t *testing.T) {
 	if err == nil {
 		t.Fatal("a TimeoutNow of an earlier term was accepted")
 	}
+	// A TimeoutNow taken makes it a candidate at once; without one, it
+	// leaves only after 1s (its HeartbeatTimeout, at least) without its
+	// leader: half that is a window a stall does not break.
 	stayFalse(t, 500*time.Millisecond, func() bool { return c.hosts[f].Group(0).Raft().State() != raft.Follower },
 		"the follower left the follower state on a stale TimeoutNow")
 
 	// A vote request without a transfer is refused by a follower that
-	// just heard from its leader.
+	// just heard from its leader (heartbeats every 100ms or so; the vote
+	// guard holds for 1s after the last).
 	vreq := &raft.RequestVoteRequest{RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(c.hosts[old].ID()), Addr: []byte(c.hosts[old].Addr())},
 		Term: term + 1, LastLogIndex: 1 << 40, LastLogTerm: term}
 	var vresp raft.RequestVoteResponse
@@ -241,10 +241,12 @@ func TestTransferEndsLeaseAndStaleTimeoutNowIsDropped(t *testing.T) {
 func TestFollowersLearnCommitPromptly(t *testing.T) {
 	c := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.CommitTimeout = 5 * time.Second })
 	c.waitLeaders(1, 10*time.Second)
-	l := c.leader(0)
-	set(t, c.hosts[l].Group(0), "k", "v")
+	c.setViaLeader(0, "k", "v")
 	start := time.Now()
-	eventually(t, time.Second, "every follower to apply the write", func() bool {
+	// Well under CommitTimeout, which is what followers would wait without
+	// the prompt notice; not much under, for a loaded machine running the
+	// race detector (1 s was missed once there).
+	eventually(t, 3*time.Second, "every follower to apply the write", func() bool {
 		for i := range c.hosts {
 			if _, _, ok, _ := c.fsms[i][0].Get(0, "k", fsm.NowNanos()); !ok {
 				return false
@@ -258,18 +260,15 @@ func TestFollowersLearnCommitPromptly(t *testing.T) {
 // The lease is off during a configuration change and back after it, in
 // the same term, counting the new configuration's voters.
 func TestLeaseAfterConfigurationChange(t *testing.T) {
-	c := newTestCluster(t, 3, 1)
-	c.waitLeaders(1, 10*time.Second)
+	// 1s timings: the removal must not meet an election of a stall's
+	// making, and any error of it fails the test.
+	c := newTestCluster(t, 3, 1, slowTimings)
+	c.waitLeaders(1, 15*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	l := c.leader(0)
+	l, term := c.leaseHolder(0)
 	g := c.hosts[l].Group(0)
-	if _, err := g.ReadIndex(ctx); err != nil {
-		t.Fatal(err)
-	}
 	held := func() bool { _, term, ok := g.LeaseIndex(); return ok && held(g.ConfirmLease(term)) }
-	eventually(t, 5*time.Second, "a lease", held)
-	term := g.Raft().CurrentTerm()
 	f := (l + 1) % 3
 	if err := g.RemoveServer(ctx, c.hosts[f].ID()); err != nil {
 		t.Fatal(err)
@@ -284,4 +283,36 @@ func TestLeaseAfterConfigurationChange(t *testing.T) {
 	if len(got) != 2 {
 		t.Fatalf("lease voters %v, want the 2 that stay", got)
 	}
+}
+
+// leaseHolder waits for a replica of group g to lead and hold its lease,
+// after a ReadIndex (the term's barrier), and returns its host index and
+// the lease's term. Should leadership move first, it waits for the next
+// leader's lease.
+func (c *testCluster) leaseHolder(g GroupID) (li int, term uint64) {
+	c.t.Helper()
+	c.onLeader(g, fmt.Sprintf("a lease of group %d", g), func(l int) error {
+		gr := c.hosts[l].Group(g)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := gr.ReadIndex(ctx); err != nil {
+			return err
+		}
+		moved := false
+		if !testutil.Within(5*time.Second, func() bool {
+			if _, t, ok := gr.LeaseIndex(); ok && held(gr.ConfirmLease(t)) {
+				li, term = l, t
+				return true
+			}
+			moved = !gr.IsLeader()
+			return moved
+		}) {
+			return fmt.Errorf("host %d leads without a lease for 5s", l)
+		}
+		if moved {
+			return errMoved
+		}
+		return nil
+	})
+	return li, term
 }

@@ -481,7 +481,13 @@ func (m *mux) installSnapshot(target string, to uint64, group uint64, args *raft
 	stop := closeOnSignal(m.closed, conn)
 	defer stop()
 
-	bw := bufio.NewWriterSize(conn, 64<<10)
+	var w io.Writer = conn
+	if p, err := m.peerFor(target); err == nil && p.stats != nil {
+		// Counted with the peer's frames (its connection of its own is
+		// not one of the peer's, which PeerStats lists by).
+		w = &peerWriter{w: conn, peer: p.stats}
+	}
+	bw := bufio.NewWriterSize(w, 64<<10)
 	hello := helloFrame(kindHello, m.addr)
 	req := appendHeader(nil, frameHeader{kind: kindInstallSnapshot, group: group, to: to})
 	req = appendInstallSnapshotRequest(req, args)

@@ -419,7 +419,10 @@ func TestSnapshotStoreInstalled(t *testing.T) {
 func TestLaggingFollowerInstallsRetainedSnapshot(t *testing.T) {
 	// No periodic snapshots: raft's check would take one soon after an
 	// install too (with the log emptied, its entry count underflows).
-	c := newTestCluster(t, 3, 0, func(cfg *Config) { cfg.SnapshotInterval = time.Hour })
+	// 300 writes and a snapshot through one leader, which must still lead
+	// when the follower comes back: slow timings keep a stall from
+	// electing another.
+	c := newTestCluster(t, 3, 0, slowTimings, func(cfg *Config) { cfg.SnapshotInterval = time.Hour })
 	var servers []raft.Server
 	for _, h := range c.hosts {
 		servers = append(servers, raft.Server{ID: h.ID(), Address: raft.ServerAddress(h.Addr())})
@@ -431,8 +434,8 @@ func TestLaggingFollowerInstallsRetainedSnapshot(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c.waitLeaders(1, 10*time.Second)
-	li := c.leader(0)
+	c.waitLeaders(1, 15*time.Second)
+	li := c.waitLeader(0)
 	l := c.hosts[li].Group(0)
 	lag := (li + 1) % 3
 	var others []string

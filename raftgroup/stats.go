@@ -47,6 +47,14 @@ type Stats struct {
 // Stats returns the host's counters so far.
 func (h *Host) Stats() Stats {
 	s := &h.mux.stats
+	// The histograms before the counters: a write or an append is counted
+	// before it is observed, so, with traffic flowing, a histogram's Count
+	// never exceeds its counter (Writes, AppendEntries) in one snapshot.
+	var perWrite, perAppend Sizes
+	d := h.mux.detail
+	if d != nil {
+		perWrite, perAppend = d.framesPerWrite.sizes(0), d.entriesPerAppend.sizes(0)
+	}
 	st := Stats{
 		FramesWritten: s.framesWritten.Load(),
 		Writes:        s.writes.Load(),
@@ -57,16 +65,16 @@ func (h *Host) Stats() Stats {
 		Applies:       s.applies.Load(),
 		Goroutines:    s.goroutines.Load(),
 	}
-	if d := h.mux.detail; d != nil {
-		st.FramesPerWrite = d.framesPerWrite.sizes(st.FramesWritten)
-		st.EntriesPerAppend = d.entriesPerAppend.sizes(st.Entries)
+	if d != nil {
+		perWrite.Sum, perAppend.Sum = st.FramesWritten, st.Entries
+		st.FramesPerWrite, st.EntriesPerAppend = perWrite, perAppend
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	st.Commits, st.LeaseHits, st.LeaseMisses = h.mu.retired.commits, h.mu.retired.leaseHits, h.mu.retired.leaseMisses
 	for _, g := range h.mu.groups {
 		if g.started {
-			st.Commits += g.raft.CommitIndex()
+			st.Commits += g.commits()
 			st.LeaseHits += g.lease.hits.Load()
 			st.LeaseMisses += g.lease.misses.Load()
 		}
@@ -83,7 +91,7 @@ type retiredStats struct {
 // retireLocked adds g's final counters to the host's tally as g leaves the
 // host's groups; h.mu is held.
 func (h *Host) retireLocked(g *Group) {
-	h.mu.retired.commits += g.raft.CommitIndex()
+	h.mu.retired.commits += g.commits()
 	h.mu.retired.leaseHits += g.lease.hits.Load()
 	h.mu.retired.leaseMisses += g.lease.misses.Load()
 }
@@ -230,5 +238,19 @@ func (c *countingReader) Read(p []byte) (int, error) {
 		c.peer.reads.Add(1)
 		c.peer.bytesRead.Add(uint64(n))
 	}
+	return n, err
+}
+
+// peerWriter counts in peer the writes and bytes that reach the
+// connection under a bufio.Writer: a snapshot's stream.
+type peerWriter struct {
+	w    io.Writer
+	peer *peerCounters
+}
+
+func (c *peerWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.peer.writes.Add(1)
+	c.peer.bytesWritten.Add(uint64(n))
 	return n, err
 }

@@ -79,9 +79,7 @@ func TestTLSMuxRefusesWrongCertificate(t *testing.T) {
 	if err := c.hosts[1].Ping(ctx, c.hosts[0].ID(), c.hosts[0].Addr()); err != nil {
 		t.Fatalf("Ping over TLS: %v", err)
 	}
-	if gr := c.hosts[c.leader(0)].Group(0); gr != nil {
-		set(t, gr, "k", "v") // replication over TLS
-	}
+	c.setViaLeader(0, "k", "v") // replication over TLS
 	served.Store(0)
 
 	rogueVerifying := rogue.Config(t, "rogue")

@@ -150,7 +150,7 @@ func (c *Cluster) open(cfg gridkv.Config) (*gridkv.DB, *testhook.Hooks, error) {
 	return db.(*gridkv.DB), h, nil
 }
 
-// Restart starts crashed node n again on its old addresses, under its
+// Restart starts crashed (or stopped) node n again on its old addresses, under its
 // NodeID, joining through every other live node: a new incarnation, as
 // after kill -9 and a restart by a supervisor. It returns at once; the
 // node's ranges are re-replicated to it by their leaders.
@@ -249,12 +249,32 @@ func (c *Cluster) Heal() { c.Faults.HealAll() }
 
 // Crash stops n the way a crash would; all its state is gone.
 func (c *Cluster) Crash(n *Node) {
-	if node := n.hook(); node != nil && n.crashed.CompareAndSwap(false, true) {
-		hits, misses := node.LeaseStats()
-		c.leaseGone[0].Add(hits)
-		c.leaseGone[1].Add(misses)
+	if node, ok := c.takeDown(n); ok {
 		node.Crash()
 	}
+}
+
+// takeDown marks n down, unless it is already, and keeps its lease
+// counts (LeaseStats); the caller then crashes or closes it.
+func (c *Cluster) takeDown(n *Node) (testhook.Node, bool) {
+	node := n.hook()
+	if node == nil || !n.crashed.CompareAndSwap(false, true) {
+		return nil, false
+	}
+	hits, misses := node.LeaseStats()
+	c.leaseGone[0].Add(hits)
+	c.leaseGone[1].Add(misses)
+	return node, true
+}
+
+// Stop closes n gracefully (DB.Close: it leaves the cluster, its replicas
+// re-replicated first where the others can hold them); Restart starts it
+// again, as a new incarnation.
+func (c *Cluster) Stop(n *Node) error {
+	if _, ok := c.takeDown(n); !ok {
+		return fmt.Errorf("tests: %s is not running", n.Name)
+	}
+	return n.DB().Close()
 }
 
 // LeaseStats sums the lease reads served (hits) and not (misses) on
@@ -380,21 +400,28 @@ func (c *Cluster) Describe() string {
 // configuration holds exactly the leader's state; otherwise it says which
 // range differs.
 func (c *Cluster) Converged() (bool, string) {
+	var reps []testhook.Replica
+	for _, n := range c.Live() {
+		reps = append(reps, n.hook().Ranges()...)
+	}
+	return converged(reps)
+}
+
+// converged is Converged on the replicas every live node reported.
+func converged(reps []testhook.Replica) (bool, string) {
 	type held struct {
 		digest uint64
 		keys   int
 	}
 	byServer := map[int]map[string]held{} // range -> server id -> state
 	leaders := map[int][]string{}         // range -> voters, per its leader
-	for _, n := range c.Live() {
-		for _, rep := range n.hook().Ranges() {
-			if byServer[rep.Range] == nil {
-				byServer[rep.Range] = map[string]held{}
-			}
-			byServer[rep.Range][rep.ServerID] = held{rep.Digest, rep.Keys}
-			if rep.Leader {
-				leaders[rep.Range] = rep.Voters
-			}
+	for _, rep := range reps {
+		if byServer[rep.Range] == nil {
+			byServer[rep.Range] = map[string]held{}
+		}
+		byServer[rep.Range][rep.ServerID] = held{rep.Digest, rep.Keys}
+		if rep.Leader {
+			leaders[rep.Range] = rep.Voters
 		}
 	}
 	for r, servers := range byServer {
@@ -421,9 +448,14 @@ func (c *Cluster) Converged() (bool, string) {
 
 // WaitConverged polls Converged until it holds or timeout passes.
 func (c *Cluster) WaitConverged(timeout time.Duration) error {
+	return waitConverged(timeout, c.Converged)
+}
+
+// waitConverged polls converged until it holds or timeout passes.
+func waitConverged(timeout time.Duration, converged func() (bool, string)) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		ok, why := c.Converged()
+		ok, why := converged()
 		if ok {
 			return nil
 		}

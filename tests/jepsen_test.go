@@ -38,11 +38,7 @@ func TestScenarios(t *testing.T) {
 		t.Run(s.Name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
-			out := os.Getenv("GRIDKV_JEPSEN_OUT") // keeps visualizations; default: a temporary directory
-			if out == "" {
-				out = t.TempDir()
-			}
-			rep, err := Run(ctx, s, Options{Seed: seed, OutDir: out, Progress: testWriter{t}})
+			rep, err := Run(ctx, s, Options{Seed: seed, OutDir: outDir(t), Progress: testWriter{t}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -120,21 +116,37 @@ func runControl(t *testing.T, name string) {
 	if !ok {
 		t.Fatalf("control %s: no scenario %q", name, ctl.Scenario)
 	}
-	// A control's bug shows only when a race goes its way (the lease
-	// controls most of all: an election inside a few hundred ms), so a
-	// control has controlAttempts runs, each with the next seed, to be
-	// caught once; each miss is logged.
-	const controlAttempts = 3
 	seed := suiteSeed(t)
-	out := os.Getenv("GRIDKV_JEPSEN_OUT")
-	if out == "" {
-		out = t.TempDir()
-	}
+	out := outDir(t)
 	s, tune := ctl.Apply(s, nil)
+	catchControl(t, ctl, seed, func(ctx context.Context, seed uint64) (*Report, error) {
+		return Run(ctx, s, Options{Seed: seed, Tune: tune, OutDir: out, Progress: testWriter{t}})
+	}, fmt.Sprintf("go run ./cmd/gridkv-jepsen -%s -seed %d", name, seed))
+}
+
+// outDir is where failed runs' visualizations go: GRIDKV_JEPSEN_OUT, or
+// the test's temporary directory.
+func outDir(t *testing.T) string {
+	if out := os.Getenv("GRIDKV_JEPSEN_OUT"); out != "" {
+		return out
+	}
+	return t.TempDir()
+}
+
+// controlAttempts is how many runs, each with the next seed, a negative
+// control has to be caught once.
+const controlAttempts = 3
+
+// catchControl runs ctl's scenario (run) with seed, then the next seeds,
+// until a run catches it, and fails t if none of controlAttempts does. A
+// control's bug shows only when a race goes its way (the lease controls
+// most of all: an election inside a few hundred ms); each miss is logged.
+func catchControl(t *testing.T, ctl Control, seed uint64, run func(ctx context.Context, seed uint64) (*Report, error), rerun string) {
+	t.Helper()
 	var missed []string
 	for attempt := range uint64(controlAttempts) {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		rep, err := Run(ctx, s, Options{Seed: seed + attempt, Tune: tune, OutDir: out, Progress: testWriter{t}})
+		rep, err := run(ctx, seed+attempt)
 		cancel()
 		if err != nil {
 			t.Fatal(err)
@@ -151,10 +163,10 @@ func runControl(t *testing.T, name string) {
 			what = "passed the scan check"
 		}
 		missed = append(missed, fmt.Sprintf("seed %d %s", seed+attempt, what))
-		t.Logf("negative control %s not caught with seed %d (%s); %d runs left", name, seed+attempt, what, controlAttempts-1-attempt)
+		t.Logf("negative control %s not caught with seed %d (%s); %d runs left", ctl.Name, seed+attempt, what, controlAttempts-1-int(attempt))
 	}
-	t.Fatalf("negative control %s (%s) not caught in %d runs: %s (rerun: go run ./cmd/gridkv-jepsen -%s -seed %d)",
-		name, ctl.Doc, controlAttempts, strings.Join(missed, "; "), name, seed)
+	t.Fatalf("negative control %s (%s) not caught in %d runs: %s (rerun: %s)",
+		ctl.Name, ctl.Doc, controlAttempts, strings.Join(missed, "; "), rerun)
 }
 
 type testWriter struct{ t *testing.T }

@@ -78,8 +78,9 @@ func (h nodeLines) count(node, sub string) int {
 // per node (go run ./cmd/gridkv-jepsen -logcount 60s), and a 3s cut here
 // some 300 per node; after, 6 to 14 WARN and ERROR lines per node, 6 of
 // them gridkv's own reconcile warnings (already one per group and step per
-// 10s). The bound leaves room for a loaded machine (elections more, a
-// reconcile step more), not for a flood.
+// 10s). The bound, 60, leaves room for a loaded machine (stalls stretch
+// the cut and set off more elections, in more groups, each a few more
+// lines and reconcile-step warnings), not for a flood.
 func TestIsolatedNodeIsFewLines(t *testing.T) {
 	logs := nodeLines{mu: &sync.Mutex{}, lines: map[string][]string{}}
 	base := gridkv.Config{Timing: gridkv.LocalTiming(), GroupsPerNode: 16, Logger: slog.New(logs)}
@@ -129,8 +130,8 @@ func TestIsolatedNodeIsFewLines(t *testing.T) {
 			}
 		}
 		t.Logf("%s: %d WARN/ERROR lines over %v cut off and healed:\n  %s", n.Name, loud, time.Since(start).Round(time.Millisecond), strings.Join(lines, "\n  "))
-		if loud > 40 {
-			t.Errorf("%s: %d WARN/ERROR lines, want at most 40", n.Name, loud)
+		if loud > 60 {
+			t.Errorf("%s: %d WARN/ERROR lines, want at most 60", n.Name, loud)
 		}
 	}
 }

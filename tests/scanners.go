@@ -161,7 +161,7 @@ func (sw *steadyWriter) put(key string) bool {
 	sw.seq++
 	ni := sw.ss.liveNode(sw.seq)
 	in := Input{Kind: OpPut, Key: key, Value: fmt.Sprintf("steady-%d", sw.seq), Node: ni}
-	out, failed := execute(sw.ss.c.Nodes[ni].DB(), in, sw.ss.w, sw.ss.w.Timeout, sw.ss.h, sw.client)
+	out, failed := execute(dbStore{sw.ss.c.Nodes[ni].DB()}, in, sw.ss.w, sw.ss.w.Timeout, sw.ss.h, sw.client)
 	return !failed && !out.Unknown
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -348,6 +347,7 @@ type Report struct {
 	// the lease (hits), and not (misses: no lease, or it lapsed before the
 	// confirmation; those went the ReadIndex way).
 	LeaseHits, LeaseMisses uint64
+	FinalRetries           FinalRetries   // final reads that had to be tried again
 	Problems               []string       // anything wrong besides the linearizability result
 	Errors                 map[string]int // errors the clients saw, by kind
 	Outcomes               map[string]int // Incrs and CompareAndDeletes by what they did (see outcome)
@@ -411,6 +411,10 @@ func (r *Report) String() string {
 		}
 		fmt.Fprintf(&b, "  %6d x %s\n", r.Errors[k], k)
 	}
+	if fr := r.FinalRetries; fr.Reads > 0 {
+		fmt.Fprintf(&b, "  final reads tried again: %d, the longest succeeded after %v; first failure: %s\n",
+			fr.Reads, fr.Longest.Round(time.Millisecond), fr.FirstErr)
+	}
 	for _, p := range r.Problems {
 		fmt.Fprintf(&b, "  problem: %s\n", p)
 	}
@@ -461,9 +465,6 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 	began := time.Now()
 	if o.Scale <= 0 {
 		o.Scale = 1
-	}
-	if o.CheckTimeout <= 0 {
-		o.CheckTimeout = time.Minute
 	}
 	progress := func(format string, args ...any) {
 		if o.Progress != nil {
@@ -517,40 +518,22 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 		progress("%d scanners on prefix %q, %d steady keys", scannerCount, sc.prefix, len(steady))
 	}
 	clientsDone := make(chan struct{})
-	go func() { defer close(clientsDone); runClients(c, s.Workload, o.Seed, h, stop) }()
+	go func() { defer close(clientsDone); runClients(c, workloadKeys, s.Workload, o.Seed, h, stop) }()
 
 	// The nemesis: a quiet first second, then faults on and off.
-	rng := rand.New(rand.NewPCG(o.Seed, 0xfa017))
 	nem := s.Nemesis()
-	end := time.Now().Add(time.Duration(float64(s.Duration) * o.Scale))
-	wait := func(d time.Duration) { // or until ctx ends; the loop checks ctx
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-		}
+	fault := scheduled{
+		start: func(rng *rand.Rand) string { return nem.Start(c, rng) },
+		stop: func() string {
+			nem.Stop(c)
+			if sm, ok := nem.(interface{ Summary() string }); ok {
+				return sm.Summary()
+			}
+			return ""
+		},
 	}
-	wait(time.Second)
-	progress("workload of %d clients on %d keys, nemesis %s", s.Workload.Clients, s.Workload.Keys, nem.Name())
-	for ctx.Err() == nil && time.Now().Add(s.FaultFor).Before(end) {
-		w := Window{Start: h.now()}
-		w.Fault = nem.Start(c, rng)
-		wait(s.FaultFor)
-		nem.Stop(c)
-		w.End = h.now()
-		if sm, ok := nem.(interface{ Summary() string }); ok && w.Fault != "" {
-			w.Fault += ": " + sm.Summary()
-		}
-		if w.Fault != "" {
-			rep.Windows = append(rep.Windows, w)
-			progress("%s (healed)", w.Fault)
-		}
-		wait(s.HealFor)
-	}
-	if rem := time.Until(end); rem > 0 {
-		wait(rem)
-	}
+	rep.Windows = runSchedule(ctx, h, schedule{Seed: o.Seed, Duration: time.Duration(float64(s.Duration) * o.Scale), FaultFor: s.FaultFor, HealFor: s.HealFor},
+		fault, progress, fmt.Sprintf("workload of %d clients on %d keys, nemesis %s", s.Workload.Clients, s.Workload.Keys, nem.Name()))
 	close(stop)
 	<-clientsDone
 	var scans []*scanRecord
@@ -564,52 +547,12 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 		return nil, err
 	}
 
-	// After the heal, every key must take a write within RecoveryBound;
-	// these writes join the history.
 	healed := time.Now()
 	progress("healed; writing every key")
-	for k, key := range keys {
-		for try := 0; ; try++ {
-			in := Input{Kind: OpPut, Key: key, Value: fmt.Sprintf("heal-%d-%d", k, try), Node: try % len(c.Nodes)}
-			n := c.Nodes[in.Node]
-			if n.Crashed() {
-				continue // the harness never crashes them all
-			}
-			out, failed := execute(n.DB(), in, s.Workload, time.Second, h, s.Workload.Clients+len(c.Nodes))
-			if !out.Unknown && !failed {
-				break
-			}
-			if time.Since(healed) > RecoveryBound {
-				rep.Problems = append(rep.Problems, fmt.Sprintf("%s took no write within %v of the heal: %s", in.Key, RecoveryBound, out.Err))
-				break
-			}
-		}
-	}
+	rep.Problems = append(rep.Problems, writeEveryKey(c, keys, s.Workload, h)...)
 	rep.Recovery = time.Since(healed)
-
-	// Final reads through every live node: every acknowledged write must
-	// be there, as the linearizability check of these reads proves.
-	final := map[string]string{} // for the watch check
-	for ni, n := range c.Nodes {
-		if n.Crashed() {
-			continue
-		}
-		for _, key := range keys {
-			in := Input{Kind: OpGet, Key: key, Mode: ReadDefault, Node: ni}
-			var failed bool
-			var out Output
-			for try := 0; try < 10; try++ {
-				if out, failed = execute(n.DB(), in, s.Workload, 2*time.Second, h, s.Workload.Clients+ni); !failed {
-					break
-				}
-			}
-			if failed {
-				rep.Problems = append(rep.Problems, fmt.Sprintf("final read of %s through %s kept failing: %s", in.Key, n.Name, out.Err))
-			} else {
-				final[key] = out.Value
-			}
-		}
-	}
+	final, problems, retries := readEveryKey(c, keys, s.Workload, h)
+	rep.Problems, rep.FinalRetries = append(rep.Problems, problems...), retries
 
 	if ws != nil {
 		progress("waiting for the watchers to see the final values")
@@ -654,26 +597,7 @@ func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
 		rep.Problems = append(rep.Problems, err.Error())
 	}
 
-	availability(h, rep.Windows)
-	sortedWindows(rep.Windows)
-	rep.Problems = append(rep.Problems, checkWeakReads(h)...)
-	h.mu.Lock()
-	rep.Ops, rep.OK, rep.Failed, rep.Unknown, rep.Checked = h.total, h.ok, h.failed, h.unknown, len(h.ops)
-	rep.Errors, rep.Outcomes = h.errors, h.outcomes
-	h.mu.Unlock()
-	viz := ""
-	if o.OutDir != "" {
-		viz = filepath.Join(o.OutDir, fmt.Sprintf("%s-%d.html", s.Name, o.Seed))
-	}
-	progress("checking %d operations", rep.Checked)
-	res, took, err := checkLinearizable(h, rep.Windows, o.CheckTimeout, viz)
-	rep.Result, rep.Check = res, took
-	if res != porcupine.Ok && viz != "" && err == nil {
-		rep.Viz = viz
-	}
-	if err != nil {
-		rep.Problems = append(rep.Problems, "writing the visualization: "+err.Error())
-	}
+	checkHistory(h, rep, s.Name, o, progress)
 	rep.Elapsed = time.Since(began)
 	return rep, nil
 }

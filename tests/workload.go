@@ -48,14 +48,24 @@ func (m ReadMode) String() string {
 // linearizable model; the others are only checked to return written values.
 func (m ReadMode) linearizable() bool { return m <= ReadMajority }
 
+// quorum is how many of replicas a Quorum read in this mode asks; 0 for
+// the modes that are not Quorum reads.
+func (m ReadMode) quorum(replicas int) int {
+	switch m {
+	case ReadMajority:
+		return replicas/2 + 1
+	case ReadOne:
+		return 1
+	}
+	return 0
+}
+
 func (m ReadMode) options(replicas int) []gridkv.ReadOption {
 	switch m {
 	case ReadIndex:
 		return []gridkv.ReadOption{gridkv.ReadIndex()}
-	case ReadMajority:
-		return []gridkv.ReadOption{gridkv.Quorum(replicas/2 + 1)}
-	case ReadOne:
-		return []gridkv.ReadOption{gridkv.Quorum(1)}
+	case ReadMajority, ReadOne:
+		return []gridkv.ReadOption{gridkv.Quorum(m.quorum(replicas))}
 	case ReadStale:
 		return []gridkv.ReadOption{gridkv.Stale()}
 	}
@@ -295,16 +305,65 @@ func KeysPlannedFor(i int) func(c *Cluster, keys int) []string {
 	}
 }
 
-// runClients runs w's clients until stop closes. Client i talks to node
-// i mod N, moving on to the next live node if that one crashed.
-func runClients(c *Cluster, w Workload, seed uint64, h *History, stop <-chan struct{}) {
-	keys := w.keys(c)
+// kvStore is where a client's operations go: a node of an in-process
+// Cluster (dbStore), or a node process of a ProcCluster (procStore). Its
+// errors follow gridkv's contract (gridkv/errors.go): ErrNotFound,
+// ErrInvalid, and "outcome unknown" in the text of a write that may have
+// applied. Safe for concurrent use.
+type kvStore interface {
+	Get(ctx context.Context, key string, mode ReadMode, replicas int) ([]byte, error)
+	Set(ctx context.Context, key string, value []byte) error
+	Delete(ctx context.Context, key string) error
+	CompareAndSwap(ctx context.Context, key string, old, new []byte) (bool, error)
+	CompareAndDelete(ctx context.Context, key string, old []byte) (bool, error)
+	Incr(ctx context.Context, key string, delta int64) (int64, error)
+}
+
+// dbStore is a kvStore on a gridkv.DB.
+type dbStore struct{ *gridkv.DB }
+
+var _ kvStore = dbStore{}
+
+func (s dbStore) Get(ctx context.Context, key string, mode ReadMode, replicas int) ([]byte, error) {
+	return s.DB.Get(ctx, key, mode.options(replicas)...)
+}
+
+func (s dbStore) Set(ctx context.Context, key string, value []byte) error {
+	return s.DB.Set(ctx, key, value)
+}
+
+func (s dbStore) CompareAndSwap(ctx context.Context, key string, old, new []byte) (bool, error) {
+	return s.DB.CompareAndSwap(ctx, key, old, new)
+}
+
+// nodeSet is the nodes the clients and the final phase talk to: a
+// Cluster's or a ProcCluster's. Safe for concurrent use.
+type nodeSet interface {
+	size() int
+	// store is node i's kvStore, and whether the node is up (not crashed
+	// nor killed by the nemesis).
+	store(i int) (kvStore, bool)
+	name(i int) string // for reports
+}
+
+func (c *Cluster) size() int { return len(c.Nodes) }
+
+func (c *Cluster) name(i int) string { return c.Nodes[i].Name }
+
+func (c *Cluster) store(i int) (kvStore, bool) {
+	n := c.Nodes[i]
+	return dbStore{n.DB()}, !n.Crashed()
+}
+
+// runClients runs w's clients on keys until stop closes. Client i talks
+// to node i mod N, moving on to the next live node if that one is down.
+func runClients(ns nodeSet, keys []string, w Workload, seed uint64, h *History, stop <-chan struct{}) {
 	var wg sync.WaitGroup
 	for i := 0; i < w.Clients; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cl := &client{id: i, c: c, w: w, keys: keys, h: h, rng: rand.New(rand.NewPCG(seed, uint64(i))), node: i % len(c.Nodes),
+			cl := &client{id: i, ns: ns, w: w, keys: keys, h: h, rng: rand.New(rand.NewPCG(seed, uint64(i))), node: i % ns.size(),
 				recent: map[string]string{}}
 			pace := time.NewTimer(0)
 			defer pace.Stop()
@@ -328,7 +387,7 @@ func runClients(c *Cluster, w Workload, seed uint64, h *History, stop <-chan str
 
 type client struct {
 	id     int
-	c      *Cluster
+	ns     nodeSet
 	w      Workload
 	keys   []string
 	h      *History
@@ -338,14 +397,15 @@ type client struct {
 	recent map[string]string // last value this client saw per key (CAS's old)
 }
 
-func (cl *client) pickNode() (int, *Node) {
-	for k := 0; k < len(cl.c.Nodes); k++ {
-		i := (cl.node + k) % len(cl.c.Nodes)
-		if n := cl.c.Nodes[i]; !n.Crashed() {
-			return i, n
+func (cl *client) pickNode() (int, kvStore) {
+	for k := 0; k < cl.ns.size(); k++ {
+		i := (cl.node + k) % cl.ns.size()
+		if s, up := cl.ns.store(i); up {
+			return i, s
 		}
 	}
-	return cl.node, cl.c.Nodes[cl.node]
+	s, _ := cl.ns.store(cl.node)
+	return cl.node, s
 }
 
 func (cl *client) step() {
@@ -394,7 +454,7 @@ func (cl *client) step() {
 			in.Kind, in.Value, in.Old = OpCAS, value, cl.recent[key]
 		}
 	}
-	out, failed := execute(n.DB(), in, cl.w, cl.w.Timeout, cl.h, cl.id)
+	out, failed := execute(n, in, cl.w, cl.w.Timeout, cl.h, cl.id)
 	if !failed && !out.Unknown {
 		switch in.Kind {
 		case OpGet:
@@ -429,7 +489,7 @@ func decimalValue(id, seq int) string {
 }
 
 // execute performs in on db and records it.
-func execute(db *gridkv.DB, in Input, w Workload, timeout time.Duration, h *History, client int) (Output, bool) {
+func execute(db kvStore, in Input, w Workload, timeout time.Duration, h *History, client int) (Output, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	call := h.now()
@@ -438,7 +498,7 @@ func execute(db *gridkv.DB, in Input, w Workload, timeout time.Duration, h *Hist
 	switch in.Kind {
 	case OpGet:
 		var v []byte
-		v, err = db.Get(ctx, in.Key, in.Mode.options(w.Replicas)...)
+		v, err = db.Get(ctx, in.Key, in.Mode, w.Replicas)
 		if errors.Is(err, gridkv.ErrNotFound) {
 			err = nil
 		}
@@ -487,8 +547,8 @@ func execute(db *gridkv.DB, in Input, w Workload, timeout time.Duration, h *Hist
 // incrByGetSet is Incr done wrong, for a negative control: a read of the
 // counter, then a Set of the sum. Two of them at once both read the same
 // value, both store the same sum, and one increment is lost.
-func incrByGetSet(ctx context.Context, db *gridkv.DB, key string, delta int64) (int64, error) {
-	v, err := db.Get(ctx, key)
+func incrByGetSet(ctx context.Context, db kvStore, key string, delta int64) (int64, error) {
+	v, err := db.Get(ctx, key, ReadDefault, 0)
 	if err != nil && !errors.Is(err, gridkv.ErrNotFound) {
 		return 0, err
 	}
@@ -504,8 +564,8 @@ func incrByGetSet(ctx context.Context, db *gridkv.DB, key string, delta int64) (
 // cadByGetDelete is CompareAndDelete done wrong, for a negative control: a
 // read, and a Delete if the value read was old. A write between the two is
 // deleted with it.
-func cadByGetDelete(ctx context.Context, db *gridkv.DB, key, old string) (bool, error) {
-	v, err := db.Get(ctx, key)
+func cadByGetDelete(ctx context.Context, db kvStore, key, old string) (bool, error) {
+	v, err := db.Get(ctx, key, ReadDefault, 0)
 	if errors.Is(err, gridkv.ErrNotFound) || err == nil && string(v) != old {
 		return false, nil
 	}

@@ -139,7 +139,7 @@ func baseSettings() []setting {
 			}},
 		{flag: "resp-addr", arg: "host:port", def: "127.0.0.1:6379", usage: "address of the Redis-protocol server",
 			set: func(o *options, v string) error { o.respAddr = v; return nil }},
-		{flag: "admin-addr", arg: "host:port", def: "127.0.0.1:0", usage: "address of the admin HTTP endpoint (/metrics, /status, /healthz, /readyz, /debug/pprof/); empty: none",
+		{flag: "admin-addr", arg: "host:port", def: "127.0.0.1:0", usage: "address of the admin HTTP endpoint (/metrics, /status, /healthz, /readyz, /debug/pprof/, and POST /recover?group=N[&force=1] with header X-GridKV-Recover: 1); keep it on a trusted interface; empty: none",
 			set: func(o *options, v string) error { o.adminAddr = v; return nil }},
 		{flag: "request-timeout", arg: "duration", def: "5s", usage: "bound on each Redis-protocol command",
 			set: func(o *options, v string) error { return setDuration(&o.requestTimeout, v) }},

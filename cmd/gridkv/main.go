@@ -27,6 +27,9 @@ func main() {
 	// SIGINT or SIGTERM kills the program (the default), for when a
 	// graceful stop takes too long.
 	context.AfterFunc(ctx, stop)
+	if len(os.Args) > 1 && os.Args[1] == "recover" {
+		os.Exit(runRecover(ctx, os.Args[2:], os.Stdout, os.Stderr))
+	}
 	os.Exit(run(ctx, os.Args[1:], os.Environ(), os.Stderr))
 }
 

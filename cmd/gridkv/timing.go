@@ -25,7 +25,8 @@ var timingUsage = map[string]string{
 	"ApplyTimeout":       "how long a batch of writes waits to commit and apply",
 	"HandoffTimeout":     "how long a range handoff may take before its source takes the range back",
 	"HandoffPoll":        "how often the handoff loop looks for work",
-	"LeaveTimeout":       "how long Close hands this node's ranges away before leaving anyway",
+	"DrainTimeout":       "how long Close waits for this node's replicas to be re-replicated onto the members that stay",
+	"LeaveTimeout":       "how long Close then takes the replicas left out of their groups before leaving anyway",
 }
 
 // timingFields names gridkv.Timing's duration fields, in order.

@@ -1425,12 +1425,16 @@ func (x *SetLayout) GetGroups() uint32 {
 // CreateGroup, in the group holding the cluster's layout: if the layout is
 // at `epoch` and `group` is the next group number, group `group` exists
 // from now on, its nodes bootstrapping it with exactly `servers`; the epoch
-// advances.
+// advances. With `recovered`, `group` is any existing group that lost its
+// majority: it is created again with `servers`, one server, which starts
+// the new creation from its replica of the old one (gridkv's
+// DB.RecoverGroup).
 type CreateGroup struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	Group         uint32                 `protobuf:"varint,2,opt,name=group,proto3" json:"group,omitempty"`
 	Servers       []*Server              `protobuf:"bytes,3,rep,name=servers,proto3" json:"servers,omitempty"`
+	Recovered     bool                   `protobuf:"varint,4,opt,name=recovered,proto3" json:"recovered,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1484,6 +1488,13 @@ func (x *CreateGroup) GetServers() []*Server {
 		return x.Servers
 	}
 	return nil
+}
+
+func (x *CreateGroup) GetRecovered() bool {
+	if x != nil {
+		return x.Recovered
+	}
+	return false
 }
 
 // Server is one raft server of a group: its server id and address.
@@ -1639,11 +1650,12 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\tSetLayout\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x18\n" +
 	"\agenesis\x18\x02 \x01(\rR\agenesis\x12\x16\n" +
-	"\x06groups\x18\x03 \x01(\rR\x06groups\"g\n" +
+	"\x06groups\x18\x03 \x01(\rR\x06groups\"\x85\x01\n" +
 	"\vCreateGroup\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\rR\x05group\x12,\n" +
-	"\aservers\x18\x03 \x03(\v2\x12.gridkv.fsm.ServerR\aservers\"2\n" +
+	"\aservers\x18\x03 \x03(\v2\x12.gridkv.fsm.ServerR\aservers\x12\x1c\n" +
+	"\trecovered\x18\x04 \x01(\bR\trecovered\"2\n" +
 	"\x06Server\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddressB$Z\"github.com/gridkv/gridkv/fsm/fsmpbb\x06proto3"

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -53,6 +54,7 @@ func Handler(db *gridkv.DB, gatherer prometheus.Gatherer, opts Options) http.Han
 	mux.HandleFunc("/status", h.status)
 	mux.HandleFunc("/healthz", h.healthz)
 	mux.HandleFunc("/readyz", h.readyz)
+	mux.HandleFunc("/recover", h.recover)
 	return mux
 }
 
@@ -129,4 +131,50 @@ func (h *handler) status(w http.ResponseWriter, r *http.Request) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(out)
+}
+
+// recoverTimeout bounds a /recover request (DB.RecoverGroup returns once
+// this node's replica leads the group's new creation, within an election
+// time-out or two).
+const recoverTimeout = time.Minute
+
+// RecoverHeader must be set to "1" on a /recover request. A browser
+// sends a custom header cross-origin only after a CORS preflight, which
+// this endpoint never grants, so a page a browser on this host visits
+// cannot have it run a recovery (a plain cross-origin POST needs none).
+const RecoverHeader = "X-GridKV-Recover"
+
+// recover runs DB.RecoverGroup for ?group=N, with ForceRecover when
+// ?force=1; POST only, with RecoverHeader set.
+func (h *handler) recover(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, "POST /recover?group=N[&force=1] with header "+RecoverHeader+": 1", http.StatusMethodNotAllowed)
+		return
+	}
+	if r.Header.Get(RecoverHeader) != "1" {
+		http.Error(w, "header "+RecoverHeader+": 1 required (a guard against cross-site requests): POST /recover?group=N[&force=1]", http.StatusForbidden)
+		return
+	}
+	group, err := strconv.Atoi(r.URL.Query().Get("group"))
+	if err != nil || group < 0 {
+		http.Error(w, "group must be a group number: POST /recover?group=N[&force=1]", http.StatusBadRequest)
+		return
+	}
+	var opts []gridkv.RecoverOption
+	if r.URL.Query().Get("force") == "1" {
+		opts = append(opts, gridkv.ForceRecover())
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), recoverTimeout)
+	defer cancel()
+	switch err := h.db.RecoverGroup(ctx, group, opts...); {
+	case err == nil:
+		fmt.Fprintf(w, "group %d recovered: a new creation of it, led by this node's replica alone; the reconciler adds replicas\n", group)
+	case errors.Is(err, gridkv.ErrInvalid):
+		http.Error(w, err.Error(), http.StatusBadRequest)
+	case errors.Is(err, gridkv.ErrTimeout):
+		http.Error(w, err.Error(), http.StatusGatewayTimeout)
+	default:
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+	}
 }

@@ -169,3 +169,43 @@ func TestStopping(t *testing.T) {
 		t.Errorf("/metrics while stopping = %d", code)
 	}
 }
+
+// /recover runs DB.RecoverGroup: POST only, a group number required; a
+// single node's group is this replica alone already (200), a group it
+// does not hold is refused (400).
+func TestRecover(t *testing.T) {
+	db, err := gridkv.Open(gridkv.Config{Timing: gridkv.LocalTiming(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := db.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h := Handler(db, NewRegistry(), Options{})
+	for _, tc := range []struct {
+		method, path string
+		code         int
+	}{
+		{"GET", "/recover?group=0", http.StatusMethodNotAllowed},
+		{"POST no header", "/recover?group=0", http.StatusForbidden},
+		{"POST", "/recover", http.StatusBadRequest},
+		{"POST", "/recover?group=x", http.StatusBadRequest},
+		{"POST", "/recover?group=999", http.StatusBadRequest},
+		{"POST", "/recover?group=0", http.StatusOK},
+		{"POST", "/recover?group=0&force=1", http.StatusOK},
+	} {
+		rec := httptest.NewRecorder()
+		method, _, bare := strings.Cut(tc.method, " ")
+		req := httptest.NewRequest(method, tc.path, nil)
+		if !bare {
+			req.Header.Set(RecoverHeader, "1")
+		}
+		h.ServeHTTP(rec, req)
+		if rec.Code != tc.code {
+			t.Errorf("%s %s = %d %q, want %d", tc.method, tc.path, rec.Code, rec.Body.String(), tc.code)
+		}
+	}
+}

@@ -22,6 +22,17 @@
 //	               reachable leader and its replicas; the check waits up
 //	               to that long for it. Else 503 with the reason, and 503
 //	               "stopping" once Options.Stopping is closed
+//	/recover       POST ?group=N[&force=1] with header X-GridKV-Recover: 1
+//	               (RecoverHeader; 403 without: a cross-site request
+//	               cannot set it): DB.RecoverGroup(N), with
+//	               gridkv.ForceRecover when force=1, on a group that lost
+//	               its majority for good (group 0 first: the others'
+//	               recoveries are logged in it); 200 once this node's
+//	               replica leads the group's new creation alone, 400 when
+//	               refused (a quorum may be alive, no replica here), 504
+//	               on time-out (a minute), else 503 (group 0 has no
+//	               leader). Pick the node by /status: the replica with the
+//	               largest (last_term, last_index), term first
 //
 // A program stopping its node closes Options.Stopping first, so that load
 // balancers stop sending it clients, and keeps the endpoint up while

@@ -584,12 +584,15 @@ func TestShutdown(t *testing.T) {
 }
 
 // failingListener's Accept fails with err, fails times, then accepts from
-// the Listener; with fails < 0 it fails for ever (until closed).
+// the Listener; with fails < 0 it fails for ever. It notes when each
+// failure was returned, and signals failed (if set) without blocking.
 type failingListener struct {
 	net.Listener
-	err   error
-	mu    sync.Mutex
-	fails int
+	err    error
+	failed chan struct{}
+	mu     sync.Mutex
+	fails  int
+	at     []time.Time
 }
 
 func (l *failingListener) Accept() (net.Conn, error) {
@@ -598,11 +601,25 @@ func (l *failingListener) Accept() (net.Conn, error) {
 	if l.fails > 0 {
 		l.fails--
 	}
+	if fail {
+		l.at = append(l.at, time.Now())
+	}
 	l.mu.Unlock()
 	if fail {
+		select {
+		case l.failed <- struct{}{}:
+		default:
+		}
 		return nil, l.err
 	}
 	return l.Listener.Accept()
+}
+
+// failures returns when each failing Accept returned, in order.
+func (l *failingListener) failures() []time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.at)
 }
 
 var errEMFILE = &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept", syscall.EMFILE)}
@@ -640,14 +657,32 @@ func TestAcceptErrors(t *testing.T) {
 		}
 	})
 
+	// Shutdown comes right after the 9th failure, whose back-off is the 1s
+	// cap (5ms doubling: 5ms ... 640ms, then 1s). Serve must return before
+	// that back-off ends: a back-off not cut short ends Serve 1s or more
+	// after the failure it followed, however loaded the machine, and a
+	// cut-short one fails the test only if Shutdown is that late.
 	t.Run("temporary for ever", func(t *testing.T) {
 		srv := New(db, Options{Logger: quiet})
+		ln := listen(errEMFILE, -1)
+		ln.failed = make(chan struct{}, 1)
 		served := make(chan error, 1)
-		go func() { served <- srv.Serve(listen(errEMFILE, -1)) }()
-		select {
-		case err := <-served:
-			t.Fatalf("Serve returned %v on a temporary error", err)
-		case <-time.After(1500 * time.Millisecond): // past the 1s back-off cap
+		var returned time.Time // set before served is sent on
+		go func() {
+			err := srv.Serve(ln)
+			returned = time.Now()
+			served <- err
+		}()
+		give := time.NewTimer(30 * time.Second)
+		defer give.Stop()
+		for len(ln.failures()) < 9 {
+			select {
+			case err := <-served:
+				t.Fatalf("Serve returned %v on a temporary error", err)
+			case <-ln.failed:
+			case <-give.C:
+				t.Fatalf("%d accept failures in 30s, want 9", len(ln.failures()))
+			}
 		}
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -658,8 +693,16 @@ func TestAcceptErrors(t *testing.T) {
 		if err := <-served; !errors.Is(err, ErrServerClosed) {
 			t.Errorf("Serve returned %v", err)
 		}
-		if d := time.Since(start); d > 500*time.Millisecond {
-			t.Errorf("Shutdown took %v: the back-off was not cut short", d)
+		// The failure whose back-off ran when Shutdown began.
+		var last time.Time
+		for _, at := range ln.failures() {
+			if at.Before(start) {
+				last = at
+			}
+		}
+		if d := returned.Sub(last); d >= time.Second {
+			t.Errorf("Serve returned %v after the accept failure it was backing off from (Shutdown took %v): the 1s back-off was not cut short",
+				d, returned.Sub(start))
 		}
 	})
 

@@ -13,6 +13,15 @@ import (
 // sleeps.
 func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
+	if !Within(within, cond) {
+		t.Fatalf("timed out after %v waiting for %s", within, what)
+	}
+}
+
+// Within polls cond every 10ms and reports whether it held within the
+// bound: for a test that decides what a failure means by whether
+// something happened (a leader stepping down after refusing, say).
+func Within(within time.Duration, cond func() bool) bool {
 	deadline := time.NewTimer(within)
 	defer deadline.Stop()
 	tick := time.NewTicker(10 * time.Millisecond)
@@ -20,10 +29,11 @@ func Eventually(t testing.TB, within time.Duration, what string, cond func() boo
 	for !cond() {
 		select {
 		case <-deadline.C:
-			t.Fatalf("timed out after %v waiting for %s", within, what)
+			return false
 		case <-tick.C:
 		}
 	}
+	return true
 }
 
 // VerifyNoLeaks runs the package's tests, then fails if any goroutine is
