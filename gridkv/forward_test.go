@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -398,36 +397,13 @@ func formCluster(tb testing.TB, n int, cfg Config) []*DB {
 	if cfg.BootstrapExpect != n {
 		tb.Fatalf("BootstrapExpect %d for %d nodes", cfg.BootstrapExpect, n)
 	}
-	addrs := make([]string, n)
-	for i := range addrs {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		addrs[i] = l.Addr().String()
-		l.Close()
-	}
-	nodes, errs := make([]*DB, n), make([]error, n)
-	var wg sync.WaitGroup
-	for i := range nodes {
+	nodes := testutil.OpenTogether(tb, context.Background(), n, func(ctx context.Context, i int, addrs []string) (*DB, error) {
 		c := cfg
-		c.NodeID, c.Logger, c.GossipAddr = fmt.Sprint("n", i), quiet, addrs[i]
-		for j, a := range addrs {
-			if j != i {
-				c.Seeds = append(c.Seeds, a)
-			}
-		}
-		wg.Add(1)
-		go func() { defer wg.Done(); nodes[i], errs[i] = Open(c) }()
-	}
-	wg.Wait()
+		c.NodeID, c.Logger, c.GossipAddr, c.Seeds = fmt.Sprint("n", i), quiet, addrs[i], testutil.Seeds(addrs, i)
+		return OpenContext(ctx, c)
+	})
 	for _, db := range nodes {
-		if db != nil {
-			tb.Cleanup(func() { db.Close() })
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		tb.Fatal(err)
+		tb.Cleanup(func() { db.Close() })
 	}
 	waitClusterReady(tb, nodes)
 	return nodes

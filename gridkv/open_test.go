@@ -175,15 +175,7 @@ func TestOpenAddressInUse(t *testing.T) {
 // Seeds that never answer: ErrUnavailable once JoinTimeout passes, on one
 // line, saying how many seeds were tried and the first one's error.
 func TestOpenUnreachableSeeds(t *testing.T) {
-	var seeds []string
-	for range 2 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		seeds = append(seeds, ln.Addr().String())
-		ln.Close() // nobody listens there now
-	}
+	seeds := testutil.FreeAddrs(t, 2) // nobody listens there now
 	_, err := Open(Config{Seeds: seeds, JoinTimeout: 300 * time.Millisecond, Logger: quiet})
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Open: %v, want ErrUnavailable", err)
@@ -206,16 +198,11 @@ func TestOpenContext(t *testing.T) {
 		t.Fatalf("ended ctx: %v", err)
 	}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := testutil.FreeAddrs(t, 1)[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	_, err = OpenContext(ctx, Config{Seeds: []string{dead}, Logger: quiet}) // JoinTimeout: 30s
+	_, err := OpenContext(ctx, Config{Seeds: []string{dead}, Logger: quiet}) // JoinTimeout: 30s
 	if !errors.Is(err, ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 10*time.Second {
 		t.Fatalf("unreachable seed: %v after %v", err, time.Since(start))
 	}

@@ -2,10 +2,7 @@ package gridkv
 
 import (
 	"context"
-	"errors"
-	"net"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +10,7 @@ import (
 
 	"github.com/gridkv/gridkv/internal/faultnet"
 	"github.com/gridkv/gridkv/internal/testhook"
+	"github.com/gridkv/gridkv/internal/testutil"
 	"github.com/gridkv/gridkv/placement"
 	"github.com/gridkv/gridkv/raftgroup"
 )
@@ -29,45 +27,25 @@ func TestReconcileAroundUnresponsiveNode(t *testing.T) {
 	tm := LocalTiming()
 	tm.StepTimeout = 2 * time.Second
 	base := Config{Timing: tm, GroupsPerNode: 6, Logger: quiet}
-	hooked := func(c Config) *DB {
-		t.Helper()
+	hooked := func(c Config) (*DB, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		db, err := open(ctx, c, &testhook.Hooks{Faults: faults, FixedGroups: true})
-		if err != nil {
-			t.Fatal(err)
+		if err == nil {
+			t.Cleanup(func() { db.Close() })
 		}
-		t.Cleanup(func() { db.Close() })
-		return db
+		return db, err
 	}
 
 	// a, b and c form the cluster together: 18 groups, kept at 18.
-	gossipAddrs := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
-	formed := make([]*DB, 3)
-	errs := make([]error, 3)
-	var wg sync.WaitGroup
-	for i, id := range []string{"a", "b", "c"} {
+	ids := []string{"a", "b", "c", "e", "x"}
+	formed := testutil.OpenTogether(t, context.Background(), 3, func(ctx context.Context, i int, addrs []string) (*DB, error) {
 		c := base
-		c.NodeID, c.GossipAddr, c.BootstrapExpect = id, gossipAddrs[i], 3
-		for j, a := range gossipAddrs {
-			if j != i {
-				c.Seeds = append(c.Seeds, a)
-			}
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			formed[i], errs[i] = open(context.Background(), c, &testhook.Hooks{Faults: faults, FixedGroups: true})
-		}()
-	}
-	wg.Wait()
+		c.NodeID, c.GossipAddr, c.Seeds, c.BootstrapExpect = ids[i], addrs[i], testutil.Seeds(addrs, i), 3
+		return open(ctx, c, &testhook.Hooks{Faults: faults, FixedGroups: true})
+	})
 	for _, db := range formed {
-		if db != nil {
-			t.Cleanup(func() { db.Close() })
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
+		t.Cleanup(func() { db.Close() })
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -80,26 +58,36 @@ func TestReconcileAroundUnresponsiveNode(t *testing.T) {
 	// e joins, healthy. x joins with every frame to and from its Raft/RPC
 	// address dropped (its gossip is untouched: it stays a member, and in
 	// the placement target).
-	join := func(id, bind string) *DB {
+	join := func(id, bind string) (*DB, error) {
 		c := base
 		c.NodeID, c.BindAddr, c.Seeds = id, bind, []string{formed[0].GossipAddr()}
 		return hooked(c)
 	}
-	e := join("e", "")
-	nodes := append(slices.Clone(formed), e)
-	xAddr := freeAddr(t)
-	for _, db := range nodes {
-		faults.Set(db.host.Addr(), xAddr, faultnet.Rule{Drop: 1})
-		faults.Set(xAddr, db.host.Addr(), faultnet.Rule{Drop: 1})
+	e, err := join("e", "")
+	if err != nil {
+		t.Fatal(err)
 	}
-	x := join("x", xAddr)
+	nodes := append(slices.Clone(formed), e)
+	// x's address is picked before it opens, so that its frames drop from
+	// the start. Another process may bind it first: then x tries another.
+	var x *DB
+	var xAddr string
+	for attempt := 1; x == nil; attempt++ {
+		xAddr = testutil.FreeAddrs(t, 1)[0]
+		for _, db := range nodes {
+			faults.Set(db.host.Addr(), xAddr, faultnet.Rule{Drop: 1})
+			faults.Set(xAddr, db.host.Addr(), faultnet.Rule{Drop: 1})
+		}
+		if x, err = join("x", xAddr); err != nil && (!testutil.AddrInUse(err) || attempt == 3) {
+			t.Fatal(err)
+		}
+	}
 	t.Cleanup(faults.HealAll) // first, so that the nodes close without waiting on x
 	if x.host.Addr() != xAddr {
 		t.Fatalf("x advertises %s, not its BindAddr %s", x.host.Addr(), xAddr)
 	}
 	joined := time.Now()
 
-	ids := []string{"a", "b", "c", "e", "x"}
 	rc := formed[0].cfg.ReplicaCount
 	var free, toX []int // groups whose target leaves x out, and the others
 	moving := 0         // of the free ones, those whose replicas move
@@ -172,15 +160,4 @@ func groupAtTarget(nodes []*DB, r int, target []string) bool {
 		return true
 	}
 	return false
-}
-
-// freeAddr is a loopback address with a port that was free a moment ago.
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

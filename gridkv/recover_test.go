@@ -28,35 +28,10 @@ import (
 // until all are ready. The caller closes them.
 func formRecoverCluster(t testing.TB, ctx context.Context, faults *faultnet.Net, n int) []*DB {
 	t.Helper()
-	addrs := make([]string, n)
-	for i := range addrs {
-		addrs[i] = freeAddr(t)
-	}
-	nodes := make([]*DB, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		c := Config{NodeID: fmt.Sprint("n", i), GossipAddr: addrs[i], BootstrapExpect: n, Timing: LocalTiming(), Logger: quiet, GroupsPerNode: 1}
-		for j, a := range addrs {
-			if j != i {
-				c.Seeds = append(c.Seeds, a)
-			}
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			nodes[i], errs[i] = open(ctx, c, &testhook.Hooks{Faults: faults, FixedGroups: true})
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		for _, db := range nodes {
-			if db != nil {
-				db.Close()
-			}
-		}
-		t.Fatal(err)
-	}
+	nodes := testutil.OpenTogether(t, ctx, n, func(ctx context.Context, i int, addrs []string) (*DB, error) {
+		c := Config{NodeID: fmt.Sprint("n", i), GossipAddr: addrs[i], Seeds: testutil.Seeds(addrs, i), BootstrapExpect: n, Timing: LocalTiming(), Logger: quiet, GroupsPerNode: 1}
+		return open(ctx, c, &testhook.Hooks{Faults: faults, FixedGroups: true})
+	})
 	for _, db := range nodes {
 		if err := db.WaitReady(ctx); err != nil {
 			t.Fatal(err)

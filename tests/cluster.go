@@ -14,6 +14,7 @@ import (
 
 	"github.com/gridkv/gridkv/gridkv"
 	"github.com/gridkv/gridkv/internal/faultnet"
+	"github.com/gridkv/gridkv/internal/freeport"
 	"github.com/gridkv/gridkv/internal/testhook"
 )
 
@@ -97,7 +98,14 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	for i := 0; i < o.Nodes; i++ {
 		cfg := base
 		cfg.NodeID = fmt.Sprintf("c%d-n%d", seq, i)
-		cfg.BindAddr, cfg.GossipAddr = "", ""
+		// Ports from below the ephemeral range: nothing else binds them
+		// while the node is down before it restarts on them.
+		addrs, err := freeport.Addrs(2)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		cfg.BindAddr, cfg.GossipAddr = addrs[0], addrs[1]
 		cfg.Seeds = nil
 		if i > 0 {
 			cfg.Seeds = []string{c.Nodes[0].DB().GossipAddr()}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -227,46 +226,16 @@ func TestNodeClosedUnderLoad(t *testing.T) {
 // Nodes started at the same moment with BootstrapExpect form one cluster:
 // every range has exactly one leader and its replicas on the three nodes.
 func TestSimultaneousStartFormsOneCluster(t *testing.T) {
-	// Reserve three gossip ports so every node can name the others as seeds.
-	addrs := make([]string, 3)
-	for i := range addrs {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs[i] = l.Addr().String()
-		l.Close()
-	}
-	nodes := make([]*gridkv.DB, 3)
-	errs := make([]error, 3)
-	var wg sync.WaitGroup
-	for i := range nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var seeds []string
-			for j, a := range addrs {
-				if j != i {
-					seeds = append(seeds, a)
-				}
-			}
-			nodes[i], errs[i] = gridkv.Open(gridkv.Config{NodeID: fmt.Sprint("s", i), GossipAddr: addrs[i],
-				Seeds: seeds, BootstrapExpect: 3, Timing: gridkv.LocalTiming(), Logger: quiet, GroupsPerNode: 6})
-		}()
-	}
-	wg.Wait()
+	// Every node names the others as seeds.
+	nodes := testutil.OpenTogether(t, context.Background(), 3, func(ctx context.Context, i int, addrs []string) (*gridkv.DB, error) {
+		return gridkv.OpenContext(ctx, gridkv.Config{NodeID: fmt.Sprint("s", i), GossipAddr: addrs[i],
+			Seeds: testutil.Seeds(addrs, i), BootstrapExpect: 3, Timing: gridkv.LocalTiming(), Logger: quiet, GroupsPerNode: 6})
+	})
 	t.Cleanup(func() {
 		for _, db := range nodes {
-			if db != nil {
-				db.Close()
-			}
+			db.Close()
 		}
 	})
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("node %d: %v", i, err)
-		}
-	}
 	waitReady(t, nodes)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gridkv/gridkv/internal/freeport"
 	"github.com/gridkv/gridkv/internal/procctl"
 	"github.com/gridkv/gridkv/internal/testhook"
 )
@@ -94,7 +95,14 @@ func StartProcCluster(ctx context.Context, bin, dir string, n int, seed uint64, 
 	pc := &ProcCluster{bin: bin, dir: dir, flags: flags, transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	for i := range n {
 		node := &ProcNode{Name: fmt.Sprintf("n%d", i), index: i}
-		node.mu.addrs = procctl.Addrs{Control: "127.0.0.1:0", Addr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0"}
+		// Ports from below the ephemeral range: nothing else binds them
+		// while the node is down before it restarts on them.
+		addrs, err := freeport.Addrs(3)
+		if err != nil {
+			pc.Close()
+			return nil, err
+		}
+		node.mu.addrs = procctl.Addrs{Control: addrs[0], Addr: addrs[1], GossipAddr: addrs[2]}
 		pc.Nodes = append(pc.Nodes, node)
 		var seeds []string
 		if i > 0 {
@@ -125,8 +133,8 @@ func (n *ProcNode) Up() bool {
 	return n.mu.proc != nil
 }
 
-// start starts an incarnation of n on its addresses (port 0 the first
-// time), joining through seeds, and waits for its ready file.
+// start starts an incarnation of n on its addresses, joining through
+// seeds, and waits for its ready file.
 func (pc *ProcCluster) start(ctx context.Context, n *ProcNode, seeds []string, faultSeed uint64) error {
 	a := n.addrs()
 	readyFile := filepath.Join(pc.dir, n.Name+".json")

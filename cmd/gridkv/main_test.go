@@ -278,23 +278,12 @@ func redisTools(t *testing.T, addr string) {
 	}
 }
 
-// freePort is a loopback address nothing listens on (as far as one can
-// tell: the port was free a moment ago).
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // A signal while the node is still joining ends the join: exit status 0
 // and an info line, not a failure.
 func TestSignalWhileJoining(t *testing.T) {
-	respAddr := freePort(t)
-	n := startProcess(t, nil, "-resp-addr", respAddr, "-seeds", freePort(t), "-join-timeout", "2m", "-timing", "local")
+	addrs := testutil.FreeAddrs(t, 2) // the RESP port, and a seed nobody listens on
+	respAddr := addrs[0]
+	n := startProcess(t, nil, "-resp-addr", respAddr, "-seeds", addrs[1], "-join-timeout", "2m", "-timing", "local")
 	// The listeners open before the join starts (and after the signal
 	// handler is set): once the RESP port takes connections, the node is
 	// joining.
