@@ -307,12 +307,7 @@ func TestJoinEventsMetaLeaveAndFail(t *testing.T) {
 	defer b.Close(time.Second)
 
 	// c joins through a seed that is not up yet, then through a.
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := dead.Addr().String()
-	dead.Close()
+	deadAddr := testutil.FreeAddrs(t, 1)[0]
 	c := start(t, "c", recs[2])
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	if _, err := c.Join(ctx, []string{deadAddr}); err == nil {
