@@ -270,7 +270,7 @@ func listen(bind, advertise string, logger *log.Logger) (*memberlist.NetTranspor
 	var nt *memberlist.NetTransport
 	for try := 0; ; try++ {
 		nt, err = memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{host}, BindPort: p, Logger: logger})
-		if err == nil || p != 0 || try == 9 || !strings.Contains(err.Error(), "address already in use") {
+		if err == nil || p != 0 || try == 9 || !netaddr.InUse(err) {
 			break
 		}
 	}

@@ -69,19 +69,16 @@ func TestReconcileAroundUnresponsiveNode(t *testing.T) {
 	}
 	nodes := append(slices.Clone(formed), e)
 	// x's address is picked before it opens, so that its frames drop from
-	// the start. Another process may bind it first: then x tries another.
-	var x *DB
+	// the start.
 	var xAddr string
-	for attempt := 1; x == nil; attempt++ {
-		xAddr = testutil.FreeAddrs(t, 1)[0]
+	x := testutil.OpenTogether(t, context.Background(), 1, func(_ context.Context, _ int, addrs []string) (*DB, error) {
+		xAddr = addrs[0]
 		for _, db := range nodes {
 			faults.Set(db.host.Addr(), xAddr, faultnet.Rule{Drop: 1})
 			faults.Set(xAddr, db.host.Addr(), faultnet.Rule{Drop: 1})
 		}
-		if x, err = join("x", xAddr); err != nil && (!testutil.AddrInUse(err) || attempt == 3) {
-			t.Fatal(err)
-		}
-	}
+		return join("x", xAddr)
+	})[0]
 	t.Cleanup(faults.HealAll) // first, so that the nodes close without waiting on x
 	if x.host.Addr() != xAddr {
 		t.Fatalf("x advertises %s, not its BindAddr %s", x.host.Addr(), xAddr)

@@ -15,6 +15,7 @@ import (
 	"github.com/gridkv/gridkv/gridkv"
 	"github.com/gridkv/gridkv/internal/faultnet"
 	"github.com/gridkv/gridkv/internal/freeport"
+	"github.com/gridkv/gridkv/internal/netaddr"
 	"github.com/gridkv/gridkv/internal/testhook"
 )
 
@@ -98,22 +99,26 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	for i := 0; i < o.Nodes; i++ {
 		cfg := base
 		cfg.NodeID = fmt.Sprintf("c%d-n%d", seq, i)
-		// Ports from below the ephemeral range: nothing else binds them
-		// while the node is down before it restarts on them.
-		addrs, err := freeport.Addrs(2)
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		cfg.BindAddr, cfg.GossipAddr = addrs[0], addrs[1]
 		cfg.Seeds = nil
 		if i > 0 {
 			cfg.Seeds = []string{c.Nodes[0].DB().GossipAddr()}
 		}
-		db, h, err := c.open(cfg)
-		if err != nil {
-			c.Close()
-			return nil, err
+		// Ports from outside the ephemeral range: nothing else binds them
+		// while the node is down before it restarts on them. Another pick
+		// may take one before the first open: then it opens on new ones.
+		var db *gridkv.DB
+		var h *testhook.Hooks
+		for attempt := 1; db == nil; attempt++ {
+			addrs, err := freeport.Addrs(2)
+			if err != nil {
+				c.Close()
+				return nil, err
+			}
+			cfg.BindAddr, cfg.GossipAddr = addrs[0], addrs[1]
+			if db, h, err = c.open(cfg); err != nil && (!netaddr.InUse(err) || attempt == 3) {
+				c.Close()
+				return nil, err
+			}
 		}
 		n := &Node{Name: cfg.NodeID, addrs: [2]string{db.Addr(), db.GossipAddr()}}
 		n.mu.db, n.mu.hooks = db, h

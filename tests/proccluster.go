@@ -95,7 +95,7 @@ func StartProcCluster(ctx context.Context, bin, dir string, n int, seed uint64, 
 	pc := &ProcCluster{bin: bin, dir: dir, flags: flags, transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	for i := range n {
 		node := &ProcNode{Name: fmt.Sprintf("n%d", i), index: i}
-		// Ports from below the ephemeral range: nothing else binds them
+		// Ports from outside the ephemeral range: nothing else binds them
 		// while the node is down before it restarts on them.
 		addrs, err := freeport.Addrs(3)
 		if err != nil {

@@ -2,12 +2,16 @@
 // bind later: a node that must know its own address before it opens (its
 // peers name it as a seed), or that restarts on the address it had.
 //
-// The ports come from below the kernel's ephemeral range, so that no
-// bind to port 0 and no outgoing connection, in this process or another
-// on the machine, takes one between the pick and the bind, or while a
-// node is down before it restarts on its old address. Only another pick
-// of this package's can, which is a random draw among some 16,000 ports,
-// checked free when made.
+// The ports come from outside the kernel's ephemeral range: below it
+// where there is room (from 16384, and under 30000, where Kubernetes'
+// node ports start), else above it. No bind to port 0 and no outgoing
+// connection, in this process or another on the machine, takes one then,
+// between the pick and the bind or while a node is down before it
+// restarts on its old address. Only a bind to that very port can: another
+// pick of this package's (a random draw among some 13,000 ports, checked
+// free when made), or a program that starts listening on a fixed port in
+// the range. Where the ephemeral range leaves no room on either side, the
+// kernel chooses (port 0), and the race is back.
 //
 //	addrs, err := freeport.Addrs(3)
 package freeport
@@ -21,8 +25,14 @@ import (
 	"strings"
 )
 
-// lowest is the lowest port picked.
-const lowest = 16384
+// The range below the ephemeral one: [lowest, highest).
+const (
+	lowest  = 16384
+	highest = 30000
+)
+
+// minRange is the fewest ports a range must have to be drawn from.
+const minRange = 1024
 
 // tries bounds the draws for one address.
 const tries = 200
@@ -31,10 +41,7 @@ const tries = 200
 // are free for TCP and UDP (memberlist binds both) at the time of the
 // call. Each port stays bound until all n are picked.
 func Addrs(n int) ([]string, error) {
-	low, high := lowest, ephemeralLow()
-	if high-low < 1024 { // no room below the ephemeral range
-		low, high = 0, 0
-	}
+	low, high := portRange(ephemeral())
 	addrs := make([]string, 0, n)
 	for range n {
 		addr, closeIt, err := pick(low, high)
@@ -45,6 +52,19 @@ func Addrs(n int) ([]string, error) {
 		addrs = append(addrs, addr)
 	}
 	return addrs, nil
+}
+
+// portRange is the range [low, high) the ports are drawn from, for the
+// ephemeral range [eLow, eHigh]; empty when none outside it is wide
+// enough.
+func portRange(eLow, eHigh int) (low, high int) {
+	if min(eLow, highest)-lowest >= minRange {
+		return lowest, min(eLow, highest)
+	}
+	if 65536-(eHigh+1) >= minRange {
+		return eHigh + 1, 65536
+	}
+	return 0, 0
 }
 
 // pick binds a random port in [low, high) for TCP and UDP, returning its
@@ -80,21 +100,23 @@ func bind(addr string) (string, func(), error) {
 	return addr, func() { l.Close(); p.Close() }, nil
 }
 
-// ephemeralLow is the lowest port of the range the kernel picks from for
-// port 0 and for outgoing connections (Linux's default, 32768, where the
-// setting cannot be read).
-func ephemeralLow() int {
+// ephemeral is the range the kernel picks from for port 0 and for
+// outgoing connections: Linux's setting, or its default (32768-60999)
+// where the setting cannot be read.
+func ephemeral() (low, high int) {
+	low, high = 32768, 60999
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
 	if err != nil {
-		return 32768
+		return low, high
 	}
 	fields := strings.Fields(string(b))
 	if len(fields) != 2 {
-		return 32768
+		return low, high
 	}
-	low, err := strconv.Atoi(fields[0])
-	if err != nil {
-		return 32768
+	l, err1 := strconv.Atoi(fields[0])
+	h, err2 := strconv.Atoi(fields[1])
+	if err1 != nil || err2 != nil {
+		return low, high
 	}
-	return low
+	return l, h
 }

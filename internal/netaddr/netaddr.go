@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
+	"syscall"
 
 	sockaddr "github.com/hashicorp/go-sockaddr"
 )
@@ -77,6 +79,13 @@ func PrivateIP() (string, error) {
 		return "", errors.New(oneLine(err.Error()))
 	}
 	return ip, nil
+}
+
+// InUse reports whether err says an address could not be bound because
+// something else holds it. The text is checked too: memberlist's listener
+// errors do not wrap the syscall error.
+func InUse(err error) bool {
+	return err != nil && (errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use"))
 }
 
 func oneLine(s string) string {

@@ -2,6 +2,8 @@ package netaddr
 
 import (
 	"errors"
+	"fmt"
+	"net"
 	"testing"
 )
 
@@ -46,5 +48,18 @@ func TestUnspecified(t *testing.T) {
 		if got := Unspecified(host); got != want {
 			t.Errorf("Unspecified(%q) = %v, want %v", host, got, want)
 		}
+	}
+}
+
+func TestInUse(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, err = net.Listen("tcp", l.Addr().String())
+	wrapped := fmt.Errorf("gossip: %v", err) // as memberlist's errors: the chain is lost
+	if !InUse(err) || !InUse(wrapped) || InUse(errors.New("connection refused")) || InUse(nil) {
+		t.Fatalf("InUse(%v) or InUse(%v) false, or true for another error", err, wrapped)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -89,12 +88,7 @@ func TestOperations(t *testing.T) {
 // A call that gets no answer is a failed read, or a write whose outcome
 // is unknown: its error says so, as gridkv's do.
 func TestNoAnswer(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close() // nobody listens there now
+	addr := testutil.FreeAddrs(t, 1)[0] // nobody listens there now
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
 	c := NewClient(addr, tr)

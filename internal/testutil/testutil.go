@@ -4,15 +4,14 @@ package testutil
 import (
 	"context"
 	"errors"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/gridkv/gridkv/internal/freeport"
+	"github.com/gridkv/gridkv/internal/netaddr"
 )
 
 // Eventually polls cond every 10ms until it holds, failing the test if it
@@ -51,9 +50,9 @@ func VerifyNoLeaks(m *testing.M) {
 }
 
 // FreeAddrs is freeport.Addrs: n distinct loopback addresses, free a
-// moment ago, from below the kernel's ephemeral range. Only another
-// package's pick can take one before the test binds it; AddrInUse tells
-// that failure.
+// moment ago, from outside the kernel's ephemeral range. Only a bind to
+// that very port (another freeport pick, in this test binary or another)
+// can take one before the test binds it; netaddr.InUse tells that failure.
 func FreeAddrs(tb testing.TB, n int) []string {
 	tb.Helper()
 	addrs, err := freeport.Addrs(n)
@@ -63,13 +62,6 @@ func FreeAddrs(tb testing.TB, n int) []string {
 	return addrs
 }
 
-// AddrInUse reports whether err says an address could not be bound because
-// something else holds it. The text is checked too: memberlist's listener
-// errors do not wrap the syscall error.
-func AddrInUse(err error) bool {
-	return err != nil && (errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use"))
-}
-
 // addrAttempts bounds OpenTogether's tries: each picks new addresses.
 const addrAttempts = 3
 
@@ -77,9 +69,10 @@ const addrAttempts = 3
 // BootstrapExpect is: open(ctx, i, addrs) opens node i on addrs[i], from
 // FreeAddrs, with the others as its seeds. The first failure cancels the
 // others' ctx (a child of ctx). When one failed because something else
-// took its address after FreeAddrs picked it, the opened nodes are closed
-// and all are opened again on new addresses, up to addrAttempts times; any
-// other failure fails the test. The caller closes the nodes.
+// took its address after FreeAddrs picked it (netaddr.InUse), the opened
+// nodes are closed and all are opened again on new addresses, up to
+// addrAttempts times; any other failure fails the test. The caller closes
+// the nodes.
 func OpenTogether[T interface{ Close() error }](tb testing.TB, ctx context.Context, n int, open func(ctx context.Context, i int, addrs []string) (T, error)) []T {
 	tb.Helper()
 	for attempt := 1; ; attempt++ {
@@ -105,7 +98,7 @@ func OpenTogether[T interface{ Close() error }](tb testing.TB, ctx context.Conte
 			if e == nil {
 				nodes[i].Close()
 			}
-			inUse = inUse || AddrInUse(e)
+			inUse = inUse || netaddr.InUse(e)
 		}
 		if !inUse || attempt == addrAttempts {
 			tb.Fatal(err)

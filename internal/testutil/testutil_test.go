@@ -3,9 +3,13 @@ package testutil
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -73,14 +77,32 @@ func TestOpenTogetherRetriesAddressInUse(t *testing.T) {
 	}
 }
 
-func TestAddrInUse(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, err = net.Listen("tcp", l.Addr().String())
-	if !AddrInUse(err) || AddrInUse(errors.New("refused")) || AddrInUse(nil) {
-		t.Fatalf("AddrInUse(%v) false, or true for another error", err)
+// fatalTB records a Fatal and ends the goroutine, as testing's does.
+type fatalTB struct {
+	testing.TB
+	fatal string
+}
+
+func (f *fatalTB) Fatal(args ...any) { f.fatal = fmt.Sprint(args...); runtime.Goexit() }
+
+// Any other failure fails at once: no second attempt.
+func TestOpenTogetherFailsOnOtherErrors(t *testing.T) {
+	var calls atomic.Int32
+	tb := &fatalTB{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		OpenTogether(tb, context.Background(), 2, func(ctx context.Context, i int, addrs []string) (*fakeNode, error) {
+			calls.Add(1)
+			if i == 0 {
+				return nil, errors.New("bad config")
+			}
+			<-ctx.Done() // waiting for the others, until the failure ends it
+			return nil, ctx.Err()
+		})
+	}()
+	<-done
+	if !strings.Contains(tb.fatal, "bad config") || calls.Load() != 2 {
+		t.Fatalf("Fatal(%q) after %d opens: want it to name the failure, after one attempt (2 opens)", tb.fatal, calls.Load())
 	}
 }
