@@ -196,8 +196,14 @@ func (pc *ProcCluster) start(ctx context.Context, n *ProcNode, seeds []string, f
 		return err == nil && json.Unmarshal(b, &got) == nil
 	})
 	if got.Control == "" {
+		what := fmt.Sprintf("wrote no ready file within %v", ProcStartTimeout)
+		select {
+		case <-p.exited:
+			what = "exited before it was ready"
+		default:
+		}
 		pc.kill(n, p)
-		return fmt.Errorf("tests: %s wrote no ready file within %v: %s", n.Name, ProcStartTimeout, logTail(filepath.Join(pc.dir, n.Name+".log")))
+		return fmt.Errorf("tests: %s %s: %s", n.Name, what, logTail(filepath.Join(pc.dir, n.Name+".log")))
 	}
 	n.mu.Lock()
 	n.mu.addrs, n.mu.proc = got, p
@@ -237,6 +243,7 @@ func (pc *ProcCluster) WaitReady(ctx context.Context, timeout time.Duration) err
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var last error
+	ready := false
 	poll(ctx, 50*time.Millisecond, func() bool {
 		last = nil
 		for _, n := range pc.Nodes {
@@ -251,9 +258,10 @@ func (pc *ProcCluster) WaitReady(ctx context.Context, timeout time.Duration) err
 				return false
 			}
 		}
+		ready = true
 		return true
 	})
-	if last != nil || ctx.Err() != nil {
+	if !ready {
 		return fmt.Errorf("tests: process cluster not ready within %v: %v", timeout, last)
 	}
 	return nil

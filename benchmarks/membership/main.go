@@ -25,7 +25,6 @@ import (
 	"io"
 	"log"
 	"log/slog"
-	"net"
 	"os"
 	"slices"
 	"sync"
@@ -34,6 +33,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gridkv/gridkv/gridkv"
+	"github.com/gridkv/gridkv/internal/freeport"
 	"github.com/gridkv/gridkv/internal/loadgen"
 	"github.com/gridkv/gridkv/internal/testhook"
 )
@@ -144,8 +144,9 @@ func (c *cluster) open(ctx context.Context, n *node, seeds []string, expect int)
 // form opens size nodes that bootstrap one cluster together.
 func form(ctx context.Context, size int, base gridkv.Config) *cluster {
 	c := &cluster{base: base}
+	addrs := freeAddrs(2 * size)
 	for i := range size {
-		c.nodes = append(c.nodes, &node{id: fmt.Sprint("n", i), addr: freeAddr(), gsp: freeAddr()})
+		c.nodes = append(c.nodes, &node{id: fmt.Sprint("n", i), addr: addrs[2*i], gsp: addrs[2*i+1]})
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, size)
@@ -174,13 +175,14 @@ func form(ctx context.Context, size int, base gridkv.Config) *cluster {
 	return c
 }
 
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// freeAddrs picks n ports from outside the ephemeral range: a killed node
+// restarts on its old ones, which nothing else may take meanwhile.
+func freeAddrs(n int) []string {
+	addrs, err := freeport.Addrs(n)
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addrs
 }
 
 func (c *cluster) live() []*node {
@@ -195,7 +197,9 @@ func (c *cluster) live() []*node {
 
 func (c *cluster) close() {
 	for _, n := range c.live() {
-		n.db.Close()
+		if n.db != nil { // nil: its open failed
+			n.db.Close()
+		}
 	}
 }
 
@@ -368,7 +372,8 @@ func join(ctx context.Context, c *cluster, keys, value int) {
 	}
 	idleRate := float64(c.sentBytes()-idleFrom) / time.Since(idleStart).Seconds()
 	before := c.state(3).groups
-	n := &node{id: fmt.Sprint("n", len(c.nodes)), addr: freeAddr(), gsp: freeAddr()}
+	addrs := freeAddrs(2)
+	n := &node{id: fmt.Sprint("n", len(c.nodes)), addr: addrs[0], gsp: addrs[1]}
 	var seeds []string
 	for _, o := range c.live() {
 		seeds = append(seeds, o.gsp)

@@ -21,7 +21,7 @@ type Op struct {
 	Kind  string `json:"kind"` // "get", "set", "delete", "cas", "cad", "incr"
 	Key   string `json:"key"`
 	Value []byte `json:"value,omitempty"` // set, cas: the new value
-	Old   []byte `json:"old,omitempty"`   // cas: the expected value, nil = absent; cad: the expected value
+	Old   []byte `json:"old"`             // cas: the expected value, nil = absent (an empty one is present); cad: the expected value
 	Delta int64  `json:"delta,omitempty"` // incr
 	// Read is a get's mode: "" (linearizable, the default), "readindex",
 	// "stale"; Quorum > 0 reads with gridkv.Quorum(Quorum).

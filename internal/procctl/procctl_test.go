@@ -2,6 +2,7 @@ package procctl
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -130,5 +131,23 @@ func TestCut(t *testing.T) {
 	reps, err := c.Replicas(ctx)
 	if err != nil || len(reps) == 0 {
 		t.Fatalf("replicas %v, %v", reps, err)
+	}
+}
+
+// A compare-and-swap's expected value crosses the wire as it was: absent
+// (nil) and present but empty are different expectations.
+func TestOpKeepsEmptyOld(t *testing.T) {
+	for _, old := range [][]byte{nil, {}, []byte("v")} {
+		b, err := json.Marshal(Op{Kind: "cas", Key: "k", Old: old})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got Op
+		if err := json.Unmarshal(b, &got); err != nil {
+			t.Fatal(err)
+		}
+		if (got.Old == nil) != (old == nil) || string(got.Old) != string(old) {
+			t.Errorf("Old %q (nil %v) came back as %q (nil %v), via %s", old, old == nil, got.Old, got.Old == nil, b)
+		}
 	}
 }
