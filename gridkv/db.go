@@ -130,6 +130,14 @@ type replica struct {
 	sole atomic.Bool
 }
 
+// unloggedCreation reports whether rep is a new creation of group 0,
+// recovered here, that has not yet logged itself: its layout (group 0's
+// own) still names an older creation. It stays this replica alone until
+// it has (logSelfRecord, finishRecovery).
+func (rep *replica) unloggedCreation() bool {
+	return rep.id == 0 && rep.gen > rep.fsm.Layout().Gen(0)
+}
+
 // Member is a live member of the cluster.
 type Member struct {
 	ID string `json:"id"`

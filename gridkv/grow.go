@@ -111,7 +111,7 @@ func (db *DB) coordinateLayout(members []gossip.Member, leaderless map[raftgroup
 	if db.fixedGroups {
 		want = formation
 	}
-	if rep.gen > rep.fsm.Layout().Gen(0) {
+	if rep.unloggedCreation() {
 		// A new creation of group 0, yet to log itself: RecoverGroup's
 		// caller may have given up (or this node restarted the call).
 		ctx, cancel := context.WithTimeout(context.Background(), db.cfg.Timing.StepTimeout)
@@ -423,7 +423,8 @@ func (db *DB) adoptLayout(fl fsm.Layout) {
 
 // memberLayout is the newest layout member m knows (serveLayout).
 func (db *DB) memberLayout(ctx context.Context, m gossip.Member) (fsm.Layout, error) {
-	ans, err := db.host.Call(ctx, raftgroup.ServerID(m.Meta.NodeID, m.Meta.Incarnation), m.Meta.RPCAddr, encodeRequest(reqLayout, 0, nil))
+	p := memberPeer(m)
+	ans, err := db.host.Call(ctx, p.id, p.addr, encodeRequest(reqLayout, 0, nil))
 	if err == nil {
 		err = answerErr(ans)
 	}

@@ -180,7 +180,7 @@ func (db *DB) leaderGuesses(r int, rep *replica) []peer {
 	}
 	for _, m := range db.members() {
 		if slices.Contains(m.Meta.Leads, r) {
-			out = append(out, peer{id: raftgroup.ServerID(m.Meta.NodeID, m.Meta.Incarnation), addr: m.Meta.RPCAddr})
+			out = append(out, memberPeer(m))
 		}
 	}
 	if hint, ok := db.leaderHint.Load(r); ok {

@@ -56,7 +56,10 @@ func (db *DB) quorumRead(ctx context.Context, rep *replica, rg int, key string, 
 		}
 	}
 	replies := make(chan reply, len(voters))
-	req := encodeRequest(reqQuorumState, wireGroup(rg, db.lay.Load().gen(rg)), []byte(key))
+	// The creation asked for is rep's, whose configuration the voters are
+	// from (the layout may not name it yet: a recovered one, say).
+	wg := wireGroup(rg, rep.gen)
+	req := encodeRequest(reqQuorumState, wg, []byte(key))
 	timeout := db.host.RPCTimeout()
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
@@ -158,7 +161,7 @@ func (db *DB) quorumRead(ctx context.Context, rep *replica, rg int, key string, 
 				} else {
 					waited = make(chan []byte, 1)
 					body := binary.AppendUvarint(nil, m)
-					db.host.CallAsync(best.from, best.addr, encodeRequest(reqQuorumWait, wireGroup(rg, db.lay.Load().gen(rg)), append(body, key...)), timeout,
+					db.host.CallAsync(best.from, best.addr, encodeRequest(reqQuorumWait, wg, append(body, key...)), timeout,
 						func(ans []byte, err error) {
 							if err != nil || len(ans) == 0 {
 								ans = append([]byte{stUnavailable}, fmt.Sprint("quorum read: waiting replica: ", err)...)

@@ -144,7 +144,7 @@ func (db *DB) reconcile(members []gossip.Member, lastLeads []int) []int {
 			continue
 		}
 		leads = append(leads, r)
-		if r == 0 && rep.gen > rep.fsm.Layout().Gen(0) {
+		if rep.unloggedCreation() {
 			continue // a recovered creation of group 0 yet to log itself: it stays this replica alone (logSelfRecord)
 		}
 		if w, ok := db.groupWork(r, rep, ids, byID, plan[r].Leader); ok {

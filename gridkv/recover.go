@@ -163,7 +163,7 @@ func (db *DB) RecoverGroup(ctx context.Context, group int, opts ...RecoverOption
 	// logs itself, or, if its layout cannot take that record at its
 	// creation's epoch (never expected: startRecovered checks), it is
 	// recovered from anew.
-	unlogged := group == 0 && rep.gen > rep.fsm.Layout().Gen(0)
+	unlogged := rep.unloggedCreation()
 	if unlogged && group0Creation(recoveredLayout(rep)) == rep.gen {
 		return db.finishRecovery(ctx, group)
 	}
@@ -315,7 +315,7 @@ func (db *DB) serveRecoverGroup(ctx context.Context, rep *replica, body []byte) 
 		return []byte{stInvalid}
 	}
 	server := fsm.Server{ID: id, Address: addr}
-	if rep.gen > rep.fsm.Layout().Gen(0) {
+	if rep.unloggedCreation() {
 		// Group 0's own new creation logs itself first, at the epoch its
 		// creation names (finishRecovery).
 		return append([]byte{stUnavailable}, "group 0 was recovered here and has not logged it yet; try again"...)
@@ -334,8 +334,11 @@ func (db *DB) serveRecoverGroup(ctx context.Context, rep *replica, body []byte) 
 		switch s, ok := cur.RecoveredAt(int(g), gen); {
 		case int(g) >= cur.Exists():
 			return append([]byte{stInvalid}, fmt.Sprintf("group %d does not exist", g)...)
-		case ok && s.ID == id:
-			return binary.AppendUvarint([]byte{stOK}, gen) // logged already
+		case ok && s.ID == id && gen > oldGen:
+			// Logged already (an answer lost, say). A creation recovered
+			// from this server that lost its majority too is gen ==
+			// oldGen: it is recovered again, below.
+			return binary.AppendUvarint([]byte{stOK}, gen)
 		case gen != oldGen:
 			return append([]byte{stInvalid}, fmt.Sprintf("group %d's replica at %s is of creation %d, superseded by creation %d", g, id, oldGen, gen)...)
 		}

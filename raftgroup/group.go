@@ -36,9 +36,11 @@ type Group struct {
 	// commitBase is the commit index of the replica this one was recovered
 	// from (GroupOptions.RecoverFrom), whose commits that one counts.
 	commitBase uint64
-	// recoveredFrom is that replica while it serves no lease read because
-	// of this one (recoverFrom); Abandon gives its leases back.
-	recoveredFrom atomic.Pointer[Group]
+	// recoveredFrom is that replica's lease while it serves no lease read
+	// because of this one (recoverFrom); Abandon gives it back. Only the
+	// lease: holding the replica would keep its raft, log and state machine
+	// in memory for this group's life.
+	recoveredFrom atomic.Pointer[lease]
 
 	// calls counts the callers waiting on a raft future; Shutdown lets
 	// them finish first (see drain).
@@ -167,7 +169,7 @@ func (g *Group) recoverFrom(conf *raft.Config, fsm raft.FSM, from *Group, stable
 	if err := raft.RecoverCluster(conf, fsm, g.logs, stable, snaps, trans, self); err != nil {
 		return err
 	}
-	g.recoveredFrom.Store(from)
+	g.recoveredFrom.Store(from.lease)
 	return nil
 }
 
@@ -177,8 +179,8 @@ func (g *Group) recoverFrom(conf *raft.Config, fsm raft.FSM, from *Group, stable
 // On any other group it is Shutdown.
 func (g *Group) Abandon() error {
 	err := g.Shutdown()
-	if from := g.recoveredFrom.Swap(nil); from != nil {
-		from.lease.changing.Add(-1)
+	if l := g.recoveredFrom.Swap(nil); l != nil {
+		l.changing.Add(-1)
 	}
 	return err
 }

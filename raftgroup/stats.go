@@ -165,7 +165,8 @@ type detailCounters struct {
 
 // PeerStats are the counters of the connections with one peer (with
 // Config.DetailedStats), cumulative since the host first exchanged frames
-// with it; snapshot-install connections are not counted.
+// with it. Snapshots this host sends the peer count in its writes and
+// bytes written (not in its frames); those it receives are not counted.
 type PeerStats struct {
 	// Addr is the peer's advertised address (its Raft server address).
 	Addr string
