@@ -100,6 +100,18 @@ func recoverAll(t testing.TB, ctx context.Context, db *DB, opts ...RecoverOption
 	}
 }
 
+// crashSeen crashes the nodes crashed and waits until gossip on survivor
+// counts members members (itself included): the crashed ones seen dead.
+func crashSeen(tb testing.TB, survivor *DB, members int, crashed ...*DB) {
+	tb.Helper()
+	for _, db := range crashed {
+		db.crash()
+	}
+	testutil.Eventually(tb, 30*time.Second, "gossip to see the crashed nodes dead", func() bool {
+		return len(survivor.Members()) == members
+	})
+}
+
 // Two of three nodes crash for good: every group, group 0 included, loses
 // its majority. RecoverGroup on the survivor brings each back from its
 // replica there as a new creation: every write the survivor had applied is
@@ -124,11 +136,7 @@ func TestRecoverGroupAfterLostMajority(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer watch.Close()
-	nodes[1].crash()
-	nodes[2].crash()
-	testutil.Eventually(t, 30*time.Second, "gossip to see the crashed nodes dead", func() bool {
-		return len(survivor.Members()) == 1
-	})
+	crashSeen(t, survivor, 1, nodes[1], nodes[2])
 	st := survivor.Status()
 	for _, g := range st.Groups {
 		if g.LastIndex == 0 || g.LastTerm == 0 {
@@ -478,11 +486,7 @@ func recoverOnce(b *testing.B) (serving []time.Duration, replicated time.Duratio
 	for _, db := range fresh {
 		defer db.Close()
 	}
-	nodes[1].crash()
-	nodes[2].crash()
-	testutil.Eventually(b, 30*time.Second, "gossip to see the crashed nodes dead", func() bool {
-		return len(survivor.Members()) == 3
-	})
+	crashSeen(b, survivor, 3, nodes[1], nodes[2])
 	b.StartTimer()
 	first := time.Now()
 	for g := range survivor.groupCount() {
@@ -583,14 +587,7 @@ func TestRecoverGroup0WithUncommittedLayoutEntry(t *testing.T) {
 		t.Logf("try %d: group 0's leader no longer led (%v); healing and trying the leader then", try, err)
 		faults.HealAll()
 	}
-	for _, db := range nodes {
-		if db != survivor {
-			db.crash()
-		}
-	}
-	testutil.Eventually(t, 30*time.Second, "gossip to see the crashed nodes dead", func() bool {
-		return len(survivor.Members()) == 1
-	})
+	crashSeen(t, survivor, 1, slices.DeleteFunc(slices.Clone(nodes), func(db *DB) bool { return db == survivor })...)
 	if err := survivor.RecoverGroup(ctx, 0); err != nil {
 		t.Fatalf("RecoverGroup(0): %v", err)
 	}
@@ -646,11 +643,7 @@ func TestRecoveredGroup0LogsItselfWithoutTheCaller(t *testing.T) {
 	defer survivor.Close()
 	want := writeKeys(t, ctx, survivor, "k", 20)
 	waitSurvivorApplied(t, ctx, survivor, want)
-	nodes[1].crash()
-	nodes[2].crash()
-	testutil.Eventually(t, 30*time.Second, "gossip to see the crashed nodes dead", func() bool {
-		return len(survivor.Members()) == 1
-	})
+	crashSeen(t, survivor, 1, nodes[1], nodes[2])
 	// RecoverGroup(0) up to the start of the new creation, then the caller
 	// is gone.
 	old := survivor.replica(0)
