@@ -76,21 +76,8 @@ func testCloseShrinks(t *testing.T, size int) {
 	probes := probeKeys(t, c.Nodes[0].DB())
 	ld := newShrinkLoad(c.Nodes)
 	// Keys written before any Close, through every node.
-	for i := 0; i < 200; i++ {
-		key, val := fmt.Sprint("before-", i), fmt.Sprint("v", i)
-		setAgain(ctx, t, c.Nodes[i%size].DB(), key, val)
-		ld.acked.Store(key, val)
-	}
-	ld.start()
+	ld.start(ctx, t, closeBound)
 	defer ld.stop()
-	testutil.Eventually(t, closeBound, "load running on every node", func() bool {
-		for _, cl := range ld.clients {
-			if cl.successes() < 20 {
-				return false
-			}
-		}
-		return true
-	})
 
 	// Close the nodes in order, leaving the last one.
 	for i := 0; i < size-1; i++ {
@@ -264,11 +251,28 @@ func newShrinkLoad(nodes []*Node) *shrinkLoad {
 	return ld
 }
 
-func (ld *shrinkLoad) start() {
+// start writes 200 keys ("before-i") through the clients' nodes in turn,
+// acknowledged for the clients to read, then starts the clients and waits
+// (up to within) until each has 20 successes. The caller stops them.
+func (ld *shrinkLoad) start(ctx context.Context, t *testing.T, within time.Duration) {
+	t.Helper()
+	for i := range 200 {
+		key, val := fmt.Sprint("before-", i), fmt.Sprint("v", i)
+		setAgain(ctx, t, ld.clients[i%len(ld.clients)].node.DB(), key, val)
+		ld.acked.Store(key, val)
+	}
 	for _, cl := range ld.clients {
 		ld.wg.Add(1)
 		go func() { defer ld.wg.Done(); cl.run() }()
 	}
+	testutil.Eventually(t, within, "load running on every node", func() bool {
+		for _, cl := range ld.clients {
+			if cl.successes() < 20 {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 func (ld *shrinkLoad) stop() {

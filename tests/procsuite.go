@@ -296,14 +296,7 @@ func procFlags(nodes int, tune func(node int, h *testhook.Hooks)) ([]string, err
 // CheckTimeout and Progress.
 func RunProcesses(ctx context.Context, s ProcScenario, bin, dir string, o Options) (*Report, error) {
 	began := time.Now()
-	if o.Scale <= 0 {
-		o.Scale = 1
-	}
-	progress := func(format string, args ...any) {
-		if o.Progress != nil {
-			fmt.Fprintf(o.Progress, "%s seed=%d +%.1fs: %s\n", s.Name, o.Seed, time.Since(began).Seconds(), fmt.Sprintf(format, args...))
-		}
-	}
+	progress := o.begin(s.Name, began)
 	flags, err := procFlags(s.Nodes, o.Tune)
 	if err != nil {
 		return nil, err

@@ -54,21 +54,8 @@ func testRollingRestart(t *testing.T, graceful bool) {
 	defer c.Close()
 	waitPlaced(t, c, replicas, "every group placed after formation")
 	ld := newShrinkLoad(c.Nodes)
-	for i := range 200 {
-		key, val := fmt.Sprint("before-", i), fmt.Sprint("v", i)
-		setAgain(ctx, t, c.Nodes[i%size].DB(), key, val)
-		ld.acked.Store(key, val)
-	}
-	ld.start()
+	ld.start(ctx, t, rollingBound)
 	defer ld.stop()
-	testutil.Eventually(t, rollingBound, "load running on every node", func() bool {
-		for _, cl := range ld.clients {
-			if cl.successes() < 20 {
-				return false
-			}
-		}
-		return true
-	})
 
 	for i, n := range c.Nodes {
 		ld.clients[i].paused.Store(true)

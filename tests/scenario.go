@@ -460,17 +460,23 @@ const (
 // have seen each key's final value.
 const WatchDrainBound = 10 * time.Second
 
-// Run runs one scenario and checks its history.
-func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
-	began := time.Now()
+// begin sets o's defaults for a run of scenario name that began at began,
+// and returns the run's progress printer (to o.Progress, if set).
+func (o *Options) begin(name string, began time.Time) func(format string, args ...any) {
 	if o.Scale <= 0 {
 		o.Scale = 1
 	}
-	progress := func(format string, args ...any) {
+	return func(format string, args ...any) {
 		if o.Progress != nil {
-			fmt.Fprintf(o.Progress, "%s seed=%d +%.1fs: %s\n", s.Name, o.Seed, time.Since(began).Seconds(), fmt.Sprintf(format, args...))
+			fmt.Fprintf(o.Progress, "%s seed=%d +%.1fs: %s\n", name, o.Seed, time.Since(began).Seconds(), fmt.Sprintf(format, args...))
 		}
 	}
+}
+
+// Run runs one scenario and checks its history.
+func Run(ctx context.Context, s Scenario, o Options) (*Report, error) {
+	began := time.Now()
+	progress := o.begin(s.Name, began)
 	rep := &Report{Scenario: s.Name, Seed: o.Seed, Nodes: s.Nodes}
 	progress("starting %d nodes", s.Nodes)
 	tune := o.Tune
