@@ -372,16 +372,12 @@ func (db *DB) fetchLayout(ctx context.Context, needGroups int, needEpoch uint64)
 // (layoutNewer: of a newer creation of group 0, or a higher epoch of the
 // same creation).
 func (db *DB) followLayout() {
-	adopted := false
 	if rep := db.replica(0); rep != nil {
-		adopted = db.adoptLayout(rep.fsm.Layout())
+		db.adoptLayout(rep.fsm.Layout())
 	}
 	// Replicas of earlier creations of a group: made before this node
-	// learned the newer one, or after (asked by a leader of that
-	// creation). adoptLayout has just dropped them if it adopted one.
-	if !adopted {
-		db.dropStaleCreations(db.lay.Load().logged)
-	}
+	// learned the newer one, or after (asked by a leader of that creation).
+	db.dropStaleCreations(db.lay.Load().logged)
 	l := db.lay.Load()
 	for _, m := range db.members() {
 		if l.supersededBy(m.Meta.LayoutCreation, m.Meta.LayoutEpoch) && m.Meta.GenesisGroups == l.genesisGroups {
@@ -403,11 +399,10 @@ func (db *DB) followLayout() {
 }
 
 // adoptLayout makes fl this node's layout if it is newer than the one it
-// has, and announces it; it reports whether it did. Replicas here of
-// creations it supersedes are dropped (or recovered from) at once, not at
-// the next layout pass: they serve no request of this node meanwhile
-// either (currentReplica).
-func (db *DB) adoptLayout(fl fsm.Layout) bool {
+// has, and announces it. Replicas here of creations it supersedes are
+// dropped (or recovered from) at once, not at the next layout pass: they
+// serve no request of this node meanwhile either (currentReplica).
+func (db *DB) adoptLayout(fl fsm.Layout) {
 	db.layoutMu.Lock()
 	cur := db.lay.Load()
 	next, ok := cur.layoutOf(fl)
@@ -416,7 +411,7 @@ func (db *DB) adoptLayout(fl fsm.Layout) bool {
 	}
 	db.layoutMu.Unlock()
 	if !ok {
-		return false
+		return
 	}
 	if next.groups != cur.groups {
 		db.log.Debug("layout learned", "epoch", next.epoch, "groups", next.groups, "exist", next.exists)
@@ -424,7 +419,6 @@ func (db *DB) adoptLayout(fl fsm.Layout) bool {
 	db.announce()
 	db.kickHandoffs()
 	db.dropStaleCreations(next.logged)
-	return true
 }
 
 // memberLayout is the newest layout member m knows (serveLayout).

@@ -342,12 +342,10 @@ func (f *feed) asks(g int, asks []watchAsk) (_ []watchAsk, lost, compacted []int
 	defer f.mu.Unlock()
 	if !f.stopped {
 		lay := f.db.lay.Load()
-		gen := lay.gen(g)
-		_, recovered := lay.logged.RecoveredAt(g, gen)
 		for r := range f.ranges {
 			fr := &f.ranges[r]
-			if fr.group == g && fr.genOf == g+1 && fr.gen < gen {
-				if recovered && fr.known {
+			if fr.group == g && fr.genOf == g+1 && fr.gen < lay.gen(g) {
+				if _, ok := lay.logged.RecoveredAt(g, lay.gen(g)); ok && fr.known {
 					// Recovered since pos was taken: pos may be above the
 					// recovery point, where the new creation's versions
 					// name other writes. The watches end; the range
@@ -356,7 +354,7 @@ func (f *feed) asks(g int, asks []watchAsk) (_ []watchAsk, lost, compacted []int
 				}
 			}
 			if fr.group == g && !fr.lost {
-				fr.genOf, fr.gen = g+1, gen
+				fr.genOf, fr.gen = g+1, lay.gen(g)
 			}
 			switch {
 			case fr.group != g:
